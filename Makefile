@@ -1,0 +1,49 @@
+# shaperd — see README.md. `make demo` and `make test` install what they need.
+SHELL   := /bin/bash
+GO      ?= go
+BIN     := bin
+export PATH := /usr/local/go/bin:$(PATH)
+
+.PHONY: all build tools deps test unit integration demo bench bench-micro lint fuzz clean
+
+all: build
+
+deps:
+	@scripts/deps.sh
+
+build:
+	$(GO) build -o $(BIN)/shaperd ./cmd/shaperd
+
+tools:
+	$(GO) build -o $(BIN)/flood ./scripts/netns/flood
+	$(GO) build -o $(BIN)/sink ./scripts/netns/sink
+	$(GO) build -o $(BIN)/probe ./scripts/netns/probe
+
+# All tests: unit tests with -race, every benchmark once (so benchmark code
+# cannot rot), then the netns integration tests one at a time against a daemon
+# built without -race.
+test: deps build tools unit integration
+
+unit:
+	$(GO) vet ./...
+	$(GO) test -race -count=1 ./...
+	$(GO) test -run='^$$' -bench=. -benchtime=1x ./...
+
+integration:
+	SHAPERD_NETNS=1 SHAPERD_BIN=$(CURDIR)/$(BIN) $(GO) test -p 1 -count=1 -timeout 15m -v ./splice/... ./integration/ 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
+
+demo: deps build tools
+	scripts/netns/demo.sh
+
+bench-micro:
+	$(GO) test -run='^$$' -bench=. -benchmem ./classify/ ./bucket/ ./forward/
+
+lint:
+	gofmt -l . | (! grep .)
+	$(GO) vet ./...
+
+fuzz:
+	$(GO) test -run='^$$' -fuzz=FuzzClassify -fuzztime=10m ./classify/
+
+clean:
+	rm -rf $(BIN)

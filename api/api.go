@@ -1,0 +1,117 @@
+// Package api defines the JSON shapes of shaperd's control socket: the
+// requests the command line sends and the status it prints. These names are
+// a contract with external tooling: add keys, never rename them.
+package api
+
+import "time"
+
+// Version is the control protocol's version, sent in every path.
+const Version = "v1"
+
+// LimitRequest names limits by their command-line flag without the leading
+// dashes ("pps", "to-vm-bps", "bypass-pps", ...) and gives each its value as
+// typed on the command line ("10000", "16mbit", "none"). The daemon parses
+// and validates them, so every client gets the same errors.
+type LimitRequest map[string]string
+
+// QuarantineRequest asks for a new quarantine of Port.
+type QuarantineRequest struct {
+	Port   string       `json:"port"`
+	Limits LimitRequest `json:"limits"`
+}
+
+// SetRequest changes the named limits of an active quarantine in place.
+type SetRequest struct {
+	Port   string       `json:"port"`
+	Limits LimitRequest `json:"limits"`
+}
+
+// ReleaseRequest ends the quarantine of Port.
+type ReleaseRequest struct {
+	Port string `json:"port"`
+}
+
+// Error is the body of every non-2xx answer.
+type Error struct {
+	// Code is "usage" (exit 2: the request is wrong, nothing changed) or
+	// "runtime" (exit 1: the daemon failed to carry out a valid request).
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+// Error codes.
+const (
+	CodeUsage   = "usage"
+	CodeRuntime = "runtime"
+)
+
+// Status is what `shaperd status --json` prints.
+type Status struct {
+	Daemon      Daemon       `json:"daemon"`
+	Quarantines []Quarantine `json:"quarantines"`
+}
+
+// Daemon describes the running daemon.
+type Daemon struct {
+	PID     int       `json:"pid"`
+	Version string    `json:"version"`
+	Started time.Time `json:"started"`
+}
+
+// Quarantine is one quarantined port.
+type Quarantine struct {
+	Port       string     `json:"port"`
+	State      string     `json:"state"`   // "active"
+	Backend    string     `json:"backend"` // "tc", "ovs"
+	Fail       string     `json:"fail"`    // "open" or "closed": what happens to traffic if the forwarder dies
+	Since      time.Time  `json:"since"`   // RFC 3339, UTC
+	Taps       Taps       `json:"taps"`
+	Bypass     Bypass     `json:"bypass"`
+	Warnings   []string   `json:"warnings"`
+	Directions Directions `json:"directions"`
+}
+
+// Taps names the splice's devices.
+type Taps struct {
+	VM  string `json:"vm"`
+	Net string `json:"net"`
+}
+
+// Bypass describes the ports kept working.
+type Bypass struct {
+	Ports    []uint16 `json:"ports"`
+	Outbound bool     `json:"outbound"`
+}
+
+// Directions holds both directions; from_vm is the flood case.
+type Directions struct {
+	FromVM Direction `json:"from_vm"`
+	ToVM   Direction `json:"to_vm"`
+}
+
+// Direction is the policy and counters of one direction.
+type Direction struct {
+	Limits        Limits                `json:"limits"`
+	BypassLimits  Limits                `json:"bypass_limits"`
+	ControlLimits Limits                `json:"control_limits"`
+	Classes       map[string]ClassStats `json:"classes"`
+	ReadErrors    uint64                `json:"read_errors"`
+}
+
+// Limits is a budget; a nil field is no limit in that dimension. Bursts are
+// the effective ones (defaults filled in) and are null when their rate is unset.
+type Limits struct {
+	PPS           *float64 `json:"pps"`
+	BitsPerSecond *uint64  `json:"bits_per_second"`
+	BurstPackets  *int     `json:"burst_packets"`
+	BurstBytes    *int     `json:"burst_bytes"`
+}
+
+// ClassStats counts one class in one direction.
+type ClassStats struct {
+	PassedPackets  uint64            `json:"passed_packets"`
+	PassedBytes    uint64            `json:"passed_bytes"`
+	DroppedPackets uint64            `json:"dropped_packets"`
+	DroppedBytes   uint64            `json:"dropped_bytes"`
+	Drops          map[string]uint64 `json:"drops"`
+}

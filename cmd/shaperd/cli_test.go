@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"log/slog"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/control"
+	"github.com/shaperd/shaperd/daemon"
+	"github.com/shaperd/shaperd/forward"
+	"github.com/shaperd/shaperd/forward/fakedev"
+	"github.com/shaperd/shaperd/splice/fakesplice"
+)
+
+// startFake serves a Manager over a real control socket, with a fake backend
+// that knows vm-1-00c9 and vm-2-00c9 (bridged) and routed-0 (on no bridge).
+func startFake(t *testing.T) (string, *fakesplice.Backend) {
+	t.Helper()
+	sock := filepath.Join(t.TempDir(), "s.sock")
+	fb := fakesplice.New("vm-1-00c9", "vm-2-00c9")
+	fb.Ports["routed-0"] = false
+	m := daemon.New(nil, fb)
+	m.SetTapOpener(func(string) (forward.Device, error) { return fakedev.New(16), nil })
+	srv, err := control.Listen(sock, m, discard())
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve()
+	t.Cleanup(func() { srv.Shutdown(t.Context()); m.Close() })
+	return sock, fb
+}
+
+// cli runs the command line and returns its exit code and output.
+func cli(t *testing.T, sock string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	root := newRoot()
+	root.SetArgs(append([]string{"--socket", sock}, args...))
+	root.SetOut(&out)
+	root.SetErr(&errb)
+	err := root.Execute()
+	code := 0
+	if err != nil {
+		errb.WriteString(err.Error())
+		code = 2
+		var ee *exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		}
+	}
+	return code, out.String(), errb.String()
+}
+
+func TestCLIContract(t *testing.T) {
+	sock, fb := startFake(t)
+	steps := []struct {
+		args    []string
+		code    int
+		errHas  string
+		spliced bool // vm-1-00c9 spliced afterwards
+	}{
+		{[]string{"status", "--json"}, 0, "", false},
+		{[]string{"quarantine", "vm-1-00c9"}, 2, "no limit given", false},
+		{[]string{"quarantine", "vm-1-00c9", "--pps", "lots"}, 2, "--pps", false},
+		{[]string{"quarantine", "vm-1-00c9", "--bps", "10furlongs"}, 2, "--bps", false},
+		{[]string{"quarantine", "vm-1-00c9", "--bps", "1mbit", "--burst-bytes", "100b"}, 2, "at least 1522b", false},
+		{[]string{"quarantine", "vm-1-00c9", "--burst", "10"}, 2, "--burst needs --pps", false},
+		{[]string{"quarantine", "vm-9-0000", "--pps", "10"}, 2, "no such port", false},
+		{[]string{"quarantine", "routed-0", "--pps", "10"}, 2, "no bridge", false},
+		{[]string{"set", "vm-1-00c9", "--pps", "10"}, 2, "not quarantined", false},
+		{[]string{"release", "vm-1-00c9"}, 2, "not quarantined", false},
+		{[]string{"status", "vm-1-00c9"}, 2, "not quarantined", false},
+		{[]string{"quarantine", "--pps", "10000", "vm-1-00c9", "--bps", "16mbit"}, 0, "", true},
+		{[]string{"quarantine", "vm-1-00c9", "--pps", "10"}, 2, "use set", true},
+		{[]string{"set", "vm-1-00c9", "--pps", "-3"}, 2, "--pps", true},
+		{[]string{"set", "vm-1-00c9", "--bypass", "80"}, 2, "unknown flag", true},
+		{[]string{"set", "vm-1-00c9"}, 2, "nothing to change", true},
+		{[]string{"set", "vm-1-00c9", "--pps", "2500"}, 0, "", true},
+		{[]string{"release", "vm-1-00c9"}, 0, "", false},
+		{[]string{"quarantine"}, 2, "exactly one PORT", false},
+	}
+	for _, s := range steps {
+		code, _, stderr := cli(t, sock, s.args...)
+		if code != s.code || !strings.Contains(stderr, s.errHas) {
+			t.Errorf("shaperd %s: exit %d (%q), want exit %d with %q", strings.Join(s.args, " "), code, stderr, s.code, s.errHas)
+		}
+		if got := fb.Spliced("vm-1-00c9"); got != s.spliced {
+			t.Errorf("after shaperd %s: spliced = %v, want %v", strings.Join(s.args, " "), got, s.spliced)
+		}
+	}
+}
+
+func TestStatusJSONShape(t *testing.T) {
+	sock, _ := startFake(t)
+	if code, _, e := cli(t, sock, "quarantine", "vm-1-00c9", "--pps", "10000", "--bps", "16mbit", "--to-vm-pps", "500"); code != 0 {
+		t.Fatalf("quarantine: %d %s", code, e)
+	}
+	if code, _, e := cli(t, sock, "quarantine", "vm-2-00c9", "--pps", "1"); code != 0 {
+		t.Fatalf("quarantine: %d %s", code, e)
+	}
+	if code, _, e := cli(t, sock, "set", "vm-1-00c9", "--pps", "2500", "--bps", "none"); code != 0 {
+		t.Fatalf("set: %d %s", code, e)
+	}
+	code, out, e := cli(t, sock, "status", "vm-1-00c9", "--json")
+	if code != 0 {
+		t.Fatalf("status: %d %s", code, e)
+	}
+	var raw map[string]any
+	if err := json.Unmarshal([]byte(out), &raw); err != nil {
+		t.Fatal(err)
+	}
+	qs := raw["quarantines"].([]any)
+	if len(qs) != 1 {
+		t.Fatalf("status vm-1-00c9 lists %d quarantines", len(qs))
+	}
+	q := qs[0].(map[string]any)
+	for _, k := range []string{"port", "state", "backend", "since", "fail", "directions"} {
+		if _, ok := q[k]; !ok {
+			t.Errorf("quarantine lacks %q", k)
+		}
+	}
+	if q["state"] != "active" || q["port"] != "vm-1-00c9" {
+		t.Errorf("state/port = %v/%v", q["state"], q["port"])
+	}
+	dirs := q["directions"].(map[string]any)
+	from := dirs["from_vm"].(map[string]any)
+	lim := from["limits"].(map[string]any)
+	if lim["pps"] != 2500.0 || lim["bits_per_second"] != nil || lim["burst_packets"] != 25.0 || lim["burst_bytes"] != nil {
+		t.Errorf("from_vm limits after set --pps 2500 --bps none: %v", lim)
+	}
+	to := dirs["to_vm"].(map[string]any)["limits"].(map[string]any)
+	if to["pps"] != 500.0 {
+		t.Errorf("to_vm limits: %v", to)
+	}
+	classes := from["classes"].(map[string]any)
+	for _, c := range []string{"control", "bypass", "tcp-syn", "tcp", "udp", "icmp", "other", "malformed"} {
+		cs, ok := classes[c].(map[string]any)
+		if !ok {
+			t.Errorf("class %q missing", c)
+			continue
+		}
+		for _, k := range []string{"passed_packets", "passed_bytes", "dropped_packets", "dropped_bytes", "drops"} {
+			if _, ok := cs[k]; !ok {
+				t.Errorf("class %q lacks %q", c, k)
+			}
+		}
+		for _, r := range []string{"class_budget", "aggregate_budget", "bypass_budget", "control_budget", "malformed"} {
+			if _, ok := cs["drops"].(map[string]any)[r]; !ok {
+				t.Errorf("class %q drops lack %q", c, r)
+			}
+		}
+	}
+	var st api.Status
+	code, out, _ = cli(t, sock, "status", "--json")
+	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Quarantines) != 2 {
+		t.Fatalf("status --json: %d, %s", code, out)
+	}
+}
+
+func TestDaemonNotRunning(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	code, _, e := cli(t, sock, "status")
+	if code != 1 || !strings.Contains(e, "shaperd run") {
+		t.Fatalf("status with no daemon: exit %d %q, want 1 saying how to start it", code, e)
+	}
+	t.Setenv("SHAPERD_SOCKET", sock)
+	if got := control.SocketPath(""); got != sock {
+		t.Fatalf("SocketPath ignores $SHAPERD_SOCKET: %s", got)
+	}
+}
+
+func TestFailedSpliceChangesNothing(t *testing.T) {
+	sock, fb := startFake(t)
+	fb.FailSplice = errors.New("injected")
+	code, _, e := cli(t, sock, "quarantine", "vm-1-00c9", "--pps", "10")
+	if code != 1 || !strings.Contains(e, "injected") {
+		t.Fatalf("exit %d %q, want 1 with the failure", code, e)
+	}
+	code, out, _ := cli(t, sock, "status", "--json")
+	if code != 0 || !strings.Contains(out, `"quarantines": []`) {
+		t.Fatalf("a failed quarantine left state behind: %s", out)
+	}
+}
+
+func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }

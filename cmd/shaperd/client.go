@@ -1,0 +1,223 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+
+	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon"
+)
+
+const unitsHelp = `
+Rates use tc's units: bit (or a bare number), kbit, mbit, gbit are BITS per
+second; bps, kbps, mbps, gbps are BYTES per second, as in tc. Sizes: b (or a
+bare number), kb, mb are bytes (k = 1024). 'none' clears a limit.
+Unprefixed limits apply to frames FROM the VM (the flood case); each has a
+--to-vm- twin for frames TO the VM.`
+
+var limitHelp = map[string]string{
+	"pps":         "aggregate packets per second",
+	"bps":         "aggregate rate (tc units: 16mbit; kbps = BYTES/s)",
+	"burst":       "aggregate burst in packets (default 10 ms of --pps)",
+	"burst-bytes": "aggregate burst in bytes (default 10 ms of --bps, at least 1522b)",
+	"bypass-pps":  "bypass (ssh/rdp) budget in packets per second (default 2000)",
+	"bypass-bps":  "bypass budget rate (default 100mbit)",
+	"control-pps": "ARP/neighbour-discovery budget in packets per second (default 200)",
+}
+
+// addLimitFlags registers every limit flag (and its --to-vm- twin) as a
+// string; the daemon parses them, so all clients share its errors.
+func addLimitFlags(fs *pflag.FlagSet) {
+	for _, name := range daemon.LimitFlagNames() {
+		base := strings.TrimPrefix(name, "to-vm-")
+		help := limitHelp[base]
+		if base != name {
+			help += ", frames to the VM"
+		} else {
+			help += ", frames from the VM"
+		}
+		fs.String(name, "", help)
+	}
+}
+
+// limitRequest collects the limit flags given on the command line.
+func limitRequest(fs *pflag.FlagSet, extra ...string) api.LimitRequest {
+	req := api.LimitRequest{}
+	names := append(daemon.LimitFlagNames(), extra...)
+	for _, n := range names {
+		if f := fs.Lookup(n); f != nil && f.Changed {
+			req[n] = f.Value.String()
+		}
+	}
+	return req
+}
+
+func newQuarantineCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "quarantine PORT [limits]",
+		Short: "Splice PORT through shaperd and police it with the limits given",
+		Long: `Splice PORT (a VM's switch port) through a tap pair and police it with exactly
+the limits given. At least one of --pps, --bps (or a --to-vm- twin) is needed.
+TCP connections TO the VM on the --bypass ports (default 22,3389) keep working
+with their own budget.` + unitsHelp,
+		Args: exactArgs("PORT"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := api.QuarantineRequest{Port: args[0], Limits: limitRequest(cmd.Flags(), "bypass", "bypass-outbound")}
+			q, err := g.client().Quarantine(req)
+			if err != nil {
+				return clientErr(err)
+			}
+			return printQuarantine(cmd.OutOrStdout(), q, asJSON)
+		},
+	}
+	addLimitFlags(cmd.Flags())
+	cmd.Flags().String("bypass", "22,3389", "TCP ports on the VM kept working (connections TO the VM), or none")
+	cmd.Flags().Bool("bypass-outbound", false, "also bypass the VM's own connections to the bypass ports (off: outbound brute force is what must be limited)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the quarantine as JSON")
+	return cmd
+}
+
+func newSetCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "set PORT [limits]",
+		Short: "Change the named limits of a quarantined PORT in place",
+		Long:  `Change only the limits named; 'none' clears one. A default burst follows its rate.` + unitsHelp,
+		Args:  exactArgs("PORT"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			req := api.SetRequest{Port: args[0], Limits: limitRequest(cmd.Flags())}
+			if len(req.Limits) == 0 {
+				return usageErr("set %s: nothing to change: name at least one limit flag (see 'shaperd set --help')", args[0])
+			}
+			q, err := g.client().Set(req)
+			if err != nil {
+				return clientErr(err)
+			}
+			return printQuarantine(cmd.OutOrStdout(), q, asJSON)
+		},
+	}
+	addLimitFlags(cmd.Flags())
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the quarantine as JSON")
+	return cmd
+}
+
+func newReleaseCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
+		Use:   "release PORT",
+		Short: "End PORT's quarantine and revert its splice exactly",
+		Args:  exactArgs("PORT"),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := g.client().Release(api.ReleaseRequest{Port: args[0]}); err != nil {
+				return clientErr(err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "released %s\n", args[0])
+			return nil
+		},
+	}
+}
+
+func newStatusCmd(g *globals) *cobra.Command {
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "status [PORT]",
+		Short: "Show quarantines with per-class pass and drop counters",
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) > 1 {
+				return usageErr("status takes at most one PORT")
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			port := ""
+			if len(args) == 1 {
+				port = args[0]
+			}
+			st, err := g.client().Status(port)
+			if err != nil {
+				return clientErr(err)
+			}
+			w := cmd.OutOrStdout()
+			if asJSON {
+				return writeJSON(w, st)
+			}
+			if len(st.Quarantines) == 0 {
+				fmt.Fprintln(w, "no quarantines")
+			}
+			for _, q := range st.Quarantines {
+				printHuman(w, q)
+			}
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
+	return cmd
+}
+
+func writeJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func printQuarantine(w io.Writer, q api.Quarantine, asJSON bool) error {
+	if asJSON {
+		return writeJSON(w, q)
+	}
+	printHuman(w, q)
+	for _, warn := range q.Warnings {
+		fmt.Fprintln(os.Stderr, "warning:", warn)
+	}
+	return nil
+}
+
+func fmtLimits(l api.Limits) string {
+	var parts []string
+	if l.PPS != nil {
+		parts = append(parts, fmt.Sprintf("%g pps (burst %d)", *l.PPS, *l.BurstPackets))
+	}
+	if l.BitsPerSecond != nil {
+		parts = append(parts, fmt.Sprintf("%d bit/s (burst %d bytes)", *l.BitsPerSecond, *l.BurstBytes))
+	}
+	if len(parts) == 0 {
+		return "no limit"
+	}
+	return strings.Join(parts, ", ")
+}
+
+func printHuman(w io.Writer, q api.Quarantine) {
+	fmt.Fprintf(w, "%s  %s  backend=%s  fail=%s  since=%s  taps=%s/%s\n", q.Port, q.State, q.Backend, q.Fail, q.Since.Format("2006-01-02T15:04:05Z"), q.Taps.VM, q.Taps.Net)
+	for _, d := range []struct {
+		name string
+		dir  api.Direction
+	}{{"from_vm", q.Directions.FromVM}, {"to_vm", q.Directions.ToVM}} {
+		fmt.Fprintf(w, "  %s: %s\n", d.name, fmtLimits(d.dir.Limits))
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+		fmt.Fprintln(tw, "    class\tpassed pkts\tpassed bytes\tdropped pkts\tdropped bytes\tdrops by reason\t")
+		names := make([]string, 0, len(d.dir.Classes))
+		for n := range d.dir.Classes {
+			names = append(names, n)
+		}
+		sort.Strings(names)
+		for _, n := range names {
+			c := d.dir.Classes[n]
+			var reasons []string
+			for r, v := range c.Drops {
+				if v > 0 {
+					reasons = append(reasons, fmt.Sprintf("%s=%d", r, v))
+				}
+			}
+			sort.Strings(reasons)
+			fmt.Fprintf(tw, "    %s\t%d\t%d\t%d\t%d\t%s\t\n", n, c.PassedPackets, c.PassedBytes, c.DroppedPackets, c.DroppedBytes, strings.Join(reasons, " "))
+		}
+		tw.Flush()
+	}
+}

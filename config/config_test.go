@@ -1,0 +1,48 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestLoad(t *testing.T) {
+	tests := []struct {
+		name, text string
+		want       Config
+		errHas     []string
+	}{
+		{name: "ok", text: "socket: /tmp/s.sock\nlog_format: json\n", want: Config{Socket: "/tmp/s.sock", LogFormat: "json"}},
+		{name: "empty", text: "", want: Config{}},
+		{name: "unknown key", text: "socket: /x\nsokcet: /y\n", errHas: []string{"[2:1]", "sokcet"}},
+		{name: "bad syntax", text: "socket: [\n", errHas: []string{"[1:"}},
+		{name: "bad value", text: "log_level: loud\n", errHas: []string{"log_level", "loud"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "c.yaml")
+			if err := os.WriteFile(p, []byte(tt.text), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			got, err := Load(p)
+			if tt.errHas != nil {
+				if err == nil {
+					t.Fatalf("Load: no error, want one with %q", tt.errHas)
+				}
+				for _, s := range tt.errHas {
+					if !strings.Contains(err.Error(), s) {
+						t.Errorf("error %q lacks %q", err, s)
+					}
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got != tt.want {
+				t.Errorf("got %+v, want %+v", got, tt.want)
+			}
+		})
+	}
+}

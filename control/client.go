@@ -1,0 +1,137 @@
+package control
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/shaperd/shaperd/api"
+)
+
+// DefaultSocket is where the daemon listens unless told otherwise.
+const DefaultSocket = "/run/shaperd/shaperd.sock"
+
+// SocketPath returns flag if set, else $SHAPERD_SOCKET, else DefaultSocket.
+func SocketPath(flag string) string {
+	if flag != "" {
+		return flag
+	}
+	if env := os.Getenv("SHAPERD_SOCKET"); env != "" {
+		return env
+	}
+	return DefaultSocket
+}
+
+// Client talks to a daemon's control socket.
+type Client struct {
+	path string
+	hc   *http.Client
+}
+
+// NewClient returns a client for the socket at path.
+func NewClient(path string) *Client {
+	return &Client{
+		path: path,
+		hc: &http.Client{
+			Timeout: 30 * time.Second,
+			Transport: &http.Transport{
+				DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+					var d net.Dialer
+					return d.DialContext(ctx, "unix", path)
+				},
+			},
+		},
+	}
+}
+
+// ErrNotRunning means no daemon answers on the socket; start one with
+// `shaperd run`.
+var ErrNotRunning = errors.New("daemon not running")
+
+// UsageError is a request the daemon refused as wrong; nothing changed.
+type UsageError struct{ Message string }
+
+func (e *UsageError) Error() string { return e.Message }
+
+// Status fetches the status, of one port when port is not empty.
+func (c *Client) Status(port string) (api.Status, error) {
+	var st api.Status
+	q := ""
+	if port != "" {
+		q = "?port=" + url.QueryEscape(port)
+	}
+	err := c.do(http.MethodGet, "/v1/status"+q, nil, &st)
+	return st, err
+}
+
+// Quarantine asks for a quarantine.
+func (c *Client) Quarantine(req api.QuarantineRequest) (api.Quarantine, error) {
+	var q api.Quarantine
+	err := c.do(http.MethodPost, "/v1/quarantine", req, &q)
+	return q, err
+}
+
+// Set changes limits in place.
+func (c *Client) Set(req api.SetRequest) (api.Quarantine, error) {
+	var q api.Quarantine
+	err := c.do(http.MethodPost, "/v1/set", req, &q)
+	return q, err
+}
+
+// Release ends a quarantine.
+func (c *Client) Release(req api.ReleaseRequest) error {
+	return c.do(http.MethodPost, "/v1/release", req, nil)
+}
+
+func (c *Client) do(method, path string, in, out any) error {
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequest(method, "http://shaperd"+path, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := c.hc.Do(req)
+	if err != nil {
+		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
+			return fmt.Errorf("%w: nothing answers on %s (start it with `shaperd run`, or point --socket or $SHAPERD_SOCKET at its socket)", ErrNotRunning, c.path)
+		}
+		return fmt.Errorf("control socket %s: %w", c.path, err)
+	}
+	defer resp.Body.Close()
+	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	if err != nil {
+		return err
+	}
+	if resp.StatusCode != http.StatusOK {
+		var e api.Error
+		if json.Unmarshal(data, &e) != nil || e.Message == "" {
+			return fmt.Errorf("daemon answered %s", resp.Status)
+		}
+		if e.Code == api.CodeUsage {
+			return &UsageError{Message: e.Message}
+		}
+		return errors.New(e.Message)
+	}
+	if out == nil {
+		return nil
+	}
+	return json.Unmarshal(data, out)
+}

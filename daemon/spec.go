@@ -1,0 +1,320 @@
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/bucket"
+	"github.com/shaperd/shaperd/classify"
+	"github.com/shaperd/shaperd/forward"
+	"github.com/shaperd/shaperd/units"
+)
+
+// ErrUsage marks an error in a request: nothing was changed, and the caller
+// should fix the request (the command line exits 2).
+var ErrUsage = errors.New("usage")
+
+func usagef(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrUsage, fmt.Sprintf(format, args...))
+}
+
+// Defaults of the bypass and control budgets, per direction.
+const (
+	DefaultBypassPPS  = 2000
+	DefaultBypassBPS  = units.Rate(100_000_000) // 100mbit
+	DefaultControlPPS = 200
+	// ControlBurst is the least burst of the control budget, in packets.
+	ControlBurst = 20
+)
+
+// DefaultBypassPorts are the TCP ports kept working: ssh and rdp.
+var DefaultBypassPorts = []uint16{22, 3389}
+
+// DirSpec is the intent for one direction. A nil field is unset: no limit, or
+// for a burst, the default that follows its rate.
+type DirSpec struct {
+	PPS        *float64    `json:"pps,omitempty"`
+	BPS        *units.Rate `json:"bps,omitempty"` // bits per second
+	Burst      *int        `json:"burst,omitempty"`
+	BurstBytes *units.Size `json:"burst_bytes,omitempty"`
+
+	BypassPPS  *float64    `json:"bypass_pps,omitempty"`
+	BypassBPS  *units.Rate `json:"bypass_bps,omitempty"`
+	ControlPPS *float64    `json:"control_pps,omitempty"`
+}
+
+// Spec is the operator's intent for one quarantine: what the command line
+// asked for, before defaults are resolved into budgets.
+type Spec struct {
+	FromVM         DirSpec  `json:"from_vm"`
+	ToVM           DirSpec  `json:"to_vm"`
+	BypassPorts    []uint16 `json:"bypass_ports"`
+	BypassOutbound bool     `json:"bypass_outbound"`
+}
+
+// NewSpec returns a spec with the default bypass and control budgets and no
+// limits.
+func NewSpec() Spec {
+	s := Spec{BypassPorts: slices.Clone(DefaultBypassPorts)}
+	for _, d := range []*DirSpec{&s.FromVM, &s.ToVM} {
+		bp, bb, cp := float64(DefaultBypassPPS), DefaultBypassBPS, float64(DefaultControlPPS)
+		d.BypassPPS, d.BypassBPS, d.ControlPPS = &bp, &bb, &cp
+	}
+	return s
+}
+
+// limitFlags are the per-direction flags; each has a "to-vm-" twin.
+var limitFlags = []string{"pps", "bps", "burst", "burst-bytes", "bypass-pps", "bypass-bps", "control-pps"}
+
+// aggregateFlags are the flags that make a quarantine manual.
+var aggregateFlags = []string{"pps", "bps", "burst", "burst-bytes"}
+
+// LimitFlagNames lists every limit flag, both directions, for the command line.
+func LimitFlagNames() []string {
+	var out []string
+	for _, f := range limitFlags {
+		out = append(out, f, "to-vm-"+f)
+	}
+	return out
+}
+
+// HasAggregateLimit reports whether req names any aggregate limit in either
+// direction.
+func HasAggregateLimit(req api.LimitRequest) bool {
+	for _, f := range aggregateFlags {
+		if _, ok := req[f]; ok {
+			return true
+		}
+		if _, ok := req["to-vm-"+f]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// Apply returns s changed by the limits req names. forSet refuses settings
+// that cannot change in place. s is not modified.
+func (s Spec) Apply(req api.LimitRequest, forSet bool) (Spec, error) {
+	out := s
+	out.BypassPorts = slices.Clone(s.BypassPorts)
+	keys := make([]string, 0, len(req))
+	for k := range req {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		v := strings.TrimSpace(req[k])
+		switch k {
+		case "bypass":
+			if forSet {
+				return s, usagef("--bypass cannot change in place: release the port and quarantine it again")
+			}
+			ports, err := parsePorts(v)
+			if err != nil {
+				return s, err
+			}
+			out.BypassPorts = ports
+			continue
+		case "bypass-outbound":
+			if forSet {
+				return s, usagef("--bypass-outbound cannot change in place: release the port and quarantine it again")
+			}
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return s, usagef("--bypass-outbound %q: want true or false", v)
+			}
+			out.BypassOutbound = b
+			continue
+		}
+		d, name := &out.FromVM, k
+		if rest, ok := strings.CutPrefix(k, "to-vm-"); ok {
+			d, name = &out.ToVM, rest
+		}
+		if err := d.set(name, v, "--"+k); err != nil {
+			return s, err
+		}
+	}
+	if err := out.Validate(); err != nil {
+		return s, err
+	}
+	return out, nil
+}
+
+func (d *DirSpec) set(name, v, flag string) error {
+	none := strings.EqualFold(v, "none")
+	switch name {
+	case "pps", "bypass-pps", "control-pps":
+		var p *float64
+		if !none {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) {
+				return usagef("%s %q: want a number of packets per second, or none", flag, v)
+			}
+			p = &f
+		}
+		switch name {
+		case "pps":
+			d.PPS = p
+		case "bypass-pps":
+			d.BypassPPS = p
+		default:
+			d.ControlPPS = p
+		}
+	case "bps", "bypass-bps":
+		var p *units.Rate
+		if !none {
+			r, err := units.ParseRate(v)
+			if err != nil {
+				return usagef("%s: %v", flag, err)
+			}
+			p = &r
+		}
+		if name == "bps" {
+			d.BPS = p
+		} else {
+			d.BypassBPS = p
+		}
+	case "burst":
+		var p *int
+		if !none {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return usagef("%s %q: want a whole number of packets, at least 1, or none for the default (10 ms of --pps)", flag, v)
+			}
+			p = &n
+		}
+		d.Burst = p
+	case "burst-bytes":
+		var p *units.Size
+		if !none {
+			z, err := units.ParseSize(v)
+			if err != nil {
+				return usagef("%s: %v", flag, err)
+			}
+			p = &z
+		}
+		d.BurstBytes = p
+	default:
+		return usagef("unknown limit --%s", strings.TrimPrefix(flag, "--"))
+	}
+	return nil
+}
+
+func parsePorts(v string) ([]uint16, error) {
+	if v == "" || strings.EqualFold(v, "none") {
+		return []uint16{}, nil
+	}
+	var ports []uint16
+	for _, f := range strings.Split(v, ",") {
+		n, err := strconv.ParseUint(strings.TrimSpace(f), 10, 16)
+		if err != nil || n == 0 {
+			return nil, usagef("--bypass %q: want TCP port numbers 1-65535 separated by commas, or none", v)
+		}
+		if slices.Contains(ports, uint16(n)) {
+			return nil, usagef("--bypass %q: port %d given twice", v, n)
+		}
+		ports = append(ports, uint16(n))
+	}
+	return ports, nil
+}
+
+// Validate checks the whole spec, naming the flag to fix.
+func (s Spec) Validate() error {
+	for _, x := range []struct {
+		d      *DirSpec
+		prefix string
+	}{{&s.FromVM, "--"}, {&s.ToVM, "--to-vm-"}} {
+		d := x.d
+		if d.Burst != nil && d.PPS == nil {
+			return usagef("%sburst needs %spps: a burst is the depth of a rate's bucket", x.prefix, x.prefix)
+		}
+		if d.BurstBytes != nil && d.BPS == nil {
+			return usagef("%sburst-bytes needs %sbps: a burst is the depth of a rate's bucket", x.prefix, x.prefix)
+		}
+		if d.BurstBytes != nil && *d.BurstBytes < bucket.MaxFrame {
+			return usagef("%sburst-bytes %s is smaller than the largest frame, %d bytes with two VLAN tags; use at least %db",
+				x.prefix, d.BurstBytes, bucket.MaxFrame, bucket.MaxFrame)
+		}
+		if d.BPS != nil && *d.BPS > 0 && *d.BPS < 8 {
+			return usagef("%sbps %s is below one byte per second", x.prefix, d.BPS)
+		}
+		if d.BypassBPS != nil && *d.BypassBPS > 0 && *d.BypassBPS < 8 {
+			return usagef("%sbypass-bps %s is below one byte per second", x.prefix, d.BypassBPS)
+		}
+		pol := d.policy()
+		if err := pol.Validate(); err != nil {
+			return usagef("%s: %v", strings.TrimSuffix(x.prefix, "-"), err)
+		}
+	}
+	if err := s.classifyConfig().Validate(); err != nil {
+		return usagef("%v", err)
+	}
+	return nil
+}
+
+func (s Spec) classifyConfig() classify.Config {
+	return classify.Config{BypassPorts: slices.Clone(s.BypassPorts), BypassOutbound: s.BypassOutbound}
+}
+
+// limits turns a rate pair into bucket limits. A rate of 0 packets or bits
+// per second is a real limit (admit nothing), not "unset".
+func limits(pps *float64, bps *units.Rate, burst *int, burstBytes *units.Size) bucket.Limits {
+	var l bucket.Limits
+	block := false
+	if pps != nil {
+		if *pps == 0 {
+			block = true
+		}
+		l.PPS = *pps
+		if burst != nil {
+			l.BurstPackets = *burst
+		}
+	}
+	if bps != nil {
+		if *bps == 0 {
+			block = true
+		}
+		l.BytesPerSec = bps.BytesPerSecond()
+		if burstBytes != nil {
+			l.BurstBytes = int(*burstBytes)
+		}
+	}
+	l.Block = block
+	return l
+}
+
+// policy turns the intent of one direction into the forwarder's budgets.
+func (d DirSpec) policy() forward.Policy {
+	var p forward.Policy
+	p.Aggregate = limits(d.PPS, d.BPS, d.Burst, d.BurstBytes)
+	p.Classes[classify.Bypass] = limits(d.BypassPPS, d.BypassBPS, nil, nil)
+	p.Classes[classify.Control] = limits(d.ControlPPS, nil, nil, nil)
+	if c := &p.Classes[classify.Control]; c.PPS > 0 && c.Effective().BurstPackets < ControlBurst {
+		// 10 ms of 200 pps is 2 packets: too few for the bursts of
+		// ARP and neighbour discovery a booting or re-resolving VM sends.
+		c.BurstPackets = ControlBurst
+	}
+	return p
+}
+
+// apiLimits reports a rate pair as status shows it: the rates as given and
+// the effective bursts (defaults filled in), null where unset.
+func apiLimits(pps *float64, bps *units.Rate, burst *int, burstBytes *units.Size) api.Limits {
+	var out api.Limits
+	e := limits(pps, bps, burst, burstBytes).Effective()
+	if pps != nil {
+		v, b := *pps, e.BurstPackets
+		out.PPS, out.BurstPackets = &v, &b
+	}
+	if bps != nil {
+		v, b := uint64(*bps), e.BurstBytes
+		out.BitsPerSecond, out.BurstBytes = &v, &b
+	}
+	return out
+}

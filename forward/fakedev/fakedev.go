@@ -1,0 +1,75 @@
+// Package fakedev provides an in-memory forward.Device for tests: frames
+// injected with Inject are returned by Read; frames written are kept in order.
+package fakedev
+
+import (
+	"errors"
+	"os"
+	"sync"
+)
+
+// Device is a fake frame device. Safe for concurrent use.
+type Device struct {
+	in     chan []byte
+	mu     sync.Mutex
+	out    [][]byte
+	closed chan struct{}
+	once   sync.Once
+	// WriteErr, when set, is returned by every Write.
+	WriteErr error
+}
+
+// New returns a Device whose read queue holds up to depth frames.
+func New(depth int) *Device {
+	return &Device{in: make(chan []byte, depth), closed: make(chan struct{})}
+}
+
+// Inject queues a copy of frame for Read; it reports false if the queue is full.
+func (d *Device) Inject(frame []byte) bool {
+	select {
+	case d.in <- append([]byte(nil), frame...):
+		return true
+	default:
+		return false
+	}
+}
+
+// Read returns the next injected frame, blocking until one arrives or Close.
+func (d *Device) Read(p []byte) (int, error) {
+	select {
+	case f := <-d.in:
+		return copy(p, f), nil
+	case <-d.closed:
+		return 0, os.ErrClosed
+	}
+}
+
+// Write records a copy of p.
+func (d *Device) Write(p []byte) (int, error) {
+	select {
+	case <-d.closed:
+		return 0, os.ErrClosed
+	default:
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.WriteErr != nil {
+		return 0, d.WriteErr
+	}
+	d.out = append(d.out, append([]byte(nil), p...))
+	return len(p), nil
+}
+
+// Written returns the frames written so far.
+func (d *Device) Written() [][]byte {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([][]byte(nil), d.out...)
+}
+
+// Close unblocks readers; later calls return an error.
+func (d *Device) Close() error {
+	err := errors.New("fakedev: closed twice")
+	d.once.Do(func() { close(d.closed); err = nil })
+	return err
+}

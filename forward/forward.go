@@ -1,0 +1,458 @@
+// Package forward is shaperd's hot loop: it moves frames between the two taps
+// of a splice, one goroutine per direction, and asks classify and bucket what
+// to do with each frame.
+//
+// A direction's goroutine owns its classifier and budgets; nothing else
+// touches them. Limits are changed from outside through SetPolicy, which
+// publishes a new Policy that the owner picks up before its next frame.
+// Counters are atomics, read concurrently by Stats.
+//
+// The forwarder knows devices only through the Device interface: a tap in
+// production (OpenTap), a fake in tests. It does not know how a port was spliced.
+package forward
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/shaperd/shaperd/bucket"
+	"github.com/shaperd/shaperd/classify"
+)
+
+// Device is a frame device: each Read returns one whole Ethernet frame, each
+// Write sends one. Close must unblock a pending Read.
+type Device interface {
+	Read(p []byte) (int, error)
+	Write(p []byte) (int, error)
+	Close() error
+}
+
+// Reason is why a frame was dropped. Its String is a short stable name used in
+// status output and metrics.
+type Reason uint8
+
+// Drop reasons. Keep the strings stable: they are part of the status JSON and
+// of the metrics, and the README lists them.
+const (
+	ReasonClassBudget     Reason = iota // the frame's class budget refused it
+	ReasonAggregateBudget               // the port aggregate refused it
+	ReasonBypassBudget                  // the bypass class's own budget refused it
+	ReasonControlBudget                 // the control class's own budget refused it
+	ReasonMalformed                     // too short to be an Ethernet frame
+	ReasonWriteError                    // the outgoing device refused the write
+	NumReasons
+)
+
+var reasonNames = [NumReasons]string{
+	ReasonClassBudget:     "class_budget",
+	ReasonAggregateBudget: "aggregate_budget",
+	ReasonBypassBudget:    "bypass_budget",
+	ReasonControlBudget:   "control_budget",
+	ReasonMalformed:       "malformed",
+	ReasonWriteError:      "write_error",
+}
+
+func (r Reason) String() string {
+	if r < NumReasons {
+		return reasonNames[r]
+	}
+	return "unknown"
+}
+
+// Verdict is what Step decided for one frame.
+type Verdict struct {
+	Pass   bool
+	Reason Reason // valid when !Pass
+	Class  classify.Class
+}
+
+// Policy is the set of limits of one direction.
+//
+// Classes[classify.Bypass] and Classes[classify.Control] are the bypass and
+// control budgets: frames of those classes are charged to them alone and not
+// to the aggregate. Every other class is charged to its class budget (if it
+// has limits) and to the aggregate, and both must admit the frame. Malformed
+// frames follow the Other class's budget. The zero Policy admits everything.
+type Policy struct {
+	Aggregate bucket.Limits
+	Classes   [classify.NumClasses]bucket.Limits
+}
+
+// Validate checks every limit of p. Errors name the flag with the given
+// prefix ("" for frames from the VM, "to-vm-" for frames to it).
+func (p *Policy) Validate() error {
+	if err := p.Aggregate.Validate(); err != nil {
+		return fmt.Errorf("aggregate: %w", err)
+	}
+	for c := classify.Class(0); c < classify.NumClasses; c++ {
+		if err := p.Classes[c].Validate(); err != nil {
+			return fmt.Errorf("class %s: %w", c, err)
+		}
+	}
+	return nil
+}
+
+// ClassCounters are the counters of one class in one direction. Written only
+// by the direction's goroutine, read by anyone.
+type ClassCounters struct {
+	PassedPackets  atomic.Uint64
+	PassedBytes    atomic.Uint64
+	DroppedPackets atomic.Uint64
+	DroppedBytes   atomic.Uint64
+	Drops          [NumReasons]atomic.Uint64 // packets per reason
+}
+
+// ClassStats is a snapshot of ClassCounters.
+type ClassStats struct {
+	PassedPackets  uint64
+	PassedBytes    uint64
+	DroppedPackets uint64
+	DroppedBytes   uint64
+	Drops          [NumReasons]uint64
+}
+
+// DirStats is a snapshot of one direction.
+type DirStats struct {
+	Classes [classify.NumClasses]ClassStats
+	// ReadErrors counts failed reads from the incoming device.
+	ReadErrors uint64
+}
+
+// Pipe is one direction of a forwarder: it reads frames from in, and writes
+// the ones its policy admits to out. Its classifier and budgets belong to the
+// goroutine that calls Step (Run); other goroutines may call SetPolicy and
+// Stats.
+type Pipe struct {
+	dir classify.Direction
+	in  Device
+	out Device
+	cls *classify.Classifier
+
+	pending atomic.Pointer[Policy] // published by SetPolicy, picked up by the owner
+	current *Policy                // owner only
+	agg     *bucket.Budget         // owner only
+	class   [classify.NumClasses]*bucket.Budget
+
+	counters   [classify.NumClasses]ClassCounters
+	readErrors atomic.Uint64
+	heartbeat  atomic.Int64 // unix ns of the owner's last loop iteration; 0 before start
+
+	log *slog.Logger
+	// logEvery rate-limits per-frame logging.
+	logEvery atomicSometimes
+}
+
+// NewPipe returns a Pipe for one direction. cls must be used by this pipe only.
+func NewPipe(dir classify.Direction, in, out Device, cls *classify.Classifier, p Policy, now time.Time, log *slog.Logger) (*Pipe, error) {
+	if err := p.Validate(); err != nil {
+		return nil, err
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	pp := &Pipe{dir: dir, in: in, out: out, cls: cls, log: log.With("direction", dir.String())}
+	pol := p
+	if err := pp.apply(&pol, now); err != nil {
+		return nil, err
+	}
+	pp.pending.Store(&pol)
+	pp.logEvery.interval = int64(10 * time.Second)
+	return pp, nil
+}
+
+// apply makes pol the owner's current policy, keeping bucket fills where the
+// limits did not change.
+func (p *Pipe) apply(pol *Policy, now time.Time) error {
+	var err error
+	if p.agg == nil {
+		if p.agg, err = bucket.New(pol.Aggregate, now); err != nil {
+			return err
+		}
+	} else if p.current.Aggregate != pol.Aggregate {
+		if err = p.agg.SetLimits(pol.Aggregate, now); err != nil {
+			return err
+		}
+	}
+	for c := range p.class {
+		l := pol.Classes[c]
+		switch {
+		case l.Unlimited():
+			p.class[c] = nil
+		case p.class[c] == nil:
+			if p.class[c], err = bucket.New(l, now); err != nil {
+				return err
+			}
+		case p.current.Classes[c] != l:
+			if err = p.class[c].SetLimits(l, now); err != nil {
+				return err
+			}
+		}
+	}
+	p.current = pol
+	return nil
+}
+
+// SetPolicy validates pol and publishes it; the owner applies it before its
+// next frame. Safe for concurrent use.
+func (p *Pipe) SetPolicy(pol Policy) error {
+	if err := pol.Validate(); err != nil {
+		return err
+	}
+	p.pending.Store(&pol)
+	return nil
+}
+
+// Policy returns the most recently published policy.
+func (p *Pipe) Policy() Policy { return *p.pending.Load() }
+
+// Step decides what to do with one frame at time now, and counts it. It does
+// not write the frame. Owner only. It does not allocate.
+func (p *Pipe) Step(frame []byte, now time.Time) Verdict {
+	if pol := p.pending.Load(); pol != p.current {
+		// Validated by SetPolicy, so this cannot fail for a well-formed
+		// policy; if it does, keep the old one and say so.
+		if err := p.apply(pol, now); err != nil {
+			p.log.Error("cannot apply policy", "err", err)
+			p.pending.CompareAndSwap(pol, p.current)
+		}
+	}
+	n := len(frame)
+	if n < 14 {
+		return p.drop(classify.Malformed, ReasonMalformed, n)
+	}
+	c := p.cls.Classify(frame, now.UnixNano())
+	switch c {
+	case classify.Bypass:
+		if b := p.class[c]; b != nil && bucket.Admit(now, n, b) >= 0 {
+			return p.drop(c, ReasonBypassBudget, n)
+		}
+		return p.pass(c, n)
+	case classify.Control:
+		if b := p.class[c]; b != nil && bucket.Admit(now, n, b) >= 0 {
+			return p.drop(c, ReasonControlBudget, n)
+		}
+		return p.pass(c, n)
+	}
+	budgetClass := c
+	if c == classify.Malformed {
+		budgetClass = classify.Other
+	}
+	switch bucket.Admit(now, n, p.class[budgetClass], p.agg) {
+	case -1:
+		return p.pass(c, n)
+	case 0:
+		return p.drop(c, ReasonClassBudget, n)
+	default:
+		return p.drop(c, ReasonAggregateBudget, n)
+	}
+}
+
+func (p *Pipe) pass(c classify.Class, n int) Verdict {
+	k := &p.counters[c]
+	k.PassedPackets.Add(1)
+	k.PassedBytes.Add(uint64(n))
+	return Verdict{Pass: true, Class: c}
+}
+
+func (p *Pipe) drop(c classify.Class, r Reason, n int) Verdict {
+	k := &p.counters[c]
+	k.DroppedPackets.Add(1)
+	k.DroppedBytes.Add(uint64(n))
+	k.Drops[r].Add(1)
+	return Verdict{Reason: r, Class: c}
+}
+
+// writeFailed moves a frame that Step passed but the device refused from
+// passed to dropped.
+func (p *Pipe) writeFailed(c classify.Class, n int) {
+	k := &p.counters[c]
+	k.PassedPackets.Add(^uint64(0))
+	k.PassedBytes.Add(^uint64(n - 1))
+	k.DroppedPackets.Add(1)
+	k.DroppedBytes.Add(uint64(n))
+	k.Drops[ReasonWriteError].Add(1)
+}
+
+// Stats returns a snapshot of the counters. Safe for concurrent use.
+func (p *Pipe) Stats() DirStats {
+	var s DirStats
+	for c := range p.counters {
+		k := &p.counters[c]
+		cs := &s.Classes[c]
+		cs.PassedPackets = k.PassedPackets.Load()
+		cs.PassedBytes = k.PassedBytes.Load()
+		cs.DroppedPackets = k.DroppedPackets.Load()
+		cs.DroppedBytes = k.DroppedBytes.Load()
+		for r := range k.Drops {
+			cs.Drops[r] = k.Drops[r].Load()
+		}
+	}
+	s.ReadErrors = p.readErrors.Load()
+	return s
+}
+
+// MaxFrameBuffer is the size of a read buffer: larger than any frame a tap
+// with a jumbo MTU can deliver.
+const MaxFrameBuffer = 65536
+
+// Run forwards frames until the incoming device is closed. Owner: the calling
+// goroutine.
+func (p *Pipe) Run() error {
+	buf := make([]byte, MaxFrameBuffer)
+	for {
+		n, err := p.in.Read(buf)
+		now := time.Now()
+		p.heartbeat.Store(now.UnixNano())
+		if err != nil {
+			if isClosed(err) {
+				return nil
+			}
+			p.readErrors.Add(1)
+			if p.logEvery.ok(now) {
+				p.log.Warn("read failed", "err", err)
+			}
+			// A tap whose link went away returns errors at once: do
+			// not spin.
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		v := p.Step(buf[:n], now)
+		if !v.Pass {
+			continue
+		}
+		if _, err := p.out.Write(buf[:n]); err != nil {
+			if isClosed(err) {
+				return nil
+			}
+			p.writeFailed(v.Class, n)
+			if p.logEvery.ok(now) {
+				p.log.Warn("write failed", "err", err)
+			}
+		}
+	}
+}
+
+// Heartbeat returns when the pipe's goroutine last read or tried to read a
+// frame (zero before Run).
+func (p *Pipe) Heartbeat() time.Time {
+	ns := p.heartbeat.Load()
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
+
+// Forwarder is both directions of one spliced port.
+type Forwarder struct {
+	FromVM *Pipe // reads the VM-side device, writes the network-side device
+	ToVM   *Pipe // reads the network-side device, writes the VM-side device
+
+	vm, net Device
+	wg      sync.WaitGroup
+	once    sync.Once
+	done    chan struct{}
+	errs    [2]error
+}
+
+// Config configures a Forwarder.
+type Config struct {
+	Classify classify.Config
+	// ConnTableSize bounds the bypass connection table, in entries.
+	ConnTableSize int
+	FromVM, ToVM  Policy
+	Log           *slog.Logger
+}
+
+// DefaultConnTableSize is the default bound of the bypass connection table.
+const DefaultConnTableSize = 16384
+
+// New returns a Forwarder over the two devices of a splice: vm carries frames
+// from and to the VM, net is the device that took the port's place in the
+// switch. It validates everything before starting; on success the two
+// goroutines are running. Close stops them.
+func New(cfg Config, vm, net Device) (*Forwarder, error) {
+	if err := cfg.Classify.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.ConnTableSize <= 0 {
+		cfg.ConnTableSize = DefaultConnTableSize
+	}
+	table := classify.NewConnTable(cfg.ConnTableSize)
+	clsFrom, err := classify.New(classify.FromVM, cfg.Classify, table)
+	if err != nil {
+		return nil, err
+	}
+	clsTo, err := classify.New(classify.ToVM, cfg.Classify, table)
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	from, err := NewPipe(classify.FromVM, vm, net, clsFrom, cfg.FromVM, now, cfg.Log)
+	if err != nil {
+		return nil, fmt.Errorf("from the VM: %w", err)
+	}
+	to, err := NewPipe(classify.ToVM, net, vm, clsTo, cfg.ToVM, now, cfg.Log)
+	if err != nil {
+		return nil, fmt.Errorf("to the VM: %w", err)
+	}
+	f := &Forwarder{FromVM: from, ToVM: to, vm: vm, net: net, done: make(chan struct{})}
+	f.wg.Add(2)
+	go func() { defer f.wg.Done(); f.errs[0] = from.Run() }()
+	go func() { defer f.wg.Done(); f.errs[1] = to.Run() }()
+	go func() { f.wg.Wait(); close(f.done) }()
+	return f, nil
+}
+
+// Done is closed when both goroutines have stopped (after Close, or when both
+// devices went away).
+func (f *Forwarder) Done() <-chan struct{} { return f.done }
+
+// Close stops the forwarder: it closes both devices, which unblocks the
+// readers, then waits for the two goroutines. Safe to call more than once.
+// Closing the fds of persistent taps leaves the taps in place (without
+// carrier); removing them is the splice backend's job.
+func (f *Forwarder) Close() error {
+	var err error
+	f.once.Do(func() {
+		err = errors.Join(f.vm.Close(), f.net.Close())
+		<-f.done
+	})
+	return err
+}
+
+// Alive reports whether both goroutines are still running.
+func (f *Forwarder) Alive() bool {
+	select {
+	case <-f.done:
+		return false
+	default:
+		return true
+	}
+}
+
+// Pipe returns the pipe of direction d.
+func (f *Forwarder) Pipe(d classify.Direction) *Pipe {
+	if d == classify.ToVM {
+		return f.ToVM
+	}
+	return f.FromVM
+}
+
+// atomicSometimes allows one event per interval; safe for concurrent use.
+type atomicSometimes struct {
+	interval int64 // ns
+	last     atomic.Int64
+}
+
+func (s *atomicSometimes) ok(now time.Time) bool {
+	t := now.UnixNano()
+	l := s.last.Load()
+	if t-l < s.interval {
+		return false
+	}
+	return s.last.CompareAndSwap(l, t)
+}

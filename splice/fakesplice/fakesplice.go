@@ -1,0 +1,96 @@
+// Package fakesplice is an in-memory splice.Backend for unit tests: it knows
+// a set of ports, records what is spliced, and can be told to fail.
+package fakesplice
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/shaperd/shaperd/splice"
+)
+
+// Backend is a fake splice backend. Safe for concurrent use.
+type Backend struct {
+	mu sync.Mutex
+	// Ports maps a port name to whether it is on a bridge.
+	Ports map[string]bool
+	// FailSplice, when set, makes Splice fail with it.
+	FailSplice error
+	spliced    map[string]bool
+	released   int
+}
+
+// New returns a backend that knows the given bridged ports.
+func New(bridged ...string) *Backend {
+	b := &Backend{Ports: map[string]bool{}, spliced: map[string]bool{}}
+	for _, p := range bridged {
+		b.Ports[p] = true
+	}
+	return b
+}
+
+// Name implements splice.Backend.
+func (b *Backend) Name() string { return "fake" }
+
+// Handles implements splice.Backend.
+func (b *Backend) Handles(port string) (bool, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	bridged, ok := b.Ports[port]
+	if !ok {
+		return false, fmt.Errorf("%s: %w", port, splice.ErrNoPort)
+	}
+	if !bridged {
+		return false, fmt.Errorf("%s: %w", port, splice.ErrNotBridged)
+	}
+	return true, nil
+}
+
+// Splice implements splice.Backend.
+func (b *Backend) Splice(port string) (splice.Splice, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.FailSplice != nil {
+		return nil, b.FailSplice
+	}
+	if b.spliced[port] {
+		return nil, fmt.Errorf("%s: %w", port, splice.ErrSpliced)
+	}
+	b.spliced[port] = true
+	return &fakeSplice{b: b, port: port}, nil
+}
+
+// Spliced reports whether port is currently spliced.
+func (b *Backend) Spliced(port string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.spliced[port]
+}
+
+// Released counts releases.
+func (b *Backend) Released() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.released
+}
+
+type fakeSplice struct {
+	b    *Backend
+	port string
+	once sync.Once
+}
+
+func (s *fakeSplice) Port() string       { return s.port }
+func (s *fakeSplice) Backend() string    { return "fake" }
+func (s *fakeSplice) VMTap() string      { v, _ := splice.TapNames(s.port); return v }
+func (s *fakeSplice) NetTap() string     { _, n := splice.TapNames(s.port); return n }
+func (s *fakeSplice) Warnings() []string { return nil }
+func (s *fakeSplice) Release() error {
+	s.once.Do(func() {
+		s.b.mu.Lock()
+		defer s.b.mu.Unlock()
+		delete(s.b.spliced, s.port)
+		s.b.released++
+	})
+	return nil
+}
