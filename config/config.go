@@ -17,6 +17,9 @@ type Config struct {
 	StateDir  string `yaml:"state_dir"`
 	LogLevel  string `yaml:"log_level"`  // debug, info, warn, error
 	LogFormat string `yaml:"log_format"` // text or json
+	// ForwarderNice is the scheduling priority of the forwarding threads,
+	// -20..19; nil means the default, -10.
+	ForwarderNice *int `yaml:"forwarder_nice"`
 }
 
 // Load reads and validates the file at path. Errors carry the line and column
@@ -47,6 +50,9 @@ func (c Config) Validate() error {
 	case "", "text", "json":
 	default:
 		return fmt.Errorf("log_format %q: want text or json", c.LogFormat)
+	}
+	if c.ForwarderNice != nil && (*c.ForwarderNice < -20 || *c.ForwarderNice > 19) {
+		return fmt.Errorf("forwarder_nice %d: want -20..19", *c.ForwarderNice)
 	}
 	return nil
 }

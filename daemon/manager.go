@@ -29,6 +29,10 @@ type Manager struct {
 	backends []splice.Backend
 	started  time.Time
 
+	// ForwarderNice is the scheduling priority of forwarding threads
+	// (-20..19, 0 = the daemon's own). Set it before the first quarantine.
+	ForwarderNice int
+
 	// openTap opens a splice's taps; a hook so unit tests can use fakes.
 	openTap func(name string) (forward.Device, error)
 
@@ -96,7 +100,7 @@ func (m *Manager) Quarantine(port string, req api.LimitRequest) (api.Quarantine,
 	if err != nil {
 		return api.Quarantine{}, err
 	}
-	sp, err := b.Splice(port)
+	sp, err := b.Splice(port, splice.Options{BypassPorts: spec.BypassPorts, BypassOutbound: spec.BypassOutbound})
 	if err != nil {
 		if errors.Is(err, splice.ErrSpliced) {
 			return api.Quarantine{}, usagef("%v (left by an earlier run? release it with the daemon's help once state recovery exists, or remove the taps %s)", err, tapList(port))
@@ -156,15 +160,27 @@ func (m *Manager) startForwarder(sp splice.Splice, spec Spec) (*forward.Forwarde
 		vm.Close()
 		return nil, err
 	}
+	var prio forward.Device
+	if name := sp.PriorityTap(); name != "" {
+		if prio, err = m.openTap(name); err != nil {
+			vm.Close()
+			nt.Close()
+			return nil, err
+		}
+	}
 	fwd, err := forward.New(forward.Config{
 		Classify: spec.classifyConfig(),
 		FromVM:   spec.FromVM.policy(),
 		ToVM:     spec.ToVM.policy(),
+		Nice:     m.ForwarderNice,
 		Log:      m.log.With("port", sp.Port()),
-	}, vm, nt)
+	}, forward.Devices{VM: vm, Net: nt, Priority: prio})
 	if err != nil {
 		vm.Close()
 		nt.Close()
+		if prio != nil {
+			prio.Close()
+		}
 		return nil, err
 	}
 	return fwd, nil

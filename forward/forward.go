@@ -15,12 +15,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/shaperd/shaperd/bucket"
 	"github.com/shaperd/shaperd/classify"
+	"golang.org/x/sys/unix"
 )
 
 // Device is a frame device: each Read returns one whole Ethernet frame, each
@@ -122,39 +124,72 @@ type DirStats struct {
 	ReadErrors uint64
 }
 
-// Pipe is one direction of a forwarder: it reads frames from in, and writes
-// the ones its policy admits to out. Its classifier and budgets belong to the
-// goroutine that calls Step (Run); other goroutines may call SetPolicy and
+// Pipe is one direction of a forwarder: it reads frames from one or more
+// inputs (queues), and writes the ones its policy admits to out. Each input
+// has its own goroutine and classifier; the budgets are the direction's, one
+// set shared by its inputs under mu. Other goroutines may call SetPolicy and
 // Stats.
+//
+// A second input exists to keep frames that may be bypass or control out of
+// the queue a flood fills: the splice steers them into a separate device in
+// the kernel, and they are classified and charged here like any other frame.
 type Pipe struct {
 	dir classify.Direction
-	in  Device
+	ins []input
 	out Device
-	cls *classify.Classifier
 
-	pending atomic.Pointer[Policy] // published by SetPolicy, picked up by the owner
-	current *Policy                // owner only
-	agg     *bucket.Budget         // owner only
+	pending atomic.Pointer[Policy] // published by SetPolicy, picked up under mu
+
+	mu      sync.Mutex     // guards current, agg and class
+	current *Policy        // the policy the budgets were built from
+	agg     *bucket.Budget // the port aggregate
 	class   [classify.NumClasses]*bucket.Budget
 
 	counters   [classify.NumClasses]ClassCounters
 	readErrors atomic.Uint64
 	heartbeat  atomic.Int64 // unix ns of the owner's last loop iteration; 0 before start
 
+	// nice is the scheduling priority of the input goroutines' threads; 0
+	// leaves it alone.
+	nice int
+
 	log *slog.Logger
 	// logEvery rate-limits per-frame logging.
 	logEvery atomicSometimes
 }
 
-// NewPipe returns a Pipe for one direction. cls must be used by this pipe only.
-func NewPipe(dir classify.Direction, in, out Device, cls *classify.Classifier, p Policy, now time.Time, log *slog.Logger) (*Pipe, error) {
+// input is one queue of a pipe: a device and the classifier that its reader
+// goroutine owns.
+type input struct {
+	dev Device
+	cls *classify.Classifier
+}
+
+// Input pairs a device with its own classifier for NewPipe. The classifier
+// must not be used by anything else.
+type Input struct {
+	Dev Device
+	Cls *classify.Classifier
+}
+
+// NewPipe returns a Pipe for one direction with at least one input.
+func NewPipe(dir classify.Direction, ins []Input, out Device, p Policy, now time.Time, log *slog.Logger) (*Pipe, error) {
 	if err := p.Validate(); err != nil {
 		return nil, err
+	}
+	if len(ins) == 0 {
+		return nil, errors.New("forward: a pipe needs an input")
 	}
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	pp := &Pipe{dir: dir, in: in, out: out, cls: cls, log: log.With("direction", dir.String())}
+	pp := &Pipe{dir: dir, out: out, log: log.With("direction", dir.String())}
+	for _, in := range ins {
+		if in.Cls == nil {
+			return nil, errors.New("forward: an input without a classifier")
+		}
+		pp.ins = append(pp.ins, input{dev: in.Dev, cls: in.Cls})
+	}
 	pol := p
 	if err := pp.apply(&pol, now); err != nil {
 		return nil, err
@@ -209,9 +244,34 @@ func (p *Pipe) SetPolicy(pol Policy) error {
 // Policy returns the most recently published policy.
 func (p *Pipe) Policy() Policy { return *p.pending.Load() }
 
-// Step decides what to do with one frame at time now, and counts it. It does
-// not write the frame. Owner only. It does not allocate.
+// Step decides what to do with one frame at time now, using the first
+// input's classifier, and counts it. It does not write the frame. Only the
+// first input's goroutine may call it. It does not allocate.
 func (p *Pipe) Step(frame []byte, now time.Time) Verdict {
+	return p.step(p.ins[0].cls, frame, now)
+}
+
+func (p *Pipe) step(cls *classify.Classifier, frame []byte, now time.Time) Verdict {
+	n := len(frame)
+	if n < 14 {
+		return p.drop(classify.Malformed, ReasonMalformed, n)
+	}
+	c := cls.Classify(frame, now.UnixNano())
+	p.mu.Lock()
+	r := p.admitLocked(c, n, now)
+	p.mu.Unlock()
+	if r == admitted {
+		return p.pass(c, n)
+	}
+	return p.drop(c, r, n)
+}
+
+// admitted is admitLocked's answer for a frame that passes.
+const admitted = NumReasons
+
+// admitLocked charges a frame of class c and n bytes to its budgets, or
+// returns why it may not pass. Caller holds mu.
+func (p *Pipe) admitLocked(c classify.Class, n int, now time.Time) Reason {
 	if pol := p.pending.Load(); pol != p.current {
 		// Validated by SetPolicy, so this cannot fail for a well-formed
 		// policy; if it does, keep the old one and say so.
@@ -220,22 +280,17 @@ func (p *Pipe) Step(frame []byte, now time.Time) Verdict {
 			p.pending.CompareAndSwap(pol, p.current)
 		}
 	}
-	n := len(frame)
-	if n < 14 {
-		return p.drop(classify.Malformed, ReasonMalformed, n)
-	}
-	c := p.cls.Classify(frame, now.UnixNano())
 	switch c {
 	case classify.Bypass:
 		if b := p.class[c]; b != nil && bucket.Admit(now, n, b) >= 0 {
-			return p.drop(c, ReasonBypassBudget, n)
+			return ReasonBypassBudget
 		}
-		return p.pass(c, n)
+		return admitted
 	case classify.Control:
 		if b := p.class[c]; b != nil && bucket.Admit(now, n, b) >= 0 {
-			return p.drop(c, ReasonControlBudget, n)
+			return ReasonControlBudget
 		}
-		return p.pass(c, n)
+		return admitted
 	}
 	budgetClass := c
 	if c == classify.Malformed {
@@ -243,11 +298,11 @@ func (p *Pipe) Step(frame []byte, now time.Time) Verdict {
 	}
 	switch bucket.Admit(now, n, p.class[budgetClass], p.agg) {
 	case -1:
-		return p.pass(c, n)
+		return admitted
 	case 0:
-		return p.drop(c, ReasonClassBudget, n)
+		return ReasonClassBudget
 	default:
-		return p.drop(c, ReasonAggregateBudget, n)
+		return ReasonAggregateBudget
 	}
 }
 
@@ -299,12 +354,23 @@ func (p *Pipe) Stats() DirStats {
 // with a jumbo MTU can deliver.
 const MaxFrameBuffer = 65536
 
-// Run forwards frames until the incoming device is closed. Owner: the calling
-// goroutine.
-func (p *Pipe) Run() error {
+// run forwards the frames of input i until its device is closed. The calling
+// goroutine owns that input's classifier.
+func (p *Pipe) run(i int) error {
+	in := &p.ins[i]
+	if p.nice != 0 {
+		// The budgets refill while this thread waits for a CPU, but a
+		// bucket holds only its burst: a long wait loses tokens, and
+		// the port gets less than its limit. Run ahead of ordinary work.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), p.nice); err != nil {
+			p.log.Warn("cannot raise the forwarder's priority", "nice", p.nice, "err", err)
+		}
+	}
 	buf := make([]byte, MaxFrameBuffer)
 	for {
-		n, err := p.in.Read(buf)
+		n, err := in.dev.Read(buf)
 		now := time.Now()
 		p.heartbeat.Store(now.UnixNano())
 		if err != nil {
@@ -320,7 +386,7 @@ func (p *Pipe) Run() error {
 			time.Sleep(time.Millisecond)
 			continue
 		}
-		v := p.Step(buf[:n], now)
+		v := p.step(in.cls, buf[:n], now)
 		if !v.Pass {
 			continue
 		}
@@ -348,14 +414,25 @@ func (p *Pipe) Heartbeat() time.Time {
 
 // Forwarder is both directions of one spliced port.
 type Forwarder struct {
-	FromVM *Pipe // reads the VM-side device, writes the network-side device
+	FromVM *Pipe // reads the VM-side devices, writes the network-side device
 	ToVM   *Pipe // reads the network-side device, writes the VM-side device
 
-	vm, net Device
-	wg      sync.WaitGroup
-	once    sync.Once
-	done    chan struct{}
-	errs    [2]error
+	devs []Device
+	wg   sync.WaitGroup
+	once sync.Once
+	done chan struct{}
+}
+
+// Devices are the devices of one splice.
+type Devices struct {
+	// VM carries frames from the VM (read) and to the VM (written).
+	VM Device
+	// Net took the port's place in the switch: frames from the VM are
+	// written to it, frames to the VM read from it.
+	Net Device
+	// Priority, if not nil, carries frames from the VM that the splice
+	// steered away from VM's queue because they may be bypass or control.
+	Priority Device
 }
 
 // Config configures a Forwarder.
@@ -364,61 +441,85 @@ type Config struct {
 	// ConnTableSize bounds the bypass connection table, in entries.
 	ConnTableSize int
 	FromVM, ToVM  Policy
-	Log           *slog.Logger
+	// Nice is the scheduling priority (-20..19) of the forwarding threads;
+	// 0 leaves them at the daemon's.
+	Nice int
+	Log  *slog.Logger
 }
 
 // DefaultConnTableSize is the default bound of the bypass connection table.
 const DefaultConnTableSize = 16384
 
-// New returns a Forwarder over the two devices of a splice: vm carries frames
-// from and to the VM, net is the device that took the port's place in the
-// switch. It validates everything before starting; on success the two
-// goroutines are running. Close stops them.
-func New(cfg Config, vm, net Device) (*Forwarder, error) {
+// New returns a Forwarder over the devices of a splice. It validates
+// everything before starting; on success one goroutine per input is running.
+// Close stops them.
+func New(cfg Config, d Devices) (*Forwarder, error) {
 	if err := cfg.Classify.Validate(); err != nil {
 		return nil, err
+	}
+	if cfg.Nice < -20 || cfg.Nice > 19 {
+		return nil, fmt.Errorf("forward: nice %d: want -20..19", cfg.Nice)
 	}
 	if cfg.ConnTableSize <= 0 {
 		cfg.ConnTableSize = DefaultConnTableSize
 	}
 	table := classify.NewConnTable(cfg.ConnTableSize)
-	clsFrom, err := classify.New(classify.FromVM, cfg.Classify, table)
-	if err != nil {
-		return nil, err
+	newCls := func(dir classify.Direction) *classify.Classifier {
+		c, err := classify.New(dir, cfg.Classify, table)
+		if err != nil {
+			panic(err) // validated above
+		}
+		return c
 	}
-	clsTo, err := classify.New(classify.ToVM, cfg.Classify, table)
-	if err != nil {
-		return nil, err
+	fromIns := []Input{{Dev: d.VM, Cls: newCls(classify.FromVM)}}
+	if d.Priority != nil {
+		fromIns = append(fromIns, Input{Dev: d.Priority, Cls: newCls(classify.FromVM)})
 	}
 	now := time.Now()
-	from, err := NewPipe(classify.FromVM, vm, net, clsFrom, cfg.FromVM, now, cfg.Log)
+	from, err := NewPipe(classify.FromVM, fromIns, d.Net, cfg.FromVM, now, cfg.Log)
 	if err != nil {
 		return nil, fmt.Errorf("from the VM: %w", err)
 	}
-	to, err := NewPipe(classify.ToVM, net, vm, clsTo, cfg.ToVM, now, cfg.Log)
+	to, err := NewPipe(classify.ToVM, []Input{{Dev: d.Net, Cls: newCls(classify.ToVM)}}, d.VM, cfg.ToVM, now, cfg.Log)
 	if err != nil {
 		return nil, fmt.Errorf("to the VM: %w", err)
 	}
-	f := &Forwarder{FromVM: from, ToVM: to, vm: vm, net: net, done: make(chan struct{})}
-	f.wg.Add(2)
-	go func() { defer f.wg.Done(); f.errs[0] = from.Run() }()
-	go func() { defer f.wg.Done(); f.errs[1] = to.Run() }()
+	from.nice, to.nice = cfg.Nice, cfg.Nice
+	f := &Forwarder{FromVM: from, ToVM: to, done: make(chan struct{})}
+	f.devs = []Device{d.VM, d.Net}
+	if d.Priority != nil {
+		f.devs = append(f.devs, d.Priority)
+	}
+	for _, p := range []*Pipe{from, to} {
+		for i := range p.ins {
+			f.wg.Add(1)
+			go func() {
+				defer f.wg.Done()
+				if err := p.run(i); err != nil {
+					p.log.Error("forwarding stopped", "err", err)
+				}
+			}()
+		}
+	}
 	go func() { f.wg.Wait(); close(f.done) }()
 	return f, nil
 }
 
-// Done is closed when both goroutines have stopped (after Close, or when both
-// devices went away).
+// Done is closed when every goroutine has stopped (after Close).
 func (f *Forwarder) Done() <-chan struct{} { return f.done }
 
-// Close stops the forwarder: it closes both devices, which unblocks the
-// readers, then waits for the two goroutines. Safe to call more than once.
+// Close stops the forwarder: it closes every device, which unblocks the
+// readers, then waits for the goroutines. Safe to call more than once.
 // Closing the fds of persistent taps leaves the taps in place (without
 // carrier); removing them is the splice backend's job.
 func (f *Forwarder) Close() error {
 	var err error
 	f.once.Do(func() {
-		err = errors.Join(f.vm.Close(), f.net.Close())
+		var errs []error
+		for _, d := range f.devs {
+			errs = append(errs, d.Close())
+		}
+		err = errors.Join(errs...)
 		<-f.done
 	})
 	return err

@@ -68,11 +68,11 @@ func newPipes(t testing.TB, from, to Policy, now time.Time) (*Pipe, *Pipe) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	pf, err := NewPipe(classify.FromVM, nil, nil, cf, from, now, nil)
+	pf, err := NewPipe(classify.FromVM, []Input{{Cls: cf}}, nil, from, now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	pt, err := NewPipe(classify.ToVM, nil, nil, ct, to, now, nil)
+	pt, err := NewPipe(classify.ToVM, []Input{{Cls: ct}}, nil, to, now, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -237,7 +237,7 @@ func TestStepZeroAllocs(t *testing.T) {
 func TestForwarderMovesFramesAndStops(t *testing.T) {
 	before := runtime.NumGoroutine()
 	vm, nt := fakedev.New(64), fakedev.New(64)
-	f, err := New(Config{FromVM: Policy{Aggregate: bucket.Limits{PPS: 1000, BurstPackets: 3}}}, vm, nt)
+	f, err := New(Config{FromVM: Policy{Aggregate: bucket.Limits{PPS: 1000, BurstPackets: 3}}}, Devices{VM: vm, Net: nt})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,7 +284,7 @@ func TestForwarderMovesFramesAndStops(t *testing.T) {
 func TestWriteErrorsAreCounted(t *testing.T) {
 	vm, nt := fakedev.New(8), fakedev.New(8)
 	nt.WriteErr = net.ErrWriteToConnected
-	f, err := New(Config{}, vm, nt)
+	f, err := New(Config{}, Devices{VM: vm, Net: nt})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -321,5 +321,54 @@ func BenchmarkStep(b *testing.B) {
 			}
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "pkts/s")
 		})
+	}
+}
+
+// A frame steered to the priority input is classified there like anywhere
+// else: a flood from port 22 that no connection opened is charged to the
+// same aggregate as the main queue, while real bypass frames pass.
+func TestPriorityInputSharesBudgets(t *testing.T) {
+	vm, nt, prio := fakedev.New(64), fakedev.New(64), fakedev.New(64)
+	pol := Policy{Aggregate: bucket.Limits{PPS: 1, BurstPackets: 4}}
+	f, err := New(Config{FromVM: pol}, Devices{VM: vm, Net: nt, Priority: prio})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	// The external client opens a connection to the VM's port 22.
+	nt.Inject(frame(t, false, &layers.TCP{SrcPort: 50000, DstPort: 22, SYN: true, Window: 1000}, 0, 0))
+	waitFor(t, func() bool { return f.ToVM.Stats().Classes[classify.Bypass].PassedPackets == 1 })
+	stray := frame(t, true, &layers.TCP{SrcPort: 22, DstPort: 9, ACK: true, Window: 1000}, 0, 0)
+	for i := 0; i < 10; i++ {
+		vm.Inject(udpFlood(t))
+		prio.Inject(stray)
+	}
+	synack := frame(t, true, &layers.TCP{SrcPort: 22, DstPort: 50000, SYN: true, ACK: true, Window: 1000}, 0, 0)
+	prio.Inject(synack)
+	waitFor(t, func() bool {
+		s := f.FromVM.Stats()
+		n := uint64(0)
+		for _, c := range s.Classes {
+			n += c.PassedPackets + c.DroppedPackets
+		}
+		return n == 21
+	})
+	s := f.FromVM.Stats()
+	if got := s.Classes[classify.UDP].PassedPackets + s.Classes[classify.TCP].PassedPackets; got < 4 || got > 5 {
+		t.Errorf("flood on two inputs passed %d frames, want the shared burst of 4 (5 with refill)", got)
+	}
+	if s.Classes[classify.Bypass].PassedPackets != 1 {
+		t.Errorf("the VM's SYN-ACK on the priority input: bypass %+v", s.Classes[classify.Bypass])
+	}
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 5 s")
+		}
+		time.Sleep(time.Millisecond)
 	}
 }

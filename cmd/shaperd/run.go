@@ -23,6 +23,7 @@ const DefaultStateDir = "/var/lib/shaperd"
 func newRunCmd(g *globals) *cobra.Command {
 	var cfgPath string
 	var flags config.Config
+	var nice int
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the daemon",
@@ -49,6 +50,10 @@ file (the flag's name with '_' for '-'); a flag given here wins.`,
 			if fs.Changed("log-format") {
 				cfg.LogFormat = flags.LogFormat
 			}
+			if fs.Changed("forwarder-nice") || cfg.ForwarderNice == nil {
+				n := nice
+				cfg.ForwarderNice = &n
+			}
 			if cmd.Flags().Changed("socket") || g.socket != "" || cfg.Socket == "" {
 				cfg.Socket = control.SocketPath(g.socket)
 			}
@@ -65,6 +70,7 @@ file (the flag's name with '_' for '-'); a flag given here wins.`,
 	cmd.Flags().StringVar(&flags.StateDir, "state-dir", DefaultStateDir, "directory for the daemon's state (config key state_dir)")
 	cmd.Flags().StringVar(&flags.LogLevel, "log-level", "info", "debug, info, warn or error (config key log_level)")
 	cmd.Flags().StringVar(&flags.LogFormat, "log-format", "text", "text or json (config key log_format)")
+	cmd.Flags().IntVar(&nice, "forwarder-nice", -10, "scheduling priority of the forwarding threads, -20..19; 0 keeps the daemon's (config key forwarder_nice)")
 	return cmd
 }
 
@@ -96,6 +102,7 @@ func runDaemon(cfg config.Config) error {
 	defer stop()
 
 	m := daemon.New(log, tcsplice.New(log))
+	m.ForwarderNice = *cfg.ForwarderNice
 	if err := m.WatchLinks(ctx); err != nil {
 		return &exitError{code: 1, err: fmt.Errorf("watch links: %w", err)}
 	}

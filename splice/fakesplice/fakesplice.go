@@ -47,7 +47,7 @@ func (b *Backend) Handles(port string) (bool, error) {
 }
 
 // Splice implements splice.Backend.
-func (b *Backend) Splice(port string) (splice.Splice, error) {
+func (b *Backend) Splice(port string, _ splice.Options) (splice.Splice, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.FailSplice != nil {
@@ -80,11 +80,12 @@ type fakeSplice struct {
 	once sync.Once
 }
 
-func (s *fakeSplice) Port() string       { return s.port }
-func (s *fakeSplice) Backend() string    { return "fake" }
-func (s *fakeSplice) VMTap() string      { v, _ := splice.TapNames(s.port); return v }
-func (s *fakeSplice) NetTap() string     { _, n := splice.TapNames(s.port); return n }
-func (s *fakeSplice) Warnings() []string { return nil }
+func (s *fakeSplice) Port() string        { return s.port }
+func (s *fakeSplice) Backend() string     { return "fake" }
+func (s *fakeSplice) VMTap() string       { v, _ := splice.TapNames(s.port); return v }
+func (s *fakeSplice) NetTap() string      { _, n := splice.TapNames(s.port); return n }
+func (s *fakeSplice) PriorityTap() string { return splice.PriorityTapName(s.port) }
+func (s *fakeSplice) Warnings() []string  { return nil }
 func (s *fakeSplice) Release() error {
 	s.once.Do(func() {
 		s.b.mu.Lock()

@@ -1,0 +1,323 @@
+// Package integration runs shaperd end to end in a throwaway namespace lab:
+// real taps, real tc, a real daemon process. It runs only as root with
+// SHAPERD_NETNS=1 and SHAPERD_BIN pointing at the built binaries (make test
+// does both); otherwise every test skips.
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/shaperd/shaperd/api"
+)
+
+func binDir(t *testing.T) string {
+	t.Helper()
+	if os.Getenv("SHAPERD_NETNS") != "1" {
+		t.Skip("netns integration test: set SHAPERD_NETNS=1 (make test does)")
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("netns integration test: needs root")
+	}
+	dir := os.Getenv("SHAPERD_BIN")
+	if dir == "" {
+		t.Fatal("SHAPERD_BIN is not set: point it at the directory holding shaperd, flood, sink and probe (make test does)")
+	}
+	return dir
+}
+
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+// lab is one throwaway namespace lab built by scripts/netns/lab.sh.
+type lab struct {
+	t   *testing.T
+	bin string
+	env map[string]string
+}
+
+func newLab(t *testing.T, mode string) *lab {
+	t.Helper()
+	bin := binDir(t)
+	b := make([]byte, 3)
+	rand.Read(b)
+	name := "it" + hex.EncodeToString(b)[:4]
+	script := filepath.Join(repoRoot(), "scripts/netns/lab.sh")
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command(script, args...)
+		cmd.Env = append(os.Environ(), "LAB="+name)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	t.Cleanup(func() {
+		if out, err := run("down", mode); err != nil {
+			t.Errorf("lab down: %v\n%s", err, out)
+		}
+	})
+	if out, err := run("up", mode); err != nil {
+		t.Fatalf("lab up: %v\n%s", err, out)
+	}
+	out, err := run("env", mode)
+	if err != nil {
+		t.Fatalf("lab env: %v\n%s", err, out)
+	}
+	l := &lab{t: t, bin: bin, env: map[string]string{}}
+	for _, line := range strings.Split(out, "\n") {
+		k, v, ok := strings.Cut(strings.TrimPrefix(line, "export "), "=")
+		if ok {
+			l.env[k] = strings.Trim(v, `'"`)
+		}
+	}
+	for _, k := range []string{"HV_NS", "VM1_NS", "EXT_NS", "VM1_PORT", "VM1_IP", "EXT_IP"} {
+		if l.env[k] == "" {
+			t.Fatalf("lab env lacks %s:\n%s", k, out)
+		}
+	}
+	return l
+}
+
+func (l *lab) get(k string) string { return l.env[k] }
+
+// inNS returns a command running argv inside namespace ns.
+func inNS(ns string, argv ...string) *exec.Cmd {
+	return exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
+}
+
+// sh runs a shell command in ns and returns its output; it fails the test on error.
+func (l *lab) sh(ns, script string) string {
+	l.t.Helper()
+	out, err := inNS(ns, "sh", "-c", script).CombinedOutput()
+	if err != nil {
+		l.t.Fatalf("in %s: %s: %v\n%s", ns, script, err, out)
+	}
+	return string(out)
+}
+
+// bg starts a tool from the bin directory in ns; it is killed at cleanup.
+// Its stdout and stderr go to files in a temp dir.
+type proc struct {
+	cmd      *exec.Cmd
+	out, err *bytes.Buffer
+	done     chan error
+}
+
+func (l *lab) bg(ns, tool string, args ...string) *proc {
+	l.t.Helper()
+	cmd := inNS(ns, append([]string{filepath.Join(l.bin, tool)}, args...)...)
+	p := &proc{cmd: cmd, out: &bytes.Buffer{}, err: &bytes.Buffer{}, done: make(chan error, 1)}
+	cmd.Stdout, cmd.Stderr = p.out, p.err
+	if err := cmd.Start(); err != nil {
+		l.t.Fatalf("start %s: %v", tool, err)
+	}
+	go func() { p.done <- cmd.Wait() }()
+	l.t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(3 * time.Second):
+			cmd.Process.Kill()
+		}
+	})
+	return p
+}
+
+// wait waits up to d for p to exit and returns its error.
+func (p *proc) wait(t *testing.T, d time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		p.done <- err
+		return err
+	case <-time.After(d):
+		t.Fatalf("%s did not finish within %v; stderr:\n%s", p.cmd.Args, d, p.err)
+		return nil
+	}
+}
+
+// daemon is a shaperd process running in the lab's hypervisor namespace.
+type daemon struct {
+	l      *lab
+	sock   string
+	cmd    *exec.Cmd
+	logBuf *syncBuffer
+	done   chan error
+}
+
+func (l *lab) startDaemon(extra ...string) *daemon {
+	l.t.Helper()
+	dir := l.t.TempDir()
+	d := &daemon{l: l, sock: filepath.Join(dir, "shaperd.sock"), logBuf: &syncBuffer{}, done: make(chan error, 1)}
+	args := append([]string{filepath.Join(l.bin, "shaperd"), "run", "--socket", d.sock, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug"}, extra...)
+	d.cmd = inNS(l.get("HV_NS"), args...)
+	d.cmd.Stdout, d.cmd.Stderr = d.logBuf, d.logBuf
+	if err := d.cmd.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	go func() { d.done <- d.cmd.Wait() }()
+	l.t.Cleanup(func() {
+		d.stop()
+		if l.t.Failed() {
+			l.t.Logf("daemon log:\n%s", d.logBuf.String())
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if code, _, _ := d.cli("status"); code == 0 {
+			return d
+		}
+		select {
+		case err := <-d.done:
+			d.done <- err
+			l.t.Fatalf("daemon exited at start: %v\n%s", err, d.logBuf.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("daemon not answering after 10 s:\n%s", d.logBuf.String())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// stop sends SIGTERM and waits.
+func (d *daemon) stop() {
+	if d.cmd.ProcessState != nil {
+		return
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-d.done:
+		d.done <- err
+	case <-time.After(15 * time.Second):
+		d.cmd.Process.Kill()
+		d.l.t.Errorf("daemon did not stop within 15 s of SIGTERM")
+	}
+}
+
+// cli runs a shaperd client command against the daemon.
+func (d *daemon) cli(args ...string) (int, string, string) {
+	cmd := exec.Command(filepath.Join(d.l.bin, "shaperd"), append([]string{"--socket", d.sock}, args...)...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		code = -1
+	}
+	return code, out.String(), errb.String()
+}
+
+// must runs a client command that must succeed.
+func (d *daemon) must(args ...string) string {
+	d.l.t.Helper()
+	code, out, errs := d.cli(args...)
+	if code != 0 {
+		d.l.t.Fatalf("shaperd %s: exit %d: %s%s", strings.Join(args, " "), code, out, errs)
+	}
+	return out
+}
+
+func (d *daemon) status(port string) api.Quarantine {
+	d.l.t.Helper()
+	var st api.Status
+	if err := json.Unmarshal([]byte(d.must("status", port, "--json")), &st); err != nil {
+		d.l.t.Fatal(err)
+	}
+	return st.Quarantines[0]
+}
+
+// counter reads an interface statistic inside ns.
+func (l *lab) counter(ns, dev, stat string) uint64 {
+	l.t.Helper()
+	s := strings.TrimSpace(l.sh(ns, "cat /sys/class/net/"+dev+"/statistics/"+stat))
+	n, err := strconv.ParseUint(s, 10, 64)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	return n
+}
+
+// rate measures the packets per second dev receives in ns over d.
+func (l *lab) rxRate(ns, dev string, d time.Duration) float64 {
+	l.t.Helper()
+	a := l.counter(ns, dev, "rx_packets")
+	t0 := time.Now()
+	time.Sleep(d)
+	b := l.counter(ns, dev, "rx_packets")
+	return float64(b-a) / time.Since(t0).Seconds()
+}
+
+var volatile = regexp.MustCompile(`(\w+_timer)\s+\S+`)
+
+// snapshot lists what the hypervisor namespace's plumbing looks like: links,
+// qdiscs, ingress filters, bridge ports, VLANs and permanent fdb entries.
+func (l *lab) snapshot() string {
+	l.t.Helper()
+	ns := l.get("HV_NS")
+	var b strings.Builder
+	links := l.sh(ns, "ip -d link show")
+	b.WriteString(volatile.ReplaceAllString(links, "$1 X"))
+	b.WriteString(l.sh(ns, "tc qdisc show"))
+	var names []string
+	sc := bufio.NewScanner(strings.NewReader(l.sh(ns, "ls /sys/class/net")))
+	for sc.Scan() {
+		names = append(names, sc.Text())
+	}
+	sort.Strings(names)
+	for _, n := range names {
+		b.WriteString(n + " ingress filters:\n" + l.sh(ns, "tc filter show dev "+n+" ingress 2>/dev/null || true"))
+	}
+	b.WriteString(l.sh(ns, "bridge link show"))
+	b.WriteString(l.sh(ns, "bridge vlan show"))
+	b.WriteString(l.sh(ns, "bridge fdb show | grep permanent || true"))
+	return b.String()
+}
+
+// ifindex returns the ifindex of dev in ns.
+func (l *lab) ifindex(ns, dev string) string {
+	l.t.Helper()
+	return strings.TrimSpace(l.sh(ns, "cat /sys/class/net/"+dev+"/ifindex"))
+}
+
+func within(got, want, frac float64) bool {
+	return got >= want*(1-frac) && got <= want*(1+frac)
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer process and a reader test.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.buf.String()
+}
+
+// interrupt stops a tool the way ^C would.
+var interrupt = syscall.SIGINT

@@ -1,0 +1,87 @@
+// Package splice defines how shaperd puts a VM's port into quarantine: a
+// backend moves the port's traffic through a pair of tap devices that a
+// userland forwarder reads and writes, and later reverts exactly what it did.
+//
+// Backends create and revert plumbing only; they know nothing of frames. The
+// Linux-bridge backend lives in splice/tcsplice; an Open vSwitch backend
+// implements the same interfaces.
+package splice
+
+import (
+	"errors"
+	"fmt"
+	"hash/fnv"
+)
+
+// Backend creates and reverts splices of one kind ("tc" for Linux bridges; "ovs" later).
+type Backend interface {
+	Name() string
+	// Handles reports whether port exists and this backend can splice it (tc: a member of a Linux bridge).
+	// A port that does not exist returns ErrNoPort; a port on no bridge returns ErrNotBridged (wrapped, with the port name).
+	Handles(port string) (bool, error)
+	// Splice creates the tap pair and redirects the port's traffic through it. All-or-nothing: on any error,
+	// everything it did is undone before it returns. Validate before side effects.
+	Splice(port string, opt Options) (Splice, error)
+}
+
+// Options tell a backend which frames from the VM to steer into the
+// priority tap, away from the queue a flood fills: frames that may be bypass
+// (TCP from the bypass ports, and with BypassOutbound to them) and control
+// (ARP, IPv6 router and neighbour discovery). Steering is a kernel match on
+// headers only; the forwarder still classifies every steered frame, so a
+// flood sent from port 22 is charged like any other.
+type Options struct {
+	BypassPorts    []uint16
+	BypassOutbound bool
+}
+
+// Splice is one spliced port.
+type Splice interface {
+	Port() string
+	Backend() string
+	// VMTap is the tap the forwarder reads frames FROM the VM on, and writes frames TO the VM into.
+	VMTap() string
+	// NetTap is the tap that took the port's place in the bridge: the forwarder writes frames from the VM into it, and reads frames to the VM from it.
+	NetTap() string
+	// PriorityTap is a third tap the forwarder reads frames from the VM on:
+	// the ones steered there by Options. "" if the backend steers nothing.
+	PriorityTap() string
+	// Warnings lists things the operator should know (e.g. filters keyed on the port's name that cannot follow the frames).
+	Warnings() []string
+	// Release reverts exactly what Splice did and restores the port's bridge membership and settings.
+	// Safe to call twice. If the port has vanished (VM destroyed), it removes what is left (the taps) and returns nil.
+	Release() error
+}
+
+var (
+	// ErrNoPort means the port does not exist. The caller should check the
+	// name (or, later, use --pending to splice the port when it appears).
+	ErrNoPort = errors.New("no such port")
+	// ErrNotBridged means the port is on no bridge (a routed port): there is
+	// no switch to splice it out of, and shaperd cannot splice it.
+	ErrNotBridged = errors.New("port is on no bridge")
+	// ErrSpliced means the port is already spliced: its taps (see TapNames)
+	// exist. The caller should release the existing splice first, or adopt it.
+	ErrSpliced = errors.New("port is already spliced")
+)
+
+// TapPrefix starts the name of every tap a splice creates.
+const TapPrefix = "shq"
+
+// TapNames returns the deterministic tap names for port: TapPrefix, then the
+// 8 hex digits of FNV-32a(port), then "v" (the VM side) or "n" (the bridge
+// side); 12 characters each, within the kernel's 15. A restarted daemon finds
+// a port's taps again by recomputing them.
+func TapNames(port string) (vm, net string) {
+	base := tapBase(port)
+	return base + "v", base + "n"
+}
+
+// PriorityTapName is the name of port's priority tap: as TapNames, ending in "p".
+func PriorityTapName(port string) string { return tapBase(port) + "p" }
+
+func tapBase(port string) string {
+	h := fnv.New32a()
+	h.Write([]byte(port))
+	return fmt.Sprintf("%s%08x", TapPrefix, h.Sum32())
+}

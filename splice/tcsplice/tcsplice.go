@@ -1,0 +1,698 @@
+// Package tcsplice splices a VM's port out of a Linux bridge and through a
+// pair of tap devices, using tc mirred redirects; see splice.Backend.
+//
+// Once spliced:
+//
+//	VM ─ port ──(port ingress: u32 match-all, mirred egress redirect)──▶ vmTap ─▶ forwarder
+//	VM ◀─ port ◀─(vmTap ingress: u32 match-all, mirred egress redirect)── vmTap ◀─ forwarder
+//	forwarder ─▶ netTap ─▶ bridge          bridge ─▶ netTap ─▶ forwarder
+//
+// The port leaves the bridge, and netTap takes its place with the port's
+// MAC address, VLAN entries, bridge port attributes and static FDB entries.
+// Until a forwarder attaches to the taps they have no carrier, so the VM is
+// cut off: frames redirected into vmTap are dropped, and the bridge treats
+// netTap as a disabled port.
+//
+// The backend works in the network namespace of the calling thread (a caller
+// that switches namespaces must lock its goroutine to the thread).
+package tcsplice
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+
+	"github.com/shaperd/shaperd/splice"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// BackendName is what Name and Splice.Backend return.
+const BackendName = "tc"
+
+const (
+	// tapTxQLen is the splice taps' transmit queue length in frames: a flood
+	// from the VM should overflow the tap queue as late as possible.
+	tapTxQLen = 10000
+	// aliasPrefix starts the ifalias of both taps, followed by the port name.
+	aliasPrefix = "shaperd splice of "
+	// vmTapPrio is the tc priority of the redirect filter on vmTap, which
+	// the backend creates and owns entirely.
+	vmTapPrio = 1
+)
+
+// Backend splices ports of Linux bridges. It implements splice.Backend.
+// The zero value is not usable; call New. Its methods are safe for
+// concurrent use: Splice and Release are serialised.
+type Backend struct {
+	log *slog.Logger
+
+	mu sync.Mutex // serialises Splice and Release, which check, then change, links
+	// hook, if set (by tests), runs after each named step of Splice; an
+	// error it returns fails the splice at that point.
+	hook func(step string) error
+}
+
+var _ splice.Backend = (*Backend)(nil)
+
+// New returns a Backend that logs to log (nil: discard).
+func New(log *slog.Logger) *Backend {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Backend{log: log.With("backend", BackendName)}
+}
+
+// Name returns "tc".
+func (b *Backend) Name() string { return BackendName }
+
+// errOtherMaster means the port is enslaved to something that is not a Linux
+// bridge (a bond, a VRF, an OVS datapath): another backend's business.
+var errOtherMaster = errors.New("master is not a Linux bridge")
+
+// Handles reports whether port exists and is a member of a Linux bridge.
+// It returns ErrNoPort for a missing port, ErrNotBridged for a port with no
+// master, ErrSpliced if the port's taps exist, and false with no error for a
+// port enslaved to something else (a bond, an OVS datapath).
+func (b *Backend) Handles(port string) (bool, error) {
+	if _, _, err := validate(port); err != nil {
+		if errors.Is(err, errOtherMaster) {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
+}
+
+// validate checks, without side effects, that port can be spliced now, and
+// returns it and its bridge.
+func validate(port string) (netlink.Link, *netlink.Bridge, error) {
+	link, err := lookupPort(port)
+	if err != nil {
+		return nil, nil, err
+	}
+	if alias := link.Attrs().Alias; link.Type() == "tuntap" && strings.HasPrefix(alias, aliasPrefix) {
+		return nil, nil, fmt.Errorf("tcsplice: %s is a splice tap (%q), not a VM port", port, alias)
+	}
+	if err := checkNoTaps(port); err != nil {
+		return nil, nil, err
+	}
+	br, err := bridgeOf(link)
+	if err != nil {
+		return nil, nil, err
+	}
+	return link, br, nil
+}
+
+func lookupPort(port string) (netlink.Link, error) {
+	link, err := netlink.LinkByName(port)
+	var nf netlink.LinkNotFoundError
+	if errors.As(err, &nf) {
+		return nil, fmt.Errorf("tcsplice: port %s: %w", port, splice.ErrNoPort)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("tcsplice: look up port %s: %w", port, err)
+	}
+	return link, nil
+}
+
+// linkOrNil looks a link up by name; a missing link is (nil, nil).
+func linkOrNil(name string) (netlink.Link, error) {
+	link, err := netlink.LinkByName(name)
+	var nf netlink.LinkNotFoundError
+	if errors.As(err, &nf) {
+		return nil, nil
+	}
+	return link, err
+}
+
+// checkNoTaps returns ErrSpliced if either of port's taps exists.
+func checkNoTaps(port string) error {
+	vm, nt := splice.TapNames(port)
+	for _, name := range []string{vm, nt, splice.PriorityTapName(port)} {
+		l, err := linkOrNil(name)
+		if err != nil {
+			return fmt.Errorf("tcsplice: look up %s: %w", name, err)
+		}
+		if l != nil {
+			return fmt.Errorf("tcsplice: port %s: %s exists (%s, alias %q): %w", port, name, l.Type(), l.Attrs().Alias, splice.ErrSpliced)
+		}
+	}
+	return nil
+}
+
+// bridgeOf returns the Linux bridge link is a member of.
+func bridgeOf(link netlink.Link) (*netlink.Bridge, error) {
+	name := link.Attrs().Name
+	if link.Attrs().MasterIndex == 0 {
+		return nil, fmt.Errorf("tcsplice: port %s: %w", name, splice.ErrNotBridged)
+	}
+	master, err := netlink.LinkByIndex(link.Attrs().MasterIndex)
+	if err != nil {
+		return nil, fmt.Errorf("tcsplice: port %s: look up master %d: %w", name, link.Attrs().MasterIndex, err)
+	}
+	br, ok := master.(*netlink.Bridge)
+	if !ok {
+		return nil, fmt.Errorf("tcsplice: port %s: %s is a %s: %w", name, master.Attrs().Name, master.Type(), errOtherMaster)
+	}
+	return br, nil
+}
+
+// Splice splices port out of its bridge; see splice.Backend. It validates
+// and records everything it will need to restore before changing anything,
+// and on any failure reverts what it did (see Release for the order).
+func (b *Backend) Splice(port string, opt splice.Options) (splice.Splice, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+
+	s, err := b.prepare(port, opt)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.build(); err != nil {
+		err = fmt.Errorf("tcsplice: splice %s: %w", port, err)
+		if rerr := s.teardown(); rerr != nil {
+			b.log.Error("rollback failed", "port", port, "err", rerr)
+			return nil, errors.Join(err, fmt.Errorf("tcsplice: rollback of %s incomplete: %w", port, rerr))
+		}
+		b.log.Warn("splice failed, rolled back", "port", port, "err", err)
+		return nil, err
+	}
+	b.log.Info("spliced", "port", port, "bridge", s.bridge, "vm_tap", s.vmTap, "net_tap", s.netTap,
+		"tc_pref", s.prio, "vlans", len(s.vlans), "static_fdb", len(s.fdb), "warnings", len(s.warnings))
+	for _, w := range s.warnings {
+		b.log.Warn("splice warning", "port", port, "warning", w)
+	}
+	return s, nil
+}
+
+// prepare validates port and records its bridge settings; no side effects.
+func (b *Backend) prepare(port string, opt splice.Options) (*spliced, error) {
+	link, br, err := validate(port)
+	if errors.Is(err, errOtherMaster) {
+		return nil, fmt.Errorf("%w; the tc backend cannot splice it", err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	attrs := link.Attrs()
+	bp, ok, err := dumpBrPort(attrs.Index)
+	if err != nil {
+		return nil, fmt.Errorf("tcsplice: read bridge port %s: %w", port, err)
+	}
+	if !ok {
+		return nil, fmt.Errorf("tcsplice: port %s: not in the bridge port dump: %w", port, splice.ErrNotBridged)
+	}
+	fdb, err := staticFDB(attrs.Index, attrs.HardwareAddr)
+	if err != nil {
+		return nil, fmt.Errorf("tcsplice: read fdb of %s: %w", port, err)
+	}
+	hadQdisc, err := hasIngressQdisc(link)
+	if err != nil {
+		return nil, fmt.Errorf("tcsplice: read qdiscs of %s: %w", port, err)
+	}
+	var existing []netlink.Filter
+	if hadQdisc {
+		if existing, err = ingressFilters(link); err != nil {
+			return nil, fmt.Errorf("tcsplice: read tc filters of %s: %w", port, err)
+		}
+	}
+	prio, shadowed := pickPriority(existing)
+	if prio == 0 {
+		return nil, fmt.Errorf("tcsplice: port %s: no free tc filter priority on its ingress", port)
+	}
+
+	vm, nt := splice.TapNames(port)
+	s := &spliced{
+		b:         b,
+		port:      port,
+		portIndex: attrs.Index,
+		portMAC:   slices.Clone(attrs.HardwareAddr),
+		bridge:    br.Name,
+		vmTap:     vm,
+		netTap:    nt,
+		prioTap:   splice.PriorityTapName(port),
+		opt:       splice.Options{BypassPorts: slices.Clone(opt.BypassPorts), BypassOutbound: opt.BypassOutbound},
+		mtu:       attrs.MTU,
+		attrs:     bp.attrs,
+		vlans:     bp.vlans,
+		fdb:       fdb,
+		hadQdisc:  hadQdisc,
+		prio:      prio,
+	}
+	if len(existing) > 0 {
+		if shadowed {
+			s.warnings = append(s.warnings, fmt.Sprintf("%s has tc ingress filters at a priority before the splice's redirect (pref %d); frames they steal or drop never reach the forwarder", port, prio))
+		} else {
+			s.warnings = append(s.warnings, fmt.Sprintf("%s has tc ingress filters (e.g. libvirt bandwidth policing); the splice's redirect (pref %d) runs first, so they no longer see the VM's frames", port, prio))
+		}
+	}
+	if _, ok := bp.attrs[unix.IFLA_BRPORT_BACKUP_PORT]; ok {
+		s.warnings = append(s.warnings, fmt.Sprintf("%s has a bridge backup port, which is not carried over to %s", port, nt))
+	}
+	if v, ok := bp.attrs[unix.IFLA_BRPORT_VLAN_TUNNEL]; ok && len(v) > 0 && v[0] != 0 {
+		s.warnings = append(s.warnings, fmt.Sprintf("%s has vlan_tunnel on; its VLAN-to-tunnel mappings are not copied to %s", port, nt))
+	}
+	s.warnings = append(s.warnings, filterWarnings(port, vm, nt)...)
+	return s, nil
+}
+
+// spliced is one spliced port: what Splice recorded about the port, and
+// which of the objects Splice creates exist. Its fields are guarded by b.mu.
+type spliced struct {
+	b *Backend
+
+	// Recorded before any change.
+	port      string
+	portIndex int // to tell a re-created port of the same name from ours
+	portMAC   net.HardwareAddr
+	bridge    string
+	vmTap     string
+	netTap    string
+	prioTap   string
+	opt       splice.Options
+	mtu       int
+	attrs     map[uint16][]byte // raw IFLA_BRPORT_* attributes of the port
+	vlans     []vlan
+	fdb       []netlink.Neigh // static and user-permanent FDB entries of the port
+	hadQdisc  bool            // the port had an ingress or clsact qdisc
+	prio      uint16          // tc priority of the redirect filter on the port; the steering filters sit at prio-1
+	warnings  []string
+
+	// Progress: set as objects are created, cleared as they are removed.
+	vmIndex      int  // ifindex of vmTap, the port filter's redirect target
+	vmMade       bool // vmTap was created by this splice
+	netMade      bool // netTap was created by this splice
+	prioIndex    int  // ifindex of prioTap, the steering filters' target
+	prioMade     bool // prioTap was created by this splice
+	steerAdded   bool // the port's steering filters may exist
+	qdiscAdded   bool // the port's ingress qdisc was added by this splice
+	filterAdded  bool // the port's redirect filter may exist
+	fdbMoved     bool // the port's static FDB entries were (maybe) moved to netTap
+	portDetached bool // the port was (maybe) taken out of its bridge
+	released     bool
+}
+
+var _ splice.Splice = (*spliced)(nil)
+
+func (s *spliced) Port() string    { return s.port }
+func (s *spliced) Backend() string { return BackendName }
+func (s *spliced) VMTap() string   { return s.vmTap }
+func (s *spliced) NetTap() string  { return s.netTap }
+
+// PriorityTap is the tap that frames steered by the splice's Options arrive on.
+func (s *spliced) PriorityTap() string { return s.prioTap }
+
+// Warnings returns a copy of the warnings collected by Splice.
+func (s *spliced) Warnings() []string { return slices.Clone(s.warnings) }
+
+// Step names, in order; the test hook sees them.
+const (
+	stepVMTap      = "create vm tap"
+	stepNetTap     = "create net tap"
+	stepJoin       = "net tap joins bridge"
+	stepVLANs      = "copy vlans"
+	stepAttrs      = "copy port attributes"
+	stepFDB        = "copy static fdb"
+	stepVMRedirect = "redirect vm tap to port"
+	stepPrioTap    = "create priority tap"
+	stepQdisc      = "add port ingress qdisc"
+	stepSteer      = "steer bypass and control to the priority tap"
+	stepRedirect   = "redirect port to vm tap"
+	stepLeave      = "port leaves bridge"
+	stepVerify     = "verify net tap"
+)
+
+// build creates the splice. The order keeps the VM's outage short and makes
+// every step before the last two invisible to traffic: the taps have no
+// carrier until a forwarder attaches, so netTap joins the bridge as a
+// disabled port and is configured before anything is sent to it. Only then
+// are the VM's frames redirected (from here the VM is cut off until the
+// forwarder runs) and the port taken out of the bridge, last, so that the
+// bridge never floods to the VM twice.
+func (s *spliced) build() error {
+	var vmTap, netTap netlink.Link
+	steps := []struct {
+		name string
+		do   func() error
+	}{
+		{stepVMTap, func() (err error) {
+			vmTap, err = s.createTap(s.vmTap, nil, &s.vmMade)
+			if vmTap != nil {
+				s.vmIndex = vmTap.Attrs().Index
+			}
+			return err
+		}},
+		{stepNetTap, func() (err error) {
+			// netTap wears the port's MAC: the bridge's own address (the
+			// lowest port MAC unless set) and its local FDB entry stay put.
+			netTap, err = s.createTap(s.netTap, s.portMAC, &s.netMade)
+			return err
+		}},
+		{stepJoin, func() error {
+			br, err := s.lookupBridge()
+			if err != nil {
+				return err
+			}
+			return netlink.LinkSetMasterByIndex(netTap, br.Attrs().Index)
+		}},
+		{stepVLANs, func() error { return syncVLANs(netTap, s.vlans) }},
+		{stepAttrs, func() error { return copyBrPortAttrs(netTap.Attrs().Index, s.attrs) }},
+		{stepFDB, func() error {
+			s.fdbMoved = len(s.fdb) > 0 // teardown moves them back
+			return moveFDB(netTap.Attrs().Index, s.fdb)
+		}},
+		{stepVMRedirect, func() error {
+			if err := netlink.QdiscAdd(ingressQdisc(s.vmIndex)); err != nil {
+				return fmt.Errorf("add ingress qdisc on %s: %w", s.vmTap, err)
+			}
+			if err := netlink.FilterAdd(redirectFilter(s.vmIndex, vmTapPrio, s.portIndex)); err != nil {
+				return fmt.Errorf("add redirect filter on %s: %w", s.vmTap, err)
+			}
+			return nil
+		}},
+		{stepPrioTap, func() error {
+			l, err := s.createTap(s.prioTap, nil, &s.prioMade)
+			if l != nil {
+				s.prioIndex = l.Attrs().Index
+			}
+			return err
+		}},
+		{stepQdisc, func() error {
+			if s.hadQdisc {
+				return nil
+			}
+			if err := netlink.QdiscAdd(ingressQdisc(s.portIndex)); err != nil {
+				return err
+			}
+			s.qdiscAdded = true
+			return nil
+		}},
+		{stepSteer, func() error {
+			s.steerAdded = true // teardown checks whether they are there
+			for _, f := range steerFilters(s.portIndex, s.prio-1, s.prioIndex, s.opt) {
+				if err := netlink.FilterAdd(f); err != nil {
+					return fmt.Errorf("add steering filter on %s: %w", s.port, err)
+				}
+			}
+			return nil
+		}},
+		{stepRedirect, func() error {
+			s.filterAdded = true // teardown checks whether it is there
+			return netlink.FilterAdd(redirectFilter(s.portIndex, s.prio, s.vmIndex))
+		}},
+		{stepLeave, func() error {
+			s.portDetached = true // teardown checks whether it left
+			return netlink.LinkSetNoMaster(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: s.portIndex}})
+		}},
+		{stepVerify, func() error { return s.verify(netTap) }},
+	}
+	for _, st := range steps {
+		if err := st.do(); err != nil {
+			return fmt.Errorf("%s: %w", st.name, err)
+		}
+		s.b.log.Debug("splice step done", "port", s.port, "step", st.name)
+		if s.b.hook != nil {
+			if err := s.b.hook(st.name); err != nil {
+				return fmt.Errorf("%s: %w", st.name, err)
+			}
+		}
+	}
+	return nil
+}
+
+// createTap creates a persistent tap of exactly IFF_TAP|IFF_NO_PI (one
+// queue, no vnet header), which a forwarder re-attaches to with the same
+// flags (songgao/water with Persist: true). IFF_TUN_EXCL makes creation fail
+// rather than attach if the name was taken since validation; the kernel does
+// not keep it among the device's flags. *made is set once the tap exists.
+func (s *spliced) createTap(name string, mac net.HardwareAddr, made *bool) (netlink.Link, error) {
+	tap := &netlink.Tuntap{
+		LinkAttrs: netlink.LinkAttrs{Name: name},
+		Mode:      netlink.TUNTAP_MODE_TAP,
+		Flags:     netlink.TUNTAP_NO_PI | netlink.TUNTAP_TUN_EXCL,
+	}
+	if err := netlink.LinkAdd(tap); err != nil {
+		return nil, fmt.Errorf("create tap %s: %w", name, err)
+	}
+	*made = true
+	link, err := netlink.LinkByName(name)
+	if err != nil {
+		return nil, fmt.Errorf("look up new tap %s: %w", name, err)
+	}
+	// Before it goes up: no link-local address, DAD or MLD of the host's
+	// own on the tap, which the forwarder would take for the VM's frames.
+	if err := disableIPv6(name); err != nil {
+		return link, err
+	}
+	if mac != nil {
+		if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
+			return link, fmt.Errorf("set mac of %s: %w", name, err)
+		}
+	}
+	if err := netlink.LinkSetMTU(link, s.mtu); err != nil {
+		return link, fmt.Errorf("set mtu of %s: %w", name, err)
+	}
+	if err := netlink.LinkSetTxQLen(link, tapTxQLen); err != nil {
+		return link, fmt.Errorf("set txqueuelen of %s: %w", name, err)
+	}
+	if err := netlink.LinkSetAlias(link, aliasPrefix+s.port); err != nil {
+		return link, fmt.Errorf("set alias of %s: %w", name, err)
+	}
+	if err := netlink.LinkSetUp(link); err != nil {
+		return link, fmt.Errorf("set %s up: %w", name, err)
+	}
+	return link, nil
+}
+
+// disableIPv6 sets net.ipv6.conf.NAME.disable_ipv6; without IPv6 there is nothing to do.
+func disableIPv6(name string) error {
+	err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("disable ipv6 on %s: %w", name, err)
+	}
+	return nil
+}
+
+func (s *spliced) lookupBridge() (netlink.Link, error) {
+	l, err := linkOrNil(s.bridge)
+	if err != nil {
+		return nil, fmt.Errorf("look up bridge %s: %w", s.bridge, err)
+	}
+	if _, ok := l.(*netlink.Bridge); !ok {
+		return nil, fmt.Errorf("bridge %s: %w", s.bridge, errBridgeGone)
+	}
+	return l, nil
+}
+
+// errBridgeGone means the port's bridge was deleted (or replaced by a
+// non-bridge of the same name) while the port was spliced.
+var errBridgeGone = errors.New("the bridge is gone")
+
+// verify checks that netTap carries exactly the port's recorded settings.
+func (s *spliced) verify(netTap netlink.Link) error {
+	cur, ok, err := dumpBrPort(netTap.Attrs().Index)
+	if err != nil {
+		return err
+	}
+	if !ok {
+		return fmt.Errorf("%s is not a bridge port", s.netTap)
+	}
+	if !slices.Equal(cur.vlans, s.vlans) {
+		return fmt.Errorf("%s has vlans %v, want %v", s.netTap, cur.vlans, s.vlans)
+	}
+	if d := attrsDiff(s.attrs, cur.attrs); len(d) > 0 {
+		return fmt.Errorf("%s differs from %s in bridge port attributes %v", s.netTap, s.port, slices.Sorted(maps.Keys(d)))
+	}
+	if cur.mtu != s.mtu {
+		return fmt.Errorf("%s has mtu %d, want %d", s.netTap, cur.mtu, s.mtu)
+	}
+	return nil
+}
+
+// Release reverts the splice; see splice.Splice. The order:
+//
+//  1. netTap goes down: the bridge stops sending to the forwarder, and frames
+//     the forwarder writes into it are dropped.
+//  2. The port rejoins its bridge and gets back its VLAN entries, bridge port
+//     attributes, static FDB entries and MTU. Its frames are still redirected
+//     to vmTap (and go nowhere), so the VM does not reach the bridge with the
+//     bridge's default VLAN and flags; the bridge may send it flooded frames
+//     of the default VLAN for the few milliseconds this takes.
+//  3. The redirect filter on the port goes, then the ingress qdisc if Splice
+//     added it and no one else's filters hang on it.
+//  4. Both taps are deleted (with them, their qdiscs and FDB entries).
+//
+// If step 2 fails, Release stops there and returns the error: the VM stays
+// cut off rather than reaching the bridge with the wrong VLANs or flags, and
+// Release may be called again. A port that vanished (or whose name now
+// belongs to another link) skips steps 2 and 3; a vanished bridge skips step
+// 2 and is reported after the rest is cleaned up. Safe to call twice.
+func (s *spliced) Release() error {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	if s.released {
+		return nil
+	}
+	if err := s.teardown(); err != nil {
+		return fmt.Errorf("tcsplice: release %s: %w", s.port, err)
+	}
+	s.released = true
+	s.b.log.Info("released", "port", s.port, "bridge", s.bridge)
+	return nil
+}
+
+// teardown removes whatever build created, as recorded in the progress
+// fields, and restores the port. Each step checks the links' actual state,
+// so it is safe to repeat after a partial failure. See Release.
+func (s *spliced) teardown() error {
+	var errs []error
+	log := s.b.log.With("port", s.port)
+
+	if s.netMade {
+		if l, err := s.ourTap(s.netTap); err != nil {
+			errs = append(errs, err)
+		} else if l != nil {
+			if err := netlink.LinkSetDown(l); err != nil {
+				errs = append(errs, fmt.Errorf("set %s down: %w", s.netTap, err))
+			}
+		}
+	}
+
+	port, err := linkOrNil(s.port)
+	if err != nil {
+		return errors.Join(append(errs, fmt.Errorf("look up %s: %w", s.port, err))...)
+	}
+	if port != nil && port.Attrs().Index != s.portIndex {
+		log.Warn("port name now belongs to another link; leaving it alone", "ifindex", port.Attrs().Index, "was", s.portIndex)
+		port = nil
+	}
+	if port == nil {
+		if s.portDetached || s.filterAdded || s.qdiscAdded {
+			log.Info("port vanished while spliced; removing the taps")
+		}
+		s.portDetached, s.fdbMoved, s.filterAdded, s.qdiscAdded, s.steerAdded = false, false, false, false, false
+	}
+
+	if port != nil && (s.portDetached || s.fdbMoved) {
+		switch err := s.restorePort(port); {
+		case errors.Is(err, errBridgeGone):
+			log.Error("bridge vanished; port left out of any bridge", "bridge", s.bridge)
+			errs = append(errs, fmt.Errorf("port left unbridged: %w", err))
+			s.portDetached, s.fdbMoved = false, false
+		case err != nil:
+			return errors.Join(append(errs, fmt.Errorf("restore port (the VM stays cut off; retry): %w", err))...)
+		default:
+			s.portDetached, s.fdbMoved = false, false
+		}
+	}
+
+	if port != nil && s.filterAdded {
+		if _, err := delRedirect(port, s.prio, s.vmIndex); err != nil {
+			errs = append(errs, err)
+		} else {
+			s.filterAdded = false
+		}
+	}
+	if port != nil && s.steerAdded {
+		if _, err := delRedirect(port, s.prio-1, s.prioIndex); err != nil {
+			errs = append(errs, err)
+		} else {
+			s.steerAdded = false
+		}
+	}
+	if port != nil && s.qdiscAdded && !s.filterAdded && !s.steerAdded {
+		fs, err := ingressFilters(port)
+		switch {
+		case err != nil:
+			errs = append(errs, fmt.Errorf("list tc filters of %s: %w", s.port, err))
+		case len(fs) > 0:
+			log.Warn("leaving the ingress qdisc the splice added: others' filters now hang on it", "filters", len(fs))
+			s.qdiscAdded = false
+		default:
+			if err := netlink.QdiscDel(ingressQdisc(s.portIndex)); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+				errs = append(errs, fmt.Errorf("delete ingress qdisc of %s: %w", s.port, err))
+			} else {
+				s.qdiscAdded = false
+			}
+		}
+	}
+
+	for _, t := range []struct {
+		name string
+		made *bool
+	}{{s.netTap, &s.netMade}, {s.prioTap, &s.prioMade}, {s.vmTap, &s.vmMade}} {
+		if !*t.made {
+			continue
+		}
+		l, err := s.ourTap(t.name)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		if l != nil {
+			if err := netlink.LinkDel(l); err != nil {
+				errs = append(errs, fmt.Errorf("delete %s: %w", t.name, err))
+				continue
+			}
+		}
+		*t.made = false
+	}
+	return errors.Join(errs...)
+}
+
+// ourTap looks up one of the splice's taps: nil if it is gone, an error if
+// the name now belongs to something that is not a tap.
+func (s *spliced) ourTap(name string) (netlink.Link, error) {
+	l, err := linkOrNil(name)
+	if err != nil {
+		return nil, fmt.Errorf("look up %s: %w", name, err)
+	}
+	if l != nil && l.Type() != "tuntap" {
+		return nil, fmt.Errorf("%s is now a %s, not the splice's tap; leaving it", name, l.Type())
+	}
+	return l, nil
+}
+
+// restorePort puts port back into its bridge with its recorded settings
+// and static FDB entries. Every step compares before it changes (or
+// replaces), so it can be repeated, and is a no-op on a port that never left.
+func (s *spliced) restorePort(port netlink.Link) error {
+	br, err := s.lookupBridge()
+	if err != nil {
+		return err
+	}
+	switch m := port.Attrs().MasterIndex; m {
+	case br.Attrs().Index:
+	case 0:
+		if err := netlink.LinkSetMasterByIndex(port, br.Attrs().Index); err != nil {
+			return fmt.Errorf("rejoin %s: %w", s.bridge, err)
+		}
+	default:
+		return fmt.Errorf("%s was moved to master ifindex %d meanwhile; not moving it back to %s", s.port, m, s.bridge)
+	}
+	if err := syncVLANs(port, s.vlans); err != nil {
+		return fmt.Errorf("restore vlans: %w", err)
+	}
+	if err := copyBrPortAttrs(port.Attrs().Index, s.attrs); err != nil {
+		return fmt.Errorf("restore bridge port attributes: %w", err)
+	}
+	if err := moveFDB(port.Attrs().Index, s.fdb); err != nil {
+		return fmt.Errorf("restore fdb: %w", err)
+	}
+	if port.Attrs().MTU != s.mtu {
+		if err := netlink.LinkSetMTU(port, s.mtu); err != nil {
+			return fmt.Errorf("restore mtu %d: %w", s.mtu, err)
+		}
+	}
+	return nil
+}
