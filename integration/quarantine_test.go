@@ -137,3 +137,37 @@ func diffLines(a, b string) string {
 	}
 	return out.String()
 }
+
+// TestPortVanishes: the VM is destroyed while quarantined. The splice is torn
+// down with a log line, and no tap, qdisc or filter is left.
+func TestPortVanishes(t *testing.T) {
+	l := newLab(t, "bridge")
+	hv, port := l.get("HV_NS"), l.get("VM1_PORT")
+	d := l.startDaemon()
+	d.must("quarantine", port, "--pps", "1000")
+	if !strings.Contains(l.sh(hv, "ip -o link show"), "shq") {
+		t.Fatal("no splice taps after quarantine")
+	}
+	l.sh(hv, "ip link del "+port)
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		code, out, _ := d.cli("status", "--json")
+		links := l.sh(hv, "ip -o link show")
+		if code == 0 && strings.Contains(out, `"quarantines": []`) && !strings.Contains(links, "shq") {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("2 s after the port vanished: status %s\nlinks:\n%s", out, links)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	if q := l.sh(hv, "tc qdisc show | grep -c ingress || true"); strings.TrimSpace(q) != "0" {
+		t.Errorf("ingress qdiscs left behind: %s", l.sh(hv, "tc qdisc show"))
+	}
+	if !strings.Contains(d.logBuf.String(), "disappeared") {
+		t.Errorf("no log line about the vanished port:\n%s", d.logBuf.String())
+	}
+	if code, _, _ := d.cli("release", port); code != 2 {
+		t.Errorf("release of the vanished port: exit %d, want 2 (not quarantined)", code)
+	}
+}
