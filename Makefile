@@ -29,8 +29,11 @@ unit:
 	$(GO) test -race -count=1 ./...
 	$(GO) test -run='^$$' -bench=. -benchtime=1x ./...
 
+# One netns run at a time on a machine: the lab, OVS and the cores are shared.
+NETNS_LOCK ?= /tmp/shaperd-netns.lock
+
 integration:
-	SHAPERD_NETNS=1 SHAPERD_BIN=$(CURDIR)/$(BIN) $(GO) test -p 1 -count=1 -timeout 15m -v ./splice/... ./integration/ 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
+	flock $(NETNS_LOCK) env SHAPERD_NETNS=1 SHAPERD_BIN=$(CURDIR)/$(BIN) $(GO) test -p 1 -count=1 -timeout 15m -v ./splice/... ./integration/ 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
 
 demo: deps build tools
 	scripts/netns/demo.sh

@@ -100,8 +100,20 @@ func (m *Manager) Quarantine(port string, req api.LimitRequest) (api.Quarantine,
 	if err != nil {
 		return api.Quarantine{}, err
 	}
-	sp, err := b.Splice(port, splice.Options{BypassPorts: spec.BypassPorts, BypassOutbound: spec.BypassOutbound})
+	opt := splice.Options{BypassPorts: spec.BypassPorts, BypassOutbound: spec.BypassOutbound, FailOpen: spec.Fail != "closed"}
+	sp, err := b.Splice(port, opt)
+	if err != nil && errors.Is(err, splice.ErrFailOpen) && spec.Fail == "" {
+		// The default is open where the backend can do it.
+		sp, err = nil, nil
+	}
+	if sp == nil && err == nil {
+		opt.FailOpen = false
+		sp, err = b.Splice(port, opt)
+	}
 	if err != nil {
+		if errors.Is(err, splice.ErrFailOpen) {
+			return api.Quarantine{}, usagef("%v", err)
+		}
 		if errors.Is(err, splice.ErrSpliced) {
 			return api.Quarantine{}, usagef("%v (left by an earlier run? release it with the daemon's help once state recovery exists, or remove the taps %s)", err, tapList(port))
 		}
@@ -317,7 +329,7 @@ func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
 		Port:     q.port,
 		State:    "active",
 		Backend:  q.sp.Backend(),
-		Fail:     "closed",
+		Fail:     failString(q.sp.FailOpen()),
 		Since:    q.since,
 		Taps:     api.Taps{VM: q.sp.VMTap(), Net: q.sp.NetTap()},
 		Bypass:   api.Bypass{Ports: slices.Clone(q.spec.BypassPorts), Outbound: q.spec.BypassOutbound},
@@ -373,6 +385,13 @@ func (m *Manager) Close() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+func failString(open bool) string {
+	if open {
+		return "open"
+	}
+	return "closed"
 }
 
 func checkPortName(port string) error {

@@ -56,6 +56,10 @@ type Spec struct {
 	ToVM           DirSpec  `json:"to_vm"`
 	BypassPorts    []uint16 `json:"bypass_ports"`
 	BypassOutbound bool     `json:"bypass_outbound"`
+	// Fail is "open" or "closed": what happens to the port's traffic if the
+	// forwarder dies. "" means the backend's default: open where the
+	// backend can fall back in the datapath (OVS), else closed.
+	Fail string `json:"fail,omitempty"`
 }
 
 // NewSpec returns a spec with the default bypass and control budgets and no
@@ -120,6 +124,15 @@ func (s Spec) Apply(req api.LimitRequest, forSet bool) (Spec, error) {
 				return s, err
 			}
 			out.BypassPorts = ports
+			continue
+		case "fail":
+			if forSet {
+				return s, usagef("--fail cannot change in place: release the port and quarantine it again")
+			}
+			if v != "open" && v != "closed" {
+				return s, usagef("--fail %q: want open or closed", v)
+			}
+			out.Fail = v
 			continue
 		case "bypass-outbound":
 			if forSet {

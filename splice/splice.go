@@ -30,10 +30,19 @@ type Backend interface {
 // (ARP, IPv6 router and neighbour discovery). Steering is a kernel match on
 // headers only; the forwarder still classifies every steered frame, so a
 // flood sent from port 22 is charged like any other.
+//
+// FailOpen asks the backend to fall back to the direct path, in the
+// datapath and with no daemon involved, when the forwarder dies (its taps
+// lose carrier). Backends that cannot do that refuse it with ErrFailOpen.
 type Options struct {
 	BypassPorts    []uint16
 	BypassOutbound bool
+	FailOpen       bool
 }
+
+// ErrFailOpen means the backend cannot fail open; the caller should ask for
+// --fail closed on this port.
+var ErrFailOpen = errors.New("this splice backend cannot fail open")
 
 // Splice is one spliced port.
 type Splice interface {
@@ -46,6 +55,9 @@ type Splice interface {
 	// PriorityTap is a third tap the forwarder reads frames from the VM on:
 	// the ones steered there by Options. "" if the backend steers nothing.
 	PriorityTap() string
+	// FailOpen reports whether traffic falls back to the direct path when
+	// the forwarder dies.
+	FailOpen() bool
 	// Warnings lists things the operator should know (e.g. filters keyed on the port's name that cannot follow the frames).
 	Warnings() []string
 	// Release reverts exactly what Splice did and restores the port's bridge membership and settings.

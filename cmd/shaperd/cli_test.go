@@ -119,6 +119,9 @@ func TestStatusJSONShape(t *testing.T) {
 		t.Fatalf("status vm-1-00c9 lists %d quarantines", len(qs))
 	}
 	q := qs[0].(map[string]any)
+	if q["fail"] != "closed" {
+		t.Errorf("fail = %v, want closed on a backend that cannot fail open", q["fail"])
+	}
 	for _, k := range []string{"port", "state", "backend", "since", "fail", "directions"} {
 		if _, ok := q[k]; !ok {
 			t.Errorf("quarantine lacks %q", k)

@@ -71,7 +71,7 @@ TCP connections TO the VM on the --bypass ports (default 22,3389) keep working
 with their own budget.` + unitsHelp,
 		Args: exactArgs("PORT"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := api.QuarantineRequest{Port: args[0], Limits: limitRequest(cmd.Flags(), "bypass", "bypass-outbound")}
+			req := api.QuarantineRequest{Port: args[0], Limits: limitRequest(cmd.Flags(), "bypass", "bypass-outbound", "fail")}
 			q, err := g.client().Quarantine(req)
 			if err != nil {
 				return clientErr(err)
@@ -81,6 +81,7 @@ with their own budget.` + unitsHelp,
 	}
 	addLimitFlags(cmd.Flags())
 	cmd.Flags().String("bypass", "22,3389", "TCP ports on the VM kept working (connections TO the VM), or none")
+	cmd.Flags().String("fail", "", "open or closed: whether traffic falls back to the direct path if the forwarder dies (default open where the backend can, e.g. OVS; the tc backend is always closed)")
 	cmd.Flags().Bool("bypass-outbound", false, "also bypass the VM's own connections to the bypass ports (off: outbound brute force is what must be limited)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the quarantine as JSON")
 	return cmd

@@ -16,8 +16,10 @@ type Backend struct {
 	Ports map[string]bool
 	// FailSplice, when set, makes Splice fail with it.
 	FailSplice error
-	spliced    map[string]bool
-	released   int
+	// CanFailOpen lets Splice accept Options.FailOpen.
+	CanFailOpen bool
+	spliced     map[string]bool
+	released    int
 }
 
 // New returns a backend that knows the given bridged ports.
@@ -47,9 +49,12 @@ func (b *Backend) Handles(port string) (bool, error) {
 }
 
 // Splice implements splice.Backend.
-func (b *Backend) Splice(port string, _ splice.Options) (splice.Splice, error) {
+func (b *Backend) Splice(port string, opt splice.Options) (splice.Splice, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	if opt.FailOpen && !b.CanFailOpen {
+		return nil, fmt.Errorf("%s: %w", port, splice.ErrFailOpen)
+	}
 	if b.FailSplice != nil {
 		return nil, b.FailSplice
 	}
@@ -57,7 +62,7 @@ func (b *Backend) Splice(port string, _ splice.Options) (splice.Splice, error) {
 		return nil, fmt.Errorf("%s: %w", port, splice.ErrSpliced)
 	}
 	b.spliced[port] = true
-	return &fakeSplice{b: b, port: port}, nil
+	return &fakeSplice{b: b, port: port, failOpen: opt.FailOpen}, nil
 }
 
 // Spliced reports whether port is currently spliced.
@@ -75,9 +80,10 @@ func (b *Backend) Released() int {
 }
 
 type fakeSplice struct {
-	b    *Backend
-	port string
-	once sync.Once
+	b        *Backend
+	port     string
+	failOpen bool
+	once     sync.Once
 }
 
 func (s *fakeSplice) Port() string        { return s.port }
@@ -95,3 +101,6 @@ func (s *fakeSplice) Release() error {
 	})
 	return nil
 }
+
+// FailOpen reports what Splice was asked for.
+func (s *fakeSplice) FailOpen() bool { return s.failOpen }

@@ -171,6 +171,9 @@ func (b *Backend) Splice(port string, opt splice.Options) (splice.Splice, error)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 
+	if opt.FailOpen {
+		return nil, fmt.Errorf("tcsplice: port %s: %w (the tc backend has no datapath fallback; use --fail closed)", port, splice.ErrFailOpen)
+	}
 	s, err := b.prepare(port, opt)
 	if err != nil {
 		return nil, err
@@ -305,6 +308,10 @@ func (s *spliced) Port() string    { return s.port }
 func (s *spliced) Backend() string { return BackendName }
 func (s *spliced) VMTap() string   { return s.vmTap }
 func (s *spliced) NetTap() string  { return s.netTap }
+
+// FailOpen is false: if the forwarder dies, the VM is cut off until the
+// splice is released.
+func (s *spliced) FailOpen() bool { return false }
 
 // PriorityTap is the tap that frames steered by the splice's Options arrive on.
 func (s *spliced) PriorityTap() string { return s.prioTap }
