@@ -4,7 +4,7 @@ GO      ?= go
 BIN     := bin
 export PATH := /usr/local/go/bin:$(PATH)
 
-.PHONY: all build tools deps test unit integration demo bench bench-micro lint fuzz clean
+.PHONY: all build tools deps test unit integration demo bench bench-micro lint fuzz clean install
 
 all: build
 
@@ -50,3 +50,13 @@ fuzz:
 
 clean:
 	rm -rf $(BIN)
+
+# Installs the binary, the systemd units and an example config (kept if
+# present). DESTDIR and PREFIX as usual.
+PREFIX ?= /usr/local
+install: build
+	install -D -m 0755 $(BIN)/shaperd $(DESTDIR)$(PREFIX)/bin/shaperd
+	install -D -m 0644 deploy/systemd/shaperd.service $(DESTDIR)/etc/systemd/system/shaperd.service
+	install -D -m 0644 deploy/systemd/shaperd-release.service $(DESTDIR)/etc/systemd/system/shaperd-release.service
+	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/shaperd/README.md
+	test -e $(DESTDIR)/etc/shaperd/shaperd.yaml || install -D -m 0644 deploy/shaperd.yaml $(DESTDIR)/etc/shaperd/shaperd.yaml

@@ -18,6 +18,9 @@ type LimitRequest map[string]string
 type QuarantineRequest struct {
 	Port   string       `json:"port"`
 	Limits LimitRequest `json:"limits"`
+	// Pending accepts a port that does not exist yet: the quarantine is
+	// applied when it appears.
+	Pending bool `json:"pending,omitempty"`
 }
 
 // SetRequest changes the named limits of an active quarantine in place.
@@ -28,7 +31,14 @@ type SetRequest struct {
 
 // ReleaseRequest ends the quarantine of Port.
 type ReleaseRequest struct {
-	Port string `json:"port"`
+	Port string `json:"port,omitempty"`
+	// All releases every quarantine; Port must be empty.
+	All bool `json:"all,omitempty"`
+}
+
+// ReleaseResult lists the ports released.
+type ReleaseResult struct {
+	Released []string `json:"released"`
 }
 
 // Error is the body of every non-2xx answer.
@@ -60,11 +70,14 @@ type Daemon struct {
 
 // Quarantine is one quarantined port.
 type Quarantine struct {
-	Port       string     `json:"port"`
-	State      string     `json:"state"`   // "active"
-	Backend    string     `json:"backend"` // "tc", "ovs"
-	Fail       string     `json:"fail"`    // "open" or "closed": what happens to traffic if the forwarder dies
-	Since      time.Time  `json:"since"`   // RFC 3339, UTC
+	Port    string    `json:"port"`
+	State   string    `json:"state"`   // "active" or "pending" (the port is missing; applied when it returns)
+	Backend string    `json:"backend"` // "tc", "ovs"
+	Fail    string    `json:"fail"`    // "open" or "closed": what happens to traffic if the forwarder dies
+	Since   time.Time `json:"since"`   // RFC 3339, UTC
+	// Expires is when a pending quarantine is dropped if its port has not
+	// returned; null when active.
+	Expires    *time.Time `json:"expires"`
 	Taps       Taps       `json:"taps"`
 	Bypass     Bypass     `json:"bypass"`
 	Warnings   []string   `json:"warnings"`
@@ -73,8 +86,9 @@ type Quarantine struct {
 
 // Taps names the splice's devices.
 type Taps struct {
-	VM  string `json:"vm"`
-	Net string `json:"net"`
+	VM       string `json:"vm"`
+	Net      string `json:"net"`
+	Priority string `json:"priority"`
 }
 
 // Bypass describes the ports kept working.

@@ -5,8 +5,11 @@ package config
 
 import (
 	"fmt"
+	"net"
 	"os"
+	"strconv"
 	"strings"
+	"time"
 
 	"github.com/goccy/go-yaml"
 )
@@ -20,6 +23,15 @@ type Config struct {
 	// ForwarderNice is the scheduling priority of the forwarding threads,
 	// -20..19; nil means the default, -10.
 	ForwarderNice *int `yaml:"forwarder_nice"`
+	// MetricsAddr is the host:port where Prometheus metrics are served at
+	// /metrics; nil means the default, 127.0.0.1:9750, and "" turns the
+	// endpoint off.
+	MetricsAddr *string `yaml:"metrics_addr"`
+	// PendingTTL is how long a quarantine of a missing port waits for it,
+	// as a Go duration ("24h").
+	PendingTTL string `yaml:"pending_ttl"`
+	// SocketGroup owns the control socket; its members may use it.
+	SocketGroup string `yaml:"socket_group"`
 }
 
 // Load reads and validates the file at path. Errors carry the line and column
@@ -50,6 +62,17 @@ func (c Config) Validate() error {
 	case "", "text", "json":
 	default:
 		return fmt.Errorf("log_format %q: want text or json", c.LogFormat)
+	}
+	if c.PendingTTL != "" {
+		if d, err := time.ParseDuration(c.PendingTTL); err != nil || d <= 0 {
+			return fmt.Errorf("pending_ttl %q: want a positive duration such as 24h", c.PendingTTL)
+		}
+	}
+	if c.MetricsAddr != nil && *c.MetricsAddr != "" {
+		_, port, err := net.SplitHostPort(*c.MetricsAddr)
+		if n, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || n == 0 {
+			return fmt.Errorf("metrics_addr %q: want host:port such as 127.0.0.1:9750, or \"\" to turn metrics off", *c.MetricsAddr)
+		}
 	}
 	if c.ForwarderNice != nil && (*c.ForwarderNice < -20 || *c.ForwarderNice > 19) {
 		return fmt.Errorf("forwarder_nice %d: want -20..19", *c.ForwarderNice)

@@ -3,6 +3,7 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -18,6 +19,10 @@ func TestLoad(t *testing.T) {
 		{name: "unknown key", text: "socket: /x\nsokcet: /y\n", errHas: []string{"[2:1]", "sokcet"}},
 		{name: "bad syntax", text: "socket: [\n", errHas: []string{"[1:"}},
 		{name: "bad value", text: "log_level: loud\n", errHas: []string{"log_level", "loud"}},
+		{name: "metrics addr", text: "metrics_addr: '[::1]:9751'\n", want: Config{MetricsAddr: ptr("[::1]:9751")}},
+		{name: "metrics off", text: "metrics_addr: ''\n", want: Config{MetricsAddr: ptr("")}},
+		{name: "metrics no port", text: "metrics_addr: 127.0.0.1\n", errHas: []string{"metrics_addr", "127.0.0.1", "host:port"}},
+		{name: "metrics bad port", text: "metrics_addr: ':http'\n", errHas: []string{"metrics_addr", ":http"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -40,9 +45,11 @@ func TestLoad(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if got != tt.want {
+			if !reflect.DeepEqual(got, tt.want) {
 				t.Errorf("got %+v, want %+v", got, tt.want)
 			}
 		})
 	}
 }
+
+func ptr[T any](v T) *T { return &v }

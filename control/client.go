@@ -87,9 +87,17 @@ func (c *Client) Set(req api.SetRequest) (api.Quarantine, error) {
 	return q, err
 }
 
-// Release ends a quarantine.
-func (c *Client) Release(req api.ReleaseRequest) error {
-	return c.do(http.MethodPost, "/v1/release", req, nil)
+// Release ends a quarantine, or all of them.
+func (c *Client) Release(req api.ReleaseRequest) (api.ReleaseResult, error) {
+	var res api.ReleaseResult
+	err := c.do(http.MethodPost, "/v1/release", req, &res)
+	return res, err
+}
+
+// Running reports whether a daemon answers on the socket.
+func (c *Client) Running() bool {
+	_, err := c.Status("")
+	return !errors.Is(err, ErrNotRunning)
 }
 
 func (c *Client) do(method, path string, in, out any) error {
@@ -110,6 +118,9 @@ func (c *Client) do(method, path string, in, out any) error {
 	}
 	resp, err := c.hc.Do(req)
 	if err != nil {
+		if errors.Is(err, syscall.EACCES) {
+			return fmt.Errorf("control socket %s: permission denied: run as root or as a member of the daemon's --socket-group", c.path)
+		}
 		if errors.Is(err, syscall.ENOENT) || errors.Is(err, syscall.ECONNREFUSED) {
 			return fmt.Errorf("%w: nothing answers on %s (start it with `shaperd run`, or point --socket or $SHAPERD_SOCKET at its socket)", ErrNotRunning, c.path)
 		}
@@ -124,6 +135,9 @@ func (c *Client) do(method, path string, in, out any) error {
 		var e api.Error
 		if json.Unmarshal(data, &e) != nil || e.Message == "" {
 			return fmt.Errorf("daemon answered %s", resp.Status)
+		}
+		if resp.StatusCode == http.StatusForbidden {
+			return fmt.Errorf("%s", e.Message)
 		}
 		if e.Code == api.CodeUsage {
 			return &UsageError{Message: e.Message}

@@ -3,6 +3,7 @@
 package control
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -12,8 +13,13 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/daemon"
@@ -24,6 +30,7 @@ const MaxRequestBytes = 64 << 10
 
 // Server serves the control API for a Manager.
 type Server struct {
+	gid  int // the socket group's gid, or -1
 	m    *daemon.Manager
 	log  *slog.Logger
 	ln   net.Listener
@@ -35,6 +42,31 @@ type Server struct {
 // returns a Server ready to Serve. A stale socket left by a dead daemon is
 // replaced; a live one is an error.
 func Listen(path string, m *daemon.Manager, log *slog.Logger) (*Server, error) {
+	return ListenOptions(path, m, log, Options{})
+}
+
+// Options harden the control socket.
+type Options struct {
+	// Group, if set, owns the socket (mode 0660) and its members may use
+	// it; otherwise only root may.
+	Group string
+}
+
+// ListenOptions is Listen with options. Who may talk to the daemon is
+// checked twice: by the socket file's owner, group and mode, and for every
+// connection by the peer's credentials (SO_PEERCRED): root, or a member of
+// the group (primary or supplementary).
+func ListenOptions(path string, m *daemon.Manager, log *slog.Logger, opt Options) (*Server, error) {
+	gid := -1
+	if opt.Group != "" {
+		g, err := user.LookupGroup(opt.Group)
+		if err != nil {
+			return nil, fmt.Errorf("control: --socket-group %s: %w", opt.Group, err)
+		}
+		if gid, err = strconv.Atoi(g.Gid); err != nil {
+			return nil, fmt.Errorf("control: --socket-group %s: gid %q", opt.Group, g.Gid)
+		}
+	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
@@ -51,13 +83,24 @@ func Listen(path string, m *daemon.Manager, log *slog.Logger) (*Server, error) {
 		ln.Close()
 		return nil, fmt.Errorf("control: %w", err)
 	}
-	s := &Server{m: m, log: log, ln: ln, path: path}
+	if gid >= 0 {
+		if err := os.Chown(path, -1, gid); err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("control: chown %s: %w", path, err)
+		}
+	}
+	s := &Server{m: m, log: log, ln: ln, path: path, gid: gid}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", s.status)
 	mux.HandleFunc("POST /v1/quarantine", s.quarantine)
 	mux.HandleFunc("POST /v1/set", s.set)
 	mux.HandleFunc("POST /v1/release", s.release)
-	s.srv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	s.srv = &http.Server{
+		Handler:           s.authorize(mux),
+		ReadHeaderTimeout: 5 * time.Second,
+		MaxHeaderBytes:    16 << 10,
+		ConnContext:       peerContext,
+	}
 	return s, nil
 }
 
@@ -91,7 +134,7 @@ func (s *Server) quarantine(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	q, err := s.m.Quarantine(req.Port, req.Limits)
+	q, err := s.m.Quarantine(req.Port, req.Limits, req.Pending)
 	s.audit(r, "quarantine", req.Port, req.Limits, err)
 	if err != nil {
 		writeErr(w, err)
@@ -119,18 +162,40 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	err := s.m.Release(req.Port)
-	s.audit(r, "release", req.Port, nil, err)
+	var res api.ReleaseResult
+	var err error
+	switch {
+	case req.All && req.Port != "":
+		err = fmt.Errorf("%w: give a port or --all, not both", daemon.ErrUsage)
+	case req.All:
+		res.Released, err = s.m.ReleaseAll()
+	default:
+		if err = s.m.Release(req.Port); err == nil {
+			res.Released = []string{req.Port}
+		}
+	}
+	what := req.Port
+	if req.All {
+		what = "--all"
+	}
+	s.audit(r, "release", what, nil, err)
 	if err != nil {
 		writeErr(w, err)
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"port": req.Port, "released": "true"})
+	if res.Released == nil {
+		res.Released = []string{}
+	}
+	writeJSON(w, http.StatusOK, res)
 }
 
-// audit logs one change and its result.
+// audit logs one change: who (the peer's uid), what, and its result; slog
+// adds when.
 func (s *Server) audit(r *http.Request, what, port string, limits api.LimitRequest, err error) {
 	attrs := []any{"action", what, "port", port}
+	if c, ok := r.Context().Value(peerKey{}).(*unix.Ucred); ok && c != nil {
+		attrs = append(attrs, "uid", c.Uid, "pid", c.Pid)
+	}
 	if limits != nil {
 		attrs = append(attrs, "limits", limits)
 	}
@@ -181,4 +246,88 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
 	enc.Encode(v)
+}
+
+type peerKey struct{}
+
+// peerContext records the connecting process's credentials.
+func peerContext(ctx context.Context, c net.Conn) context.Context {
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		return ctx
+	}
+	raw, err := uc.SyscallConn()
+	if err != nil {
+		return ctx
+	}
+	var cred *unix.Ucred
+	raw.Control(func(fd uintptr) {
+		cred, _ = unix.GetsockoptUcred(int(fd), unix.SOL_SOCKET, unix.SO_PEERCRED)
+	})
+	return context.WithValue(ctx, peerKey{}, cred)
+}
+
+// authorize refuses, with 403 and an audit line, peers that are neither
+// root (or the daemon's own user) nor members of the socket group.
+func (s *Server) authorize(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, _ := r.Context().Value(peerKey{}).(*unix.Ucred)
+		if c == nil || !s.allowed(c) {
+			uid := int64(-1)
+			if c != nil {
+				uid = int64(c.Uid)
+			}
+			s.log.Warn("audit", "action", r.Method+" "+r.URL.Path, "uid", uid, "result", "refused", "err", "peer is neither root nor in the socket group")
+			writeJSON(w, http.StatusForbidden, api.Error{Code: api.CodeRuntime,
+				Message: fmt.Sprintf("permission denied: uid %d is neither root nor in the daemon's --socket-group", uid)})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+func (s *Server) allowed(c *unix.Ucred) bool {
+	if c.Uid == 0 || int(c.Uid) == os.Getuid() {
+		return true
+	}
+	if s.gid < 0 {
+		return false
+	}
+	if int(c.Gid) == s.gid {
+		return true
+	}
+	return slicesContains(supplementaryGroups(int(c.Pid)), s.gid)
+}
+
+// supplementaryGroups reads a process's supplementary groups from /proc.
+func supplementaryGroups(pid int) []int {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		rest, ok := strings.CutPrefix(sc.Text(), "Groups:")
+		if !ok {
+			continue
+		}
+		var out []int
+		for _, g := range strings.Fields(rest) {
+			if n, err := strconv.Atoi(g); err == nil {
+				out = append(out, n)
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+func slicesContains(xs []int, x int) bool {
+	for _, v := range xs {
+		if v == x {
+			return true
+		}
+	}
+	return false
 }

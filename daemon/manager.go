@@ -1,6 +1,8 @@
 // Package daemon owns shaperd's quarantines: it validates requests, splices
 // ports with a backend, runs a forwarder on each splice, changes limits in
-// place, and reverts splices on release or when a port vanishes.
+// place, reverts splices on release, keeps quarantines of missing ports
+// pending until the port returns, and persists its intent so a restarted
+// daemon adopts what it left.
 package daemon
 
 import (
@@ -13,6 +15,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/vishvananda/netlink"
+
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/classify"
 	"github.com/shaperd/shaperd/forward"
@@ -22,12 +26,45 @@ import (
 // Version is shaperd's version, reported in status.
 var Version = "dev"
 
+// Quarantine states.
+const (
+	StateActive    = "active"
+	StatePending   = "pending"   // the port is missing; applied when it appears
+	stateReleasing = "releasing" // only in the state file, while a release runs
+)
+
+// DefaultPendingTTL is how long a pending quarantine waits for its port.
+const DefaultPendingTTL = 24 * time.Hour
+
+// ConservativeSpec is what a port gets when its splice is found on the host
+// but neither the state file nor the plumbing says with which limits: the
+// first stage of the seeds' ladder, 10000 pps from the VM.
+func ConservativeSpec() Spec {
+	s := NewSpec()
+	pps := 10000.0
+	s.FromVM.PPS = &pps
+	return s
+}
+
+// Options configure a Manager.
+type Options struct {
+	// StateDir holds the state file; "" keeps no state (tests).
+	StateDir string
+	// PendingTTL bounds how long a quarantine waits for its port
+	// (DefaultPendingTTL when zero).
+	PendingTTL time.Duration
+	// ForwarderNice is the scheduling priority of forwarding threads
+	// (-20..19, 0 = the daemon's own).
+	ForwarderNice int
+}
+
 // Manager holds the quarantines of this host. Its methods are safe for
 // concurrent use; changes are serialised by mu.
 type Manager struct {
 	log      *slog.Logger
 	backends []splice.Backend
 	started  time.Time
+	opt      Options
 
 	// ForwarderNice is the scheduling priority of forwarding threads
 	// (-20..19, 0 = the daemon's own). Set it before the first quarantine.
@@ -35,6 +72,8 @@ type Manager struct {
 
 	// openTap opens a splice's taps; a hook so unit tests can use fakes.
 	openTap func(name string) (forward.Device, error)
+	// portExists reports whether a link exists; a hook for unit tests.
+	portExists func(name string) bool
 
 	mu     sync.Mutex
 	q      map[string]*quarantine // by port
@@ -42,25 +81,41 @@ type Manager struct {
 }
 
 type quarantine struct {
-	port  string
-	spec  Spec
-	since time.Time
-	sp    splice.Splice
-	fwd   *forward.Forwarder
+	port    string
+	spec    Spec
+	since   time.Time
+	state   string    // StateActive or StatePending
+	expires time.Time // pending only
+	sp      splice.Splice
+	fwd     *forward.Forwarder // nil while pending
 }
 
 // New returns a Manager that splices with the first of backends that handles
-// a port.
+// a port. It keeps no state; see NewWithOptions.
 func New(log *slog.Logger, backends ...splice.Backend) *Manager {
+	return NewWithOptions(log, Options{}, backends...)
+}
+
+// NewWithOptions returns a Manager configured by opt.
+func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *Manager {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if opt.PendingTTL <= 0 {
+		opt.PendingTTL = DefaultPendingTTL
+	}
 	return &Manager{
-		log:      log,
-		backends: backends,
-		started:  time.Now(),
-		openTap:  forward.OpenTap,
-		q:        make(map[string]*quarantine),
+		log:           log,
+		backends:      backends,
+		started:       time.Now(),
+		opt:           opt,
+		ForwarderNice: opt.ForwarderNice,
+		openTap:       forward.OpenTap,
+		portExists: func(name string) bool {
+			_, err := netlink.LinkByName(name)
+			return err == nil
+		},
+		q: make(map[string]*quarantine),
 	}
 }
 
@@ -71,13 +126,20 @@ func (m *Manager) SetTapOpener(open func(name string) (forward.Device, error)) {
 	m.openTap = open
 }
 
+// SetPortCheck replaces how the manager tells whether a port exists. For
+// tests with a fake backend.
+func (m *Manager) SetPortCheck(exists func(name string) bool) {
+	m.portExists = exists
+}
+
 // ErrClosed is returned by every change after Close.
 var ErrClosed = errors.New("daemon: shutting down")
 
 // Quarantine splices port and polices it with the limits req names. It
 // validates everything before touching the host, and undoes what it did if a
-// later step fails.
-func (m *Manager) Quarantine(port string, req api.LimitRequest) (api.Quarantine, error) {
+// later step fails. With pending, a port that does not exist yet is accepted
+// and spliced when it appears.
+func (m *Manager) Quarantine(port string, req api.LimitRequest, pending bool) (api.Quarantine, error) {
 	if err := checkPortName(port); err != nil {
 		return api.Quarantine{}, err
 	}
@@ -96,50 +158,88 @@ func (m *Manager) Quarantine(port string, req api.LimitRequest) (api.Quarantine,
 	if _, ok := m.q[port]; ok {
 		return api.Quarantine{}, usagef("%s is already quarantined: use set to change its limits", port)
 	}
-	b, err := m.backendFor(port)
-	if err != nil {
+	now := time.Now().UTC()
+	q := &quarantine{port: port, spec: spec, since: now}
+	if !m.portExists(port) {
+		if !pending {
+			return api.Quarantine{}, usagef("%s: no such port (check the name, or add --pending to quarantine it when it appears)", port)
+		}
+		m.makePendingLocked(q, now)
+		m.q[port] = q
+		m.saveLocked()
+		m.log.Info("quarantine pending: the port does not exist yet", "port", port, "expires", q.expires)
+		return m.statusLocked(q), nil
+	}
+	if err := m.applyLocked(q); err != nil {
 		return api.Quarantine{}, err
 	}
-	opt := splice.Options{BypassPorts: spec.BypassPorts, BypassOutbound: spec.BypassOutbound, FailOpen: spec.Fail != "closed"}
-	sp, err := b.Splice(port, opt)
-	if err != nil && errors.Is(err, splice.ErrFailOpen) && spec.Fail == "" {
-		// The default is open where the backend can do it.
-		sp, err = nil, nil
-	}
-	if sp == nil && err == nil {
-		opt.FailOpen = false
-		sp, err = b.Splice(port, opt)
-	}
-	if err != nil {
-		if errors.Is(err, splice.ErrFailOpen) {
-			return api.Quarantine{}, usagef("%v", err)
-		}
-		if errors.Is(err, splice.ErrSpliced) {
-			return api.Quarantine{}, usagef("%v (left by an earlier run? release it with the daemon's help once state recovery exists, or remove the taps %s)", err, tapList(port))
-		}
-		return api.Quarantine{}, fmt.Errorf("splice %s: %w", port, err)
-	}
-	fwd, err := m.startForwarder(sp, spec)
-	if err != nil {
-		if rerr := sp.Release(); rerr != nil {
-			m.log.Error("rollback of a failed quarantine failed", "port", port, "err", rerr)
-			err = errors.Join(err, rerr)
-		}
-		return api.Quarantine{}, err
-	}
-	q := &quarantine{port: port, spec: spec, since: time.Now().UTC(), sp: sp, fwd: fwd}
 	m.q[port] = q
-	for _, w := range sp.Warnings() {
-		m.log.Warn("quarantine warning", "port", port, "warning", w)
-	}
-	m.log.Info("quarantined", "port", port, "backend", sp.Backend(), "vm_tap", sp.VMTap(), "net_tap", sp.NetTap())
-	go m.watchForwarder(q)
+	m.saveLocked()
 	return m.statusLocked(q), nil
 }
 
-func tapList(port string) string {
-	v, n := splice.TapNames(port)
-	return v + " and " + n
+func (m *Manager) makePendingLocked(q *quarantine, now time.Time) {
+	q.state, q.sp, q.fwd = StatePending, nil, nil
+	q.expires = now.Add(m.opt.PendingTTL)
+}
+
+// applyLocked splices q's port and starts its forwarder.
+func (m *Manager) applyLocked(q *quarantine) error {
+	b, err := m.backendFor(q.port)
+	if err != nil {
+		return err
+	}
+	spec := q.spec
+	opt := splice.Options{BypassPorts: spec.BypassPorts, BypassOutbound: spec.BypassOutbound, FailOpen: spec.Fail != "closed"}
+	sp, err := b.Splice(q.port, opt)
+	if err != nil && errors.Is(err, splice.ErrFailOpen) && spec.Fail == "" {
+		// The default is open where the backend can do it.
+		opt.FailOpen = false
+		sp, err = b.Splice(q.port, opt)
+	}
+	if err != nil {
+		if errors.Is(err, splice.ErrFailOpen) || errors.Is(err, splice.ErrSpliced) {
+			return usagef("%v", err)
+		}
+		return fmt.Errorf("splice %s: %w", q.port, err)
+	}
+	if err := m.startLocked(q, sp); err != nil {
+		if rerr := sp.Release(); rerr != nil {
+			m.log.Error("rollback of a failed quarantine failed", "port", q.port, "err", rerr)
+			err = errors.Join(err, rerr)
+		}
+		return err
+	}
+	for _, w := range sp.Warnings() {
+		m.log.Warn("quarantine warning", "port", q.port, "warning", w)
+	}
+	m.log.Info("quarantined", "port", q.port, "backend", sp.Backend(), "vm_tap", sp.VMTap(), "net_tap", sp.NetTap(), "intent", spec.Intent())
+	return nil
+}
+
+// startLocked runs a forwarder on sp for q and records q's intent on the
+// plumbing.
+func (m *Manager) startLocked(q *quarantine, sp splice.Splice) error {
+	fwd, err := m.startForwarder(sp, q.spec)
+	if err != nil {
+		return err
+	}
+	q.sp, q.fwd, q.state, q.expires = sp, fwd, StateActive, time.Time{}
+	m.recordIntent(q)
+	go m.watchForwarder(q, fwd)
+	return nil
+}
+
+// recordIntent keeps q's intent on the plumbing, for a daemon that loses its
+// state file. Failing that is not fatal: the state file has it too.
+func (m *Manager) recordIntent(q *quarantine) {
+	r, ok := q.sp.(splice.IntentRecorder)
+	if !ok {
+		return
+	}
+	if err := r.SetIntent(q.spec.Intent()); err != nil {
+		m.log.Warn("cannot record the intent on the plumbing; only the state file has it", "port", q.port, "err", err)
+	}
 }
 
 func (m *Manager) backendFor(port string) (splice.Backend, error) {
@@ -150,7 +250,7 @@ func (m *Manager) backendFor(port string) (splice.Backend, error) {
 			return b, nil
 		}
 		if err != nil {
-			if errors.Is(err, splice.ErrNoPort) || errors.Is(err, splice.ErrNotBridged) {
+			if errors.Is(err, splice.ErrNoPort) || errors.Is(err, splice.ErrNotBridged) || errors.Is(err, splice.ErrSpliced) {
 				return nil, usagef("%v", err)
 			}
 			errs = append(errs, err)
@@ -159,24 +259,36 @@ func (m *Manager) backendFor(port string) (splice.Backend, error) {
 	if len(errs) > 0 {
 		return nil, errors.Join(errs...)
 	}
-	return nil, usagef("%s: no splice backend can handle this port (it must be a member of a Linux bridge)", port)
+	return nil, usagef("%s: no splice backend can handle this port (it must be a member of a Linux bridge or an Open vSwitch bridge)", port)
 }
 
 func (m *Manager) startForwarder(sp splice.Splice, spec Spec) (*forward.Forwarder, error) {
-	vm, err := m.openTap(sp.VMTap())
+	var opened []forward.Device
+	closeAll := func() {
+		for _, d := range opened {
+			d.Close()
+		}
+	}
+	open := func(name string) (forward.Device, error) {
+		d, err := m.openTap(name)
+		if err == nil {
+			opened = append(opened, d)
+		}
+		return d, err
+	}
+	vm, err := open(sp.VMTap())
 	if err != nil {
 		return nil, err
 	}
-	nt, err := m.openTap(sp.NetTap())
+	nt, err := open(sp.NetTap())
 	if err != nil {
-		vm.Close()
+		closeAll()
 		return nil, err
 	}
 	var prio forward.Device
 	if name := sp.PriorityTap(); name != "" {
-		if prio, err = m.openTap(name); err != nil {
-			vm.Close()
-			nt.Close()
+		if prio, err = open(name); err != nil {
+			closeAll()
 			return nil, err
 		}
 	}
@@ -188,25 +300,34 @@ func (m *Manager) startForwarder(sp splice.Splice, spec Spec) (*forward.Forwarde
 		Log:      m.log.With("port", sp.Port()),
 	}, forward.Devices{VM: vm, Net: nt, Priority: prio})
 	if err != nil {
-		vm.Close()
-		nt.Close()
-		if prio != nil {
-			prio.Close()
-		}
+		closeAll()
 		return nil, err
 	}
 	return fwd, nil
 }
 
-// watchForwarder logs a forwarder that stops on its own (its devices went away).
-func (m *Manager) watchForwarder(q *quarantine) {
-	<-q.fwd.Done()
+// watchForwarder logs a forwarder that stops while its quarantine still
+// wants it.
+func (m *Manager) watchForwarder(q *quarantine, fwd *forward.Forwarder) {
+	<-fwd.Done()
 	m.mu.Lock()
-	cur := m.q[q.port]
-	m.mu.Unlock()
-	if cur == q {
+	defer m.mu.Unlock()
+	if m.q[q.port] == q && q.fwd == fwd && !m.closed {
 		m.log.Error("forwarder stopped while the port is quarantined", "port", q.port)
 	}
+}
+
+// Alive reports whether every active quarantine's forwarder is running (for
+// the service manager's watchdog).
+func (m *Manager) Alive() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, q := range m.q {
+		if q.fwd != nil && !q.fwd.Alive() {
+			return false
+		}
+	}
+	return true
 }
 
 // Set changes the named limits of port's quarantine in place, without
@@ -225,22 +346,29 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 	if err != nil {
 		return api.Quarantine{}, err
 	}
-	from, to := spec.FromVM.policy(), spec.ToVM.policy()
-	// Validated by Apply; SetPolicy validates again before publishing,
-	// so a failure here leaves the old policy in force.
-	if err := q.fwd.FromVM.SetPolicy(from); err != nil {
-		return api.Quarantine{}, usagef("%v", err)
-	}
-	if err := q.fwd.ToVM.SetPolicy(to); err != nil {
-		q.fwd.FromVM.SetPolicy(q.spec.FromVM.policy())
-		return api.Quarantine{}, usagef("%v", err)
+	if q.fwd != nil {
+		from, to := spec.FromVM.policy(), spec.ToVM.policy()
+		// Validated by Apply; SetPolicy validates again before
+		// publishing, so a failure leaves the old policy in force.
+		if err := q.fwd.FromVM.SetPolicy(from); err != nil {
+			return api.Quarantine{}, usagef("%v", err)
+		}
+		if err := q.fwd.ToVM.SetPolicy(to); err != nil {
+			q.fwd.FromVM.SetPolicy(q.spec.FromVM.policy())
+			return api.Quarantine{}, usagef("%v", err)
+		}
 	}
 	q.spec = spec
-	m.log.Info("limits changed", "port", port)
+	if q.sp != nil {
+		m.recordIntent(q)
+	}
+	m.saveLocked()
+	m.log.Info("limits changed", "port", port, "intent", spec.Intent())
 	return m.statusLocked(q), nil
 }
 
-// Release ends port's quarantine and reverts its splice.
+// Release ends port's quarantine and reverts its splice; a pending
+// quarantine is simply dropped.
 func (m *Manager) Release(port string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -248,52 +376,142 @@ func (m *Manager) Release(port string) error {
 	if !ok {
 		return usagef("%s is not quarantined", port)
 	}
-	if err := m.teardownLocked(q); err != nil {
-		return err
+	return m.releaseLocked(q)
+}
+
+// ReleaseAll releases every quarantine, active and pending.
+func (m *Manager) ReleaseAll() ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	var done []string
+	var errs []error
+	for _, p := range m.portsLocked() {
+		if err := m.releaseLocked(m.q[p]); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		done = append(done, p)
 	}
-	m.log.Info("released", "port", port)
+	return done, errors.Join(errs...)
+}
+
+func (m *Manager) releaseLocked(q *quarantine) error {
+	if q.sp != nil {
+		// Say "releasing" first: if the daemon dies half way, the next
+		// one finishes the release instead of adopting a half splice.
+		q.state = stateReleasing
+		m.saveLocked()
+		if err := m.teardownLocked(q); err != nil {
+			q.state = StateActive
+			m.saveLocked()
+			return err
+		}
+	}
+	delete(m.q, q.port)
+	m.saveLocked()
+	m.log.Info("released", "port", q.port)
 	return nil
 }
 
 // teardownLocked stops q's forwarder, then reverts its splice. The forwarder
 // goes first so nothing writes into taps that are being removed.
 func (m *Manager) teardownLocked(q *quarantine) error {
-	ferr := q.fwd.Close()
-	if ferr != nil {
-		m.log.Warn("closing forwarder", "port", q.port, "err", ferr)
+	if q.fwd != nil {
+		if err := q.fwd.Close(); err != nil {
+			m.log.Warn("closing forwarder", "port", q.port, "err", err)
+		}
+		q.fwd = nil
 	}
-	if err := q.sp.Release(); err != nil {
-		return fmt.Errorf("release %s: %w", q.port, err)
+	if q.sp != nil {
+		if err := q.sp.Release(); err != nil {
+			return fmt.Errorf("release %s: %w", q.port, err)
+		}
+		q.sp = nil
 	}
-	delete(m.q, q.port)
 	return nil
 }
 
-// PortGone tears down the quarantine of a port that disappeared (VM stopped
-// or destroyed). It is called by the link watcher.
+// PortGone is called when a link disappears. A quarantined port's splice is
+// torn down, and the quarantine waits, pending, for the port to return (a VM
+// restart) until it is released or expires.
 func (m *Manager) PortGone(port string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	q, ok := m.q[port]
-	if !ok {
+	if !ok || q.state != StateActive || m.closed {
 		return
 	}
-	m.log.Warn("quarantined port disappeared: removing its splice", "port", port)
+	m.log.Warn("quarantined port disappeared: removing its splice; the quarantine is pending until the port returns", "port", port)
 	if err := m.teardownLocked(q); err != nil {
 		m.log.Error("cleaning up after a vanished port", "port", port, "err", err)
 	}
+	m.makePendingLocked(q, time.Now())
+	m.saveLocked()
 }
 
-// Ports returns the quarantined ports.
-func (m *Manager) Ports() []string {
+// PortAppeared is called when a link appears or changes: a pending
+// quarantine of that port is applied if the port can be spliced now.
+func (m *Manager) PortAppeared(port string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if q, ok := m.q[port]; ok && q.state == StatePending && !m.closed {
+		m.tryPendingLocked(q)
+	}
+}
+
+// tryPendingLocked applies a pending quarantine if its port is there and on a
+// bridge; otherwise it stays pending.
+func (m *Manager) tryPendingLocked(q *quarantine) {
+	if !m.portExists(q.port) {
+		return
+	}
+	if err := m.applyLocked(q); err != nil {
+		// Not on a bridge yet (libvirt adds it a moment later): retried
+		// on the next event or tick.
+		m.log.Debug("pending quarantine not applied yet", "port", q.port, "err", err)
+		return
+	}
+	m.log.Info("pending quarantine applied: the port is back", "port", q.port)
+	m.saveLocked()
+}
+
+// Tick retries pending quarantines and drops expired ones. The daemon calls
+// it periodically, as a safety net for missed link events.
+func (m *Manager) Tick(now time.Time) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.closed {
+		return
+	}
+	for _, p := range m.portsLocked() {
+		q := m.q[p]
+		if q.state != StatePending {
+			continue
+		}
+		if now.After(q.expires) {
+			m.log.Warn("pending quarantine expired: its port did not return", "port", p, "expired", q.expires)
+			delete(m.q, p)
+			m.saveLocked()
+			continue
+		}
+		m.tryPendingLocked(q)
+	}
+}
+
+func (m *Manager) portsLocked() []string {
 	out := make([]string, 0, len(m.q))
 	for p := range m.q {
 		out = append(out, p)
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Ports returns the quarantined ports, active and pending.
+func (m *Manager) Ports() []string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.portsLocked()
 }
 
 // Status reports every quarantine, or only port's when port is not empty (an
@@ -313,12 +531,7 @@ func (m *Manager) Status(port string) (api.Status, error) {
 		st.Quarantines = append(st.Quarantines, m.statusLocked(q))
 		return st, nil
 	}
-	ports := make([]string, 0, len(m.q))
-	for p := range m.q {
-		ports = append(ports, p)
-	}
-	sort.Strings(ports)
-	for _, p := range ports {
+	for _, p := range m.portsLocked() {
 		st.Quarantines = append(st.Quarantines, m.statusLocked(m.q[p]))
 	}
 	return st, nil
@@ -327,16 +540,28 @@ func (m *Manager) Status(port string) (api.Status, error) {
 func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
 	out := api.Quarantine{
 		Port:     q.port,
-		State:    "active",
-		Backend:  q.sp.Backend(),
-		Fail:     failString(q.sp.FailOpen()),
+		State:    q.state,
+		Fail:     q.spec.Fail,
 		Since:    q.since,
-		Taps:     api.Taps{VM: q.sp.VMTap(), Net: q.sp.NetTap()},
 		Bypass:   api.Bypass{Ports: slices.Clone(q.spec.BypassPorts), Outbound: q.spec.BypassOutbound},
-		Warnings: append([]string{}, q.sp.Warnings()...),
+		Warnings: []string{},
 	}
-	out.Directions.FromVM = dirStatus(q.spec.FromVM, q.fwd.FromVM.Stats())
-	out.Directions.ToVM = dirStatus(q.spec.ToVM, q.fwd.ToVM.Stats())
+	var from, to forward.DirStats
+	if q.sp != nil {
+		out.Backend = q.sp.Backend()
+		out.Fail = failString(q.sp.FailOpen())
+		out.Taps = api.Taps{VM: q.sp.VMTap(), Net: q.sp.NetTap(), Priority: q.sp.PriorityTap()}
+		out.Warnings = append(out.Warnings, q.sp.Warnings()...)
+	}
+	if q.fwd != nil {
+		from, to = q.fwd.FromVM.Stats(), q.fwd.ToVM.Stats()
+	}
+	if q.state == StatePending {
+		e := q.expires.UTC()
+		out.Expires = &e
+	}
+	out.Directions.FromVM = dirStatus(q.spec.FromVM, from)
+	out.Directions.ToVM = dirStatus(q.spec.ToVM, to)
 	return out
 }
 
@@ -369,8 +594,29 @@ func dirStatus(d DirSpec, s forward.DirStats) api.Direction {
 	return out
 }
 
-// Close stops accepting changes and releases every quarantine, reverting
-// every splice. Safe to call more than once.
+// saveLocked writes the state file; a failure is logged, not returned: the
+// plumbing keeps the intent too, and refusing the change would not undo it.
+func (m *Manager) saveLocked() {
+	if m.opt.StateDir == "" {
+		return
+	}
+	entries := make([]savedEntry, 0, len(m.q))
+	for _, q := range m.q {
+		e := savedEntry{Port: q.port, State: q.state, Spec: q.spec, Since: q.since, Expires: q.expires}
+		if q.sp != nil {
+			e.Backend = q.sp.Backend()
+		}
+		entries = append(entries, e)
+	}
+	if err := saveState(m.opt.StateDir, entries, time.Now()); err != nil {
+		m.log.Error("cannot write the state file", "dir", m.opt.StateDir, "err", err)
+	}
+}
+
+// Close stops accepting changes and stops every forwarder, leaving the
+// splices and the state file in place for the next daemon to adopt. (On the
+// tc backend a port stays cut off until then; `shaperd release --all` before
+// stopping clears everything.) Safe to call more than once.
 func (m *Manager) Close() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -380,8 +626,11 @@ func (m *Manager) Close() error {
 	m.closed = true
 	var errs []error
 	for _, q := range m.q {
-		if err := m.teardownLocked(q); err != nil {
-			errs = append(errs, err)
+		if q.fwd != nil {
+			if err := q.fwd.Close(); err != nil {
+				errs = append(errs, err)
+			}
+			q.fwd = nil
 		}
 	}
 	return errors.Join(errs...)

@@ -29,6 +29,11 @@ func (m *Manager) WatchLinks(ctx context.Context) error {
 				if !ok {
 					return
 				}
+				if u.Header.Type == unix.RTM_NEWLINK && u.Link != nil {
+					name := u.Link.Attrs().Name
+					go m.PortAppeared(name)
+					continue
+				}
 				// A port leaving a bridge also sends RTM_DELLINK, with
 				// family AF_BRIDGE: splicing does that. Only a real
 				// deletion counts, and only if the link is really gone.

@@ -60,9 +60,10 @@ func newLab(t *testing.T, mode string) *lab {
 	rand.Read(b)
 	name := "it" + hex.EncodeToString(b)[:4]
 	script := filepath.Join(repoRoot(), "scripts/netns/lab.sh")
+	labEnv := []string{"LAB=" + name}
 	run := func(args ...string) (string, error) {
 		cmd := exec.Command(script, args...)
-		cmd.Env = append(os.Environ(), "LAB="+name)
+		cmd.Env = append(os.Environ(), labEnv...)
 		out, err := cmd.CombinedOutput()
 		return string(out), err
 	}
@@ -153,6 +154,7 @@ func (p *proc) wait(t *testing.T, d time.Duration) error {
 
 // daemon is a shaperd process running in the lab's hypervisor namespace.
 type daemon struct {
+	dir    string
 	l      *lab
 	sock   string
 	cmd    *exec.Cmd
@@ -162,8 +164,14 @@ type daemon struct {
 
 func (l *lab) startDaemon(extra ...string) *daemon {
 	l.t.Helper()
-	dir := l.t.TempDir()
-	d := &daemon{l: l, sock: filepath.Join(dir, "shaperd.sock"), logBuf: &syncBuffer{}, done: make(chan error, 1)}
+	return l.startDaemonIn(l.t.TempDir(), extra...)
+}
+
+// startDaemonIn starts a daemon whose socket and state live in dir, so a
+// test can kill it and start another on the same state.
+func (l *lab) startDaemonIn(dir string, extra ...string) *daemon {
+	l.t.Helper()
+	d := &daemon{dir: dir, l: l, sock: filepath.Join(dir, "shaperd.sock"), logBuf: &syncBuffer{}, done: make(chan error, 1)}
 	args := append([]string{filepath.Join(l.bin, "shaperd"), "run", "--socket", d.sock, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug"}, extra...)
 	d.cmd = inNS(l.get("HV_NS"), args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.logBuf, d.logBuf
@@ -192,6 +200,18 @@ func (l *lab) startDaemon(extra ...string) *daemon {
 			l.t.Fatalf("daemon not answering after 10 s:\n%s", d.logBuf.String())
 		}
 		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// kill9 kills the daemon with SIGKILL, as a crash would.
+func (d *daemon) kill9() {
+	d.l.t.Helper()
+	d.cmd.Process.Kill()
+	select {
+	case err := <-d.done:
+		d.done <- err
+	case <-time.After(5 * time.Second):
+		d.l.t.Fatal("daemon did not die of SIGKILL")
 	}
 }
 
@@ -265,13 +285,26 @@ func (l *lab) rxRate(ns, dev string, d time.Duration) float64 {
 	return float64(b-a) / time.Since(t0).Seconds()
 }
 
-var volatile = regexp.MustCompile(`(\w+_timer)\s+\S+`)
+// volatile matches timers, and the bridge port numbers the kernel allocates
+// (lowest free) when a port joins: with several splices at once a restored
+// port may get another number. No setting can choose them.
+var volatile = regexp.MustCompile(`(\w+_timer|port_id|port_no|designated_port)\s+\S+`)
 
 // snapshot lists what the hypervisor namespace's plumbing looks like: links,
 // qdiscs, ingress filters, bridge ports, VLANs and permanent fdb entries.
 func (l *lab) snapshot() string {
 	l.t.Helper()
 	ns := l.get("HV_NS")
+	if br := l.get("BRIDGE"); br != "" && l.get("LAB_MODE") != "ovs" {
+		// A freshly built bridge gains carrier a moment after its
+		// ports come up; compare settled states only.
+		for i := 0; i < 100; i++ {
+			if strings.TrimSpace(l.sh(ns, "cat /sys/class/net/"+br+"/carrier 2>/dev/null || echo 0")) == "1" {
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
 	var b strings.Builder
 	links := l.sh(ns, "ip -d link show")
 	b.WriteString(volatile.ReplaceAllString(links, "$1 X"))

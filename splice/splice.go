@@ -97,3 +97,36 @@ func tapBase(port string) string {
 	h.Write([]byte(port))
 	return fmt.Sprintf("%s%08x", TapPrefix, h.Sum32())
 }
+
+// Adopter is a Backend that can find the splices an earlier daemon left on
+// the host and rebuild them from the plumbing alone, so a restarted daemon
+// (after kill -9 or a reboot of the daemon, not of the host) takes them over
+// without touching traffic.
+type Adopter interface {
+	// Found lists the ports this backend finds spliced, with the intent
+	// recorded on each (see IntentRecorder); "" if none was recorded.
+	Found() ([]Found, error)
+	// Adopt rebuilds the Splice of port from the plumbing. Its Release then
+	// reverts exactly what the original Splice did. ErrNotSpliced if port
+	// has no (complete enough) splice.
+	Adopt(port string) (Splice, error)
+}
+
+// Found is a splice found on the host.
+type Found struct {
+	Port   string
+	Intent string
+}
+
+// IntentRecorder is a Splice that can keep a short text (the operator's
+// intent: limits and options) on the plumbing itself, for a daemon that lost
+// its state file. MaxIntent bounds it.
+type IntentRecorder interface {
+	SetIntent(intent string) error
+}
+
+// MaxIntent is the longest intent a backend must keep, in bytes.
+const MaxIntent = 200
+
+// ErrNotSpliced means there is no splice of the port to adopt.
+var ErrNotSpliced = errors.New("port is not spliced")

@@ -26,6 +26,7 @@ func startFake(t *testing.T) (string, *fakesplice.Backend) {
 	fb.Ports["routed-0"] = false
 	m := daemon.New(nil, fb)
 	m.SetTapOpener(func(string) (forward.Device, error) { return fakedev.New(16), nil })
+	m.SetPortCheck(fb.Exists)
 	srv, err := control.Listen(sock, m, discard())
 	if err != nil {
 		t.Fatal(err)
@@ -70,7 +71,7 @@ func TestCLIContract(t *testing.T) {
 		{[]string{"quarantine", "vm-1-00c9", "--bps", "10furlongs"}, 2, "--bps", false},
 		{[]string{"quarantine", "vm-1-00c9", "--bps", "1mbit", "--burst-bytes", "100b"}, 2, "at least 1522b", false},
 		{[]string{"quarantine", "vm-1-00c9", "--burst", "10"}, 2, "--burst needs --pps", false},
-		{[]string{"quarantine", "vm-9-0000", "--pps", "10"}, 2, "no such port", false},
+		{[]string{"quarantine", "vm-9-0000", "--pps", "10"}, 2, "--pending", false},
 		{[]string{"quarantine", "routed-0", "--pps", "10"}, 2, "no bridge", false},
 		{[]string{"set", "vm-1-00c9", "--pps", "10"}, 2, "not quarantined", false},
 		{[]string{"release", "vm-1-00c9"}, 2, "not quarantined", false},

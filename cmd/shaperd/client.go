@@ -61,7 +61,7 @@ func limitRequest(fs *pflag.FlagSet, extra ...string) api.LimitRequest {
 }
 
 func newQuarantineCmd(g *globals) *cobra.Command {
-	var asJSON bool
+	var asJSON, pending bool
 	cmd := &cobra.Command{
 		Use:   "quarantine PORT [limits]",
 		Short: "Splice PORT through shaperd and police it with the limits given",
@@ -71,7 +71,7 @@ TCP connections TO the VM on the --bypass ports (default 22,3389) keep working
 with their own budget.` + unitsHelp,
 		Args: exactArgs("PORT"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := api.QuarantineRequest{Port: args[0], Limits: limitRequest(cmd.Flags(), "bypass", "bypass-outbound", "fail")}
+			req := api.QuarantineRequest{Port: args[0], Limits: limitRequest(cmd.Flags(), "bypass", "bypass-outbound", "fail"), Pending: pending}
 			q, err := g.client().Quarantine(req)
 			if err != nil {
 				return clientErr(err)
@@ -84,6 +84,7 @@ with their own budget.` + unitsHelp,
 	cmd.Flags().String("fail", "", "open or closed: whether traffic falls back to the direct path if the forwarder dies (default open where the backend can, e.g. OVS; the tc backend is always closed)")
 	cmd.Flags().Bool("bypass-outbound", false, "also bypass the VM's own connections to the bypass ports (off: outbound brute force is what must be limited)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the quarantine as JSON")
+	cmd.Flags().BoolVar(&pending, "pending", false, "accept a port that does not exist yet: quarantine it when it appears (until released or --pending-ttl)")
 	return cmd
 }
 
@@ -112,18 +113,53 @@ func newSetCmd(g *globals) *cobra.Command {
 }
 
 func newReleaseCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
-		Use:   "release PORT",
-		Short: "End PORT's quarantine and revert its splice exactly",
-		Args:  exactArgs("PORT"),
+	var all, offline bool
+	var stateDir string
+	cmd := &cobra.Command{
+		Use:   "release PORT | --all",
+		Short: "End PORT's quarantine (or every one) and revert its splice exactly",
+		Long: `End PORT's quarantine, or every quarantine with --all, and revert the splice
+exactly. A pending quarantine is dropped.
+
+--offline works with no daemon running: it finds shaperd's splices on the
+host (tap names, tc filters, OVS cookies) and reverts them. It is meant for a
+service manager's OnFailure= unit once restarts are exhausted; it refuses to
+run while a daemon answers on the socket.`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			switch {
+			case all && len(args) > 0:
+				return usageErr("release takes a PORT or --all, not both")
+			case !all && len(args) != 1:
+				return usageErr("release takes exactly one PORT, or --all (see 'shaperd release --help')")
+			}
+			return nil
+		},
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if err := g.client().Release(api.ReleaseRequest{Port: args[0]}); err != nil {
+			var ports []string
+			if !all {
+				ports = args
+			}
+			if offline {
+				return releaseOffline(cmd, g, stateDir, ports, all)
+			}
+			req := api.ReleaseRequest{All: all}
+			if !all {
+				req.Port = args[0]
+			}
+			res, err := g.client().Release(req)
+			if err != nil {
 				return clientErr(err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "released %s\n", args[0])
+			for _, p := range res.Released {
+				fmt.Fprintf(cmd.OutOrStdout(), "released %s\n", p)
+			}
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&all, "all", false, "release every quarantine")
+	cmd.Flags().BoolVar(&offline, "offline", false, "revert splices with no daemon running")
+	cmd.Flags().StringVar(&stateDir, "state-dir", DefaultStateDir, "with --offline: the daemon's state directory")
+	return cmd
 }
 
 func newStatusCmd(g *globals) *cobra.Command {

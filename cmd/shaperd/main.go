@@ -63,8 +63,10 @@ type globals struct {
 }
 
 func (g *globals) client() *control.Client {
-	return control.NewClient(control.SocketPath(g.socket))
+	return control.NewClient(g.socketPath())
 }
+
+func (g *globals) socketPath() string { return control.SocketPath(g.socket) }
 
 func newRoot() *cobra.Command {
 	g := &globals{}
@@ -82,7 +84,7 @@ other commands talk to it over its control socket.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageErr("%v (see '%s --help')", err, c.CommandPath())
 	})
-	root.AddCommand(newRunCmd(g), newQuarantineCmd(g), newSetCmd(g), newReleaseCmd(g), newStatusCmd(g))
+	root.AddCommand(newRunCmd(g), newQuarantineCmd(g), newSetCmd(g), newReleaseCmd(g), newStatusCmd(g), newTopCmd(g))
 	return root
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/shaperd/shaperd/config"
 	"github.com/shaperd/shaperd/control"
 	"github.com/shaperd/shaperd/daemon"
+	"github.com/shaperd/shaperd/metrics"
 	"github.com/shaperd/shaperd/splice/tcsplice"
 )
 
@@ -24,6 +25,8 @@ func newRunCmd(g *globals) *cobra.Command {
 	var cfgPath string
 	var flags config.Config
 	var nice int
+	var metricsAddr string
+	var pendingTTL time.Duration
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the daemon",
@@ -50,6 +53,16 @@ file (the flag's name with '_' for '-'); a flag given here wins.`,
 			if fs.Changed("log-format") {
 				cfg.LogFormat = flags.LogFormat
 			}
+			if fs.Changed("socket-group") {
+				cfg.SocketGroup = flags.SocketGroup
+			}
+			if fs.Changed("pending-ttl") || cfg.PendingTTL == "" {
+				cfg.PendingTTL = pendingTTL.String()
+			}
+			if fs.Changed("metrics-addr") || cfg.MetricsAddr == nil {
+				a := metricsAddr
+				cfg.MetricsAddr = &a
+			}
 			if fs.Changed("forwarder-nice") || cfg.ForwarderNice == nil {
 				n := nice
 				cfg.ForwarderNice = &n
@@ -63,72 +76,167 @@ file (the flag's name with '_' for '-'); a flag given here wins.`,
 			if err := cfg.Validate(); err != nil {
 				return &exitError{code: 2, err: err}
 			}
-			return runDaemon(cfg)
+			return runDaemon(cfg, cfgPath, fs.Changed("log-level"))
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "", "YAML configuration file")
 	cmd.Flags().StringVar(&flags.StateDir, "state-dir", DefaultStateDir, "directory for the daemon's state (config key state_dir)")
 	cmd.Flags().StringVar(&flags.LogLevel, "log-level", "info", "debug, info, warn or error (config key log_level)")
 	cmd.Flags().StringVar(&flags.LogFormat, "log-format", "text", "text or json (config key log_format)")
+	cmd.Flags().StringVar(&flags.SocketGroup, "socket-group", "", "group that owns the control socket (mode 0660) and may use it besides root (config key socket_group)")
+	cmd.Flags().DurationVar(&pendingTTL, "pending-ttl", daemon.DefaultPendingTTL, "how long a quarantine of a missing port waits for it to return (config key pending_ttl)")
+	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", metrics.DefaultAddr, `host:port serving Prometheus metrics at /metrics; "" turns them off (config key metrics_addr)`)
 	cmd.Flags().IntVar(&nice, "forwarder-nice", -10, "scheduling priority of the forwarding threads, -20..19; 0 keeps the daemon's (config key forwarder_nice)")
 	return cmd
 }
 
-func newLogger(cfg config.Config) *slog.Logger {
-	var lvl slog.Level
-	switch cfg.LogLevel {
+func parseLevel(name string) slog.Level {
+	switch name {
 	case "debug":
-		lvl = slog.LevelDebug
+		return slog.LevelDebug
 	case "warn":
-		lvl = slog.LevelWarn
+		return slog.LevelWarn
 	case "error":
-		lvl = slog.LevelError
+		return slog.LevelError
 	}
-	opts := &slog.HandlerOptions{Level: lvl}
-	if cfg.LogFormat == "json" {
-		return slog.New(slog.NewJSONHandler(os.Stderr, opts))
-	}
-	return slog.New(slog.NewTextHandler(os.Stderr, opts))
+	return slog.LevelInfo
 }
 
-// runDaemon serves until SIGINT or SIGTERM, then releases every quarantine
-// (there is no state to adopt them from yet) and removes the socket.
-func runDaemon(cfg config.Config) error {
-	log := newLogger(cfg)
+// newLogger returns the daemon's logger and the level it filters at, which
+// SIGHUP may change.
+func newLogger(cfg config.Config) (*slog.Logger, *slog.LevelVar) {
+	lvl := new(slog.LevelVar)
+	lvl.Set(parseLevel(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), lvl
+	}
+	return slog.New(slog.NewTextHandler(os.Stderr, opts)), lvl
+}
+
+// runDaemon restores what an earlier daemon left, serves until SIGINT or
+// SIGTERM, then stops the forwarders and removes the socket. Splices and the
+// state file stay, for the next daemon to adopt.
+func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool) error {
+	log, level := newLogger(cfg)
 	if os.Geteuid() != 0 {
 		log.Warn("not running as root: splicing needs CAP_NET_ADMIN")
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	m := daemon.New(log, tcsplice.New(log))
-	m.ForwarderNice = *cfg.ForwarderNice
+	ttl, _ := time.ParseDuration(cfg.PendingTTL) // validated
+	m := daemon.NewWithOptions(log, daemon.Options{
+		StateDir:      cfg.StateDir,
+		PendingTTL:    ttl,
+		ForwarderNice: *cfg.ForwarderNice,
+	}, tcsplice.New(log))
+	// Subscribe before restoring, so no link event falls between the two.
 	if err := m.WatchLinks(ctx); err != nil {
 		return &exitError{code: 1, err: fmt.Errorf("watch links: %w", err)}
 	}
-	srv, err := control.Listen(cfg.Socket, m, log)
+	if err := m.Restore(); err != nil {
+		return &exitError{code: 1, err: err}
+	}
+	go func() {
+		t := time.NewTicker(500 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				m.Tick(now)
+			}
+		}
+	}()
+	// Metrics before the control socket: an address in use fails the start.
+	var msrv *metrics.Server
+	if addr := *cfg.MetricsAddr; addr != "" {
+		s, err := metrics.Listen(addr, m, log)
+		if err != nil {
+			return &exitError{code: 1, err: err}
+		}
+		msrv = s
+		go func() {
+			if err := s.Serve(); err != nil {
+				log.Error("metrics endpoint stopped", "err", err)
+			}
+		}()
+		log.Info("serving metrics", "url", "http://"+s.Addr().String()+"/metrics")
+	}
+	srv, err := control.ListenOptions(cfg.Socket, m, log, control.Options{Group: cfg.SocketGroup})
 	if err != nil {
 		return &exitError{code: 1, err: err}
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve() }()
 	log.Info("shaperd running", "socket", cfg.Socket, "pid", os.Getpid(), "version", daemon.Version)
+	sdNotify("READY=1\nSTATUS=serving")
+	go watchdog(ctx, m.Alive, func() { log.Error("watchdog not fed: a forwarder has stopped") })
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				reload(log, level, cfg, cfgPath, levelFromFlag)
+			}
+		}
+	}()
 
 	var serveErr error
 	select {
 	case <-ctx.Done():
 		log.Info("shutting down")
+		sdNotify("STOPPING=1")
 	case serveErr = <-errc:
 	}
 	sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	srv.Shutdown(sctx)
+	if msrv != nil {
+		msrv.Shutdown(sctx)
+	}
 	if err := m.Close(); err != nil {
-		log.Error("releasing quarantines", "err", err)
+		log.Error("stopping forwarders", "err", err)
 		return &exitError{code: 1, err: err}
 	}
 	if serveErr != nil {
 		return &exitError{code: 1, err: serveErr}
 	}
 	return nil
+}
+
+// reload re-reads the config file on SIGHUP. An invalid file changes
+// nothing: the running config stays and the error is logged. The log level
+// changes at once (unless --log-level was given); keys that need a restart
+// are named in the log.
+func reload(log *slog.Logger, level *slog.LevelVar, running config.Config, path string, levelFromFlag bool) {
+	if path == "" {
+		log.Info("SIGHUP: no --config file to reload")
+		return
+	}
+	c, err := config.Load(path)
+	if err != nil {
+		log.Error("SIGHUP: config not reloaded; the running config stays", "err", err)
+		return
+	}
+	if !levelFromFlag && c.LogLevel != "" {
+		level.Set(parseLevel(c.LogLevel))
+	}
+	var restart []string
+	if c.Socket != "" && c.Socket != running.Socket {
+		restart = append(restart, "socket")
+	}
+	if c.StateDir != "" && c.StateDir != running.StateDir {
+		restart = append(restart, "state_dir")
+	}
+	if c.SocketGroup != running.SocketGroup {
+		restart = append(restart, "socket_group")
+	}
+	log.Info("SIGHUP: config reloaded", "path", path, "log_level", level.Level().String(), "need_restart", restart)
 }

@@ -19,12 +19,14 @@ type Backend struct {
 	// CanFailOpen lets Splice accept Options.FailOpen.
 	CanFailOpen bool
 	spliced     map[string]bool
+	intents     map[string]string
 	released    int
+	splices     int
 }
 
 // New returns a backend that knows the given bridged ports.
 func New(bridged ...string) *Backend {
-	b := &Backend{Ports: map[string]bool{}, spliced: map[string]bool{}}
+	b := &Backend{Ports: map[string]bool{}, spliced: map[string]bool{}, intents: map[string]string{}}
 	for _, p := range bridged {
 		b.Ports[p] = true
 	}
@@ -62,6 +64,7 @@ func (b *Backend) Splice(port string, opt splice.Options) (splice.Splice, error)
 		return nil, fmt.Errorf("%s: %w", port, splice.ErrSpliced)
 	}
 	b.spliced[port] = true
+	b.splices++
 	return &fakeSplice{b: b, port: port, failOpen: opt.FailOpen}, nil
 }
 
@@ -97,6 +100,7 @@ func (s *fakeSplice) Release() error {
 		s.b.mu.Lock()
 		defer s.b.mu.Unlock()
 		delete(s.b.spliced, s.port)
+		delete(s.b.intents, s.port)
 		s.b.released++
 	})
 	return nil
@@ -104,3 +108,59 @@ func (s *fakeSplice) Release() error {
 
 // FailOpen reports what Splice was asked for.
 func (s *fakeSplice) FailOpen() bool { return s.failOpen }
+
+// Exists reports whether the backend knows port (bridged or not).
+func (b *Backend) Exists(port string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	_, ok := b.Ports[port]
+	return ok
+}
+
+// Splices counts successful Splice calls (adoptions are not counted).
+func (b *Backend) Splices() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.splices
+}
+
+// Intent returns the intent recorded for port.
+func (b *Backend) Intent(port string) string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.intents[port]
+}
+
+// SetIntent records intent, as a backend keeps it on the plumbing.
+func (s *fakeSplice) SetIntent(intent string) error {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	s.b.intents[s.port] = intent
+	return nil
+}
+
+// Found lists the spliced ports, as a restarted daemon finds them.
+func (b *Backend) Found() ([]splice.Found, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var out []splice.Found
+	for p := range b.spliced {
+		out = append(out, splice.Found{Port: p, Intent: b.intents[p]})
+	}
+	return out, nil
+}
+
+// Adopt returns the splice of a spliced port.
+func (b *Backend) Adopt(port string) (splice.Splice, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.spliced[port] {
+		return nil, fmt.Errorf("%s: %w", port, splice.ErrNotSpliced)
+	}
+	return &fakeSplice{b: b, port: port}, nil
+}
+
+var (
+	_ splice.Adopter        = (*Backend)(nil)
+	_ splice.IntentRecorder = (*fakeSplice)(nil)
+)

@@ -285,6 +285,7 @@ type spliced struct {
 	vlans     []vlan
 	fdb       []netlink.Neigh // static and user-permanent FDB entries of the port
 	hadQdisc  bool            // the port had an ingress or clsact qdisc
+	intent    string          // the daemon's intent, kept in vmTap's alias
 	prio      uint16          // tc priority of the redirect filter on the port; the steering filters sit at prio-1
 	warnings  []string
 
@@ -334,6 +335,7 @@ const (
 	stepRedirect   = "redirect port to vm tap"
 	stepLeave      = "port leaves bridge"
 	stepVerify     = "verify net tap"
+	stepRecord     = "record splice on the vm tap"
 )
 
 // build creates the splice. The order keeps the VM's outage short and makes
@@ -419,6 +421,10 @@ func (s *spliced) build() error {
 			return netlink.LinkSetNoMaster(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: s.portIndex}})
 		}},
 		{stepVerify, func() error { return s.verify(netTap) }},
+		{stepRecord, func() error {
+			// What a restarted daemon cannot read back from the links.
+			return netlink.LinkSetAlias(vmTap, s.vmAlias())
+		}},
 	}
 	for _, st := range steps {
 		if err := st.do(); err != nil {

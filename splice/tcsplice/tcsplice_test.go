@@ -170,7 +170,7 @@ func TestSpliceForwardRelease(t *testing.T) {
 // is left behind.
 func TestRollback(t *testing.T) {
 	steps := []string{stepVMTap, stepNetTap, stepJoin, stepVLANs, stepAttrs, stepFDB,
-		stepVMRedirect, stepPrioTap, stepQdisc, stepSteer, stepRedirect, stepLeave, stepVerify}
+		stepVMRedirect, stepPrioTap, stepQdisc, stepSteer, stepRedirect, stepLeave, stepVerify, stepRecord}
 	errInjected := errors.New("injected failure")
 	for _, step := range steps {
 		t.Run(step, func(t *testing.T) {

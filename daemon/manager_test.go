@@ -1,0 +1,223 @@
+package daemon
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/forward"
+	"github.com/shaperd/shaperd/forward/fakedev"
+	"github.com/shaperd/shaperd/splice/fakesplice"
+)
+
+func newTestManager(t *testing.T, dir string, fb *fakesplice.Backend) *Manager {
+	t.Helper()
+	m := NewWithOptions(nil, Options{StateDir: dir, PendingTTL: time.Hour}, fb)
+	m.SetTapOpener(func(string) (forward.Device, error) { return fakedev.New(4), nil })
+	m.SetPortCheck(fb.Exists)
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func mustStatus(t *testing.T, m *Manager, port string) api.Quarantine {
+	t.Helper()
+	st, err := m.Status(port)
+	if err != nil {
+		t.Fatalf("status %s: %v", port, err)
+	}
+	return st.Quarantines[0]
+}
+
+func TestPendingQuarantineFollowsThePort(t *testing.T) {
+	fb := fakesplice.New()
+	m := newTestManager(t, t.TempDir(), fb)
+	req := api.LimitRequest{"pps": "5000"}
+	if _, err := m.Quarantine("vm-7", req, false); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "--pending") {
+		t.Fatalf("quarantine of a missing port without --pending: %v", err)
+	}
+	q, err := m.Quarantine("vm-7", req, true)
+	if err != nil || q.State != StatePending || q.Expires == nil {
+		t.Fatalf("quarantine --pending: %+v, %v", q, err)
+	}
+	// The port appears, but on no bridge yet: still pending.
+	fb.Ports["vm-7"] = false
+	m.PortAppeared("vm-7")
+	if s := mustStatus(t, m, "vm-7"); s.State != StatePending {
+		t.Fatalf("port on no bridge: state %s, want pending", s.State)
+	}
+	fb.Ports["vm-7"] = true
+	m.PortAppeared("vm-7")
+	if s := mustStatus(t, m, "vm-7"); s.State != StateActive || s.Backend != "fake" {
+		t.Fatalf("port back on a bridge: %+v", s)
+	}
+	if *mustStatus(t, m, "vm-7").Directions.FromVM.Limits.PPS != 5000 {
+		t.Fatal("limits lost on the way")
+	}
+	// The VM stops: the splice goes, the quarantine waits.
+	delete(fb.Ports, "vm-7")
+	m.PortGone("vm-7")
+	if s := mustStatus(t, m, "vm-7"); s.State != StatePending || fb.Spliced("vm-7") {
+		t.Fatalf("after the port vanished: %+v, spliced %v", s, fb.Spliced("vm-7"))
+	}
+	// Tick re-applies it when the port is back (a missed event).
+	fb.Ports["vm-7"] = true
+	m.Tick(time.Now())
+	if s := mustStatus(t, m, "vm-7"); s.State != StateActive {
+		t.Fatalf("Tick did not re-apply: %+v", s)
+	}
+	// Pending ones expire.
+	delete(fb.Ports, "vm-7")
+	m.PortGone("vm-7")
+	m.Tick(time.Now().Add(2 * time.Hour))
+	if _, err := m.Status("vm-7"); err == nil {
+		t.Fatal("pending quarantine did not expire")
+	}
+	// Release of a pending quarantine is accepted.
+	if _, err := m.Quarantine("vm-8", req, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Release("vm-8"); err != nil {
+		t.Fatalf("release of a pending quarantine: %v", err)
+	}
+}
+
+// restart simulates kill -9: the first manager is abandoned (its splices
+// stay), and a new one restores from dir and the plumbing.
+func restart(t *testing.T, dir string, fb *fakesplice.Backend) *Manager {
+	t.Helper()
+	m := newTestManager(t, dir, fb)
+	if err := m.Restore(); err != nil {
+		t.Fatalf("Restore: %v", err)
+	}
+	return m
+}
+
+func TestRestoreAdoptsWithTheSameLimits(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		state func(dir string) // what happens to the state file while no daemon runs
+		from  string
+	}{
+		{"state file", func(string) {}, "state"},
+		{"state file deleted", func(dir string) { os.Remove(filepath.Join(dir, StateFile)) }, "plumbing"},
+		{"state file corrupt", func(dir string) {
+			p := filepath.Join(dir, StateFile)
+			b, _ := os.ReadFile(p)
+			os.WriteFile(p, []byte(strings.Replace(string(b), "5000", "9999", 1)), 0o600)
+		}, "plumbing"},
+		{"state file garbage", func(dir string) { os.WriteFile(filepath.Join(dir, StateFile), []byte("{not json"), 0o600) }, "plumbing"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			fb := fakesplice.New("vm-1", "vm-2")
+			m1 := newTestManager(t, dir, fb)
+			if _, err := m1.Quarantine("vm-1", api.LimitRequest{"pps": "5000", "to-vm-bps": "16mbit", "bypass": "22"}, false); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := m1.Quarantine("vm-9", api.LimitRequest{"pps": "100"}, true); err != nil {
+				t.Fatal(err)
+			}
+			tc.state(dir)
+			m2 := restart(t, dir, fb)
+			if fb.Splices() != 1 {
+				t.Errorf("restart spliced again: %d splices, want the 1 adopted", fb.Splices())
+			}
+			q := mustStatus(t, m2, "vm-1")
+			if q.State != StateActive || *q.Directions.FromVM.Limits.PPS != 5000 ||
+				*q.Directions.ToVM.Limits.BitsPerSecond != 16_000_000 || len(q.Bypass.Ports) != 1 {
+				t.Errorf("restored from the %s: %+v", tc.from, q)
+			}
+			_, err := m2.Status("vm-9")
+			if tc.from == "state" && err != nil {
+				t.Errorf("pending quarantine lost across restart: %v", err)
+			}
+			if tc.from != "state" && err == nil {
+				t.Errorf("a pending quarantine appeared from nowhere")
+			}
+			if tc.name == "state file corrupt" || tc.name == "state file garbage" {
+				if m, _ := filepath.Glob(filepath.Join(dir, StateFile+".corrupt-*")); len(m) != 1 {
+					t.Errorf("corrupt state file not set aside: %v", m)
+				}
+			}
+			// The next release still restores the port.
+			if err := m2.Release("vm-1"); err != nil || fb.Spliced("vm-1") {
+				t.Errorf("release after restore: %v, spliced %v", err, fb.Spliced("vm-1"))
+			}
+		})
+	}
+}
+
+func TestRestoreWithoutIntentUsesConservativeDefault(t *testing.T) {
+	dir := t.TempDir()
+	fb := fakesplice.New("vm-1")
+	m1 := newTestManager(t, dir, fb)
+	if _, err := m1.Quarantine("vm-1", api.LimitRequest{"pps": "5000"}, false); err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(filepath.Join(dir, StateFile))
+	sp, _ := fb.Adopt("vm-1")
+	sp.(interface{ SetIntent(string) error }).SetIntent("")
+	m2 := restart(t, dir, fb)
+	if q := mustStatus(t, m2, "vm-1"); *q.Directions.FromVM.Limits.PPS != 10000 {
+		t.Errorf("no recoverable limits: got %+v, want the conservative 10000 pps", q.Directions.FromVM.Limits)
+	}
+}
+
+func TestRestoreRemovesOrphansOnlyWithATrustedState(t *testing.T) {
+	dir := t.TempDir()
+	fb := fakesplice.New("vm-1", "vm-2")
+	m1 := newTestManager(t, dir, fb)
+	for _, p := range []string{"vm-1", "vm-2"} {
+		if _, err := m1.Quarantine(p, api.LimitRequest{"pps": "5000"}, false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// vm-2 was released in the state file but its splice survived (a
+	// crash half way through a release).
+	saved, err := loadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := saved["vm-2"]
+	e.State = stateReleasing
+	saveState(dir, []savedEntry{saved["vm-1"], e}, time.Now())
+	m2 := restart(t, dir, fb)
+	if fb.Spliced("vm-2") {
+		t.Error("half-released splice not removed")
+	}
+	if _, err := m2.Status("vm-2"); err == nil {
+		t.Error("half-released quarantine came back")
+	}
+	if !fb.Spliced("vm-1") || mustStatus(t, m2, "vm-1").State != StateActive {
+		t.Error("vm-1 lost")
+	}
+}
+
+func TestIntentRoundTrip(t *testing.T) {
+	for _, req := range []api.LimitRequest{
+		{"pps": "5000"},
+		{"pps": "2500", "bps": "16mbit", "burst": "30", "burst-bytes": "4kb", "to-vm-pps": "100",
+			"bypass-pps": "none", "to-vm-bypass-bps": "1mbit", "control-pps": "50", "bypass": "22,2222",
+			"bypass-outbound": "true", "fail": "closed"},
+		{"to-vm-bps": "1gbit", "bypass": "none"},
+	} {
+		spec, err := NewSpec().Apply(req, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ParseIntent(spec.Intent())
+		if err != nil {
+			t.Fatalf("ParseIntent(%q): %v", spec.Intent(), err)
+		}
+		if got.Intent() != spec.Intent() {
+			t.Errorf("round trip: %q became %q", spec.Intent(), got.Intent())
+		}
+		if len(spec.Intent()) > 200 {
+			t.Errorf("intent %q longer than a backend must keep", spec.Intent())
+		}
+	}
+}

@@ -1,0 +1,268 @@
+// Package metrics serves shaperd's Prometheus metrics at /metrics.
+//
+// The collector reads the forwarders' counters when Prometheus scrapes, not
+// when frames pass: the hot path keeps its atomics and pays nothing for
+// metrics. Every series is built at scrape time from one snapshot of the
+// daemon (Source), so a scrape is consistent with itself and, once traffic
+// stops, equal to what `shaperd status --json` prints.
+//
+// Names start with shaperd_; counters end in _total; units are in the name
+// (bytes, seconds, packets_per_second, ratio). The README lists them all.
+package metrics
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sort"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/classify"
+	"github.com/shaperd/shaperd/daemon"
+	"github.com/shaperd/shaperd/forward"
+)
+
+// DefaultAddr is where the daemon serves metrics unless told otherwise:
+// loopback only, since port names say which VMs are in trouble.
+const DefaultAddr = "127.0.0.1:9750"
+
+// Source is what the collector reads at scrape time: every quarantine's
+// status and bucket fills at now, sorted by port. *daemon.Manager satisfies
+// it; tests use a fake. It must be safe for concurrent use.
+type Source interface {
+	MetricsSnapshot(now time.Time) []daemon.PortMetrics
+}
+
+// Direction label values, as in the status JSON.
+const (
+	dirFromVM = "from_vm"
+	dirToVM   = "to_vm"
+)
+
+var (
+	portDirClass = []string{"port", "direction", "class"}
+
+	descFrames = prometheus.NewDesc("shaperd_frames_total",
+		"Frames seen by a quarantined port's forwarder, by direction, class and verdict (passed or dropped).",
+		append(portDirClass, "verdict"), nil)
+	descBytes = prometheus.NewDesc("shaperd_bytes_total",
+		"Bytes of the frames in shaperd_frames_total (Ethernet header included, no FCS).",
+		append(portDirClass, "verdict"), nil)
+	descDrops = prometheus.NewDesc("shaperd_drops_total",
+		"Frames dropped, by reason; summed over reasons it equals shaperd_frames_total{verdict=\"dropped\"}.",
+		append(portDirClass, "reason"), nil)
+	descReadErrors = prometheus.NewDesc("shaperd_read_errors_total",
+		"Failed reads from the device a direction reads from.",
+		[]string{"port", "direction"}, nil)
+	descFill = prometheus.NewDesc("shaperd_bucket_fill_ratio",
+		"How full a budget's token bucket is, from 0 (empty: frames are refused) to 1 (full: a whole burst would pass). Only dimensions with a rate.",
+		[]string{"port", "direction", "budget", "dimension"}, nil)
+	descLimitPackets = prometheus.NewDesc("shaperd_limit_packets_per_second",
+		"A budget's configured packet rate; absent when the budget has no packet limit.",
+		[]string{"port", "direction", "budget"}, nil)
+	descLimitBytes = prometheus.NewDesc("shaperd_limit_bytes_per_second",
+		"A budget's configured byte rate (bytes, not bits); absent when the budget has no byte limit.",
+		[]string{"port", "direction", "budget"}, nil)
+	descInfo = prometheus.NewDesc("shaperd_quarantine_info",
+		"1 for every quarantine, with its splice backend, state (active, pending) and fail mode as labels.",
+		[]string{"port", "backend", "state", "fail"}, nil)
+	descSince = prometheus.NewDesc("shaperd_quarantine_start_time_seconds",
+		"When the quarantine began, in seconds since the Unix epoch.",
+		[]string{"port"}, nil)
+	descCount = prometheus.NewDesc("shaperd_quarantines",
+		"Quarantines by state.",
+		[]string{"state"}, nil)
+	descBuild = prometheus.NewDesc("shaperd_build_info",
+		"1, with shaperd's version as a label.",
+		[]string{"version"}, nil)
+)
+
+// Collector is a prometheus.Collector over a Source. It keeps no state
+// between scrapes. Safe for concurrent use if the Source is.
+type Collector struct {
+	src Source
+	now func() time.Time
+}
+
+// NewCollector returns a collector reading src; now is the clock used for
+// bucket fills (time.Now when nil).
+func NewCollector(src Source, now func() time.Time) *Collector {
+	if now == nil {
+		now = time.Now
+	}
+	return &Collector{src: src, now: now}
+}
+
+// Describe implements prometheus.Collector.
+func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descFrames, descBytes, descDrops, descReadErrors, descFill,
+		descLimitPackets, descLimitBytes, descInfo, descSince, descCount, descBuild} {
+		ch <- d
+	}
+}
+
+// Collect implements prometheus.Collector.
+func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, daemon.Version)
+	// Known states always appear, so that dashboards and alerts see 0
+	// rather than no data.
+	states := map[string]int{daemon.StateActive: 0, daemon.StatePending: 0}
+	for _, pm := range c.src.MetricsSnapshot(c.now()) {
+		q := &pm.Status
+		states[q.State]++
+		ch <- prometheus.MustNewConstMetric(descInfo, prometheus.GaugeValue, 1, q.Port, q.Backend, q.State, q.Fail)
+		if !q.Since.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descSince, prometheus.GaugeValue, float64(q.Since.UnixNano())/1e9, q.Port)
+		}
+		collectDir(ch, q.Port, dirFromVM, &q.Directions.FromVM)
+		collectDir(ch, q.Port, dirToVM, &q.Directions.ToVM)
+		if pm.Running {
+			collectFill(ch, q.Port, dirFromVM, &pm.FromVMFill)
+			collectFill(ch, q.Port, dirToVM, &pm.ToVMFill)
+		}
+	}
+	for _, s := range sortedKeys(states) {
+		ch <- prometheus.MustNewConstMetric(descCount, prometheus.GaugeValue, float64(states[s]), s)
+	}
+}
+
+func collectDir(ch chan<- prometheus.Metric, port, dir string, d *api.Direction) {
+	counter := func(desc *prometheus.Desc, v uint64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), labels...)
+	}
+	for _, class := range sortedKeys(d.Classes) {
+		cs := d.Classes[class]
+		counter(descFrames, cs.PassedPackets, port, dir, class, "passed")
+		counter(descFrames, cs.DroppedPackets, port, dir, class, "dropped")
+		counter(descBytes, cs.PassedBytes, port, dir, class, "passed")
+		counter(descBytes, cs.DroppedBytes, port, dir, class, "dropped")
+		for _, reason := range sortedKeys(cs.Drops) {
+			counter(descDrops, cs.Drops[reason], port, dir, class, reason)
+		}
+	}
+	counter(descReadErrors, d.ReadErrors, port, dir)
+	for _, b := range []struct {
+		name string
+		l    api.Limits
+	}{{"aggregate", d.Limits}, {classify.Bypass.String(), d.BypassLimits}, {classify.Control.String(), d.ControlLimits}} {
+		if b.l.PPS != nil {
+			ch <- prometheus.MustNewConstMetric(descLimitPackets, prometheus.GaugeValue, *b.l.PPS, port, dir, b.name)
+		}
+		if b.l.BitsPerSecond != nil {
+			ch <- prometheus.MustNewConstMetric(descLimitBytes, prometheus.GaugeValue, float64(*b.l.BitsPerSecond)/8, port, dir, b.name)
+		}
+	}
+}
+
+func collectFill(ch chan<- prometheus.Metric, port, dir string, f *forward.DirFill) {
+	one := func(budget string, b forward.BudgetFill) {
+		if b.PacketsLimited {
+			ch <- prometheus.MustNewConstMetric(descFill, prometheus.GaugeValue, b.Packets, port, dir, budget, "packets")
+		}
+		if b.BytesLimited {
+			ch <- prometheus.MustNewConstMetric(descFill, prometheus.GaugeValue, b.Bytes, port, dir, budget, "bytes")
+		}
+	}
+	one("aggregate", f.Aggregate)
+	for c := classify.Class(0); c < classify.NumClasses; c++ {
+		one(c.String(), f.Classes[c])
+	}
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
+
+// NewRegistry returns a registry with shaperd's collector over src and the
+// Go runtime and process collectors.
+func NewRegistry(src Source) *prometheus.Registry {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(
+		NewCollector(src, nil),
+		collectors.NewGoCollector(),
+		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+	)
+	return reg
+}
+
+// Handler returns the /metrics handler for reg. A collector's error is
+// logged and the rest of the scrape still served.
+func Handler(reg *prometheus.Registry, log *slog.Logger) http.Handler {
+	return promhttp.InstrumentMetricHandler(reg, promhttp.HandlerFor(reg, promhttp.HandlerOpts{
+		ErrorLog:            promLogger{log},
+		ErrorHandling:       promhttp.ContinueOnError,
+		MaxRequestsInFlight: 4,
+		Timeout:             10 * time.Second,
+	}))
+}
+
+// promLogger adapts slog to promhttp.Logger.
+type promLogger struct{ log *slog.Logger }
+
+func (l promLogger) Println(v ...any) { l.log.Warn("metrics", "err", fmt.Sprint(v...)) }
+
+// Server serves /metrics over TCP.
+type Server struct {
+	ln  net.Listener
+	srv *http.Server
+}
+
+// Listen binds addr (host:port) and returns a Server ready to Serve, so a
+// taken or invalid address fails at start rather than later.
+func Listen(addr string, src Source, log *slog.Logger) (*Server, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if _, _, err := net.SplitHostPort(addr); err != nil {
+		return nil, fmt.Errorf("metrics: --metrics-addr %q: want host:port, e.g. %s, or \"\" to disable: %w", addr, DefaultAddr, err)
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("metrics: --metrics-addr %s: %w", addr, err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", Handler(NewRegistry(src), log))
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintln(w, "shaperd: metrics are at /metrics")
+	})
+	s := &Server{ln: ln, srv: &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       2 * time.Minute,
+	}}
+	return s, nil
+}
+
+// Addr returns the address the server listens on (useful with port 0).
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve answers requests until Shutdown; it then returns nil.
+func (s *Server) Serve() error {
+	err := s.srv.Serve(s.ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops listening and waits for scrapes in flight until ctx ends.
+// Safe to call more than once, and before Serve.
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.srv.Shutdown(ctx)
+	s.ln.Close() // Shutdown closes it only if Serve ran
+	return err
+}

@@ -1,0 +1,72 @@
+package tcsplice
+
+import (
+	"errors"
+	"testing"
+
+	"github.com/shaperd/shaperd/splice"
+)
+
+func TestParseAlias(t *testing.T) {
+	tests := []struct {
+		alias, port, intent string
+		hq, ok              bool
+	}{
+		{"shaperd splice of vm-1", "vm-1", "", false, true},
+		{"shaperd splice of vm-1 hq", "vm-1", "", true, true},
+		{"shaperd splice of vm-1 hq intent=pps=5 bps=1mbit", "vm-1", "pps=5 bps=1mbit", true, true},
+		{"shaperd splice of vm-1 intent=x hq", "vm-1", "x hq", false, true},
+		{"something else", "", "", false, false},
+		{"shaperd splice of ", "", "", false, false},
+	}
+	for _, tt := range tests {
+		port, hq, intent, ok := parseAlias(tt.alias)
+		if port != tt.port || hq != tt.hq || intent != tt.intent || ok != tt.ok {
+			t.Errorf("parseAlias(%q) = %q %v %q %v", tt.alias, port, hq, intent, ok)
+		}
+	}
+}
+
+// TestAdopt: a daemon splices a port and dies (the Splice value is lost); a
+// new Backend finds the splice with its intent, adopts it, and its Release
+// restores the host exactly.
+func TestAdopt(t *testing.T) {
+	l := newLab(t, labOpts{portFlags: []string{"learning", "off", "isolated", "on"}, staticFDB: true})
+	before := l.snapshot()
+	first := New(testLogger(t))
+	sp, err := first.Splice(portName, splice.Options{BypassPorts: []uint16{22}})
+	if err != nil {
+		t.Fatalf("Splice: %v", err)
+	}
+	if err := sp.(splice.IntentRecorder).SetIntent("pps=5000 to-vm-bps=16mbit"); err != nil {
+		t.Fatalf("SetIntent: %v", err)
+	}
+	spliced := l.snapshot()
+
+	b := New(testLogger(t))
+	if _, err := b.Adopt("no-such-port"); !errors.Is(err, splice.ErrNotSpliced) {
+		t.Errorf("Adopt of an unspliced port: %v, want ErrNotSpliced", err)
+	}
+	found, err := b.Found()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(found) != 1 || found[0].Port != portName || found[0].Intent != "pps=5000 to-vm-bps=16mbit" {
+		t.Fatalf("Found = %+v, want %s with its intent", found, portName)
+	}
+	ad, err := b.Adopt(portName)
+	if err != nil {
+		t.Fatalf("Adopt: %v", err)
+	}
+	requireSame(t, "adopting changes nothing", spliced, l.snapshot())
+	if ad.VMTap() != sp.VMTap() || ad.NetTap() != sp.NetTap() || ad.PriorityTap() != sp.PriorityTap() {
+		t.Errorf("adopted taps %s/%s/%s, spliced %s/%s/%s", ad.VMTap(), ad.NetTap(), ad.PriorityTap(), sp.VMTap(), sp.NetTap(), sp.PriorityTap())
+	}
+	if err := ad.Release(); err != nil {
+		t.Fatalf("Release of the adopted splice: %v", err)
+	}
+	requireSame(t, "after releasing the adopted splice", before, l.snapshot())
+	if found, _ := b.Found(); len(found) != 0 {
+		t.Errorf("Found after release = %+v", found)
+	}
+}
