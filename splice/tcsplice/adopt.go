@@ -2,7 +2,9 @@ package tcsplice
 
 import (
 	"fmt"
+	"slices"
 	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/shaperd/shaperd/splice"
@@ -12,10 +14,11 @@ import (
 // The VM tap's ifalias records what a restarted daemon cannot read back from
 // the links themselves:
 //
-//	shaperd splice of PORT[ hq][ intent=TEXT]
+//	shaperd splice of PORT[ hq][ bp=22,3389][ out][ intent=TEXT]
 //
 // hq: the port already had an ingress qdisc before the splice (so Release
-// must leave it). TEXT is the daemon's intent, opaque here. The net tap
+// must leave it). bp and out: the splice's Options (the steering filters
+// are rebuilt from them). TEXT is the daemon's intent, opaque here. The net tap
 // carries the port's bridge settings (attributes, VLANs, static FDB entries,
 // MAC, MTU) and its master is the port's bridge, so nothing else is needed.
 const (
@@ -29,6 +32,16 @@ func (s *spliced) vmAlias() string {
 	if s.hadQdisc {
 		a += flagHadQdisc
 	}
+	if len(s.opt.BypassPorts) > 0 {
+		ps := make([]string, len(s.opt.BypassPorts))
+		for i, p := range s.opt.BypassPorts {
+			ps[i] = strconv.Itoa(int(p))
+		}
+		a += " bp=" + strings.Join(ps, ",")
+	}
+	if s.opt.BypassOutbound {
+		a += " out"
+	}
 	if s.intent != "" {
 		a += intentKey + s.intent
 	}
@@ -38,21 +51,36 @@ func (s *spliced) vmAlias() string {
 // parseAlias returns the port, the hq flag and the intent recorded in a
 // splice tap's alias; ok is false if alias is not one.
 func parseAlias(alias string) (port string, hadQdisc bool, intent string, ok bool) {
+	port, hadQdisc, _, intent, ok = parseAliasOpt(alias)
+	return port, hadQdisc, intent, ok
+}
+
+// parseAliasOpt is parseAlias with the recorded splice Options.
+func parseAliasOpt(alias string) (port string, hadQdisc bool, opt splice.Options, intent string, ok bool) {
 	rest, ok := strings.CutPrefix(alias, aliasPrefix)
 	if !ok {
-		return "", false, "", false
+		return "", false, opt, "", false
 	}
 	rest, intent, _ = strings.Cut(rest, intentKey)
 	f := strings.Fields(rest)
 	if len(f) == 0 {
-		return "", false, "", false
+		return "", false, opt, "", false
 	}
 	for _, x := range f[1:] {
-		if x == strings.TrimSpace(flagHadQdisc) {
+		switch {
+		case x == strings.TrimSpace(flagHadQdisc):
 			hadQdisc = true
+		case x == "out":
+			opt.BypassOutbound = true
+		case strings.HasPrefix(x, "bp="):
+			for _, p := range strings.Split(strings.TrimPrefix(x, "bp="), ",") {
+				if n, err := strconv.ParseUint(p, 10, 16); err == nil && n > 0 {
+					opt.BypassPorts = append(opt.BypassPorts, uint16(n))
+				}
+			}
 		}
 	}
-	return f[0], hadQdisc, intent, true
+	return f[0], hadQdisc, opt, intent, true
 }
 
 // SetIntent records intent on the VM tap's alias.
@@ -139,7 +167,7 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 	if err != nil {
 		return nil, err
 	}
-	_, hadQdisc, intent, _ := parseAlias(vmL.Attrs().Alias)
+	_, hadQdisc, opt, intent, _ := parseAliasOpt(vmL.Attrs().Alias)
 
 	na := netL.Attrs()
 	master, err := netlink.LinkByIndex(na.MasterIndex)
@@ -171,6 +199,7 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 		fdb:      fdb,
 		hadQdisc: hadQdisc,
 		intent:   intent,
+		opt:      opt,
 		vmIndex:  vmL.Attrs().Index,
 		vmMade:   true,
 		netMade:  true,
@@ -189,32 +218,110 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 	}
 	s.portIndex = portL.Attrs().Index
 	s.portDetached = portL.Attrs().MasterIndex == 0
+	if err := s.repair(portL); err != nil {
+		return nil, fmt.Errorf("tcsplice: adopt %s: %w", port, err)
+	}
+	return s, nil
+}
+
+// repair finds the splice's filters on the port and recreates whatever is
+// missing: the priority tap, the VM tap's redirect to the port, the port's
+// ingress qdisc, steering and redirect filters, and the port's leaving the
+// bridge. It runs in build's order, so the VM is never flooded twice, and
+// records what it creates so Release removes it.
+func (s *spliced) repair(portL netlink.Link) error {
 	fs, err := ingressFilters(portL)
 	if err != nil {
-		return nil, fmt.Errorf("tcsplice: adopt %s: read tc filters: %w", port, err)
+		return fmt.Errorf("read tc filters: %w", err)
 	}
 	for _, f := range fs {
-		p := f.Attrs().Priority
-		if isRedirect(f, p, s.vmIndex) && s.vmIndex != 0 {
+		if p := f.Attrs().Priority; isRedirect(f, p, s.vmIndex) {
 			s.prio, s.filterAdded = p, true
 		}
 	}
-	if s.filterAdded && s.prioIndex != 0 {
-		for _, f := range fs {
-			if isRedirect(f, s.prio-1, s.prioIndex) {
-				s.steerAdded = true
-			}
-		}
-	}
-	if !hadQdisc {
+	if !s.hadQdisc {
 		if q, err := hasIngressQdisc(portL); err == nil && q {
 			s.qdiscAdded = true
 		}
 	}
-	if !s.filterAdded {
-		return s, fmt.Errorf("tcsplice: adopt %s: no redirect to %s on the port: %w", port, vmName, splice.ErrNotSpliced)
+	var repaired []string
+	if !s.prioMade {
+		l, err := s.createTap(s.prioTap, nil, &s.prioMade)
+		if err != nil {
+			return fmt.Errorf("recreate %s: %w", s.prioTap, err)
+		}
+		s.prioIndex = l.Attrs().Index
+		repaired = append(repaired, "priority tap")
 	}
-	return s, nil
+	vmL, err := netlink.LinkByIndex(s.vmIndex)
+	if err != nil {
+		return err
+	}
+	vfs, err := ingressFilters(vmL)
+	if err != nil {
+		return err
+	}
+	if !slices.ContainsFunc(vfs, func(f netlink.Filter) bool { return isRedirect(f, vmTapPrio, s.portIndex) }) {
+		if ok, _ := hasIngressQdisc(vmL); !ok {
+			if err := netlink.QdiscAdd(ingressQdisc(s.vmIndex)); err != nil {
+				return fmt.Errorf("recreate ingress qdisc on %s: %w", s.vmTap, err)
+			}
+		}
+		// The port may have been re-created with a new ifindex.
+		for _, f := range vfs {
+			if f.Attrs().Priority == vmTapPrio {
+				netlink.FilterDel(redirectFilter(s.vmIndex, vmTapPrio, 0))
+			}
+		}
+		if err := netlink.FilterAdd(redirectFilter(s.vmIndex, vmTapPrio, s.portIndex)); err != nil {
+			return fmt.Errorf("recreate redirect on %s: %w", s.vmTap, err)
+		}
+		repaired = append(repaired, "vm tap redirect")
+	}
+	if !s.filterAdded {
+		if !s.hadQdisc && !s.qdiscAdded {
+			if err := netlink.QdiscAdd(ingressQdisc(s.portIndex)); err != nil {
+				return fmt.Errorf("recreate ingress qdisc on %s: %w", s.port, err)
+			}
+			s.qdiscAdded = true
+		}
+		s.prio, _ = pickPriority(fs)
+		if s.prio == 0 {
+			return fmt.Errorf("no free tc priority on %s", s.port)
+		}
+	}
+	for _, f := range fs {
+		if isRedirect(f, s.prio-1, s.prioIndex) {
+			s.steerAdded = true
+		}
+	}
+	if !s.steerAdded {
+		s.steerAdded = true
+		for _, f := range steerFilters(s.portIndex, s.prio-1, s.prioIndex, s.opt) {
+			if err := netlink.FilterAdd(f); err != nil {
+				return fmt.Errorf("recreate steering filter on %s: %w", s.port, err)
+			}
+		}
+		repaired = append(repaired, "steering filters")
+	}
+	if !s.filterAdded {
+		s.filterAdded = true
+		if err := netlink.FilterAdd(redirectFilter(s.portIndex, s.prio, s.vmIndex)); err != nil {
+			return fmt.Errorf("recreate redirect on %s: %w", s.port, err)
+		}
+		repaired = append(repaired, "port redirect")
+	}
+	if !s.portDetached {
+		s.portDetached = true
+		if err := netlink.LinkSetNoMaster(portL); err != nil {
+			return fmt.Errorf("take %s out of its bridge: %w", s.port, err)
+		}
+		repaired = append(repaired, "port left the bridge")
+	}
+	if len(repaired) > 0 {
+		s.b.log.Warn("adopted splice was incomplete; recreated the missing pieces", "port", s.port, "recreated", repaired)
+	}
+	return nil
 }
 
 var (

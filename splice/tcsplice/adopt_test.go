@@ -2,6 +2,7 @@ package tcsplice
 
 import (
 	"errors"
+	"regexp"
 	"testing"
 
 	"github.com/shaperd/shaperd/splice"
@@ -69,4 +70,44 @@ func TestAdopt(t *testing.T) {
 	if found, _ := b.Found(); len(found) != 0 {
 		t.Errorf("Found after release = %+v", found)
 	}
+}
+
+// TestAdoptRecreatesMissingPieces: while no daemon ran, someone deleted the
+// port's filters and the priority tap. Adopt recreates them, and the later
+// Release still restores the host exactly.
+func TestAdoptRecreatesMissingPieces(t *testing.T) {
+	l := newLab(t, labOpts{})
+	before := l.snapshot()
+	first := New(testLogger(t))
+	sp, err := first.Splice(portName, splice.Options{BypassPorts: []uint16{22, 3389}})
+	if err != nil {
+		t.Fatalf("Splice: %v", err)
+	}
+	spliced := l.snapshot()
+	l.cmd("ip", "-n", l.ns, "link", "del", sp.PriorityTap())
+	l.cmd("tc", "-n", l.ns, "filter", "del", "dev", portName, "ingress")
+	b := New(testLogger(t))
+	ad, err := b.Adopt(portName)
+	if err != nil {
+		t.Fatalf("Adopt of an incomplete splice: %v", err)
+	}
+	// A recreated tap gets a new ifindex and MAC, and recreated tc actions
+	// new indexes; everything else must be as Splice made it.
+	norm := func(s string) string {
+		for _, re := range []*regexp.Regexp{
+			regexp.MustCompile(`(?m)^\s*\d+: `), regexp.MustCompile(`index \d+ ref \d+ bind \d+`),
+			regexp.MustCompile(`link/ether \S+`), regexp.MustCompile(`\S+ dev shq\w+p self permanent`),
+			regexp.MustCompile(`(filter parent ffff: protocol all pref \d+ u32 chain 0 fh )\S+`),
+		} {
+			s = re.ReplaceAllString(s, "X")
+		}
+		return s
+	}
+	if got := l.snapshot(); norm(got) != norm(spliced) {
+		t.Errorf("repaired splice differs from the original:\n--- original\n%s\n--- repaired\n%s", spliced, got)
+	}
+	if err := ad.Release(); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	requireSame(t, "after releasing the repaired splice", before, l.snapshot())
 }
