@@ -2,10 +2,15 @@
 // of a splice, one goroutine per direction, and asks classify and bucket what
 // to do with each frame.
 //
-// A direction's goroutine owns its classifier and budgets; nothing else
-// touches them. Limits are changed from outside through SetPolicy, which
-// publishes a new Policy that the owner picks up before its next frame.
-// Counters are atomics, read concurrently by Stats.
+// A direction's input goroutines own their classifiers; the direction's
+// budgets and its shape queue are shared by its input goroutines and its
+// releaser under the pipe's mutex. Limits are changed from outside through
+// SetPolicy, which publishes a new Policy that the owners pick up before
+// their next frame. Counters are atomics, read concurrently by Stats.
+//
+// A direction polices (drops a frame its budgets refuse, at once) or shapes
+// (queues it and releases it at the shaped rate, after a fixed delay); see
+// Mode and shape.go.
 //
 // The forwarder knows devices only through the Device interface: a tap in
 // production (OpenTap), a fake in tests. It does not know how a port was spliced.
@@ -22,7 +27,6 @@ import (
 
 	"github.com/shaperd/shaperd/bucket"
 	"github.com/shaperd/shaperd/classify"
-	"golang.org/x/sys/unix"
 )
 
 // Device is a frame device: each Read returns one whole Ethernet frame, each
@@ -46,6 +50,9 @@ const (
 	ReasonControlBudget                 // the control class's own budget refused it
 	ReasonMalformed                     // too short to be an Ethernet frame
 	ReasonWriteError                    // the outgoing device refused the write
+	ReasonQueueFull                     // shape mode: the queue held --queue-bytes
+	ReasonQueueTime                     // shape mode: waited, or would have waited, longer than --queue-time
+	ReasonQueueFlush                    // shape mode: queued when the direction switched to police, or the forwarder stopped
 	NumReasons
 )
 
@@ -56,6 +63,9 @@ var reasonNames = [NumReasons]string{
 	ReasonControlBudget:   "control_budget",
 	ReasonMalformed:       "malformed",
 	ReasonWriteError:      "write_error",
+	ReasonQueueFull:       "queue_full",
+	ReasonQueueTime:       "queue_time",
+	ReasonQueueFlush:      "queue_flush",
 }
 
 func (r Reason) String() string {
@@ -65,10 +75,16 @@ func (r Reason) String() string {
 	return "unknown"
 }
 
-// Verdict is what Step decided for one frame.
+// Verdict is what Step decided for one frame: pass it now, queue it (shape
+// mode), or drop it for a reason.
 type Verdict struct {
-	Pass   bool
-	Reason Reason // valid when !Pass
+	Pass bool
+	// Queued, with Pass false, means the frame was copied into the
+	// direction's shape queue: the releaser writes it later, or drops it
+	// (queue_time, queue_flush). It is counted as passed or dropped when it
+	// leaves the queue.
+	Queued bool
+	Reason Reason // valid when !Pass && !Queued
 	Class  classify.Class
 }
 
@@ -79,14 +95,44 @@ type Verdict struct {
 // to the aggregate. Every other class is charged to its class budget (if it
 // has limits) and to the aggregate, and both must admit the frame. Malformed
 // frames follow the Other class's budget. The zero Policy admits everything.
+//
+// Mode says what happens to a frame the budgets refuse: dropped at once
+// (Police, the zero value) or queued (Shape). The other shaping settings
+// apply in shape mode only, and Validate rejects them in police mode.
+// Bypass and control frames are never queued or delayed: they are policed
+// by their own budgets in both modes.
 type Policy struct {
 	Aggregate bucket.Limits
 	Classes   [classify.NumClasses]bucket.Limits
+
+	// Mode is Police or Shape (--mode).
+	Mode Mode
+	// Delay is how long every queued frame waits at least before it may
+	// leave (--delay); 0 for none, in which case a frame the budgets admit
+	// while the queue is empty passes at once.
+	Delay time.Duration
+	// QueueBytes bounds the queue in bytes of frames, Ethernet header
+	// included, no FCS (--queue-bytes); 0 for the default (see
+	// QueueBounds). At least bucket.MaxFrame, at most MaxQueueBytes. To
+	// sustain the shaped rate the queue must hold Delay's worth of it:
+	// frames wait at least Delay, so a smaller queue caps the rate at
+	// QueueBytes/Delay (the default always holds enough). The queue's
+	// storage, about 1.25 times this plus 64 KiB, is allocated when the
+	// policy is applied.
+	QueueBytes int
+	// QueueTime is the longest a frame may wait in the queue, its delay
+	// included (--queue-time); 0 for Delay + DefaultQueueSlack. More than
+	// Delay, at most MaxQueueTime.
+	QueueTime time.Duration
 }
 
-// Validate checks every limit of p. Errors name the flag with the given
-// prefix ("" for frames from the VM, "to-vm-" for frames to it).
+// Validate checks every limit and shaping setting of p. Errors name the
+// flag to fix without a direction: the caller adds the --to-vm- context.
+// They wrap bucket.ErrInvalidLimits or ErrInvalidPolicy.
 func (p *Policy) Validate() error {
+	if err := p.validateShaping(); err != nil {
+		return err
+	}
 	if err := p.Aggregate.Validate(); err != nil {
 		return fmt.Errorf("aggregate: %w", err)
 	}
@@ -98,8 +144,8 @@ func (p *Policy) Validate() error {
 	return nil
 }
 
-// ClassCounters are the counters of one class in one direction. Written only
-// by the direction's goroutine, read by anyone.
+// ClassCounters are the counters of one class in one direction. Written by
+// the direction's goroutines, read by anyone.
 type ClassCounters struct {
 	PassedPackets  atomic.Uint64
 	PassedBytes    atomic.Uint64
@@ -126,9 +172,9 @@ type DirStats struct {
 
 // Pipe is one direction of a forwarder: it reads frames from one or more
 // inputs (queues), and writes the ones its policy admits to out. Each input
-// has its own goroutine and classifier; the budgets are the direction's, one
-// set shared by its inputs under mu. Other goroutines may call SetPolicy and
-// Stats.
+// has its own goroutine and classifier; the budgets and the shape queue are
+// the direction's, one set shared by its inputs and its releaser under mu.
+// Other goroutines may call SetPolicy, Stats, Fill and Queue.
 //
 // A second input exists to keep frames that may be bypass or control out of
 // the queue a flood fills: the splice steers them into a separate device in
@@ -140,10 +186,17 @@ type Pipe struct {
 
 	pending atomic.Pointer[Policy] // published by SetPolicy, picked up under mu
 
-	mu      sync.Mutex     // guards current, agg and class
-	current *Policy        // the policy the budgets were built from
-	agg     *bucket.Budget // the port aggregate
-	class   [classify.NumClasses]*bucket.Budget
+	mu       sync.Mutex     // guards current, agg, class, sh, q and inflight
+	current  *Policy        // the policy the budgets were built from
+	agg      *bucket.Budget // the port aggregate
+	class    [classify.NumClasses]*bucket.Budget
+	sh       shaping // the shaping settings of current
+	q        queue   // the shape queue; empty, without storage, in police mode
+	inflight int     // frames the releaser took out of q and is writing
+
+	epoch time.Time     // the origin of the queue's arrival times
+	wake  chan struct{} // signals the releaser; buffered, 1
+	batch batch         // owned by the releaser
 
 	counters   [classify.NumClasses]ClassCounters
 	readErrors atomic.Uint64
@@ -183,7 +236,7 @@ func NewPipe(dir classify.Direction, ins []Input, out Device, p Policy, now time
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	pp := &Pipe{dir: dir, out: out, log: log.With("direction", dir.String())}
+	pp := &Pipe{dir: dir, out: out, log: log.With("direction", dir.String()), epoch: now, wake: make(chan struct{}, 1)}
 	for _, in := range ins {
 		if in.Cls == nil {
 			return nil, errors.New("forward: an input without a classifier")
@@ -200,7 +253,8 @@ func NewPipe(dir classify.Direction, ins []Input, out Device, p Policy, now time
 }
 
 // apply makes pol the owner's current policy, keeping bucket fills where the
-// limits did not change.
+// limits did not change, and sizing, flushing or keeping the queue. Caller
+// holds mu (or owns a pipe no goroutine runs yet).
 func (p *Pipe) apply(pol *Policy, now time.Time) error {
 	var err error
 	if p.agg == nil {
@@ -227,17 +281,24 @@ func (p *Pipe) apply(pol *Policy, now time.Time) error {
 			}
 		}
 	}
+	p.applyShapingLocked(pol)
 	p.current = pol
 	return nil
 }
 
-// SetPolicy validates pol and publishes it; the owner applies it before its
-// next frame. Safe for concurrent use.
+// SetPolicy validates pol and publishes it; the owners apply it before the
+// next frame, and the releaser at once. Switching from shape to police mode
+// drops the frames still queued, counted as queue_flush (police mode drops
+// at once, so they would have been dropped too); frames the releaser has
+// already taken are written. Switching to shape mode, or changing
+// QueueBytes, allocates the queue's storage then; frames that no longer
+// fit a smaller queue are dropped as queue_full. Safe for concurrent use.
 func (p *Pipe) SetPolicy(pol Policy) error {
 	if err := pol.Validate(); err != nil {
 		return err
 	}
 	p.pending.Store(&pol)
+	p.signal()
 	return nil
 }
 
@@ -245,8 +306,9 @@ func (p *Pipe) SetPolicy(pol Policy) error {
 func (p *Pipe) Policy() Policy { return *p.pending.Load() }
 
 // Step decides what to do with one frame at time now, using the first
-// input's classifier, and counts it. It does not write the frame. Only the
-// first input's goroutine may call it. It does not allocate.
+// input's classifier, and counts it. It does not write the frame; in shape
+// mode it may queue a copy (Verdict.Queued). Only the first input's
+// goroutine may call it. It does not allocate.
 func (p *Pipe) Step(frame []byte, now time.Time) Verdict {
 	return p.step(p.ins[0].cls, frame, now)
 }
@@ -258,20 +320,31 @@ func (p *Pipe) step(cls *classify.Classifier, frame []byte, now time.Time) Verdi
 	}
 	c := cls.Classify(frame, now.UnixNano())
 	p.mu.Lock()
-	r := p.admitLocked(c, n, now)
-	p.mu.Unlock()
+	p.syncPolicyLocked(now)
+	var r Reason
+	if p.sh.mode == Shape && c != classify.Bypass && c != classify.Control {
+		var wake bool
+		r, wake = p.shapeLocked(c, frame, now)
+		p.mu.Unlock()
+		if wake {
+			p.signal()
+		}
+		if r == queued {
+			return Verdict{Queued: true, Class: c}
+		}
+	} else {
+		r = p.admitLocked(c, n, now)
+		p.mu.Unlock()
+	}
 	if r == admitted {
 		return p.pass(c, n)
 	}
 	return p.drop(c, r, n)
 }
 
-// admitted is admitLocked's answer for a frame that passes.
-const admitted = NumReasons
-
-// admitLocked charges a frame of class c and n bytes to its budgets, or
-// returns why it may not pass. Caller holds mu.
-func (p *Pipe) admitLocked(c classify.Class, n int, now time.Time) Reason {
+// syncPolicyLocked applies the policy SetPolicy published, if it is new.
+// Caller holds mu.
+func (p *Pipe) syncPolicyLocked(now time.Time) {
 	if pol := p.pending.Load(); pol != p.current {
 		// Validated by SetPolicy, so this cannot fail for a well-formed
 		// policy; if it does, keep the old one and say so.
@@ -280,6 +353,14 @@ func (p *Pipe) admitLocked(c classify.Class, n int, now time.Time) Reason {
 			p.pending.CompareAndSwap(pol, p.current)
 		}
 	}
+}
+
+// admitted is admitLocked's answer for a frame that passes.
+const admitted = NumReasons
+
+// admitLocked charges a frame of class c and n bytes to its budgets, or
+// returns why it may not pass. Caller holds mu and has synced the policy.
+func (p *Pipe) admitLocked(c classify.Class, n int, now time.Time) Reason {
 	switch c {
 	case classify.Bypass:
 		if b := p.class[c]; b != nil && bucket.Admit(now, n, b) >= 0 {
@@ -358,15 +439,8 @@ const MaxFrameBuffer = 65536
 // goroutine owns that input's classifier.
 func (p *Pipe) run(i int) error {
 	in := &p.ins[i]
-	if p.nice != 0 {
-		// The budgets refill while this thread waits for a CPU, but a
-		// bucket holds only its burst: a long wait loses tokens, and
-		// the port gets less than its limit. Run ahead of ordinary work.
-		runtime.LockOSThread()
+	if p.raisePriority() {
 		defer runtime.UnlockOSThread()
-		if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), p.nice); err != nil {
-			p.log.Warn("cannot raise the forwarder's priority", "nice", p.nice, "err", err)
-		}
 	}
 	buf := make([]byte, MaxFrameBuffer)
 	for {
@@ -388,7 +462,7 @@ func (p *Pipe) run(i int) error {
 		}
 		v := p.step(in.cls, buf[:n], now)
 		if !v.Pass {
-			continue
+			continue // dropped, or queued for the releaser
 		}
 		if _, err := p.out.Write(buf[:n]); err != nil {
 			if isClosed(err) {
@@ -420,6 +494,7 @@ type Forwarder struct {
 	devs []Device
 	wg   sync.WaitGroup
 	once sync.Once
+	stop chan struct{} // closed by Close: stops the releasers
 	done chan struct{}
 }
 
@@ -451,8 +526,9 @@ type Config struct {
 const DefaultConnTableSize = 16384
 
 // New returns a Forwarder over the devices of a splice. It validates
-// everything before starting; on success one goroutine per input is running.
-// Close stops them.
+// everything before starting; on success one goroutine per input and one
+// releaser per direction (idle in police mode) are running. Close stops
+// them.
 func New(cfg Config, d Devices) (*Forwarder, error) {
 	if err := cfg.Classify.Validate(); err != nil {
 		return nil, err
@@ -485,7 +561,7 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 		return nil, fmt.Errorf("to the VM: %w", err)
 	}
 	from.nice, to.nice = cfg.Nice, cfg.Nice
-	f := &Forwarder{FromVM: from, ToVM: to, done: make(chan struct{})}
+	f := &Forwarder{FromVM: from, ToVM: to, stop: make(chan struct{}), done: make(chan struct{})}
 	f.devs = []Device{d.VM, d.Net}
 	if d.Priority != nil {
 		f.devs = append(f.devs, d.Priority)
@@ -500,6 +576,11 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 				}
 			}()
 		}
+		f.wg.Add(1)
+		go func() {
+			defer f.wg.Done()
+			p.releaseLoop(f.stop)
+		}()
 	}
 	go func() { f.wg.Wait(); close(f.done) }()
 	return f, nil
@@ -508,24 +589,32 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 // Done is closed when every goroutine has stopped (after Close).
 func (f *Forwarder) Done() <-chan struct{} { return f.done }
 
-// Close stops the forwarder: it closes every device, which unblocks the
-// readers, then waits for the goroutines. Safe to call more than once.
-// Closing the fds of persistent taps leaves the taps in place (without
-// carrier); removing them is the splice backend's job.
+// Close stops the forwarder, in this order: it tells the releasers to stop
+// (one writing a batch finishes it or finds the device closed), closes
+// every device, which unblocks the readers, waits for every goroutine, and
+// then drops the frames still queued, counted as queue_flush. Safe to call
+// more than once. Closing the fds of persistent taps leaves the taps in
+// place (without carrier); removing them is the splice backend's job.
 func (f *Forwarder) Close() error {
 	var err error
 	f.once.Do(func() {
+		close(f.stop)
 		var errs []error
 		for _, d := range f.devs {
 			errs = append(errs, d.Close())
 		}
 		err = errors.Join(errs...)
 		<-f.done
+		for _, p := range []*Pipe{f.FromVM, f.ToVM} {
+			p.mu.Lock()
+			p.flushLocked()
+			p.mu.Unlock()
+		}
 	})
 	return err
 }
 
-// Alive reports whether both goroutines are still running.
+// Alive reports whether the forwarder's goroutines are still running.
 func (f *Forwarder) Alive() bool {
 	select {
 	case <-f.done:

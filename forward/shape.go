@@ -1,0 +1,696 @@
+package forward
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"time"
+
+	"github.com/shaperd/shaperd/bucket"
+	"github.com/shaperd/shaperd/classify"
+	"golang.org/x/sys/unix"
+)
+
+// Shape mode: a delay queue per direction.
+//
+// In shape mode a frame that its budgets refuse is not dropped: it waits in
+// the direction's queue, a bounded FIFO, and leaves when it has waited the
+// policy's Delay and the budgets admit it, so it leaves at the shaped rate.
+// With a Delay every frame waits, including frames the budgets would admit
+// at once. The queue is bounded in bytes (QueueBytes) and in time
+// (QueueTime); a frame that would break a bound is dropped and counted
+// (ReasonQueueFull, ReasonQueueTime). Bypass and control frames are never
+// queued: they are policed by their own budgets at once, as in police mode,
+// so that ssh to the VM does not wait behind a flood.
+//
+// The queue lives in storage allocated when the policy is applied: queueing
+// and releasing a frame copy it and allocate nothing. A releaser goroutine
+// per pipe, started by New and stopped by Forwarder.Close, sleeps until the
+// head of the queue is due (its arrival plus Delay) or until the budgets
+// will have the tokens for it, and writes released frames to the outgoing
+// device. The logic takes the time as an argument (step, release); only
+// the goroutines call time.Now.
+
+// Mode says what a direction does with a frame its budgets refuse.
+type Mode uint8
+
+const (
+	// Police drops a refused frame at once, counted under the budget's
+	// reason. It is the zero value.
+	Police Mode = iota
+	// Shape queues a refused frame until the budgets admit it, and holds
+	// every frame for the policy's Delay.
+	Shape
+	numModes
+)
+
+var modeNames = [numModes]string{Police: "police", Shape: "shape"}
+
+// String returns "police" or "shape", the --mode flag's words.
+func (m Mode) String() string {
+	if m < numModes {
+		return modeNames[m]
+	}
+	return "unknown"
+}
+
+// ParseMode parses the --mode flag's words, "police" and "shape".
+func ParseMode(s string) (Mode, error) {
+	for m, name := range modeNames {
+		if s == name {
+			return Mode(m), nil
+		}
+	}
+	return 0, invalidPolicy("--mode %q is not a mode; use police or shape", s)
+}
+
+// MarshalText encodes m as its String, for JSON and YAML.
+func (m Mode) MarshalText() ([]byte, error) {
+	if m >= numModes {
+		return nil, invalidPolicy("--mode %d is not a mode; use police or shape", m)
+	}
+	return []byte(m.String()), nil
+}
+
+// UnmarshalText decodes the words of ParseMode.
+func (m *Mode) UnmarshalText(b []byte) error {
+	v, err := ParseMode(string(b))
+	if err != nil {
+		return err
+	}
+	*m = v
+	return nil
+}
+
+const (
+	// DefaultQueueSlack is how much longer than its Delay a frame may wait
+	// by default: QueueTime defaults to Delay + DefaultQueueSlack. Under a
+	// sustained overload the queue stays full to its time bound, so this
+	// is what a frame waits beyond the delay asked for (10 ms: a 200 ms
+	// delay stays within 5%). Raise QueueTime to absorb longer bursts, as
+	// tbf's latency does.
+	DefaultQueueSlack = 10 * time.Millisecond
+	// MaxQueueTime bounds Delay and QueueTime.
+	MaxQueueTime = time.Minute
+	// DefaultQueueBytesUnshaped is QueueBytes's default when the aggregate
+	// has no rate (shape mode used for its delay only), in bytes.
+	DefaultQueueBytesUnshaped = 16 << 20
+	// MinDefaultQueueBytes and MaxDefaultQueueBytes clamp QueueBytes's
+	// default computed from the aggregate's rates, in bytes.
+	MinDefaultQueueBytes = 64 << 10
+	MaxDefaultQueueBytes = 64 << 20
+	// MaxQueueBytes bounds QueueBytes, in bytes.
+	MaxQueueBytes = 1 << 30
+	// QueueBytesPerFrame is how many bytes of QueueBytes each queued frame
+	// slot costs: a queue holds at most QueueBytes/QueueBytesPerFrame+1
+	// frames, whatever their sizes (64 is about the smallest Ethernet
+	// frame, so only a queue of tiny frames is bounded by this).
+	QueueBytesPerFrame = 64
+)
+
+// ErrInvalidPolicy is wrapped by every error of Policy.Validate about the
+// shaping settings (bucket.ErrInvalidLimits by those about the limits). The
+// message names the flag to fix (--mode, --delay, --queue-bytes,
+// --queue-time); the caller adds the --to-vm- context for that direction.
+// Report it to the operator as a usage error; do not retry.
+var ErrInvalidPolicy = errors.New("invalid policy")
+
+type policyError struct{ msg string }
+
+func (e *policyError) Error() string        { return e.msg }
+func (e *policyError) Is(target error) bool { return target == ErrInvalidPolicy }
+
+func invalidPolicy(format string, args ...any) error {
+	return &policyError{msg: fmt.Sprintf(format, args...)}
+}
+
+// validateShaping checks Mode, Delay, QueueBytes and QueueTime.
+func (p *Policy) validateShaping() error {
+	if p.Mode >= numModes {
+		return invalidPolicy("--mode %d is not a mode; use police or shape", p.Mode)
+	}
+	if p.Mode == Police {
+		switch {
+		case p.Delay != 0:
+			return invalidPolicy("--delay %v needs --mode shape: police mode drops at once and delays nothing", p.Delay)
+		case p.QueueBytes != 0:
+			return invalidPolicy("--queue-bytes %db needs --mode shape: police mode has no queue", p.QueueBytes)
+		case p.QueueTime != 0:
+			return invalidPolicy("--queue-time %v needs --mode shape: police mode has no queue", p.QueueTime)
+		}
+		return nil
+	}
+	switch {
+	case p.Delay < 0:
+		return invalidPolicy("--delay %v is negative; use a duration such as 200ms, or 0 for none", p.Delay)
+	case p.Delay > MaxQueueTime:
+		return invalidPolicy("--delay %v is longer than %v; use at most %v", p.Delay, MaxQueueTime, MaxQueueTime)
+	case p.QueueBytes < 0:
+		return invalidPolicy("--queue-bytes %db is negative; use at least %db, or 0 for the default (what the rates release in --queue-time)",
+			p.QueueBytes, bucket.MaxFrame)
+	case p.QueueBytes > 0 && p.QueueBytes < bucket.MaxFrame:
+		return invalidPolicy("--queue-bytes %db is smaller than the largest frame, %d bytes with two VLAN tags; use at least %db",
+			p.QueueBytes, bucket.MaxFrame, bucket.MaxFrame)
+	case p.QueueBytes > MaxQueueBytes:
+		return invalidPolicy("--queue-bytes %db is more than a queue may hold; use at most %db (1024mb)", p.QueueBytes, MaxQueueBytes)
+	case p.QueueTime < 0:
+		return invalidPolicy("--queue-time %v is negative; use more than --delay, or 0 for the default (--delay plus %v)",
+			p.QueueTime, DefaultQueueSlack)
+	case p.QueueTime > 0 && p.QueueTime <= p.Delay:
+		return invalidPolicy("--queue-time %v is not longer than --delay %v, so every frame would expire; use more than the delay, or 0 for the default (--delay plus %v)",
+			p.QueueTime, p.Delay, DefaultQueueSlack)
+	case p.QueueTime > MaxQueueTime:
+		return invalidPolicy("--queue-time %v is longer than %v; use at most %v", p.QueueTime, MaxQueueTime, MaxQueueTime)
+	}
+	return nil
+}
+
+// QueueBounds returns the queue's bounds in force under p, defaults filled
+// in: bytes of frames (Ethernet header included, no FCS) and the longest
+// wait, delay included. Both are 0 in police mode.
+//
+// QueueTime defaults to Delay + DefaultQueueSlack. QueueBytes defaults to
+// what the aggregate's rates can release in that time, plus its burst
+// (frames counted as bucket.MaxFrame bytes when only a packet rate is set),
+// clamped to MinDefaultQueueBytes..MaxDefaultQueueBytes, or
+// DefaultQueueBytesUnshaped when the aggregate has no rate.
+func (p Policy) QueueBounds() (bytes int, maxWait time.Duration) {
+	if p.Mode != Shape {
+		return 0, 0
+	}
+	maxWait = p.QueueTime
+	if maxWait == 0 {
+		maxWait = p.Delay + DefaultQueueSlack
+	}
+	bytes = p.QueueBytes
+	if bytes == 0 {
+		bytes = defaultQueueBytes(p.Aggregate, maxWait)
+	}
+	return bytes, maxWait
+}
+
+func defaultQueueBytes(l bucket.Limits, wait time.Duration) int {
+	e := l.Effective()
+	b := math.Inf(1)
+	if e.BytesPerSec > 0 {
+		b = e.BytesPerSec*wait.Seconds() + float64(e.BurstBytes)
+	}
+	if e.PPS > 0 {
+		b = min(b, (e.PPS*wait.Seconds()+float64(e.BurstPackets))*bucket.MaxFrame)
+	}
+	if math.IsInf(b, 1) {
+		return DefaultQueueBytesUnshaped
+	}
+	return int(min(max(math.Ceil(b), MinDefaultQueueBytes), MaxDefaultQueueBytes))
+}
+
+// QueueStats is a snapshot of one direction's queue.
+type QueueStats struct {
+	// Mode, Delay, MaxBytes and MaxTime are the settings in force (see
+	// Policy.QueueBounds); MaxBytes and MaxTime are 0 in police mode.
+	Mode     Mode
+	Delay    time.Duration
+	MaxBytes int
+	MaxTime  time.Duration
+	// Frames and Bytes are what the queue holds now, in frames and in
+	// bytes of frames.
+	Frames int
+	Bytes  int
+	// OldestAge is how long the oldest queued frame has waited; 0 when
+	// the queue is empty.
+	OldestAge time.Duration
+}
+
+// Queue returns the occupancy of the direction's queue at now. Like Fill,
+// it reflects the policy the owner applied, and briefly takes mu. Safe for
+// concurrent use.
+func (p *Pipe) Queue(now time.Time) QueueStats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	s := QueueStats{
+		Mode:     p.sh.mode,
+		Delay:    time.Duration(p.sh.delay),
+		MaxBytes: p.q.limit,
+		MaxTime:  time.Duration(p.sh.maxWait),
+		Frames:   p.q.count,
+		Bytes:    p.q.bytes,
+	}
+	if p.q.count > 0 {
+		s.OldestAge = max(time.Duration(p.nanos(now)-p.q.descs[p.q.head].at), 0)
+	}
+	return s
+}
+
+// shaping holds the shaping settings in force, in the units the hot path
+// uses. The zero value is police mode.
+type shaping struct {
+	mode    Mode
+	delay   int64 // ns every frame waits
+	maxWait int64 // ns a frame may wait at most, delay included
+	// nsPerFrame and nsPerByte are the aggregate's rates as the time one
+	// frame or one byte takes, 0 without a rate: shapeLocked refuses at
+	// once a frame that would wait longer than maxWait behind the queue at
+	// those rates, rather than queue it to expire.
+	nsPerFrame float64
+	nsPerByte  float64
+}
+
+// nanos returns now as nanoseconds since the pipe's epoch, on the
+// monotonic clock when both carry a reading.
+func (p *Pipe) nanos(now time.Time) int64 { return int64(now.Sub(p.epoch)) }
+
+// applyShapingLocked makes pol's shaping settings current: it sizes the
+// queue, or flushes and frees it when pol polices. Caller holds mu (or owns
+// a pipe no goroutine runs yet).
+func (p *Pipe) applyShapingLocked(pol *Policy) {
+	if pol.Mode != Shape {
+		if p.sh.mode == Shape {
+			p.flushLocked()
+			p.q = queue{}
+		}
+		p.sh = shaping{}
+		return
+	}
+	limit, wait := pol.QueueBounds()
+	sh := shaping{mode: Shape, delay: int64(pol.Delay), maxWait: int64(wait)}
+	if pps := pol.Aggregate.PPS; pps > 0 {
+		sh.nsPerFrame = 1e9 / pps
+	}
+	if bps := pol.Aggregate.BytesPerSec; bps > 0 {
+		sh.nsPerByte = 1e9 / bps
+	}
+	p.sh = sh
+	if p.q.limit != limit {
+		p.resizeQueueLocked(limit)
+	}
+}
+
+// resizeQueueLocked moves the queue into new storage bounded by limit
+// bytes, in order; frames that no longer fit are dropped as queue_full.
+// It allocates: it runs when a policy is applied, not per frame.
+func (p *Pipe) resizeQueueLocked(limit int) {
+	old := p.q
+	p.q = newQueue(limit)
+	for old.count > 0 {
+		d := old.descs[old.head]
+		if !p.q.push(old.frame(d), d.class(), d.at) {
+			p.drop(d.class(), ReasonQueueFull, d.len())
+		}
+		old.pop()
+	}
+}
+
+// flushLocked drops every queued frame as queue_flush.
+func (p *Pipe) flushLocked() {
+	for p.q.count > 0 {
+		d := p.q.descs[p.q.head]
+		p.drop(d.class(), ReasonQueueFlush, d.len())
+		p.q.pop()
+	}
+}
+
+// expireLocked drops the head frames that have waited longer than maxWait
+// at t (ns since the epoch).
+func (p *Pipe) expireLocked(t int64) {
+	for p.q.count > 0 {
+		d := p.q.descs[p.q.head]
+		if t-d.at <= p.sh.maxWait {
+			return
+		}
+		p.drop(d.class(), ReasonQueueTime, d.len())
+		p.q.pop()
+	}
+}
+
+// queued is shapeLocked's answer for a frame it queued.
+const queued = admitted + 1
+
+// shapeLocked decides a frame of class c (not bypass, not control) in shape
+// mode at now: it passes at once (admitted) only without a delay and with an
+// empty queue; otherwise it is queued, or refused with a reason. wake
+// reports that the queue was empty and the releaser must be told. Caller
+// holds mu.
+func (p *Pipe) shapeLocked(c classify.Class, frame []byte, now time.Time) (r Reason, wake bool) {
+	n := len(frame)
+	t := p.nanos(now)
+	p.expireLocked(t)
+	if r := p.hopelessLocked(c, n); r != admitted {
+		return r, false
+	}
+	q := &p.q
+	if p.sh.delay == 0 && q.count == 0 && p.inflight == 0 {
+		if p.admitLocked(c, n, now) == admitted {
+			return admitted, false
+		}
+	}
+	if p.lateLocked(t) {
+		return ReasonQueueTime, false
+	}
+	if !q.push(frame, c, t) {
+		return ReasonQueueFull, false
+	}
+	return queued, q.count == 1
+}
+
+// lateLocked reports whether a frame arriving at t (ns since the epoch)
+// would wait longer than maxWait: the frames ahead of it cannot leave
+// before the head is due, and then leave no faster than the aggregate's
+// rates (with no burst in hand, as under a sustained overload). Caller
+// holds mu.
+func (p *Pipe) lateLocked(t int64) bool {
+	q := &p.q
+	if q.count == 0 || (p.sh.nsPerFrame == 0 && p.sh.nsPerByte == 0) {
+		return false
+	}
+	start := max(q.descs[q.head].at+p.sh.delay-t, 0)
+	drain := max(float64(q.count)*p.sh.nsPerFrame, float64(q.bytes)*p.sh.nsPerByte)
+	return float64(start)+drain > float64(p.sh.maxWait)
+}
+
+// budgetsFor returns the class budget and the aggregate that a frame of
+// class c (not bypass, not control) is charged to.
+func (p *Pipe) budgetsFor(c classify.Class) (class, agg *bucket.Budget) {
+	if c == classify.Malformed {
+		c = classify.Other
+	}
+	return p.class[c], p.agg
+}
+
+// hopelessLocked returns why a frame of class c and n bytes can never be
+// admitted while the limits stay as they are (a budget blocks, or the frame
+// is larger than a byte bucket's depth), or admitted if it can be. Such a
+// frame is refused at once, as in police mode: waiting would not help.
+func (p *Pipe) hopelessLocked(c classify.Class, n int) Reason {
+	class, agg := p.budgetsFor(c)
+	if hopeless(class, n) {
+		return ReasonClassBudget
+	}
+	if hopeless(agg, n) {
+		return ReasonAggregateBudget
+	}
+	return admitted
+}
+
+func hopeless(b *bucket.Budget, n int) bool {
+	if b == nil {
+		return false
+	}
+	l := b.Limits()
+	return l.Block || (l.BytesPerSec > 0 && n > l.Effective().BurstBytes)
+}
+
+// waitMargin is added to a computed token wait, so that a releaser woken
+// at the computed time finds the tokens there despite rounding.
+const waitMargin = time.Microsecond
+
+// waitLocked returns how long from now until the budgets of a frame of
+// class c and n bytes hold the tokens for it. Caller holds mu.
+func (p *Pipe) waitLocked(c classify.Class, n int, now time.Time) time.Duration {
+	class, agg := p.budgetsFor(c)
+	return max(tokenWait(class, n, now), tokenWait(agg, n, now)) + waitMargin
+}
+
+// tokenWait returns how long until b holds one packet and n bytes.
+func tokenWait(b *bucket.Budget, n int, now time.Time) time.Duration {
+	if b == nil {
+		return 0
+	}
+	l := b.Limits().Effective()
+	pk, by := b.Fill(now)
+	var s float64
+	if l.PPS > 0 {
+		if need := 1 - pk*float64(l.BurstPackets); need > 0 {
+			s = need / l.PPS
+		}
+	}
+	if l.BytesPerSec > 0 {
+		if need := float64(n) - by*float64(l.BurstBytes); need > 0 {
+			s = max(s, need/l.BytesPerSec)
+		}
+	}
+	return time.Duration(math.Ceil(s * 1e9))
+}
+
+// batch holds the frames the releaser took out of the queue under mu, to
+// write without it. It belongs to the releaser.
+type batch struct {
+	buf  []byte
+	used int
+	k    int
+	off  [maxBatch]int32
+	n    [maxBatch]int32
+	cls  [maxBatch]classify.Class
+}
+
+const (
+	maxBatch   = 64
+	batchBytes = 2 * MaxFrameBuffer // at least one frame of any size
+)
+
+func (b *batch) room(n int) bool { return b.k < maxBatch && b.used+n <= len(b.buf) }
+
+func (b *batch) add(frame []byte, c classify.Class) {
+	b.off[b.k], b.n[b.k], b.cls[b.k] = int32(b.used), int32(len(frame)), c
+	b.used += copy(b.buf[b.used:], frame)
+	b.k++
+}
+
+func (b *batch) frame(i int) []byte { return b.buf[b.off[i] : b.off[i]+b.n[i]] }
+
+// release writes to out, in order, the queued frames that are due at now
+// and that the budgets admit, and drops the expired ones. It returns when
+// it should be called next: the zero Time when the queue is empty (a frame
+// queued into an empty queue signals the releaser), now when more frames
+// are ready. It returns an error only when out is closed; the frames it
+// could not write are counted as queue_flush. Only the releaser (or a test
+// standing in for it) may call it. It does not allocate after its first
+// call.
+func (p *Pipe) release(now time.Time, out Device) (time.Time, error) {
+	b := &p.batch
+	if b.buf == nil {
+		b.buf = make([]byte, batchBytes)
+	}
+	b.k, b.used = 0, 0
+	p.mu.Lock()
+	p.syncPolicyLocked(now)
+	next := p.takeDueLocked(now, b)
+	p.inflight = b.k
+	p.mu.Unlock()
+	if b.k == 0 {
+		return next, nil
+	}
+	var closed error
+	for i := 0; i < b.k; i++ {
+		f, c := b.frame(i), b.cls[i]
+		if closed != nil {
+			p.drop(c, ReasonQueueFlush, len(f))
+			continue
+		}
+		if _, err := out.Write(f); err != nil {
+			if isClosed(err) {
+				closed = err
+				p.drop(c, ReasonQueueFlush, len(f))
+				continue
+			}
+			p.drop(c, ReasonWriteError, len(f))
+			if p.logEvery.ok(now) {
+				p.log.Warn("write failed", "err", err)
+			}
+			continue
+		}
+		p.pass(c, len(f))
+	}
+	p.mu.Lock()
+	p.inflight = 0
+	p.mu.Unlock()
+	return next, closed
+}
+
+// takeDueLocked moves into b the head frames that are due at now and that
+// the budgets admit (charging them), dropping expired and hopeless ones on
+// the way, and returns when to look again. Caller holds mu.
+func (p *Pipe) takeDueLocked(now time.Time, b *batch) time.Time {
+	if p.sh.mode != Shape {
+		return time.Time{}
+	}
+	q := &p.q
+	t := p.nanos(now)
+	for q.count > 0 {
+		d := q.descs[q.head]
+		c, n := d.class(), d.len()
+		age := t - d.at
+		if age > p.sh.maxWait {
+			p.drop(c, ReasonQueueTime, n)
+			q.pop()
+			continue
+		}
+		if age < p.sh.delay {
+			return p.epoch.Add(time.Duration(d.at + p.sh.delay))
+		}
+		if r := p.hopelessLocked(c, n); r != admitted {
+			p.drop(c, r, n)
+			q.pop()
+			continue
+		}
+		if !b.room(n) {
+			return now
+		}
+		if p.admitLocked(c, n, now) != admitted {
+			// Wake when the tokens are there, or to drop the frame
+			// when it expires, whichever comes first.
+			due := min(t+int64(p.waitLocked(c, n, now)), d.at+p.sh.maxWait+1)
+			return p.epoch.Add(time.Duration(due))
+		}
+		b.add(q.frame(d), c)
+		q.pop()
+	}
+	return time.Time{}
+}
+
+// signal wakes the releaser without blocking.
+func (p *Pipe) signal() {
+	select {
+	case p.wake <- struct{}{}:
+	default:
+	}
+}
+
+// releaseLoop is the releaser goroutine: it calls release when the queue's
+// head is due, when signalled (a frame entered an empty queue, or a new
+// policy was published), and stops when stop is closed or out is.
+func (p *Pipe) releaseLoop(stop <-chan struct{}) {
+	if p.raisePriority() {
+		defer runtime.UnlockOSThread()
+	}
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	for {
+		next, err := p.release(time.Now(), p.out)
+		if err != nil {
+			return
+		}
+		var fire <-chan time.Time
+		if !next.IsZero() {
+			d := time.Until(next)
+			if d <= 0 {
+				select {
+				case <-stop:
+					return
+				default:
+					continue
+				}
+			}
+			timer.Reset(d)
+			fire = timer.C
+		}
+		select {
+		case <-stop:
+			timer.Stop()
+			return
+		case <-p.wake:
+			timer.Stop()
+		case <-fire:
+		}
+	}
+}
+
+// raisePriority locks the calling goroutine to its thread and sets the
+// thread's nice value to p.nice, reporting whether it locked (the caller
+// then unlocks when it returns). With nice 0 it does nothing.
+//
+// The budgets refill while a forwarding thread waits for a CPU, but a
+// bucket holds only its burst: a long wait loses tokens, and the port gets
+// less than its limit. So these threads run ahead of ordinary work.
+func (p *Pipe) raisePriority() bool {
+	if p.nice == 0 {
+		return false
+	}
+	runtime.LockOSThread()
+	if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), p.nice); err != nil {
+		p.log.Warn("cannot raise the forwarder's priority", "nice", p.nice, "err", err)
+	}
+	return true
+}
+
+// queue is a FIFO of frames in preallocated storage: the bytes of the
+// frames in a ring of bytes (each frame contiguous, so it can be written
+// in one call) and a ring of descriptors. push and pop copy and allocate
+// nothing. It holds at most limit bytes of frames and len(descs) frames.
+// Not safe for concurrent use: the pipe's mu guards it. The zero queue
+// holds nothing and refuses every frame.
+type queue struct {
+	buf   []byte
+	descs []qdesc
+	head  int // index in descs of the oldest frame
+	count int // frames held
+	bytes int // sum of their lengths
+	limit int // bound on bytes
+	wpos  int // offset in buf just past the newest frame
+}
+
+// qdesc describes one queued frame.
+type qdesc struct {
+	at  int64  // arrival, ns since the pipe's epoch
+	off uint32 // offset in buf
+	lc  uint32 // length in the low 24 bits, class in the high 8
+}
+
+func (d qdesc) len() int              { return int(d.lc & 0xffffff) }
+func (d qdesc) class() classify.Class { return classify.Class(d.lc >> 24) }
+
+// newQueue returns an empty queue bounded by limit bytes. Its storage is
+// limit plus one largest frame: a frame that does not fit at the end of
+// the ring wastes at most that much, so a frame within the byte bound
+// always finds contiguous room.
+func newQueue(limit int) queue {
+	return queue{
+		buf:   make([]byte, limit+MaxFrameBuffer),
+		descs: make([]qdesc, limit/QueueBytesPerFrame+1),
+		limit: limit,
+	}
+}
+
+// push copies frame, of class c and arrived at at, to the tail; it reports
+// false, holding nothing more, if a bound would be exceeded.
+func (q *queue) push(frame []byte, c classify.Class, at int64) bool {
+	n := len(frame)
+	if q.count == len(q.descs) || q.bytes+n > q.limit || n > MaxFrameBuffer {
+		return false
+	}
+	off := q.wpos
+	if q.count == 0 {
+		off = 0
+	} else if h := int(q.descs[q.head].off); q.wpos > h {
+		// Frames occupy [h, wpos): room at the end, or else at the start.
+		if len(q.buf)-q.wpos < n {
+			if h < n {
+				return false
+			}
+			off = 0
+		}
+	} else if h-q.wpos < n {
+		// Wrapped: frames occupy [h, end) and [0, wpos).
+		return false
+	}
+	copy(q.buf[off:], frame)
+	q.descs[(q.head+q.count)%len(q.descs)] = qdesc{at: at, off: uint32(off), lc: uint32(n) | uint32(c)<<24}
+	q.count++
+	q.bytes += n
+	q.wpos = off + n
+	return true
+}
+
+// frame returns the bytes of the frame d describes; valid until it is
+// popped.
+func (q *queue) frame(d qdesc) []byte { return q.buf[d.off : int(d.off)+d.len()] }
+
+// pop removes the head frame; the queue must not be empty.
+func (q *queue) pop() {
+	q.bytes -= q.descs[q.head].len()
+	q.head = (q.head + 1) % len(q.descs)
+	q.count--
+	if q.count == 0 {
+		q.head, q.wpos = 0, 0
+	}
+}
