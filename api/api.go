@@ -110,6 +110,20 @@ type Direction struct {
 	ControlLimits Limits                `json:"control_limits"`
 	Classes       map[string]ClassStats `json:"classes"`
 	ReadErrors    uint64                `json:"read_errors"`
+	// Mode is "police" (refused frames are dropped) or "shape" (queued
+	// and released at the shaped rate after a delay).
+	Mode  string `json:"mode"`
+	Queue Queue  `json:"queue"`
+}
+
+// Queue is the occupancy of a direction's delay queue (zeros in police mode).
+type Queue struct {
+	DelayMS     float64 `json:"delay_ms"`
+	MaxBytes    int     `json:"max_bytes"`
+	MaxTimeMS   float64 `json:"max_time_ms"`
+	Frames      int     `json:"frames"`
+	Bytes       int     `json:"bytes"`
+	OldestAgeMS float64 `json:"oldest_age_ms"`
 }
 
 // Limits is a budget; a nil field is no limit in that dimension. Bursts are

@@ -547,6 +547,7 @@ func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
 		Warnings: []string{},
 	}
 	var from, to forward.DirStats
+	var fq, tq *forward.QueueStats
 	if q.sp != nil {
 		out.Backend = q.sp.Backend()
 		out.Fail = failString(q.sp.FailOpen())
@@ -555,17 +556,20 @@ func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
 	}
 	if q.fwd != nil {
 		from, to = q.fwd.FromVM.Stats(), q.fwd.ToVM.Stats()
+		now := time.Now()
+		a, b := q.fwd.FromVM.Queue(now), q.fwd.ToVM.Queue(now)
+		fq, tq = &a, &b
 	}
 	if q.state == StatePending {
 		e := q.expires.UTC()
 		out.Expires = &e
 	}
-	out.Directions.FromVM = dirStatus(q.spec.FromVM, from)
-	out.Directions.ToVM = dirStatus(q.spec.ToVM, to)
+	out.Directions.FromVM = dirStatus(q.spec.FromVM, from, fq)
+	out.Directions.ToVM = dirStatus(q.spec.ToVM, to, tq)
 	return out
 }
 
-func dirStatus(d DirSpec, s forward.DirStats) api.Direction {
+func dirStatus(d DirSpec, s forward.DirStats, qs *forward.QueueStats) api.Direction {
 	var controlBurst *int
 	if b := d.policy().Classes[classify.Control].BurstPackets; b > 0 {
 		controlBurst = &b
@@ -576,6 +580,15 @@ func dirStatus(d DirSpec, s forward.DirStats) api.Direction {
 		ControlLimits: apiLimits(d.ControlPPS, nil, controlBurst, nil),
 		Classes:       make(map[string]api.ClassStats, classify.NumClasses),
 		ReadErrors:    s.ReadErrors,
+		Mode:          "police",
+	}
+	if d.Mode == "shape" {
+		out.Mode = "shape"
+	}
+	if qs != nil {
+		ms := func(t time.Duration) float64 { return float64(t) / float64(time.Millisecond) }
+		out.Queue = api.Queue{DelayMS: ms(qs.Delay), MaxBytes: qs.MaxBytes, MaxTimeMS: ms(qs.MaxTime),
+			Frames: qs.Frames, Bytes: qs.Bytes, OldestAgeMS: ms(qs.OldestAge)}
 	}
 	for c := classify.Class(0); c < classify.NumClasses; c++ {
 		cs := s.Classes[c]

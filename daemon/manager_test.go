@@ -204,6 +204,7 @@ func TestIntentRoundTrip(t *testing.T) {
 			"bypass-pps": "none", "to-vm-bypass-bps": "1mbit", "control-pps": "50", "bypass": "22,2222",
 			"bypass-outbound": "true", "fail": "closed"},
 		{"to-vm-bps": "1gbit", "bypass": "none"},
+		{"pps": "2000", "mode": "shape", "delay": "200ms", "queue-bytes": "1mb", "to-vm-pps": "10", "to-vm-mode": "shape", "to-vm-queue-time": "1s"},
 	} {
 		spec, err := NewSpec().Apply(req, false)
 		if err != nil {

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/bucket"
@@ -44,6 +45,13 @@ type DirSpec struct {
 	Burst      *int        `json:"burst,omitempty"`
 	BurstBytes *units.Size `json:"burst_bytes,omitempty"`
 
+	// Shape mode: queue what the budgets refuse and release it at the
+	// shaped rate after Delay. "" is police (drop at once).
+	Mode       string      `json:"mode,omitempty"`
+	Delay      *Duration   `json:"delay,omitempty"`
+	QueueBytes *units.Size `json:"queue_bytes,omitempty"`
+	QueueTime  *Duration   `json:"queue_time,omitempty"`
+
 	BypassPPS  *float64    `json:"bypass_pps,omitempty"`
 	BypassBPS  *units.Rate `json:"bypass_bps,omitempty"`
 	ControlPPS *float64    `json:"control_pps,omitempty"`
@@ -74,7 +82,7 @@ func NewSpec() Spec {
 }
 
 // limitFlags are the per-direction flags; each has a "to-vm-" twin.
-var limitFlags = []string{"pps", "bps", "burst", "burst-bytes", "bypass-pps", "bypass-bps", "control-pps"}
+var limitFlags = []string{"pps", "bps", "burst", "burst-bytes", "bypass-pps", "bypass-bps", "control-pps", "mode", "delay", "queue-bytes", "queue-time"}
 
 // aggregateFlags are the flags that make a quarantine manual.
 var aggregateFlags = []string{"pps", "bps", "burst", "burst-bytes"}
@@ -213,6 +221,39 @@ func (d *DirSpec) set(name, v, flag string) error {
 			p = &z
 		}
 		d.BurstBytes = p
+	case "mode":
+		if v == "police" || none {
+			d.Mode = ""
+		} else if v == "shape" {
+			d.Mode = v
+		} else {
+			return usagef("%s %q: want police or shape", flag, v)
+		}
+	case "delay", "queue-time":
+		var p *Duration
+		if !none {
+			t, err := time.ParseDuration(v)
+			if err != nil || t < 0 {
+				return usagef("%s %q: want a duration such as 200ms, or none", flag, v)
+			}
+			dd := Duration(t)
+			p = &dd
+		}
+		if name == "delay" {
+			d.Delay = p
+		} else {
+			d.QueueTime = p
+		}
+	case "queue-bytes":
+		var p *units.Size
+		if !none {
+			z, err := units.ParseSize(v)
+			if err != nil {
+				return usagef("%s: %v", flag, err)
+			}
+			p = &z
+		}
+		d.QueueBytes = p
 	default:
 		return usagef("unknown limit --%s", strings.TrimPrefix(flag, "--"))
 	}
@@ -259,6 +300,9 @@ func (s Spec) Validate() error {
 		}
 		if d.BypassBPS != nil && *d.BypassBPS > 0 && *d.BypassBPS < 8 {
 			return usagef("%sbypass-bps %s is below one byte per second", x.prefix, d.BypassBPS)
+		}
+		if d.Mode == "" && (d.Delay != nil || d.QueueBytes != nil || d.QueueTime != nil) {
+			return usagef("%sdelay, %squeue-bytes and %squeue-time need %smode shape", x.prefix, x.prefix, x.prefix, x.prefix)
 		}
 		pol := d.policy()
 		if err := pol.Validate(); err != nil {
@@ -307,6 +351,18 @@ func (d DirSpec) policy() forward.Policy {
 	var p forward.Policy
 	p.Aggregate = limits(d.PPS, d.BPS, d.Burst, d.BurstBytes)
 	p.Classes[classify.Bypass] = limits(d.BypassPPS, d.BypassBPS, nil, nil)
+	if d.Mode == "shape" {
+		p.Mode = forward.Shape
+	}
+	if d.Delay != nil {
+		p.Delay = time.Duration(*d.Delay)
+	}
+	if d.QueueBytes != nil {
+		p.QueueBytes = int(*d.QueueBytes)
+	}
+	if d.QueueTime != nil {
+		p.QueueTime = time.Duration(*d.QueueTime)
+	}
 	p.Classes[classify.Control] = limits(d.ControlPPS, nil, nil, nil)
 	if c := &p.Classes[classify.Control]; c.PPS > 0 && c.Effective().BurstPackets < ControlBurst {
 		// 10 ms of 200 pps is 2 packets: too few for the bursts of
@@ -330,4 +386,19 @@ func apiLimits(pps *float64, bps *units.Rate, burst *int, burstBytes *units.Size
 		out.BitsPerSecond, out.BurstBytes = &v, &b
 	}
 	return out
+}
+
+// Duration is a time.Duration that reads and writes as "200ms" in JSON.
+type Duration time.Duration
+
+func (d Duration) String() string { return time.Duration(d).String() }
+
+// MarshalText implements encoding.TextMarshaler.
+func (d Duration) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
+// UnmarshalText implements encoding.TextUnmarshaler.
+func (d *Duration) UnmarshalText(b []byte) error {
+	t, err := time.ParseDuration(string(b))
+	*d = Duration(t)
+	return err
 }

@@ -170,6 +170,18 @@ func (s Spec) Intent() string {
 		if g.BurstBytes != nil {
 			add(p+"burst-bytes", g.BurstBytes.String())
 		}
+		if g.Mode != "" {
+			add(p+"mode", g.Mode)
+		}
+		if g.Delay != nil {
+			add(p+"delay", g.Delay.String())
+		}
+		if g.QueueBytes != nil {
+			add(p+"queue-bytes", g.QueueBytes.String())
+		}
+		if g.QueueTime != nil {
+			add(p+"queue-time", g.QueueTime.String())
+		}
 		if !eqF(g.BypassPPS, d.def.BypassPPS) {
 			add(p+"bypass-pps", fmtF(g.BypassPPS))
 		}

@@ -31,6 +31,10 @@ var limitHelp = map[string]string{
 	"bypass-pps":  "bypass (ssh/rdp) budget in packets per second (default 2000)",
 	"bypass-bps":  "bypass budget rate (default 100mbit)",
 	"control-pps": "ARP/neighbour-discovery budget in packets per second (default 200)",
+	"mode":        "police (drop what the budgets refuse) or shape (queue it, release at the rate after --delay)",
+	"delay":       "shape mode: fixed delay of every frame, e.g. 200ms",
+	"queue-bytes": "shape mode: queue bound in bytes (default what the rate releases in --queue-time, plus a burst)",
+	"queue-time":  "shape mode: longest a frame may wait (default --delay + 10ms)",
 }
 
 // addLimitFlags registers every limit flag (and its --to-vm- twin) as a
