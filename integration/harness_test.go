@@ -61,6 +61,13 @@ func newLab(t *testing.T, mode string) *lab {
 	name := "it" + hex.EncodeToString(b)[:4]
 	script := filepath.Join(repoRoot(), "scripts/netns/lab.sh")
 	labEnv := []string{"LAB=" + name}
+	var ovsDir string
+	if mode == "ovs" {
+		// The lab's private OVS lives in a directory of the test's own
+		// (removed after lab down); see ovs_test.go.
+		ovsDir = t.TempDir()
+		labEnv = append(labEnv, "LAB_OVS_DIR="+ovsDir, "LAB_PROBE="+filepath.Join(bin, "probe"))
+	}
 	run := func(args ...string) (string, error) {
 		cmd := exec.Command(script, args...)
 		cmd.Env = append(os.Environ(), labEnv...)
@@ -70,6 +77,9 @@ func newLab(t *testing.T, mode string) *lab {
 	t.Cleanup(func() {
 		if out, err := run("down", mode); err != nil {
 			t.Errorf("lab down: %v\n%s", err, out)
+		}
+		if ovsDir != "" {
+			checkOVSStopped(t, ovsDir)
 		}
 	})
 	if out, err := run("up", mode); err != nil {
@@ -90,6 +100,9 @@ func newLab(t *testing.T, mode string) *lab {
 		if l.env[k] == "" {
 			t.Fatalf("lab env lacks %s:\n%s", k, out)
 		}
+	}
+	if mode == "ovs" {
+		l.useOVS()
 	}
 	return l
 }
@@ -321,6 +334,9 @@ func (l *lab) snapshot() string {
 	b.WriteString(l.sh(ns, "bridge link show"))
 	b.WriteString(l.sh(ns, "bridge vlan show"))
 	b.WriteString(l.sh(ns, "bridge fdb show | grep permanent || true"))
+	if l.get("LAB_MODE") == "ovs" {
+		b.WriteString(l.ovsSnapshot())
+	}
 	return b.String()
 }
 

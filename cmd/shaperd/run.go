@@ -15,6 +15,7 @@ import (
 	"github.com/shaperd/shaperd/control"
 	"github.com/shaperd/shaperd/daemon"
 	"github.com/shaperd/shaperd/metrics"
+	"github.com/shaperd/shaperd/splice/ovssplice"
 	"github.com/shaperd/shaperd/splice/tcsplice"
 )
 
@@ -130,7 +131,7 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool) error {
 		StateDir:      cfg.StateDir,
 		PendingTTL:    ttl,
 		ForwarderNice: *cfg.ForwarderNice,
-	}, tcsplice.New(log))
+	}, ovssplice.New(log), tcsplice.New(log))
 	// Subscribe before restoring, so no link event falls between the two.
 	if err := m.WatchLinks(ctx); err != nil {
 		return &exitError{code: 1, err: fmt.Errorf("watch links: %w", err)}

@@ -2,9 +2,9 @@
 # lab.sh: build, describe and tear down a shaperd test lab in network
 # namespaces. Nothing is created in the initial namespace.
 #
-#   LAB=hlp1 scripts/netns/lab.sh up   [bridge]   build; prints the env assignments
-#   LAB=hlp1 scripts/netns/lab.sh env  [bridge]   print shell assignments (eval "$(...)")
-#   LAB=hlp1 scripts/netns/lab.sh down [bridge]   remove the lab's namespaces
+#   LAB=hlp1 scripts/netns/lab.sh up   [bridge|ovs]   build; prints the env assignments
+#   LAB=hlp1 scripts/netns/lab.sh env  [bridge|ovs]   print shell assignments (eval "$(...)")
+#   LAB=hlp1 scripts/netns/lab.sh down [bridge|ovs]   remove the lab's namespaces (and its OVS)
 #
 # Layout (every name below is prefixed with "$LAB-" only at namespace level;
 # interfaces live inside the lab's own namespaces, so their names are fixed):
@@ -14,6 +14,15 @@
 #   $LAB-ext  eth0 198.18.0.100/24 2001:2::100/64 ─┤ pairs   ports vm-1-00c9, vm-2-00c9,
 #   $LAB-ext2 eth0 198.18.0.101/24 2001:2::101/64 ─┘         ext-00c9, ext2-00c9
 #
+# Mode ovs: br0 is an Open vSwitch bridge with the userspace datapath
+# (datapath_type=netdev) instead, run by a private ovsdb-server and
+# ovs-vswitchd (scripts/netns/ovs.sh) started inside $LAB-hv: that datapath
+# opens the ports by name in its own namespace. Each port's Interface row has
+# external_ids:attached-mac (the guest's MAC), as libvirt sets it. `down`
+# stops that OVS. `env` adds OVS_RUNDIR, OVS_DBDIR, OVS_LOGDIR and
+# OVS_BRIDGE: export them for every ovs-* command (and shaperd run) meant for
+# this lab's OVS.
+#
 # Environment:
 #   LAB         namespace prefix (default for up: shl$$; required for env/down).
 #               Letters, digits and _ only, at most 12 characters; 5 recommended.
@@ -21,6 +30,9 @@
 #               VLAN 100 with pvid 100 (VLAN 1 removed), so guests stay untagged.
 #   LAB_PROBE   path to a built probe binary, used for the reachability check
 #               when `ping` is not installed (else it is built with go build).
+#   LAB_OVS_DIR (ovs) the private OVS's directory: database, sockets, pidfiles,
+#               logs; absolute, at most 80 characters. Default
+#               /run/shaperd-ovs/$LAB. Pass the same value to up, env and down.
 #
 # Addresses are from 198.18.0.0/15 (RFC 2544) and 2001:2::/48 (RFC 5180) only.
 set -euo pipefail
@@ -33,11 +45,12 @@ log() { echo "lab.sh: $*" >&2; }
 
 usage() {
 	cat >&2 <<'EOF'
-usage: LAB=name scripts/netns/lab.sh up|down|env [bridge]
+usage: LAB=name scripts/netns/lab.sh up|down|env [bridge|ovs]
   up    build the lab (refuses if its namespaces exist); prints env assignments
   env   print shell assignments for a built lab: eval "$(LAB=name lab.sh env)"
   down  delete the lab's namespaces (and end processes left inside them)
-modes: bridge (default). ovs is not implemented yet.
+modes: bridge (default): a Linux bridge; ovs: an Open vSwitch bridge with the
+userspace datapath, run by a private OVS that up starts and down stops.
 EOF
 	exit 2
 }
@@ -46,9 +59,8 @@ EOF
 cmd=$1
 mode=${2:-bridge}
 case $mode in
-bridge) ;;
-ovs) die "mode 'ovs' is not implemented yet; only 'bridge' is available" ;;
-*) die "unknown mode '$mode'; only 'bridge' is available" ;;
+bridge | ovs) ;;
+*) die "unknown mode '$mode'; use bridge or ovs" ;;
 esac
 case $cmd in
 up) LAB=${LAB:-shl$$} ;;
@@ -59,6 +71,8 @@ esac
 [[ $(id -u) -eq 0 ]] || die "must run as root"
 
 HV_NS=$LAB-hv
+OVS_DIR=${LAB_OVS_DIR:-/run/shaperd-ovs/$LAB}
+OVS_SH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/ovs.sh
 ns_of() { echo "$LAB-$1"; }
 ALL_NS="$HV_NS $(for g in $GUESTS; do ns_of "$g"; done)"
 
@@ -78,6 +92,15 @@ sysctl_ns() { ip netns exec "$1" sh -c "echo $3 > /proc/sys/${2//.//}"; }
 # test left running) are ended by PID first, or the namespace would linger.
 teardown() {
 	local ns pids left=
+	# The lab's OVS first (a clean exit), if it has one; whatever else runs
+	# in the namespaces is ended below.
+	if [[ -e $OVS_DIR/ovs-vswitchd.pid || -e $OVS_DIR/ovsdb-server.pid ]]; then
+		"$OVS_SH" stop "$OVS_DIR" || log "could not stop the OVS in $OVS_DIR"
+		if [[ -z ${LAB_OVS_DIR:-} ]]; then
+			rm -rf -- "$OVS_DIR"
+			rmdir /run/shaperd-ovs 2>/dev/null || true
+		fi
+	fi
 	for ns in $ALL_NS; do
 		ns_exists "$ns" || continue
 		pids=$(ip netns pids "$ns" 2>/dev/null || true)
@@ -107,9 +130,16 @@ print_env() {
 		ns_exists "$ns" || die "env: namespace $ns does not exist; run: LAB=$LAB $0 up"
 	done
 	if [[ $(ip netns exec "$HV_NS" cat /sys/class/net/br0/bridge/vlan_filtering 2>/dev/null) == 1 ]]; then vlan=1; fi
-	printf 'LAB=%q\nLAB_MODE=bridge\nLAB_VLAN=%s\n' "$LAB" "$vlan"
+	local lmode=bridge
+	ip netns exec "$HV_NS" test -e /sys/class/net/br0/bridge || lmode=ovs
+	printf 'LAB=%q\nLAB_MODE=%s\nLAB_VLAN=%s\n' "$LAB" "$lmode" "$vlan"
 	[[ $vlan == 1 ]] && printf 'VLAN_ID=%s\n' "$VLAN_ID"
 	printf 'HV_NS=%q\nBRIDGE=br0\nSUBNET4=%s\nSUBNET6=%s\n' "$HV_NS" "$SUBNET4" "$SUBNET6"
+	if [[ $lmode == ovs ]]; then
+		[[ -e $OVS_DIR/db.sock ]] || die "env: the lab's OVS is not running in $OVS_DIR (set LAB_OVS_DIR as for up)"
+		printf 'OVS_BRIDGE=br0\n'
+		"$OVS_SH" env "$OVS_DIR"
+	fi
 	for g in $GUESTS; do
 		G=${g^^}
 		mac=$(ip netns exec "$(ns_of "$g")" cat /sys/class/net/eth0/address)
@@ -186,18 +216,31 @@ bring_up() {
 		fi
 	done
 	[[ ${LAB_VLAN:-0} == 1 ]] && vlan_filtering=1
+	[[ $mode == ovs && $vlan_filtering == 1 ]] && die "LAB_VLAN=1 is for the bridge mode only"
+	if [[ $mode == ovs ]]; then
+		for need in ovs-vsctl ovs-vswitchd ovsdb-server; do
+			command -v $need >/dev/null || die "mode ovs: $need not found; install openvswitch-switch (scripts/deps.sh does)"
+		done
+	fi
 	for need in ethtool; do command -v $need >/dev/null || log "$need not found; skipping offload settings"; done
 	find_pinger
 
 	trap up_cleanup EXIT
 	trap 'exit 130' INT TERM
 
-	log "building lab '$LAB' (bridge mode, vlan_filtering=$vlan_filtering)"
+	log "building lab '$LAB' ($mode mode, vlan_filtering=$vlan_filtering)"
 	setup_ns "$HV_NS"
 	# The hypervisor needs no IPv6 at all: keep its ports silent.
 	sysctl_ns "$HV_NS" net.ipv6.conf.all.disable_ipv6 1
 	sysctl_ns "$HV_NS" net.ipv6.conf.default.disable_ipv6 1
-	ip -n "$HV_NS" link add br0 type bridge stp_state 0 forward_delay 0 mcast_snooping 0
+	if [[ $mode == ovs ]]; then
+		"$OVS_SH" start "$OVS_DIR" "$HV_NS"
+		eval "$("$OVS_SH" env "$OVS_DIR" | sed 's/^/export /')"
+		# The bridge's own (LOCAL) port stays down: the hypervisor takes no part.
+		ovs-vsctl --timeout=10 add-br br0 -- set Bridge br0 datapath_type=netdev
+	else
+		ip -n "$HV_NS" link add br0 type bridge stp_state 0 forward_delay 0 mcast_snooping 0
+	fi
 	if [[ $vlan_filtering == 1 ]]; then
 		ip netns exec "$HV_NS" test -e /sys/class/net/br0/bridge/vlan_filtering ||
 			die "LAB_VLAN=1: this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING is off); run without LAB_VLAN"
@@ -213,7 +256,12 @@ bring_up() {
 		sysctl_ns "$gns" net.ipv6.conf.eth0.accept_dad 0
 		ip -n "$gns" addr add "$(ip4_of "$g")/24" dev eth0
 		ip -n "$gns" addr add "$(ip6_of "$g")/64" dev eth0 nodad
-		ip -n "$HV_NS" link set "$port" master br0
+		if [[ $mode == ovs ]]; then
+			ovs-vsctl --timeout=10 add-port br0 "$port" -- \
+				set Interface "$port" external_ids:attached-mac="\"$(mac_of "$g")\""
+		else
+			ip -n "$HV_NS" link set "$port" master br0
+		fi
 		if [[ $vlan_filtering == 1 ]]; then
 			ip netns exec "$HV_NS" bridge vlan add dev "$port" vid "$VLAN_ID" pvid untagged
 			ip netns exec "$HV_NS" bridge vlan del dev "$port" vid 1
@@ -225,7 +273,7 @@ bring_up() {
 		ip -n "$HV_NS" link set "$port" up
 		ip -n "$gns" link set eth0 up
 	done
-	ip -n "$HV_NS" link set br0 up
+	[[ $mode == ovs ]] || ip -n "$HV_NS" link set br0 up
 
 	# Reachability (vm1 -> ext must work), which also fills the neighbour
 	# tables of every VM <-> external pair so floods start without ARP/ND.

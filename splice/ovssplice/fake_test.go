@@ -1,0 +1,448 @@
+package ovssplice
+
+// Fakes for the unit tests: an Open vSwitch that answers the commands the
+// backend runs (and refuses any other, so a new command needs a deliberate
+// fake), and a kernel of links.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+)
+
+type fakePort struct {
+	ofport  int
+	noFlood bool
+	ids     map[string]string
+	tag     string // "[]" when unset
+}
+
+type fakeFlow struct {
+	cookie   uint64
+	table    int
+	priority int
+	rest     string // match,actions=...
+}
+
+// fakeOVS is one bridge, "br0", of a fake OVS.
+type fakeOVS struct {
+	mu      sync.Mutex
+	ports   map[string]*fakePort
+	flows   []fakeFlow
+	groups  map[uint32]string
+	fdb     map[string]int // MAC -> ofport
+	next    int
+	calls   []string
+	bundles []string
+	// fail, if set, is asked about every command line; an error fails it
+	// before it has any effect.
+	fail func(line string) error
+}
+
+func newFakeOVS() *fakeOVS {
+	o := &fakeOVS{ports: map[string]*fakePort{}, groups: map[uint32]string{}, fdb: map[string]int{}, next: 1}
+	for _, p := range []string{"vm-1", "ext-1"} {
+		o.addPort(p)
+	}
+	o.ports["vm-1"].ids["attached-mac"] = "02:c6:12:00:00:11"
+	o.fdb["02:c6:12:00:00:11"] = o.ports["vm-1"].ofport
+	o.fdb["02:c6:12:00:01:00"] = o.ports["ext-1"].ofport
+	o.flows = []fakeFlow{
+		{cookie: 0, priority: 0, rest: "actions=NORMAL"},
+		{cookie: 0x1234, priority: 100, rest: "in_port=1,dl_src=02:66:66:66:66:66,actions=drop"},
+		{cookie: 0xffff, table: 1, priority: 10, rest: "actions=drop"},
+	}
+	o.groups[7] = "group_id=7,type=all,bucket=actions=output:2"
+	return o
+}
+
+func (o *fakeOVS) addPort(name string) *fakePort {
+	p := &fakePort{ofport: o.next, ids: map[string]string{}, tag: "[]"}
+	o.next++
+	o.ports[name] = p
+	return p
+}
+
+// state renders everything the fake holds, for before/after comparisons.
+func (o *fakeOVS) state() string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var b strings.Builder
+	for _, n := range slices.Sorted(maps.Keys(o.ports)) {
+		p := o.ports[n]
+		fmt.Fprintf(&b, "port %s ofport %d noflood %v ids %v\n", n, p.ofport, p.noFlood, p.ids)
+	}
+	var fs []string
+	for _, f := range o.flows {
+		fs = append(fs, f.line())
+	}
+	slices.Sort(fs)
+	b.WriteString(strings.Join(fs, "\n") + "\n")
+	for _, g := range slices.Sorted(maps.Keys(o.groups)) {
+		b.WriteString(o.groups[g] + "\n")
+	}
+	return b.String()
+}
+
+func (f fakeFlow) line() string {
+	s := " "
+	if f.cookie != 0 {
+		s += fmt.Sprintf("cookie=%#x, ", f.cookie)
+	}
+	if f.table != 0 {
+		s += fmt.Sprintf("table=%d, ", f.table)
+	}
+	m, a, _ := strings.Cut(f.rest, "actions=")
+	return s + fmt.Sprintf("priority=%d,%s actions=%s", f.priority, strings.TrimSuffix(m, ","), a)
+}
+
+var errNoRow = errors.New("no row")
+
+func (o *fakeOVS) run(stdin []byte, name string, args ...string) ([]byte, error) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	var a []string
+	for _, x := range args {
+		if strings.HasPrefix(x, "--timeout=") || x == "-O" || x == "OpenFlow14" {
+			continue
+		}
+		a = append(a, x)
+	}
+	line := name + " " + strings.Join(a, " ")
+	o.calls = append(o.calls, line)
+	if o.fail != nil {
+		if err := o.fail(line); err != nil {
+			return nil, err
+		}
+	}
+	switch name {
+	case "ovs-vsctl":
+		return o.vsctl(a)
+	case "ovs-ofctl":
+		return o.ofctl(a, stdin)
+	case "ovs-appctl":
+		if len(a) == 2 && a[0] == "fdb/show" && a[1] == "br0" {
+			out := " port  VLAN  MAC                Age\n"
+			for _, mac := range slices.Sorted(maps.Keys(o.fdb)) {
+				out += fmt.Sprintf("    %d     0  %s    3\n", o.fdb[mac], mac)
+			}
+			return []byte(out), nil
+		}
+	}
+	return nil, fmt.Errorf("fake ovs: unexpected command %q", line)
+}
+
+func (o *fakeOVS) vsctl(a []string) ([]byte, error) {
+	ifExists := len(a) > 0 && a[0] == "--if-exists"
+	if ifExists {
+		a = a[1:]
+	}
+	switch {
+	case len(a) == 2 && a[0] == "iface-to-br":
+		if _, ok := o.ports[a[1]]; ok {
+			return []byte("br0\n"), nil
+		}
+		return nil, fmt.Errorf("ovs-vsctl: no interface named %s", a[1])
+	case len(a) == 4 && a[0] == "get" && a[1] == "Interface" && a[3] == "ofport":
+		p, ok := o.ports[a[2]]
+		if !ok {
+			return nil, fmt.Errorf("ovs-vsctl: no row %q in table Interface", a[2])
+		}
+		return []byte(strconv.Itoa(p.ofport) + "\n"), nil
+	case len(a) == 4 && a[0] == "get" && a[1] == "Interface" && strings.HasPrefix(a[3], "external_ids:"):
+		p, ok := o.ports[a[2]]
+		if !ok {
+			if ifExists {
+				return nil, nil
+			}
+			return nil, errNoRow
+		}
+		v, ok := p.ids[strings.TrimPrefix(a[3], "external_ids:")]
+		if !ok {
+			return nil, nil
+		}
+		return []byte(strconv.Quote(v) + "\n"), nil
+	case len(a) == 7 && a[0] == "get" && a[1] == "Port":
+		p, ok := o.ports[a[2]]
+		if !ok {
+			return nil, nil
+		}
+		return []byte(p.tag + "\n[]\n[]\n[6d9a9e3e-0000-0000-0000-000000000000]\n"), nil
+	case len(a) == 4 && a[0] == "set" && a[1] == "Interface" && strings.HasPrefix(a[3], "external_ids:"):
+		p, ok := o.ports[a[2]]
+		if !ok {
+			return nil, errNoRow
+		}
+		k, v, _ := strings.Cut(strings.TrimPrefix(a[3], "external_ids:"), "=")
+		p.ids[k] = unquote(v)
+		return nil, nil
+	case len(a) == 3 && a[0] == "del-port" && a[1] == "br0":
+		if _, ok := o.ports[a[2]]; !ok && !ifExists {
+			return nil, errNoRow
+		}
+		delete(o.ports, a[2])
+		return nil, nil
+	case len(a) > 4 && a[0] == "--" && a[1] == "add-port" && a[2] == "br0" && a[4] == "--" && a[5] == "set" && a[6] == "Interface" && a[7] == a[3]:
+		if _, ok := o.ports[a[3]]; ok {
+			return nil, fmt.Errorf("ovs-vsctl: cannot create a port named %s because a port named %s already exists", a[3], a[3])
+		}
+		p := o.addPort(a[3])
+		for _, kv := range a[8:] {
+			k, v, _ := strings.Cut(strings.TrimPrefix(kv, "external_ids:"), "=")
+			p.ids[k] = unquote(v)
+		}
+		return nil, nil
+	}
+	return nil, fmt.Errorf("fake ovs-vsctl: unexpected %q", a)
+}
+
+func (o *fakeOVS) ofctl(a []string, stdin []byte) ([]byte, error) {
+	switch {
+	case len(a) == 3 && a[0] == "dump-ports-desc" && a[1] == "br0":
+		p, ok := o.ports[a[2]]
+		if !ok {
+			return nil, fmt.Errorf("ovs-ofctl: %s: couldn't find port", a[2])
+		}
+		cfg := "0"
+		if p.noFlood {
+			cfg = "NO_FLOOD"
+		}
+		return []byte(fmt.Sprintf("OFPST_PORT_DESC reply (xid=0x2):\n %d(%s): addr:4a:0a:68:30:1f:d5\n     config:     %s\n     state:      0\n", p.ofport, a[2], cfg)), nil
+	case len(a) == 4 && a[0] == "mod-port" && a[1] == "br0":
+		p, ok := o.ports[a[2]]
+		if !ok {
+			return nil, fmt.Errorf("ovs-ofctl: %s: couldn't find port", a[2])
+		}
+		switch a[3] {
+		case "flood":
+			p.noFlood = false
+		case "no-flood":
+			p.noFlood = true
+		default:
+			return nil, fmt.Errorf("fake: mod-port %s", a[3])
+		}
+		return nil, nil
+	case len(a) >= 2 && a[0] == "dump-flows" && a[1] == "br0":
+		var filter uint64
+		for _, x := range a[2:] {
+			switch {
+			case x == "--no-stats":
+			case strings.HasPrefix(x, "cookie=") && strings.HasSuffix(x, "/-1"):
+				filter, _ = strconv.ParseUint(strings.TrimSuffix(strings.TrimPrefix(x, "cookie="), "/-1"), 0, 64)
+			default:
+				return nil, fmt.Errorf("fake: dump-flows %q", x)
+			}
+		}
+		out := "OFPST_FLOW reply (OF1.4) (xid=0x2):\n"
+		for _, f := range o.flows {
+			if filter == 0 || f.cookie == filter {
+				out += f.line() + "\n"
+			}
+		}
+		return []byte(out), nil
+	case len(a) == 2 && a[0] == "dump-groups" && a[1] == "br0":
+		out := "OFPST_GROUP_DESC reply (OF1.4) (xid=0x2):\n"
+		for _, g := range slices.Sorted(maps.Keys(o.groups)) {
+			out += " " + o.groups[g] + "\n"
+		}
+		return []byte(out), nil
+	case len(a) == 3 && a[0] == "bundle" && a[1] == "br0" && a[2] == "-":
+		o.bundles = append(o.bundles, string(stdin))
+		return nil, o.bundle(string(stdin))
+	}
+	return nil, fmt.Errorf("fake ovs-ofctl: unexpected %q", a)
+}
+
+// bundle applies text atomically, with OVS's checks that matter here.
+func (o *fakeOVS) bundle(text string) error {
+	flows := slices.Clone(o.flows)
+	groups := maps.Clone(o.groups)
+	for _, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		verb, rest, _ := strings.Cut(line, " ")
+		op, spec, _ := strings.Cut(rest, " ")
+		switch verb + " " + op {
+		case "group add":
+			id := groupIDOf(spec)
+			if _, ok := groups[id]; ok {
+				return fmt.Errorf("Error OFPGMFC_GROUP_EXISTS")
+			}
+			groups[id] = spec
+		case "group delete":
+			delete(groups, groupIDOf(spec))
+		case "flow add":
+			var f fakeFlow
+			var rest []string
+			for _, kv := range strings.Split(spec, ",") {
+				switch k, v, _ := strings.Cut(kv, "="); k {
+				case "table":
+					f.table, _ = strconv.Atoi(v)
+				case "cookie":
+					f.cookie, _ = strconv.ParseUint(v, 0, 64)
+				case "priority":
+					f.priority, _ = strconv.Atoi(v)
+				default:
+					rest = append(rest, kv)
+				}
+			}
+			f.rest = strings.Join(rest, ",")
+			if m := groupID.FindStringSubmatch(strings.ReplaceAll(f.rest, "group:", "group_id=")); m != nil {
+				id, _ := strconv.ParseUint(m[1], 10, 32)
+				if _, ok := groups[uint32(id)]; !ok {
+					return fmt.Errorf("Error OFPBAC_BAD_OUT_GROUP")
+				}
+			}
+			flows = append(flows, f)
+		case "flow delete":
+			c, ok := strings.CutPrefix(spec, "cookie=")
+			if !ok || !strings.HasSuffix(c, "/-1") {
+				return fmt.Errorf("fake: flow delete %q: only by exact cookie", spec)
+			}
+			cookie, _ := strconv.ParseUint(strings.TrimSuffix(c, "/-1"), 0, 64)
+			flows = slices.DeleteFunc(flows, func(f fakeFlow) bool { return f.cookie == cookie })
+		default:
+			return fmt.Errorf("fake: bundle line %q", line)
+		}
+	}
+	o.flows, o.groups = flows, groups
+	return nil
+}
+
+func groupIDOf(spec string) uint32 {
+	m := groupID.FindStringSubmatch(spec)
+	if m == nil {
+		return 0
+	}
+	id, _ := strconv.ParseUint(m[1], 10, 32)
+	return uint32(id)
+}
+
+type fakeLink struct {
+	linkInfo
+	redirect int  // ifindex its tc filter redirects to
+	xdp      bool // an XDP program is attached
+	prog     []byte
+}
+
+type fakeKernel struct {
+	mu    sync.Mutex
+	links map[string]*fakeLink
+	next  int
+	fail  func(op, name string) error
+}
+
+func newFakeKernel() *fakeKernel {
+	k := &fakeKernel{links: map[string]*fakeLink{}, next: 10}
+	for _, n := range []string{"vm-1", "ext-1"} {
+		k.add(n, "veth", "")
+	}
+	return k
+}
+
+func (k *fakeKernel) add(name, kind, alias string) *fakeLink {
+	l := &fakeLink{linkInfo: linkInfo{index: k.next, kind: kind, mtu: 1500, alias: alias}}
+	k.next++
+	k.links[name] = l
+	return l
+}
+
+func (k *fakeKernel) state() string {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	var b strings.Builder
+	for _, n := range slices.Sorted(maps.Keys(k.links)) {
+		l := k.links[n]
+		fmt.Fprintf(&b, "%s %+v redirect %d xdp %v\n", n, l.linkInfo, l.redirect, l.xdp)
+	}
+	return b.String()
+}
+
+func (k *fakeKernel) check(op, name string) error {
+	if k.fail != nil {
+		return k.fail(op, name)
+	}
+	return nil
+}
+
+func (k *fakeKernel) lookup(name string) (linkInfo, bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	l, ok := k.links[name]
+	if !ok {
+		return linkInfo{}, false, nil
+	}
+	return l.linkInfo, true, nil
+}
+
+func (k *fakeKernel) createTap(name string, mtu int, alias string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, ok := k.links[name]; ok {
+		return fmt.Errorf("create tap %s: file exists", name)
+	}
+	if err := k.check("createTap", name); err != nil {
+		return err
+	}
+	k.add(name, "tuntap", alias).mtu = mtu
+	return nil
+}
+
+func (k *fakeKernel) deleteTap(name string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	delete(k.links, name)
+	return nil
+}
+
+func (k *fakeKernel) byIndex(i int) (string, *fakeLink) {
+	for n, l := range k.links {
+		if l.index == i {
+			return n, l
+		}
+	}
+	return "", nil
+}
+
+func (k *fakeKernel) redirectTap(ifindex, to int) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	n, l := k.byIndex(ifindex)
+	if l == nil || l.kind != "tuntap" {
+		return fmt.Errorf("redirectTap: ifindex %d is no tap", ifindex)
+	}
+	if err := k.check("redirectTap", n); err != nil {
+		return err
+	}
+	l.redirect = to
+	return nil
+}
+
+func (k *fakeKernel) attachXDP(ifindex int, prog []byte) (io.Closer, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	n, l := k.byIndex(ifindex)
+	if l == nil {
+		return nil, fmt.Errorf("attachXDP: no ifindex %d", ifindex)
+	}
+	if err := k.check("attachXDP", n); err != nil {
+		return nil, err
+	}
+	if l.xdp {
+		return nil, errors.New("attachXDP: busy")
+	}
+	l.xdp, l.prog = true, prog
+	return closerFunc(func() error {
+		k.mu.Lock()
+		defer k.mu.Unlock()
+		l.xdp, l.prog = false, nil
+		return nil
+	}), nil
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
