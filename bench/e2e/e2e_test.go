@@ -180,7 +180,7 @@ func TestReport(t *testing.T) {
 		"Test CPU, 2 logical CPUs, Linux 6.18",
 		"| no policy, OVS userspace | not run: lab ovs mode not available",
 		"| tc ifb + tbf (bytes) | **FAILED**: tc qdisc add: RTNETLINK answers: File exists \\| really",
-		"| shaperd shape | not run: shape mode does not exist yet",
+		"| shaperd shape, 200 ms delay | not run: shape mode does not exist yet",
 		"| shaperd police, Linux bridge | 300000 | 4990 | 5000 | -0.2% | 3000 | 0.75 | 800 + 1000 |",
 		"3.75× the cheapest peer nft-limit",
 		"**Behind the best peer:** CPU (shaperd-police at 250 B, max): 3.75× nft-limit",

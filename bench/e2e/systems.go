@@ -64,7 +64,7 @@ func systems() []system {
 		{key: "ovs-meter-kbps", title: "OVS meter kbps (bytes)", lab: "ovs", policed: true, byBytes: true, setup: ovsMeter(true)},
 		{key: "shaperd-police", title: "shaperd police, Linux bridge", lab: "bridge", policed: true, setup: shaperdPolice, check: needShaperd},
 		{key: "shaperd-police-ovs", title: "shaperd police, OVS", lab: "ovs", policed: true, setup: shaperdPolice, check: needShaperd},
-		{key: "shaperd-shape", title: "shaperd shape", lab: "bridge", policed: true, check: shapeMode},
+		{key: "shaperd-shape", title: "shaperd shape, 200 ms delay", lab: "bridge", policed: true, setup: shaperdShape, check: needShaperd},
 	}
 }
 
@@ -82,22 +82,6 @@ func needShaperd(h *harness) error {
 		return fmt.Errorf("%s/shaperd is missing: run make build", h.bin)
 	}
 	return nil
-}
-
-var shapeFlag = regexp.MustCompile(`(?i)\bshap(e|ing)\b`)
-
-// shapeMode reports shape mode's absence. Once `shaperd quarantine` offers
-// shaping, the row fails until its setup is written here, so the bench cannot
-// silently skip a mode that exists.
-func shapeMode(h *harness) error {
-	if err := needShaperd(h); err != nil {
-		return err
-	}
-	out, _ := exec.Command(filepath.Join(h.bin, "shaperd"), "quarantine", "--help").CombinedOutput()
-	if shapeFlag.Match(out) {
-		return errors.New("shaperd quarantine now offers shaping, but bench/e2e/systems.go has no setup for it yet")
-	}
-	return unavailable("shape mode does not exist yet: shaperd quarantine has no shaping option")
 }
 
 func noPolicy(_ context.Context, c cellEnv) (*installed, error) {
@@ -236,6 +220,18 @@ var noBackend = regexp.MustCompile(`(?i)no splice backend`)
 // socket and state directory, and quarantines VM 1's port with --pps limit
 // and the default bypass (22, 3389).
 func shaperdPolice(ctx context.Context, c cellEnv) (*installed, error) {
+	return shaperdQuarantine(ctx, c)
+}
+
+// shaperdShape is shaperd in shape mode with the seeds' 200 ms delay: what
+// shaperd offers in place of netem + tbf.
+func shaperdShape(ctx context.Context, c cellEnv) (*installed, error) {
+	return shaperdQuarantine(ctx, c, "--mode", "shape", "--delay", "200ms")
+}
+
+// shaperdQuarantine runs a daemon in the lab's hypervisor namespace and
+// quarantines VM 1's port at the limit, with extra flags.
+func shaperdQuarantine(ctx context.Context, c cellEnv, extra ...string) (*installed, error) {
 	dir, err := os.MkdirTemp("", "shaperd-bench-")
 	if err != nil {
 		return nil, err
@@ -282,7 +278,7 @@ func shaperdPolice(ctx context.Context, c cellEnv) (*installed, error) {
 		time.Sleep(50 * time.Millisecond)
 	}
 	port := c.l.get("VM1_PORT")
-	args := []string{"quarantine", port, "--pps", strconv.FormatInt(c.limit, 10)}
+	args := append([]string{"quarantine", port, "--pps", strconv.FormatInt(c.limit, 10)}, extra...)
 	if code, out := cli(args...); code != 0 {
 		serr := stop()
 		if noBackend.MatchString(out) {
