@@ -212,13 +212,9 @@ func (d *DirSpec) set(name, v, flag string) error {
 		}
 		d.Burst = p
 	case "burst-bytes":
-		var p *units.Size
-		if !none {
-			z, err := units.ParseSize(v)
-			if err != nil {
-				return usagef("%s: %v", flag, err)
-			}
-			p = &z
+		p, err := optSize(v, none, flag)
+		if err != nil {
+			return err
 		}
 		d.BurstBytes = p
 	case "mode":
@@ -245,19 +241,27 @@ func (d *DirSpec) set(name, v, flag string) error {
 			d.QueueTime = p
 		}
 	case "queue-bytes":
-		var p *units.Size
-		if !none {
-			z, err := units.ParseSize(v)
-			if err != nil {
-				return usagef("%s: %v", flag, err)
-			}
-			p = &z
+		p, err := optSize(v, none, flag)
+		if err != nil {
+			return err
 		}
 		d.QueueBytes = p
 	default:
 		return usagef("unknown limit --%s", strings.TrimPrefix(flag, "--"))
 	}
 	return nil
+}
+
+// optSize parses a size flag's value; "none" is nil.
+func optSize(v string, none bool, flag string) (*units.Size, error) {
+	if none {
+		return nil, nil
+	}
+	z, err := units.ParseSize(v)
+	if err != nil {
+		return nil, usagef("%s: %v", flag, err)
+	}
+	return &z, nil
 }
 
 func parsePorts(v string) ([]uint16, error) {
