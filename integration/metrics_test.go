@@ -3,6 +3,8 @@ package integration
 import (
 	"bufio"
 	"fmt"
+	"github.com/shaperd/shaperd/classify"
+	"github.com/shaperd/shaperd/forward"
 	"io"
 	"net"
 	"net/http"
@@ -118,8 +120,9 @@ func TestMetricsMatchStatus(t *testing.T) {
 		}
 		t.Logf("after the flood: %d per-class counters equal in /metrics and status --json (udp from_vm passed %d, dropped %d)",
 			len(s1), s1["from_vm/udp/frames/passed"], s1["from_vm/udp/frames/dropped"])
-		if len(s1) != 2*8*(4+6) {
-			t.Errorf("status has %d per-class counters, want 2 directions x 8 classes x (4 + 6 reasons)", len(s1))
+		if want := 2 * int(classify.NumClasses) * (4 + int(forward.NumReasons)); len(s1) != want {
+			t.Errorf("status has %d per-class counters, want %d: 2 directions x %d classes x (4 + %d reasons)",
+				len(s1), want, classify.NumClasses, forward.NumReasons)
 		}
 		break
 	}

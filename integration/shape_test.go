@@ -39,7 +39,12 @@ func TestShapeMode(t *testing.T) {
 	l.bg(vm1, "flood", "--dst", l.get("EXT_IP"), "--size", "250", "--pps", "20000", "--duration", "30s")
 	time.Sleep(1500 * time.Millisecond)
 
-	// Queue bounds, sampled while the rate is measured.
+	// Queue bounds, sampled while the rate is measured. The byte bound is
+	// checked on every enqueue, so it holds exactly. The time bound is
+	// enforced by the releaser, which drops a frame that has waited too long
+	// when it wakes: its timer may fire late by the scheduler's latency, so
+	// the oldest frame can exceed the bound by that much, never more.
+	const timerSlack = 10 * time.Millisecond
 	stop := make(chan struct{})
 	worst := make(chan [2]float64, 1)
 	go func() {
@@ -56,7 +61,7 @@ func TestShapeMode(t *testing.T) {
 				maxFill = max(maxFill, float64(q.Bytes)/float64(q.MaxBytes))
 			}
 			if q.MaxTimeMS > 0 {
-				maxAge = max(maxAge, q.OldestAgeMS/q.MaxTimeMS)
+				maxAge = max(maxAge, q.OldestAgeMS/(q.MaxTimeMS+float64(timerSlack/time.Millisecond)))
 			}
 		}
 	}()
@@ -64,7 +69,7 @@ func TestShapeMode(t *testing.T) {
 	p50, p99, done := ping()
 	close(stop)
 	w := <-worst
-	t.Logf("shaped: %.0f pps at the external host; ping through the queue: %d/40, p50 %.1f ms, p99 %.1f ms; queue at most %.0f%% of its bytes, oldest frame %.0f%% of its time bound",
+	t.Logf("shaped: %.0f pps at the external host; ping through the queue: %d/40, p50 %.1f ms, p99 %.1f ms; queue at most %.0f%% of its bytes, oldest frame %.0f%% of its time bound plus 10 ms",
 		got, done, p50, p99, 100*w[0], 100*w[1])
 	if !within(got, 2000, 0.02) {
 		t.Errorf("shaped rate %.0f pps, want 2000 within 2%%", got)
