@@ -318,3 +318,70 @@ func stageOf(rung int) Stage {
 	}
 	return Stage3
 }
+
+// State is a Ladder's position, for the daemon's state file: a restarted
+// daemon resumes the ladder where it was instead of starting over.
+type State struct {
+	Stage       Stage         `json:"stage"`
+	Rung        int           `json:"rung"`
+	AvgFrame    float64       `json:"avg_frame"`
+	LastObs     time.Time     `json:"last_obs"`
+	PeriodStart time.Time     `json:"period_start"`
+	Observed    time.Duration `json:"observed"`
+	Saturated   time.Duration `json:"saturated"`
+	Calm        bool          `json:"calm"`
+	CalmSince   time.Time     `json:"calm_since"`
+}
+
+// State returns l's position.
+func (l *Ladder) State() State {
+	return State{Stage: l.stage, Rung: l.rung, AvgFrame: l.avgFrame, LastObs: l.lastObs, PeriodStart: l.periodStart,
+		Observed: l.observed, Saturated: l.saturated, Calm: l.calm, CalmSince: l.calmSince}
+}
+
+// Resume puts l at the position s, as saved by State. now is the time of
+// the resumption: the time the daemon was down counts as neither calm nor
+// saturated, so the period resumes where it stopped. A position that is not
+// one a Ladder can be in is refused and l is left as it was.
+func (l *Ladder) Resume(s State, now time.Time) error {
+	switch {
+	case s.Stage == Stage1 && s.Rung == 1, s.Stage == Stage2 && s.Rung == 2, s.Stage == Stage3 && s.Rung == 3,
+		s.Stage == Probation && s.Rung >= 1 && s.Rung <= 2:
+	default:
+		return invalid("saved stage %q with rung %d is not a position of the ladder", s.Stage, s.Rung)
+	}
+	if s.Observed < 0 || s.Saturated < 0 || s.Saturated > s.Observed {
+		return invalid("saved period %v with %v saturated is not possible", s.Observed, s.Saturated)
+	}
+	down := time.Duration(0)
+	if now.After(s.LastObs) && !s.LastObs.IsZero() {
+		down = now.Sub(s.LastObs)
+	}
+	*l = Ladder{cfg: l.cfg, stage: s.Stage, rung: s.Rung, avgFrame: cleanAvg(s.AvgFrame),
+		lastObs: now, periodStart: s.PeriodStart.Add(down), observed: s.Observed, saturated: s.Saturated,
+		calm: s.Calm, calmSince: s.CalmSince.Add(down)}
+	if l.lastObs.IsZero() {
+		l.lastObs = now
+	}
+	return nil
+}
+
+// Probation starts probation at now as if the traffic had been calm for
+// ClearAfter (an operator's or an alert's "resolved"): one rung down, and
+// further rungs down per ClearAfter of calm. It returns the transition, or
+// nil if the ladder is not started, released, or already in probation.
+func (l *Ladder) Probation(now time.Time) *Transition {
+	if l.stage == "" || l.stage == Released || l.stage == Probation {
+		return nil
+	}
+	if !now.After(l.lastObs) {
+		now = l.lastObs
+	}
+	l.lastObs = now
+	l.calm, l.calmSince = true, now
+	rung := l.rung - 1
+	if rung < 1 {
+		rung = 1
+	}
+	return l.move(now, Probation, rung, ReasonCalm, 0)
+}
