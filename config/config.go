@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/goccy/go-yaml"
+
+	"github.com/shaperd/shaperd/profile"
 )
 
 // Config is the daemon's configuration. The zero value means "all defaults".
@@ -32,6 +34,46 @@ type Config struct {
 	PendingTTL string `yaml:"pending_ttl"`
 	// SocketGroup owns the control socket; its members may use it.
 	SocketGroup string `yaml:"socket_group"`
+
+	// Watch lists the glob patterns of the ports whose counters are watched
+	// for floods; none by default, so nothing is spliced unless asked.
+	Watch []string `yaml:"watch"`
+	// Exclude lists patterns never flagged, even if they match Watch.
+	Exclude []string `yaml:"exclude"`
+	// WatchInterval is how often the watched ports' counters are read
+	// ("500ms").
+	WatchInterval string `yaml:"watch_interval"`
+	// FlagAfter is how long a port must stay above the quarantine
+	// profile's threshold to be flagged ("1s").
+	FlagAfter string `yaml:"flag_after"`
+	// MaxAuto caps the concurrent automatic quarantines; nil means 10.
+	MaxAuto *int `yaml:"max_auto"`
+	// DryRun flags and reports without splicing.
+	DryRun bool `yaml:"dry_run"`
+
+	// AlertsToken is the bearer token of the Alertmanager webhook; without
+	// one the endpoint is off.
+	AlertsToken string `yaml:"alerts_token"`
+	// AlertsCert and AlertsKey serve the metrics listener, and with it the
+	// webhook, over TLS.
+	AlertsCert string `yaml:"alerts_cert"`
+	AlertsKey  string `yaml:"alerts_key"`
+	// InstanceName is this host's name in alerts' instance label; "" means
+	// the hostname.
+	InstanceName string `yaml:"instance_name"`
+
+	// Profiles are named sets of thresholds, limits and ladders; see
+	// package profile for the keys.
+	Profiles map[string]profile.Raw `yaml:"profiles"`
+	// Groups name the router port of a tenant's VMs, for correlation.
+	Groups map[string]Group `yaml:"groups"`
+}
+
+// Group is a tenant's set of VM ports and the router port their traffic
+// goes to.
+type Group struct {
+	Router  string   `yaml:"router"`
+	Members []string `yaml:"members"`
 }
 
 // Load reads and validates the file at path. Errors carry the line and column
@@ -77,5 +119,36 @@ func (c Config) Validate() error {
 	if c.ForwarderNice != nil && (*c.ForwarderNice < -20 || *c.ForwarderNice > 19) {
 		return fmt.Errorf("forwarder_nice %d: want -20..19", *c.ForwarderNice)
 	}
+	for _, x := range []struct{ key, v string }{{"watch_interval", c.WatchInterval}, {"flag_after", c.FlagAfter}} {
+		if x.v == "" {
+			continue
+		}
+		if d, err := time.ParseDuration(x.v); err != nil || d <= 0 {
+			return fmt.Errorf("%s %q: want a positive duration such as 500ms", x.key, x.v)
+		}
+	}
+	if c.MaxAuto != nil && *c.MaxAuto < 0 {
+		return fmt.Errorf("max_auto %d: want 0 or more", *c.MaxAuto)
+	}
+	if (c.AlertsCert == "") != (c.AlertsKey == "") {
+		return fmt.Errorf("alerts_cert and alerts_key go together: give both or neither")
+	}
+	if _, err := profile.BuildSet(c.Profiles); err != nil {
+		return err
+	}
+	for name, g := range c.Groups {
+		if g.Router == "" || len(g.Members) == 0 {
+			return fmt.Errorf("groups.%s: want a router port and at least one member pattern", name)
+		}
+	}
 	return nil
+}
+
+// ProfileSet returns the validated profiles; Load has checked them.
+func (c Config) ProfileSet() profile.Set {
+	s, err := profile.BuildSet(c.Profiles)
+	if err != nil {
+		return profile.Set{profile.Quarantine: profile.Default()}
+	}
+	return s
 }
