@@ -59,6 +59,26 @@ const (
 type Status struct {
 	Daemon      Daemon       `json:"daemon"`
 	Quarantines []Quarantine `json:"quarantines"`
+	// Flagged are the watched ports above the quarantine profile's
+	// threshold that are not quarantined: every flag in --dry-run mode,
+	// and flags refused by --max-auto.
+	Flagged []Flagged `json:"flagged"`
+}
+
+// Flagged is a watched port the watch loop flagged.
+type Flagged struct {
+	Port  string    `json:"port"`
+	Since time.Time `json:"since"` // when it went above the threshold
+	PPS   float64   `json:"pps"`   // frames per second, latest interval, in the threshold's direction
+	BPS   float64   `json:"bps"`   // bits per second, likewise
+}
+
+// Destination is one of the top destinations of a VM's traffic.
+type Destination struct {
+	Address  string `json:"address"`
+	Port     uint16 `json:"port"`
+	Protocol string `json:"protocol"`
+	Packets  uint64 `json:"packets"`
 }
 
 // Daemon describes the running daemon.
@@ -82,6 +102,20 @@ type Quarantine struct {
 	Bypass     Bypass     `json:"bypass"`
 	Warnings   []string   `json:"warnings"`
 	Directions Directions `json:"directions"`
+	// Profile is the profile the quarantine was started with; "" for one
+	// given limits by hand.
+	Profile string `json:"profile"`
+	// Origin is who started it: "manual", "watch" (flagged by the watch
+	// loop) or "alert" (an Alertmanager webhook).
+	Origin string `json:"origin"`
+	// Stage is "manual", "stage1", "stage2", "stage3" or "probation".
+	Stage string `json:"stage"`
+	// NextTransition is when the ladder next decides (RFC 3339); null when
+	// nothing is scheduled.
+	NextTransition *time.Time `json:"next_transition"`
+	// TopDestinations are the top destinations of the VM's traffic by
+	// packets, for abuse reports.
+	TopDestinations []Destination `json:"top_destinations"`
 }
 
 // Taps names the splice's devices.

@@ -19,7 +19,10 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/classify"
+	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/forward"
+	"github.com/shaperd/shaperd/ladder"
+	"github.com/shaperd/shaperd/profile"
 	"github.com/shaperd/shaperd/splice"
 )
 
@@ -75,9 +78,21 @@ type Manager struct {
 	// portExists reports whether a link exists; a hook for unit tests.
 	portExists func(name string) bool
 
+	// hookRunner runs on-block hooks; a hook for tests.
+	hookRunner func(port string, argv []string)
+	// clock stamps new quarantines; a hook for tests.
+	clock func() time.Time
+
 	mu     sync.Mutex
 	q      map[string]*quarantine // by port
 	closed bool
+
+	profiles       profile.Set
+	watch          WatchConfig
+	matcher        *detect.Matcher
+	tracker        *detect.Tracker
+	events         Events
+	lastLadderSave time.Time
 }
 
 type quarantine struct {
@@ -88,6 +103,12 @@ type quarantine struct {
 	expires time.Time // pending only
 	sp      splice.Splice
 	fwd     *forward.Forwarder // nil while pending
+
+	lad  *ladder.Ladder  // nil without a ladder
+	prof profile.Profile // the ladder's profile
+	// avgFrom is when the forwarder started measuring the average frame
+	// size for a ladder that has none; zero when not measuring.
+	avgFrom time.Time
 }
 
 // New returns a Manager that splices with the first of backends that handles
@@ -104,7 +125,7 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 	if opt.PendingTTL <= 0 {
 		opt.PendingTTL = DefaultPendingTTL
 	}
-	return &Manager{
+	m := &Manager{
 		log:           log,
 		backends:      backends,
 		started:       time.Now(),
@@ -115,8 +136,14 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 			_, err := netlink.LinkByName(name)
 			return err == nil
 		},
-		q: make(map[string]*quarantine),
+		clock:  time.Now,
+		q:      make(map[string]*quarantine),
+		events: Events{Transitions: map[string]uint64{}, Hooks: map[string]uint64{}, Alerts: map[string]uint64{}},
 	}
+	if err := m.Configure(profile.Set{profile.Quarantine: profile.Default()}, DefaultWatchConfig()); err != nil {
+		panic(err) // the defaults are valid
+	}
+	return m
 }
 
 // SetTapOpener replaces how the manager opens a splice's taps (forward.OpenTap
@@ -139,15 +166,11 @@ var ErrClosed = errors.New("daemon: shutting down")
 // validates everything before touching the host, and undoes what it did if a
 // later step fails. With pending, a port that does not exist yet is accepted
 // and spliced when it appears.
+//
+// req may name a profile ("profile"); with no aggregate limit and no
+// profile, it means the quarantine profile.
 func (m *Manager) Quarantine(port string, req api.LimitRequest, pending bool) (api.Quarantine, error) {
 	if err := checkPortName(port); err != nil {
-		return api.Quarantine{}, err
-	}
-	if !HasAggregateLimit(req) {
-		return api.Quarantine{}, usagef("quarantine %s: no limit given: name at least one of --pps, --bps (or their --to-vm- twins); profiles come later", port)
-	}
-	spec, err := NewSpec().Apply(req, false)
-	if err != nil {
 		return api.Quarantine{}, err
 	}
 	m.mu.Lock()
@@ -155,11 +178,39 @@ func (m *Manager) Quarantine(port string, req api.LimitRequest, pending bool) (a
 	if m.closed {
 		return api.Quarantine{}, ErrClosed
 	}
+	return m.quarantineLocked(port, req, pending, OriginManual, m.clock())
+}
+
+func (m *Manager) quarantineLocked(port string, req api.LimitRequest, pending bool, origin string, now time.Time) (api.Quarantine, error) {
 	if _, ok := m.q[port]; ok {
 		return api.Quarantine{}, usagef("%s is already quarantined: use set to change its limits", port)
 	}
-	now := time.Now().UTC()
-	q := &quarantine{port: port, spec: spec, since: now}
+	prof, req, err := m.profileLocked(req)
+	if err != nil {
+		return api.Quarantine{}, err
+	}
+	spec := NewSpec()
+	if prof != nil {
+		if spec, err = spec.Apply(prof.Limits, false); err != nil {
+			return api.Quarantine{}, usagef("profile %s: %v", prof.Name, err)
+		}
+		spec.Profile = prof.Name
+	}
+	if spec, err = spec.Apply(req, false); err != nil {
+		return api.Quarantine{}, err
+	}
+	if origin != OriginManual {
+		spec.Origin = origin
+	}
+	q := &quarantine{port: port, spec: spec, since: now.UTC()}
+	if prof != nil && prof.UseLadder {
+		if err := m.startLadderLocked(q, *prof, now); err != nil {
+			return api.Quarantine{}, err
+		}
+	}
+	if !q.spec.hasAggregate() {
+		return api.Quarantine{}, usagef("quarantine %s: no limit given: name at least one of --pps, --bps (or their --to-vm- twins), or a profile", port)
+	}
 	if !m.portExists(port) {
 		if !pending {
 			return api.Quarantine{}, usagef("%s: no such port (check the name, or add --pending to quarantine it when it appears)", port)
@@ -225,6 +276,10 @@ func (m *Manager) startLocked(q *quarantine, sp splice.Splice) error {
 		return err
 	}
 	q.sp, q.fwd, q.state, q.expires = sp, fwd, StateActive, time.Time{}
+	q.avgFrom = time.Time{}
+	if q.lad != nil && q.lad.AvgFrame() == 0 {
+		q.avgFrom = m.clock()
+	}
 	m.recordIntent(q)
 	go m.watchForwarder(q, fwd)
 	return nil
@@ -342,29 +397,58 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 	if !ok {
 		return api.Quarantine{}, usagef("%s is not quarantined: use quarantine first", port)
 	}
+	if _, ok := req["profile"]; ok {
+		return api.Quarantine{}, usagef("--profile cannot change in place: release the port and quarantine it again")
+	}
 	spec, err := q.spec.Apply(req, true)
 	if err != nil {
 		return api.Quarantine{}, err
 	}
+	offLadder := false
+	if q.lad != nil {
+		for _, f := range aggregateFlags {
+			for _, pre := range ladderPrefixes(q.prof.Threshold.Direction) {
+				if _, ok := req[pre+f]; ok {
+					offLadder = true
+				}
+			}
+		}
+	}
+	if offLadder {
+		spec.Stage = ""
+	}
+	if err := m.setSpecLocked(q, spec); err != nil {
+		return api.Quarantine{}, err
+	}
+	if offLadder {
+		m.log.Warn("event: limits set by hand; the port leaves its ladder", "event", "ladder_stopped", "port", port, "stage", q.lad.Stage())
+		q.lad, q.avgFrom = nil, time.Time{}
+	}
+	m.saveLocked()
+	m.log.Info("limits changed", "port", port, "intent", spec.Intent())
+	return m.statusLocked(q), nil
+}
+
+// setSpecLocked makes spec q's intent: in the forwarder (both directions or
+// neither), on the plumbing, not yet in the state file.
+func (m *Manager) setSpecLocked(q *quarantine, spec Spec) error {
 	if q.fwd != nil {
 		from, to := spec.FromVM.policy(), spec.ToVM.policy()
 		// Validated by Apply; SetPolicy validates again before
 		// publishing, so a failure leaves the old policy in force.
 		if err := q.fwd.FromVM.SetPolicy(from); err != nil {
-			return api.Quarantine{}, usagef("%v", err)
+			return usagef("%v", err)
 		}
 		if err := q.fwd.ToVM.SetPolicy(to); err != nil {
 			q.fwd.FromVM.SetPolicy(q.spec.FromVM.policy())
-			return api.Quarantine{}, usagef("%v", err)
+			return usagef("%v", err)
 		}
 	}
 	q.spec = spec
 	if q.sp != nil {
 		m.recordIntent(q)
 	}
-	m.saveLocked()
-	m.log.Info("limits changed", "port", port, "intent", spec.Intent())
-	return m.statusLocked(q), nil
+	return nil
 }
 
 // Release ends port's quarantine and reverts its splice; a pending
@@ -522,6 +606,7 @@ func (m *Manager) Status(port string) (api.Status, error) {
 	st := api.Status{
 		Daemon:      api.Daemon{PID: os.Getpid(), Version: Version, Started: m.started.UTC()},
 		Quarantines: []api.Quarantine{},
+		Flagged:     m.flaggedLocked(),
 	}
 	if port != "" {
 		q, ok := m.q[port]
@@ -545,6 +630,23 @@ func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
 		Since:    q.since,
 		Bypass:   api.Bypass{Ports: slices.Clone(q.spec.BypassPorts), Outbound: q.spec.BypassOutbound},
 		Warnings: []string{},
+		Profile:  q.spec.Profile,
+		Origin:   q.spec.Origin,
+		Stage:    q.spec.Stage,
+
+		TopDestinations: []api.Destination{},
+	}
+	if out.Origin == "" {
+		out.Origin = OriginManual
+	}
+	if out.Stage == "" {
+		out.Stage = StageManual
+	}
+	if q.lad != nil {
+		if t := q.lad.NextTransition(); !t.IsZero() {
+			t = t.UTC()
+			out.NextTransition = &t
+		}
 	}
 	var from, to forward.DirStats
 	var fq, tq *forward.QueueStats
@@ -616,6 +718,10 @@ func (m *Manager) saveLocked() {
 	entries := make([]savedEntry, 0, len(m.q))
 	for _, q := range m.q {
 		e := savedEntry{Port: q.port, State: q.state, Spec: q.spec, Since: q.since, Expires: q.expires}
+		if q.lad != nil {
+			st := q.lad.State()
+			e.Ladder = &st
+		}
 		if q.sp != nil {
 			e.Backend = q.sp.Backend()
 		}

@@ -26,7 +26,7 @@ import (
 func (m *Manager) Restore() error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := time.Now()
+	now := m.clock()
 	trusted := m.opt.StateDir != "" // without a state file, adopt everything found
 	saved := map[string]savedEntry{}
 	if m.opt.StateDir != "" {
@@ -89,6 +89,7 @@ func (m *Manager) Restore() error {
 			}
 		}
 		q := &quarantine{port: port, spec: spec, since: since}
+		m.resumeLadderLocked(q, e.Ladder, now)
 		sp, err := f.b.Adopt(port)
 		if err != nil {
 			m.log.Error("cannot adopt a splice found on the host; leaving it untouched", "port", port, "err", err)
@@ -117,6 +118,7 @@ func (m *Manager) Restore() error {
 			continue
 		}
 		q := &quarantine{port: port, spec: e.Spec, since: e.Since}
+		m.resumeLadderLocked(q, e.Ladder, now)
 		m.makePendingLocked(q, now)
 		if e.State == StatePending && !e.Expires.IsZero() {
 			q.expires = e.Expires

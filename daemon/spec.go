@@ -68,6 +68,15 @@ type Spec struct {
 	// forwarder dies. "" means the backend's default: open where the
 	// backend can fall back in the datapath (OVS), else closed.
 	Fail string `json:"fail,omitempty"`
+
+	// Profile names the profile the quarantine started with; "" for limits
+	// given by hand.
+	Profile string `json:"profile,omitempty"`
+	// Origin is OriginManual (""), OriginWatch or OriginAlert.
+	Origin string `json:"origin,omitempty"`
+	// Stage is the ladder's stage whose limits the spec holds; "" for a
+	// quarantine with no ladder ("manual" in status).
+	Stage string `json:"stage,omitempty"`
 }
 
 // NewSpec returns a spec with the default bypass and control budgets and no
@@ -104,6 +113,16 @@ func HasAggregateLimit(req api.LimitRequest) bool {
 			return true
 		}
 		if _, ok := req["to-vm-"+f]; ok {
+			return true
+		}
+	}
+	return false
+}
+
+// hasAggregate reports whether s limits the aggregate of either direction.
+func (s Spec) hasAggregate() bool {
+	for _, d := range []DirSpec{s.FromVM, s.ToVM} {
+		if d.PPS != nil || d.BPS != nil {
 			return true
 		}
 	}

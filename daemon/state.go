@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/ladder"
 )
 
 // StateFile is the name of the daemon's intent file in its state directory.
@@ -39,6 +40,8 @@ type savedEntry struct {
 	Since   time.Time `json:"since"`
 	// Expires is when a pending quarantine is dropped.
 	Expires time.Time `json:"expires,omitzero"`
+	// Ladder is the position of the quarantine's ladder, if it has one.
+	Ladder *ladder.State `json:"ladder,omitempty"`
 }
 
 type stateEnvelope struct {
@@ -213,6 +216,15 @@ func (s Spec) Intent() string {
 	if s.Fail != "" {
 		add("fail", s.Fail)
 	}
+	if s.Profile != "" {
+		add("profile", s.Profile)
+	}
+	if s.Origin != "" {
+		add("origin", s.Origin)
+	}
+	if s.Stage != "" {
+		add("stage", s.Stage)
+	}
 	return strings.Join(parts, " ")
 }
 
@@ -229,7 +241,19 @@ func ParseIntent(intent string) (Spec, error) {
 	if !HasAggregateLimit(req) {
 		return Spec{}, fmt.Errorf("intent %q names no limit", intent)
 	}
-	return NewSpec().Apply(req, false)
+	meta := map[string]string{}
+	for _, k := range []string{"profile", "origin", "stage"} {
+		if v, ok := req[k]; ok {
+			meta[k] = v
+			delete(req, k)
+		}
+	}
+	s, err := NewSpec().Apply(req, false)
+	if err != nil {
+		return s, err
+	}
+	s.Profile, s.Origin, s.Stage = meta["profile"], meta["origin"], meta["stage"]
+	return s, nil
 }
 
 func fmtF(p *float64) string {

@@ -12,12 +12,14 @@ package metrics
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -39,6 +41,8 @@ const DefaultAddr = "127.0.0.1:9750"
 // it; tests use a fake. It must be safe for concurrent use.
 type Source interface {
 	MetricsSnapshot(now time.Time) []daemon.PortMetrics
+	// Events returns the counters of the watch loop, ladders and alerts.
+	Events() daemon.Events
 }
 
 // Direction label values, as in the status JSON.
@@ -80,6 +84,30 @@ var (
 	descCount = prometheus.NewDesc("shaperd_quarantines",
 		"Quarantines by state.",
 		[]string{"state"}, nil)
+	descStage = prometheus.NewDesc("shaperd_quarantine_stage_info",
+		"1 for every quarantine, with its ladder stage (manual, stage1, stage2, stage3, probation), profile and origin (manual, watch, alert) as labels.",
+		[]string{"port", "stage", "profile", "origin"}, nil)
+	descNextTransition = prometheus.NewDesc("shaperd_quarantine_next_transition_time_seconds",
+		"When the quarantine's ladder next decides, in seconds since the Unix epoch; absent when nothing is scheduled.",
+		[]string{"port"}, nil)
+	descTransitions = prometheus.NewDesc("shaperd_ladder_transitions_total",
+		"Ladder transitions by stage left (\"\" for a start) and stage entered (released for the end).",
+		[]string{"from", "to"}, nil)
+	descFlags = prometheus.NewDesc("shaperd_flags_total",
+		"Watched ports flagged above the quarantine profile's threshold (dry runs included).",
+		nil, nil)
+	descAuto = prometheus.NewDesc("shaperd_auto_quarantines_total",
+		"Automatic quarantines of flagged ports by result: started, refused (--max-auto) or failed.",
+		[]string{"result"}, nil)
+	descHooks = prometheus.NewDesc("shaperd_on_block_hook_runs_total",
+		"Runs of profiles' on-block hooks by result: ok or failed.",
+		[]string{"result"}, nil)
+	descAlerts = prometheus.NewDesc("shaperd_alerts_total",
+		"Alertmanager alerts received, by what they did (quarantined, probation, already_quarantined, unknown_port, ...).",
+		[]string{"outcome"}, nil)
+	descWatched = prometheus.NewDesc("shaperd_watched_ports",
+		"Ports whose counters the watch loop read at its latest step.",
+		nil, nil)
 	descBuild = prometheus.NewDesc("shaperd_build_info",
 		"1, with shaperd's version as a label.",
 		[]string{"version"}, nil)
@@ -104,7 +132,8 @@ func NewCollector(src Source, now func() time.Time) *Collector {
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFrames, descBytes, descDrops, descReadErrors, descFill,
-		descLimitPackets, descLimitBytes, descInfo, descSince, descCount, descBuild} {
+		descLimitPackets, descLimitBytes, descInfo, descSince, descCount, descBuild,
+		descStage, descNextTransition, descTransitions, descFlags, descAuto, descHooks, descAlerts, descWatched} {
 		ch <- d
 	}
 }
@@ -119,6 +148,10 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		q := &pm.Status
 		states[q.State]++
 		ch <- prometheus.MustNewConstMetric(descInfo, prometheus.GaugeValue, 1, q.Port, q.Backend, q.State, q.Fail)
+		ch <- prometheus.MustNewConstMetric(descStage, prometheus.GaugeValue, 1, q.Port, q.Stage, q.Profile, q.Origin)
+		if q.NextTransition != nil {
+			ch <- prometheus.MustNewConstMetric(descNextTransition, prometheus.GaugeValue, float64(q.NextTransition.UnixNano())/1e9, q.Port)
+		}
 		if !q.Since.IsZero() {
 			ch <- prometheus.MustNewConstMetric(descSince, prometheus.GaugeValue, float64(q.Since.UnixNano())/1e9, q.Port)
 		}
@@ -132,6 +165,25 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range sortedKeys(states) {
 		ch <- prometheus.MustNewConstMetric(descCount, prometheus.GaugeValue, float64(states[s]), s)
 	}
+	ev := c.src.Events()
+	for _, k := range sortedKeys(ev.Transitions) {
+		from, to, _ := strings.Cut(k, ">")
+		ch <- prometheus.MustNewConstMetric(descTransitions, prometheus.CounterValue, float64(ev.Transitions[k]), from, to)
+	}
+	ch <- prometheus.MustNewConstMetric(descFlags, prometheus.CounterValue, float64(ev.Flags))
+	for _, x := range []struct {
+		result string
+		v      uint64
+	}{{"started", ev.AutoStarted}, {"refused", ev.AutoRefused}, {"failed", ev.AutoFailed}} {
+		ch <- prometheus.MustNewConstMetric(descAuto, prometheus.CounterValue, float64(x.v), x.result)
+	}
+	for _, r := range []string{"ok", "failed"} {
+		ch <- prometheus.MustNewConstMetric(descHooks, prometheus.CounterValue, float64(ev.Hooks[r]), r)
+	}
+	for _, k := range sortedKeys(ev.Alerts) {
+		ch <- prometheus.MustNewConstMetric(descAlerts, prometheus.CounterValue, float64(ev.Alerts[k]), k)
+	}
+	ch <- prometheus.MustNewConstMetric(descWatched, prometheus.GaugeValue, float64(ev.WatchedPorts))
 }
 
 func collectDir(ch chan<- prometheus.Metric, port, dir string, d *api.Direction) {
@@ -223,6 +275,19 @@ type Server struct {
 // Listen binds addr (host:port) and returns a Server ready to Serve, so a
 // taken or invalid address fails at start rather than later.
 func Listen(addr string, src Source, log *slog.Logger) (*Server, error) {
+	return ListenOptions(addr, src, log, Options{})
+}
+
+// Options add to the metrics listener.
+type Options struct {
+	// Handlers are served beside /metrics, by pattern ("POST /path").
+	Handlers map[string]http.Handler
+	// CertFile and KeyFile serve everything over TLS.
+	CertFile, KeyFile string
+}
+
+// ListenOptions is Listen with extra handlers and optional TLS.
+func ListenOptions(addr string, src Source, log *slog.Logger, opt Options) (*Server, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -238,6 +303,17 @@ func Listen(addr string, src Source, log *slog.Logger) (*Server, error) {
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
 		fmt.Fprintln(w, "shaperd: metrics are at /metrics")
 	})
+	for pattern, h := range opt.Handlers {
+		mux.Handle(pattern, h)
+	}
+	if opt.CertFile != "" {
+		cert, err := tls.LoadX509KeyPair(opt.CertFile, opt.KeyFile)
+		if err != nil {
+			ln.Close()
+			return nil, fmt.Errorf("metrics: TLS certificate: %w", err)
+		}
+		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
+	}
 	s := &Server{ln: ln, srv: &http.Server{
 		Handler:           mux,
 		ReadHeaderTimeout: 5 * time.Second,

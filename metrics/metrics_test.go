@@ -35,6 +35,10 @@ func (f *fakeSource) MetricsSnapshot(now time.Time) []daemon.PortMetrics {
 	return f.snap
 }
 
+func (f *fakeSource) Events() daemon.Events {
+	return daemon.Events{Transitions: map[string]uint64{"stage1>stage2": 2}, Flags: 3, Alerts: map[string]uint64{"quarantined": 1}}
+}
+
 func (f *fakeSource) set(s []daemon.PortMetrics) {
 	f.mu.Lock()
 	f.snap = s

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/control"
@@ -66,7 +67,8 @@ func TestCLIContract(t *testing.T) {
 		spliced bool // vm-1-00c9 spliced afterwards
 	}{
 		{[]string{"status", "--json"}, 0, "", false},
-		{[]string{"quarantine", "vm-1-00c9"}, 2, "no limit given", false},
+		{[]string{"quarantine", "vm-1-00c9", "--profile", "nosuch"}, 2, `no profile "nosuch"`, false},
+		{[]string{"quarantine", "vm-1-00c9", "--profile", "quarantine", "--pps", "5"}, 2, "conflicts with profile quarantine", false},
 		{[]string{"quarantine", "vm-1-00c9", "--pps", "lots"}, 2, "--pps", false},
 		{[]string{"quarantine", "vm-1-00c9", "--bps", "10furlongs"}, 2, "--bps", false},
 		{[]string{"quarantine", "vm-1-00c9", "--bps", "1mbit", "--burst-bytes", "100b"}, 2, "at least 1522b", false},
@@ -87,6 +89,10 @@ func TestCLIContract(t *testing.T) {
 		{[]string{"set", "vm-1-00c9", "--bypass", "80"}, 2, "unknown flag", true},
 		{[]string{"set", "vm-1-00c9"}, 2, "nothing to change", true},
 		{[]string{"set", "vm-1-00c9", "--pps", "2500"}, 0, "", true},
+		{[]string{"release", "vm-1-00c9"}, 0, "", false},
+		// No limits: the quarantine profile and its ladder.
+		{[]string{"quarantine", "vm-1-00c9"}, 0, "", true},
+		{[]string{"set", "vm-1-00c9", "--profile", "x"}, 2, "unknown flag", true},
 		{[]string{"release", "vm-1-00c9"}, 0, "", false},
 		{[]string{"quarantine"}, 2, "exactly one PORT", false},
 	}
@@ -128,10 +134,16 @@ func TestStatusJSONShape(t *testing.T) {
 	if q["fail"] != "closed" {
 		t.Errorf("fail = %v, want closed on a backend that cannot fail open", q["fail"])
 	}
-	for _, k := range []string{"port", "state", "backend", "since", "fail", "directions"} {
+	for _, k := range []string{"port", "state", "backend", "since", "fail", "directions", "profile", "origin", "stage", "next_transition", "top_destinations"} {
 		if _, ok := q[k]; !ok {
 			t.Errorf("quarantine lacks %q", k)
 		}
+	}
+	if q["stage"] != "manual" || q["origin"] != "manual" || q["profile"] != "" || q["next_transition"] != nil {
+		t.Errorf("a quarantine by hand: stage/origin/profile/next_transition = %v/%v/%v/%v", q["stage"], q["origin"], q["profile"], q["next_transition"])
+	}
+	if f, ok := raw["flagged"].([]any); !ok || len(f) != 0 {
+		t.Errorf("flagged = %v, want []", raw["flagged"])
 	}
 	if q["state"] != "active" || q["port"] != "vm-1-00c9" {
 		t.Errorf("state/port = %v/%v", q["state"], q["port"])
@@ -197,3 +209,30 @@ func TestFailedSpliceChangesNothing(t *testing.T) {
 }
 
 func discard() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// quarantine PORT with no limit flags means --profile quarantine: stage 1 of
+// the ladder, 10000 pps shaped behind a 200 ms delay.
+func TestQuarantineDefaultProfile(t *testing.T) {
+	sock, _ := startFake(t)
+	code, out, e := cli(t, sock, "quarantine", "vm-1-00c9", "--json")
+	if code != 0 {
+		t.Fatalf("quarantine: %d %s", code, e)
+	}
+	var q api.Quarantine
+	if err := json.Unmarshal([]byte(out), &q); err != nil {
+		t.Fatal(err)
+	}
+	from := q.Directions.FromVM
+	if q.Profile != "quarantine" || q.Stage != "stage1" || q.NextTransition == nil {
+		t.Fatalf("profile/stage/next = %q/%q/%v; want quarantine/stage1/set", q.Profile, q.Stage, q.NextTransition)
+	}
+	if d := q.NextTransition.Sub(q.Since); d < 299*time.Second || d > 301*time.Second {
+		t.Errorf("next_transition %v after since; want 5m", d)
+	}
+	if from.Limits.PPS == nil || *from.Limits.PPS != 10000 || from.Mode != "shape" || from.Queue.DelayMS != 200 {
+		t.Errorf("from_vm: pps %v mode %s delay %vms; want 10000 shape 200", from.Limits.PPS, from.Mode, from.Queue.DelayMS)
+	}
+	if q.Directions.ToVM.Limits.PPS != nil {
+		t.Errorf("to_vm limited: %v", *q.Directions.ToVM.Limits.PPS)
+	}
+}

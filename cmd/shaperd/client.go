@@ -68,14 +68,18 @@ func newQuarantineCmd(g *globals) *cobra.Command {
 	var asJSON, pending bool
 	cmd := &cobra.Command{
 		Use:   "quarantine PORT [limits]",
-		Short: "Splice PORT through shaperd and police it with the limits given",
+		Short: "Splice PORT through shaperd and police it with the limits given, or a profile",
 		Long: `Splice PORT (a VM's switch port) through a tap pair and police it with exactly
-the limits given. At least one of --pps, --bps (or a --to-vm- twin) is needed.
+the limits given, or with a profile of the daemon's config (--profile NAME).
+With no --pps, --bps (or a --to-vm- twin) and no --profile, the 'quarantine'
+profile applies: its escalation ladder shapes the VM to 10000 pps behind a
+200 ms delay queue, then tightens and finally blocks while the flood goes on,
+and releases the port after a calm period.
 TCP connections TO the VM on the --bypass ports (default 22,3389) keep working
 with their own budget.` + unitsHelp,
 		Args: exactArgs("PORT"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := api.QuarantineRequest{Port: args[0], Limits: limitRequest(cmd.Flags(), "bypass", "bypass-outbound", "fail"), Pending: pending}
+			req := api.QuarantineRequest{Port: args[0], Limits: limitRequest(cmd.Flags(), "bypass", "bypass-outbound", "fail", "profile"), Pending: pending}
 			q, err := g.client().Quarantine(req)
 			if err != nil {
 				return clientErr(err)
@@ -85,6 +89,7 @@ with their own budget.` + unitsHelp,
 	}
 	addLimitFlags(cmd.Flags())
 	cmd.Flags().String("bypass", "22,3389", "TCP ports on the VM kept working (connections TO the VM), or none")
+	cmd.Flags().String("profile", "", "a profile of the daemon's config: its limits and escalation ladder (default 'quarantine' when no --pps or --bps is given)")
 	cmd.Flags().String("fail", "", "open or closed: whether traffic falls back to the direct path if the forwarder dies (default open where the backend can, e.g. OVS; the tc backend is always closed)")
 	cmd.Flags().Bool("bypass-outbound", false, "also bypass the VM's own connections to the bypass ports (off: outbound brute force is what must be limited)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the quarantine as JSON")
@@ -196,6 +201,10 @@ func newStatusCmd(g *globals) *cobra.Command {
 			for _, q := range st.Quarantines {
 				printHuman(w, q)
 			}
+			for _, f := range st.Flagged {
+				fmt.Fprintf(w, "flagged %s  since=%s  %.0f pps  %.0f bit/s  (not quarantined: dry run or --max-auto)\n",
+					f.Port, f.Since.Format("2006-01-02T15:04:05Z"), f.PPS, f.BPS)
+			}
 			return nil
 		},
 	}
@@ -236,6 +245,14 @@ func fmtLimits(l api.Limits) string {
 
 func printHuman(w io.Writer, q api.Quarantine) {
 	fmt.Fprintf(w, "%s  %s  backend=%s  fail=%s  since=%s  taps=%s/%s\n", q.Port, q.State, q.Backend, q.Fail, q.Since.Format("2006-01-02T15:04:05Z"), q.Taps.VM, q.Taps.Net)
+	stage := fmt.Sprintf("  stage=%s  origin=%s", q.Stage, q.Origin)
+	if q.Profile != "" {
+		stage += "  profile=" + q.Profile
+	}
+	if q.NextTransition != nil {
+		stage += "  next_transition=" + q.NextTransition.Format("2006-01-02T15:04:05Z")
+	}
+	fmt.Fprintln(w, stage)
 	for _, d := range []struct {
 		name string
 		dir  api.Direction

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/shaperd/shaperd/alerts"
 	"github.com/shaperd/shaperd/config"
 	"github.com/shaperd/shaperd/control"
 	"github.com/shaperd/shaperd/daemon"
@@ -27,7 +29,8 @@ func newRunCmd(g *globals) *cobra.Command {
 	var flags config.Config
 	var nice int
 	var metricsAddr string
-	var pendingTTL time.Duration
+	var pendingTTL, watchInterval, flagAfter time.Duration
+	var maxAuto int
 	cmd := &cobra.Command{
 		Use:   "run",
 		Short: "Run the daemon",
@@ -43,8 +46,42 @@ file (the flag's name with '_' for '-'); a flag given here wins.`,
 				}
 				cfg = c
 			}
-			// Flags win over the file.
 			fs := cmd.Flags()
+			// Flags win over the file, also when SIGHUP reloads it.
+			overlay := func(cfg *config.Config) {
+				if fs.Changed("watch") {
+					cfg.Watch = flags.Watch
+				}
+				if fs.Changed("exclude") {
+					cfg.Exclude = flags.Exclude
+				}
+				if fs.Changed("watch-interval") || cfg.WatchInterval == "" {
+					cfg.WatchInterval = watchInterval.String()
+				}
+				if fs.Changed("flag-after") || cfg.FlagAfter == "" {
+					cfg.FlagAfter = flagAfter.String()
+				}
+				if fs.Changed("max-auto") || cfg.MaxAuto == nil {
+					n := maxAuto
+					cfg.MaxAuto = &n
+				}
+				if fs.Changed("dry-run") {
+					cfg.DryRun = flags.DryRun
+				}
+				if fs.Changed("alerts-token") {
+					cfg.AlertsToken = flags.AlertsToken
+				}
+				if fs.Changed("alerts-cert") {
+					cfg.AlertsCert = flags.AlertsCert
+				}
+				if fs.Changed("alerts-key") {
+					cfg.AlertsKey = flags.AlertsKey
+				}
+				if fs.Changed("instance-name") {
+					cfg.InstanceName = flags.InstanceName
+				}
+			}
+			overlay(&cfg)
 			if fs.Changed("state-dir") {
 				cfg.StateDir = flags.StateDir
 			}
@@ -77,7 +114,10 @@ file (the flag's name with '_' for '-'); a flag given here wins.`,
 			if err := cfg.Validate(); err != nil {
 				return &exitError{code: 2, err: err}
 			}
-			return runDaemon(cfg, cfgPath, fs.Changed("log-level"))
+			if err := daemon.CheckProfiles(cfg.ProfileSet()); err != nil {
+				return &exitError{code: 2, err: err}
+			}
+			return runDaemon(cfg, cfgPath, fs.Changed("log-level"), overlay)
 		},
 	}
 	cmd.Flags().StringVar(&cfgPath, "config", "", "YAML configuration file")
@@ -87,6 +127,16 @@ file (the flag's name with '_' for '-'); a flag given here wins.`,
 	cmd.Flags().StringVar(&flags.SocketGroup, "socket-group", "", "group that owns the control socket (mode 0660) and may use it besides root (config key socket_group)")
 	cmd.Flags().DurationVar(&pendingTTL, "pending-ttl", daemon.DefaultPendingTTL, "how long a quarantine of a missing port waits for it to return (config key pending_ttl)")
 	cmd.Flags().StringVar(&metricsAddr, "metrics-addr", metrics.DefaultAddr, `host:port serving Prometheus metrics at /metrics; "" turns them off (config key metrics_addr)`)
+	cmd.Flags().StringSliceVar(&flags.Watch, "watch", nil, "glob patterns of the ports to watch for floods, e.g. 'vm-*,tap*' (config key watch; default none: nothing is spliced unless asked)")
+	cmd.Flags().StringSliceVar(&flags.Exclude, "exclude", nil, "glob patterns of ports never flagged (config key exclude)")
+	cmd.Flags().DurationVar(&watchInterval, "watch-interval", 500*time.Millisecond, "how often the watched ports' counters are read (config key watch_interval)")
+	cmd.Flags().DurationVar(&flagAfter, "flag-after", time.Second, "how long a watched port stays above the quarantine profile's threshold before it is flagged (config key flag_after)")
+	cmd.Flags().IntVar(&maxAuto, "max-auto", 10, "most automatic quarantines at once on this host; each refusal is an event (config key max_auto)")
+	cmd.Flags().BoolVar(&flags.DryRun, "dry-run", false, "flag and report floods (status's flagged array) without splicing anything (config key dry_run)")
+	cmd.Flags().StringVar(&flags.AlertsToken, "alerts-token", "", "bearer token of the Alertmanager webhook at POST "+alerts.Path+" on the metrics listener; without one the webhook is off (config key alerts_token; prefer the config file, which ps cannot show)")
+	cmd.Flags().StringVar(&flags.AlertsCert, "alerts-cert", "", "TLS certificate file: serve the metrics listener and the webhook over HTTPS (config key alerts_cert)")
+	cmd.Flags().StringVar(&flags.AlertsKey, "alerts-key", "", "TLS key file for --alerts-cert (config key alerts_key)")
+	cmd.Flags().StringVar(&flags.InstanceName, "instance-name", "", "this host's name in alerts' instance label (compared without :port); default the hostname (config key instance_name)")
 	cmd.Flags().IntVar(&nice, "forwarder-nice", -10, "scheduling priority of the forwarding threads, -20..19; 0 keeps the daemon's (config key forwarder_nice)")
 	return cmd
 }
@@ -118,7 +168,7 @@ func newLogger(cfg config.Config) (*slog.Logger, *slog.LevelVar) {
 // runDaemon restores what an earlier daemon left, serves until SIGINT or
 // SIGTERM, then stops the forwarders and removes the socket. Splices and the
 // state file stay, for the next daemon to adopt.
-func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool) error {
+func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay func(*config.Config)) error {
 	log, level := newLogger(cfg)
 	if os.Geteuid() != 0 {
 		log.Warn("not running as root: splicing needs CAP_NET_ADMIN")
@@ -132,6 +182,10 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool) error {
 		PendingTTL:    ttl,
 		ForwarderNice: *cfg.ForwarderNice,
 	}, ovssplice.New(log), tcsplice.New(log))
+	// Profiles before restoring: restored ladders resume with them.
+	if err := m.Configure(cfg.ProfileSet(), watchConfig(cfg)); err != nil {
+		return &exitError{code: 2, err: err}
+	}
 	// Subscribe before restoring, so no link event falls between the two.
 	if err := m.WatchLinks(ctx); err != nil {
 		return &exitError{code: 1, err: fmt.Errorf("watch links: %w", err)}
@@ -151,10 +205,19 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool) error {
 			}
 		}
 	}()
+	go m.RunWatch(ctx)
 	// Metrics before the control socket: an address in use fails the start.
 	var msrv *metrics.Server
+	mopt := metrics.Options{CertFile: cfg.AlertsCert, KeyFile: cfg.AlertsKey}
+	if cfg.AlertsToken != "" {
+		mopt.Handlers = map[string]http.Handler{alerts.Path: &alerts.Handler{
+			Token: cfg.AlertsToken, Instance: instanceName(cfg), Target: m, Log: log}}
+		if *cfg.MetricsAddr == "" {
+			log.Warn("alerts_token is set but metrics_addr is off: the Alertmanager webhook is served on the metrics listener, so it is off too")
+		}
+	}
 	if addr := *cfg.MetricsAddr; addr != "" {
-		s, err := metrics.Listen(addr, m, log)
+		s, err := metrics.ListenOptions(addr, m, log, mopt)
 		if err != nil {
 			return &exitError{code: 1, err: err}
 		}
@@ -164,7 +227,11 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool) error {
 				log.Error("metrics endpoint stopped", "err", err)
 			}
 		}()
-		log.Info("serving metrics", "url", "http://"+s.Addr().String()+"/metrics")
+		scheme := "http"
+		if mopt.CertFile != "" {
+			scheme = "https"
+		}
+		log.Info("serving metrics", "url", scheme+"://"+s.Addr().String()+"/metrics", "alerts_webhook", cfg.AlertsToken != "")
 	}
 	srv, err := control.ListenOptions(cfg.Socket, m, log, control.Options{Group: cfg.SocketGroup})
 	if err != nil {
@@ -184,7 +251,7 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool) error {
 			case <-ctx.Done():
 				return
 			case <-hup:
-				reload(log, level, cfg, cfgPath, levelFromFlag)
+				reload(log, level, cfg, cfgPath, levelFromFlag, overlay, m)
 			}
 		}
 	}()
@@ -216,12 +283,19 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool) error {
 // nothing: the running config stays and the error is logged. The log level
 // changes at once (unless --log-level was given); keys that need a restart
 // are named in the log.
-func reload(log *slog.Logger, level *slog.LevelVar, running config.Config, path string, levelFromFlag bool) {
+func reload(log *slog.Logger, level *slog.LevelVar, running config.Config, path string, levelFromFlag bool, overlay func(*config.Config), m *daemon.Manager) {
 	if path == "" {
 		log.Info("SIGHUP: no --config file to reload")
 		return
 	}
 	c, err := config.Load(path)
+	if err == nil {
+		overlay(&c)
+		err = c.Validate()
+	}
+	if err == nil {
+		err = m.Configure(c.ProfileSet(), watchConfig(c))
+	}
 	if err != nil {
 		log.Error("SIGHUP: config not reloaded; the running config stays", "err", err)
 		return
@@ -239,5 +313,36 @@ func reload(log *slog.Logger, level *slog.LevelVar, running config.Config, path 
 	if c.SocketGroup != running.SocketGroup {
 		restart = append(restart, "socket_group")
 	}
+	if c.AlertsToken != running.AlertsToken || c.AlertsCert != running.AlertsCert || c.InstanceName != running.InstanceName {
+		restart = append(restart, "alerts_token/alerts_cert/alerts_key/instance_name")
+	}
 	log.Info("SIGHUP: config reloaded", "path", path, "log_level", level.Level().String(), "need_restart", restart)
+}
+
+// watchConfig is the watch loop's part of cfg (validated).
+func watchConfig(cfg config.Config) daemon.WatchConfig {
+	w := daemon.DefaultWatchConfig()
+	w.Watch, w.Exclude, w.DryRun = cfg.Watch, cfg.Exclude, cfg.DryRun
+	if d, err := time.ParseDuration(cfg.WatchInterval); err == nil {
+		w.Interval = d
+	}
+	if d, err := time.ParseDuration(cfg.FlagAfter); err == nil {
+		w.FlagAfter = d
+	}
+	if cfg.MaxAuto != nil {
+		w.MaxAuto = *cfg.MaxAuto
+	}
+	return w
+}
+
+// instanceName is this host's name in alerts.
+func instanceName(cfg config.Config) string {
+	if cfg.InstanceName != "" {
+		return cfg.InstanceName
+	}
+	h, err := os.Hostname()
+	if err != nil {
+		return ""
+	}
+	return h
 }
