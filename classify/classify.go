@@ -185,7 +185,8 @@ func (c *Classifier) Classify(frame []byte, now int64) Class {
 		return Control
 	case layers.LayerTypeICMPv6:
 		if t := f.ICMPType; isND(t) {
-			if f.ICMPCode != 0 || c.ip6.hopLimit != ipv6HopLimit || f.Fragment || c.icmp6.msgLen < ndMinLen[t-133] {
+			if f.ICMPCode != 0 || c.ip6.hopLimit != ipv6HopLimit || f.Fragment || len(c.icmp6.msg) < ndMinLen[t-133] ||
+				!decodeND(f, t, c.icmp6.msg) {
 				f.Malformed = string(reasonBadNDP)
 				return Malformed
 			}

@@ -55,6 +55,7 @@ var (
 	ipv6Dst  = ext{typ: 60, body: []byte{1, 4, 0, 0, 0, 0}}
 	ipv6Rt   = ext{typ: 43, body: []byte{0, 0, 0, 0, 0, 0}} // type 0, segments left 0
 	ipv6Frag = ext{typ: 44}
+	ipv6AH   = ext{typ: 51, body: []byte{0, 0, 0, 0, 0x10, 0, 0, 1, 0, 0, 0, 7, 0xaa, 0xbb, 0xcc, 0xdd, 1, 2, 3, 4, 5, 6}} // SPI, seq, 96-bit ICV
 )
 
 func frameCases(t testing.TB) []frameCase {
@@ -88,6 +89,42 @@ func frameCases(t testing.TB) []frameCase {
 				return ""
 			}},
 
+		{name: "na with target and tll", frame: ndFrom(llVM6, llRtr6, ndMsg(136, vm6, llOpt(2, vmMAC))), want: Control,
+			check: func(f *Frame) string {
+				if f.NDTarget != vm6 || f.NDLinkAddr != vmMAC || f.NDLinkAddrs != 1 || f.NDLinkAddrsDiffer {
+					return dump(f)
+				}
+				return ""
+			}},
+		{name: "ns two differing sll", frame: ndFrom(llVM6, llRtr6, ndMsg(135, rem6, llOpt(1, vmMAC), llOpt(1, gwMAC))), want: Control,
+			check: func(f *Frame) string {
+				if f.NDTarget != rem6 || f.NDLinkAddr != vmMAC || f.NDLinkAddrs != 2 || !f.NDLinkAddrsDiffer {
+					return dump(f)
+				}
+				return ""
+			}},
+		{name: "ns unknown option", frame: ndFrom(llVM6, llRtr6, ndMsg(135, rem6, []byte{14, 1, 1, 2, 3, 4, 5, 6})), want: Control,
+			check: func(f *Frame) string {
+				if f.NDLinkAddrs != 0 {
+					return dump(f)
+				}
+				return ""
+			}},
+		{name: "ra behind ah", frame: ndFrom(llVM6, llRtr6, ndMsg(134, netip.Addr{}, llOpt(1, vmMAC)), ipv6AH), want: Control,
+			check: func(f *Frame) string {
+				if f.ICMPType != 134 || f.Proto != 58 {
+					return dump(f)
+				}
+				return ""
+			}},
+		{name: "arp fields", frame: fromVM(0x0806, arpPkt(2)), want: Control,
+			check: func(f *Frame) string {
+				if f.ARPOp != 2 || f.ARPSenderMAC != vmMAC || f.ARPSenderIP != vm4 || f.ARPTargetIP != rem4 {
+					return dump(f)
+				}
+				return ""
+			}},
+
 		// TCP.
 		{name: "tcp4 syn", frame: fromVM(0x0800, syn4), want: TCPSyn,
 			check: fields(Frame{EtherType: 0x0800, IPVersion: 4, SrcIP: vm4, DstIP: rem4, Proto: 6, SrcPort: 50000, DstPort: 443, TCPFlags: fSYN})},
@@ -107,6 +144,8 @@ func frameCases(t testing.TB) []frameCase {
 			return b
 		}(), want: TCPSyn},
 		{name: "tcp6 syn", frame: fromVM(0x86dd, tcp6(vm6, 50000, rem6, 443, fSYN)), want: TCPSyn,
+			check: fields(Frame{EtherType: 0x86dd, IPVersion: 6, SrcIP: vm6, DstIP: rem6, Proto: 6, SrcPort: 50000, DstPort: 443, TCPFlags: fSYN})},
+		{name: "tcp6 behind ah", frame: fromVM(0x86dd, v6{src: vm6, dst: rem6, next: 6, exts: []ext{ipv6HBH, ipv6AH}}.bytes(tcpSeg(50000, 443, fSYN, nil, nil))), want: TCPSyn,
 			check: fields(Frame{EtherType: 0x86dd, IPVersion: 6, SrcIP: vm6, DstIP: rem6, Proto: 6, SrcPort: 50000, DstPort: 443, TCPFlags: fSYN})},
 		{name: "tcp6 hbh dst rt", frame: fromVM(0x86dd, v6{src: vm6, dst: rem6, next: 6, exts: []ext{ipv6HBH, ipv6Dst, ipv6Rt}}.bytes(tcpSeg(50000, 443, fACK, nil, nil))), want: TCP},
 		{name: "tcp4 first fragment", frame: fromVM(0x0800, v4{src: vm4, dst: rem4, proto: 6, mf: true}.bytes(tcpSeg(50000, 443, fACK, nil, make([]byte, 64)))), want: TCP,
@@ -220,6 +259,14 @@ func frameCases(t testing.TB) []frameCase {
 		{name: "ns hop limit 64", frame: nd(135, 64), want: Malformed, reason: "bad-ndp"},
 		{name: "ns code 1", frame: func() []byte { b := nd(135, 255); b[14+40+1] = 1; return b }(), want: Malformed, reason: "bad-ndp"},
 		{name: "ns short", frame: fromVM(0x86dd, v6{src: llVM6, dst: llRtr6, next: 58, hop: 255}.bytes(icmpMsg(135, 0, make([]byte, 8)))), want: Malformed, reason: "bad-ndp"},
+		{name: "ns option length 0", frame: ndFrom(llVM6, llRtr6, ndMsg(135, rem6, []byte{1, 0, 0, 0, 0, 0, 0, 0})), want: Malformed, reason: "bad-ndp"},
+		{name: "ns option past end", frame: ndFrom(llVM6, llRtr6, ndMsg(135, rem6, []byte{14, 2, 0, 0, 0, 0, 0, 0})), want: Malformed, reason: "bad-ndp"},
+		{name: "na tll 16 bytes", frame: ndFrom(llVM6, llRtr6, ndMsg(136, vm6, []byte{2, 2, 1, 2, 3, 4, 5, 6, 0, 0, 0, 0, 0, 0, 0, 0})), want: Malformed, reason: "bad-ndp"},
+		{name: "ipv6 ah beyond payload", frame: func() []byte {
+			b := fromVM(0x86dd, v6{src: vm6, dst: rem6, next: 6, exts: []ext{ipv6AH}}.bytes(tcpSeg(1, 2, fSYN, nil, nil)))
+			b[14+40+1] = 20 // AH claims 88 bytes
+			return b
+		}(), want: Malformed, reason: "truncated-ipv6-ext"},
 		{name: "ra fragmented", frame: fromVM(0x86dd, v6{src: llVM6, dst: llRtr6, next: 58, hop: 255, exts: []ext{ipv6Frag}}.bytes(icmpMsg(134, 0, ndBody(134)))), want: Malformed, reason: "bad-ndp"},
 
 		// Built by gopacket.

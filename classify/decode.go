@@ -84,7 +84,8 @@ var allReasons = [...]reason{
 //	truncated-tcp, bad-tcp-offset  TCP header cut short, data offset < 5 or beyond
 //	truncated-udp, bad-udp-length  UDP header cut short, length < 8 or beyond
 //	truncated-icmp        ICMP header cut short
-//	bad-ndp               ICMPv6 133-137 with code != 0, hop limit != 255, short body, or fragmented
+//	bad-ndp               ICMPv6 133-137 with code != 0, hop limit != 255, short body, fragmented,
+//	                      or an option of length 0, past the end, or a link-layer address option not 8 bytes
 //	decoder-error         gopacket refused what the checks accepted (a bug)
 func MalformedReasons() []string {
 	out := make([]string, len(allReasons))
@@ -216,6 +217,11 @@ func (l *arpLayer) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) erro
 	if l.ARP.DecodeFromBytes(data, df) != nil {
 		return reasonDecoder
 	}
+	f := &l.c.frame
+	f.ARPOp = be.Uint16(data[6:8])
+	f.ARPSenderMAC = [6]byte(data[8:14])
+	f.ARPSenderIP = netip.AddrFrom4([4]byte(data[14:18]))
+	f.ARPTargetIP = netip.AddrFrom4([4]byte(data[24:28]))
 	return nil
 }
 
@@ -301,7 +307,9 @@ func validIPv4Options(b []byte) bool {
 }
 
 // ip6Layer is an IPv6 header and its extension header chain (hop-by-hop,
-// routing, fragment, destination options), decoded by offset.
+// routing, fragment, destination options, authentication header), decoded
+// by offset. The whole chain is walked, as RA-Guard must (RFC 7113), so that
+// an ICMPv6 message behind extension headers is still seen as one.
 type ip6Layer struct {
 	c        *Classifier
 	hopLimit uint8
@@ -335,11 +343,11 @@ func (l *ip6Layer) DecodeFromBytes(data []byte, _ gopacket.DecodeFeedback) error
 	nh := data[6]
 	for n := 0; ; n++ {
 		switch nh {
-		case 0, 43, 60, 44: // hop-by-hop, routing, destination options, fragment
+		case 0, 43, 60, 44, 51: // hop-by-hop, routing, destination options, fragment, AH
 			if n == maxIPv6Exts || (nh == 0 && n != 0) {
 				return reasonBadIPv6Ext
 			}
-		default: // upper layer, or 59 (no next header), or one we do not walk (AH, ESP, mobility)
+		default: // upper layer, or 59 (no next header), or one we do not walk (ESP, mobility)
 			f.Proto = nh
 			l.payload = p
 			switch nh {
@@ -374,6 +382,9 @@ func (l *ip6Layer) DecodeFromBytes(data []byte, _ gopacket.DecodeFeedback) error
 			return reasonTruncIPv6Ext
 		}
 		hlen := (int(p[1]) + 1) * 8
+		if nh == 51 { // AH counts its length in 4-octet units, minus 2 (RFC 4302)
+			hlen = (int(p[1]) + 2) * 4
+		}
 		if hlen > len(p) {
 			return reasonTruncIPv6Ext
 		}
@@ -458,8 +469,8 @@ func (l *icmp4Layer) NextLayerType() gopacket.LayerType { return gopacket.LayerT
 // icmp6Layer is an ICMPv6 header, decoded by gopacket.
 type icmp6Layer struct {
 	layers.ICMPv6
-	c      *Classifier
-	msgLen int // bytes of the ICMPv6 message, header included
+	c   *Classifier
+	msg []byte // the ICMPv6 message, header included; a view of the frame
 }
 
 func (l *icmp6Layer) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) error {
@@ -473,15 +484,57 @@ func (l *icmp6Layer) DecodeFromBytes(data []byte, df gopacket.DecodeFeedback) er
 	f := &l.c.frame
 	f.ICMPType = l.TypeCode.Type()
 	f.ICMPCode = l.TypeCode.Code()
-	l.msgLen = len(data)
+	l.msg = data
 	return nil
 }
 
 func (l *icmp6Layer) NextLayerType() gopacket.LayerType { return gopacket.LayerTypeZero }
 
 // ndMinLen is the smallest ICMPv6 message (header included) of each
-// neighbour discovery type, 133 to 137 (RFC 4861 section 4).
+// neighbour discovery type, 133 to 137 (RFC 4861 section 4); the options
+// start there.
 var ndMinLen = [5]int{8, 16, 24, 24, 40}
 
 // isND reports whether an ICMPv6 type is router or neighbour discovery.
 func isND(t uint8) bool { return t >= 133 && t <= 137 }
+
+// ND option types that carry a link-layer address (RFC 4861 4.6.1).
+const (
+	ndOptSourceLL = 1
+	ndOptTargetLL = 2
+)
+
+// decodeND fills the neighbour discovery fields of f from msg, an ND
+// message of type t (133-137) at least ndMinLen long, and reports whether
+// its options are well formed: every option has a non-zero length within
+// the message, and a link-layer address option is one unit (8 bytes), as
+// on Ethernet. Hosts discard ND messages that break these rules (RFC 4861
+// 4.6, Linux ndisc_parse_options).
+func decodeND(f *Frame, t uint8, msg []byte) bool {
+	if t == 135 || t == 136 || t == 137 {
+		f.NDTarget = netip.AddrFrom16([16]byte(msg[8:24]))
+	}
+	opts := msg[ndMinLen[t-133]:]
+	for len(opts) > 0 {
+		if len(opts) < 2 || opts[1] == 0 || int(opts[1])*8 > len(opts) {
+			return false
+		}
+		n := int(opts[1]) * 8
+		if opts[0] == ndOptSourceLL || opts[0] == ndOptTargetLL {
+			if n != 8 {
+				return false
+			}
+			a := [6]byte(opts[2:8])
+			if f.NDLinkAddrs == 0 {
+				f.NDLinkAddr = a
+			} else if a != f.NDLinkAddr {
+				f.NDLinkAddrsDiffer = true
+			}
+			if f.NDLinkAddrs < 255 {
+				f.NDLinkAddrs++
+			}
+		}
+		opts = opts[n:]
+	}
+	return true
+}

@@ -43,6 +43,26 @@ type Frame struct {
 	TCPFlags       uint8      // TCPFlagFIN..TCPFlagCWR
 	ICMPType       uint8      // ICMPv4 or ICMPv6 type
 	ICMPCode       uint8      // ICMPv4 or ICMPv6 code
+
+	// ARP (Ethernet/IPv4 only): the operation (1 request, 2 reply), the
+	// sender's hardware and protocol addresses and the target protocol
+	// address. Zero unless the ARP header was decoded.
+	ARPOp        uint16
+	ARPSenderMAC [6]byte
+	ARPSenderIP  netip.Addr
+	ARPTargetIP  netip.Addr
+
+	// Neighbour discovery (ICMPv6 133-137 that passed the checks of
+	// Control): NDTarget is the target address of a neighbour
+	// solicitation, advertisement or redirect. NDLinkAddr is the address
+	// in the first source or target link-layer address option, NDLinkAddrs
+	// how many such options the message carries, and NDLinkAddrsDiffer
+	// whether two of them disagree. Zero for other frames.
+	NDTarget          netip.Addr
+	NDLinkAddr        [6]byte
+	NDLinkAddrs       uint8
+	NDLinkAddrsDiffer bool
+
 	// Malformed is a short constant reason ("truncated-ethernet", "bad-ihl",
 	// see MalformedReasons) when the class is Malformed, "" otherwise.
 	Malformed string
@@ -68,6 +88,18 @@ func (f *Frame) IsUDP() bool { return f.Proto == ProtoUDP && f.hasL4() }
 // the opening segment of a connection.
 func (f *Frame) IsTCPSyn() bool {
 	return f.IsTCP() && f.TCPFlags&(TCPFlagSYN|TCPFlagACK) == TCPFlagSYN
+}
+
+// IsFirstFragment reports whether f is the first fragment (offset 0) of a
+// fragmented IP packet: the one that must carry the whole header chain.
+func (f *Frame) IsFirstFragment() bool { return f.Fragment && f.FirstFragment }
+
+// IPv6ChainBroken reports whether f is an IPv6 packet whose extension
+// header chain could not be walked to its upper-layer header (it runs off
+// the packet, or it breaks the ordering and count rules), so that nobody
+// can say what it carries (RFC 7112, RFC 7113).
+func (f *Frame) IPv6ChainBroken() bool {
+	return f.IPVersion == 6 && (f.Malformed == string(reasonTruncIPv6Ext) || f.Malformed == string(reasonBadIPv6Ext))
 }
 
 // IsTCPRst reports whether f is a TCP segment with RST set.

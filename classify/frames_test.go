@@ -82,9 +82,9 @@ func (h v4) bytes(payload []byte) []byte {
 	return append(b, payload...)
 }
 
-// ext is an IPv6 extension header: typ 0, 43 or 60 with body (padded to a
-// multiple of 8 bytes with the 2-byte prefix), or 44 (fragment) with offset
-// and more.
+// ext is an IPv6 extension header: typ 0, 43, 51 (AH) or 60 with body
+// (padded to a multiple of 8 bytes with the 2-byte prefix), or 44
+// (fragment) with offset and more.
 type ext struct {
 	typ    uint8
 	body   []byte
@@ -118,6 +118,11 @@ func (h v6) bytes(payload []byte) []byte {
 		body := e.body
 		for (2+len(body))%8 != 0 {
 			body = append(body, 0) // Pad1 options
+		}
+		if e.typ == 51 { // AH: length in 4-octet units, minus 2
+			chain = append(chain, nh, byte((2+len(body))/4-2))
+			chain = append(chain, body...)
+			continue
 		}
 		chain = append(chain, nh, byte((2+len(body))/8-1))
 		chain = append(chain, body...)
@@ -237,4 +242,29 @@ func gpIP4(proto layers.IPProtocol) *layers.IPv4 {
 
 func gpIP6(next layers.IPProtocol) *layers.IPv6 {
 	return &layers.IPv6{Version: 6, HopLimit: 64, NextHeader: next, SrcIP: vm6.AsSlice(), DstIP: rem6.AsSlice()}
+}
+
+// ndMsg builds an ND message of type typ with target (for 135-137) and
+// the given options (each a complete option, type and length included).
+func ndMsg(typ uint8, target netip.Addr, opts ...[]byte) []byte {
+	n := ndMinLen[typ-133] - 4
+	b := make([]byte, n)
+	if typ >= 135 {
+		t := target.As16()
+		copy(b[4:], t[:])
+	}
+	for _, o := range opts {
+		b = append(b, o...)
+	}
+	return icmpMsg(typ, 0, b)
+}
+
+// llOpt is a source (1) or target (2) link-layer address option.
+func llOpt(typ uint8, mac [6]byte) []byte {
+	return append([]byte{typ, 1}, mac[:]...)
+}
+
+// ndFrom sends an ND message from src to dst with hop limit 255 from the VM.
+func ndFrom(src, dst netip.Addr, msg []byte, exts ...ext) []byte {
+	return fromVM(0x86dd, v6{src: src, dst: dst, next: 58, hop: 255, exts: exts}.bytes(msg))
 }
