@@ -15,6 +15,7 @@ import (
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/classify"
 	"github.com/shaperd/shaperd/detect"
+	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/profile"
 	"github.com/shaperd/shaperd/units"
@@ -392,11 +393,14 @@ func ladderSpec(s Spec, p profile.Profile, lim ladder.Limits) Spec {
 		if p.Shape {
 			delay := Duration(lim.Delay)
 			d.Mode, d.Delay = "shape", &delay
-			// A queue time set by the profile may be shorter than a
-			// later stage's delay: the default follows the delay.
-			if d.QueueTime != nil && time.Duration(*d.QueueTime) <= lim.Delay {
-				d.QueueTime = nil
-			}
+			// The queue's time bound follows the delay: a tenth more
+			// (at least forward.DefaultQueueSlack), the tolerance issue
+			// 6 gives the delay. Under a flood the queue stays full to
+			// that bound, and a releaser woken a little late by a busy
+			// host must not find the head expired: that loses the
+			// slot, and the stage delivers less than its budget.
+			qt := Duration(lim.Delay + max(forward.DefaultQueueSlack, lim.Delay/10))
+			d.QueueTime = &qt
 		} else {
 			d.Mode, d.Delay, d.QueueBytes, d.QueueTime = "", nil, nil, nil
 		}

@@ -248,6 +248,13 @@ type shaping struct {
 	mode    Mode
 	delay   int64 // ns every frame waits
 	maxWait int64 // ns a frame may wait at most, delay included
+	// admitWait is the longest predicted wait shapeLocked queues a frame
+	// for: halfway between delay and maxWait (see applyShapingLocked). Under a sustained overload
+	// the queue fills up to this prediction, so the other half of the
+	// slack absorbs a releaser that wakes late on a busy host; with no
+	// margin every frame would be due at the very edge of maxWait, and
+	// any lateness would expire it and waste its slot in the budget.
+	admitWait int64
 	// nsPerFrame and nsPerByte are the aggregate's rates as the time one
 	// frame or one byte takes, 0 without a rate: shapeLocked refuses at
 	// once a frame that would wait longer than maxWait behind the queue at
@@ -274,12 +281,19 @@ func (p *Pipe) applyShapingLocked(pol *Policy) {
 	}
 	limit, wait := pol.QueueBounds()
 	sh := shaping{mode: Shape, delay: int64(pol.Delay), maxWait: int64(wait)}
+	sh.admitWait = sh.maxWait
 	if pps := pol.Aggregate.PPS; pps > 0 {
 		sh.nsPerFrame = 1e9 / pps
 	}
 	if bps := pol.Aggregate.BytesPerSec; bps > 0 {
 		sh.nsPerByte = 1e9 / bps
 	}
+	// Keep half the slack as a margin, but never so much that less than
+	// one frame's time of slack is left for the queue to fill: at low
+	// rates the queue must still hold the next frame when the head leaves.
+	slack := sh.maxWait - sh.delay
+	frameTime := int64(max(sh.nsPerFrame, 1522*sh.nsPerByte))
+	sh.admitWait -= max(min(slack/2, slack-frameTime), 0)
 	p.sh = sh
 	if p.q.limit != limit {
 		p.resizeQueueLocked(limit)
@@ -354,7 +368,7 @@ func (p *Pipe) shapeLocked(c classify.Class, frame []byte, now time.Time) (r Rea
 }
 
 // lateLocked reports whether a frame arriving at t (ns since the epoch)
-// would wait longer than maxWait: the frames ahead of it cannot leave
+// would wait longer than admitWait: the frames ahead of it cannot leave
 // before the head is due, and then leave no faster than the aggregate's
 // rates (with no burst in hand, as under a sustained overload). Caller
 // holds mu.
@@ -365,7 +379,7 @@ func (p *Pipe) lateLocked(t int64) bool {
 	}
 	start := max(q.descs[q.head].at+p.sh.delay-t, 0)
 	drain := max(float64(q.count)*p.sh.nsPerFrame, float64(q.bytes)*p.sh.nsPerByte)
-	return float64(start)+drain > float64(p.sh.maxWait)
+	return float64(start)+drain > float64(p.sh.admitWait)
 }
 
 // budgetsFor returns the class budget and the aggregate that a frame of

@@ -263,9 +263,13 @@ func renderTop(prev, cur *api.Status, dt time.Duration) []string {
 	return lines
 }
 
-// stageOf is a quarantine's stage. Stages come with detection; until then
-// every quarantine is set by hand.
-func stageOf(*api.Quarantine) string { return "manual" }
+// stageOf is a quarantine's stage: manual, stage1..3 or probation.
+func stageOf(q *api.Quarantine) string {
+	if q.Stage == "" {
+		return "manual"
+	}
+	return q.Stage
+}
 
 func row(port, state, stage, dir string, valid bool, r rates, note string) string {
 	cells := [4]string{"-", "-", "-", "-"}

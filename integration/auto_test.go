@@ -1,0 +1,323 @@
+package integration
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/shaperd/shaperd/api"
+)
+
+// labConfig is the lab's config: the example's ladder with durations in
+// seconds, watching vm-*.
+func labConfig() string { return filepath.Join(repoRoot(), "scripts", "netns", "lab.yaml") }
+
+func (d *daemon) fullStatus() api.Status {
+	d.l.t.Helper()
+	var st api.Status
+	if err := json.Unmarshal([]byte(d.must("status", "--json")), &st); err != nil {
+		d.l.t.Fatal(err)
+	}
+	return st
+}
+
+// waitFor polls status until cond holds or d passes, and returns the last
+// status and how long it took.
+func (d *daemon) waitFor(limit time.Duration, cond func(api.Status) bool) (api.Status, time.Duration, bool) {
+	start := time.Now()
+	for {
+		st := d.fullStatus()
+		if cond(st) {
+			return st, time.Since(start), true
+		}
+		if time.Since(start) > limit {
+			return st, time.Since(start), false
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+func quarantineOf(st api.Status, port string) *api.Quarantine {
+	for i := range st.Quarantines {
+		if st.Quarantines[i].Port == port {
+			return &st.Quarantines[i]
+		}
+	}
+	return nil
+}
+
+// TestAutoQuarantine: with `--watch vm-*` (the lab config), a flood from VM 1
+// at the generator's maximum is quarantined with the quarantine profile
+// within 2 s of its start, with no operator action; VM 2, sending 2000 pps
+// on the same bridge, is never flagged. Stage 1 then shapes VM 1 to
+// 10000 pps.
+func TestAutoQuarantine(t *testing.T) {
+	l := newLab(t, "bridge")
+	vm1, vm2, ext, ext2 := l.get("VM1_NS"), l.get("VM2_NS"), l.get("EXT_NS"), l.get("EXT2_NS")
+	port1, port2 := l.get("VM1_PORT"), l.get("VM2_PORT")
+	d := l.startDaemon("--config", labConfig())
+	l.bg(ext, "sink", "--listen", l.get("EXT_IP")+":9", "--duration", "60s")
+	l.bg(ext2, "sink", "--listen", l.get("EXT2_IP")+":9", "--duration", "60s")
+	l.bg(vm2, "flood", "--dst", l.get("EXT2_IP"), "--size", "250", "--pps", "2000", "--duration", "40s")
+	time.Sleep(3 * time.Second)
+
+	start := time.Now()
+	l.bg(vm1, "flood", "--dst", l.get("EXT_IP"), "--size", "250", "--pps", "0", "--duration", "25s")
+	st, took, ok := d.waitFor(5*time.Second, func(st api.Status) bool {
+		q := quarantineOf(st, port1)
+		return q != nil && q.State == "active"
+	})
+	took = time.Since(start)
+	if !ok {
+		t.Fatalf("flood not quarantined within 5 s: %+v", st)
+	}
+	t.Logf("flood from %s quarantined %v after it started", port1, took.Round(time.Millisecond))
+	if took > 2*time.Second {
+		t.Errorf("quarantined after %v; want within 2 s", took)
+	}
+	q := quarantineOf(st, port1)
+	if q.Origin != "watch" || q.Profile != "quarantine" || q.Stage != "stage1" || q.NextTransition == nil {
+		t.Errorf("origin/profile/stage/next = %s/%s/%s/%v; want watch/quarantine/stage1/set", q.Origin, q.Profile, q.Stage, q.NextTransition)
+	}
+	if lim := q.Directions.FromVM.Limits; lim.PPS == nil || *lim.PPS != 10000 || lim.BitsPerSecond == nil || q.Directions.FromVM.Mode != "shape" {
+		t.Errorf("stage 1 limits %+v mode %s; want 10000 pps, a byte budget, shape", lim, q.Directions.FromVM.Mode)
+	}
+	time.Sleep(time.Second)
+	got := l.rxRate(ext, "eth0", 2*time.Second)
+	t.Logf("stage 1 delivers %.0f pps to the external host (target 10000)", got)
+	if !within(got, 10000, 0.05) {
+		t.Errorf("stage 1 delivers %.0f pps; want 10000 within 5%%", got)
+	}
+	st = d.fullStatus()
+	if quarantineOf(st, port2) != nil || len(st.Flagged) != 0 {
+		t.Errorf("well-behaved %s flagged: quarantines %d, flagged %+v", port2, len(st.Quarantines), st.Flagged)
+	}
+	if v := l.rxRate(ext2, "eth0", time.Second); !within(v, 2000, 0.1) {
+		t.Errorf("VM 2's traffic: %.0f pps at ext2; want 2000 untouched", v)
+	}
+	d.must("release", port1)
+}
+
+// TestAutoQuarantineDryRun: --dry-run flags the same flood in status's
+// flagged array and splices nothing.
+func TestAutoQuarantineDryRun(t *testing.T) {
+	l := newLab(t, "bridge")
+	vm1, ext, port1 := l.get("VM1_NS"), l.get("EXT_NS"), l.get("VM1_PORT")
+	before := l.snapshot()
+	d := l.startDaemon("--config", labConfig(), "--dry-run")
+	l.bg(ext, "sink", "--listen", l.get("EXT_IP")+":9", "--duration", "30s")
+	time.Sleep(time.Second)
+	l.bg(vm1, "flood", "--dst", l.get("EXT_IP"), "--size", "250", "--pps", "0", "--duration", "10s")
+	st, took, ok := d.waitFor(5*time.Second, func(st api.Status) bool { return len(st.Flagged) > 0 })
+	if !ok {
+		t.Fatalf("flood not flagged within 5 s: %+v", st)
+	}
+	time.Sleep(2 * time.Second)
+	st = d.fullStatus()
+	t.Logf("flagged after %v: %+v", took.Round(time.Millisecond), st.Flagged)
+	if len(st.Quarantines) != 0 || len(st.Flagged) != 1 || st.Flagged[0].Port != port1 || st.Flagged[0].PPS < 50000 {
+		t.Fatalf("dry run: quarantines %+v flagged %+v; want %s flagged above 50000 pps, nothing quarantined", st.Quarantines, st.Flagged, port1)
+	}
+	if after := l.snapshot(); after != before {
+		t.Fatalf("dry run changed the plumbing:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// postIn sends an HTTP request from inside ns and returns the status code
+// and body.
+func (l *lab) postIn(ns, addr, path, token, body string) (int, string) {
+	l.t.Helper()
+	c, err := dialIn(ns, addr)
+	if err != nil {
+		l.t.Fatalf("dial %s in %s: %v", addr, ns, err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+path, strings.NewReader(body))
+	req.Close = true
+	req.Header.Set("Content-Type", "application/json")
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	if err := req.Write(c); err != nil {
+		l.t.Fatal(err)
+	}
+	resp, err := http.ReadResponse(bufio.NewReader(c), req)
+	if err != nil {
+		l.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func alertBody(status, instance, port string) string {
+	return fmt.Sprintf(`{"version":"4","groupKey":"{}:{alertname=\"VMFlood\"}","truncatedAlerts":0,"status":%q,
+"receiver":"shaperd","groupLabels":{"alertname":"VMFlood"},"commonLabels":{"alertname":"VMFlood"},"commonAnnotations":{},
+"externalURL":"http://alertmanager.invalid:9093","alerts":[{"status":%q,"labels":{"alertname":"VMFlood","instance":%q,"interface":%q},
+"annotations":{"summary":"flood"},"startsAt":"2026-11-23T12:00:00Z","endsAt":"0001-01-01T00:00:00Z","generatorURL":"","fingerprint":"f1"}]}`,
+		status, status, instance, port)
+}
+
+// TestAlertmanagerWebhook: a firing alert for this instance quarantines the
+// named port with the quarantine profile, a repeat changes nothing, the
+// resolved alert starts probation; no token is 401; another instance is
+// ignored; malformed is 400.
+func TestAlertmanagerWebhook(t *testing.T) {
+	l := newLab(t, "bridge")
+	hv, port1, port2 := l.get("HV_NS"), l.get("VM1_PORT"), l.get("VM2_PORT")
+	const addr, token = "127.0.0.1:19752", "lab-token-6c1f"
+	d := l.startDaemon("--config", labConfig(), "--metrics-addr", addr, "--alerts-token", token, "--instance-name", "hv-lab")
+	path := "/v1/alerts/alertmanager"
+	if code, _ := l.postIn(hv, addr, path, "", alertBody("firing", "hv-lab:9100", port1)); code != 401 {
+		t.Fatalf("no token: %d, want 401", code)
+	}
+	if code, _ := l.postIn(hv, addr, path, "wrong", alertBody("firing", "hv-lab:9100", port1)); code != 401 {
+		t.Fatalf("wrong token: %d, want 401", code)
+	}
+	if code, _ := l.postIn(hv, addr, path, token, `{"version":"4","alerts":[{"status":"maybe"}]}`); code != 400 {
+		t.Fatalf("malformed: %d, want 400", code)
+	}
+	if code, body := l.postIn(hv, addr, path, token, alertBody("firing", "hv-other:9100", port2)); code != 200 || !strings.Contains(body, "other_instance") {
+		t.Fatalf("other instance: %d %s", code, body)
+	}
+	if code, body := l.postIn(hv, addr, path, token, alertBody("firing", "hv-lab:9100", "vm-nosuch")); code != 200 || !strings.Contains(body, "unknown_port") {
+		t.Fatalf("unknown port: %d %s", code, body)
+	}
+	if st := d.fullStatus(); len(st.Quarantines) != 0 {
+		t.Fatalf("refused or ignored alerts quarantined: %+v", st.Quarantines)
+	}
+	for i := 0; i < 2; i++ { // a repeated notification is idempotent
+		if code, body := l.postIn(hv, addr, path, token, alertBody("firing", "hv-lab:9100", port1)); code != 200 {
+			t.Fatalf("firing: %d %s", code, body)
+		}
+	}
+	st := d.fullStatus()
+	q := quarantineOf(st, port1)
+	if len(st.Quarantines) != 1 || q == nil || q.Origin != "alert" || q.Profile != "quarantine" || q.Stage != "stage1" {
+		t.Fatalf("after firing: %+v", st.Quarantines)
+	}
+	since := q.Since
+	if code, body := l.postIn(hv, addr, path, token, alertBody("resolved", "hv-lab", port1)); code != 200 || !strings.Contains(body, "probation") {
+		t.Fatalf("resolved: %d %s", code, body)
+	}
+	q = quarantineOf(d.fullStatus(), port1)
+	if q == nil || q.Stage != "probation" || !q.Since.Equal(since) {
+		t.Fatalf("after resolved: %+v", q)
+	}
+	m := l.scrape(addr)
+	if v := m.value(t, "shaperd_alerts_total", "outcome", "quarantined"); v != 1 {
+		t.Errorf("shaperd_alerts_total{outcome=quarantined} = %v, want 1", v)
+	}
+	// Probation with no traffic: released after clear_after (4 s).
+	if _, _, ok := d.waitFor(10*time.Second, func(st api.Status) bool { return len(st.Quarantines) == 0 }); !ok {
+		t.Fatal("not released after probation")
+	}
+}
+
+// TestLadderOnLab walks the ladder on the real lab with the lab config's
+// durations (8 s stages, 4 s clear_after): a flood at full speed is
+// flagged, shaped to 10000 pps in stage 1, to 2500 pps in stage 2, blocked
+// in stage 3 (the on-block hook runs, ssh-like traffic still passes); once
+// the flood stops, probation steps down to stage 1's limits and the splice
+// is released, leaving the plumbing as it was.
+func TestLadderOnLab(t *testing.T) {
+	l := newLab(t, "bridge")
+	vm1, ext, port1 := l.get("VM1_NS"), l.get("EXT_NS"), l.get("VM1_PORT")
+	hookLog := filepath.Join(t.TempDir(), "hook.log")
+	t.Setenv("SHAPERD_HOOK_LOG", hookLog)
+	before := l.snapshot()
+	d := l.startDaemon("--config", labConfig())
+	l.bg(ext, "sink", "--listen", l.get("EXT_IP")+":9", "--duration", "90s")
+	l.bg(vm1, "probe", "server", "--listen", l.get("VM1_IP")+":22")
+	flood := l.bg(vm1, "flood", "--dst", l.get("EXT_IP"), "--size", "250", "--pps", "0", "--duration", "0")
+
+	stageRate := func(stage string, want float64) {
+		t.Helper()
+		st, took, ok := d.waitFor(20*time.Second, func(st api.Status) bool {
+			q := quarantineOf(st, port1)
+			return q != nil && q.Stage == stage
+		})
+		if !ok {
+			t.Fatalf("never reached %s: %+v", stage, st.Quarantines)
+		}
+		time.Sleep(time.Second) // let the delay queue settle
+		got := l.rxRate(ext, "eth0", 2*time.Second)
+		q := d.status(port1)
+		from := q.Directions.FromVM
+		drops := map[string]uint64{}
+		var passed uint64
+		for _, c := range from.Classes {
+			passed += c.PassedPackets
+			for r, n := range c.Drops {
+				if n > 0 {
+					drops[r] += n
+				}
+			}
+		}
+		t.Logf("%s reached after %v: %s, delivers %.0f pps; passed %d, drops %v, queue %+v", stage, took.Round(time.Millisecond),
+			fmtLim(from.Limits), got, passed, drops, from.Queue)
+		if want == 0 {
+			if got > 50 {
+				t.Errorf("%s delivers %.0f pps; want none", stage, got)
+			}
+			return
+		}
+		if !within(got, want, 0.05) {
+			t.Errorf("%s delivers %.0f pps; want %.0f within 5%%", stage, got, want)
+		}
+	}
+	stageRate("stage1", 10000)
+	stageRate("stage2", 2500)
+	q := d.status(port1)
+	if q.Directions.FromVM.Queue.DelayMS != 400 {
+		t.Errorf("stage 2 delay %vms; want 400", q.Directions.FromVM.Queue.DelayMS)
+	}
+	stageRate("stage3", 0)
+	pr := l.bg(ext, "probe", "client", "--connect", l.get("VM1_IP")+":22", "--count", "10", "--interval", "100ms", "--json")
+	if err := pr.wait(t, 10*time.Second); err != nil {
+		t.Errorf("ssh-like probe in stage 3: %v %s %s", err, pr.out, pr.err)
+	}
+	hook, _ := os.ReadFile(hookLog)
+	if strings.TrimSpace(string(hook)) != "blocked "+port1 {
+		t.Errorf("on-block hook log %q; want %q", hook, "blocked "+port1)
+	}
+	// The flood stops: probation, step down, release.
+	flood.cmd.Process.Signal(os.Interrupt)
+	flood.wait(t, 5*time.Second)
+	if _, took, ok := d.waitFor(10*time.Second, func(st api.Status) bool {
+		q := quarantineOf(st, port1)
+		return q != nil && q.Stage == "probation"
+	}); !ok {
+		t.Fatal("no probation after the flood stopped")
+	} else {
+		t.Logf("probation %v after the flood stopped", took.Round(time.Millisecond))
+	}
+	if _, took, ok := d.waitFor(20*time.Second, func(st api.Status) bool { return len(st.Quarantines) == 0 }); !ok {
+		t.Fatal("not released after probation")
+	} else {
+		t.Logf("released %v after probation began", took.Round(time.Millisecond))
+	}
+	time.Sleep(500 * time.Millisecond)
+	if after := l.snapshot(); after != before {
+		t.Fatalf("plumbing after the ladder's release differs:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+func fmtLim(l api.Limits) string {
+	s := "no pps limit"
+	if l.PPS != nil {
+		s = fmt.Sprintf("%g pps", *l.PPS)
+	}
+	if l.BitsPerSecond != nil {
+		s += fmt.Sprintf(", %d bit/s", *l.BitsPerSecond)
+	}
+	return s
+}
