@@ -799,7 +799,9 @@ func TestShapeRateRealTime(t *testing.T) {
 func TestShapeForwarderCloseLeaksNothing(t *testing.T) {
 	before := runtime.NumGoroutine()
 	vm, nt := fakedev.New(256), fakedev.New(256)
-	pol := Policy{Mode: Shape, Delay: 20 * time.Millisecond, Aggregate: bucket.Limits{PPS: 1000, BurstPackets: 5}}
+	// A queue time well over the delay, so that many of the 100 frames
+	// are still queued when the first ones have left.
+	pol := Policy{Mode: Shape, Delay: 20 * time.Millisecond, QueueTime: 100 * time.Millisecond, Aggregate: bucket.Limits{PPS: 1000, BurstPackets: 5}}
 	f, err := New(Config{FromVM: pol, ToVM: pol}, Devices{VM: vm, Net: nt})
 	if err != nil {
 		t.Fatal(err)
