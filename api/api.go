@@ -106,7 +106,8 @@ type Quarantine struct {
 	// given limits by hand.
 	Profile string `json:"profile"`
 	// Origin is who started it: "manual", "watch" (flagged by the watch
-	// loop) or "alert" (an Alertmanager webhook).
+	// loop), "alert" (an Alertmanager webhook) or "correlation" (a group's
+	// router port, limited toward the router while a member floods).
 	Origin string `json:"origin"`
 	// Stage is "manual", "stage1", "stage2", "stage3" or "probation".
 	Stage string `json:"stage"`

@@ -8,6 +8,7 @@ import (
 	"math"
 	"os"
 	"os/exec"
+	"path"
 	"slices"
 	"strings"
 	"time"
@@ -23,9 +24,10 @@ import (
 
 // Origins of a quarantine.
 const (
-	OriginManual = "manual" // the command line or the control API
-	OriginWatch  = "watch"  // flagged by the watch loop
-	OriginAlert  = "alert"  // an Alertmanager webhook
+	OriginManual      = "manual"      // the command line or the control API
+	OriginWatch       = "watch"       // flagged by the watch loop
+	OriginAlert       = "alert"       // an Alertmanager webhook
+	OriginCorrelation = "correlation" // a group's router port, limited toward the router
 )
 
 // StageManual is the stage of a quarantine with no ladder.
@@ -45,6 +47,18 @@ type WatchConfig struct {
 	MaxAuto int
 	// DryRun flags and reports without splicing.
 	DryRun bool
+	// Groups name tenants' router ports, for profiles with correlate.
+	Groups []Group
+}
+
+// Group is a tenant's VM ports (glob patterns) and its router port: when a
+// member quarantined with a correlating profile floods and the flood also
+// shows on the router port (frames to it above the profile's threshold),
+// the traffic to the router port is limited too.
+type Group struct {
+	Name    string
+	Router  string
+	Members []string
 }
 
 // DefaultWatchConfig watches nothing, every 500 ms, flags after 1 s, and
@@ -140,6 +154,11 @@ func (m *Manager) WatchPorts(names []string) []string {
 	for p, q := range m.q {
 		if q.lad != nil && !slices.Contains(out, p) {
 			out = append(out, p)
+		}
+	}
+	for _, g := range m.watch.Groups {
+		if slices.Contains(names, g.Router) && !slices.Contains(out, g.Router) {
+			out = append(out, g.Router)
 		}
 	}
 	return out
@@ -242,7 +261,7 @@ func (m *Manager) Observe(now time.Time, counters map[string]detect.Sample) {
 				"max_auto", m.watch.MaxAuto)
 		}
 	}
-	dirty := false
+	dirty := m.correlateLocked(now)
 	for _, p := range m.portsLocked() {
 		q := m.q[p]
 		if q.lad == nil || q.state != StateActive {
@@ -267,6 +286,64 @@ func (m *Manager) Observe(now time.Time, counters map[string]detect.Sample) {
 		}
 		m.lastLadderSave = now
 	}
+}
+
+// correlateLocked limits the traffic to a group's router port when a member
+// quarantined with a correlating profile is above its ladder's first rung
+// of calm and the router port receives more than the profile's threshold.
+// It reports whether it started a quarantine.
+func (m *Manager) correlateLocked(now time.Time) bool {
+	started := false
+	for _, g := range m.watch.Groups {
+		if _, ok := m.q[g.Router]; ok {
+			continue
+		}
+		r, ok := m.tracker.Rates(g.Router)
+		if !ok {
+			continue
+		}
+		for _, p := range m.portsLocked() {
+			q := m.q[p]
+			if q.lad == nil || !q.prof.Correlate || q.lad.Stage() == ladder.Probation || !matchAny(g.Members, p) {
+				continue
+			}
+			th := q.prof.Threshold
+			th.Direction = detect.ToVM
+			if !th.Above(r) {
+				continue
+			}
+			req := api.LimitRequest{"profile": q.prof.Name}
+			if _, err := m.quarantineLocked(g.Router, req, false, OriginCorrelation, now); err != nil {
+				m.log.Error("event: correlated quarantine of a router port failed", "event", "correlation_failed",
+					"group", g.Name, "router", g.Router, "member", p, "err", err)
+				break
+			}
+			started = true
+			m.log.Warn("event: the flood shows on the group's router port: limiting the traffic to it", "event", "correlation",
+				"group", g.Name, "router", g.Router, "member", p, "router_pps", math.Round(r.ToVM.PPS))
+			break
+		}
+	}
+	return started
+}
+
+func matchAny(patterns []string, name string) bool {
+	for _, pat := range patterns {
+		if ok, _ := path.Match(pat, name); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// profileFor returns the profile a quarantine of origin runs: a router port
+// limited by correlation has its ladder on the traffic to it.
+func profileFor(p profile.Profile, origin string) profile.Profile {
+	if origin == OriginCorrelation {
+		p.Threshold.Direction = detect.ToVM
+		p.Ladder.Threshold = p.Threshold
+	}
+	return p
 }
 
 func (m *Manager) hasLadderLocked() bool {
@@ -491,6 +568,7 @@ func ladderPrefixes(d detect.Direction) []string {
 // startLadderLocked starts q's ladder at stage 1 at now, with the average
 // frame size of the watch history, and puts stage 1's limits into q.spec.
 func (m *Manager) startLadderLocked(q *quarantine, p profile.Profile, now time.Time) error {
+	p = profileFor(p, q.spec.Origin)
 	l, err := ladder.New(p.Ladder)
 	if err != nil {
 		return usagef("profile %s: %v", p.Name, err)
@@ -522,6 +600,7 @@ func (m *Manager) resumeLadderLocked(q *quarantine, saved *ladder.State, now tim
 		return
 	}
 	p, ok := m.profiles[q.spec.Profile]
+	p = profileFor(p, q.spec.Origin)
 	if !ok || !p.UseLadder {
 		m.log.Warn("event: restored quarantine's profile is gone or has no ladder; its limits stay as they were",
 			"event", "ladder_lost", "port", q.port, "profile", q.spec.Profile, "stage", q.spec.Stage)

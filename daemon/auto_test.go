@@ -25,13 +25,14 @@ type load struct {
 	now  time.Time
 	step time.Duration
 	pps  map[string]float64
+	tx   map[string]float64 // frames per second to the port (its TX)
 	size map[string]float64
 	c    map[string]detect.Sample
 }
 
 func newLoad(t *testing.T, m *Manager, ports ...string) *load {
 	l := &load{t: t, m: m, now: t0, step: 500 * time.Millisecond,
-		pps: map[string]float64{}, size: map[string]float64{}, c: map[string]detect.Sample{}}
+		pps: map[string]float64{}, tx: map[string]float64{}, size: map[string]float64{}, c: map[string]detect.Sample{}}
 	for _, p := range ports {
 		l.c[p] = detect.Sample{}
 		l.size[p] = 250
@@ -49,8 +50,9 @@ func (l *load) run(d time.Duration) {
 			n := uint64(l.pps[p] * sec)
 			s.RxPackets += n
 			s.RxBytes += uint64(float64(n) * l.size[p])
-			s.TxPackets += 10
-			s.TxBytes += 1000
+			tn := uint64(l.tx[p]*sec) + 10
+			s.TxPackets += tn
+			s.TxBytes += tn * 100
 			l.c[p] = s
 		}
 		l.m.Observe(l.now, l.m.watchCounters(l.c))
@@ -359,5 +361,48 @@ func TestConfigureRejectsBadProfiles(t *testing.T) {
 	// Nothing changed: the default profile still quarantines.
 	if _, err := m.Quarantine("vm-1", nil, false); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A member of a group floods through its router: the member is quarantined
+// by the watch, and the traffic to the router port is limited too, with
+// the ladder on the router port's to_vm direction.
+func TestCorrelationLimitsTheRouterPort(t *testing.T) {
+	fb := fakesplice.New("vm-1", "vm-2", "rtr-1")
+	m := newTestManager(t, t.TempDir(), fb)
+	p := profile.Default()
+	p.Correlate = true
+	w := watchVMs()
+	w.Groups = []Group{{Name: "tenant-a", Router: "rtr-1", Members: []string{"vm-1", "vm-3"}}}
+	configure(t, m, profile.Set{profile.Quarantine: p}, w)
+	l := newLoad(t, m, "vm-1", "vm-2", "rtr-1")
+	l.run(time.Second)
+	// vm-2 floods but is in no group; the router sees little.
+	l.pps["vm-2"] = 400_000
+	l.run(3 * time.Second)
+	if !fb.Spliced("vm-2") || fb.Spliced("rtr-1") {
+		t.Fatalf("vm-2 spliced %v, rtr-1 spliced %v; want vm-2 only", fb.Spliced("vm-2"), fb.Spliced("rtr-1"))
+	}
+	// vm-1's flood shows on the router port.
+	l.pps["vm-1"], l.tx["rtr-1"] = 400_000, 390_000
+	l.run(3 * time.Second)
+	if !fb.Spliced("vm-1") || !fb.Spliced("rtr-1") {
+		t.Fatalf("vm-1 spliced %v, rtr-1 spliced %v; want both", fb.Spliced("vm-1"), fb.Spliced("rtr-1"))
+	}
+	q := mustStatus(t, m, "rtr-1")
+	if q.Origin != OriginCorrelation || q.Stage != "stage1" || q.Directions.FromVM.Limits.PPS != nil ||
+		q.Directions.ToVM.Limits.PPS == nil || *q.Directions.ToVM.Limits.PPS != 10000 {
+		t.Fatalf("router quarantine: origin %s stage %s from %+v to %+v", q.Origin, q.Stage, q.Directions.FromVM.Limits, q.Directions.ToVM.Limits)
+	}
+	// Without correlate in the profile nothing happens to the router.
+	fb2 := fakesplice.New("vm-1", "rtr-1")
+	m2 := newTestManager(t, t.TempDir(), fb2)
+	configure(t, m2, nil, w)
+	l2 := newLoad(t, m2, "vm-1", "rtr-1")
+	l2.run(time.Second)
+	l2.pps["vm-1"], l2.tx["rtr-1"] = 400_000, 390_000
+	l2.run(3 * time.Second)
+	if !fb2.Spliced("vm-1") || fb2.Spliced("rtr-1") {
+		t.Fatalf("without correlate: vm-1 %v rtr-1 %v", fb2.Spliced("vm-1"), fb2.Spliced("rtr-1"))
 	}
 }

@@ -4,9 +4,11 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"os"
 	"os/signal"
+	"slices"
 	"syscall"
 	"time"
 
@@ -331,6 +333,10 @@ func watchConfig(cfg config.Config) daemon.WatchConfig {
 	}
 	if cfg.MaxAuto != nil {
 		w.MaxAuto = *cfg.MaxAuto
+	}
+	for _, name := range slices.Sorted(maps.Keys(cfg.Groups)) {
+		g := cfg.Groups[name]
+		w.Groups = append(w.Groups, daemon.Group{Name: name, Router: g.Router, Members: g.Members})
 	}
 	return w
 }
