@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -15,13 +16,17 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/digitalocean/go-openvswitch/ovs"
 )
 
 // ExecFunc runs one of Open vSwitch's command-line tools (ovs-vsctl,
 // ovs-ofctl, ovs-appctl) with args, feeding it stdin (nil: none), and
 // returns its standard output. A failure returns an error that carries the
-// tool's standard error. It has the shape of go-openvswitch's exec hook
-// (ovs.Exec) plus stdin for bundles; tests pass a fake.
+// tool's standard error. It is go-openvswitch's exec hook (ovs.Exec) plus
+// stdin for bundles: the backend hands it to the library's client and runs
+// what the library cannot do through it too, so tests fake every command
+// in one place.
 type ExecFunc func(stdin []byte, name string, args ...string) ([]byte, error)
 
 // cmdTimeout bounds every OVS command (the tools' own --timeout is a second
@@ -49,33 +54,68 @@ func Exec(stdin []byte, name string, args ...string) ([]byte, error) {
 	return out.Bytes(), nil
 }
 
-// cli wraps the OVS tools with the options every call needs.
-type cli struct{ run ExecFunc }
+// cli drives Open vSwitch. What go-openvswitch's client can do goes
+// through it (lib): the port-to-bridge lookup, deleting ports, port numbers
+// (dump-ports), port flags (mod-port), deleting flows by cookie. The rest
+// the library has no API for, or parses lossily, and runs the tools through
+// the same exec hook (run), so one ExecFunc sees every command: groups and
+// atomic group+flow bundles (the library's bundles hold flows only), the
+// Interface rows' external_ids, port descriptions (config flags such as
+// NO_FLOOD), raw dump-flows and dump-groups (the library's flow parser
+// rejects group actions and port names, and drops matches it does not know,
+// such as the reg12 marks), and the MAC table.
+type cli struct {
+	run ExecFunc
+	lib *ovs.Client
+}
+
+// ovsTimeout is the tools' own --timeout, in seconds: shorter than
+// cmdTimeout, so a hung daemon is reported by the tool that waited.
+const ovsTimeout = 10
+
+func newCLI(run ExecFunc) cli {
+	hook := func(name string, args ...string) ([]byte, error) { return run(nil, name, args...) }
+	return cli{run: run, lib: ovs.New(ovs.Timeout(ovsTimeout), ovs.Exec(hook))}
+}
+
+var timeoutFlag = fmt.Sprintf("--timeout=%d", ovsTimeout)
+
+// libErr unwraps the library's *ovs.Error when it adds nothing: the hook's
+// error already carries the tool's standard error, and its output is
+// empty (the library would print "err: ").
+func libErr(err error) error {
+	var e *ovs.Error
+	if errors.As(err, &e) && len(bytes.TrimSpace(e.Out)) == 0 {
+		return e.Err
+	}
+	return err
+}
 
 func (c cli) vsctl(args ...string) ([]byte, error) {
-	return c.run(nil, "ovs-vsctl", append([]string{"--timeout=10"}, args...)...)
+	return c.run(nil, "ovs-vsctl", append([]string{timeoutFlag}, args...)...)
 }
 
 // ofctl talks OpenFlow 1.0 (with Nicira extensions): port config flags such
 // as no-flood exist only there.
 func (c cli) ofctl(args ...string) ([]byte, error) {
-	return c.run(nil, "ovs-ofctl", append([]string{"--timeout=10"}, args...)...)
+	return c.run(nil, "ovs-ofctl", append([]string{timeoutFlag}, args...)...)
 }
 
 // ofctl14 talks OpenFlow 1.4: groups and bundles.
 func (c cli) ofctl14(args ...string) ([]byte, error) {
-	return c.run(nil, "ovs-ofctl", append([]string{"--timeout=10", "-O", "OpenFlow14"}, args...)...)
+	return c.run(nil, "ovs-ofctl", append([]string{timeoutFlag, "-O", "OpenFlow14"}, args...)...)
 }
 
 // bundle applies text (flow and group mods, one per line) to bridge as one
-// atomic OpenFlow 1.4 bundle: on any error, none of it is applied.
+// atomic OpenFlow 1.4 bundle: on any error, none of it is applied. The
+// library's AddFlowBundle cannot: its transactions hold flows only.
 func (c cli) bundle(bridge, text string) error {
-	_, err := c.run([]byte(text), "ovs-ofctl", "--timeout=10", "-O", "OpenFlow14", "bundle", bridge, "-")
+	_, err := c.run([]byte(text), "ovs-ofctl", timeoutFlag, "-O", "OpenFlow14", "bundle", bridge, "-")
 	return err
 }
 
 func (c cli) appctl(args ...string) ([]byte, error) {
-	return c.run(nil, "ovs-appctl", append([]string{"--timeout=10"}, args...)...)
+	return c.run(nil, "ovs-appctl", append([]string{timeoutFlag}, args...)...)
 }
 
 // ovsRunning reports, cheaply and without running anything, whether an
@@ -96,8 +136,19 @@ func ovsRunning() bool {
 // errNotInOVS means OVS knows no interface of that name.
 var errNotInOVS = errors.New("not an interface of any Open vSwitch bridge")
 
-// ifaceBridge returns the bridge whose port has the interface name.
+// ifaceBridge returns the bridge of the port named name (the library's
+// PortToBridge). A name OVS knows only as an interface (of a bond, or of a
+// port with another name) is looked up with iface-to-br, so that the caller
+// can refuse it with a clear message; errNotInOVS if OVS knows neither.
 func (c cli) ifaceBridge(name string) (string, error) {
+	br, err := c.lib.VSwitch.PortToBridge(name)
+	err = libErr(err)
+	if err == nil {
+		return strings.TrimSpace(br), nil
+	}
+	if !strings.Contains(err.Error(), "no port named") {
+		return "", err
+	}
 	out, err := c.vsctl("iface-to-br", name)
 	if err != nil {
 		if strings.Contains(err.Error(), "no interface named") {
@@ -108,20 +159,74 @@ func (c cli) ifaceBridge(name string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
-// ofport returns the OpenFlow port number of interface name: an error if
-// OVS has not (or could not) give it one.
-func (c cli) ofport(name string) (int, error) {
-	out, err := c.vsctl("get", "Interface", name, "ofport")
+// ofport returns the OpenFlow port number ovs-vswitchd gives the port name
+// on bridge (the library's DumpPort): an error if it has none, with the
+// Interface row's error column if it says why.
+func (c cli) ofport(bridge, name string) (int, error) {
+	st, err := c.lib.OpenFlow.DumpPort(bridge, name)
+	if err == nil && st.PortID > 0 && st.PortID < 0xff00 {
+		return st.PortID, nil
+	}
+	msg, _ := c.vsctl("--if-exists", "get", "Interface", name, "error")
+	err = libErr(err)
+	if err == nil {
+		err = fmt.Errorf("port number %d", st.PortID)
+	}
+	return 0, fmt.Errorf("interface %s has no OpenFlow port on %s (%v; error column %s)", name, bridge, err, strings.TrimSpace(string(msg)))
+}
+
+// setFlood turns NORMAL's flooding to port on bridge on or off (the
+// library's ModPort).
+func (c cli) setFlood(bridge, port string, flood bool) error {
+	a := ovs.PortActionNoFlood
+	if flood {
+		a = ovs.PortActionFlood
+	}
+	return libErr(c.lib.OpenFlow.ModPort(bridge, port, a))
+}
+
+// delPort removes port from bridge if it is there (the library's DeletePort).
+func (c cli) delPort(bridge, port string) error {
+	return libErr(c.lib.VSwitch.DeletePort(bridge, port))
+}
+
+// delFlows deletes the flows of bridge whose cookie is exactly cookie, which
+// must be a splice generation's (the library's DelFlows, which given a nil
+// or table-only match would flush the bridge: it is never given one).
+func (c cli) delFlows(bridge string, cookie uint64) error {
+	if !isGeneration(cookie) {
+		return fmt.Errorf("refusing to delete flows by cookie %#x: not a shaperd splice cookie", cookie)
+	}
+	return libErr(c.lib.OpenFlow.DelFlows(bridge, &ovs.MatchFlow{Cookie: cookie, Table: ovs.AnyTable}))
+}
+
+// bridges lists the bridges (the library's ListBridges).
+func (c cli) bridges() ([]string, error) {
+	brs, err := c.lib.VSwitch.ListBridges()
+	return brs, libErr(err)
+}
+
+// flows returns bridge's flows (all, or with cookie exactly cookie if it
+// is not 0), without counters.
+func (c cli) flows(bridge string, cookie uint64) ([]flowEntry, error) {
+	args := []string{"dump-flows", bridge}
+	if cookie != 0 {
+		args = append(args, fmt.Sprintf("cookie=%#x/-1", cookie))
+	}
+	out, err := c.ofctl14(append(args, "--no-stats")...)
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
-	s := strings.TrimSpace(string(out))
-	n, err := strconv.Atoi(s)
-	if err != nil || n <= 0 {
-		msg, _ := c.vsctl("get", "Interface", name, "error")
-		return 0, fmt.Errorf("interface %s has no OpenFlow port (ofport %s, error %s)", name, s, strings.TrimSpace(string(msg)))
+	return parseFlows(out), nil
+}
+
+// groups returns bridge's groups by id, each with its description line.
+func (c cli) groups(bridge string) (map[uint32]string, error) {
+	out, err := c.ofctl14("dump-groups", bridge)
+	if err != nil {
+		return nil, err
 	}
-	return n, nil
+	return parseGroups(out), nil
 }
 
 // externalID returns the value of external_ids:key of interface name, "" if unset.
@@ -133,11 +238,72 @@ func (c cli) externalID(name, key string) (string, error) {
 	return unquote(strings.TrimSpace(string(out))), nil
 }
 
+// setArgs are the ovs-vsctl arguments setting external_ids kv on interface
+// name, with values quoted for the database's string syntax.
+func setArgs(name string, kv [][2]string) []string {
+	args := []string{"set", "Interface", name}
+	for _, p := range kv {
+		args = append(args, "external_ids:"+p[0]+"="+strconv.Quote(p[1]))
+	}
+	return args
+}
+
 func unquote(s string) string {
 	if u, err := strconv.Unquote(s); err == nil {
 		return u
 	}
 	return s
+}
+
+// row is an Interface row that records a splice: its name (the net tap's)
+// and external_ids.
+type row struct {
+	name string
+	ids  map[string]string
+}
+
+// spliceRows returns the Interface rows whose external_ids record a splice
+// (shaperd-role=net), in one query.
+func (c cli) spliceRows() ([]row, error) {
+	out, err := c.vsctl("--format=json", "--columns=name,external_ids", "find", "Interface", "external_ids:"+idRole+"=net")
+	if err != nil {
+		return nil, err
+	}
+	return parseRows(out)
+}
+
+// parseRows parses `ovs-vsctl --format=json --columns=name,external_ids`
+// output: {"data":[["NAME",["map",[["K","V"],...]]],...],...}.
+func parseRows(out []byte) ([]row, error) {
+	var t struct {
+		Data [][]json.RawMessage `json:"data"`
+	}
+	if err := json.Unmarshal(out, &t); err != nil {
+		return nil, fmt.Errorf("parse ovs-vsctl json %q: %w", out, err)
+	}
+	var rows []row
+	for _, d := range t.Data {
+		if len(d) != 2 {
+			return nil, fmt.Errorf("parse ovs-vsctl json: a row of %d columns, want 2", len(d))
+		}
+		r := row{ids: map[string]string{}}
+		if err := json.Unmarshal(d[0], &r.name); err != nil {
+			return nil, fmt.Errorf("parse ovs-vsctl json: name %s: %w", d[0], err)
+		}
+		var m []json.RawMessage
+		if err := json.Unmarshal(d[1], &m); err != nil || len(m) != 2 {
+			return nil, fmt.Errorf("parse ovs-vsctl json: external_ids %s: not a map", d[1])
+		}
+		var kvs [][2]string
+		if err := json.Unmarshal(m[1], &kvs); err != nil {
+			return nil, fmt.Errorf("parse ovs-vsctl json: external_ids %s: %w", d[1], err)
+		}
+		for _, kv := range kvs {
+			r.ids[kv[0]] = kv[1]
+		}
+		rows = append(rows, r)
+	}
+	return rows, nil
 }
 
 // portConfig returns the OpenFlow 1.0 config flags (NO_FLOOD, PORT_DOWN,
@@ -252,6 +418,11 @@ func parseFlows(out []byte) []flowEntry {
 
 // isOurs reports whether cookie is a shaperd splice cookie.
 func isOurs(cookie uint64) bool { return cookie&CookieMask == CookieTag }
+
+// isGeneration reports whether cookie is one splice generation's: shaperd's
+// tag with a non-zero generation (deleting by CookieTag/-1 would match none
+// of them, and by 0/-1 every cookie-less flow).
+func isGeneration(cookie uint64) bool { return isOurs(cookie) && cookie != CookieTag }
 
 var (
 	markMatch = regexp.MustCompile(markReg + `=0/(0x[0-9a-f]+)`)

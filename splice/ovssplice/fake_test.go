@@ -137,12 +137,61 @@ func (o *fakeOVS) run(stdin []byte, name string, args ...string) ([]byte, error)
 	return nil, fmt.Errorf("fake ovs: unexpected command %q", line)
 }
 
+// restartVswitchd does what a restart of ovs-vswitchd does to the bridge:
+// flows, groups and port flags are gone (ofports stay: the database has them),
+// and the bridge gets its default flow.
+func (o *fakeOVS) restartVswitchd() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.flows = []fakeFlow{{cookie: 0, priority: 0, rest: "actions=NORMAL"}}
+	o.groups = map[uint32]string{}
+	for _, p := range o.ports {
+		p.noFlood = false
+	}
+}
+
 func (o *fakeOVS) vsctl(a []string) ([]byte, error) {
 	ifExists := len(a) > 0 && a[0] == "--if-exists"
 	if ifExists {
 		a = a[1:]
 	}
 	switch {
+	case len(a) == 1 && a[0] == "list-br":
+		return []byte("br0\n"), nil
+	case len(a) == 2 && a[0] == "port-to-br":
+		if _, ok := o.ports[a[1]]; ok {
+			return []byte("br0\n"), nil
+		}
+		return []byte("ovs-vsctl: no port named " + a[1] + "\n"), fmt.Errorf("exit status 1: ovs-vsctl: no port named %s", a[1])
+	case len(a) == 5 && a[0] == "--format=json" && a[1] == "--columns=name,external_ids" && a[2] == "find" && a[3] == "Interface" && a[4] == "external_ids:shaperd-role=net":
+		var rows []string
+		for _, n := range slices.Sorted(maps.Keys(o.ports)) {
+			p := o.ports[n]
+			if p.ids["shaperd-role"] != "net" {
+				continue
+			}
+			var kv []string
+			for _, k := range slices.Sorted(maps.Keys(p.ids)) {
+				kv = append(kv, fmt.Sprintf("[%q,%q]", k, p.ids[k]))
+			}
+			rows = append(rows, fmt.Sprintf(`[%q,["map",[%s]]]`, n, strings.Join(kv, ",")))
+		}
+		return []byte(`{"data":[` + strings.Join(rows, ",") + `],"headings":["name","external_ids"]}` + "\n"), nil
+	case len(a) == 4 && a[0] == "get" && a[1] == "Interface" && a[3] == "error":
+		if _, ok := o.ports[a[2]]; !ok && !ifExists {
+			return nil, errNoRow
+		}
+		return []byte("[]\n"), nil
+	case len(a) > 12 && a[0] == "--" && a[1] == "--if-exists" && a[2] == "del-port" && a[3] == "br0" && a[5] == "--" && a[6] == "add-port" && a[7] == "br0" && a[8] == a[4] && a[9] == "--" && a[10] == "set" && a[11] == "Interface" && a[12] == a[4]:
+		// One transaction: the port goes and comes back as a new row,
+		// with a new OpenFlow number.
+		delete(o.ports, a[4])
+		p := o.addPort(a[4])
+		for _, kv := range a[13:] {
+			k, v, _ := strings.Cut(strings.TrimPrefix(kv, "external_ids:"), "=")
+			p.ids[k] = unquote(v)
+		}
+		return nil, nil
 	case len(a) == 2 && a[0] == "iface-to-br":
 		if _, ok := o.ports[a[1]]; ok {
 			return []byte("br0\n"), nil
@@ -173,13 +222,15 @@ func (o *fakeOVS) vsctl(a []string) ([]byte, error) {
 			return nil, nil
 		}
 		return []byte(p.tag + "\n[]\n[]\n[6d9a9e3e-0000-0000-0000-000000000000]\n"), nil
-	case len(a) == 4 && a[0] == "set" && a[1] == "Interface" && strings.HasPrefix(a[3], "external_ids:"):
+	case len(a) >= 4 && a[0] == "set" && a[1] == "Interface" && strings.HasPrefix(a[3], "external_ids:"):
 		p, ok := o.ports[a[2]]
 		if !ok {
 			return nil, errNoRow
 		}
-		k, v, _ := strings.Cut(strings.TrimPrefix(a[3], "external_ids:"), "=")
-		p.ids[k] = unquote(v)
+		for _, kv := range a[3:] {
+			k, v, _ := strings.Cut(strings.TrimPrefix(kv, "external_ids:"), "=")
+			p.ids[k] = unquote(v)
+		}
 		return nil, nil
 	case len(a) == 3 && a[0] == "del-port" && a[1] == "br0":
 		if _, ok := o.ports[a[2]]; !ok && !ifExists {
@@ -203,16 +254,41 @@ func (o *fakeOVS) vsctl(a []string) ([]byte, error) {
 
 func (o *fakeOVS) ofctl(a []string, stdin []byte) ([]byte, error) {
 	switch {
-	case len(a) == 3 && a[0] == "dump-ports-desc" && a[1] == "br0":
+	case len(a) == 3 && a[0] == "dump-ports" && a[1] == "br0":
 		p, ok := o.ports[a[2]]
-		if !ok {
-			return nil, fmt.Errorf("ovs-ofctl: %s: couldn't find port", a[2])
+		if !ok || p.ofport <= 0 {
+			return nil, fmt.Errorf("ovs-ofctl: br0: unknown port `%s`", a[2])
 		}
-		cfg := "0"
-		if p.noFlood {
-			cfg = "NO_FLOOD"
+		return []byte(fmt.Sprintf("OFPST_PORT reply (xid=0x4): 1 ports\n  port  %d: rx pkts=2, bytes=180, drop=0, errs=0, frame=0, over=0, crc=0\n           tx pkts=5, bytes=442, drop=0, errs=0, coll=0\n", p.ofport)), nil
+	case len(a) == 3 && a[0] == "del-flows" && a[1] == "br0":
+		c, ok := strings.CutPrefix(a[2], "cookie=")
+		if !ok || !strings.HasSuffix(c, "/-1") {
+			return nil, fmt.Errorf("fake: del-flows %q: only by exact cookie", a[2])
 		}
-		return []byte(fmt.Sprintf("OFPST_PORT_DESC reply (xid=0x2):\n %d(%s): addr:4a:0a:68:30:1f:d5\n     config:     %s\n     state:      0\n", p.ofport, a[2], cfg)), nil
+		cookie, err := strconv.ParseUint(strings.TrimSuffix(c, "/-1"), 0, 64)
+		if err != nil {
+			return nil, err
+		}
+		o.flows = slices.DeleteFunc(o.flows, func(f fakeFlow) bool { return f.cookie == cookie })
+		return nil, nil
+	case (len(a) == 2 || len(a) == 3) && a[0] == "dump-ports-desc" && a[1] == "br0":
+		names := slices.Sorted(maps.Keys(o.ports))
+		if len(a) == 3 {
+			if _, ok := o.ports[a[2]]; !ok {
+				return nil, fmt.Errorf("ovs-ofctl: %s: couldn't find port", a[2])
+			}
+			names = []string{a[2]}
+		}
+		out := "OFPST_PORT_DESC reply (xid=0x2):\n"
+		for _, n := range names {
+			p := o.ports[n]
+			cfg := "0"
+			if p.noFlood {
+				cfg = "NO_FLOOD"
+			}
+			out += fmt.Sprintf(" %d(%s): addr:4a:0a:68:30:1f:d5\n     config:     %s\n     state:      0\n", p.ofport, n, cfg)
+		}
+		return []byte(out), nil
 	case len(a) == 4 && a[0] == "mod-port" && a[1] == "br0":
 		p, ok := o.ports[a[2]]
 		if !ok {
@@ -312,27 +388,20 @@ func (o *fakeOVS) bundle(text string) error {
 	return nil
 }
 
-func groupIDOf(spec string) uint32 {
-	m := groupID.FindStringSubmatch(spec)
-	if m == nil {
-		return 0
-	}
-	id, _ := strconv.ParseUint(m[1], 10, 32)
-	return uint32(id)
-}
-
 type fakeLink struct {
 	linkInfo
 	redirect int  // ifindex its tc filter redirects to
 	xdp      bool // an XDP program is attached
+	xdpID    int  // which attachment
 	prog     []byte
 }
 
 type fakeKernel struct {
-	mu    sync.Mutex
-	links map[string]*fakeLink
-	next  int
-	fail  func(op, name string) error
+	mu       sync.Mutex
+	links    map[string]*fakeLink
+	next     int
+	fail     func(op, name string) error
+	attached int // XDP attachments so far
 }
 
 func newFakeKernel() *fakeKernel {
@@ -407,6 +476,51 @@ func (k *fakeKernel) byIndex(i int) (string, *fakeLink) {
 	return "", nil
 }
 
+func (k *fakeKernel) redirectOf(ifindex int) (int, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	_, l := k.byIndex(ifindex)
+	if l == nil {
+		return 0, fmt.Errorf("redirectOf: no ifindex %d", ifindex)
+	}
+	return l.redirect, nil
+}
+
+func (k *fakeKernel) xdpAttached(ifindex int) (bool, uint32, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	_, l := k.byIndex(ifindex)
+	if l == nil {
+		return false, 0, fmt.Errorf("xdpAttached: no ifindex %d", ifindex)
+	}
+	if l.xdp {
+		return true, 42, nil
+	}
+	return false, 0, nil
+}
+
+func (k *fakeKernel) taps() (map[string]linkInfo, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	out := map[string]linkInfo{}
+	for n, l := range k.links {
+		if l.kind == "tuntap" && strings.HasPrefix(n, "shq") {
+			out[n] = l.linkInfo
+		}
+	}
+	return out, nil
+}
+
+// daemonDied does what the death of the daemon does to the kernel: its BPF
+// links close, so every XDP program is detached.
+func (k *fakeKernel) daemonDied() {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, l := range k.links {
+		l.xdp, l.prog, l.xdpID = false, nil, 0
+	}
+}
+
 func (k *fakeKernel) redirectTap(ifindex, to int) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
@@ -434,11 +548,15 @@ func (k *fakeKernel) attachXDP(ifindex int, prog []byte) (io.Closer, error) {
 	if l.xdp {
 		return nil, errors.New("attachXDP: busy")
 	}
-	l.xdp, l.prog = true, prog
+	k.attached++
+	id := k.attached
+	l.xdp, l.prog, l.xdpID = true, prog, id
 	return closerFunc(func() error {
 		k.mu.Lock()
 		defer k.mu.Unlock()
-		l.xdp, l.prog = false, nil
+		if l.xdpID == id { // a dead daemon's link detaches nothing attached since
+			l.xdp, l.prog, l.xdpID = false, nil, 0
+		}
 		return nil
 	}), nil
 }

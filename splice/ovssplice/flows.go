@@ -3,6 +3,9 @@ package ovssplice
 import (
 	"fmt"
 	"net"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 )
 
@@ -125,7 +128,7 @@ func (p plan) numFlows() int { return 2 + len(p.macs) + 1 }
 // by exact cookie (never an empty match: that would flush the bridge), then
 // the given groups, in one transaction.
 func releaseBundle(cookie uint64, groups []uint32) (string, error) {
-	if cookie&CookieMask != CookieTag || cookie == CookieTag {
+	if !isGeneration(cookie) {
 		return "", fmt.Errorf("refusing to delete flows by cookie %#x: not a shaperd splice cookie", cookie)
 	}
 	lines := []string{fmt.Sprintf("flow delete cookie=%#x/-1", cookie)}
@@ -136,4 +139,80 @@ func releaseBundle(cookie uint64, groups []uint32) (string, error) {
 		lines = append(lines, fmt.Sprintf("group delete group_id=%d", g))
 	}
 	return strings.Join(lines, "\n") + "\n", nil
+}
+
+// Flows and groups as OVS prints them differ from how the bundle adds them:
+// match fields reordered, the cookie and table=0 left out, load values in
+// hex. normFlow and normGroup reduce both forms to one, so that Adopt can
+// tell whether the bridge still holds exactly a splice's flows and groups.
+var loadDecimal = regexp.MustCompile(`load:(\d+)->`)
+
+func normActions(a string) string {
+	return loadDecimal.ReplaceAllStringFunc(a, func(m string) string {
+		n, _ := strconv.ParseUint(m[len("load:"):len(m)-len("->")], 10, 64)
+		return fmt.Sprintf("load:%#x->", n)
+	})
+}
+
+// normFlow normalises a dump-flows line or a bundle's "flow add" line.
+func normFlow(line string) string {
+	line = strings.TrimPrefix(strings.TrimSpace(line), "flow add ")
+	head, actions, _ := strings.Cut(line, "actions=")
+	table := "table=0"
+	var match []string
+	for _, t := range strings.FieldsFunc(head, func(r rune) bool { return r == ',' || r == ' ' }) {
+		switch {
+		case strings.HasPrefix(t, "cookie="):
+		case strings.HasPrefix(t, "table="):
+			table = t
+		default:
+			match = append(match, strings.ToLower(t))
+		}
+	}
+	slices.Sort(match)
+	return table + "," + strings.Join(match, ",") + " actions=" + normActions(strings.TrimSpace(actions))
+}
+
+// normGroup normalises a dump-groups line or a bundle's "group add" line.
+func normGroup(line string) string {
+	return normActions(strings.TrimPrefix(strings.TrimSpace(line), "group add "))
+}
+
+// matches reports whether flows (the bridge's with the plan's cookie) and
+// groups (all of the bridge's) are exactly what spliceBundle installs.
+func (p plan) matches(flows []flowEntry, groups map[uint32]string) bool {
+	var want, have []string
+	wantGroups := map[uint32]string{}
+	for _, line := range strings.Split(strings.TrimSpace(p.spliceBundle()), "\n") {
+		switch {
+		case strings.HasPrefix(line, "flow add "):
+			want = append(want, normFlow(line))
+		case strings.HasPrefix(line, "group add "):
+			wantGroups[groupIDOf(line)] = normGroup(line)
+		}
+	}
+	for _, f := range flows {
+		have = append(have, normFlow(f.text))
+	}
+	slices.Sort(want)
+	slices.Sort(have)
+	if !slices.Equal(want, have) {
+		return false
+	}
+	for id, g := range wantGroups {
+		if normGroup(groups[id]) != g {
+			return false
+		}
+	}
+	return true
+}
+
+// groupIDOf returns the group_id in a group's text; 0 if none.
+func groupIDOf(text string) uint32 {
+	m := groupID.FindStringSubmatch(text)
+	if m == nil {
+		return 0
+	}
+	id, _ := strconv.ParseUint(m[1], 10, 32)
+	return uint32(id)
 }

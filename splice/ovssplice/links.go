@@ -5,8 +5,12 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"slices"
+	"strings"
 
+	"github.com/shaperd/shaperd/splice"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // linkInfo is what the backend needs to know about a network interface.
@@ -27,12 +31,20 @@ type kernel interface {
 	createTap(name string, mtu int, alias string) error
 	// deleteTap deletes the link named name.
 	deleteTap(name string) error
-	// redirectTap adds to the tap ifindex an ingress qdisc and a filter
-	// that redirects every frame to the egress of link to.
+	// redirectTap gives the tap ifindex an ingress qdisc (unless it has
+	// one) and, at vmTapPrio, a filter that redirects every frame to the
+	// egress of link to, in place of any filter there.
 	redirectTap(ifindex, to int) error
+	// redirectOf returns the link the tap ifindex's filter at vmTapPrio
+	// redirects to; 0 if there is none.
+	redirectOf(ifindex int) (int, error)
 	// attachXDP attaches the XDP program prog to link ifindex until the
 	// returned closer is closed (or the process exits).
 	attachXDP(ifindex int, prog []byte) (io.Closer, error)
+	// xdpAttached reports whether link ifindex has an XDP program, and its id.
+	xdpAttached(ifindex int) (bool, uint32, error)
+	// taps lists the tuntap links whose names start with splice.TapPrefix.
+	taps() (map[string]linkInfo, error)
 }
 
 // netlinkLinks works in the network namespace of the calling thread, which
@@ -114,8 +126,27 @@ func (netlinkLinks) deleteTap(name string) error {
 }
 
 func (netlinkLinks) redirectTap(ifindex, to int) error {
-	if err := netlink.QdiscAdd(ingressQdisc(ifindex)); err != nil {
-		return fmt.Errorf("add ingress qdisc: %w", err)
+	link, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return fmt.Errorf("look up ifindex %d: %w", ifindex, err)
+	}
+	qs, err := netlink.QdiscList(link)
+	if err != nil {
+		return fmt.Errorf("list qdiscs: %w", err)
+	}
+	if !slices.ContainsFunc(qs, func(q netlink.Qdisc) bool { return q.Attrs().Parent == netlink.HANDLE_INGRESS }) {
+		if err := netlink.QdiscAdd(ingressQdisc(ifindex)); err != nil {
+			return fmt.Errorf("add ingress qdisc: %w", err)
+		}
+	}
+	if to0, err := redirectOf(link); err != nil {
+		return err
+	} else if to0 != 0 {
+		// Handle 0 deletes the whole u32 instance at the priority (its
+		// hash table and the one filter in it), which are the tap's own.
+		if err := netlink.FilterDel(redirectFilter(ifindex, vmTapPrio, 0)); err != nil && !errors.Is(err, unix.ENOENT) {
+			return fmt.Errorf("delete the stale redirect filter (to ifindex %d): %w", to0, err)
+		}
 	}
 	if err := netlink.FilterAdd(redirectFilter(ifindex, vmTapPrio, to)); err != nil {
 		return fmt.Errorf("add redirect filter: %w", err)
@@ -123,6 +154,65 @@ func (netlinkLinks) redirectTap(ifindex, to int) error {
 	return nil
 }
 
+func (netlinkLinks) redirectOf(ifindex int) (int, error) {
+	link, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return 0, fmt.Errorf("look up ifindex %d: %w", ifindex, err)
+	}
+	return redirectOf(link)
+}
+
+// redirectOf returns where link's u32 filter at vmTapPrio on its ingress
+// redirects to: 0 if there is none.
+func redirectOf(link netlink.Link) (int, error) {
+	fs, err := netlink.FilterList(link, filterParent)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) { // no ingress qdisc
+		return 0, nil
+	}
+	if err != nil {
+		return 0, fmt.Errorf("list filters of %s: %w", link.Attrs().Name, err)
+	}
+	for _, f := range fs {
+		u, ok := f.(*netlink.U32)
+		if !ok || u.Priority != vmTapPrio {
+			continue
+		}
+		for _, a := range u.Actions {
+			if m, ok := a.(*netlink.MirredAction); ok && m.MirredAction == netlink.TCA_EGRESS_REDIR {
+				return m.Ifindex, nil
+			}
+		}
+	}
+	return 0, nil
+}
+
 func (netlinkLinks) attachXDP(ifindex int, prog []byte) (io.Closer, error) {
 	return attachXDP(ifindex, prog)
+}
+
+func (netlinkLinks) xdpAttached(ifindex int) (bool, uint32, error) {
+	link, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return false, 0, fmt.Errorf("look up ifindex %d: %w", ifindex, err)
+	}
+	x := link.Attrs().Xdp
+	if x == nil || !x.Attached {
+		return false, 0, nil
+	}
+	return true, x.ProgId, nil
+}
+
+func (netlinkLinks) taps() (map[string]linkInfo, error) {
+	links, err := netlink.LinkList()
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	out := map[string]linkInfo{}
+	for _, l := range links {
+		a := l.Attrs()
+		if l.Type() == "tuntap" && strings.HasPrefix(a.Name, splice.TapPrefix) {
+			out[a.Name] = linkInfo{index: a.Index, kind: l.Type(), mtu: a.MTU, alias: a.Alias}
+		}
+	}
+	return out, nil
 }

@@ -1,8 +1,10 @@
 // Package ovssplice splices a VM's port on an Open vSwitch bridge through
 // a pair of tap devices (and a priority tap); see splice.Backend. It drives
-// OVS through its command-line tools (ovs-vsctl, ovs-ofctl, ovs-appctl),
-// which find the daemons through OVS_RUNDIR, and the kernel through netlink
-// and bpf(2).
+// OVS through github.com/digitalocean/go-openvswitch's client where that has
+// the API, and otherwise through the same exec hook (see cli): either way
+// the command-line tools (ovs-vsctl, ovs-ofctl, ovs-appctl), which find the
+// daemons through OVS_RUNDIR. It drives the kernel through netlink and
+// bpf(2).
 //
 // Once spliced:
 //
@@ -21,10 +23,12 @@
 // adds the flows and fast-failover groups (see plan.spliceBundle).
 //
 // Every flow carries the splice's cookie (CookieTag and a random
-// generation), every group an id from the splice's slot; both, and what the
-// splice changed, are recorded in external_ids of netTap's Interface row.
-// Release deletes by exact cookie; a failed Splice leaves the bridge as it
-// was.
+// generation), every group an id from the splice's slot; both, what the
+// splice changed, its options and the daemon's intent are recorded in
+// external_ids of netTap's Interface row. Release deletes by exact cookie; a
+// failed Splice leaves the bridge as it was. A restarted daemon finds the
+// splices from those rows and adopts them, repairing what a restart of
+// ovs-vswitchd lost (see adopt.go).
 //
 // Fail open: the groups' first bucket watches netTap, which the forwarder
 // holds. The taps are persistent: when the daemon dies they lose carrier,
@@ -74,6 +78,9 @@ const (
 	idMACs        = "shaperd-macs"         // the VM MACs steered to the forwarder
 	idPortNoFlood = "shaperd-port-noflood" // "false": Splice set no-flood on the port, release clears it
 	idVMTap       = "shaperd-vm-tap"       // the VM tap (and, with "p" for "v", the priority tap)
+	idBypass      = "shaperd-bypass"       // Options.BypassPorts, comma-separated ("" for none)
+	idBypassOut   = "shaperd-bypass-out"   // Options.BypassOutbound: true or false
+	idNetOFPort   = "shaperd-net-ofport"   // the net tap's OpenFlow number (the groups watch it)
 	idIntent      = "shaperd-intent"       // the daemon's intent (limits, options): see SetIntent
 )
 
@@ -106,7 +113,7 @@ func newBackend(log *slog.Logger, run ExecFunc, l kernel, running func() bool) *
 	}
 	return &Backend{
 		log:     log.With("backend", BackendName),
-		ovs:     cli{run: run},
+		ovs:     newCLI(run),
 		links:   l,
 		running: running,
 		cookie:  randomCookie,
@@ -221,7 +228,7 @@ func (b *Backend) prepare(port string, opt splice.Options) (*spliced, error) {
 		return nil, fmt.Errorf("ovssplice: look up the bridge of %s: %w", port, err)
 	}
 	s.bridge = br
-	if s.plan.port, err = b.ovs.ofport(port); err != nil {
+	if s.plan.port, err = b.ovs.ofport(br, port); err != nil {
 		return nil, fmt.Errorf("ovssplice: %w", err)
 	}
 	if err := s.checkPortRow(); err != nil {
@@ -233,16 +240,15 @@ func (b *Backend) prepare(port string, opt splice.Options) (*spliced, error) {
 	}
 	s.hadNoFlood = slices.Contains(flags, "NO_FLOOD")
 
-	out, err := b.ovs.ofctl14("dump-flows", br, "--no-stats")
+	flows, err := b.ovs.flows(br, 0)
 	if err != nil {
 		return nil, fmt.Errorf("ovssplice: read the flows of %s: %w", br, err)
 	}
-	flows := parseFlows(out)
-	out, err = b.ovs.ofctl14("dump-groups", br)
+	groups, err := b.ovs.groups(br)
 	if err != nil {
 		return nil, fmt.Errorf("ovssplice: read the groups of %s: %w", br, err)
 	}
-	if err := s.choose(flows, parseGroups(out)); err != nil {
+	if err := s.choose(flows, groups); err != nil {
 		return nil, err
 	}
 	if s.plan.macs, err = s.vmMACs(); err != nil {
@@ -384,6 +390,8 @@ type spliced struct {
 	hadNoFlood             bool   // the port was no-flood before the splice
 	prog                   []byte // the XDP program (its redirect targets are filled in by build)
 	warnings               []string
+	intent                 string // as SetIntent recorded it
+	portWas, netWas        int    // the port's and the net tap's OpenFlow numbers as recorded (0: unknown)
 
 	// Progress: set as objects are created, cleared as they are removed.
 	made         map[string]bool // taps created by this splice
@@ -413,20 +421,27 @@ func (s *spliced) Warnings() []string { return slices.Clone(s.warnings) }
 
 var _ splice.IntentRecorder = (*spliced)(nil)
 
-// SetIntent keeps intent (at most splice.MaxIntent bytes) in external_ids
-// of netTap's Interface row, for a daemon that lost its state file.
+// SetIntent keeps intent (at most splice.MaxIntent bytes of printable
+// ASCII) in external_ids of netTap's Interface row, for a daemon that lost
+// its state file; Found returns it.
 func (s *spliced) SetIntent(intent string) error {
 	if len(intent) > splice.MaxIntent {
 		return fmt.Errorf("ovssplice: intent of %d bytes, at most %d", len(intent), splice.MaxIntent)
+	}
+	for i := 0; i < len(intent); i++ {
+		if c := intent[i]; c < ' ' || c > '~' {
+			return fmt.Errorf("ovssplice: intent %q: only printable ASCII is kept", intent)
+		}
 	}
 	s.b.mu.Lock()
 	defer s.b.mu.Unlock()
 	if s.released {
 		return fmt.Errorf("ovssplice: %s is released", s.port)
 	}
-	if _, err := s.b.ovs.vsctl("set", "Interface", s.netTap, "external_ids:"+idIntent+"="+strconv.Quote(intent)); err != nil {
+	if _, err := s.b.ovs.vsctl(setArgs(s.netTap, [][2]string{{idIntent, intent}})...); err != nil {
 		return fmt.Errorf("ovssplice: record the intent on %s: %w", s.netTap, err)
 	}
+	s.intent = intent
 	return nil
 }
 
@@ -446,9 +461,10 @@ const (
 	stepVerify     = "verify flows and groups"
 )
 
-// externalIDs are the vsctl arguments recording the splice on netTap's
-// Interface row.
-func (s *spliced) externalIDs() []string {
+// externalIDs are what records the splice on netTap's Interface row: all
+// that Adopt needs to rebuild it (see fromRecord), but the net tap's own port
+// number, known only once it joined the bridge, and the intent.
+func (s *spliced) externalIDs() [][2]string {
 	var gs []string
 	for _, g := range s.plan.groups() {
 		gs = append(gs, strconv.FormatUint(uint64(g), 10))
@@ -457,7 +473,11 @@ func (s *spliced) externalIDs() []string {
 	if s.plan.failOpen {
 		fail = "open"
 	}
-	kv := [][2]string{
+	var bp []string
+	for _, p := range s.opt.BypassPorts {
+		bp = append(bp, strconv.Itoa(int(p)))
+	}
+	return [][2]string{
 		{idPort, s.port},
 		{idRole, "net"},
 		{idCookie, fmt.Sprintf("%#x", s.plan.cookie)},
@@ -468,12 +488,9 @@ func (s *spliced) externalIDs() []string {
 		{idMACs, macList(s.plan.macs)},
 		{idPortNoFlood, strconv.FormatBool(s.hadNoFlood)},
 		{idVMTap, s.vmTap},
+		{idBypass, strings.Join(bp, ",")},
+		{idBypassOut, strconv.FormatBool(s.opt.BypassOutbound)},
 	}
-	args := []string{"set", "Interface", s.netTap}
-	for _, p := range kv {
-		args = append(args, "external_ids:"+p[0]+"="+strconv.Quote(p[1]))
-	}
-	return args
 }
 
 // build creates the splice. Everything before the bundle is invisible to
@@ -517,25 +534,31 @@ func (s *spliced) build() error {
 			return nil
 		}},
 		{stepAddPort, func() error {
+			// One transaction adds the port and records the splice on it
+			// (the library's AddPort cannot set columns, and a port added
+			// unrecorded would be invisible to Found and Adopt).
 			s.portAdded = true
-			args := append([]string{"--", "add-port", s.bridge, s.netTap, "--"}, s.externalIDs()...)
+			args := append([]string{"--", "add-port", s.bridge, s.netTap, "--"}, setArgs(s.netTap, s.externalIDs())...)
 			if _, err := s.b.ovs.vsctl(args...); err != nil {
 				return err
 			}
 			var err error
-			s.plan.netTap, err = s.b.ovs.ofport(s.netTap)
+			if s.plan.netTap, err = s.b.ovs.ofport(s.bridge, s.netTap); err != nil {
+				return err
+			}
+			_, err = s.b.ovs.vsctl(setArgs(s.netTap, [][2]string{{idNetOFPort, strconv.Itoa(s.plan.netTap)}})...)
+			s.portWas, s.netWas = s.plan.port, s.plan.netTap
 			return err
 		}},
 		{stepNoFlood, func() error {
-			if _, err := s.b.ovs.ofctl("mod-port", s.bridge, s.netTap, "no-flood"); err != nil {
+			if err := s.b.ovs.setFlood(s.bridge, s.netTap, false); err != nil {
 				return err
 			}
 			if s.hadNoFlood {
 				return nil
 			}
 			s.floodChanged = true
-			_, err := s.b.ovs.ofctl("mod-port", s.bridge, s.port, "no-flood")
-			return err
+			return s.b.ovs.setFlood(s.bridge, s.port, false)
 		}},
 		{stepBundle, func() error {
 			s.bundleSent = true
@@ -568,18 +591,17 @@ func (s *spliced) build() error {
 
 // verify checks that the bridge holds the splice's flows and groups.
 func (s *spliced) verify() error {
-	out, err := s.b.ovs.ofctl14("dump-flows", s.bridge, fmt.Sprintf("cookie=%#x/-1", s.plan.cookie), "--no-stats")
+	fs, err := s.b.ovs.flows(s.bridge, s.plan.cookie)
 	if err != nil {
 		return err
 	}
-	if n, want := len(parseFlows(out)), s.plan.numFlows(); n != want {
+	if n, want := len(fs), s.plan.numFlows(); n != want {
 		return fmt.Errorf("bridge %s has %d flows with cookie %#x, want %d", s.bridge, n, s.plan.cookie, want)
 	}
-	out, err = s.b.ovs.ofctl14("dump-groups", s.bridge)
+	gs, err := s.b.ovs.groups(s.bridge)
 	if err != nil {
 		return err
 	}
-	gs := parseGroups(out)
 	for _, g := range s.plan.groups() {
 		if _, ok := gs[g]; !ok {
 			return fmt.Errorf("bridge %s lacks group %d", s.bridge, g)
@@ -639,11 +661,11 @@ func (s *spliced) teardown() error {
 	}
 
 	if s.bundleSent {
-		out, err := s.b.ovs.ofctl14("dump-groups", s.bridge)
+		gs, err := s.b.ovs.groups(s.bridge)
 		if err != nil {
 			return fmt.Errorf("read the groups of %s (the splice's flows stay; retry): %w", s.bridge, err)
 		}
-		text, err := releaseBundle(s.plan.cookie, s.ownGroups(parseGroups(out)))
+		text, err := releaseBundle(s.plan.cookie, s.ownGroups(gs))
 		if err != nil {
 			return err
 		}
@@ -655,12 +677,16 @@ func (s *spliced) teardown() error {
 
 	var errs []error
 	if s.floodChanged {
-		switch n, err := s.b.ovs.ofport(s.port); {
+		n, err := 0, error(nil)
+		if portHere {
+			n, err = s.b.ovs.ofport(s.bridge, s.port)
+		}
+		switch {
 		case !portHere || err != nil || n != s.plan.port:
 			log.Info("port left the bridge while spliced; no flooding to restore", "ofport", n, "was", s.plan.port)
 			s.floodChanged = false
 		default:
-			if _, err := s.b.ovs.ofctl("mod-port", s.bridge, s.port, "flood"); err != nil {
+			if err := s.b.ovs.setFlood(s.bridge, s.port, true); err != nil {
 				errs = append(errs, fmt.Errorf("restore flooding on %s: %w", s.port, err))
 			} else {
 				s.floodChanged = false
@@ -673,7 +699,7 @@ func (s *spliced) teardown() error {
 		case err != nil:
 			errs = append(errs, fmt.Errorf("read external_ids of %s: %w", s.netTap, err))
 		case c == fmt.Sprintf("%#x", s.plan.cookie):
-			if _, err := s.b.ovs.vsctl("--if-exists", "del-port", s.bridge, s.netTap); err != nil {
+			if err := s.b.ovs.delPort(s.bridge, s.netTap); err != nil {
 				errs = append(errs, fmt.Errorf("remove %s from %s: %w", s.netTap, s.bridge, err))
 			} else {
 				s.portAdded = false
@@ -709,13 +735,21 @@ func (s *spliced) teardown() error {
 }
 
 // ownGroups returns the splice's group ids among the bridge's groups: those
-// whose first bucket watches the splice's net tap. A group of anyone else's
-// that happens to use the id is never deleted.
+// whose first bucket watches the splice's net tap (by its port number now,
+// or as recorded). A group of anyone else's that happens to use the id is
+// never deleted.
 func (s *spliced) ownGroups(have map[uint32]string) []uint32 {
 	var out []uint32
 	for _, g := range s.plan.groups() {
-		if line, ok := have[g]; ok && s.plan.netTap > 0 && strings.Contains(line, fmt.Sprintf("watch_port:%d,", s.plan.netTap)) {
-			out = append(out, g)
+		line, ok := have[g]
+		if !ok {
+			continue
+		}
+		for _, n := range []int{s.plan.netTap, s.netWas} {
+			if n > 0 && strings.Contains(line, fmt.Sprintf(",type=ff,bucket=watch_port:%d,", n)) {
+				out = append(out, g)
+				break
+			}
 		}
 	}
 	return out
