@@ -84,7 +84,7 @@ other commands talk to it over its control socket.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageErr("%v (see '%s --help')", err, c.CommandPath())
 	})
-	root.AddCommand(newRunCmd(g), newQuarantineCmd(g), newSetCmd(g), newReleaseCmd(g), newStatusCmd(g), newTopCmd(g))
+	root.AddCommand(newRunCmd(g), newQuarantineCmd(g), newSetCmd(g), newReleaseCmd(g), newStatusCmd(g), newTopCmd(g), newQuotaCmd(g))
 	return root
 }
 
