@@ -27,6 +27,9 @@ import (
 
 	"github.com/shaperd/shaperd/bucket"
 	"github.com/shaperd/shaperd/classify"
+	"github.com/shaperd/shaperd/guard"
+	"github.com/shaperd/shaperd/hashlimit"
+	"github.com/shaperd/shaperd/rules"
 )
 
 // Device is a frame device: each Read returns one whole Ethernet frame, each
@@ -53,6 +56,17 @@ const (
 	ReasonQueueFull                     // shape mode: the queue held --queue-bytes
 	ReasonQueueTime                     // shape mode: waited, or would have waited, longer than --queue-time
 	ReasonQueueFlush                    // shape mode: queued when the direction switched to police, or the forwarder stopped
+	ReasonGuardMAC                      // guard: the source MAC is not the VM's
+	ReasonGuardIP                       // guard: the IPv4 or IPv6 source is not the VM's
+	ReasonGuardARP                      // guard: ARP whose sender MAC or IP is not the VM's
+	ReasonGuardND                       // guard: neighbour discovery whose source, target or link-layer option is not the VM's
+	ReasonGuardDHCP                     // guard: a DHCP or DHCPv6 server message from the VM
+	ReasonGuardRA                       // guard: an IPv6 router message from the VM, or a packet that could hide one
+	ReasonFrameSize                     // larger than --max-frame
+	ReasonSourceBudget                  // a class's per-source budget (per src) refused it
+	ReasonDestBudget                    // a class's per-destination budget (per dst) refused it
+	ReasonBypassConn                    // a new bypass connection over --bypass-conn-per-source for its source
+	ReasonQuota                         // the tenant's quota refused it
 	NumReasons
 )
 
@@ -66,6 +80,17 @@ var reasonNames = [NumReasons]string{
 	ReasonQueueFull:       "queue_full",
 	ReasonQueueTime:       "queue_time",
 	ReasonQueueFlush:      "queue_flush",
+	ReasonGuardMAC:        "guard_mac",
+	ReasonGuardIP:         "guard_ip",
+	ReasonGuardARP:        "guard_arp",
+	ReasonGuardND:         "guard_nd",
+	ReasonGuardDHCP:       "guard_dhcp",
+	ReasonGuardRA:         "guard_ra",
+	ReasonFrameSize:       "frame_size",
+	ReasonSourceBudget:    "source_budget",
+	ReasonDestBudget:      "destination_budget",
+	ReasonBypassConn:      "bypass_conn_rate",
+	ReasonQuota:           "quota",
 }
 
 func (r Reason) String() string {
@@ -86,15 +111,59 @@ type Verdict struct {
 	Queued bool
 	Reason Reason // valid when !Pass && !Queued
 	Class  classify.Class
+	// Rule is the name of the class of Policy.Rules that decided the
+	// frame, "" when none did (the built-in class decided, or an earlier
+	// step).
+	Rule string
+	rc   *RuleCounters // that class's counters
+}
+
+// Quota is a tenant's quota account (package quota), shared by the ports
+// of a tenant and safe for concurrent use. The forwarder asks it about
+// every frame the earlier steps passed, after the port aggregate (step 6),
+// under the pipe's mutex, so Admit must be quick, must not block and must
+// not call back into the pipe.
+type Quota interface {
+	// Admit decides whether a frame of n bytes (Ethernet frame, no FCS)
+	// travelling in direction dir may pass at now, and counts it if so.
+	// must is true for bypass and control frames: they pass whatever
+	// Admit returns, and the quota must count them (they are part of the
+	// bill) and keep room for them. In shape mode a queued frame is
+	// asked about when it leaves the queue. It allocates nothing.
+	Admit(now time.Time, dir classify.Direction, n int, must bool) bool
 }
 
 // Policy is the set of limits of one direction.
 //
-// Classes[classify.Bypass] and Classes[classify.Control] are the bypass and
-// control budgets: frames of those classes are charged to them alone and not
-// to the aggregate. Every other class is charged to its class budget (if it
-// has limits) and to the aggregate, and both must admit the frame. Malformed
-// frames follow the Other class's budget. The zero Policy admits everything.
+// Every frame goes through these steps, in this order:
+//
+//  1. Guard: from the VM, with Guard set, a spoofed frame is dropped
+//     (guard_mac, guard_ip, guard_arp, guard_nd, guard_dhcp, guard_ra).
+//  2. Control: ARP and neighbour discovery are charged to
+//     Classes[classify.Control] alone (control_budget).
+//  3. Bypass: frames of the bypassed connections (ssh, rdp) are charged
+//     to Classes[classify.Bypass] alone (bypass_budget), and a new one
+//     (a SYN) also to the per-source limit BypassConnPerSource
+//     (bypass_conn_rate). Bypass and control frames then skip to step 6.
+//  4. Classes: a frame above MaxFrame is dropped (frame_size); then the
+//     classes of Rules are tried in order (see package rules): the first
+//     that matches and whose budgets admit the frame decides; over its
+//     budgets its action drops the frame (class_budget, source_budget,
+//     destination_budget), continues with the next class, or reclassifies
+//     it. A frame no class decides is charged to its built-in class,
+//     Classes[c] (malformed frames to Classes[classify.Other]).
+//  5. The port aggregate (aggregate_budget).
+//  6. The tenant's Quota, which counts every passed byte, bypass and
+//     control included, and may refuse the others (quota).
+//  7. In shape mode, the delay queue (queue_full, queue_time); the class
+//     budgets of step 4 that shape (the built-in classes, and classes
+//     with mode shape), the aggregate and the quota are then applied
+//     when a frame leaves the queue, the budgets of classes with mode
+//     police on arrival.
+//
+// Budgets are all-or-nothing: a frame that a later step refuses is
+// charged to none of the budgets that admitted it. The zero Policy admits
+// everything.
 //
 // Mode says what happens to a frame the budgets refuse: dropped at once
 // (Police, the zero value) or queued (Shape). The other shaping settings
@@ -104,6 +173,28 @@ type Verdict struct {
 type Policy struct {
 	Aggregate bucket.Limits
 	Classes   [classify.NumClasses]bucket.Limits
+
+	// Guard, when not nil, is the anti-spoofing guard of a from-VM pipe
+	// (--guard, --guard-mac, --guard-ip). A to-VM pipe refuses a policy
+	// with a guard.
+	Guard *guard.Guard
+	// Rules are the classes of step 4 (--class, and the config file's
+	// classes); nil for none.
+	Rules *rules.Set
+	// MaxFrame drops frames longer than this many bytes (Ethernet header
+	// included, no FCS) at step 4 (--max-frame); 0 for no limit,
+	// otherwise MinMaxFrame to MaxFrameBuffer. Bypass and control frames
+	// are not concerned.
+	MaxFrame int
+	// BypassConnPerSource limits new bypass connections (a SYN without
+	// ACK in the bypass class) to this many per source address (IPv6 per
+	// /64) per minute, all of them at once at most
+	// (--bypass-conn-per-source); 0 for no limit. The sources are tracked
+	// in a table of hashlimit.DefaultSize entries that evicts the least
+	// limited first.
+	BypassConnPerSource int
+	// Quota, when not nil, is the tenant's quota account of step 6.
+	Quota Quota
 
 	// Mode is Police or Shape (--mode).
 	Mode Mode
@@ -126,12 +217,30 @@ type Policy struct {
 	QueueTime time.Duration
 }
 
+// Bounds of Policy.MaxFrame and Policy.BypassConnPerSource.
+const (
+	MinMaxFrame            = 60
+	MaxBypassConnPerSource = 1_000_000
+)
+
 // Validate checks every limit and shaping setting of p. Errors name the
 // flag to fix without a direction: the caller adds the --to-vm- context.
 // They wrap bucket.ErrInvalidLimits or ErrInvalidPolicy.
 func (p *Policy) Validate() error {
 	if err := p.validateShaping(); err != nil {
 		return err
+	}
+	if p.MaxFrame != 0 && (p.MaxFrame < MinMaxFrame || p.MaxFrame > MaxFrameBuffer) {
+		return invalidPolicy("--max-frame %db: want %d to %d bytes, or 0 for no limit", p.MaxFrame, MinMaxFrame, MaxFrameBuffer)
+	}
+	if p.BypassConnPerSource < 0 || p.BypassConnPerSource > MaxBypassConnPerSource {
+		return invalidPolicy("--bypass-conn-per-source %d: want 1 to %d new connections per source per minute, or 0 for no limit",
+			p.BypassConnPerSource, MaxBypassConnPerSource)
+	}
+	for i := range p.Rules.Len() {
+		if cl := p.Rules.Class(i); cl.Mode == rules.Shape && p.Mode != Shape {
+			return invalidPolicy("--class %s: mode shape queues frames, and the direction polices; add --mode shape, or use mode police", cl.Name)
+		}
 	}
 	if err := p.Aggregate.Validate(); err != nil {
 		return fmt.Errorf("aggregate: %w", err)
@@ -186,13 +295,19 @@ type Pipe struct {
 
 	pending atomic.Pointer[Policy] // published by SetPolicy, picked up under mu
 
-	mu       sync.Mutex     // guards current, agg, class, sh, q and inflight
-	current  *Policy        // the policy the budgets were built from
-	agg      *bucket.Budget // the port aggregate
-	class    [classify.NumClasses]*bucket.Budget
-	sh       shaping // the shaping settings of current
-	q        queue   // the shape queue; empty, without storage, in police mode
-	inflight int     // frames the releaser took out of q and is writing
+	mu      sync.Mutex     // guards current, agg, class, rt, ruleCounters, bypassConn, top, sh, q and inflight
+	current *Policy        // the policy the budgets were built from
+	agg     *bucket.Budget // the port aggregate
+	class   [classify.NumClasses]*bucket.Budget
+	// rt is the state of each class of current.Rules; ruleCounters the
+	// same counters by name, kept across policies.
+	rt           []ruleRT
+	ruleCounters map[string]*RuleCounters
+	bypassConn   *hashlimit.Table // --bypass-conn-per-source; nil when off
+	top          *topK            // the VM's top destinations; from-VM pipes only
+	sh           shaping          // the shaping settings of current
+	q            queue            // the shape queue; empty, without storage, in police mode
+	inflight     int              // frames the releaser took out of q and is writing
 
 	epoch time.Time     // the origin of the queue's arrival times
 	wake  chan struct{} // signals the releaser; buffered, 1
@@ -236,7 +351,13 @@ func NewPipe(dir classify.Direction, ins []Input, out Device, p Policy, now time
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	if err := p.validateFor(dir); err != nil {
+		return nil, err
+	}
 	pp := &Pipe{dir: dir, out: out, log: log.With("direction", dir.String()), epoch: now, wake: make(chan struct{}, 1)}
+	if dir == classify.FromVM {
+		pp.top = newTopK()
+	}
 	for _, in := range ins {
 		if in.Cls == nil {
 			return nil, errors.New("forward: an input without a classifier")
@@ -281,8 +402,20 @@ func (p *Pipe) apply(pol *Policy, now time.Time) error {
 			}
 		}
 	}
+	if err := p.applyRulesLocked(pol, now); err != nil {
+		return err
+	}
 	p.applyShapingLocked(pol)
 	p.current = pol
+	return nil
+}
+
+// validateFor checks what depends on the direction: only a from-VM pipe
+// has a guard.
+func (p *Policy) validateFor(dir classify.Direction) error {
+	if p.Guard != nil && dir != classify.FromVM {
+		return invalidPolicy("--guard checks frames from the VM: a to-VM direction has no guard")
+	}
 	return nil
 }
 
@@ -295,6 +428,9 @@ func (p *Pipe) apply(pol *Policy, now time.Time) error {
 // fit a smaller queue are dropped as queue_full. Safe for concurrent use.
 func (p *Pipe) SetPolicy(pol Policy) error {
 	if err := pol.Validate(); err != nil {
+		return err
+	}
+	if err := pol.validateFor(p.dir); err != nil {
 		return err
 	}
 	p.pending.Store(&pol)
@@ -316,30 +452,67 @@ func (p *Pipe) Step(frame []byte, now time.Time) Verdict {
 func (p *Pipe) step(cls *classify.Classifier, frame []byte, now time.Time) Verdict {
 	n := len(frame)
 	if n < 14 {
-		return p.drop(classify.Malformed, ReasonMalformed, n)
+		return p.drop(classify.Malformed, nil, "", ReasonMalformed, n)
 	}
 	c := cls.Classify(frame, now.UnixNano())
+	f := cls.Frame()
 	p.mu.Lock()
 	p.syncPolicyLocked(now)
+	if p.top != nil {
+		p.top.add(f)
+	}
+	pol := p.current
+	// Step 1: the guard.
+	if g := pol.Guard; g != nil {
+		if v := g.Check(f); v != guard.Pass {
+			p.mu.Unlock()
+			return p.drop(c, nil, "", guardReasons[v], n)
+		}
+	}
+	// Steps 2 and 3: control and bypass, never queued.
+	if c == classify.Control || c == classify.Bypass {
+		r := p.priorityLocked(c, f, n, now)
+		p.mu.Unlock()
+		if r == admitted {
+			return p.pass(c, nil, "", n)
+		}
+		return p.drop(c, nil, "", r, n)
+	}
+	// Step 4: the classes.
+	if pol.MaxFrame > 0 && n > pol.MaxFrame {
+		p.mu.Unlock()
+		return p.drop(c, nil, "", ReasonFrameSize, n)
+	}
+	d := p.classesLocked(c, f, n, now)
+	if d.reason != admitted {
+		p.mu.Unlock()
+		return p.drop(c, d.rc, d.name, d.reason, n)
+	}
 	var r Reason
-	if p.sh.mode == Shape && c != classify.Bypass && c != classify.Control {
+	if p.sh.mode == Shape {
+		// Step 7, with 5 and 6 when the frame leaves the queue.
+		desc := qdesc{class: c, bclass: d.bclass, rule: int16(d.rule), charge: d.deferred}
 		var wake bool
-		r, wake = p.shapeLocked(c, frame, now)
+		r, wake = p.shapeLocked(desc, frame, now)
+		if (r == queued || r == admitted) && !d.deferred {
+			p.takeLocked(&d, n, now) // a police-mode class charges on arrival
+		}
 		p.mu.Unlock()
 		if wake {
 			p.signal()
 		}
 		if r == queued {
-			return Verdict{Queued: true, Class: c}
+			return Verdict{Queued: true, Class: c, Rule: d.name, rc: d.rc}
 		}
 	} else {
-		r = p.admitLocked(c, n, now)
+		// Steps 5 and 6.
+		r = p.finishLocked(&d, n, now)
 		p.mu.Unlock()
 	}
 	if r == admitted {
-		return p.pass(c, n)
+		return p.pass(c, d.rc, d.name, n)
 	}
-	return p.drop(c, r, n)
+	return p.drop(c, d.rc, d.name, r, n)
 }
 
 // syncPolicyLocked applies the policy SetPolicy published, if it is new.
@@ -355,77 +528,64 @@ func (p *Pipe) syncPolicyLocked(now time.Time) {
 	}
 }
 
-// admitted is admitLocked's answer for a frame that passes.
+// admitted is the answer of the admission steps for a frame that passes.
 const admitted = NumReasons
 
-// admitLocked charges a frame of class c and n bytes to its budgets, or
-// returns why it may not pass. Caller holds mu and has synced the policy.
-func (p *Pipe) admitLocked(c classify.Class, n int, now time.Time) Reason {
-	switch c {
-	case classify.Bypass:
-		if b := p.class[c]; b != nil && bucket.Admit(now, n, b) >= 0 {
-			return ReasonBypassBudget
-		}
-		return admitted
-	case classify.Control:
-		if b := p.class[c]; b != nil && bucket.Admit(now, n, b) >= 0 {
-			return ReasonControlBudget
-		}
-		return admitted
+// pass counts a frame passed, under its class and, if a class of the
+// rules decided it, under that class (rc, named name).
+func (p *Pipe) pass(c classify.Class, rc *RuleCounters, name string, n int) Verdict {
+	p.counters[c].passed(n)
+	if rc != nil {
+		rc.passed(n)
 	}
-	budgetClass := c
-	if c == classify.Malformed {
-		budgetClass = classify.Other
-	}
-	switch bucket.Admit(now, n, p.class[budgetClass], p.agg) {
-	case -1:
-		return admitted
-	case 0:
-		return ReasonClassBudget
-	default:
-		return ReasonAggregateBudget
-	}
+	return Verdict{Pass: true, Class: c, Rule: name, rc: rc}
 }
 
-func (p *Pipe) pass(c classify.Class, n int) Verdict {
-	k := &p.counters[c]
+// drop counts a frame dropped for reason r, as pass counts.
+func (p *Pipe) drop(c classify.Class, rc *RuleCounters, name string, r Reason, n int) Verdict {
+	p.counters[c].dropped(r, n)
+	if rc != nil {
+		rc.dropped(r, n)
+	}
+	return Verdict{Reason: r, Class: c, Rule: name, rc: rc}
+}
+
+func (k *ClassCounters) passed(n int) {
 	k.PassedPackets.Add(1)
 	k.PassedBytes.Add(uint64(n))
-	return Verdict{Pass: true, Class: c}
 }
 
-func (p *Pipe) drop(c classify.Class, r Reason, n int) Verdict {
-	k := &p.counters[c]
+func (k *ClassCounters) dropped(r Reason, n int) {
 	k.DroppedPackets.Add(1)
 	k.DroppedBytes.Add(uint64(n))
 	k.Drops[r].Add(1)
-	return Verdict{Reason: r, Class: c}
 }
 
 // writeFailed moves a frame that Step passed but the device refused from
 // passed to dropped.
-func (p *Pipe) writeFailed(c classify.Class, n int) {
-	k := &p.counters[c]
-	k.PassedPackets.Add(^uint64(0))
-	k.PassedBytes.Add(^uint64(n - 1))
-	k.DroppedPackets.Add(1)
-	k.DroppedBytes.Add(uint64(n))
-	k.Drops[ReasonWriteError].Add(1)
+func (p *Pipe) writeFailed(c classify.Class, rc *RuleCounters, n int) {
+	for _, k := range []*ClassCounters{&p.counters[c], rc.counters()} {
+		if k == nil {
+			continue
+		}
+		k.PassedPackets.Add(^uint64(0))
+		k.PassedBytes.Add(^uint64(n - 1))
+		k.dropped(ReasonWriteError, n)
+	}
+}
+
+func (rc *RuleCounters) counters() *ClassCounters {
+	if rc == nil {
+		return nil
+	}
+	return &rc.ClassCounters
 }
 
 // Stats returns a snapshot of the counters. Safe for concurrent use.
 func (p *Pipe) Stats() DirStats {
 	var s DirStats
 	for c := range p.counters {
-		k := &p.counters[c]
-		cs := &s.Classes[c]
-		cs.PassedPackets = k.PassedPackets.Load()
-		cs.PassedBytes = k.PassedBytes.Load()
-		cs.DroppedPackets = k.DroppedPackets.Load()
-		cs.DroppedBytes = k.DroppedBytes.Load()
-		for r := range k.Drops {
-			cs.Drops[r] = k.Drops[r].Load()
-		}
+		s.Classes[c] = p.counters[c].snapshot()
 	}
 	s.ReadErrors = p.readErrors.Load()
 	return s
@@ -468,7 +628,7 @@ func (p *Pipe) run(i int) error {
 			if isClosed(err) {
 				return nil
 			}
-			p.writeFailed(v.Class, n)
+			p.writeFailed(v.Class, v.rc, n)
 			if p.logEvery.ok(now) {
 				p.log.Warn("write failed", "err", err)
 			}

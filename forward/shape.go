@@ -308,8 +308,8 @@ func (p *Pipe) resizeQueueLocked(limit int) {
 	p.q = newQueue(limit)
 	for old.count > 0 {
 		d := old.descs[old.head]
-		if !p.q.push(old.frame(d), d.class(), d.at) {
-			p.drop(d.class(), ReasonQueueFull, d.len())
+		if !p.q.push(old.frame(d), d) {
+			p.dropDescLocked(d, ReasonQueueFull)
 		}
 		old.pop()
 	}
@@ -318,8 +318,7 @@ func (p *Pipe) resizeQueueLocked(limit int) {
 // flushLocked drops every queued frame as queue_flush.
 func (p *Pipe) flushLocked() {
 	for p.q.count > 0 {
-		d := p.q.descs[p.q.head]
-		p.drop(d.class(), ReasonQueueFlush, d.len())
+		p.dropDescLocked(p.q.descs[p.q.head], ReasonQueueFlush)
 		p.q.pop()
 	}
 }
@@ -332,39 +331,83 @@ func (p *Pipe) expireLocked(t int64) {
 		if t-d.at <= p.sh.maxWait {
 			return
 		}
-		p.drop(d.class(), ReasonQueueTime, d.len())
+		p.dropDescLocked(d, ReasonQueueTime)
 		p.q.pop()
 	}
+}
+
+// dropDescLocked counts a queued frame dropped, under its class and the
+// class of the rules that decided it. Caller holds mu.
+func (p *Pipe) dropDescLocked(d qdesc, r Reason) {
+	p.drop(d.class, p.descCounters(d), "", r, d.len())
+}
+
+// descCounters returns the counters of the class of the rules that
+// decided a queued frame, or nil. Caller holds mu.
+func (p *Pipe) descCounters(d qdesc) *RuleCounters {
+	if d.rule < 0 || int(d.rule) >= len(p.rt) {
+		return nil
+	}
+	return p.rt[d.rule].c
 }
 
 // queued is shapeLocked's answer for a frame it queued.
 const queued = admitted + 1
 
-// shapeLocked decides a frame of class c (not bypass, not control) in shape
-// mode at now: it passes at once (admitted) only without a delay and with an
+// shapeLocked decides a frame (not bypass, not control) in shape mode at
+// now, described by d (its class, and the budget it is charged to when it
+// leaves): it passes at once (admitted) only without a delay and with an
 // empty queue; otherwise it is queued, or refused with a reason. wake
 // reports that the queue was empty and the releaser must be told. Caller
 // holds mu.
-func (p *Pipe) shapeLocked(c classify.Class, frame []byte, now time.Time) (r Reason, wake bool) {
+func (p *Pipe) shapeLocked(d qdesc, frame []byte, now time.Time) (r Reason, wake bool) {
 	n := len(frame)
 	t := p.nanos(now)
 	p.expireLocked(t)
-	if r := p.hopelessLocked(c, n); r != admitted {
+	d.n = uint32(n)
+	if r := p.hopelessLocked(d); r != admitted {
 		return r, false
 	}
 	q := &p.q
 	if p.sh.delay == 0 && q.count == 0 && p.inflight == 0 {
-		if p.admitLocked(c, n, now) == admitted {
-			return admitted, false
+		switch r := p.admitDescLocked(d, now); r {
+		case admitted, ReasonQuota:
+			return r, false
 		}
 	}
 	if p.lateLocked(t) {
 		return ReasonQueueTime, false
 	}
-	if !q.push(frame, c, t) {
+	d.at = t
+	if !q.push(frame, d) {
 		return ReasonQueueFull, false
 	}
 	return queued, q.count == 1
+}
+
+// admitDescLocked runs steps 5 and 6 for a frame leaving the queue (or
+// passing it at once): its deferred class budget and the aggregate must
+// hold its tokens, and the quota admit it; then both budgets are charged.
+// Caller holds mu.
+func (p *Pipe) admitDescLocked(d qdesc, now time.Time) Reason {
+	class, agg := p.budgetsFor(d)
+	n := d.len()
+	if class != nil && !class.Fits(now, n) {
+		return ReasonClassBudget
+	}
+	if agg != nil && !agg.Fits(now, n) {
+		return ReasonAggregateBudget
+	}
+	if q := p.current.Quota; q != nil && !q.Admit(now, p.dir, n, false) {
+		return ReasonQuota
+	}
+	if class != nil {
+		class.Take(now, n)
+	}
+	if agg != nil {
+		agg.Take(now, n)
+	}
+	return admitted
 }
 
 // lateLocked reports whether a frame arriving at t (ns since the epoch)
@@ -382,25 +425,33 @@ func (p *Pipe) lateLocked(t int64) bool {
 	return float64(start)+drain > float64(p.sh.admitWait)
 }
 
-// budgetsFor returns the class budget and the aggregate that a frame of
-// class c (not bypass, not control) is charged to.
-func (p *Pipe) budgetsFor(c classify.Class) (class, agg *bucket.Budget) {
-	if c == classify.Malformed {
-		c = classify.Other
+// budgetsFor returns the class budget and the aggregate that a queued
+// frame is charged to when it leaves: the budget of the class of the rules
+// that decided it if that class shapes, or of its built-in class, or none
+// when a police-mode class charged it on arrival. Caller holds mu.
+func (p *Pipe) budgetsFor(d qdesc) (class, agg *bucket.Budget) {
+	switch {
+	case !d.charge:
+	case d.rule >= 0:
+		if int(d.rule) < len(p.rt) {
+			class = p.rt[d.rule].budget
+		}
+	default:
+		class = p.class[d.bclass]
 	}
-	return p.class[c], p.agg
+	return class, p.agg
 }
 
-// hopelessLocked returns why a frame of class c and n bytes can never be
-// admitted while the limits stay as they are (a budget blocks, or the frame
-// is larger than a byte bucket's depth), or admitted if it can be. Such a
-// frame is refused at once, as in police mode: waiting would not help.
-func (p *Pipe) hopelessLocked(c classify.Class, n int) Reason {
-	class, agg := p.budgetsFor(c)
-	if hopeless(class, n) {
+// hopelessLocked returns why a queued frame can never be admitted while
+// the limits stay as they are (a budget blocks, or the frame is larger
+// than a byte bucket's depth), or admitted if it can be. Such a frame is
+// refused at once, as in police mode: waiting would not help.
+func (p *Pipe) hopelessLocked(d qdesc) Reason {
+	class, agg := p.budgetsFor(d)
+	if hopeless(class, d.len()) {
 		return ReasonClassBudget
 	}
-	if hopeless(agg, n) {
+	if hopeless(agg, d.len()) {
 		return ReasonAggregateBudget
 	}
 	return admitted
@@ -418,11 +469,11 @@ func hopeless(b *bucket.Budget, n int) bool {
 // at the computed time finds the tokens there despite rounding.
 const waitMargin = time.Microsecond
 
-// waitLocked returns how long from now until the budgets of a frame of
-// class c and n bytes hold the tokens for it. Caller holds mu.
-func (p *Pipe) waitLocked(c classify.Class, n int, now time.Time) time.Duration {
-	class, agg := p.budgetsFor(c)
-	return max(tokenWait(class, n, now), tokenWait(agg, n, now)) + waitMargin
+// waitLocked returns how long from now until the budgets of a queued
+// frame hold the tokens for it. Caller holds mu.
+func (p *Pipe) waitLocked(d qdesc, now time.Time) time.Duration {
+	class, agg := p.budgetsFor(d)
+	return max(tokenWait(class, d.len(), now), tokenWait(agg, d.len(), now)) + waitMargin
 }
 
 // tokenWait returns how long until b holds one packet and n bytes.
@@ -455,6 +506,7 @@ type batch struct {
 	off  [maxBatch]int32
 	n    [maxBatch]int32
 	cls  [maxBatch]classify.Class
+	rc   [maxBatch]*RuleCounters
 }
 
 const (
@@ -464,8 +516,8 @@ const (
 
 func (b *batch) room(n int) bool { return b.k < maxBatch && b.used+n <= len(b.buf) }
 
-func (b *batch) add(frame []byte, c classify.Class) {
-	b.off[b.k], b.n[b.k], b.cls[b.k] = int32(b.used), int32(len(frame)), c
+func (b *batch) add(frame []byte, c classify.Class, rc *RuleCounters) {
+	b.off[b.k], b.n[b.k], b.cls[b.k], b.rc[b.k] = int32(b.used), int32(len(frame)), c, rc
 	b.used += copy(b.buf[b.used:], frame)
 	b.k++
 }
@@ -496,27 +548,28 @@ func (p *Pipe) release(now time.Time, out Device) (time.Time, error) {
 	}
 	var closed error
 	for i := 0; i < b.k; i++ {
-		f, c := b.frame(i), b.cls[i]
+		f, c, rc := b.frame(i), b.cls[i], b.rc[i]
 		if closed != nil {
-			p.drop(c, ReasonQueueFlush, len(f))
+			p.drop(c, rc, "", ReasonQueueFlush, len(f))
 			continue
 		}
 		if _, err := out.Write(f); err != nil {
 			if isClosed(err) {
 				closed = err
-				p.drop(c, ReasonQueueFlush, len(f))
+				p.drop(c, rc, "", ReasonQueueFlush, len(f))
 				continue
 			}
-			p.drop(c, ReasonWriteError, len(f))
+			p.drop(c, rc, "", ReasonWriteError, len(f))
 			if p.logEvery.ok(now) {
 				p.log.Warn("write failed", "err", err)
 			}
 			continue
 		}
-		p.pass(c, len(f))
+		p.pass(c, rc, "", len(f))
 	}
 	p.mu.Lock()
 	p.inflight = 0
+	clear(b.rc[:b.k])
 	p.mu.Unlock()
 	return next, closed
 }
@@ -532,31 +585,37 @@ func (p *Pipe) takeDueLocked(now time.Time, b *batch) time.Time {
 	t := p.nanos(now)
 	for q.count > 0 {
 		d := q.descs[q.head]
-		c, n := d.class(), d.len()
+		n := d.len()
 		age := t - d.at
 		if age > p.sh.maxWait {
-			p.drop(c, ReasonQueueTime, n)
+			p.dropDescLocked(d, ReasonQueueTime)
 			q.pop()
 			continue
 		}
 		if age < p.sh.delay {
 			return p.epoch.Add(time.Duration(d.at + p.sh.delay))
 		}
-		if r := p.hopelessLocked(c, n); r != admitted {
-			p.drop(c, r, n)
+		if r := p.hopelessLocked(d); r != admitted {
+			p.dropDescLocked(d, r)
 			q.pop()
 			continue
 		}
 		if !b.room(n) {
 			return now
 		}
-		if p.admitLocked(c, n, now) != admitted {
+		switch p.admitDescLocked(d, now) {
+		case admitted:
+		case ReasonQuota:
+			p.dropDescLocked(d, ReasonQuota)
+			q.pop()
+			continue
+		default:
 			// Wake when the tokens are there, or to drop the frame
 			// when it expires, whichever comes first.
-			due := min(t+int64(p.waitLocked(c, n, now)), d.at+p.sh.maxWait+1)
+			due := min(t+int64(p.waitLocked(d, now)), d.at+p.sh.maxWait+1)
 			return p.epoch.Add(time.Duration(due))
 		}
-		b.add(q.frame(d), c)
+		b.add(q.frame(d), d.class, p.descCounters(d))
 		q.pop()
 	}
 	return time.Time{}
@@ -647,11 +706,19 @@ type queue struct {
 type qdesc struct {
 	at  int64  // arrival, ns since the pipe's epoch
 	off uint32 // offset in buf
-	lc  uint32 // length in the low 24 bits, class in the high 8
+	n   uint32 // length in bytes
+	// rule is the class of the rules that decided the frame, -1 for
+	// none; class is its built-in class, for the counters.
+	rule  int16
+	class classify.Class
+	// charge says that a class budget is charged when the frame leaves:
+	// the rule's (a class with mode shape), or, without a rule, that of
+	// built-in class bclass. A police-mode class charged it on arrival.
+	charge bool
+	bclass classify.Class
 }
 
-func (d qdesc) len() int              { return int(d.lc & 0xffffff) }
-func (d qdesc) class() classify.Class { return classify.Class(d.lc >> 24) }
+func (d qdesc) len() int { return int(d.n) }
 
 // newQueue returns an empty queue bounded by limit bytes. Its storage is
 // limit plus one largest frame: a frame that does not fit at the end of
@@ -665,9 +732,10 @@ func newQueue(limit int) queue {
 	}
 }
 
-// push copies frame, of class c and arrived at at, to the tail; it reports
-// false, holding nothing more, if a bound would be exceeded.
-func (q *queue) push(frame []byte, c classify.Class, at int64) bool {
+// push copies frame to the tail, described by d (its arrival, class and
+// budget; push sets the offset and length); it reports false, holding
+// nothing more, if a bound would be exceeded.
+func (q *queue) push(frame []byte, d qdesc) bool {
 	n := len(frame)
 	if q.count == len(q.descs) || q.bytes+n > q.limit || n > MaxFrameBuffer {
 		return false
@@ -688,7 +756,8 @@ func (q *queue) push(frame []byte, c classify.Class, at int64) bool {
 		return false
 	}
 	copy(q.buf[off:], frame)
-	q.descs[(q.head+q.count)%len(q.descs)] = qdesc{at: at, off: uint32(off), lc: uint32(n) | uint32(c)<<24}
+	d.off, d.n = uint32(off), uint32(n)
+	q.descs[(q.head+q.count)%len(q.descs)] = d
 	q.count++
 	q.bytes += n
 	q.wpos = off + n

@@ -617,7 +617,7 @@ func TestQueueRing(t *testing.T) {
 			binary.BigEndian.PutUint64(f[len(f)-8:], seq)
 			// push refuses only for a bound: the storage always has room.
 			fits := q.bytes+len(f) <= q.limit && q.count < len(q.descs)
-			ok := q.push(f, classify.UDP, int64(seq))
+			ok := q.push(f, qdesc{at: int64(seq), class: classify.UDP, rule: -1})
 			if ok != fits {
 				t.Fatalf("push of %d bytes with %d of %d bytes held: ok %v, want %v", len(f), q.bytes, q.limit, ok, fits)
 			}
@@ -626,7 +626,7 @@ func TestQueueRing(t *testing.T) {
 			}
 		} else {
 			d := q.descs[q.head]
-			if got := q.frame(d); !slices.Equal(got, want[0]) || d.class() != classify.UDP || d.at != int64(seqOf(want[0])) {
+			if got := q.frame(d); !slices.Equal(got, want[0]) || d.class != classify.UDP || d.at != int64(seqOf(want[0])) {
 				t.Fatalf("popped frame %d differs", seqOf(want[0]))
 			}
 			want = want[1:]
