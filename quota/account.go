@@ -91,6 +91,7 @@ type lane struct {
 	softB      int64   // bytes at which drops start: softFrac of quota
 	reserveB   int64   // bytes kept for bypass: reserve of quota
 	theta      float64 // projected gain (bytes) needed to burst; +Inf: none
+	dirty      bool    // changed since the last Snapshot: see Tick
 	frac       float64 // AdmitFluid's carried fraction of a byte
 
 	// Offered bytes of the last closed intervals (a ring, across periods):
@@ -298,6 +299,7 @@ func (l *lane) setQuotaLocked(burst bool) {
 	l.quota = l.qc
 	if burst {
 		l.quota = l.qb
+		l.dirty = true
 	}
 	if l.quota == unlimited {
 		l.softB, l.reserveB = unlimited, 0
@@ -371,20 +373,25 @@ func (a *Account) AdmitFluid(d Dir, n int64, now time.Time) int64 {
 }
 
 // Tick closes every interval that ended before now, in every billed
-// direction, and returns how many it closed (summed over directions). The
-// daemon calls it periodically and persists a Snapshot when it returns
-// more than 0. Safe for concurrent use; it does not allocate.
-func (a *Account) Tick(now time.Time) int {
+// direction, and returns how many it closed (summed over directions) and
+// whether the Account holds something a restart must not lose since the
+// last Snapshot: a closed interval, or the open interval raised to a burst
+// interval. The daemon calls it every second or so, and when save is true
+// persists a Snapshot (Store.Save); if that fails it should try again at
+// the next Tick. A raise lost in the moment before it is saved is what the
+// burst reserve (Config.BurstReserve) covers. Safe for concurrent use; it
+// does not allocate.
+func (a *Account) Tick(now time.Time) (closed int, save bool) {
 	ns := now.UnixNano()
-	closed := 0
 	for _, l := range a.lanes {
 		l.mu.Lock()
 		if ns >= l.end {
 			closed += l.advanceLocked(ns)
 		}
+		save = save || l.dirty
 		l.mu.Unlock()
 	}
-	return closed
+	return closed, save
 }
 
 // Counters returns direction d's counts.
@@ -472,6 +479,7 @@ func (l *lane) advanceLocked(ns int64) int {
 
 // closeLocked records the open interval's sample and offered bytes.
 func (l *lane) closeLocked() {
+	l.dirty = true
 	total := l.normal + l.bypass
 	if len(l.samples) < cap(l.samples) {
 		l.samples = append(l.samples, total)

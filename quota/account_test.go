@@ -1,8 +1,11 @@
 package quota
 
 import (
+	"encoding/json"
 	"math"
 	"math/rand/v2"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -368,14 +371,14 @@ func TestAdmitFluidMatchesExpectation(t *testing.T) {
 func TestTickClosesIdleIntervals(t *testing.T) {
 	a := mustNew(t, small(), t0)
 	a.Admit(ToVM, 500, false, at(0.5), 0)
-	if n := a.Tick(at(0.9)); n != 0 {
+	if n, _ := a.Tick(at(0.9)); n != 0 {
 		t.Errorf("Tick inside the interval closed %d", n)
 	}
-	if n := a.Tick(at(3.5)); n != 3 {
+	if n, save := a.Tick(at(3.5)); n != 3 || !save {
 		t.Errorf("Tick 3 intervals later closed %d", n)
 	}
 	// Into the next period: 100 intervals per period.
-	if n := a.Tick(at(150)); n != 147 {
+	if n, _ := a.Tick(at(150)); n != 147 {
 		t.Errorf("Tick into the next period closed %d", n)
 	}
 	r := a.Report(at(150))
@@ -383,12 +386,93 @@ func TestTickClosesIdleIntervals(t *testing.T) {
 		t.Errorf("new period: %d samples from %v", len(r.Samples), r.Samples[0].Start)
 	}
 	// Years later: jumps, without walking every interval.
-	if n := a.Tick(t0.AddDate(3, 0, 0)); n < 1_000_000 {
+	if n, _ := a.Tick(t0.AddDate(3, 0, 0)); n < 1_000_000 {
 		t.Errorf("Tick 3 years later closed %d", n)
 	}
 	// A clock that goes back stays in the open interval.
 	if v := a.Admit(ToVM, 10, false, t0, 0); v != Pass {
 		t.Errorf("frame from the past: %v", v)
+	}
+}
+
+// TestTickSave: Tick asks for a save after an interval closes or the open
+// one is raised to a burst interval, until the next Snapshot.
+func TestTickSave(t *testing.T) {
+	c := small()
+	c.BurstCeiling = 0
+	a := mustNew(t, c, t0)
+	if _, save := a.Tick(at(0.1)); save {
+		t.Error("a new Account asks for a save")
+	}
+	a.Admit(ToVM, 500, false, at(0.2), 0)
+	if _, save := a.Tick(at(0.3)); save {
+		t.Error("counting bytes asks for a save")
+	}
+	rnd := NewRand(1)
+	offerConst(a, ToVM, 3000, 0.3, 0.6, &rnd) // raised to a burst interval
+	if _, save := a.Tick(at(0.7)); !save {
+		t.Error("a burst raise does not ask for a save")
+	}
+	a.Snapshot(at(0.8))
+	if _, save := a.Tick(at(0.9)); save {
+		t.Error("still asks after a Snapshot")
+	}
+	if n, save := a.Tick(at(1.1)); n != 1 || !save {
+		t.Errorf("an interval closed: %d, save %v", n, save)
+	}
+}
+
+func TestReportJSONKeys(t *testing.T) {
+	a := mustNew(t, small(), t0)
+	a.Admit(ToVM, 500, false, at(0.5), 0)
+	data, err := json.Marshal(a.Report(at(2)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]json.RawMessage
+	json.Unmarshal(data, &m)
+	var keys []string
+	for k := range m {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	want := []string{"burst_intervals_left", "burst_intervals_used", "commit_bps", "percentile_bps", "projected_bps", "samples", "tenant"}
+	if !slices.Equal(keys, want) {
+		t.Errorf("keys %v, want %v", keys, want)
+	}
+	var samples []map[string]any
+	json.Unmarshal(m["samples"], &samples)
+	if len(samples) != 2 || len(samples[0]) != 2 || samples[0]["start"] != "2025-01-01T00:00:00Z" || samples[0]["bps"] != 4000.0 {
+		t.Errorf("samples %s", m["samples"])
+	}
+	// An empty period still has a list, not null.
+	data, _ = json.Marshal(mustNew(t, small(), t0).Report(t0))
+	if !strings.Contains(string(data), `"samples":[]`) {
+		t.Errorf("empty report %s", data)
+	}
+}
+
+func TestRand(t *testing.T) {
+	var zero Rand
+	if zero.Uint32() == zero.Uint32() {
+		t.Error("the zero Rand repeats")
+	}
+	a, b := NewRand(1), NewRand(1)
+	for range 100 {
+		if a.Uint32() != b.Uint32() {
+			t.Fatal("the same seed gave two streams")
+		}
+	}
+	// Roughly uniform: 16 buckets of 160 000 draws.
+	r := NewRand(2)
+	var buckets [16]int
+	for range 160_000 {
+		buckets[r.Uint32()>>28]++
+	}
+	for i, n := range buckets {
+		if n < 9_500 || n > 10_500 {
+			t.Errorf("bucket %d: %d of 160000", i, n)
+		}
 	}
 }
 

@@ -47,8 +47,8 @@ type LaneSnapshot struct {
 var ErrSnapshotMismatch = errors.New("quota snapshot does not match the tenant's configuration")
 
 // Snapshot closes the intervals that ended before now (as Tick does) and
-// returns a copy of the Account's persistent state. Safe for concurrent
-// use.
+// returns a copy of the Account's persistent state, which Tick then counts
+// as saved. Safe for concurrent use.
 func (a *Account) Snapshot(now time.Time) Snapshot {
 	ns := now.UnixNano()
 	s := Snapshot{Version: SnapshotVersion, Tenant: a.cfg.Tenant, Interval: a.cfg.Interval, Taken: now.UTC()}
@@ -57,6 +57,7 @@ func (a *Account) Snapshot(now time.Time) Snapshot {
 		if ns >= l.end {
 			l.advanceLocked(ns)
 		}
+		l.dirty = false
 		ls := LaneSnapshot{
 			Name:        l.name,
 			PeriodStart: time.Unix(0, l.periodStart).UTC(),

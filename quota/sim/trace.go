@@ -137,9 +137,9 @@ func (c *cursor) rate(d time.Duration) float64 {
 	return float64(c.t[c.i].Rate)
 }
 
-// integrate returns the integral over [from, to) of f(rate), rate in bits
-// per second, in bits·seconds... in bytes when f is the identity divided
-// by 8 (callers pass f). Positions must not go backwards.
+// integrate returns the integral over [from, to) of f(rate), with the
+// rate in bits per second and time in seconds: bytes when f divides the
+// rate by 8. Positions must not go backwards.
 func (c *cursor) integrate(from, to time.Duration, f func(r float64) float64) float64 {
 	sum := 0.0
 	for from < to {
