@@ -5,9 +5,10 @@
 //
 // A tenant (Config) is one or more ports with a commit rate, a billing
 // period, a sample interval, a percentile and a billed direction. Its
-// Account is shared by the forwarders of all its ports: each calls Admit per
-// frame after its own budgets, the daemon calls Tick to close intervals and
-// persists Snapshot, and the control API calls Report. The package is pure
+// Account is shared by the forwarders of all its ports: each pipe calls
+// Admit per frame after its own budgets (through its own Hook, which
+// implements forward.Quota), the daemon calls Tick to close intervals and
+// persists Snapshot in a Store, and the control API calls Report. The package is pure
 // logic over bytes, counts and times: time and randomness are parameters,
 // and it starts no goroutines.
 //
