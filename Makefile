@@ -68,8 +68,13 @@ lint:
 	gofmt -l . | (! grep .)
 	$(GO) vet ./...
 
+# make fuzz: each fuzz target in turn, 10 minutes each (FUZZTIME=30s for a
+# quick pass), one worker (the machines have two shared cores). Crashers
+# land in the package's testdata/fuzz, which make test then replays.
 fuzz:
-	$(GO) test -run='^$$' -fuzz=FuzzClassify -fuzztime=10m ./classify/
+	$(GO) test -run='^$$' -fuzz='^FuzzClassify$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./classify/
+	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./rules/
+	$(GO) test -run='^$$' -fuzz='^FuzzStep$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./forward/
 
 clean:
 	rm -rf $(BIN)

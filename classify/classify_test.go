@@ -369,6 +369,14 @@ func consistent(cl Class, f *Frame) string {
 		return "bad IP version " + dump(f)
 	case f.FirstFragment && !f.Fragment:
 		return "FirstFragment without Fragment"
+	case f.ARPOp != 0 && f.EtherType != 0x0806:
+		return "ARP fields without ARP " + dump(f)
+	case (f.NDTarget.IsValid() || f.NDLinkAddrs != 0) && !(f.IPVersion == 6 && f.Proto == ProtoICMPv6 && isND(f.ICMPType)):
+		return "ND fields without ND " + dump(f)
+	case f.NDLinkAddrsDiffer && f.NDLinkAddrs < 2:
+		return "differing link-layer options without two of them " + dump(f)
+	case f.IPv6ChainBroken() && cl != Malformed:
+		return "broken IPv6 chain but not malformed"
 	}
 	switch cl {
 	case Bypass, TCP, TCPSyn:

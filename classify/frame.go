@@ -53,7 +53,8 @@ type Frame struct {
 	ARPTargetIP  netip.Addr
 
 	// Neighbour discovery (ICMPv6 133-137 that passed the checks of
-	// Control): NDTarget is the target address of a neighbour
+	// Control; partly filled when the options make it bad-ndp): NDTarget
+	// is the target address of a neighbour
 	// solicitation, advertisement or redirect. NDLinkAddr is the address
 	// in the first source or target link-layer address option, NDLinkAddrs
 	// how many such options the message carries, and NDLinkAddrsDiffer

@@ -1,9 +1,12 @@
 package classify
 
 import (
+	"encoding/binary"
 	"fmt"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -135,11 +138,66 @@ func corpusSeeds(t testing.TB) map[string][]byte {
 		b[14+24+12] = off << 4
 		seeds[fmt.Sprintf("tcp-offset-%d", off)] = b
 	}
-	for _, cut := range []int{0, 1, 13, 14, 15, 16, 17, 18, 30, 33, 37, 38, 50, 57, 58, 61} {
-		seeds[fmt.Sprintf("tcp4-cut-%d", cut)] = syn4[:min(cut, len(syn4))]
+	// Truncation at every offset of the frames with the most structure.
+	na := fromVM(0x86dd, v6{src: llVM6, dst: llRtr6, next: 58, hop: 255}.bytes(ndMsg(136, vm6, llOpt(2, vmMAC), []byte{14, 1, 1, 2, 3, 4, 5, 6})))
+	raHidden := fromVM(0x86dd, v6{src: llVM6, dst: llRtr6, next: 58, hop: 255, exts: []ext{ipv6HBH, ipv6AH, ipv6Frag}}.bytes(ndMsg(134, netip.Addr{}, llOpt(1, vmMAC))))
+	arpReply := fromVM(0x0806, arpPkt(2), 5)
+	for name, b := range map[string][]byte{"tcp4": syn4, "ipv6-chain": chain, "na": na, "ra-hidden": raHidden, "arp-vlan": arpReply} {
+		for cut := range len(b) {
+			seeds[fmt.Sprintf("%s-cut-%d", name, cut)] = b[:cut]
+		}
 	}
-	for _, cut := range []int{14, 40, 53, 54, 55, 56, 61, 62, 70, 78, 86, 94, 101, 102, 110, 121} {
-		seeds[fmt.Sprintf("ipv6-chain-cut-%d", cut)] = chain[:min(cut, len(chain))]
+	// Bogus lengths.
+	udp4 := fromVM(0x0800, v4{src: vm4, dst: rem4, proto: 17}.bytes(udpDgram(67, 68, []byte("offer"))))
+	for _, ul := range []uint16{0, 7, 8, 13, 14, 100, 65535} {
+		b := append([]byte(nil), udp4...)
+		be16(b[14+20+4:], ul)
+		seeds[fmt.Sprintf("udp-length-%d", ul)] = b
 	}
+	tcp6b := fromVM(0x86dd, tcp6(vm6, 1, rem6, 2, fSYN))
+	for _, pl := range []uint16{0, 1, 19, 20, 21, 65535} {
+		b := append([]byte(nil), tcp6b...)
+		be16(b[18:], pl)
+		seeds[fmt.Sprintf("ipv6-payload-length-%d", pl)] = b
+	}
+	for _, n := range []byte{0, 2, 3, 255} {
+		b := append([]byte(nil), na...)
+		b[len(b)-16+1] = n // the target link-layer option's length
+		seeds[fmt.Sprintf("nd-option-length-%d", n)] = b
+	}
+	// VLAN stacks: 802.1Q and 802.1ad in every order, up to three deep.
+	for _, tpids := range [][]uint16{{0x8100}, {0x88a8}, {0x8100, 0x8100}, {0x88a8, 0x8100}, {0x8100, 0x88a8}, {0x88a8, 0x88a8}, {0x88a8, 0x8100, 0x8100}} {
+		b := append([]byte(nil), vmMAC[:]...)
+		b = append(gwMAC[:], b...)
+		name := "vlan"
+		for i, tp := range tpids {
+			b = binary.BigEndian.AppendUint16(b, tp)
+			b = binary.BigEndian.AppendUint16(b, uint16(100+i))
+			name += fmt.Sprintf("-%04x", tp)
+		}
+		b = binary.BigEndian.AppendUint16(b, 0x0800)
+		seeds[name] = append(b, tcp4(vm4, 22, rem4, 40000, fSYNACK)...)
+	}
+	// IPv6 extension header chains.
+	for name, exts := range map[string][]ext{
+		"hbh-dst-rt-ah-dst":  {ipv6HBH, ipv6Dst, ipv6Rt, ipv6AH, ipv6Dst},
+		"ah-frag":            {ipv6AH, ipv6Frag},
+		"frag-ah":            {ipv6Frag, ipv6AH},
+		"dst-hbh":            {ipv6Dst, ipv6HBH},
+		"eight-dst":          slices.Repeat([]ext{ipv6Dst}, 8),
+		"nine-dst":           slices.Repeat([]ext{ipv6Dst}, 9),
+		"two-frag":           {ipv6Frag, ipv6Frag},
+		"hbh-later-fragment": {ipv6HBH, {typ: 44, offset: 1}},
+	} {
+		seeds["ipv6-ext-"+name+"-ra"] = fromVM(0x86dd, v6{src: llVM6, dst: llRtr6, next: 58, hop: 255, exts: exts}.bytes(ndMsg(134, netip.Addr{})))
+		seeds["ipv6-ext-"+name+"-dhcp"] = fromVM(0x86dd, v6{src: llVM6, dst: llRtr6, next: 17, exts: exts}.bytes(udpDgram(547, 546, []byte("advertise"))))
+	}
+	// Fragments.
+	seeds["ipv4-first-fragment-udp-cut"] = fromVM(0x0800, v4{src: vm4, dst: rem4, proto: 17, mf: true}.bytes(udpDgram(67, 68, nil)[:4]))
+	seeds["ipv4-later-fragment-offset-1"] = fromVM(0x0800, v4{src: vm4, dst: rem4, proto: 17, offset: 1}.bytes(make([]byte, 8)))
+	seeds["ipv4-max-offset"] = fromVM(0x0800, v4{src: vm4, dst: rem4, proto: 6, offset: 0x1fff}.bytes(make([]byte, 8)))
+	seeds["ipv6-first-fragment-no-l4"] = fromVM(0x86dd, v6{src: llVM6, dst: llRtr6, next: 58, exts: []ext{ipv6Dst, {typ: 44, more: true}}}.bytes(nil))
+	seeds["ipv6-first-fragment-half-icmp"] = fromVM(0x86dd, v6{src: llVM6, dst: llRtr6, next: 58, exts: []ext{{typ: 44, more: true}}}.bytes([]byte{134, 0}))
+	seeds["ns-in-fragment"] = fromVM(0x86dd, v6{src: llVM6, dst: llRtr6, next: 58, hop: 255, exts: []ext{ipv6Frag}}.bytes(ndMsg(135, vm6, llOpt(1, vmMAC))))
 	return seeds
 }
