@@ -680,3 +680,57 @@ func BenchmarkStepFull(b *testing.B) {
 		})
 	}
 }
+
+// --syn-pps: the tcp-syn class holds new connections per second in each
+// direction to its rate, while bypass connections (ssh to the VM) are not
+// counted and an established ssh session keeps working.
+func TestSynRateBothDirections(t *testing.T) {
+	now := time.Unix(1700000000, 0)
+	var pol Policy
+	pol.Classes[classify.TCPSyn] = bucket.Limits{PPS: 200}
+	pol.Classes[classify.Bypass] = bucket.Limits{PPS: 2000}
+	from, to := newPipes(t, pol, pol, now)
+	// An ssh session to the VM, established before the flood.
+	sshIn := frame(t, false, &layers.TCP{SrcPort: 50000, DstPort: 22, SYN: true, Window: 1000}, 0, 0)
+	sshOut := frame(t, true, &layers.TCP{SrcPort: 22, DstPort: 50000, SYN: true, ACK: true, Window: 1000}, 0, 0)
+	sshData := frame(t, true, &layers.TCP{SrcPort: 22, DstPort: 50000, ACK: true, PSH: true, Window: 1000}, 100, 0)
+	if !to.Step(sshIn, now).Pass || !from.Step(sshOut, now).Pass {
+		t.Fatal("ssh handshake refused")
+	}
+	synOut := frame(t, true, &layers.TCP{SrcPort: 1234, DstPort: 80, SYN: true, Window: 1}, 0, 0)
+	synIn := frame(t, false, &layers.TCP{SrcPort: 1234, DstPort: 80, SYN: true, Window: 1}, 0, 0)
+	newSSH := frame(t, false, &layers.TCP{SrcPort: 50001, DstPort: 22, SYN: true, Window: 1000}, 0, 0)
+	// 5 s of SYN floods at 20000 per second in each direction.
+	var out, in, ssh, sshNew int
+	for i := range 100000 {
+		now = now.Add(50 * time.Microsecond)
+		if from.Step(synOut, now).Pass {
+			out++
+		}
+		if to.Step(synIn, now).Pass {
+			in++
+		}
+		if i%1000 == 0 {
+			if from.Step(sshData, now).Pass {
+				ssh++
+			}
+			if v := to.Step(newSSH, now); v.Pass && v.Class == classify.Bypass {
+				sshNew++
+			}
+		}
+	}
+	for _, x := range []struct {
+		dir string
+		n   int
+	}{{"from the VM", out}, {"to the VM", in}} {
+		if rate := float64(x.n) / 5; rate < 196 || rate > 204+2 { // 200/s within 2%, plus the first burst
+			t.Errorf("SYN %s: %.1f per second, want 200 within 2%%", x.dir, rate)
+		}
+	}
+	if ssh != 100 || sshNew != 100 {
+		t.Errorf("ssh during the flood: %d of 100 data frames, %d of 100 new connections", ssh, sshNew)
+	}
+	if s := to.Stats().Classes[classify.TCPSyn]; s.Drops[ReasonClassBudget] == 0 || to.Stats().Classes[classify.Bypass].DroppedPackets != 0 {
+		t.Errorf("to-VM counters: tcp-syn %+v, bypass %+v", s, to.Stats().Classes[classify.Bypass])
+	}
+}
