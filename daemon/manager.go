@@ -159,6 +159,9 @@ func (m *Manager) SetPortCheck(exists func(name string) bool) {
 	m.portExists = exists
 }
 
+// TopDestinations is how many destinations status lists per quarantine.
+const TopDestinations = 10
+
 // ErrClosed is returned by every change after Close.
 var ErrClosed = errors.New("daemon: shutting down")
 
@@ -220,6 +223,9 @@ func (m *Manager) quarantineLocked(port string, req api.LimitRequest, pending bo
 		m.saveLocked()
 		m.log.Info("quarantine pending: the port does not exist yet", "port", port, "expires", q.expires)
 		return m.statusLocked(q), nil
+	}
+	if err := m.prepareGuardLocked(q); err != nil {
+		return api.Quarantine{}, err
 	}
 	if err := m.applyLocked(q); err != nil {
 		return api.Quarantine{}, err
@@ -658,6 +664,10 @@ func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
 	}
 	if q.fwd != nil {
 		from, to = q.fwd.FromVM.Stats(), q.fwd.ToVM.Stats()
+		for _, d := range q.fwd.FromVM.TopDestinations(nil, TopDestinations) {
+			out.TopDestinations = append(out.TopDestinations, api.Destination{
+				Address: d.Addr.String(), Port: d.Port, Protocol: d.ProtoName(), Packets: d.Packets})
+		}
 		now := time.Now()
 		a, b := q.fwd.FromVM.Queue(now), q.fwd.ToVM.Queue(now)
 		fq, tq = &a, &b

@@ -96,6 +96,13 @@ func TestAutoQuarantine(t *testing.T) {
 		t.Errorf("stage 1 delivers %.0f pps; want 10000 within 5%%", got)
 	}
 	st = d.fullStatus()
+	// The abuse report's figures: the flood's destination first.
+	if top := quarantineOf(st, port1).TopDestinations; len(top) == 0 || top[0].Address != l.get("EXT_IP") ||
+		top[0].Port != 9 || top[0].Protocol != "udp" || top[0].Packets < 10000 {
+		t.Errorf("top_destinations %+v; want %s:9/udp first", top, l.get("EXT_IP"))
+	} else {
+		t.Logf("top destination %+v", top[0])
+	}
 	if quarantineOf(st, port2) != nil || len(st.Flagged) != 0 {
 		t.Errorf("well-behaved %s flagged: quarantines %d, flagged %+v", port2, len(st.Quarantines), st.Flagged)
 	}
