@@ -20,6 +20,7 @@ import (
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/forward"
+	"github.com/shaperd/shaperd/guard"
 	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/profile"
 	"github.com/shaperd/shaperd/splice"
@@ -81,6 +82,8 @@ type Manager struct {
 	hookRunner func(port string, argv []string)
 	// clock stamps new quarantines; a hook for tests.
 	clock func() time.Time
+	// guardLearner finds a VM's addresses; a hook for tests.
+	guardLearner func(port string) (guard.Config, []string)
 
 	mu     sync.Mutex
 	q      map[string]*quarantine // by port
@@ -354,7 +357,7 @@ func (m *Manager) startForwarder(sp splice.Splice, spec Spec) (*forward.Forwarde
 	}
 	fwd, err := forward.New(forward.Config{
 		Classify: spec.classifyConfig(),
-		FromVM:   spec.FromVM.policy(),
+		FromVM:   spec.fromVMPolicy(),
 		ToVM:     spec.ToVM.policy(),
 		Nice:     m.ForwarderNice,
 		Log:      m.log.With("port", sp.Port()),
@@ -438,14 +441,14 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 // neither), on the plumbing, not yet in the state file.
 func (m *Manager) setSpecLocked(q *quarantine, spec Spec) error {
 	if q.fwd != nil {
-		from, to := spec.FromVM.policy(), spec.ToVM.policy()
+		from, to := spec.fromVMPolicy(), spec.ToVM.policy()
 		// Validated by Apply; SetPolicy validates again before
 		// publishing, so a failure leaves the old policy in force.
 		if err := q.fwd.FromVM.SetPolicy(from); err != nil {
 			return usagef("%v", err)
 		}
 		if err := q.fwd.ToVM.SetPolicy(to); err != nil {
-			q.fwd.FromVM.SetPolicy(q.spec.FromVM.policy())
+			q.fwd.FromVM.SetPolicy(q.spec.fromVMPolicy())
 			return usagef("%v", err)
 		}
 	}

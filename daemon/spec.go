@@ -14,6 +14,8 @@ import (
 	"github.com/shaperd/shaperd/bucket"
 	"github.com/shaperd/shaperd/classify"
 	"github.com/shaperd/shaperd/forward"
+	"github.com/shaperd/shaperd/guard"
+	"github.com/shaperd/shaperd/rules"
 	"github.com/shaperd/shaperd/units"
 )
 
@@ -55,6 +57,16 @@ type DirSpec struct {
 	BypassPPS  *float64    `json:"bypass_pps,omitempty"`
 	BypassBPS  *units.Rate `json:"bypass_bps,omitempty"`
 	ControlPPS *float64    `json:"control_pps,omitempty"`
+
+	// Flood classes (issue 7): budgets of the built-in classes, a frame
+	// size limit, new bypass connections per source per minute, and rule
+	// classes (--class, one rule per entry).
+	SynPPS              *float64    `json:"syn_pps,omitempty"`
+	UDPPPS              *float64    `json:"udp_pps,omitempty"`
+	ICMPBPS             *units.Rate `json:"icmp_bps,omitempty"`
+	MaxFrame            *units.Size `json:"max_frame,omitempty"`
+	BypassConnPerSource *int        `json:"bypass_conn_per_source,omitempty"`
+	Classes             []string    `json:"classes,omitempty"`
 }
 
 // Spec is the operator's intent for one quarantine: what the command line
@@ -77,6 +89,17 @@ type Spec struct {
 	// Stage is the ladder's stage whose limits the spec holds; "" for a
 	// quarantine with no ladder ("manual" in status).
 	Stage string `json:"stage,omitempty"`
+
+	// Guard turns on the anti-spoofing guard on frames from the VM, with
+	// the VM's addresses in GuardMAC and GuardIP (as --guard-mac and
+	// --guard-ip take them): given, or found before the splice.
+	Guard    bool   `json:"guard,omitempty"`
+	GuardMAC string `json:"guard_mac,omitempty"`
+	GuardIP  string `json:"guard_ip,omitempty"`
+	// GuardLearn lets the daemon find the VM's addresses before the splice
+	// (libvirt, the bridge's forwarding table and the neighbour table)
+	// when GuardMAC or GuardIP is not given; a profile's guard_learn.
+	GuardLearn bool `json:"guard_learn,omitempty"`
 }
 
 // NewSpec returns a spec with the default bypass and control budgets and no
@@ -91,18 +114,24 @@ func NewSpec() Spec {
 }
 
 // limitFlags are the per-direction flags; each has a "to-vm-" twin.
-var limitFlags = []string{"pps", "bps", "burst", "burst-bytes", "bypass-pps", "bypass-bps", "control-pps", "mode", "delay", "queue-bytes", "queue-time"}
+var limitFlags = []string{"pps", "bps", "burst", "burst-bytes", "bypass-pps", "bypass-bps", "control-pps", "mode", "delay", "queue-bytes", "queue-time",
+	"syn-pps", "udp-pps", "icmp-bps", "max-frame", "bypass-conn-per-source", "class"}
+
+// guardFlags are the guard's flags; the guard watches frames from the VM
+// only, so they have no --to-vm- twin.
+var guardFlags = []string{"guard", "guard-mac", "guard-ip"}
 
 // aggregateFlags are the flags that make a quarantine manual.
 var aggregateFlags = []string{"pps", "bps", "burst", "burst-bytes"}
 
-// LimitFlagNames lists every limit flag, both directions, for the command line.
+// LimitFlagNames lists every limit flag, both directions, and the guard's
+// flags, for the command line.
 func LimitFlagNames() []string {
 	var out []string
 	for _, f := range limitFlags {
 		out = append(out, f, "to-vm-"+f)
 	}
-	return out
+	return append(out, guardFlags...)
 }
 
 // HasAggregateLimit reports whether req names any aggregate limit in either
@@ -161,6 +190,25 @@ func (s Spec) Apply(req api.LimitRequest, forSet bool) (Spec, error) {
 			}
 			out.Fail = v
 			continue
+		case "guard":
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return s, usagef("--guard %q: want true or false", v)
+			}
+			out.Guard = b
+			continue
+		case "guard-mac":
+			if _, err := guard.ParseMACs(v); err != nil && v != "" {
+				return s, usagef("%v", err)
+			}
+			out.GuardMAC = v
+			continue
+		case "guard-ip":
+			if _, err := guard.ParseIPs(v); err != nil && v != "" {
+				return s, usagef("%v", err)
+			}
+			out.GuardIP = v
+			continue
 		case "bypass-outbound":
 			if forSet {
 				return s, usagef("--bypass-outbound cannot change in place: release the port and quarantine it again")
@@ -206,7 +254,21 @@ func (d *DirSpec) set(name, v, flag string) error {
 		default:
 			d.ControlPPS = p
 		}
-	case "bps", "bypass-bps":
+	case "syn-pps", "udp-pps":
+		var p *float64
+		if !none {
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) {
+				return usagef("%s %q: want a number of packets per second, or none", flag, v)
+			}
+			p = &f
+		}
+		if name == "syn-pps" {
+			d.SynPPS = p
+		} else {
+			d.UDPPPS = p
+		}
+	case "bps", "bypass-bps", "icmp-bps":
 		var p *units.Rate
 		if !none {
 			r, err := units.ParseRate(v)
@@ -215,11 +277,46 @@ func (d *DirSpec) set(name, v, flag string) error {
 			}
 			p = &r
 		}
-		if name == "bps" {
+		switch name {
+		case "bps":
 			d.BPS = p
-		} else {
+		case "bypass-bps":
 			d.BypassBPS = p
+		default:
+			d.ICMPBPS = p
 		}
+	case "max-frame":
+		p, err := optSize(v, none, flag)
+		if err != nil {
+			return err
+		}
+		d.MaxFrame = p
+	case "bypass-conn-per-source":
+		var p *int
+		if !none {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 {
+				return usagef("%s %q: want a whole number of new connections per source per minute, at least 1, or none", flag, v)
+			}
+			p = &n
+		}
+		d.BypassConnPerSource = p
+	case "class":
+		// One rule per line; several --class flags arrive joined by
+		// newlines. none clears them.
+		if none || v == "" {
+			d.Classes = nil
+			break
+		}
+		var lines []string
+		for i, line := range strings.Split(v, "\n") {
+			c, err := rules.ParseRule(line)
+			if err != nil {
+				return usagef("%s (rule %d) %q: %v", flag, i+1, line, err)
+			}
+			lines = append(lines, c.String())
+		}
+		d.Classes = lines
 	case "burst":
 		var p *int
 		if !none {
@@ -327,6 +424,11 @@ func (s Spec) Validate() error {
 		if d.Mode == "" && (d.Delay != nil || d.QueueBytes != nil || d.QueueTime != nil) {
 			return usagef("%sdelay, %squeue-bytes and %squeue-time need %smode shape", x.prefix, x.prefix, x.prefix, x.prefix)
 		}
+		if len(d.Classes) > 0 {
+			if _, err := rules.Parse(strings.Join(d.Classes, "\n")); err != nil {
+				return usagef("%sclass: %v", x.prefix, err)
+			}
+		}
 		pol := d.policy()
 		if err := pol.Validate(); err != nil {
 			return usagef("%s: %v", strings.TrimSuffix(x.prefix, "-"), err)
@@ -335,7 +437,39 @@ func (s Spec) Validate() error {
 	if err := s.classifyConfig().Validate(); err != nil {
 		return usagef("%v", err)
 	}
+	if (s.GuardMAC != "" || s.GuardIP != "") && !s.Guard {
+		return usagef("--guard-mac and --guard-ip need --guard")
+	}
+	if s.Guard && s.GuardMAC != "" && s.GuardIP != "" {
+		if _, err := s.guard(); err != nil {
+			return usagef("%v", err)
+		}
+	}
 	return nil
+}
+
+// fromVMPolicy is FromVM's policy with the guard.
+func (s Spec) fromVMPolicy() forward.Policy {
+	p := s.FromVM.policy()
+	p.Guard, _ = s.guard() // validated; nil when incomplete (prepareGuardLocked refuses that)
+	return p
+}
+
+// guard returns the guard of frames from the VM, nil without --guard. Its
+// addresses must be complete (prepareGuardLocked fills them in).
+func (s Spec) guard() (*guard.Guard, error) {
+	if !s.Guard {
+		return nil, nil
+	}
+	macs, err := guard.ParseMACs(s.GuardMAC)
+	if err != nil {
+		return nil, err
+	}
+	ips, err := guard.ParseIPs(s.GuardIP)
+	if err != nil {
+		return nil, err
+	}
+	return guard.New(guard.Config{MACs: macs, IPs: ips})
 }
 
 func (s Spec) classifyConfig() classify.Config {
@@ -391,6 +525,19 @@ func (d DirSpec) policy() forward.Policy {
 		// 10 ms of 200 pps is 2 packets: too few for the bursts of
 		// ARP and neighbour discovery a booting or re-resolving VM sends.
 		c.BurstPackets = ControlBurst
+	}
+	p.Classes[classify.TCPSyn] = limits(d.SynPPS, nil, nil, nil)
+	p.Classes[classify.UDP] = limits(d.UDPPPS, nil, nil, nil)
+	p.Classes[classify.ICMP] = limits(nil, d.ICMPBPS, nil, nil)
+	if d.MaxFrame != nil {
+		p.MaxFrame = int(*d.MaxFrame)
+	}
+	if d.BypassConnPerSource != nil {
+		p.BypassConnPerSource = *d.BypassConnPerSource
+	}
+	if len(d.Classes) > 0 {
+		// Validated by Spec.Validate.
+		p.Rules, _ = rules.Parse(strings.Join(d.Classes, "\n"))
 	}
 	return p
 }
