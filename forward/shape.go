@@ -228,6 +228,10 @@ type QueueStats struct {
 func (p *Pipe) Queue(now time.Time) QueueStats {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	// A policy just published applies at the next frame or release;
+	// report it as in force already, so that status agrees with a change
+	// the moment it returns.
+	p.syncPolicyLocked(now)
 	s := QueueStats{
 		Mode:     p.sh.mode,
 		Delay:    time.Duration(p.sh.delay),
