@@ -529,7 +529,7 @@ func (m *Manager) profileLocked(req api.LimitRequest) (*profile.Profile, api.Lim
 	}
 	name, named := req["profile"]
 	delete(req, "profile")
-	if !named && !HasAggregateLimit(req) {
+	if !named && !HasLimitFlag(req) {
 		name = profile.Quarantine
 	}
 	if name == "" {

@@ -28,11 +28,7 @@ func (m *Manager) prepareGuardLocked(q *quarantine) error {
 	if !s.Guard || (s.GuardMAC != "" && s.GuardIP != "") {
 		return nil
 	}
-	var found guard.Config
-	var from []string
-	if s.GuardLearn {
-		found, from = m.learnGuard(q.port)
-	}
+	found, from := m.learnGuard(q.port, s.GuardLearn)
 	if s.GuardMAC == "" && len(found.MACs) > 0 {
 		macs := make([]string, len(found.MACs))
 		for i, mac := range found.MACs {
@@ -54,17 +50,14 @@ func (m *Manager) prepareGuardLocked(q *quarantine) error {
 		s.Guard, s.GuardMAC, s.GuardIP = false, "", ""
 		return nil
 	}
-	if !s.GuardLearn {
-		return usagef("--guard on %s: %v (this quarantine may not learn them: give --guard-mac and --guard-ip)", q.port, err)
-	}
 	return usagef("--guard on %s: %v (nothing learnt from %s: give --guard-mac and --guard-ip)", q.port, err, strings.Join(from, ", "))
 }
 
-// learnGuard finds the VM's addresses: libvirt first, then the bridge. It
-// says where it looked.
-func (m *Manager) learnGuard(port string) (guard.Config, []string) {
+// learnGuard finds the VM's addresses: libvirt first, then, with bridge,
+// the bridge's and the neighbour tables. It says where it looked.
+func (m *Manager) learnGuard(port string, bridge bool) (guard.Config, []string) {
 	if m.guardLearner != nil {
-		return m.guardLearner(port)
+		return m.guardLearner(port, bridge)
 	}
 	var cfg guard.Config
 	var from []string
@@ -73,7 +66,9 @@ func (m *Manager) learnGuard(port string) (guard.Config, []string) {
 	} else {
 		from = append(from, "libvirt ("+err.Error()+")")
 	}
-	if len(cfg.MACs) == 0 || len(cfg.IPs) == 0 {
+	if !bridge {
+		from = append(from, "not the bridge (the profile does not allow learning)")
+	} else if len(cfg.MACs) == 0 || len(cfg.IPs) == 0 {
 		c, err := learn.FromBridge(nil, port)
 		if err != nil {
 			from = append(from, "bridge ("+err.Error()+")")
@@ -91,7 +86,9 @@ func (m *Manager) learnGuard(port string) (guard.Config, []string) {
 }
 
 // SetGuardLearner replaces how the VM's addresses are found (for tests).
-func (m *Manager) SetGuardLearner(f func(port string) (guard.Config, []string)) { m.guardLearner = f }
+func (m *Manager) SetGuardLearner(f func(port string, bridge bool) (guard.Config, []string)) {
+	m.guardLearner = f
+}
 
 // virsh runs virsh with a timeout; a hook for tests.
 var virsh = func(args ...string) (string, error) {

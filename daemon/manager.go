@@ -83,7 +83,7 @@ type Manager struct {
 	// clock stamps new quarantines; a hook for tests.
 	clock func() time.Time
 	// guardLearner finds a VM's addresses; a hook for tests.
-	guardLearner func(port string) (guard.Config, []string)
+	guardLearner func(port string, bridge bool) (guard.Config, []string)
 
 	mu     sync.Mutex
 	q      map[string]*quarantine // by port
@@ -200,6 +200,11 @@ func (m *Manager) quarantineLocked(port string, req api.LimitRequest, pending bo
 			return api.Quarantine{}, usagef("profile %s: %v", prof.Name, err)
 		}
 		spec.Profile = prof.Name
+		spec.GuardLearn = prof.GuardLearn
+		if origin == OriginManual {
+			// A manual quarantine gets the guard only when asked.
+			spec.Guard = false
+		}
 	}
 	if spec, err = spec.Apply(req, false); err != nil {
 		return api.Quarantine{}, err
@@ -213,8 +218,8 @@ func (m *Manager) quarantineLocked(port string, req api.LimitRequest, pending bo
 			return api.Quarantine{}, err
 		}
 	}
-	if !q.spec.hasAggregate() {
-		return api.Quarantine{}, usagef("quarantine %s: no limit given: name at least one of --pps, --bps (or their --to-vm- twins), or a profile", port)
+	if !q.spec.hasLimit() {
+		return api.Quarantine{}, usagef("quarantine %s: no limit given: name at least one limit (--pps, --bps, --syn-pps, --class, ... or a --to-vm- twin), or a profile", port)
 	}
 	if !m.portExists(port) {
 		if !pending {

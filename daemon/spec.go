@@ -148,10 +148,24 @@ func HasAggregateLimit(req api.LimitRequest) bool {
 	return false
 }
 
-// hasAggregate reports whether s limits the aggregate of either direction.
-func (s Spec) hasAggregate() bool {
+// hasLimit reports whether s limits anything beyond the bypass and control
+// budgets every quarantine has: an aggregate, a flood class, a frame size,
+// rule classes, or the guard.
+func (s Spec) hasLimit() bool {
 	for _, d := range []DirSpec{s.FromVM, s.ToVM} {
-		if d.PPS != nil || d.BPS != nil {
+		if d.PPS != nil || d.BPS != nil || d.SynPPS != nil || d.UDPPPS != nil || d.ICMPBPS != nil ||
+			d.MaxFrame != nil || d.BypassConnPerSource != nil || len(d.Classes) > 0 {
+			return true
+		}
+	}
+	return s.Guard
+}
+
+// HasLimitFlag reports whether req names a limit flag of either direction
+// or --guard: a quarantine by hand rather than by profile.
+func HasLimitFlag(req api.LimitRequest) bool {
+	for _, f := range LimitFlagNames() {
+		if _, ok := req[f]; ok && f != "guard-mac" && f != "guard-ip" {
 			return true
 		}
 	}
@@ -190,6 +204,12 @@ func (s Spec) Apply(req api.LimitRequest, forSet bool) (Spec, error) {
 			}
 			out.Fail = v
 			continue
+		case "guard", "guard-mac", "guard-ip":
+			if forSet {
+				return s, usagef("--%s cannot change in place: release the port and quarantine it again", k)
+			}
+		}
+		switch k {
 		case "guard":
 			b, err := strconv.ParseBool(v)
 			if err != nil {

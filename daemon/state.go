@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -198,6 +199,25 @@ func (s Spec) Intent() string {
 		if !eqF(g.ControlPPS, d.def.ControlPPS) {
 			add(p+"control-pps", fmtF(g.ControlPPS))
 		}
+		if g.SynPPS != nil {
+			add(p+"syn-pps", fmtF(g.SynPPS))
+		}
+		if g.UDPPPS != nil {
+			add(p+"udp-pps", fmtF(g.UDPPPS))
+		}
+		if g.ICMPBPS != nil {
+			add(p+"icmp-bps", g.ICMPBPS.String())
+		}
+		if g.MaxFrame != nil {
+			add(p+"max-frame", g.MaxFrame.String())
+		}
+		if g.BypassConnPerSource != nil {
+			add(p+"bypass-conn-per-source", strconv.Itoa(*g.BypassConnPerSource))
+		}
+		if len(g.Classes) > 0 {
+			// Rules have spaces: escaped, one rule per line.
+			add(p+"class", url.QueryEscape(strings.Join(g.Classes, "\n")))
+		}
 	}
 	if !slices.Equal(s.BypassPorts, def.BypassPorts) {
 		var ps []string
@@ -215,6 +235,15 @@ func (s Spec) Intent() string {
 	}
 	if s.Fail != "" {
 		add("fail", s.Fail)
+	}
+	if s.Guard {
+		add("guard", "true")
+		if s.GuardMAC != "" {
+			add("guard-mac", s.GuardMAC)
+		}
+		if s.GuardIP != "" {
+			add("guard-ip", s.GuardIP)
+		}
 	}
 	if s.Profile != "" {
 		add("profile", s.Profile)
@@ -236,9 +265,16 @@ func ParseIntent(intent string) (Spec, error) {
 		if !ok {
 			return Spec{}, fmt.Errorf("intent %q: %q is not key=value", intent, f)
 		}
+		if k == "class" || k == "to-vm-class" {
+			u, err := url.QueryUnescape(v)
+			if err != nil {
+				return Spec{}, fmt.Errorf("intent %q: %s: %v", intent, k, err)
+			}
+			v = u
+		}
 		req[k] = v
 	}
-	if !HasAggregateLimit(req) {
+	if !HasLimitFlag(req) {
 		return Spec{}, fmt.Errorf("intent %q names no limit", intent)
 	}
 	meta := map[string]string{}

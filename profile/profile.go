@@ -21,6 +21,10 @@
 //	limits:                       # any quarantine flag, as on the command line
 //	  to-vm-pps: 20000
 //	correlate: true               # limit the tenant's router port too (groups)
+//	guard: true                   # anti-spoofing guard (default true in quarantine)
+//	guard_learn: true             # may find the VM's addresses in the bridge (default true)
+//	classes:                      # traffic classes, in order (package rules)
+//	  - "ssh-brute: tcp dport 22 syn per src pps 5"
 //
 // The ladder's limits apply to the threshold's direction (both for either);
 // limits names everything else, and with ladder: false, everything.
@@ -37,6 +41,7 @@ import (
 
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/ladder"
+	"github.com/shaperd/shaperd/rules"
 	"github.com/shaperd/shaperd/units"
 )
 
@@ -62,6 +67,9 @@ type Raw struct {
 	OnBlock            []string          `yaml:"on_block"`
 	Limits             map[string]string `yaml:"limits"`
 	Correlate          bool              `yaml:"correlate"`
+	Guard              *bool             `yaml:"guard"`
+	GuardLearn         *bool             `yaml:"guard_learn"`
+	Classes            []string          `yaml:"classes"`
 }
 
 // Profile is a validated profile.
@@ -85,13 +93,18 @@ type Profile struct {
 	// Correlate limits traffic to the group's router port when a member of
 	// the group is flagged and the flood shows on the router port too.
 	Correlate bool
+	// GuardLearn lets a quarantine with this profile find the VM's
+	// addresses for the guard in the bridge's and neighbour tables before
+	// the splice. (guard: true puts "guard" in Limits.)
+	GuardLearn bool
 }
 
 // Default returns the built-in quarantine profile: the numbers of seed 001
 // in shape mode.
 func Default() Profile {
 	cfg := ladder.DefaultConfig()
-	return Profile{Name: Quarantine, Threshold: cfg.Threshold, UseLadder: true, Ladder: cfg, Shape: true, Limits: map[string]string{}}
+	return Profile{Name: Quarantine, Threshold: cfg.Threshold, UseLadder: true, Ladder: cfg, Shape: true,
+		Limits: map[string]string{"guard": "true"}, GuardLearn: true}
 }
 
 // Build validates r and returns the profile called name. Errors name the key
@@ -183,11 +196,33 @@ func (r Raw) Build(name string) (Profile, error) {
 		}
 		p.OnBlock = slices.Clone(r.OnBlock)
 	}
+	guardOn := p.Limits["guard"] == "true"
 	p.Limits = maps.Clone(r.Limits)
 	if p.Limits == nil {
 		p.Limits = map[string]string{}
 	}
-	if !p.UseLadder && len(p.Limits) == 0 {
+	if r.Guard != nil {
+		guardOn = *r.Guard
+	}
+	if _, ok := p.Limits["guard"]; !ok && guardOn {
+		p.Limits["guard"] = "true"
+	}
+	if r.GuardLearn != nil {
+		p.GuardLearn = *r.GuardLearn
+	}
+	if len(r.Classes) > 0 {
+		for i, c := range r.Classes {
+			if _, err := rules.ParseRule(c); err != nil {
+				return p, bad(fmt.Sprintf("classes[%d]", i), "%q: %v", c, err)
+			}
+		}
+		p.Limits["class"] = strings.Join(r.Classes, "\n")
+	}
+	limits := len(p.Limits)
+	if _, ok := p.Limits["guard"]; ok {
+		limits--
+	}
+	if !p.UseLadder && limits == 0 {
 		return p, bad("limits", "a profile with ladder: false needs limits (for example pps: 10000)")
 	}
 	p.Correlate = r.Correlate

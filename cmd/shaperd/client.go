@@ -24,17 +24,26 @@ Unprefixed limits apply to frames FROM the VM (the flood case); each has a
 --to-vm- twin for frames TO the VM.`
 
 var limitHelp = map[string]string{
-	"pps":         "aggregate packets per second",
-	"bps":         "aggregate rate (tc units: 16mbit; kbps = BYTES/s)",
-	"burst":       "aggregate burst in packets (default 10 ms of --pps)",
-	"burst-bytes": "aggregate burst in bytes (default 10 ms of --bps, at least 1522b)",
-	"bypass-pps":  "bypass (ssh/rdp) budget in packets per second (default 2000)",
-	"bypass-bps":  "bypass budget rate (default 100mbit)",
-	"control-pps": "ARP/neighbour-discovery budget in packets per second (default 200)",
-	"mode":        "police (drop what the budgets refuse) or shape (queue it, release at the rate after --delay)",
-	"delay":       "shape mode: fixed delay of every frame, e.g. 200ms",
-	"queue-bytes": "shape mode: queue bound in bytes (default what the rate releases in --queue-time, plus a burst)",
-	"queue-time":  "shape mode: longest a frame may wait (default --delay + 10ms)",
+	"pps":                    "aggregate packets per second",
+	"bps":                    "aggregate rate (tc units: 16mbit; kbps = BYTES/s)",
+	"burst":                  "aggregate burst in packets (default 10 ms of --pps)",
+	"burst-bytes":            "aggregate burst in bytes (default 10 ms of --bps, at least 1522b)",
+	"bypass-pps":             "bypass (ssh/rdp) budget in packets per second (default 2000)",
+	"bypass-bps":             "bypass budget rate (default 100mbit)",
+	"control-pps":            "ARP/neighbour-discovery budget in packets per second (default 200)",
+	"mode":                   "police (drop what the budgets refuse) or shape (queue it, release at the rate after --delay)",
+	"delay":                  "shape mode: fixed delay of every frame, e.g. 200ms",
+	"queue-bytes":            "shape mode: queue bound in bytes (default what the rate releases in --queue-time, plus a burst)",
+	"queue-time":             "shape mode: longest a frame may wait (default --delay + 10ms)",
+	"syn-pps":                "new TCP connections per second (SYN without ACK), not counting bypass connections",
+	"udp-pps":                "UDP packets per second",
+	"icmp-bps":               "ICMP and ICMPv6 (other than neighbour discovery) rate, e.g. 2kbit",
+	"max-frame":              "drop frames longer than this many bytes, Ethernet header included (e.g. 1400)",
+	"bypass-conn-per-source": "new bypass (ssh/rdp) connections per source address per minute (brute-force protection)",
+	"class":                  "a traffic class rule, repeatable, in order: 'NAME: MATCH... [pps N] [bps RATE] [per src|dst ...] [drop|continue|reclassify C] [mode police|shape]'",
+	"guard":                  "anti-spoofing guard on frames from the VM: only its MAC and IPs, pinned ARP and ND, no DHCP server replies or router advertisements",
+	"guard-mac":              "the VM's MAC address(es) for --guard, comma-separated (default: learnt by the profile, if it allows)",
+	"guard-ip":               "the VM's addresses or prefixes for --guard, comma-separated",
 }
 
 // addLimitFlags registers every limit flag (and its --to-vm- twin) as a
@@ -43,12 +52,21 @@ func addLimitFlags(fs *pflag.FlagSet) {
 	for _, name := range daemon.LimitFlagNames() {
 		base := strings.TrimPrefix(name, "to-vm-")
 		help := limitHelp[base]
-		if base != name {
+		switch {
+		case strings.HasPrefix(base, "guard"):
+		case base != name:
 			help += ", frames to the VM"
-		} else {
+		default:
 			help += ", frames from the VM"
 		}
-		fs.String(name, "", help)
+		switch base {
+		case "class":
+			fs.StringArray(name, nil, help)
+		case "guard":
+			fs.Bool(name, false, help)
+		default:
+			fs.String(name, "", help)
+		}
 	}
 }
 
@@ -58,6 +76,11 @@ func limitRequest(fs *pflag.FlagSet, extra ...string) api.LimitRequest {
 	names := append(daemon.LimitFlagNames(), extra...)
 	for _, n := range names {
 		if f := fs.Lookup(n); f != nil && f.Changed {
+			if a, ok := f.Value.(pflag.SliceValue); ok {
+				// Repeatable (--class): one rule per line.
+				req[n] = strings.Join(a.GetSlice(), "\n")
+				continue
+			}
 			req[n] = f.Value.String()
 		}
 	}
