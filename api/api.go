@@ -63,6 +63,10 @@ type Status struct {
 	// threshold that are not quarantined: every flag in --dry-run mode,
 	// and flags refused by --max-auto.
 	Flagged []Flagged `json:"flagged"`
+	// Quotas are the percentile-quota tenants, sorted by name. Their
+	// ports are not listed under quarantines unless they are quarantined
+	// too.
+	Quotas []QuotaStatus `json:"quotas"`
 }
 
 // Flagged is a watched port the watch loop flagged.
@@ -177,4 +181,103 @@ type ClassStats struct {
 	DroppedPackets uint64            `json:"dropped_packets"`
 	DroppedBytes   uint64            `json:"dropped_bytes"`
 	Drops          map[string]uint64 `json:"drops"`
+}
+
+// QuotaAddRequest adds a percentile-quota tenant. Settings name the tenant's
+// settings by their command-line flag without the dashes ("ports",
+// "commit", "interval", "period", "percentile", "direction", "soft",
+// "exponent", "burst-ceiling", "bypass-reserve", "burst-reserve") with the
+// values as typed ("vm-1,vm-2", "100mbit", "5m", "month", "95", "max",
+// "75%", "1", "none", "1%", "auto"); the daemon parses and validates them.
+type QuotaAddRequest struct {
+	Tenant   string            `json:"tenant"`
+	Settings map[string]string `json:"settings"`
+}
+
+// QuotaRemoveRequest removes a tenant.
+type QuotaRemoveRequest struct {
+	Tenant string `json:"tenant"`
+}
+
+// QuotaRemoveResult names the tenant removed.
+type QuotaRemoveResult struct {
+	Removed string `json:"removed"`
+}
+
+// QuotaReport is a tenant's billing period so far, as `shaperd quota report
+// --json` prints it. Rates are in bits per second. These seven keys are the
+// whole report.
+type QuotaReport struct {
+	Tenant    string `json:"tenant"`
+	CommitBPS uint64 `json:"commit_bps"`
+	// PercentileBPS is the billed percentile of the period so far, the
+	// intervals not closed yet counting as zero.
+	PercentileBPS uint64 `json:"percentile_bps"`
+	// BurstIntervalsUsed counts the period's intervals above the commit
+	// (the open one included once it is); BurstIntervalsLeft is the free
+	// intervals less those (negative: the bill is above the commit).
+	BurstIntervalsUsed int `json:"burst_intervals_used"`
+	BurstIntervalsLeft int `json:"burst_intervals_left"`
+	// ProjectedBPS is the bill at the end of the period if the rest of it
+	// repeats the closed samples so far under the burst policy.
+	ProjectedBPS uint64 `json:"projected_bps"`
+	// Samples are the period's closed intervals, in order.
+	Samples []QuotaSample `json:"samples"`
+}
+
+// QuotaSample is one closed interval: its start (RFC 3339, UTC) and its
+// average rate in bits per second.
+type QuotaSample struct {
+	Start time.Time `json:"start"`
+	BPS   uint64    `json:"bps"`
+}
+
+// QuotaStatus is one tenant in `status --json`: the keys of its report,
+// plus its ports.
+type QuotaStatus struct {
+	QuotaReport
+	Ports []QuotaPort `json:"ports"`
+}
+
+// Quota port states.
+const (
+	// QuotaPortSpliced: shaperd spliced the port for the tenant; its
+	// forwarder enforces the quota.
+	QuotaPortSpliced = "spliced"
+	// QuotaPortQuarantined: the port is quarantined too; the quarantine's
+	// forwarder enforces its limits, then the quota.
+	QuotaPortQuarantined = "quarantined"
+	// QuotaPortWaiting: the port is missing or cannot be spliced yet (or
+	// its quarantine is pending), so its traffic is not metered; shaperd
+	// retries when the port appears, and every few seconds.
+	QuotaPortWaiting = "waiting"
+)
+
+// QuotaPort is one port of a tenant.
+type QuotaPort struct {
+	Port  string `json:"port"`
+	State string `json:"state"`
+}
+
+// QuotaTenant is one tenant as `shaperd quota list --json` prints it: its
+// settings (every one, in the command line's words), ports, billing period
+// and the headline figures of its report.
+type QuotaTenant struct {
+	Tenant      string            `json:"tenant"`
+	Settings    map[string]string `json:"settings"`
+	Ports       []QuotaPort       `json:"ports"`
+	Since       time.Time         `json:"since"`
+	PeriodStart time.Time         `json:"period_start"`
+	PeriodEnd   time.Time         `json:"period_end"`
+
+	CommitBPS          uint64 `json:"commit_bps"`
+	PercentileBPS      uint64 `json:"percentile_bps"`
+	ProjectedBPS       uint64 `json:"projected_bps"`
+	BurstIntervalsUsed int    `json:"burst_intervals_used"`
+	BurstIntervalsLeft int    `json:"burst_intervals_left"`
+}
+
+// QuotaList is every tenant, sorted by name.
+type QuotaList struct {
+	Tenants []QuotaTenant `json:"tenants"`
 }

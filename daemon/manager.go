@@ -95,6 +95,9 @@ type Manager struct {
 	tracker        *detect.Tracker
 	events         Events
 	lastLadderSave time.Time
+
+	// quotas are the percentile-quota tenants (quota.go).
+	quotas quotaSet
 }
 
 type quarantine struct {
@@ -248,7 +251,17 @@ func (m *Manager) makePendingLocked(q *quarantine, now time.Time) {
 }
 
 // applyLocked splices q's port and starts its forwarder.
-func (m *Manager) applyLocked(q *quarantine) error {
+func (m *Manager) applyLocked(q *quarantine) (err error) {
+	// A tenant port: the tenant's own splice makes way, and comes back
+	// if the quarantine cannot start.
+	if err := m.yieldQuotaSpliceLocked(q.port); err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			m.quotaPortFreeLocked(q.port)
+		}
+	}()
 	b, err := m.backendFor(q.port)
 	if err != nil {
 		return err
@@ -360,13 +373,15 @@ func (m *Manager) startForwarder(sp splice.Splice, spec Spec) (*forward.Forwarde
 			return nil, err
 		}
 	}
-	fwd, err := forward.New(forward.Config{
+	cfg := forward.Config{
 		Classify: spec.classifyConfig(),
 		FromVM:   spec.fromVMPolicy(),
 		ToVM:     spec.ToVM.policy(),
 		Nice:     m.ForwarderNice,
 		Log:      m.log.With("port", sp.Port()),
-	}, forward.Devices{VM: vm, Net: nt, Priority: prio})
+	}
+	cfg.FromVM, cfg.ToVM = m.quotaPoliciesLocked(sp.Port(), cfg.FromVM, cfg.ToVM)
+	fwd, err := forward.New(cfg, forward.Devices{VM: vm, Net: nt, Priority: prio})
 	if err != nil {
 		closeAll()
 		return nil, err
@@ -395,7 +410,7 @@ func (m *Manager) Alive() bool {
 			return false
 		}
 	}
-	return true
+	return m.quotasAliveLocked()
 }
 
 // Set changes the named limits of port's quarantine in place, without
@@ -447,13 +462,15 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 func (m *Manager) setSpecLocked(q *quarantine, spec Spec) error {
 	if q.fwd != nil {
 		from, to := spec.fromVMPolicy(), spec.ToVM.policy()
+		from, to = m.quotaPoliciesLocked(q.port, from, to)
+		prev := q.fwd.FromVM.Policy()
 		// Validated by Apply; SetPolicy validates again before
 		// publishing, so a failure leaves the old policy in force.
 		if err := q.fwd.FromVM.SetPolicy(from); err != nil {
 			return usagef("%v", err)
 		}
 		if err := q.fwd.ToVM.SetPolicy(to); err != nil {
-			q.fwd.FromVM.SetPolicy(q.spec.fromVMPolicy())
+			q.fwd.FromVM.SetPolicy(prev)
 			return usagef("%v", err)
 		}
 	}
@@ -507,6 +524,7 @@ func (m *Manager) releaseLocked(q *quarantine) error {
 	delete(m.q, q.port)
 	m.saveLocked()
 	m.log.Info("released", "port", q.port)
+	m.quotaPortFreeLocked(q.port)
 	return nil
 }
 
@@ -534,6 +552,7 @@ func (m *Manager) teardownLocked(q *quarantine) error {
 func (m *Manager) PortGone(port string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.quotaPortGoneLocked(port)
 	q, ok := m.q[port]
 	if !ok || q.state != StateActive || m.closed {
 		return
@@ -551,6 +570,7 @@ func (m *Manager) PortGone(port string) {
 func (m *Manager) PortAppeared(port string) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	defer m.quotaPortFreeLocked(port) // after the quarantine's turn
 	if q, ok := m.q[port]; ok && q.state == StatePending && !m.closed {
 		m.tryPendingLocked(q)
 	}
@@ -580,6 +600,7 @@ func (m *Manager) Tick(now time.Time) {
 	if m.closed {
 		return
 	}
+	m.tickQuotasLocked(now)
 	for _, p := range m.portsLocked() {
 		q := m.q[p]
 		if q.state != StatePending {
@@ -620,6 +641,7 @@ func (m *Manager) Status(port string) (api.Status, error) {
 		Daemon:      api.Daemon{PID: os.Getpid(), Version: Version, Started: m.started.UTC()},
 		Quarantines: []api.Quarantine{},
 		Flagged:     m.flaggedLocked(),
+		Quotas:      m.quotaStatusLocked(m.clock()),
 	}
 	if port != "" {
 		q, ok := m.q[port]
@@ -730,6 +752,9 @@ func (m *Manager) Close() error {
 			}
 			q.fwd = nil
 		}
+	}
+	if err := m.closeQuotasLocked(m.clock()); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -47,6 +47,9 @@ func (m *Manager) Restore() error {
 		}
 	}
 
+	// Quota tenants first: the forwarders started below carry their hooks.
+	m.loadQuotasLocked(now)
+
 	type foundSplice struct {
 		b      splice.Adopter
 		intent string
@@ -71,6 +74,9 @@ func (m *Manager) Restore() error {
 	var orphans []string
 	for port, f := range found {
 		e, inState := saved[port]
+		if !inState && m.adoptQuotaSpliceLocked(port, f.b) {
+			continue // a quota tenant's own splice
+		}
 		if trusted && (!inState || e.State == stateReleasing) {
 			orphans = append(orphans, port)
 			continue
@@ -140,6 +146,7 @@ func (m *Manager) Restore() error {
 		}
 		m.log.Warn("removed an orphan splice (released, or half released, by an earlier daemon)", "port", port)
 	}
+	m.spliceQuotaPortsLocked(now)
 	m.saveLocked()
 	return nil
 }
