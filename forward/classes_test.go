@@ -734,3 +734,24 @@ func TestSynRateBothDirections(t *testing.T) {
 		t.Errorf("to-VM counters: tcp-syn %+v, bypass %+v", s, to.Stats().Classes[classify.Bypass])
 	}
 }
+
+// Every reason has a distinct, non-empty name, and the guard's verdicts map
+// onto the guard's reasons under the same names.
+func TestReasonNames(t *testing.T) {
+	seen := map[string]bool{}
+	for r := range NumReasons {
+		n := r.String()
+		if n == "" || n == "unknown" || seen[n] {
+			t.Errorf("reason %d: name %q", r, n)
+		}
+		seen[n] = true
+	}
+	if NumReasons.String() != "unknown" {
+		t.Error("NumReasons has a name")
+	}
+	for v := guard.DropMAC; v < guard.NumVerdicts; v++ {
+		if guardReasons[v].String() != v.String() {
+			t.Errorf("guard verdict %v maps to reason %v", v, guardReasons[v])
+		}
+	}
+}

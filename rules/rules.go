@@ -46,12 +46,14 @@
 // that a class matches and whose budgets (the class's and, with per, its
 // address's) admit it is decided: the class passes it on to the port
 // aggregate, and no later class sees it. Over the budget, the action
-// decides: drop (the default) drops it; continue goes on to the next
-// matching class as if this one had not matched; reclassify NAME charges it
-// to class NAME instead (a later class, or one of the built-in classes
-// tcp-syn, tcp, udp, icmp, other), whose own action applies if that is
-// over too. A frame no class decides goes to its built-in class. Nothing
-// is charged to a budget that refused the frame.
+// decides: drop (the default) drops it; continue goes on with the classes
+// after this one, as if it had not matched; reclassify NAME charges it to
+// class NAME instead, without looking at NAME's matches (a later class, or
+// one of the built-in classes tcp-syn, tcp, udp, icmp, other), whose own
+// action applies if that is over too. A frame no class decides goes to its
+// built-in class. Nothing is charged to a budget that refused the frame,
+// nor to one that admitted it when a later step (the port aggregate)
+// refuses it.
 //
 // mode shape makes a class queue what its budget refuses in the
 // direction's delay queue, released at the class's rate, instead of
