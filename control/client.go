@@ -53,6 +53,10 @@ func NewClient(path string) *Client {
 	}
 }
 
+// MaxResponseBytes bounds an answer. Status carries every quota tenant's
+// samples: a month of 5-minute samples is about 0.8 MB of JSON a tenant.
+const MaxResponseBytes = 256 << 20
+
 // ErrNotRunning means no daemon answers on the socket; start one with
 // `shaperd run`.
 var ErrNotRunning = errors.New("daemon not running")
@@ -94,6 +98,32 @@ func (c *Client) Release(req api.ReleaseRequest) (api.ReleaseResult, error) {
 	return res, err
 }
 
+// QuotaAdd adds a percentile-quota tenant.
+func (c *Client) QuotaAdd(req api.QuotaAddRequest) (api.QuotaTenant, error) {
+	var t api.QuotaTenant
+	err := c.do(http.MethodPost, "/v1/quota/add", req, &t)
+	return t, err
+}
+
+// QuotaRemove removes a tenant.
+func (c *Client) QuotaRemove(tenant string) error {
+	return c.do(http.MethodPost, "/v1/quota/remove", api.QuotaRemoveRequest{Tenant: tenant}, nil)
+}
+
+// QuotaList lists the tenants.
+func (c *Client) QuotaList() (api.QuotaList, error) {
+	var l api.QuotaList
+	err := c.do(http.MethodGet, "/v1/quota/list", nil, &l)
+	return l, err
+}
+
+// QuotaReport fetches a tenant's report.
+func (c *Client) QuotaReport(tenant string) (api.QuotaReport, error) {
+	var r api.QuotaReport
+	err := c.do(http.MethodGet, "/v1/quota/report?tenant="+url.QueryEscape(tenant), nil, &r)
+	return r, err
+}
+
 // Running reports whether a daemon answers on the socket.
 func (c *Client) Running() bool {
 	_, err := c.Status("")
@@ -127,7 +157,7 @@ func (c *Client) do(method, path string, in, out any) error {
 		return fmt.Errorf("control socket %s: %w", c.path, err)
 	}
 	defer resp.Body.Close()
-	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
+	data, err := io.ReadAll(io.LimitReader(resp.Body, MaxResponseBytes))
 	if err != nil {
 		return err
 	}

@@ -95,6 +95,10 @@ func ListenOptions(path string, m *daemon.Manager, log *slog.Logger, opt Options
 	mux.HandleFunc("POST /v1/quarantine", s.quarantine)
 	mux.HandleFunc("POST /v1/set", s.set)
 	mux.HandleFunc("POST /v1/release", s.release)
+	mux.HandleFunc("POST /v1/quota/add", s.quotaAdd)
+	mux.HandleFunc("POST /v1/quota/remove", s.quotaRemove)
+	mux.HandleFunc("GET /v1/quota/list", s.quotaList)
+	mux.HandleFunc("GET /v1/quota/report", s.quotaReport)
 	s.srv = &http.Server{
 		Handler:           s.authorize(mux),
 		ReadHeaderTimeout: 5 * time.Second,
@@ -189,15 +193,62 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
+func (s *Server) quotaAdd(w http.ResponseWriter, r *http.Request) {
+	var req api.QuotaAddRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	t, err := s.m.AddTenant(req.Tenant, req.Settings)
+	s.auditAttrs(r, []any{"action", "quota-add", "tenant", req.Tenant, "settings", req.Settings}, err)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, t)
+}
+
+func (s *Server) quotaRemove(w http.ResponseWriter, r *http.Request) {
+	var req api.QuotaRemoveRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	err := s.m.RemoveTenant(req.Tenant)
+	s.auditAttrs(r, []any{"action", "quota-remove", "tenant", req.Tenant}, err)
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.QuotaRemoveResult{Removed: req.Tenant})
+}
+
+func (s *Server) quotaList(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.m.QuotaList())
+}
+
+func (s *Server) quotaReport(w http.ResponseWriter, r *http.Request) {
+	rep, err := s.m.QuotaReport(r.URL.Query().Get("tenant"))
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rep)
+}
+
 // audit logs one change: who (the peer's uid), what, and its result; slog
 // adds when.
 func (s *Server) audit(r *http.Request, what, port string, limits api.LimitRequest, err error) {
 	attrs := []any{"action", what, "port", port}
-	if c, ok := r.Context().Value(peerKey{}).(*unix.Ucred); ok && c != nil {
-		attrs = append(attrs, "uid", c.Uid, "pid", c.Pid)
-	}
 	if limits != nil {
 		attrs = append(attrs, "limits", limits)
+	}
+	s.auditAttrs(r, attrs, err)
+}
+
+// auditAttrs logs one change described by attrs, with the peer and the
+// result.
+func (s *Server) auditAttrs(r *http.Request, attrs []any, err error) {
+	if c, ok := r.Context().Value(peerKey{}).(*unix.Ucred); ok && c != nil {
+		attrs = append(attrs, "uid", c.Uid, "pid", c.Pid)
 	}
 	if err != nil {
 		attrs = append(attrs, "result", "refused", "err", err.Error())
