@@ -147,8 +147,35 @@ func (m *Manager) Restore() error {
 		m.log.Warn("removed an orphan splice (released, or half released, by an earlier daemon)", "port", port)
 	}
 	m.spliceQuotaPortsLocked(now)
+	// Only after the full sync: pieces no recorded splice names.
+	m.removeOrphanPiecesLocked()
 	m.saveLocked()
 	return nil
+}
+
+// orphanRemover is a backend that can remove pieces it created that no
+// recorded splice names (flows by cookie, groups, taps), once every splice
+// has been adopted.
+type orphanRemover interface {
+	RemoveOrphans() ([]string, error)
+}
+
+// removeOrphanPiecesLocked asks each backend to remove its unrecorded
+// pieces. A failure is logged and does not stop the start.
+func (m *Manager) removeOrphanPiecesLocked() {
+	for _, b := range m.backends {
+		r, ok := b.(orphanRemover)
+		if !ok {
+			continue
+		}
+		removed, err := r.RemoveOrphans()
+		if err != nil {
+			m.log.Error("removing orphan pieces", "backend", b.Name(), "err", err)
+		}
+		if len(removed) > 0 {
+			m.log.Warn("removed orphan pieces no splice records", "backend", b.Name(), "removed", removed)
+		}
+	}
 }
 
 // ReleaseOffline reverts splices with no daemon running, from the plumbing

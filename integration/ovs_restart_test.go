@@ -145,14 +145,7 @@ func TestOVSStateFileDeleted(t *testing.T) {
 // TestOVSOfflineRelease: with the daemon dead (kill -9), `release --all
 // --offline` adopts the OVS splice from its record and reverts it: the host
 // is as before the quarantine.
-//
-// It needs `release --offline` to ask the OVS backend (ovssplice.New in
-// cmd/shaperd/offline.go's offlineBackends, before tcsplice); until then it
-// skips, as the tc backend alone cannot revert an OVS splice.
 func TestOVSOfflineRelease(t *testing.T) {
-	if src, err := os.ReadFile(filepath.Join(repoRoot(), "cmd/shaperd/offline.go")); err != nil || !strings.Contains(string(src), "ovssplice.New") {
-		t.Skip("cmd/shaperd/offline.go does not list the OVS backend for release --offline yet")
-	}
 	l := newLab(t, "ovs")
 	l.addForeignFlows()
 	dir := t.TempDir()

@@ -10,12 +10,15 @@ import (
 
 	"github.com/shaperd/shaperd/daemon"
 	"github.com/shaperd/shaperd/splice"
+	"github.com/shaperd/shaperd/splice/ovssplice"
 	"github.com/shaperd/shaperd/splice/tcsplice"
 )
 
 // offlineBackends are the backends `release --offline` asks for splices.
 func offlineBackends(log *slog.Logger) []splice.Backend {
-	return []splice.Backend{tcsplice.New(log)}
+	// OVS first: tcsplice also recognises an OVS splice's taps by their
+	// alias, but only ovssplice can revert its flows.
+	return []splice.Backend{ovssplice.New(log), tcsplice.New(log)}
 }
 
 func releaseOffline(cmd *cobra.Command, g *globals, stateDir string, ports []string, all bool) error {
