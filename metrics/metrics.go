@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"sort"
@@ -30,6 +31,7 @@ import (
 	"github.com/shaperd/shaperd/classify"
 	"github.com/shaperd/shaperd/daemon"
 	"github.com/shaperd/shaperd/forward"
+	"github.com/shaperd/shaperd/quota"
 )
 
 // DefaultAddr is where the daemon serves metrics unless told otherwise:
@@ -43,6 +45,9 @@ type Source interface {
 	MetricsSnapshot(now time.Time) []daemon.PortMetrics
 	// Events returns the counters of the watch loop, ladders and alerts.
 	Events() daemon.Events
+	// QuotaMetrics returns every quota tenant's figures at now, sorted by
+	// tenant.
+	QuotaMetrics(now time.Time) []daemon.QuotaMetrics
 }
 
 // Direction label values, as in the status JSON.
@@ -108,6 +113,40 @@ var (
 	descWatched = prometheus.NewDesc("shaperd_watched_ports",
 		"Ports whose counters the watch loop read at its latest step.",
 		nil, nil)
+
+	descQuotaCommit = prometheus.NewDesc("shaperd_quota_commit_bytes_per_second",
+		"A quota tenant's committed rate, in bytes per second (commit_bps / 8).",
+		[]string{"tenant"}, nil)
+	descQuotaPercentile = prometheus.NewDesc("shaperd_quota_percentile_bytes_per_second",
+		"A quota tenant's billed percentile of the period so far, the intervals not closed yet counting as zero, in bytes per second.",
+		[]string{"tenant"}, nil)
+	descQuotaProjected = prometheus.NewDesc("shaperd_quota_projected_bytes_per_second",
+		"A quota tenant's projected bill: the period's rest repeating the samples so far under the burst policy, in bytes per second.",
+		[]string{"tenant"}, nil)
+	descQuotaBurstUsed = prometheus.NewDesc("shaperd_quota_burst_intervals_used",
+		"Intervals of the period above the commit, the open one included once it is.",
+		[]string{"tenant"}, nil)
+	descQuotaBurstLeft = prometheus.NewDesc("shaperd_quota_burst_intervals_left",
+		"Free intervals (the percentile's allowance) less those used; negative means the bill is above the commit.",
+		[]string{"tenant"}, nil)
+	descQuotaUsed = prometheus.NewDesc("shaperd_quota_interval_used_bytes",
+		"Bytes the open interval has passed so far, bypass and control frames included, by billed lane (from_vm, to_vm, or sum).",
+		[]string{"tenant", "lane"}, nil)
+	descQuotaLimit = prometheus.NewDesc("shaperd_quota_interval_quota_bytes",
+		"The open interval's byte quota: the commit's, or the burst ceiling's once the interval bursts (+Inf for a burst without a ceiling).",
+		[]string{"tenant", "lane"}, nil)
+	descQuotaBursting = prometheus.NewDesc("shaperd_quota_interval_burst",
+		"1 while the open interval is a burst interval (its quota raised to the burst ceiling), else 0.",
+		[]string{"tenant", "lane"}, nil)
+	descQuotaPackets = prometheus.NewDesc("shaperd_quota_packets_total",
+		"Frames the quota decided, by direction and verdict: passed, soft_drop (the probabilistic zone), cap_drop (the hard cap), bypass (ssh/rdp and ARP/ND: always passed, counted towards the bill).",
+		[]string{"tenant", "direction", "verdict"}, nil)
+	descQuotaBytes = prometheus.NewDesc("shaperd_quota_bytes_total",
+		"Bytes of the frames in shaperd_quota_packets_total (Ethernet header included, no FCS).",
+		[]string{"tenant", "direction", "verdict"}, nil)
+	descQuotaPort = prometheus.NewDesc("shaperd_quota_port_info",
+		"1 for every port of a quota tenant, with its state: spliced (by shaperd for the tenant), quarantined (the quarantine's forwarder applies the quota too) or waiting (not metered: missing or not spliceable yet).",
+		[]string{"tenant", "port", "state"}, nil)
 	descBuild = prometheus.NewDesc("shaperd_build_info",
 		"1, with shaperd's version as a label.",
 		[]string{"version"}, nil)
@@ -133,7 +172,9 @@ func NewCollector(src Source, now func() time.Time) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFrames, descBytes, descDrops, descReadErrors, descFill,
 		descLimitPackets, descLimitBytes, descInfo, descSince, descCount, descBuild,
-		descStage, descNextTransition, descTransitions, descFlags, descAuto, descHooks, descAlerts, descWatched} {
+		descStage, descNextTransition, descTransitions, descFlags, descAuto, descHooks, descAlerts, descWatched,
+		descQuotaCommit, descQuotaPercentile, descQuotaProjected, descQuotaBurstUsed, descQuotaBurstLeft,
+		descQuotaUsed, descQuotaLimit, descQuotaBursting, descQuotaPackets, descQuotaBytes, descQuotaPort} {
 		ch <- d
 	}
 }
@@ -184,6 +225,54 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descAlerts, prometheus.CounterValue, float64(ev.Alerts[k]), k)
 	}
 	ch <- prometheus.MustNewConstMetric(descWatched, prometheus.GaugeValue, float64(ev.WatchedPorts))
+	for _, q := range c.src.QuotaMetrics(c.now()) {
+		collectQuota(ch, &q)
+	}
+}
+
+func collectQuota(ch chan<- prometheus.Metric, q *daemon.QuotaMetrics) {
+	tenant := q.Report.Tenant
+	gauge := func(desc *prometheus.Desc, v float64, labels ...string) {
+		ch <- prometheus.MustNewConstMetric(desc, prometheus.GaugeValue, v, labels...)
+	}
+	gauge(descQuotaCommit, float64(q.Report.CommitBPS)/8, tenant)
+	gauge(descQuotaPercentile, float64(q.Report.PercentileBPS)/8, tenant)
+	gauge(descQuotaProjected, float64(q.Report.ProjectedBPS)/8, tenant)
+	gauge(descQuotaBurstUsed, float64(q.Report.BurstIntervalsUsed), tenant)
+	gauge(descQuotaBurstLeft, float64(q.Report.BurstIntervalsLeft), tenant)
+	for _, l := range q.Lanes {
+		gauge(descQuotaUsed, float64(l.UsedBytes), tenant, l.Name)
+		limit := math.Inf(1)
+		if l.QuotaBytes >= 0 {
+			limit = float64(l.QuotaBytes)
+		}
+		gauge(descQuotaLimit, limit, tenant, l.Name)
+		burst := 0.0
+		if l.Burst {
+			burst = 1
+		}
+		gauge(descQuotaBursting, burst, tenant, l.Name)
+	}
+	for _, d := range []struct {
+		name string
+		c    *quota.Counters
+	}{{dirFromVM, &q.FromVM}, {dirToVM, &q.ToVM}} {
+		for _, v := range []struct {
+			verdict      string
+			pkts, nbytes uint64
+		}{
+			{"passed", d.c.PassedPackets, d.c.PassedBytes},
+			{"soft_drop", d.c.SoftDropPackets, d.c.SoftDropBytes},
+			{"cap_drop", d.c.CapDropPackets, d.c.CapDropBytes},
+			{"bypass", d.c.BypassPackets, d.c.BypassBytes},
+		} {
+			ch <- prometheus.MustNewConstMetric(descQuotaPackets, prometheus.CounterValue, float64(v.pkts), tenant, d.name, v.verdict)
+			ch <- prometheus.MustNewConstMetric(descQuotaBytes, prometheus.CounterValue, float64(v.nbytes), tenant, d.name, v.verdict)
+		}
+	}
+	for _, p := range q.Ports {
+		gauge(descQuotaPort, 1, tenant, p.Port, p.State)
+	}
 }
 
 func collectDir(ch chan<- prometheus.Metric, port, dir string, d *api.Direction) {

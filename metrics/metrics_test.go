@@ -17,14 +17,38 @@ import (
 	"github.com/shaperd/shaperd/classify"
 	"github.com/shaperd/shaperd/daemon"
 	"github.com/shaperd/shaperd/forward"
+	"github.com/shaperd/shaperd/quota"
 )
 
 // fakeSource returns whatever snapshot it holds; safe for concurrent use.
 type fakeSource struct {
-	mu    sync.Mutex
-	snap  []daemon.PortMetrics
-	calls int
-	at    time.Time
+	mu     sync.Mutex
+	snap   []daemon.PortMetrics
+	quotas []daemon.QuotaMetrics
+	calls  int
+	at     time.Time
+}
+
+func (f *fakeSource) QuotaMetrics(now time.Time) []daemon.QuotaMetrics {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.quotas
+}
+
+// oneTenant is a tenant billed max over two ports, one spliced and one
+// quarantined; from the VM its open interval burst without a ceiling.
+func oneTenant() daemon.QuotaMetrics {
+	return daemon.QuotaMetrics{
+		Report: api.QuotaReport{Tenant: "acme", CommitBPS: 100_000_000, PercentileBPS: 80_000_000, ProjectedBPS: 95_000_000,
+			BurstIntervalsUsed: 3, BurstIntervalsLeft: 440},
+		Ports: []api.QuotaPort{{Port: "vm-1-00c9", State: "spliced"}, {Port: "vm-2-00c9", State: "quarantined"}},
+		Lanes: []daemon.QuotaLane{
+			{Name: "from_vm", UsedBytes: 4_000_000_000, QuotaBytes: -1, Burst: true},
+			{Name: "to_vm", UsedBytes: 1_000_000, QuotaBytes: 3_750_000_000},
+		},
+		FromVM: quota.Counters{PassedPackets: 10, PassedBytes: 15000, SoftDropPackets: 2, SoftDropBytes: 3000,
+			CapDropPackets: 5, CapDropBytes: 7500, BypassPackets: 1, BypassBytes: 66},
+	}
 }
 
 func (f *fakeSource) MetricsSnapshot(now time.Time) []daemon.PortMetrics {
@@ -195,6 +219,75 @@ func value(t *testing.T, c prometheus.Collector, name string, labels map[string]
 	return 0
 }
 
+func TestCollectorQuota(t *testing.T) {
+	src := &fakeSource{quotas: []daemon.QuotaMetrics{oneTenant()}}
+	c := NewCollector(src, nil)
+	const want = `
+# HELP shaperd_quota_commit_bytes_per_second A quota tenant's committed rate, in bytes per second (commit_bps / 8).
+# TYPE shaperd_quota_commit_bytes_per_second gauge
+shaperd_quota_commit_bytes_per_second{tenant="acme"} 1.25e+07
+# HELP shaperd_quota_percentile_bytes_per_second A quota tenant's billed percentile of the period so far, the intervals not closed yet counting as zero, in bytes per second.
+# TYPE shaperd_quota_percentile_bytes_per_second gauge
+shaperd_quota_percentile_bytes_per_second{tenant="acme"} 1e+07
+# HELP shaperd_quota_projected_bytes_per_second A quota tenant's projected bill: the period's rest repeating the samples so far under the burst policy, in bytes per second.
+# TYPE shaperd_quota_projected_bytes_per_second gauge
+shaperd_quota_projected_bytes_per_second{tenant="acme"} 1.1875e+07
+# HELP shaperd_quota_burst_intervals_used Intervals of the period above the commit, the open one included once it is.
+# TYPE shaperd_quota_burst_intervals_used gauge
+shaperd_quota_burst_intervals_used{tenant="acme"} 3
+# HELP shaperd_quota_burst_intervals_left Free intervals (the percentile's allowance) less those used; negative means the bill is above the commit.
+# TYPE shaperd_quota_burst_intervals_left gauge
+shaperd_quota_burst_intervals_left{tenant="acme"} 440
+# HELP shaperd_quota_interval_used_bytes Bytes the open interval has passed so far, bypass and control frames included, by billed lane (from_vm, to_vm, or sum).
+# TYPE shaperd_quota_interval_used_bytes gauge
+shaperd_quota_interval_used_bytes{lane="from_vm",tenant="acme"} 4e+09
+shaperd_quota_interval_used_bytes{lane="to_vm",tenant="acme"} 1e+06
+# HELP shaperd_quota_interval_quota_bytes The open interval's byte quota: the commit's, or the burst ceiling's once the interval bursts (+Inf for a burst without a ceiling).
+# TYPE shaperd_quota_interval_quota_bytes gauge
+shaperd_quota_interval_quota_bytes{lane="from_vm",tenant="acme"} +Inf
+shaperd_quota_interval_quota_bytes{lane="to_vm",tenant="acme"} 3.75e+09
+# HELP shaperd_quota_interval_burst 1 while the open interval is a burst interval (its quota raised to the burst ceiling), else 0.
+# TYPE shaperd_quota_interval_burst gauge
+shaperd_quota_interval_burst{lane="from_vm",tenant="acme"} 1
+shaperd_quota_interval_burst{lane="to_vm",tenant="acme"} 0
+# HELP shaperd_quota_packets_total Frames the quota decided, by direction and verdict: passed, soft_drop (the probabilistic zone), cap_drop (the hard cap), bypass (ssh/rdp and ARP/ND: always passed, counted towards the bill).
+# TYPE shaperd_quota_packets_total counter
+shaperd_quota_packets_total{direction="from_vm",tenant="acme",verdict="bypass"} 1
+shaperd_quota_packets_total{direction="from_vm",tenant="acme",verdict="cap_drop"} 5
+shaperd_quota_packets_total{direction="from_vm",tenant="acme",verdict="passed"} 10
+shaperd_quota_packets_total{direction="from_vm",tenant="acme",verdict="soft_drop"} 2
+shaperd_quota_packets_total{direction="to_vm",tenant="acme",verdict="bypass"} 0
+shaperd_quota_packets_total{direction="to_vm",tenant="acme",verdict="cap_drop"} 0
+shaperd_quota_packets_total{direction="to_vm",tenant="acme",verdict="passed"} 0
+shaperd_quota_packets_total{direction="to_vm",tenant="acme",verdict="soft_drop"} 0
+# HELP shaperd_quota_bytes_total Bytes of the frames in shaperd_quota_packets_total (Ethernet header included, no FCS).
+# TYPE shaperd_quota_bytes_total counter
+shaperd_quota_bytes_total{direction="from_vm",tenant="acme",verdict="bypass"} 66
+shaperd_quota_bytes_total{direction="from_vm",tenant="acme",verdict="cap_drop"} 7500
+shaperd_quota_bytes_total{direction="from_vm",tenant="acme",verdict="passed"} 15000
+shaperd_quota_bytes_total{direction="from_vm",tenant="acme",verdict="soft_drop"} 3000
+shaperd_quota_bytes_total{direction="to_vm",tenant="acme",verdict="bypass"} 0
+shaperd_quota_bytes_total{direction="to_vm",tenant="acme",verdict="cap_drop"} 0
+shaperd_quota_bytes_total{direction="to_vm",tenant="acme",verdict="passed"} 0
+shaperd_quota_bytes_total{direction="to_vm",tenant="acme",verdict="soft_drop"} 0
+# HELP shaperd_quota_port_info 1 for every port of a quota tenant, with its state: spliced (by shaperd for the tenant), quarantined (the quarantine's forwarder applies the quota too) or waiting (not metered: missing or not spliceable yet).
+# TYPE shaperd_quota_port_info gauge
+shaperd_quota_port_info{port="vm-1-00c9",state="spliced",tenant="acme"} 1
+shaperd_quota_port_info{port="vm-2-00c9",state="quarantined",tenant="acme"} 1
+`
+	names := []string{"shaperd_quota_commit_bytes_per_second", "shaperd_quota_percentile_bytes_per_second", "shaperd_quota_projected_bytes_per_second",
+		"shaperd_quota_burst_intervals_used", "shaperd_quota_burst_intervals_left", "shaperd_quota_interval_used_bytes",
+		"shaperd_quota_interval_quota_bytes", "shaperd_quota_interval_burst", "shaperd_quota_packets_total", "shaperd_quota_bytes_total",
+		"shaperd_quota_port_info"}
+	if err := testutil.CollectAndCompare(c, strings.NewReader(want), names...); err != nil {
+		t.Error(err)
+	}
+	// No tenants, no quota series.
+	if n := testutil.CollectAndCount(NewCollector(&fakeSource{}, nil), names...); n != 0 {
+		t.Errorf("%d quota series without tenants", n)
+	}
+}
+
 func TestCollectorNoQuarantines(t *testing.T) {
 	c := NewCollector(&fakeSource{}, nil)
 	const want = `
@@ -211,7 +304,7 @@ shaperd_quarantines{state="pending"} 0
 // TestCollectorLint holds the names to Prometheus conventions (units,
 // _total on counters, no camel case) as promlint checks them.
 func TestCollectorLint(t *testing.T) {
-	src := &fakeSource{snap: []daemon.PortMetrics{onePort(1)}}
+	src := &fakeSource{snap: []daemon.PortMetrics{onePort(1)}, quotas: []daemon.QuotaMetrics{oneTenant()}}
 	problems, err := testutil.CollectAndLint(NewCollector(src, nil))
 	if err != nil {
 		t.Fatal(err)
