@@ -257,7 +257,7 @@ func (s Spec) Apply(req api.LimitRequest, forSet bool) (Spec, error) {
 func (d *DirSpec) set(name, v, flag string) error {
 	none := strings.EqualFold(v, "none")
 	switch name {
-	case "pps", "bypass-pps", "control-pps":
+	case "pps", "bypass-pps", "control-pps", "syn-pps", "udp-pps":
 		var p *float64
 		if !none {
 			f, err := strconv.ParseFloat(v, 64)
@@ -271,22 +271,12 @@ func (d *DirSpec) set(name, v, flag string) error {
 			d.PPS = p
 		case "bypass-pps":
 			d.BypassPPS = p
+		case "syn-pps":
+			d.SynPPS = p
+		case "udp-pps":
+			d.UDPPPS = p
 		default:
 			d.ControlPPS = p
-		}
-	case "syn-pps", "udp-pps":
-		var p *float64
-		if !none {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) {
-				return usagef("%s %q: want a number of packets per second, or none", flag, v)
-			}
-			p = &f
-		}
-		if name == "syn-pps" {
-			d.SynPPS = p
-		} else {
-			d.UDPPPS = p
 		}
 	case "bps", "bypass-bps", "icmp-bps":
 		var p *units.Rate
@@ -312,13 +302,9 @@ func (d *DirSpec) set(name, v, flag string) error {
 		}
 		d.MaxFrame = p
 	case "bypass-conn-per-source":
-		var p *int
-		if !none {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 {
-				return usagef("%s %q: want a whole number of new connections per source per minute, at least 1, or none", flag, v)
-			}
-			p = &n
+		p, err := optCount(v, none, flag, "new connections per source per minute, at least 1, or none")
+		if err != nil {
+			return err
 		}
 		d.BypassConnPerSource = p
 	case "class":
@@ -338,13 +324,9 @@ func (d *DirSpec) set(name, v, flag string) error {
 		}
 		d.Classes = lines
 	case "burst":
-		var p *int
-		if !none {
-			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 {
-				return usagef("%s %q: want a whole number of packets, at least 1, or none for the default (10 ms of --pps)", flag, v)
-			}
-			p = &n
+		p, err := optCount(v, none, flag, "packets, at least 1, or none for the default (10 ms of --pps)")
+		if err != nil {
+			return err
 		}
 		d.Burst = p
 	case "burst-bytes":
@@ -386,6 +368,19 @@ func (d *DirSpec) set(name, v, flag string) error {
 		return usagef("unknown limit --%s", strings.TrimPrefix(flag, "--"))
 	}
 	return nil
+}
+
+// optCount parses a whole-number flag's value, at least 1; "none" is nil.
+// what completes "want a whole number of ...".
+func optCount(v string, none bool, flag, what string) (*int, error) {
+	if none {
+		return nil, nil
+	}
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return nil, usagef("%s %q: want a whole number of %s", flag, v, what)
+	}
+	return &n, nil
 }
 
 // optSize parses a size flag's value; "none" is nil.
