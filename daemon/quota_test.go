@@ -197,15 +197,15 @@ func TestQuotaAddRefusesBadRequestsWithNoSideEffect(t *testing.T) {
 // TestQuotaEnforcesAcrossPorts: two ports share one account; frames from
 // both are counted together, and the interval's quota caps them.
 func TestQuotaEnforcesAcrossPorts(t *testing.T) {
-	// The forwarders decide with the real clock: stay clear of a minute
+	// The forwarders decide with the real clock: stay clear of an hour
 	// boundary so that every frame falls in one interval.
-	if s := time.Now().Second(); s > 50 {
-		time.Sleep(time.Duration(61-s) * time.Second)
+	if left := time.Until(time.Now().Truncate(time.Hour).Add(time.Hour)); left < 5*time.Second {
+		time.Sleep(left + 100*time.Millisecond)
 	}
 	fb := fakesplice.New("vm-1", "vm-2")
 	l := newQuotaLab(t, t.TempDir(), fb, time.Now())
-	// 80 bit/s: 600 bytes a minute, 6 of them kept for bypass frames.
-	tn := l.add("acme", settings("vm-1,vm-2", "commit", "80bit", "burst-ceiling", "80bit"))
+	// 2 bit/s: 900 bytes an hour, 9 of them kept for bypass frames.
+	tn := l.add("acme", settings("vm-1,vm-2", "commit", "2bit", "burst-ceiling", "2bit", "interval", "1h", "period", "1d"))
 	if len(tn.Ports) != 2 || tn.Ports[0].State != api.QuotaPortSpliced || tn.Ports[1].State != api.QuotaPortSpliced {
 		t.Fatalf("ports: %+v", tn.Ports)
 	}
@@ -240,8 +240,8 @@ func TestQuotaEnforcesAcrossPorts(t *testing.T) {
 	}
 	written := len(nets[0].Written()) + len(nets[1].Written())
 	t.Logf("passed %d, soft drops %d, cap drops %d; written %d", c.PassedPackets, c.SoftDropPackets, c.CapDropPackets, written)
-	if c.PassedBytes > 600-6 || c.PassedPackets < 5 {
-		t.Errorf("passed %d bytes (%d frames), want between 5 frames and the quota less the reserve, 594 bytes", c.PassedBytes, c.PassedPackets)
+	if c.PassedBytes > 900-9 || c.PassedPackets < 10 {
+		t.Errorf("passed %d bytes (%d frames), want between 10 frames and the quota less the reserve, 891 bytes", c.PassedBytes, c.PassedPackets)
 	}
 	if c.CapDropPackets == 0 {
 		t.Errorf("no frame capped: %+v", c)
@@ -250,8 +250,8 @@ func TestQuotaEnforcesAcrossPorts(t *testing.T) {
 		t.Errorf("%d frames written, %d passed", written, c.PassedPackets)
 	}
 	qm := l.m.QuotaMetrics(time.Now())[0]
-	if len(qm.Lanes) != 2 || qm.Lanes[0].Name != "from_vm" || qm.Lanes[0].QuotaBytes != 600 || qm.Lanes[0].UsedBytes != int64(c.PassedBytes) {
-		t.Errorf("lanes: %+v, want from_vm with quota 600 and %d bytes used", qm.Lanes, c.PassedBytes)
+	if len(qm.Lanes) != 2 || qm.Lanes[0].Name != "from_vm" || qm.Lanes[0].QuotaBytes != 900 || qm.Lanes[0].UsedBytes != int64(c.PassedBytes) {
+		t.Errorf("lanes: %+v, want from_vm with quota 900 and %d bytes used", qm.Lanes, c.PassedBytes)
 	}
 }
 
@@ -588,5 +588,37 @@ func TestQuotaPortGoneAndBack(t *testing.T) {
 	}
 	if !l.m.Alive() {
 		t.Error("not alive")
+	}
+}
+
+// TestQuotaRestartWithQuarantine: a quarantined tenant port is adopted by
+// its quarantine after a restart, whose forwarder carries the quota again;
+// the tenant's other port is adopted by the tenant.
+func TestQuotaRestartWithQuarantine(t *testing.T) {
+	dir := t.TempDir()
+	fb := fakesplice.New("vm-1", "vm-2")
+	l := newQuotaLab(t, dir, fb, quotaT0)
+	l.m.Restore()
+	l.add("acme", settings("vm-1,vm-2"))
+	if _, err := l.m.Quarantine("vm-1", api.LimitRequest{"pps": "100"}, false); err != nil {
+		t.Fatal(err)
+	}
+	splices := fb.Splices()
+	l2 := restartQuota(t, dir, fb, quotaT0.Add(time.Minute))
+	if fb.Splices() != splices {
+		t.Errorf("%d splices made at the restart, want none", fb.Splices()-splices)
+	}
+	if s := l2.portState("acme", "vm-1"); s != api.QuotaPortQuarantined || !quotaHooked(t, l2.m, "vm-1") {
+		t.Errorf("quarantined tenant port after the restart: state %s, hooked %v", s, quotaHooked(t, l2.m, "vm-1"))
+	}
+	if s := l2.portState("acme", "vm-2"); s != api.QuotaPortSpliced {
+		t.Errorf("tenant port after the restart: %s", s)
+	}
+	// Released after the restart: back to the tenant.
+	if err := l2.m.Release("vm-1"); err != nil {
+		t.Fatal(err)
+	}
+	if s := l2.portState("acme", "vm-1"); s != api.QuotaPortSpliced || !fb.Spliced("vm-1") {
+		t.Errorf("after release: %s, spliced %v", s, fb.Spliced("vm-1"))
 	}
 }
