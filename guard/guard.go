@@ -25,7 +25,10 @@
 //     for a DHCP client's request, :: for MLD reports (guard_ip).
 //
 // A frame whose headers are too broken to tell its source is dropped under
-// the check that needed them. Frames to the VM are not the guard's concern.
+// the check that needed them. A frame in more VLAN tags than the
+// classifier walks (two), or whose tag is cut short, could carry anything
+// from any source, and is dropped as guard_ip. Frames to the VM are not
+// the guard's concern.
 //
 // A Guard is immutable after New and safe for concurrent use; Check
 // allocates nothing.
@@ -263,6 +266,8 @@ const (
 	etherTypeARP  = 0x0806
 	etherTypeIPv4 = 0x0800
 	etherTypeIPv6 = 0x86dd
+	etherTypeVLAN = 0x8100 // 802.1Q
+	etherTypeQinQ = 0x88a8 // 802.1ad
 )
 
 // ICMPv6 types the guard looks at.
@@ -302,6 +307,10 @@ func (g *Guard) Check(f *classify.Frame) Verdict {
 		return g.checkIPv4(f)
 	case etherTypeIPv6:
 		return g.checkIPv6(f)
+	case etherTypeVLAN, etherTypeQinQ:
+		// The classifier stopped at a tag: a third one, or one cut
+		// short. Nobody can say what it carries, or from whom.
+		return DropIP
 	}
 	return Pass
 }

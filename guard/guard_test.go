@@ -167,6 +167,7 @@ func TestCheck(t *testing.T) {
 		// Legitimate traffic.
 		{"udp4", eth(vmMAC, 0x0800, ip4(vm4, peer4, 17, udp(40000, 53, []byte("q")))), Pass},
 		{"tcp4 vlan", eth(vmMAC, 0x0800, ip4(vm4, peer4, 6, tcp(40000, 80)), 7), Pass},
+		{"udp4 in two vlan tags", eth(vmMAC, 0x0800, ip4(vm4, peer4, 17, udp(40000, 53, []byte("q"))), 7, 8), Pass},
 		{"tcp6", eth(vmMAC, 0x86dd, ip6(vm6, peer6, 6, 64, tcp(40000, 80))), Pass},
 		{"tcp6 from the /64", eth(vmMAC, 0x86dd, ip6(netip.MustParseAddr("2001:db8:0:1:abcd::9"), peer6, 6, 64, tcp(40000, 80))), Pass},
 		{"icmp6 echo from link-local", eth(vmMAC, 0x86dd, ip6(vmLL, rtrLL, 58, 64, icmp6(128, 4))), Pass},
@@ -200,6 +201,11 @@ func TestCheck(t *testing.T) {
 		{"ipv6 from :: not mld", eth(vmMAC, 0x86dd, ip6(unspec6, peer6, 17, 64, udp(1, 2, nil))), DropIP},
 		{"ipv4 bad ihl", func() []byte { b := eth(vmMAC, 0x0800, ip4(vm4, peer4, 17, udp(1, 2, nil))); b[14] = 0x43; return b }(), DropIP},
 		{"ipv4 truncated", eth(vmMAC, 0x0800, ip4(vm4, peer4, 17, nil)[:10]), DropIP},
+		{"spoofed ipv4 in three vlan tags", eth(vmMAC, 0x0800, ip4(peer4, gw4, 17, udp(1, 2, nil)), 100, 200, 300), DropIP},
+		{"own ipv4 in three vlan tags", eth(vmMAC, 0x0800, ip4(vm4, peer4, 17, udp(1, 2, nil)), 100, 200, 300), DropIP},
+		{"ra in three vlan tags", eth(vmMAC, 0x86dd, ip6(vmLL, allNodes, 58, 255, ndMsg(134, netip.Addr{})), 1, 2, 3), DropIP},
+		{"vlan tag cut short", eth(vmMAC, 0x0800, nil, 100)[:16], DropIP},
+		{"qinq tag cut short", append(eth(vmMAC, 0x88a8, nil), 0x00), DropIP},
 
 		// ARP.
 		{"forged arp reply", eth(vmMAC, 0x0806, arp(2, vmMAC, gw4, peer4)), DropARP},
