@@ -18,6 +18,7 @@ tools:
 	$(GO) build -o $(BIN)/flood ./scripts/netns/flood
 	$(GO) build -o $(BIN)/sink ./scripts/netns/sink
 	$(GO) build -o $(BIN)/probe ./scripts/netns/probe
+	$(GO) build -o $(BIN)/craft ./scripts/netns/craft
 
 # All tests: unit tests with -race, every benchmark once (so benchmark code
 # cannot rot), then the netns integration tests one at a time against a daemon
