@@ -72,7 +72,7 @@ func TestSynFloodLimited(t *testing.T) {
 	t3 := time.Now()
 	// The status readings take time; the window is between their
 	// midpoints.
-	window := t3.Add(-t3.Sub(t2)/2).Sub(t0.Add(t1.Sub(t0) / 2))
+	window := t3.Add(-t3.Sub(t2) / 2).Sub(t0.Add(t1.Sub(t0) / 2))
 	passed := float64(after-before) / window.Seconds()
 	q := d.status(port1)
 	t.Logf("SYN flood: shaperd passes %.1f SYN/s (target 200); the external host receives %.1f SYN/s; %d dropped by class_budget",
