@@ -11,10 +11,10 @@ import (
 	"github.com/shaperd/shaperd/classify"
 )
 
-// TopDestCapacity is how many destinations the from-VM pipe tracks: the
-// top of the VM's traffic by packets is exact for a destination that sends
-// more than 1/TopDestCapacity of the packets, and within Dest.MaxOvercount
-// otherwise.
+// TopDestCapacity is how many destinations the from-VM pipe tracks: a
+// destination that takes more than 1/TopDestCapacity of the VM's frames is
+// sure to be among them, and every count is within Dest.MaxOvercount of
+// the truth.
 const TopDestCapacity = 64
 
 // Dest is one of the VM's top destinations.
