@@ -540,18 +540,15 @@ func TestTopDestinations(t *testing.T) {
 	if len(top) != 10 {
 		t.Fatalf("%d destinations", len(top))
 	}
-	if top[0].Addr != netip.MustParseAddr("198.18.0.200") || top[0].Port != 53 || top[0].ProtoName() != "udp" || top[0].Packets < 10000 {
-		t.Errorf("top destination %+v", top[0])
+	// Frames are sampled (1 in TopDestSample), so counts are estimates:
+	// about 1250 samples of the heavy target, within 10% with ease.
+	if top[0].Addr != netip.MustParseAddr("198.18.0.200") || top[0].Port != 53 || top[0].ProtoName() != "udp" ||
+		top[0].Packets < 9000 || top[0].Packets > 11000+top[0].MaxOvercount {
+		t.Errorf("top destination %+v; want 198.18.0.200:53/udp about 10000", top[0])
 	}
-	if top[1].Addr != netip.MustParseAddr("198.18.0.201") || top[1].Port != 123 || top[1].Packets < 5000 {
-		t.Errorf("second destination %+v", top[1])
-	}
-	// Space-saving: the true count is within MaxOvercount below the
-	// estimate.
-	for _, d := range top[:2] {
-		if d.Packets-d.MaxOvercount > 10000 {
-			t.Errorf("%+v: lower bound above the truth", d)
-		}
+	if top[1].Addr != netip.MustParseAddr("198.18.0.201") || top[1].Port != 123 ||
+		top[1].Packets < 4500 || top[1].Packets > 5500+top[1].MaxOvercount {
+		t.Errorf("second destination %+v; want about 5000", top[1])
 	}
 	if got := to.TopDestinations(nil, 10); len(got) != 0 {
 		t.Errorf("to-VM pipe counts destinations: %v", got)
@@ -571,7 +568,7 @@ func TestTopKExact(t *testing.T) {
 		i = i * i / 1000 * i / 1000
 		a := netip.AddrFrom4([4]byte{198, 18, byte(i >> 8), byte(i)})
 		exact[a]++
-		tk.add(&classify.Frame{IPVersion: 4, DstIP: a, Proto: 99})
+		tk.addN(&classify.Frame{IPVersion: 4, DstIP: a, Proto: 99}, 1)
 	}
 	for s, pos := range tk.index {
 		if pos != 0 && int(tk.heap[pos-1].slot) != s {

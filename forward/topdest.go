@@ -26,9 +26,10 @@ type Dest struct {
 	Port  uint16
 	Proto uint8
 	// Packets is how many frames the VM sent to it, dropped ones
-	// included, since the pipe started; an estimate that may exceed the
-	// truth by at most MaxOvercount (space-saving: a destination that
-	// took the place of an evicted one inherits its count).
+	// included, since the pipe started: an estimate from one frame in
+	// TopDestSample, which may also exceed the sampled count by at most
+	// MaxOvercount (space-saving: a destination that took the place of an
+	// evicted one inherits its count).
 	Packets      uint64
 	MaxOvercount uint64
 }
@@ -87,11 +88,23 @@ type topK struct {
 	heap  []topEntry // min-heap by count
 	index []int32    // heap position + 1; 0 is empty; linear probing
 	seed  [2]uint64
+	rnd   uint64 // xorshift state for sampling
 }
+
+// TopDestSample is the sampling rate of the destination table: each frame
+// is counted with probability 1/TopDestSample, as TopDestSample frames.
+// Under a flood of hundreds of thousands of frames per second a counted
+// frame costs about 30 ns on the reader's core, CPU that the rest of the
+// host's datapath (Open vSwitch's userspace threads, on a small machine)
+// misses: measured, counting every frame cost the OVS lab 3% of the
+// delivered rate. Random, not every n-th, so a flood that cycles through
+// destinations is not aliased.
+const TopDestSample = 8
 
 func newTopK() *topK {
 	t := &topK{heap: make([]topEntry, 0, TopDestCapacity), index: make([]int32, 2*TopDestCapacity)}
 	t.seed[0], t.seed[1] = rand.Uint64(), rand.Uint64()
+	t.rnd = rand.Uint64() | 1
 	return t
 }
 
@@ -103,8 +116,20 @@ func (t *topK) hash(k *destKey) int {
 	return int((hi ^ lo) & uint64(len(t.index)-1))
 }
 
-// add counts one frame to f's destination, if f has one.
+// add counts one frame to f's destination, if f has one: one frame in
+// TopDestSample on average, as TopDestSample frames.
 func (t *topK) add(f *classify.Frame) {
+	t.rnd ^= t.rnd << 13
+	t.rnd ^= t.rnd >> 7
+	t.rnd ^= t.rnd << 17
+	if t.rnd%TopDestSample != 0 {
+		return
+	}
+	t.addN(f, TopDestSample)
+}
+
+// addN counts w frames to f's destination, if f has one.
+func (t *topK) addN(f *classify.Frame, w uint64) {
 	if !f.DstIP.IsValid() {
 		return
 	}
@@ -116,13 +141,13 @@ func (t *topK) add(f *classify.Frame) {
 	s := t.hash(&k)
 	for ; t.index[s] != 0; s = (s + 1) & mask {
 		if i := int(t.index[s] - 1); t.heap[i].key == k {
-			t.heap[i].count++
+			t.heap[i].count += w
 			t.down(i)
 			return
 		}
 	}
 	if len(t.heap) < cap(t.heap) {
-		t.heap = append(t.heap, topEntry{key: k, count: 1, slot: int32(s)})
+		t.heap = append(t.heap, topEntry{key: k, count: w, slot: int32(s)})
 		i := len(t.heap) - 1
 		t.index[s] = int32(i + 1)
 		t.up(i)
@@ -137,7 +162,7 @@ func (t *topK) add(f *classify.Frame) {
 	for t.index[s] != 0 {
 		s = (s + 1) & mask
 	}
-	*low = topEntry{key: k, count: c + 1, over: c, slot: int32(s)}
+	*low = topEntry{key: k, count: c + w, over: c, slot: int32(s)}
 	t.index[s] = 1
 	t.down(0)
 }
