@@ -541,13 +541,13 @@ func TestTopDestinations(t *testing.T) {
 		t.Fatalf("%d destinations", len(top))
 	}
 	// Frames are sampled (1 in TopDestSample), so counts are estimates:
-	// about 1250 samples of the heavy target, within 10% with ease.
+	// about 1250 and 625 samples, so 20% is over 5 standard deviations.
 	if top[0].Addr != netip.MustParseAddr("198.18.0.200") || top[0].Port != 53 || top[0].ProtoName() != "udp" ||
-		top[0].Packets < 9000 || top[0].Packets > 11000+top[0].MaxOvercount {
+		top[0].Packets < 8000 || top[0].Packets > 12000+top[0].MaxOvercount {
 		t.Errorf("top destination %+v; want 198.18.0.200:53/udp about 10000", top[0])
 	}
 	if top[1].Addr != netip.MustParseAddr("198.18.0.201") || top[1].Port != 123 ||
-		top[1].Packets < 4500 || top[1].Packets > 5500+top[1].MaxOvercount {
+		top[1].Packets < 4000 || top[1].Packets > 6000+top[1].MaxOvercount {
 		t.Errorf("second destination %+v; want about 5000", top[1])
 	}
 	if got := to.TopDestinations(nil, 10); len(got) != 0 {
