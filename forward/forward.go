@@ -295,7 +295,7 @@ type Pipe struct {
 
 	pending atomic.Pointer[Policy] // published by SetPolicy, picked up under mu
 
-	mu      sync.Mutex     // guards current, agg, class, rt, ruleCounters, bypassConn, top, sh, q and inflight
+	mu      sync.Mutex     // guards current, agg, class, rt, ruleCounters, bypassConn, top, sh, q, inflight and vclock
 	current *Policy        // the policy the budgets were built from
 	agg     *bucket.Budget // the port aggregate
 	class   [classify.NumClasses]*bucket.Budget
@@ -308,10 +308,18 @@ type Pipe struct {
 	sh           shaping          // the shaping settings of current
 	q            queue            // the shape queue; empty, without storage, in police mode
 	inflight     int              // frames the releaser took out of q and is writing
+	vclock       int64            // the budgets' virtual clock in shape mode, ns since epoch (see takeDueLocked)
 
 	epoch time.Time     // the origin of the queue's arrival times
 	wake  chan struct{} // signals the releaser; buffered, 1
-	batch batch         // owned by the releaser
+	// relMu is held by whoever runs release: the releaser goroutine, or
+	// an input goroutine that finds a release due (see releaseDue). It
+	// guards batch, and is taken before mu.
+	relMu sync.Mutex
+	batch batch // owned by the holder of relMu
+	// due is when release should run next, as ns since epoch plus 1; 0
+	// when nothing is queued. Written by release.
+	due atomic.Int64
 
 	counters   [classify.NumClasses]ClassCounters
 	readErrors atomic.Uint64
@@ -525,6 +533,9 @@ func (p *Pipe) syncPolicyLocked(now time.Time) {
 			p.log.Error("cannot apply policy", "err", err)
 			p.pending.CompareAndSwap(pol, p.current)
 		}
+		// The budgets were reconfigured at now: the releaser's
+		// virtual clock cannot charge them earlier (see takeDueLocked).
+		p.vclock = max(p.vclock, p.nanos(now))
 	}
 }
 
@@ -621,6 +632,7 @@ func (p *Pipe) run(i int) error {
 			continue
 		}
 		v := p.step(in.cls, buf[:n], now)
+		p.releaseDue(now)
 		if !v.Pass {
 			continue // dropped, or queued for the releaser
 		}

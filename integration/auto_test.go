@@ -263,21 +263,26 @@ func TestLadderOnLab(t *testing.T) {
 		// and the frames after it wait the new delay before the first
 		// leaves; measured, that dip lasts about 1.5 s.
 		time.Sleep(2500 * time.Millisecond)
-		got := l.rxRate(ext, "eth0", 2*time.Second)
-		q := d.status(port1)
-		from := q.Directions.FromVM
-		drops := map[string]uint64{}
-		var passed uint64
-		for _, c := range from.Classes {
-			passed += c.PassedPackets
-			for r, n := range c.Drops {
-				if n > 0 {
-					drops[r] += n
+		passedFrom := func() (passed uint64, drops map[string]uint64) {
+			drops = map[string]uint64{}
+			for _, c := range d.status(port1).Directions.FromVM.Classes {
+				passed += c.PassedPackets
+				for r, n := range c.Drops {
+					if n > 0 {
+						drops[r] += n
+					}
 				}
 			}
+			return passed, drops
 		}
-		t.Logf("%s reached after %v: %s, delivers %.0f pps; passed %d, drops %v, queue %+v", stage, took.Round(time.Millisecond),
-			fmtLim(from.Limits), got, passed, drops, from.Queue)
+		p0, _ := passedFrom()
+		t0 := time.Now()
+		got := l.rxRate(ext, "eth0", 2*time.Second)
+		passed, drops := passedFrom()
+		fwd := float64(passed-p0) / time.Since(t0).Seconds()
+		from := d.status(port1).Directions.FromVM
+		t.Logf("%s reached after %v: %s, delivers %.0f pps (the forwarder passes %.0f pps); passed %d, drops %v, queue %+v", stage, took.Round(time.Millisecond),
+			fmtLim(from.Limits), got, fwd, passed, drops, from.Queue)
 		if want == 0 {
 			if got > 50 {
 				t.Errorf("%s delivers %.0f pps; want none", stage, got)
@@ -287,7 +292,9 @@ func TestLadderOnLab(t *testing.T) {
 		// The stage's limits are what this checks (10000, 2500, 0 are
 		// far apart); the shaped rate's 2% accuracy is TestShapeMode's.
 		// Under a max-rate flood on two cores, the forwarder gets less
-		// CPU than in that test: measured 90-98% of the target here.
+		// CPU than in that test: measured 98.5-100% of the target here,
+		// also with two busy loops competing for the cores (before the
+		// input goroutines released due frames themselves: 60-94%).
 		if !within(got, want, 0.10) {
 			t.Errorf("%s delivers %.0f pps; want %.0f within 10%%", stage, got, want)
 		}
