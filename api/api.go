@@ -90,6 +90,12 @@ type Daemon struct {
 	PID     int       `json:"pid"`
 	Version string    `json:"version"`
 	Started time.Time `json:"started"`
+	// Now is the daemon's clock when it took the snapshot; the counters
+	// were read within microseconds of it. To compute a rate from two
+	// snapshots, divide by the difference of their Now, not by the
+	// caller's clock: on a loaded host the request itself may take
+	// seconds.
+	Now time.Time `json:"now"`
 }
 
 // Quarantine is one quarantined port.

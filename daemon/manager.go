@@ -638,7 +638,7 @@ func (m *Manager) Status(port string) (api.Status, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	st := api.Status{
-		Daemon:      api.Daemon{PID: os.Getpid(), Version: Version, Started: m.started.UTC()},
+		Daemon:      api.Daemon{PID: os.Getpid(), Version: Version, Started: m.started.UTC(), Now: time.Now().UTC()},
 		Quarantines: []api.Quarantine{},
 		Flagged:     m.flaggedLocked(),
 		Quotas:      m.quotaStatusLocked(m.clock()),
