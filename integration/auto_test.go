@@ -263,9 +263,10 @@ func TestLadderOnLab(t *testing.T) {
 		// and the frames after it wait the new delay before the first
 		// leaves; measured, that dip lasts about 1.5 s.
 		time.Sleep(2500 * time.Millisecond)
-		passedFrom := func() (passed uint64, drops map[string]uint64) {
+		passedFrom := func() (passed uint64, drops map[string]uint64, at time.Time) {
 			drops = map[string]uint64{}
-			for _, c := range d.status(port1).Directions.FromVM.Classes {
+			q, at := d.statusAt(port1)
+			for _, c := range q.Directions.FromVM.Classes {
 				passed += c.PassedPackets
 				for r, n := range c.Drops {
 					if n > 0 {
@@ -273,13 +274,12 @@ func TestLadderOnLab(t *testing.T) {
 					}
 				}
 			}
-			return passed, drops
+			return passed, drops, at
 		}
-		p0, _ := passedFrom()
-		t0 := time.Now()
+		p0, _, t0 := passedFrom()
 		got := l.rxRate(ext, "eth0", 2*time.Second)
-		passed, drops := passedFrom()
-		fwd := float64(passed-p0) / time.Since(t0).Seconds()
+		passed, drops, t1 := passedFrom()
+		fwd := float64(passed-p0) / t1.Sub(t0).Seconds()
 		from := d.status(port1).Directions.FromVM
 		t.Logf("%s reached after %v: %s, delivers %.0f pps (the forwarder passes %.0f pps); passed %d, drops %v, queue %+v", stage, took.Round(time.Millisecond),
 			fmtLim(from.Limits), got, fwd, passed, drops, from.Queue)

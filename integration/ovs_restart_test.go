@@ -254,16 +254,18 @@ func (l *lab) checkPoliced(d *daemon, port string) {
 	l.waitListening(ext, 9)
 	flood := l.bg(l.get("VM1_NS"), "flood", "--dst", l.get("EXT_IP"), "--dport", "9", "--proto", "udp", "--size", "250", "--pps", "20000", "--duration", "8s")
 	time.Sleep(2 * time.Second)
-	// Each reading is stamped with the midpoint of the command that took
-	// it: under load a status call or an `ip netns exec cat` takes long
-	// enough to skew a rate stamped before or after it.
-	udp := func() api.ClassStats { return d.status(port).Directions.FromVM.Classes["udp"] }
-	rx := func() uint64 { return l.counter(ext, "eth0", "rx_packets") }
-	udp0, t0 := timed(udp)
-	rx0, r0 := timed(rx)
+	// Each reading is stamped with when it was taken (the daemon's clock
+	// for status, see statusAt and counterAt): under load a status call
+	// takes long enough to skew a rate stamped before or after it.
+	udp := func() (api.ClassStats, time.Time) {
+		q, at := d.statusAt(port)
+		return q.Directions.FromVM.Classes["udp"], at
+	}
+	udp0, t0 := udp()
+	rx0, r0 := l.counterAt(ext, "eth0", "rx_packets")
 	time.Sleep(4 * time.Second)
-	udp1, t1 := timed(udp)
-	rx1, r1 := timed(rx)
+	udp1, t1 := udp()
+	rx1, r1 := l.counterAt(ext, "eth0", "rx_packets")
 	passed := float64(udp1.PassedPackets-udp0.PassedPackets) / t1.Sub(t0).Seconds()
 	got := float64(rx1-rx0) / r1.Sub(r0).Seconds()
 	drops := udp1.Drops["aggregate_budget"] - udp0.Drops["aggregate_budget"]
@@ -284,13 +286,6 @@ func (l *lab) checkPoliced(d *daemon, port string) {
 	}
 	flood.cmd.Process.Signal(interrupt)
 	flood.wait(l.t, 10*time.Second)
-}
-
-// timed returns f's result and the midpoint of the call.
-func timed[T any](f func() T) (T, time.Time) {
-	a := time.Now()
-	v := f()
-	return v, a.Add(time.Since(a) / 2)
 }
 
 // restartVswitchd stops the lab's own ovs-vswitchd (the pid in its pidfile,

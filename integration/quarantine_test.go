@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shaperd/shaperd/api"
 )
 
 // TestQuarantineLinuxBridge is the core pipeline's acceptance test: a VM
@@ -42,10 +44,11 @@ func runQuarantineScenario(t *testing.T, l *lab, backend string) {
 
 	probe := l.bg(ext, "probe", "client", "--connect", l.get("VM1_IP")+":22", "--count", "100", "--interval", "100ms", "--timeout", "5s", "--json")
 
-	fwd0, t0 := d.status(port).Directions.FromVM.Classes["udp"].PassedPackets, time.Now()
+	q0, t0 := d.statusAt(port)
 	got := l.rxRate(ext, "eth0", 10*time.Second)
-	fwd1 := d.status(port).Directions.FromVM.Classes["udp"].PassedPackets
-	fwdRate := float64(fwd1-fwd0) / time.Since(t0).Seconds()
+	q1, t1 := d.statusAt(port)
+	passed := func(q api.Quarantine) uint64 { return q.Directions.FromVM.Classes["udp"].PassedPackets }
+	fwdRate := float64(passed(q1)-passed(q0)) / t1.Sub(t0).Seconds()
 	// The forwarder's own rate tells a starved forwarder (both low) from
 	// frames lost after it (only the host's low).
 	t.Logf("quarantine --pps 5000 under a max-rate flood: external host receives %.0f pps; the forwarder passed %.0f pps; host rx_dropped %s",
@@ -53,18 +56,13 @@ func runQuarantineScenario(t *testing.T, l *lab, backend string) {
 	if !within(fwdRate, 5000, 0.02) {
 		t.Errorf("the forwarder passed %.0f pps, want 5000 within 2%%", fwdRate)
 	}
-	// Open vSwitch's userspace datapath shares the two cores with a
-	// 600 Kpps flood and the forwarder that reads it; since the issue-7
-	// evaluation steps made the forwarder's frame cost about 1.3x, it
-	// loses 2-3% of what the forwarder passes (measured: forwarder 4989-
-	// 4997 pps, host 4827-4888). The host must get 95% there, 98% on a
-	// Linux bridge.
-	lost := 0.02
-	if backend == "ovs" {
-		lost = 0.05
-	}
-	if got > 5000*1.02 || got < 5000*(1-lost) {
-		t.Errorf("delivered %.0f pps, want 5000 (at most 2%% over, at most %.0f%% under)", got, 100*lost)
+	// Both backends: the host gets 5000 within 2%. (On OVS it once
+	// seemed to get 2-3% less than the forwarder passed; that was the
+	// measurement, a counter read by a new process whose spawn took up to
+	// seconds on the loaded host: counterAt and statusAt stamp each
+	// reading with when it was taken.)
+	if !within(got, 5000, 0.02) {
+		t.Errorf("delivered %.0f pps, want 5000 within 2%%", got)
 	}
 
 	if err := probe.wait(t, 30*time.Second); err != nil {
@@ -88,8 +86,8 @@ func runQuarantineScenario(t *testing.T, l *lab, backend string) {
 	time.Sleep(time.Second)
 	got = l.rxRate(ext, "eth0", 3*time.Second)
 	t.Logf("1 s after set --pps 2000: %.0f pps", got)
-	if got > 2000*1.02 || got < 2000*(1-lost) {
-		t.Errorf("1 s after set --pps 2000: %.0f pps, want 2000 (at most 2%% over, at most %.0f%% under)", got, 100*lost)
+	if !within(got, 2000, 0.02) {
+		t.Errorf("1 s after set --pps 2000: %.0f pps, want 2000 within 2%%", got)
 	}
 	if idx := l.ifindex(hv, vmTap) + "/" + l.ifindex(hv, netTap); idx != idxBefore {
 		t.Errorf("set re-spliced the port: tap ifindexes %s, were %s", idx, idxBefore)
