@@ -254,13 +254,14 @@ func (p *Policy) Validate() error {
 }
 
 // ClassCounters are the counters of one class in one direction. Written by
-// the direction's goroutines, read by anyone.
+// the direction's goroutines, read by anyone. The dropped packets are the
+// sum of Drops (see snapshot): one atomic add fewer per dropped frame, and
+// a snapshot whose total always equals the sum of its reasons.
 type ClassCounters struct {
-	PassedPackets  atomic.Uint64
-	PassedBytes    atomic.Uint64
-	DroppedPackets atomic.Uint64
-	DroppedBytes   atomic.Uint64
-	Drops          [NumReasons]atomic.Uint64 // packets per reason
+	PassedPackets atomic.Uint64
+	PassedBytes   atomic.Uint64
+	DroppedBytes  atomic.Uint64
+	Drops         [NumReasons]atomic.Uint64 // packets per reason
 }
 
 // ClassStats is a snapshot of ClassCounters.
@@ -491,7 +492,8 @@ func (p *Pipe) step(cls *classify.Classifier, frame []byte, now time.Time) Verdi
 		p.mu.Unlock()
 		return p.drop(c, nil, "", ReasonFrameSize, n)
 	}
-	d := p.classesLocked(c, f, n, now)
+	var d decision
+	p.classesLocked(&d, c, f, n, now)
 	if d.reason != admitted {
 		p.mu.Unlock()
 		return p.drop(c, d.rc, d.name, d.reason, n)
@@ -567,7 +569,6 @@ func (k *ClassCounters) passed(n int) {
 }
 
 func (k *ClassCounters) dropped(r Reason, n int) {
-	k.DroppedPackets.Add(1)
 	k.DroppedBytes.Add(uint64(n))
 	k.Drops[r].Add(1)
 }
