@@ -23,6 +23,7 @@ import (
 	"github.com/shaperd/shaperd/guard"
 	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/profile"
+	"github.com/shaperd/shaperd/quota"
 	"github.com/shaperd/shaperd/splice"
 )
 
@@ -82,6 +83,9 @@ type Manager struct {
 	hookRunner func(port string, argv []string)
 	// clock stamps new quarantines; a hook for tests.
 	clock func() time.Time
+	// portMeters reads the byte counters of tenant ports at a clean stop
+	// and at the start after it; a hook for tests.
+	portMeters func(ports []string) ([]quota.PortMeter, error)
 	// guardLearner finds a VM's addresses; a hook for tests.
 	guardLearner func(port string, bridge bool) (guard.Config, []string)
 
@@ -141,9 +145,10 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 			_, err := netlink.LinkByName(name)
 			return err == nil
 		},
-		clock:  time.Now,
-		q:      make(map[string]*quarantine),
-		events: Events{Transitions: map[string]uint64{}, Hooks: map[string]uint64{}, Alerts: map[string]uint64{}},
+		clock:      time.Now,
+		portMeters: readPortMeters,
+		q:          make(map[string]*quarantine),
+		events:     Events{Transitions: map[string]uint64{}, Hooks: map[string]uint64{}, Alerts: map[string]uint64{}},
 	}
 	if err := m.Configure(profile.Set{profile.Quarantine: profile.Default()}, DefaultWatchConfig()); err != nil {
 		panic(err) // the defaults are valid
@@ -744,6 +749,9 @@ func (m *Manager) Close() error {
 		return nil
 	}
 	m.closed = true
+	// Before any forwarder stops: what passes between the two readings
+	// is counted twice, never missed.
+	meters := m.quotaMetersLocked()
 	var errs []error
 	for _, q := range m.q {
 		if q.fwd != nil {
@@ -753,7 +761,7 @@ func (m *Manager) Close() error {
 			q.fwd = nil
 		}
 	}
-	if err := m.closeQuotasLocked(m.clock()); err != nil {
+	if err := m.closeQuotasLocked(m.clock(), meters); err != nil {
 		errs = append(errs, err)
 	}
 	return errors.Join(errs...)

@@ -24,9 +24,13 @@ package daemon
 // directory (checksummed, replaced atomically), their samples in one
 // quota.Store file each (quota-TENANT.json). Tick closes intervals and saves
 // a tenant's snapshot when its Account asks (an interval closed, or a burst
-// raised). After a restart the snapshot is restored with the crash rule:
+// raised). After a crash the snapshot is restored with the crash rule:
 // the interval that was cut short, and every interval the daemon did not
 // see, count as having reached their quota (see quota.Account.Restore). A
+// clean stop (Close) marks each snapshot with its ports' byte counters; a
+// start within the same interval keeps the interval's counts and adds what
+// the counters show passed meanwhile (quota.Account.RestoreAfterCleanStop),
+// so an upgrade does not cost a tenant the rest of the interval. A
 // missing or unreadable snapshot is replaced by the most careful guess:
 // every interval of the period so far at the commit.
 //
@@ -45,10 +49,12 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/quota"
 	"github.com/shaperd/shaperd/splice"
@@ -92,6 +98,9 @@ type tenant struct {
 	saved []laneKey
 	// saveErr is the last save's error; the next tick tries again.
 	saveErr error
+	// startMeters are the ports' counters when the samples were restored
+	// at a start, until the forwarders run (see countStartGapLocked).
+	startMeters []quota.PortMeter
 }
 
 // laneKey is what a lane snapshot holds that a restart must not lose: its
@@ -523,13 +532,16 @@ func (m *Manager) quotasAliveLocked() bool {
 	return true
 }
 
-// closeQuotasLocked saves every tenant's snapshot and stops the tenants'
-// forwarders, leaving their splices for the next daemon to adopt.
-func (m *Manager) closeQuotasLocked(now time.Time) error {
+// closeQuotasLocked stops the tenants' forwarders, leaving their splices
+// for the next daemon to adopt, and saves every tenant's snapshot, marked
+// as taken at a clean stop with its ports' counters from meters (read
+// before any forwarder stopped; see quotaMetersLocked). A tenant whose
+// counters could not be read gets no mark: the next start applies the
+// crash rule to it.
+func (m *Manager) closeQuotasLocked(now time.Time, meters map[string][]quota.PortMeter) error {
 	var errs []error
 	for _, name := range m.tenantNamesLocked() {
 		t := m.quotas.tenants[name]
-		m.saveSnapshotLocked(t, t.acct.Snapshot(now))
 		for _, tp := range t.ports {
 			if tp.fwd != nil {
 				if err := tp.fwd.Close(); err != nil {
@@ -538,8 +550,86 @@ func (m *Manager) closeQuotasLocked(now time.Time) error {
 				tp.fwd = nil
 			}
 		}
+		s := t.acct.Snapshot(now)
+		if pm, ok := meters[name]; ok {
+			s.Clean = &quota.CleanStop{Ports: pm}
+		}
+		m.saveSnapshotLocked(t, s)
 	}
 	return errors.Join(errs...)
+}
+
+// quotaMetersLocked reads the counters of every tenant's ports, by tenant;
+// a tenant whose counters cannot be read is left out (and logged).
+func (m *Manager) quotaMetersLocked() map[string][]quota.PortMeter {
+	out := map[string][]quota.PortMeter{}
+	for _, name := range m.tenantNamesLocked() {
+		t := m.quotas.tenants[name]
+		pm, err := m.portMeters(t.cfg.Ports)
+		if err != nil {
+			m.log.Warn("cannot read a tenant's port counters at the stop: its next start applies the crash rule", "tenant", name, "err", err)
+			continue
+		}
+		out[name] = pm
+	}
+	return out
+}
+
+// readPortMeters reads each port's ifindex and byte counters from sysfs;
+// a port that does not exist gets ifindex 0.
+func readPortMeters(ports []string) ([]quota.PortMeter, error) {
+	counters, err := detect.ReadCounters(ports)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]quota.PortMeter, 0, len(ports))
+	for _, p := range ports {
+		pm := quota.PortMeter{Name: p}
+		if c, ok := counters[p]; ok {
+			b, err := os.ReadFile(filepath.Join("/sys/class/net", p, "ifindex"))
+			if err != nil {
+				return nil, fmt.Errorf("ifindex of %s: %w", p, err)
+			}
+			if pm.Ifindex, err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
+				return nil, fmt.Errorf("ifindex of %s: %w", p, err)
+			}
+			pm.FromVMBytes, pm.ToVMBytes = c.RxBytes, c.TxBytes
+		}
+		out = append(out, pm)
+	}
+	return out, nil
+}
+
+// unmeteredSince returns what passed the ports between a clean stop's
+// counters and now's, or nil and why that is unknown: a port appeared,
+// disappeared or was recreated (its ifindex changed, so its counters
+// restarted), or a counter went back. A port that was gone then and is
+// gone now passed nothing. Frames the port took in while no forwarder ran
+// count even if the splice then dropped them (tc, fail closed): the bill
+// is never under-counted.
+func unmeteredSince(stop, now []quota.PortMeter) (*quota.Unmetered, string) {
+	at := map[string]quota.PortMeter{}
+	for _, pm := range now {
+		at[pm.Name] = pm
+	}
+	var u quota.Unmetered
+	for _, s := range stop {
+		n, ok := at[s.Name]
+		switch {
+		case !ok:
+			return nil, s.Name + " was not read now"
+		case s.Ifindex != n.Ifindex:
+			return nil, fmt.Sprintf("%s has ifindex %d, had %d at the stop", s.Name, n.Ifindex, s.Ifindex)
+		case n.FromVMBytes < s.FromVMBytes || n.ToVMBytes < s.ToVMBytes:
+			return nil, s.Name + "'s counters went back"
+		}
+		u.FromVM += int64(min(n.FromVMBytes-s.FromVMBytes, math.MaxInt64/4))
+		u.ToVM += int64(min(n.ToVMBytes-s.ToVMBytes, math.MaxInt64/4))
+	}
+	if len(stop) != len(now) {
+		return nil, "the tenant's ports changed"
+	}
+	return &u, ""
 }
 
 // loadQuotasLocked reads the tenants file and restores every tenant's
@@ -585,10 +675,32 @@ func (m *Manager) loadQuotasLocked(now time.Time) {
 			m.log.Error("tenant in the tenants file has unusable settings; skipped", "tenant", e.Tenant, "err", err)
 			continue
 		}
-		how := "snapshot"
+		how := "snapshot, with the crash rule"
+		startMeters, merr := m.portMeters(cfg.Ports)
+		if merr != nil {
+			m.log.Warn("cannot read a tenant's port counters at the start", "tenant", cfg.Tenant, "err", merr)
+		}
 		snap, err := st.Load(cfg.Tenant)
 		if err == nil {
-			err = acct.Restore(snap, now)
+			var u *quota.Unmetered
+			why := ""
+			if snap.Clean != nil {
+				if merr != nil {
+					why = merr.Error()
+				} else {
+					u, why = unmeteredSince(snap.Clean.Ports, startMeters)
+				}
+			}
+			var clean bool
+			clean, err = acct.RestoreAfterCleanStop(snap, now, u)
+			switch {
+			case clean:
+				how = fmt.Sprintf("snapshot of a clean stop, %d bytes from and %d to the VM unmetered meanwhile", u.FromVM, u.ToVM)
+			case snap.Clean != nil && why != "":
+				how += " (clean stop, but what passed since is unknown: " + why + ")"
+			case snap.Clean != nil:
+				how += " (clean stop, but in an earlier interval)"
+			}
 		}
 		if err != nil {
 			how = "every interval at the commit"
@@ -602,13 +714,41 @@ func (m *Manager) loadQuotasLocked(now time.Time) {
 				m.log.Error("cannot apply the careful default; the tenant starts afresh", "tenant", cfg.Tenant, "err", err)
 			}
 		}
-		t := &tenant{cfg: cfg, acct: acct, since: e.Since}
+		t := &tenant{cfg: cfg, acct: acct, since: e.Since, startMeters: startMeters}
 		for _, p := range cfg.Ports {
 			t.ports = append(t.ports, &tenantPort{t: t, port: p})
 		}
 		m.registerTenantLocked(t)
 		m.saveSnapshotLocked(t, acct.Snapshot(now))
 		m.log.Info("restored quota tenant", "tenant", cfg.Tenant, "samples_from", how, "settings", settingsLine(cfg))
+	}
+}
+
+// countStartGapLocked adds to each restored tenant what its ports passed
+// between the restore of its samples and now, once Restore has started the
+// forwarders: on a fail-open splice that traffic went unmetered. (What
+// passed after a forwarder started is counted twice, which never lowers
+// the bill.)
+func (m *Manager) countStartGapLocked(now time.Time) {
+	for _, name := range m.tenantNamesLocked() {
+		t := m.quotas.tenants[name]
+		if t.startMeters == nil {
+			continue
+		}
+		pm, err := m.portMeters(t.cfg.Ports)
+		if err != nil {
+			m.log.Warn("cannot read a tenant's port counters after the start; what passed unmetered during it is not counted", "tenant", name, "err", err)
+			t.startMeters = nil
+			continue
+		}
+		u, why := unmeteredSince(t.startMeters, pm)
+		t.startMeters = nil
+		if u == nil {
+			m.log.Warn("what a tenant's ports passed during the start is unknown; not counted", "tenant", name, "why", why)
+			continue
+		}
+		t.acct.AddUnmetered(now, *u)
+		m.log.Debug("counted what passed while the tenant's forwarders started", "tenant", name, "from_vm_bytes", u.FromVM, "to_vm_bytes", u.ToVM)
 	}
 }
 

@@ -478,6 +478,102 @@ func TestQuotaRestartKeepsSamples(t *testing.T) {
 	}
 }
 
+// fakeMeters stands in for the ports' counters: every reading returns the
+// current values, and the test moves them.
+type fakeMeters struct {
+	mu     sync.Mutex
+	from   map[string]uint64
+	ifx    map[string]int
+	reads  int
+	failed bool
+}
+
+func (f *fakeMeters) read(ports []string) ([]quota.PortMeter, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.reads++
+	if f.failed {
+		return nil, errors.New("fake: cannot read counters")
+	}
+	var out []quota.PortMeter
+	for _, p := range ports {
+		out = append(out, quota.PortMeter{Name: p, Ifindex: f.ifx[p], FromVMBytes: f.from[p]})
+	}
+	return out, nil
+}
+
+func (f *fakeMeters) add(port string, n uint64) {
+	f.mu.Lock()
+	f.from[port] += n
+	f.mu.Unlock()
+}
+
+// TestQuotaCleanStop: after a clean stop, a start within the same interval
+// keeps the interval's count, plus what the ports' counters show passed
+// while nothing metered them (stopped, and starting); after a crash, or
+// when the counters cannot tell (a port recreated), the crash rule holds.
+func TestQuotaCleanStop(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		clean  bool                // Close the first manager
+		meddle func(f *fakeMeters) // between the stop and the start
+		want   int64               // the open interval's bytes after the start
+	}{
+		{"clean stop", true, func(*fakeMeters) {}, 30000 + 1000 + 500},
+		{"crash", false, func(*fakeMeters) {}, 60000 + 500},
+		{"port recreated", true, func(f *fakeMeters) { f.ifx["vm-1"] = 99 }, 60000 + 500},
+		{"counters unreadable at the start", true, func(f *fakeMeters) { f.failed = true }, 60000},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			fb := fakesplice.New("vm-1", "vm-2")
+			fm := &fakeMeters{from: map[string]uint64{"vm-1": 1e6, "vm-2": 5e5}, ifx: map[string]int{"vm-1": 7, "vm-2": 8}}
+			l := newQuotaLab(t, dir, fb, quotaT0)
+			l.m.portMeters = fm.read
+			l.m.Restore()
+			l.add("acme", settings("vm-1,vm-2"))
+			stop := quotaT0.Add(10 * time.Second) // 10:10:15, in the 10:10 interval
+			l.m.quotas.tenants["acme"].acct.Admit(quota.FromVM, 30000, false, stop, 0)
+			l.set(stop)
+			if tc.clean {
+				if err := l.m.Close(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			fm.add("vm-1", 600) // while stopped: unmetered
+			fm.add("vm-2", 400)
+			tc.meddle(fm)
+
+			start := quotaT0.Add(20 * time.Second)
+			l2 := newQuotaLab(t, dir, fb, start)
+			l2.m.portMeters = func(ports []string) ([]quota.PortMeter, error) {
+				pm, err := fm.read(ports)
+				fm.add("vm-1", 500) // while the forwarders start
+				return pm, err
+			}
+			if err := l2.m.Restore(); err != nil {
+				t.Fatal(err)
+			}
+			qm := l2.m.QuotaMetrics(start)[0]
+			var used int64
+			for _, ln := range qm.Lanes {
+				if ln.Name == "from_vm" {
+					used = ln.UsedBytes
+				}
+			}
+			if used != tc.want {
+				t.Errorf("open interval after the start: %d bytes from the VM, want %d (lanes %+v)", used, tc.want, qm.Lanes)
+			}
+			// The next save carries no clean mark: a crash now applies
+			// the crash rule again.
+			s, err := quota.Store{Dir: dir}.Load("acme")
+			if err != nil || s.Clean != nil {
+				t.Errorf("snapshot saved after the start: clean %+v, %v", s.Clean, err)
+			}
+		})
+	}
+}
+
 // TestQuotaLostSamples: with its samples file gone or damaged, a tenant
 // restarts with every interval of the period so far at the commit.
 func TestQuotaLostSamples(t *testing.T) {

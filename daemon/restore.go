@@ -147,6 +147,7 @@ func (m *Manager) Restore() error {
 		m.log.Warn("removed an orphan splice (released, or half released, by an earlier daemon)", "port", port)
 	}
 	m.spliceQuotaPortsLocked(now)
+	m.countStartGapLocked(m.clock())
 	// Only after the full sync: pieces no recorded splice names.
 	m.removeOrphanPiecesLocked()
 	m.saveLocked()

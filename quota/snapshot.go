@@ -19,6 +19,36 @@ type Snapshot struct {
 	Interval time.Duration  `json:"interval_ns"`
 	Taken    time.Time      `json:"taken"`
 	Lanes    []LaneSnapshot `json:"lanes"`
+	// Clean, if not nil, says the snapshot was taken at a clean stop
+	// (see RestoreAfterCleanStop). Snapshot leaves it nil; the caller
+	// sets it.
+	Clean *CleanStop `json:"clean,omitempty"`
+}
+
+// CleanStop marks a snapshot taken at a clean stop, after every forwarder
+// that charged the Account had stopped: the open interval's counts are
+// complete up to Taken. Ports holds what the caller needs to learn what
+// passed while nothing metered the tenant's ports.
+type CleanStop struct {
+	Ports []PortMeter `json:"ports"`
+}
+
+// PortMeter is one of a tenant's ports, as its interface counters stood at
+// a clean stop. Ifindex 0 means the port did not exist then.
+type PortMeter struct {
+	Name    string `json:"name"`
+	Ifindex int    `json:"ifindex"`
+	// FromVMBytes and ToVMBytes are the host port's rx_bytes (frames from
+	// the VM) and tx_bytes (frames to the VM), Ethernet headers included,
+	// as the forwarder counts a frame.
+	FromVMBytes uint64 `json:"from_vm_bytes"`
+	ToVMBytes   uint64 `json:"to_vm_bytes"`
+}
+
+// Unmetered is what passed a tenant's ports, in bytes per direction, while
+// no forwarder metered them.
+type Unmetered struct {
+	FromVM, ToVM int64
 }
 
 // LaneSnapshot is one billed direction's state.
@@ -92,6 +122,58 @@ func (a *Account) Snapshot(now time.Time) Snapshot {
 // Restore checks s completely before changing anything: on error (wrapping
 // ErrSnapshotMismatch or describing the damage) the Account is unchanged.
 func (a *Account) Restore(s Snapshot, now time.Time) error {
+	if err := a.check(s); err != nil {
+		return err
+	}
+	a.restore(s, now, nil)
+	return nil
+}
+
+// RestoreAfterCleanStop restores s, a snapshot taken at a clean stop
+// (s.Clean set), without the crash rule when that is safe: now is still in
+// the interval that was open when s was taken, in every billed direction,
+// and u is what passed meanwhile. The open interval then keeps its counts,
+// with u added as passed bytes (non-bypass): a daemon restarted for an
+// upgrade does not cost the tenant the rest of the interval. Otherwise (no
+// s.Clean, another interval, or u unknown: nil) it applies the crash rule,
+// as Restore does. It reports whether it restored without the crash rule.
+// On error the Account is unchanged.
+func (a *Account) RestoreAfterCleanStop(s Snapshot, now time.Time, u *Unmetered) (clean bool, err error) {
+	if err := a.check(s); err != nil {
+		return false, err
+	}
+	if s.Clean == nil || u == nil || u.FromVM < 0 || u.ToVM < 0 {
+		u = nil
+	}
+	return a.restore(s, now, u), nil
+}
+
+// AddUnmetered adds u, bytes that passed the tenant's ports while no
+// forwarder metered them (between a restart's restore and the forwarders'
+// start), to the interval open at now, as passed non-bypass bytes. Safe
+// for concurrent use.
+func (a *Account) AddUnmetered(now time.Time, u Unmetered) {
+	ns := now.UnixNano()
+	for _, l := range a.lanes {
+		var extra int64
+		if a.route[FromVM] == l {
+			extra += max(u.FromVM, 0)
+		}
+		if a.route[ToVM] == l {
+			extra += max(u.ToVM, 0)
+		}
+		l.mu.Lock()
+		if ns >= l.end {
+			l.advanceLocked(ns)
+		}
+		l.normal = min(l.normal+extra, maxBytes)
+		l.offered = min(l.offered+extra, maxBytes)
+		l.mu.Unlock()
+	}
+}
+
+// check validates s against the Account's configuration.
+func (a *Account) check(s Snapshot) error {
 	if s.Version != SnapshotVersion {
 		return fmt.Errorf("%w: version %d, want %d", ErrSnapshotMismatch, s.Version, SnapshotVersion)
 	}
@@ -109,13 +191,42 @@ func (a *Account) Restore(s Snapshot, now time.Time) error {
 			return err
 		}
 	}
+	return nil
+}
+
+// restore loads a checked snapshot; with u, and now still in every lane's
+// open interval, without the crash rule (reported true).
+func (a *Account) restore(s Snapshot, now time.Time, u *Unmetered) bool {
 	ns := now.UnixNano()
+	if u != nil {
+		for i := range a.lanes {
+			if ns >= openEnd(s.Lanes[i], s.Interval) || ns < s.Taken.UnixNano() {
+				u = nil
+				break
+			}
+		}
+	}
 	for i, l := range a.lanes {
+		extra := int64(-1) // the crash rule
+		if u != nil {
+			extra = 0
+			if a.route[FromVM] == l {
+				extra += u.FromVM
+			}
+			if a.route[ToVM] == l {
+				extra += u.ToVM
+			}
+		}
 		l.mu.Lock()
-		l.restoreLocked(s.Lanes[i], ns)
+		l.restoreLocked(s.Lanes[i], ns, extra)
 		l.mu.Unlock()
 	}
-	return nil
+	return u != nil
+}
+
+// openEnd returns when the interval open in ls ends, in ns.
+func openEnd(ls LaneSnapshot, interval time.Duration) int64 {
+	return ls.PeriodStart.UnixNano() + int64(len(ls.Samples)+1)*int64(interval)
 }
 
 // The times an Account handles: where UnixNano is defined, with a margin.
@@ -158,8 +269,10 @@ func (l *lane) check(s LaneSnapshot) error {
 }
 
 // restoreLocked loads a checked lane snapshot and applies the crash rule
-// up to ns. Caller holds mu.
-func (l *lane) restoreLocked(s LaneSnapshot, ns int64) {
+// up to ns; with extra >= 0 (a clean stop, ns in the open interval), the
+// open interval keeps its counts plus extra passed bytes instead. Caller
+// holds mu.
+func (l *lane) restoreLocked(s LaneSnapshot, ns int64, extra int64) {
 	l.openPeriodLocked(s.PeriodStart.UnixNano())
 	l.samples = append(l.samples[:0], s.Samples...)
 	for _, v := range l.samples {
@@ -175,6 +288,13 @@ func (l *lane) restoreLocked(s LaneSnapshot, ns int64) {
 	l.end = l.start + l.interval
 	l.openIntervalLocked()
 	l.bypass, l.offered = s.Bypass, s.Offered
+	if extra >= 0 {
+		l.setQuotaLocked(s.Burst)
+		l.normal = min(s.Normal+extra, maxBytes)
+		l.offered = min(s.Offered+extra, maxBytes)
+		l.thresholdLocked()
+		return
+	}
 	l.atQuotaLocked(s.Burst, s.Normal)
 	// The intervals the daemon did not see: each at the commit quota.
 	if gap := (ns - l.end) / l.interval; gap > int64(2*l.n+len(l.hist)) {

@@ -185,6 +185,90 @@ func TestCrashRule(t *testing.T) {
 	})
 }
 
+// TestRestoreAfterCleanStop: after a clean stop, a restart within the same
+// interval keeps the interval's counts and adds what passed unmetered;
+// anything less certain falls back to the crash rule.
+func TestRestoreAfterCleanStop(t *testing.T) {
+	stopped := func(t *testing.T, clean bool) Snapshot {
+		t.Helper()
+		a := mustNew(t, small(), t0)
+		if v := a.Admit(ToVM, 300, false, at(10.2), 0); v != Pass {
+			t.Fatalf("first frame: %v", v)
+		}
+		s := a.Snapshot(at(10.3))
+		if clean {
+			s.Clean = &CleanStop{}
+		}
+		return s
+	}
+	for _, tt := range []struct {
+		name      string
+		clean     bool
+		restart   float64
+		u         *Unmetered
+		wantClean bool
+		sample    uint64 // interval 10's bit/s, read at 11.5
+	}{
+		{"same interval", true, 10.6, &Unmetered{ToVM: 200}, true, (300 + 200 + 200) * 8},
+		{"the other direction is not billed", true, 10.6, &Unmetered{FromVM: 5000}, true, (300 + 200) * 8},
+		{"unmetered beyond the quota", true, 10.6, &Unmetered{ToVM: 2000}, true, (300 + 2000) * 8},
+		{"not a clean stop", false, 10.6, &Unmetered{}, false, 8000},
+		{"unmetered bytes unknown", true, 10.6, nil, false, 8000},
+		{"negative unmetered bytes", true, 10.6, &Unmetered{ToVM: -1}, false, 8000},
+		{"restarted in the next interval", true, 11.2, &Unmetered{}, false, 8000},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			s := stopped(t, tt.clean)
+			b := mustNew(t, small(), at(tt.restart))
+			clean, err := b.RestoreAfterCleanStop(s, at(tt.restart), tt.u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if clean != tt.wantClean {
+				t.Errorf("restored without the crash rule: %v, want %v", clean, tt.wantClean)
+			}
+			if tt.restart < 11 {
+				v := b.Admit(ToVM, 200, false, at(10.7), 0)
+				want := Pass
+				if !tt.wantClean || tt.u.ToVM >= 1000 {
+					want = DropCap
+				}
+				if v != want {
+					t.Errorf("frame after the restart: %v, want %v", v, want)
+				}
+			}
+			r := b.Report(at(11.5))
+			if got := r.Samples[10].BPS; got != tt.sample {
+				t.Errorf("interval of the stop billed %d bit/s, want %d", got, tt.sample)
+			}
+		})
+	}
+	// What passed between the restore and the forwarders' start is
+	// added to the open interval, in the billed direction only.
+	b := mustNew(t, small(), at(10.6))
+	if _, err := b.RestoreAfterCleanStop(stopped(t, true), at(10.6), &Unmetered{}); err != nil {
+		t.Fatal(err)
+	}
+	b.AddUnmetered(at(10.65), Unmetered{FromVM: 999, ToVM: 100})
+	if got := b.Report(at(11.5)).Samples[10].BPS; got != (300+100)*8 {
+		t.Errorf("after AddUnmetered the interval is billed %d bit/s, want %d", got, (300+100)*8)
+	}
+	// A clean marker survives JSON; a plain snapshot has none.
+	s := stopped(t, true)
+	s.Clean.Ports = []PortMeter{{Name: "vm-1", Ifindex: 7, FromVMBytes: 1, ToVMBytes: 2}}
+	data, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var back Snapshot
+	if err := json.Unmarshal(data, &back); err != nil || !reflect.DeepEqual(s, back) {
+		t.Errorf("JSON round trip: %v, %+v", err, back.Clean)
+	}
+	if plain, _ := json.Marshal(stopped(t, false)); bytes.Contains(plain, []byte(`"clean"`)) {
+		t.Errorf("a snapshot without a clean stop carries the key: %s", plain)
+	}
+}
+
 func TestRestoreMismatch(t *testing.T) {
 	c := small()
 	a := mustNew(t, c, t0)
