@@ -86,6 +86,10 @@ type Manager struct {
 	// portMeters reads the byte counters of tenant ports at a clean stop
 	// and at the start after it; a hook for tests.
 	portMeters func(ports []string) ([]quota.PortMeter, error)
+	// linkSubscribe and listLinks are WatchLinks's netlink; hooks for
+	// tests.
+	linkSubscribe linkSubscriber
+	listLinks     func() ([]string, error)
 	// guardLearner finds a VM's addresses; a hook for tests.
 	guardLearner func(port string, bridge bool) (guard.Config, []string)
 
@@ -145,10 +149,12 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 			_, err := netlink.LinkByName(name)
 			return err == nil
 		},
-		clock:      time.Now,
-		portMeters: readPortMeters,
-		q:          make(map[string]*quarantine),
-		events:     Events{Transitions: map[string]uint64{}, Hooks: map[string]uint64{}, Alerts: map[string]uint64{}},
+		clock:         time.Now,
+		portMeters:    readPortMeters,
+		linkSubscribe: netlinkSubscribe,
+		listLinks:     linkNames,
+		q:             make(map[string]*quarantine),
+		events:        Events{Transitions: map[string]uint64{}, Hooks: map[string]uint64{}, Alerts: map[string]uint64{}},
 	}
 	if err := m.Configure(profile.Set{profile.Quarantine: profile.Default()}, DefaultWatchConfig()); err != nil {
 		panic(err) // the defaults are valid

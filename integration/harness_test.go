@@ -335,21 +335,12 @@ func (l *lab) counterAt(ns, dev, stat string) (uint64, time.Time) {
 		if st == nil {
 			l.t.Fatalf("%s in %s: no statistics", dev, ns)
 		}
-		var n uint64
-		switch stat {
-		case "rx_packets":
-			n = st.RxPackets
-		case "tx_packets":
-			n = st.TxPackets
-		case "rx_dropped":
-			n = st.RxDropped
-		case "tx_dropped":
-			n = st.TxDropped
-		case "rx_bytes":
-			n = st.RxBytes
-		case "tx_bytes":
-			n = st.TxBytes
-		default:
+		n, ok := map[string]uint64{
+			"rx_packets": st.RxPackets, "tx_packets": st.TxPackets,
+			"rx_dropped": st.RxDropped, "tx_dropped": st.TxDropped,
+			"rx_bytes": st.RxBytes, "tx_bytes": st.TxBytes,
+		}[stat]
+		if !ok {
 			l.t.Fatalf("counter %q: not supported", stat)
 		}
 		return n, before.Add(after.Sub(before) / 2)
