@@ -53,7 +53,14 @@ func TestDashboard(t *testing.T) {
 			}
 		}
 	}
-	for _, n := range []string{"shaperd_frames_total", "shaperd_bytes_total", "shaperd_drops_total", "shaperd_bucket_fill_ratio", "shaperd_quarantines"} {
+	for _, n := range []string{
+		"shaperd_frames_total", "shaperd_bytes_total", "shaperd_drops_total", "shaperd_bucket_fill_ratio", "shaperd_quarantines",
+		// The ladder and the watch (issue 6), the quotas (issue 8).
+		"shaperd_quarantine_stage_info", "shaperd_ladder_transitions_total", "shaperd_flags_total", "shaperd_auto_quarantines_total",
+		"shaperd_alerts_total", "shaperd_quota_percentile_bytes_per_second", "shaperd_quota_commit_bytes_per_second",
+		"shaperd_quota_interval_used_bytes", "shaperd_quota_interval_quota_bytes", "shaperd_quota_packets_total",
+		"shaperd_quota_burst_intervals_left",
+	} {
 		if !used[n] {
 			t.Errorf("the dashboard does not use %s", n)
 		}
