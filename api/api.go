@@ -155,6 +155,12 @@ type Direction struct {
 	ControlLimits Limits                `json:"control_limits"`
 	Classes       map[string]ClassStats `json:"classes"`
 	ReadErrors    uint64                `json:"read_errors"`
+	// TapDrops counts the frames the kernel dropped at the splice's tap
+	// queue before the forwarder read them: the taps' tx_dropped, since
+	// the taps were made. Under a flood faster than the forwarder reads,
+	// that is most of the flood. They are in no class: the forwarder never
+	// saw them.
+	TapDrops uint64 `json:"tap_drops"`
 	// Mode is "police" (refused frames are dropped) or "shape" (queued
 	// and released at the shaped rate after a delay).
 	Mode  string `json:"mode"`

@@ -12,6 +12,8 @@ import (
 	"os"
 	"slices"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -718,7 +720,27 @@ func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
 	}
 	out.Directions.FromVM = dirStatus(q.spec.FromVM, from, fq)
 	out.Directions.ToVM = dirStatus(q.spec.ToVM, to, tq)
+	if q.sp != nil {
+		// Frames from the VM queue at the VM tap (and the priority tap);
+		// frames to the VM at the net tap.
+		out.Directions.FromVM.TapDrops = tapDrops(q.sp.VMTap()) + tapDrops(q.sp.PriorityTap())
+		out.Directions.ToVM.TapDrops = tapDrops(q.sp.NetTap())
+	}
 	return out
+}
+
+// tapDrops reads a tap's tx_dropped: the frames the kernel could not queue
+// for the reader of the tap. 0 for no tap, or one that cannot be read.
+func tapDrops(tap string) uint64 {
+	if tap == "" || strings.ContainsAny(tap, "/.") {
+		return 0
+	}
+	b, err := os.ReadFile("/sys/class/net/" + tap + "/statistics/tx_dropped")
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	return n
 }
 
 // saveLocked writes the state file; a failure is logged, not returned: the

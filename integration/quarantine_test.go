@@ -93,8 +93,24 @@ func runQuarantineScenario(t *testing.T, l *lab, backend string) {
 		t.Errorf("set re-spliced the port: tap ifindexes %s, were %s", idx, idxBefore)
 	}
 
+	// The frames the forwarder never read, dropped at the VM tap's queue:
+	// status reports the taps' own counter, read between two readings of
+	// it (the flood is still running).
+	tapDropped := func() uint64 {
+		n := l.counter(hv, vmTap, "tx_dropped")
+		if q.Taps.Priority != "" {
+			n += l.counter(hv, q.Taps.Priority, "tx_dropped")
+		}
+		return n
+	}
+	lo := tapDropped()
 	st := d.status(port)
+	hi := tapDropped()
+	if td := st.Directions.FromVM.TapDrops; td < lo || td > hi {
+		t.Errorf("status tap_drops from the VM %d, want the taps' tx_dropped, between %d and %d", td, lo, hi)
+	}
 	udp := st.Directions.FromVM.Classes["udp"]
+	t.Logf("the forwarder dropped %d UDP frames from the VM; the VM tap's queue dropped %d it never read", udp.DroppedPackets, st.Directions.FromVM.TapDrops)
 	if udp.PassedPackets == 0 || udp.Drops["aggregate_budget"] == 0 {
 		t.Errorf("status counters do not show the policing: %+v", udp)
 	}

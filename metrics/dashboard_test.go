@@ -59,7 +59,7 @@ func TestDashboard(t *testing.T) {
 		"shaperd_quarantine_stage_info", "shaperd_ladder_transitions_total", "shaperd_flags_total", "shaperd_auto_quarantines_total",
 		"shaperd_alerts_total", "shaperd_quota_percentile_bytes_per_second", "shaperd_quota_commit_bytes_per_second",
 		"shaperd_quota_interval_used_bytes", "shaperd_quota_interval_quota_bytes", "shaperd_quota_packets_total",
-		"shaperd_quota_burst_intervals_left",
+		"shaperd_quota_burst_intervals_left", "shaperd_tap_drops_total",
 	} {
 		if !used[n] {
 			t.Errorf("the dashboard does not use %s", n)

@@ -71,6 +71,9 @@ var (
 	descReadErrors = prometheus.NewDesc("shaperd_read_errors_total",
 		"Failed reads from the device a direction reads from.",
 		[]string{"port", "direction"}, nil)
+	descTapDrops = prometheus.NewDesc("shaperd_tap_drops_total",
+		"Frames the kernel dropped at a splice's tap queue before the forwarder read them (the taps' tx_dropped, since the taps were made): under a flood faster than the forwarder reads, most of the flood. In no class.",
+		[]string{"port", "direction"}, nil)
 	descFill = prometheus.NewDesc("shaperd_bucket_fill_ratio",
 		"How full a budget's token bucket is, from 0 (empty: frames are refused) to 1 (full: a whole burst would pass). Only dimensions with a rate.",
 		[]string{"port", "direction", "budget", "dimension"}, nil)
@@ -170,7 +173,7 @@ func NewCollector(src Source, now func() time.Time) *Collector {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descFrames, descBytes, descDrops, descReadErrors, descFill,
+	for _, d := range []*prometheus.Desc{descFrames, descBytes, descDrops, descReadErrors, descTapDrops, descFill,
 		descLimitPackets, descLimitBytes, descInfo, descSince, descCount, descBuild,
 		descStage, descNextTransition, descTransitions, descFlags, descAuto, descHooks, descAlerts, descWatched,
 		descQuotaCommit, descQuotaPercentile, descQuotaProjected, descQuotaBurstUsed, descQuotaBurstLeft,
@@ -290,6 +293,7 @@ func collectDir(ch chan<- prometheus.Metric, port, dir string, d *api.Direction)
 		}
 	}
 	counter(descReadErrors, d.ReadErrors, port, dir)
+	counter(descTapDrops, d.TapDrops, port, dir)
 	for _, b := range []struct {
 		name string
 		l    api.Limits
