@@ -68,10 +68,27 @@ func (e *UsageError) Error() string { return e.Message }
 
 // Status fetches the status, of one port when port is not empty.
 func (c *Client) Status(port string) (api.Status, error) {
+	return c.status(port, true)
+}
+
+// StatusWithoutSamples is Status with every quota tenant's samples left
+// out (an empty list): for views that do not show them.
+func (c *Client) StatusWithoutSamples(port string) (api.Status, error) {
+	return c.status(port, false)
+}
+
+func (c *Client) status(port string, samples bool) (api.Status, error) {
 	var st api.Status
-	q := ""
+	v := url.Values{}
 	if port != "" {
-		q = "?port=" + url.QueryEscape(port)
+		v.Set("port", port)
+	}
+	if !samples {
+		v.Set("quota_samples", "none")
+	}
+	q := ""
+	if len(v) > 0 {
+		q = "?" + v.Encode()
 	}
 	err := c.do(http.MethodGet, "/v1/status"+q, nil, &st)
 	return st, err

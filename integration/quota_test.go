@@ -155,6 +155,17 @@ func TestQuotaLab(t *testing.T) {
 	if len(busy) < 3 || r.BurstIntervalsUsed != 0 {
 		t.Errorf("capped intervals %v (want 3 or more near the commit), burst intervals used %d (want 0)", busy, r.BurstIntervalsUsed)
 	}
+	// status --json --no-quota-samples: the same keys, the samples left
+	// out (what shaperd top and the human status ask for).
+	var lite api.Status
+	if err := json.Unmarshal([]byte(d.must("status", "--json", "--no-quota-samples")), &lite); err != nil {
+		t.Fatal(err)
+	}
+	full := quotaStatus(t, d)
+	if len(full.Quotas) != 1 || len(full.Quotas[0].Samples) == 0 || len(lite.Quotas) != 1 || lite.Quotas[0].Samples == nil ||
+		len(lite.Quotas[0].Samples) != 0 || lite.Quotas[0].Tenant != "acme" || lite.Quotas[0].CommitBPS != full.Quotas[0].CommitBPS {
+		t.Errorf("status --json --no-quota-samples: %+v; full status: %d tenants", lite.Quotas, len(full.Quotas))
+	}
 
 	// 3. kill -9 mid-interval, once the last close is saved (the tick
 	// saves within 0.5 s of a close), and start again on the same state.

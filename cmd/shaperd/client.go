@@ -195,7 +195,7 @@ run while a daemon answers on the socket.`,
 }
 
 func newStatusCmd(g *globals) *cobra.Command {
-	var asJSON bool
+	var asJSON, noSamples bool
 	cmd := &cobra.Command{
 		Use:   "status [PORT]",
 		Short: "Show quarantines with per-class pass and drop counters",
@@ -210,7 +210,12 @@ func newStatusCmd(g *globals) *cobra.Command {
 			if len(args) == 1 {
 				port = args[0]
 			}
-			st, err := g.client().Status(port)
+			// The human view shows no quota samples.
+			fetch := g.client().StatusWithoutSamples
+			if asJSON && !noSamples {
+				fetch = g.client().Status
+			}
+			st, err := fetch(port)
 			if err != nil {
 				return clientErr(err)
 			}
@@ -232,6 +237,7 @@ func newStatusCmd(g *globals) *cobra.Command {
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print one JSON object")
+	cmd.Flags().BoolVar(&noSamples, "no-quota-samples", false, "with --json: leave each quota tenant's samples out (an empty list)")
 	return cmd
 }
 

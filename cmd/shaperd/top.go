@@ -46,7 +46,7 @@ With --once it prints one view (two samples --interval apart) and exits.`,
 				port = args[0]
 			}
 			c := g.client()
-			fetch := func() (api.Status, error) { return c.Status(port) }
+			fetch := func() (api.Status, error) { return c.StatusWithoutSamples(port) }
 			// The daemon must answer before the screen is taken over, so
 			// that "not running" is an ordinary error with its exit code.
 			first, err := fetch()
