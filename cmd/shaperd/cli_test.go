@@ -236,3 +236,18 @@ func TestQuarantineDefaultProfile(t *testing.T) {
 		t.Errorf("to_vm limited: %v", *q.Directions.ToVM.Limits.PPS)
 	}
 }
+
+// The human status says how many frames the tap queue dropped unread, and
+// says nothing of it when there were none.
+func TestPrintHumanTapDrops(t *testing.T) {
+	q := api.Quarantine{Port: "vm-1", State: "active", Backend: "tc"}
+	q.Directions.FromVM.TapDrops = 3051612
+	var b strings.Builder
+	printHuman(&b, q)
+	if !strings.Contains(b.String(), "and 3051612 frames dropped at the tap queue, never read (in no class)") {
+		t.Errorf("from_vm tap drops not shown:\n%s", b.String())
+	}
+	if n := strings.Count(b.String(), "tap queue"); n != 1 {
+		t.Errorf("%d tap-queue lines, want 1 (to_vm had none):\n%s", n, b.String())
+	}
+}

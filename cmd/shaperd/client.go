@@ -306,5 +306,8 @@ func printHuman(w io.Writer, q api.Quarantine) {
 			fmt.Fprintf(tw, "    %s\t%d\t%d\t%d\t%d\t%s\t\n", n, c.PassedPackets, c.PassedBytes, c.DroppedPackets, c.DroppedBytes, strings.Join(reasons, " "))
 		}
 		tw.Flush()
+		if d.dir.TapDrops > 0 {
+			fmt.Fprintf(w, "    and %d frames dropped at the tap queue, never read (in no class)\n", d.dir.TapDrops)
+		}
 	}
 }
