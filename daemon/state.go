@@ -102,9 +102,6 @@ func loadState(dir string) (map[string]savedEntry, error) {
 
 // saveState replaces the state file in dir atomically.
 func saveState(dir string, entries []savedEntry, now time.Time) error {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
 	slices.SortFunc(entries, func(a, b savedEntry) int { return strings.Compare(a.Port, b.Port) })
 	body, err := json.Marshal(stateBody{Version: 1, Written: now.UTC(), Quarantines: entries})
 	if err != nil {
@@ -115,12 +112,23 @@ func saveState(dir string, entries []savedEntry, now time.Time) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(dir, StateFile+".tmp*")
+	return writeAtomic(filepath.Join(dir, StateFile), append(data, '\n'))
+}
+
+// writeAtomic replaces path with data: a temporary file in the same
+// directory, fsync, rename, fsync of the directory; a crash leaves the old
+// file or the new one, whole.
+func writeAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
 	if err != nil {
 		return err
 	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
+	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
+	if _, err := tmp.Write(data); err != nil {
 		tmp.Close()
 		return err
 	}
@@ -131,7 +139,7 @@ func saveState(dir string, entries []savedEntry, now time.Time) error {
 	if err := tmp.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp.Name(), filepath.Join(dir, StateFile)); err != nil {
+	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
 	}
 	d, err := os.Open(dir)
