@@ -12,8 +12,6 @@ import (
 	"os"
 	"slices"
 	"sort"
-	"strconv"
-	"strings"
 	"sync"
 	"time"
 
@@ -732,14 +730,10 @@ func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
 // tapDrops reads a tap's tx_dropped: the frames the kernel could not queue
 // for the reader of the tap. 0 for no tap, or one that cannot be read.
 func tapDrops(tap string) uint64 {
-	if tap == "" || strings.ContainsAny(tap, "/.") {
+	if tap == "" {
 		return 0
 	}
-	b, err := os.ReadFile("/sys/class/net/" + tap + "/statistics/tx_dropped")
-	if err != nil {
-		return 0
-	}
-	n, _ := strconv.ParseUint(strings.TrimSpace(string(b)), 10, 64)
+	n, _ := detect.ReadAttr(tap, "statistics/tx_dropped")
 	return n
 }
 

@@ -49,7 +49,6 @@ import (
 	"path/filepath"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -586,14 +585,11 @@ func readPortMeters(ports []string) ([]quota.PortMeter, error) {
 	for _, p := range ports {
 		pm := quota.PortMeter{Name: p}
 		if c, ok := counters[p]; ok {
-			b, err := os.ReadFile(filepath.Join("/sys/class/net", p, "ifindex"))
+			ifx, err := detect.ReadAttr(p, "ifindex")
 			if err != nil {
 				return nil, fmt.Errorf("ifindex of %s: %w", p, err)
 			}
-			if pm.Ifindex, err = strconv.Atoi(strings.TrimSpace(string(b))); err != nil {
-				return nil, fmt.Errorf("ifindex of %s: %w", p, err)
-			}
-			pm.FromVMBytes, pm.ToVMBytes = c.RxBytes, c.TxBytes
+			pm.Ifindex, pm.FromVMBytes, pm.ToVMBytes = int(ifx), c.RxBytes, c.TxBytes
 		}
 		out = append(out, pm)
 	}

@@ -61,6 +61,16 @@ func readCounters(root string, names []string) (map[string]Sample, error) {
 	return out, nil
 }
 
+// ReadAttr reads one numeric attribute of the named interface from
+// /sys/class/net/NAME/ATTR, such as "ifindex" or "statistics/tx_dropped".
+// A missing interface gives an error wrapping fs.ErrNotExist.
+func ReadAttr(name, attr string) (uint64, error) {
+	if err := checkIfName(name); err != nil {
+		return 0, err
+	}
+	return readUint(filepath.Join(sysClassNet, name, attr))
+}
+
 func readUint(file string) (uint64, error) {
 	b, err := os.ReadFile(file)
 	if err != nil {

@@ -1,6 +1,8 @@
 package detect
 
 import (
+	"errors"
+	"io/fs"
 	"net"
 	"os"
 	"path/filepath"
@@ -83,5 +85,23 @@ func TestReadCountersFake(t *testing.T) {
 	}
 	if got, err := readCounters(root, nil); err != nil || len(got) != 0 {
 		t.Errorf("no names: %v, %v", got, err)
+	}
+}
+
+func TestReadAttr(t *testing.T) {
+	if _, err := os.Stat("/sys/class/net/lo/ifindex"); err != nil {
+		t.Skip("no /sys/class/net/lo here")
+	}
+	if n, err := ReadAttr("lo", "ifindex"); err != nil || n == 0 {
+		t.Errorf("ifindex of lo: %d, %v", n, err)
+	}
+	if _, err := ReadAttr("lo", "statistics/tx_dropped"); err != nil {
+		t.Errorf("tx_dropped of lo: %v", err)
+	}
+	if _, err := ReadAttr("nosuch0x", "ifindex"); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("missing interface: %v, want fs.ErrNotExist", err)
+	}
+	if _, err := ReadAttr("../lo", "ifindex"); err == nil || errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("invalid name: %v, want a name error", err)
 	}
 }
