@@ -629,7 +629,8 @@ func unmeteredSince(stop, now []quota.PortMeter) (*quota.Unmetered, string) {
 }
 
 // loadQuotasLocked reads the tenants file and restores every tenant's
-// samples, with the crash rule, at the start of Restore. Nothing is
+// samples at the start of Restore: with the crash rule, or without it
+// after a clean stop in the same interval (see unmeteredSince). Nothing is
 // spliced yet: Restore adopts the tenants' splices it finds
 // (adoptQuotaSpliceLocked) and splices the rest (spliceQuotaPortsLocked).
 func (m *Manager) loadQuotasLocked(now time.Time) {
