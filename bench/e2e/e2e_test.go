@@ -222,3 +222,21 @@ func TestDiffLines(t *testing.T) {
 		t.Fatalf("diffLines = %q", got)
 	}
 }
+
+// The bridge's own carrier is not compared; its ports' carrier is.
+func TestBridgeCarrier(t *testing.T) {
+	before := "2: br0: <NO-CARRIER,BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue\n" +
+		"3: vm-1-00c9@if2: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 master br0\n"
+	after := "2: br0: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc noqueue\n" +
+		"3: vm-1-00c9@if2: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 master br0\n"
+	b, a := stripBridgeCarrier(before, "br0"), stripBridgeCarrier(after, "br0")
+	if got := strings.SplitN(b, "\n", 2)[0]; got != "2: br0: <BROADCAST,MULTICAST,UP> mtu 1500 qdisc noqueue" {
+		t.Errorf("bridge line before = %q", got)
+	}
+	if strings.SplitN(b, "\n", 2)[0] != strings.SplitN(a, "\n", 2)[0] {
+		t.Errorf("the bridge's carrier still differs:\n%s\n%s", b, a)
+	}
+	if b == a {
+		t.Error("a port that lost its carrier went unnoticed")
+	}
+}

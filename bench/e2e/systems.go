@@ -313,6 +313,25 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, " | ")
 }
 
+// stripBridgeCarrier removes the carrier flags (NO-CARRIER, LOWER_UP) from
+// the bridge device's own line of `ip -o link show` output. A bridge's
+// carrier follows its ports by itself (a new bridge gains it a moment after
+// they come up): the ports' own flags are compared, the bridge's are not
+// plumbing.
+func stripBridgeCarrier(out, br string) string {
+	line := regexp.MustCompile(`(?m)^\d+: ` + regexp.QuoteMeta(br) + `: <[^>]*>`)
+	return line.ReplaceAllStringFunc(out, func(l string) string {
+		head, flags, _ := strings.Cut(strings.TrimSuffix(l, ">"), "<")
+		var keep []string
+		for _, f := range strings.Split(flags, ",") {
+			if f != "NO-CARRIER" && f != "LOWER_UP" {
+				keep = append(keep, f)
+			}
+		}
+		return head + "<" + strings.Join(keep, ",") + ">"
+	})
+}
+
 // snapshot lists the hypervisor namespace's plumbing (links, qdiscs, ingress
 // filters, nftables, bridge ports; flows and meters in ovs mode) so that a
 // cell can check its teardown removed exactly what its setup added.
@@ -324,6 +343,7 @@ bridge link show 2>/dev/null | sed 's/ state [a-z]*//' || true`)
 	if err != nil {
 		return "", err
 	}
+	out = stripBridgeCarrier(out, l.get("BRIDGE"))
 	if l.mode == "ovs" && l.get("OVS_RUNDIR") != "" {
 		br := l.get("BRIDGE")
 		flows, err := l.ovs("ovs-ofctl", "-O", "OpenFlow13", "dump-flows", br, "--no-stats")

@@ -205,7 +205,53 @@ setup_ns() { # setup_ns NS: create, lo up, no IPv6 DAD or RA noise
 	for k in all default; do
 		sysctl_ns "$ns" net.ipv6.conf.$k.accept_dad 0
 		sysctl_ns "$ns" net.ipv6.conf.$k.accept_ra 0
+		sysctl_ns "$ns" net.ipv6.conf.$k.router_solicitations 0
 	done
+}
+
+# port_frames: the frames every hypervisor port has seen so far, summed.
+port_frames() {
+	local g f sum=0 d
+	for g in $GUESTS; do
+		d=/sys/class/net/$(port_of "$g")/statistics
+		for f in rx_packets tx_packets; do
+			sum=$((sum + $(ip netns exec "$HV_NS" cat "$d/$f")))
+		done
+	done
+	echo "$sum"
+}
+
+# settle: wait until the lab stops changing by itself, so that nothing is
+# measured or snapshotted while it does. The bridge gains carrier, and its
+# ports reach the forwarding state, a moment after they come up; and the
+# guests' kernels send IPv6 multicast listener reports (MLD) for a second
+# or two after link-up. Quiet means no frame on any port for 1.5 s; give up
+# after 15 s.
+settle() {
+	local g i state last now quiet=0
+	if [[ $mode == bridge ]]; then
+		for i in $(seq 100); do
+			state=$(ip netns exec "$HV_NS" cat /sys/class/net/br0/carrier 2>/dev/null || echo 0)
+			for g in $GUESTS; do
+				[[ $(ip netns exec "$HV_NS" cat "/sys/class/net/$(port_of "$g")/brport/state") == 3 ]] || state=0
+			done
+			[[ $state == 1 ]] && break
+			sleep 0.1
+		done
+		[[ $state == 1 ]] || die "the bridge br0 has no carrier, or a port is not forwarding, 10 s after up"
+	fi
+	last=$(port_frames)
+	for i in $(seq 150); do
+		sleep 0.1
+		now=$(port_frames)
+		if [[ $now == "$last" ]]; then
+			quiet=$((quiet + 1))
+			[[ $quiet -ge 15 ]] && return 0
+		else
+			quiet=0 last=$now
+		fi
+	done
+	die "the lab is not quiet: its ports still see frames 15 s after up"
 }
 
 bring_up() {
@@ -287,6 +333,7 @@ bring_up() {
 			lab_ping "$(ns_of "$src")" "$(ip6_of "$dst")" || die "$src cannot ping $dst ($(ip6_of "$dst"))"
 		done
 	done
+	settle
 	log "lab '$LAB' is up; tear down with: LAB=$LAB $0 down"
 	print_env
 	created=() # success: nothing to undo
