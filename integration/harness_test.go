@@ -26,16 +26,12 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/internal/netnstest"
 )
 
 func binDir(t *testing.T) string {
 	t.Helper()
-	if os.Getenv("SHAPERD_NETNS") != "1" {
-		t.Skip("netns integration test: set SHAPERD_NETNS=1 (make test does)")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("netns integration test: needs root")
-	}
+	netnstest.Require(t, "ip", "tc", "bridge", "nft", "ethtool", "tmux")
 	dir := os.Getenv("SHAPERD_BIN")
 	if dir == "" {
 		t.Fatal("SHAPERD_BIN is not set: point it at the directory holding shaperd, flood, sink and probe (make test does)")
@@ -58,9 +54,7 @@ type lab struct {
 func newLab(t *testing.T, mode string) *lab {
 	t.Helper()
 	bin := binDir(t)
-	b := make([]byte, 3)
-	rand.Read(b)
-	name := "it" + hex.EncodeToString(b)[:4]
+	name := "it" + randName(4)
 	script := filepath.Join(repoRoot(), "scripts/netns/lab.sh")
 	labEnv := []string{"LAB=" + name}
 	var ovsDir string
@@ -110,6 +104,13 @@ func newLab(t *testing.T, mode string) *lab {
 }
 
 func (l *lab) get(k string) string { return l.env[k] }
+
+// randName is n random hex digits, for lab and object names.
+func randName(n int) string {
+	b := make([]byte, (n+1)/2)
+	rand.Read(b)
+	return hex.EncodeToString(b)[:n]
+}
 
 // inNS returns a command running argv inside namespace ns.
 func inNS(ns string, argv ...string) *exec.Cmd {

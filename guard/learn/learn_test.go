@@ -24,6 +24,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/shaperd/shaperd/guard"
+	"github.com/shaperd/shaperd/internal/netnstest"
 )
 
 var seq atomic.Int32
@@ -49,9 +50,7 @@ func run(t *testing.T, args ...string) string {
 // namespace.
 func newLab(t *testing.T) *lab {
 	t.Helper()
-	if os.Getenv("SHAPERD_NETNS") != "1" || os.Geteuid() != 0 {
-		t.Skip("netns test: set SHAPERD_NETNS=1 and run as root")
-	}
+	netnstest.Require(t, "ip")
 	base := fmt.Sprintf("shgl-%d-%d", os.Getpid(), seq.Add(1))
 	l := &lab{t: t, host: base + "-h", vm: base + "-v"}
 	for _, ns := range []string{l.host, l.vm} {

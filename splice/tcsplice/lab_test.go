@@ -31,22 +31,15 @@ import (
 	"github.com/songgao/water"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
+
+	"github.com/shaperd/shaperd/internal/netnstest"
 )
 
-// requireLab skips unless the integration tests were asked for and can run.
+// requireLab skips unless the integration tests were asked for, and fails
+// if they were but cannot run.
 func requireLab(t *testing.T) {
 	t.Helper()
-	if os.Getenv("SHAPERD_NETNS") != "1" {
-		t.Skip("netns integration test: set SHAPERD_NETNS=1 and run as root")
-	}
-	if os.Geteuid() != 0 {
-		t.Skip("netns integration test: needs root")
-	}
-	for _, bin := range []string{"ip", "bridge", "tc"} {
-		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("netns integration test: %s not found", bin)
-		}
-	}
+	netnstest.Require(t, "ip", "bridge", "tc", "nft")
 }
 
 const (
