@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -25,16 +26,25 @@ func TestControlSocketPeerCredentials(t *testing.T) {
 		t.Fatalf("socket %s: mode %v uid %d gid %d, want 0660 root:nogroup(65534)", d.sock, fi.Mode().Perm(), st.Uid, st.Gid)
 	}
 	// The test's temp dirs are 0700; let other uids reach the socket.
-	os.Chmod(filepath.Dir(d.sock), 0o755)
-	for dir := filepath.Dir(filepath.Dir(d.sock)); dir != "/" && strings.HasPrefix(dir, os.TempDir()); dir = filepath.Dir(dir) {
-		os.Chmod(dir, 0o755)
+	for dir := filepath.Dir(d.sock); strings.HasPrefix(dir, os.TempDir()+"/"); dir = filepath.Dir(dir) {
+		if err := os.Chmod(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
 	}
+	// The client runs from a copy beside the socket: the checkout (bin/)
+	// may sit in a 0700 home directory that uid 65534 cannot enter.
+	client := filepath.Join(filepath.Dir(d.sock), "shaperd-client")
+	copyFile(t, filepath.Join(l.bin, "shaperd"), client, 0o755)
 	as := func(uid, gid uint32, args ...string) (int, string) {
-		cmd := exec.Command(filepath.Join(l.bin, "shaperd"), append([]string{"--socket", d.sock}, args...)...)
+		cmd := exec.Command(client, append([]string{"--socket", d.sock}, args...)...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: gid, Groups: []uint32{}}}
 		out, err := cmd.CombinedOutput()
-		if ee, ok := err.(*exec.ExitError); ok {
+		var ee *exec.ExitError
+		switch {
+		case errors.As(err, &ee):
 			return ee.ExitCode(), string(out)
+		case err != nil:
+			t.Fatalf("uid %d gid %d could not run %s: %v", uid, gid, client, err)
 		}
 		return 0, string(out)
 	}
@@ -47,7 +57,9 @@ func TestControlSocketPeerCredentials(t *testing.T) {
 		t.Errorf("uid 65534 gid 4242 through a 0660 socket: exit %d %q, want 1, permission denied", code, out)
 	}
 	// Even if the mode were wrong, the peer's credentials are checked.
-	os.Chmod(d.sock, 0o666)
+	if err := os.Chmod(d.sock, 0o666); err != nil {
+		t.Fatal(err)
+	}
 	if code, out := as(65534, 4242, "quarantine", port, "--pps", "10"); code != 1 || !strings.Contains(out, "neither root nor") {
 		t.Errorf("uid 65534 gid 4242 through a 0666 socket: exit %d %q, want 1 refused by SO_PEERCRED", code, out)
 	}
@@ -56,5 +68,20 @@ func TestControlSocketPeerCredentials(t *testing.T) {
 	}
 	if !strings.Contains(d.logBuf.String(), `result=refused`) {
 		t.Errorf("refusal not audited:\n%s", d.logBuf.String())
+	}
+}
+
+// copyFile copies src to dst with the given mode.
+func copyFile(t *testing.T, src, dst string, mode os.FileMode) {
+	t.Helper()
+	b, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dst, b, mode); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(dst, mode); err != nil {
+		t.Fatal(err)
 	}
 }
