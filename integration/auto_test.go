@@ -19,6 +19,24 @@ import (
 // seconds, watching vm-*.
 func labConfig() string { return filepath.Join(repoRoot(), "scripts", "netns", "lab.yaml") }
 
+// labConfigWith writes the lab config with old replaced by new (which must
+// occur in it once) and returns its path.
+func labConfigWith(t *testing.T, old, new string) string {
+	t.Helper()
+	b, err := os.ReadFile(labConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), old); n != 1 {
+		t.Fatalf("%s has %q %d times, want once", labConfig(), old, n)
+	}
+	p := filepath.Join(t.TempDir(), "lab.yaml")
+	if err := os.WriteFile(p, []byte(strings.Replace(string(b), old, new, 1)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 func (d *daemon) fullStatus() api.Status {
 	d.l.t.Helper()
 	var st api.Status
@@ -92,11 +110,10 @@ func TestAutoQuarantine(t *testing.T) {
 	time.Sleep(time.Second)
 	got := l.rxRate(ext, "eth0", 2*time.Second)
 	t.Logf("stage 1 delivers %.0f pps to the external host (target 10000)", got)
-	// That stage 1's limit is in force is what this checks; the shaped
-	// rate's 2% accuracy is TestShapeMode's (a 10x overload, where the
-	// forwarder is not starved by a max-rate flood on the same two cores).
-	if !within(got, 10000, 0.10) {
-		t.Errorf("stage 1 delivers %.0f pps; want 10000 within 10%%", got)
+	// Under a max-rate flood on the same two cores the shaped rate is held
+	// a little less tightly than TestShapeMode's 2% (a 10x overload).
+	if !within(got, 10000, 0.03) {
+		t.Errorf("stage 1 delivers %.0f pps; want 10000 within 3%%", got)
 	}
 	st = d.fullStatus()
 	// The abuse report's figures: the flood's destination first.
@@ -233,19 +250,23 @@ func TestAlertmanagerWebhook(t *testing.T) {
 }
 
 // TestLadderOnLab walks the ladder on the real lab with the lab config's
-// durations (8 s stages, 4 s clear_after): a flood at full speed is
-// flagged, shaped to 10000 pps in stage 1, to 2500 pps in stage 2, blocked
-// in stage 3 (the on-block hook runs, ssh-like traffic still passes); once
-// the flood stops, probation steps down to stage 1's limits and the splice
-// is released, leaving the plumbing as it was.
+// durations (8 s stages; clear_after 8 s instead of 4 s): a flood at full
+// speed is flagged, shaped to 10000 pps in stage 1, to 2500 pps in stage 2
+// (each within 3%), blocked in stage 3 (at most 5 pps of non-bypass traffic;
+// the on-block hook runs, ssh-like traffic still passes); once the flood
+// stops, probation steps down to stage 2's limits, then to stage 1's, which
+// shape a calm 20000 pps to 10000 within 3%, and the splice is released,
+// leaving the plumbing as it was.
 func TestLadderOnLab(t *testing.T) {
 	l := newLab(t, "bridge")
 	vm1, ext, port1 := l.get("VM1_NS"), l.get("EXT_NS"), l.get("VM1_PORT")
 	hookLog := filepath.Join(t.TempDir(), "hook.log")
 	t.Setenv("SHAPERD_HOOK_LOG", hookLog)
 	before := l.snapshot()
-	d := l.startDaemon("--config", labConfig())
-	l.bg(ext, "sink", "--listen", l.get("EXT_IP")+":9", "--duration", "90s")
+	// The lab's ladder, with a calm period long enough to measure a
+	// probation rung.
+	d := l.startDaemon("--config", labConfigWith(t, "clear_after: 4s", "clear_after: 8s"))
+	l.bg(ext, "sink", "--listen", l.get("EXT_IP")+":9", "--duration", "120s")
 	l.bg(vm1, "probe", "server", "--listen", l.get("VM1_IP")+":22")
 	flood := l.bg(vm1, "flood", "--dst", l.get("EXT_IP"), "--size", "250", "--pps", "0", "--duration", "0")
 
@@ -266,8 +287,10 @@ func TestLadderOnLab(t *testing.T) {
 		passedFrom := func() (passed uint64, drops map[string]uint64, at time.Time) {
 			drops = map[string]uint64{}
 			q, at := d.statusAt(port1)
-			for _, c := range q.Directions.FromVM.Classes {
-				passed += c.PassedPackets
+			for name, c := range q.Directions.FromVM.Classes {
+				if name != "bypass" && name != "control" {
+					passed += c.PassedPackets
+				}
 				for r, n := range c.Drops {
 					if n > 0 {
 						drops[r] += n
@@ -284,19 +307,18 @@ func TestLadderOnLab(t *testing.T) {
 		t.Logf("%s reached after %v: %s, delivers %.0f pps (the forwarder passes %.0f pps); passed %d, drops %v, queue %+v", stage, took.Round(time.Millisecond),
 			fmtLim(from.Limits), got, fwd, passed, drops, from.Queue)
 		if want == 0 {
-			if got > 50 {
-				t.Errorf("%s delivers %.0f pps; want none", stage, got)
+			// Stage 3 passes only the bypass and control classes; the
+			// probe is not running, so the host receives next to nothing.
+			if got > 5 || fwd > 5 {
+				t.Errorf("%s delivers %.0f pps (the forwarder passes %.0f pps of non-bypass traffic); want at most 5", stage, got, fwd)
 			}
 			return
 		}
-		// The stage's limits are what this checks (10000, 2500, 0 are
-		// far apart); the shaped rate's 2% accuracy is TestShapeMode's.
 		// Under a max-rate flood on two cores, the forwarder gets less
-		// CPU than in that test: measured 98.5-100% of the target here,
-		// also with two busy loops competing for the cores (before the
-		// input goroutines released due frames themselves: 60-94%).
-		if !within(got, want, 0.10) {
-			t.Errorf("%s delivers %.0f pps; want %.0f within 10%%", stage, got, want)
+		// CPU than in TestShapeMode (2%): measured 98.5-100% of the
+		// target here, also with two busy loops competing for the cores.
+		if !within(got, want, 0.03) {
+			t.Errorf("%s delivers %.0f pps; want %.0f within 3%%", stage, got, want)
 		}
 	}
 	stageRate("stage1", 10000)
@@ -317,14 +339,40 @@ func TestLadderOnLab(t *testing.T) {
 	// The flood stops: probation, step down, release.
 	flood.cmd.Process.Signal(os.Interrupt)
 	flood.wait(t, 5*time.Second)
-	if _, took, ok := d.waitFor(10*time.Second, func(st api.Status) bool {
-		q := quarantineOf(st, port1)
-		return q != nil && q.Stage == "probation"
-	}); !ok {
-		t.Fatal("no probation after the flood stopped")
-	} else {
-		t.Logf("probation %v after the flood stopped", took.Round(time.Millisecond))
+	inProbation := func(pps float64) func(api.Status) bool {
+		return func(st api.Status) bool {
+			q := quarantineOf(st, port1)
+			return q != nil && q.Stage == "probation" && q.Directions.FromVM.Limits.PPS != nil && *q.Directions.FromVM.Limits.PPS == pps
+		}
 	}
+	if _, took, ok := d.waitFor(15*time.Second, inProbation(2500)); !ok {
+		t.Fatal("no probation with stage 2's limits after the flood stopped")
+	} else {
+		t.Logf("probation with stage 2's limits %v after the flood stopped", took.Round(time.Millisecond))
+	}
+	// One rung down, probation applies stage 1's limits: a load under the
+	// threshold (calm) but above stage 1's budget is shaped to it.
+	st, took, ok := d.waitFor(15*time.Second, inProbation(10000))
+	if !ok {
+		t.Fatalf("probation never stepped down to stage 1's limits: %+v", st.Quarantines)
+	}
+	from := quarantineOf(st, port1).Directions.FromVM
+	t.Logf("probation with stage 1's limits %v later: %s, mode %s, delay %vms", took.Round(time.Millisecond), fmtLim(from.Limits), from.Mode, from.Queue.DelayMS)
+	if from.Mode != "shape" || from.Limits.BitsPerSecond == nil || from.Queue.DelayMS != 200 {
+		t.Errorf("probation's limits: mode %s, %s, delay %vms; want stage 1's: shape, a byte budget, 200 ms", from.Mode, fmtLim(from.Limits), from.Queue.DelayMS)
+	}
+	calm := l.bg(vm1, "flood", "--dst", l.get("EXT_IP"), "--size", "250", "--pps", "20000", "--duration", "6s")
+	time.Sleep(2500 * time.Millisecond) // the delay queue fills, as for a stage
+	got := l.rxRate(ext, "eth0", 2*time.Second)
+	q = d.status(port1)
+	t.Logf("probation, 20000 pps offered: delivers %.0f pps; stage %s", got, q.Stage)
+	if q.Stage != "probation" {
+		t.Errorf("a load under the threshold ended probation: stage %s", q.Stage)
+	}
+	if !within(got, 10000, 0.03) {
+		t.Errorf("probation with stage 1's limits delivers %.0f pps; want 10000 within 3%%", got)
+	}
+	calm.wait(t, 10*time.Second)
 	if _, took, ok := d.waitFor(20*time.Second, func(st api.Status) bool { return len(st.Quarantines) == 0 }); !ok {
 		t.Fatal("not released after probation")
 	} else {
