@@ -4,10 +4,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/shaperd/shaperd/api"
 )
 
 // plumbing counts what a splice consists of in the hypervisor namespace:
@@ -32,13 +35,19 @@ func (l *lab) plumbing(port string) (taps int, filters string) {
 func TestKill9Restart(t *testing.T) {
 	for _, tc := range []struct {
 		name  string
-		state func(dir string)
+		state func(dir string) error
+		// The recovery the new daemon must report: its log lines, in
+		// order, each a regular expression.
+		log []string
 	}{
-		{"state file", func(string) {}},
-		{"state file deleted", func(dir string) { os.Remove(filepath.Join(dir, "state", "state.json")) }},
-		{"state file corrupt", func(dir string) {
-			os.WriteFile(filepath.Join(dir, "state", "state.json"), []byte(`{"sha256":"00","body":{"version":1}}`), 0o600)
-		}},
+		{"state file", func(string) error { return nil },
+			[]string{`"adopted splice".*limits_from="state file"`}},
+		{"state file deleted", func(dir string) error { return os.Remove(filepath.Join(dir, "state", "state.json")) },
+			[]string{`"no state file: adopting whatever splices are found"`, `"adopted splice".*limits_from=plumbing`}},
+		{"state file corrupt", func(dir string) error {
+			return os.WriteFile(filepath.Join(dir, "state", "state.json"), []byte(`{"sha256":"00","body":{"version":1}}`), 0o600)
+		}, []string{`"state file unusable: rebuilding from the plumbing".*state file is corrupt`,
+			`"corrupt state file set aside" path=\S+/state\.json\.corrupt-`, `"adopted splice".*limits_from=plumbing`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			l := newLab(t, "bridge")
@@ -53,7 +62,9 @@ func TestKill9Restart(t *testing.T) {
 			time.Sleep(2 * time.Second)
 
 			d.kill9()
-			tc.state(dir)
+			if err := tc.state(dir); err != nil {
+				t.Fatal(err)
+			}
 			start := time.Now()
 			d2 := l.startDaemonIn(dir)
 			for {
@@ -67,6 +78,15 @@ func TestKill9Restart(t *testing.T) {
 				time.Sleep(20 * time.Millisecond)
 			}
 			t.Logf("in force again %v after the new daemon started", time.Since(start).Round(time.Millisecond))
+			rest := d2.logBuf.String()
+			for _, re := range tc.log {
+				loc := regexp.MustCompile(re).FindStringIndex(rest)
+				if loc == nil {
+					t.Errorf("the new daemon's log lacks %s (in order):\n%s", re, d2.logBuf.String())
+					break
+				}
+				rest = rest[loc[1]:]
+			}
 			q := d2.status(port)
 			if q.Directions.FromVM.Limits.PPS == nil || *q.Directions.FromVM.Limits.PPS != 5000 ||
 				q.Directions.ToVM.Limits.BitsPerSecond == nil || *q.Directions.ToVM.Limits.BitsPerSecond != 16_000_000 {
@@ -176,29 +196,85 @@ func TestOfflineRelease(t *testing.T) {
 }
 
 // TestSIGHUPReload: SIGHUP with an invalid config keeps the daemon and its
-// config running, with the error logged; a valid one is applied.
+// config running, with the error logged. A valid one is applied: a watch
+// pattern that now matches a flooding port gets it quarantined, while a key
+// that needs a restart (socket_group) is named in the log and not applied.
 func TestSIGHUPReload(t *testing.T) {
 	l := newLab(t, "bridge")
+	vm1, ext := l.get("VM1_NS"), l.get("EXT_NS")
+	port1, port2 := l.get("VM1_PORT"), l.get("VM2_PORT")
+	lab, err := os.ReadFile(labConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	const watchAll = `watch: ["vm-*"]`
+	if strings.Count(string(lab), watchAll) != 1 {
+		t.Fatalf("%s lacks %s", labConfig(), watchAll)
+	}
 	cfg := filepath.Join(t.TempDir(), "shaperd.yaml")
-	os.WriteFile(cfg, []byte("log_level: info\n"), 0o644)
+	write := func(text string) {
+		t.Helper()
+		if err := os.WriteFile(cfg, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// At start the watch matches no port of the lab.
+	write(strings.Replace(string(lab), watchAll, `watch: ["nomatch-*"]`, 1))
 	d := l.startDaemon("--config", cfg)
-	d.must("quarantine", l.get("VM1_PORT"), "--pps", "1000")
-	os.WriteFile(cfg, []byte("log_level: loud\n"), 0o644)
-	d.cmd.Process.Signal(syscall.SIGHUP)
-	waitLog := func(s string) {
+	d.must("quarantine", port2, "--pps", "1000")
+	l.bg(ext, "sink", "--listen", l.get("EXT_IP")+":9", "--duration", "60s")
+	l.bg(vm1, "flood", "--dst", l.get("EXT_IP"), "--size", "250", "--pps", "0", "--duration", "30s")
+	time.Sleep(3 * time.Second) // watch_interval 500ms, flag_after 1s
+	if st := d.fullStatus(); quarantineOf(st, port1) != nil || len(st.Flagged) != 0 {
+		t.Fatalf("a port outside the watch pattern was flagged: %+v %+v", st.Quarantines, st.Flagged)
+	}
+
+	waitLog := func(s string, n int) {
+		t.Helper()
 		deadline := time.Now().Add(3 * time.Second)
-		for !strings.Contains(d.logBuf.String(), s) {
+		for strings.Count(d.logBuf.String(), s) < n {
 			if time.Now().After(deadline) {
 				t.Fatalf("log lacks %q:\n%s", s, d.logBuf.String())
 			}
 			time.Sleep(20 * time.Millisecond)
 		}
 	}
-	waitLog("config not reloaded")
-	if q := d.status(l.get("VM1_PORT")); q.State != "active" {
+	// Invalid: nothing changes.
+	write(strings.Replace(string(lab), watchAll, `watch: ["vm-*"]`+"\nlog_level: loud", 1))
+	d.cmd.Process.Signal(syscall.SIGHUP)
+	waitLog("config not reloaded", 1)
+	time.Sleep(2 * time.Second)
+	if st := d.fullStatus(); quarantineOf(st, port1) != nil || len(st.Flagged) != 0 {
+		t.Errorf("an invalid reload applied its watch pattern: %+v %+v", st.Quarantines, st.Flagged)
+	}
+	if q := d.status(port2); q.State != "active" {
 		t.Errorf("after an invalid reload: %+v", q)
 	}
-	os.WriteFile(cfg, []byte("log_level: warn\n"), 0o644)
+
+	// Valid: the watch pattern applies at once; socket_group needs a
+	// restart, so the socket keeps its group.
+	fi, err := os.Stat(d.sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gid := fi.Sys().(*syscall.Stat_t).Gid
+	write(string(lab) + "socket_group: nogroup\n")
 	d.cmd.Process.Signal(syscall.SIGHUP)
-	waitLog("config reloaded")
+	waitLog("config reloaded", 1)
+	if !strings.Contains(d.logBuf.String(), "need_restart=[socket_group]") {
+		t.Errorf("the reload does not name socket_group as needing a restart:\n%s", d.logBuf.String())
+	}
+	st, took, ok := d.waitFor(5*time.Second, func(st api.Status) bool {
+		q := quarantineOf(st, port1)
+		return q != nil && q.State == "active" && q.Origin == "watch"
+	})
+	if !ok {
+		t.Fatalf("the reloaded watch pattern did not quarantine the flooding %s: %+v %+v", port1, st.Quarantines, st.Flagged)
+	}
+	t.Logf("reloaded watch pattern: %s quarantined %v after SIGHUP", port1, took.Round(time.Millisecond))
+	if fi, err := os.Stat(d.sock); err != nil {
+		t.Error(err)
+	} else if g := fi.Sys().(*syscall.Stat_t).Gid; g != gid {
+		t.Errorf("socket_group was applied without a restart: the socket's gid is %d, was %d", g, gid)
+	}
 }
