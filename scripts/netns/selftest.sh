@@ -74,8 +74,10 @@ done
 FLOOD=$TMP/flood SINK=$TMP/sink PROBE=$TMP/probe
 
 # --- refusals that need no lab (and cannot send anywhere if they failed) ---
-if "$LABSH" up ovs 2>"$TMP/ovs.err"; then fail "lab.sh up ovs was accepted"; fi
-grep -q "not implemented" "$TMP/ovs.err" || fail "lab.sh up ovs: unclear message: $(cat "$TMP/ovs.err")"
+if "$LABSH" up nosuchmode 2>"$TMP/mode.err"; then fail "lab.sh up nosuchmode was accepted"; fi
+grep -q "unknown mode 'nosuchmode'" "$TMP/mode.err" || fail "lab.sh up nosuchmode: unclear message: $(cat "$TMP/mode.err")"
+if LAB='bad-name' "$LABSH" up 2>"$TMP/name.err"; then fail "lab.sh accepted LAB=bad-name"; fi
+grep -q "letters, digits or _" "$TMP/name.err" || fail "LAB=bad-name: unclear message: $(cat "$TMP/name.err")"
 # An unnamed namespace has no routes at all: safe place to check the guard.
 command -v unshare >/dev/null || fail "unshare (util-linux) is needed"
 if unshare -n "$FLOOD" --dst 198.18.0.100 --duration 1s 2>"$TMP/g.err"; then fail "flood ran outside a named netns"; fi
@@ -86,7 +88,7 @@ for bad in 10.0.0.1 192.0.2.1 2001:db8::1 fd00::1; do
 done
 if "$PROBE" client --connect 10.0.0.1:22 --count 1 2>/dev/null; then fail "probe accepted 10.0.0.1"; fi
 if "$SINK" --listen 10.0.0.1:9 2>/dev/null; then fail "sink accepted 10.0.0.1"; fi
-say "ok: refusals (ovs mode, outside netns, non-lab addresses)"
+say "ok: refusals (unknown mode, bad lab name, outside netns, non-lab addresses)"
 
 # --- lab up ---
 lab_built=1
@@ -99,7 +101,8 @@ for v in LAB HV_NS VM1_NS VM2_NS EXT_NS EXT2_NS VM1_PORT VM2_PORT EXT_PORT EXT2_
 done
 if LAB_PROBE=$PROBE "$LABSH" up >/dev/null 2>"$TMP/up2.err"; then fail "second up was accepted"; fi
 grep -q "already exists" "$TMP/up2.err" || fail "second up: $(cat "$TMP/up2.err")"
-ip netns exec "$HV_NS" ip -br link show master "$BRIDGE" | grep -q "^$VM1_PORT" || fail "$VM1_PORT is not in $BRIDGE"
+ip netns exec "$HV_NS" ip -br link show master "$BRIDGE" >"$TMP/members" || fail "ip link show master $BRIDGE"
+grep -q "^$VM1_PORT" "$TMP/members" || fail "$VM1_PORT is not in $BRIDGE: $(cat "$TMP/members")"
 say "ok: lab $LAB up ($VM1_PORT, $VM2_PORT, $EXT_PORT, $EXT2_PORT on $BRIDGE in $HV_NS)"
 
 # --- 1. UDP at maximum rate, 250-byte frames, 5 s ---

@@ -1,0 +1,22 @@
+package integration
+
+import (
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// TestLabSelftest runs scripts/netns/selftest.sh, the smoke test of the lab
+// and its tools (flood, sink, probe) that scripts/netns/README.md
+// advertises: lab.sh's refusals, a lab built and torn down, and what each
+// tool promises on it.
+func TestLabSelftest(t *testing.T) {
+	binDir(t) // the netns gate
+	cmd := exec.Command(filepath.Join(repoRoot(), "scripts/netns/selftest.sh"))
+	cmd.Env = append(cmd.Environ(), "LAB=it"+randName(4))
+	out, err := cmd.CombinedOutput()
+	t.Logf("selftest.sh:\n%s", out)
+	if err != nil {
+		t.Fatalf("selftest.sh: %v", err)
+	}
+}
