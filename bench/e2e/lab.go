@@ -54,7 +54,7 @@ func randHex(n int) string {
 }
 
 // notImplemented matches lab.sh's refusals of a mode it does not have.
-var notImplemented = regexp.MustCompile(`(?i)not implemented|unknown mode|only 'bridge' is available`)
+var notImplemented = regexp.MustCompile(`unknown mode '`)
 
 // upLab builds a lab in mode. A mode lab.sh does not offer (or OVS not being
 // installed, for ovs) is an unavailableError naming the reason.

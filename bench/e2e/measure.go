@@ -222,7 +222,7 @@ func (h *harness) runCell(ctx context.Context, sys system, l *lab, size int, loa
 		Error                   string  `json:"error"`
 	}
 	if err := json.Unmarshal(lastJSON(probe.out.String()), &pr); err != nil {
-		return fail(fmt.Errorf("probe client printed no result (%v): %s", err, lastLines(probe.err.String(), 3)))
+		return fail(fmt.Errorf("probe client printed no result (%v; it exited: %v, %d bytes on stdout): %s", err, probe.waitErr, len(probe.out.String()), lastLines(probe.err.String(), 3)))
 	}
 	// A message never sent (connect failed, interrupted) is lost too.
 	r.ProbeSent, r.ProbeCompleted, r.ProbeFailed = count, pr.Completed, count-pr.Completed
