@@ -26,11 +26,11 @@ tools:
 test: deps build tools unit integration skips
 
 # The unit run's full go test -v output goes to bin/unit.log; the terminal
-# gets the results and the failures' file:line lines.
+# gets each package's result and the whole output of every failed test.
 unit:
 	$(GO) vet ./...
 	@mkdir -p $(BIN)
-	$(GO) test -race -count=1 -v ./... 2>&1 | tee $(BIN)/unit.log | grep -E '^(--- FAIL|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
+	$(GO) test -race -count=1 -v ./... 2>&1 | tee $(BIN)/unit.log | awk -f scripts/testsummary.awk ; exit $${PIPESTATUS[0]}
 	$(GO) test -run='^$$' -bench=. -benchtime=1x ./...
 
 # One netns run at a time on a machine: the lab, OVS and the cores are shared.
