@@ -2,11 +2,13 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/shaperd/shaperd/guard"
@@ -59,10 +61,12 @@ func (m *Manager) learnGuard(port string, bridge bool) (guard.Config, []string) 
 	if m.guardLearner != nil {
 		return m.guardLearner(port, bridge)
 	}
-	var cfg guard.Config
 	var from []string
-	if c, err := fromLibvirt(port); err == nil {
-		cfg, from = c, append(from, "libvirt")
+	ctx, cancel := context.WithTimeout(context.Background(), virshTimeout)
+	cfg, err := fromLibvirt(ctx, port)
+	cancel()
+	if err == nil {
+		from = append(from, "libvirt")
 	} else {
 		from = append(from, "libvirt ("+err.Error()+")")
 	}
@@ -90,29 +94,75 @@ func (m *Manager) SetGuardLearner(f func(port string, bridge bool) (guard.Config
 	m.guardLearner = f
 }
 
-// virsh runs virsh with a timeout; a hook for tests.
-var virsh = func(args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	out, err := exec.CommandContext(ctx, "virsh", append([]string{"-q"}, args...)...).Output()
-	return string(out), err
+// virshTimeout bounds one address lookup in libvirt, every virsh call of it
+// together: it runs before the splice, while the caller waits.
+const virshTimeout = 5 * time.Second
+
+// virsh runs `virsh -q ARGS` and returns its standard output. An exit with
+// an error names the command and carries virsh's own message (its standard
+// error). Once ctx is done, virsh and whatever it started are killed, and
+// the error wraps ctx's (context.DeadlineExceeded past its deadline).
+func virsh(ctx context.Context, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "virsh", append([]string{"-q"}, args...)...)
+	// Its own process group, killed whole: a child still holding the
+	// output pipe (ssh for a remote URI) would otherwise keep Output
+	// waiting past the deadline. WaitDelay is the backstop for a child
+	// that left the group.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	cmd.Cancel = func() error { return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL) }
+	cmd.WaitDelay = 100 * time.Millisecond
+	out, err := cmd.Output()
+	if err == nil {
+		return string(out), nil
+	}
+	what := "virsh " + strings.Join(args, " ")
+	if ctx.Err() != nil {
+		return "", fmt.Errorf("%s: no answer in time: %w", what, ctx.Err())
+	}
+	var exit *exec.ExitError
+	if errors.As(err, &exit) {
+		var msg []string
+		for _, line := range strings.Split(string(exit.Stderr), "\n") {
+			if line = strings.TrimSpace(line); line != "" {
+				msg = append(msg, line)
+			}
+		}
+		if len(msg) > 0 {
+			return "", fmt.Errorf("%s: %w: %s", what, err, strings.Join(msg, "; "))
+		}
+	}
+	return "", fmt.Errorf("%s: %w", what, err)
 }
 
 // fromLibvirt asks libvirt for the domain whose interface is port, its MAC
 // there, and the addresses libvirt knows for it (its DHCP leases, else the
-// host's ARP table).
-func fromLibvirt(port string) (guard.Config, error) {
+// host's ARP table). It returns what it found even with an error: a MAC
+// whose addresses virsh could not list (or not in time) is still the VM's.
+// Every virsh call shares ctx, so ctx's deadline bounds the whole lookup.
+func fromLibvirt(ctx context.Context, port string) (guard.Config, error) {
 	var cfg guard.Config
 	if _, err := exec.LookPath("virsh"); err != nil {
 		return cfg, fmt.Errorf("not installed")
 	}
-	doms, err := virsh("list", "--name")
+	doms, err := virsh(ctx, "list", "--name")
 	if err != nil {
 		return cfg, err
 	}
-	for _, dom := range strings.Fields(doms) {
-		ifs, err := virsh("domiflist", dom)
+	var failed []string
+	// One name a line: a domain's name may hold spaces.
+	for _, dom := range strings.Split(doms, "\n") {
+		dom = strings.TrimSpace(dom)
+		if dom == "" {
+			continue
+		}
+		ifs, err := virsh(ctx, "domiflist", dom)
 		if err != nil {
+			if ctx.Err() != nil {
+				return cfg, err
+			}
+			// A domain may go away between the list and this call;
+			// the others are still worth asking.
+			failed = append(failed, err.Error())
 			continue
 		}
 		mac := macOfInterface(ifs, port)
@@ -120,16 +170,27 @@ func fromLibvirt(port string) (guard.Config, error) {
 			continue
 		}
 		cfg.MACs = []net.HardwareAddr{mac}
+		var unanswered []string
 		for _, src := range []string{"lease", "arp"} {
-			out, err := virsh("domifaddr", dom, "--source", src)
-			if err == nil {
-				cfg.IPs = addrsOf(out, mac)
+			out, err := virsh(ctx, "domifaddr", dom, "--source", src)
+			if err != nil {
+				if ctx.Err() != nil {
+					return cfg, err
+				}
+				unanswered = append(unanswered, err.Error())
+				continue
 			}
-			if len(cfg.IPs) > 0 {
-				break
+			if cfg.IPs = addrsOf(out, mac); len(cfg.IPs) > 0 {
+				return cfg, nil
 			}
 		}
+		if len(unanswered) > 0 {
+			return cfg, fmt.Errorf("domain %q has %s with MAC %s, but its addresses are unknown: %s", dom, port, mac, strings.Join(unanswered, "; "))
+		}
 		return cfg, nil
+	}
+	if len(failed) > 0 {
+		return cfg, fmt.Errorf("no domain has an interface %s (%s)", port, strings.Join(failed, "; "))
 	}
 	return cfg, fmt.Errorf("no domain has an interface %s", port)
 }
@@ -156,6 +217,11 @@ func addrsOf(out string, mac net.HardwareAddr) []netip.Prefix {
 	for _, line := range strings.Split(out, "\n") {
 		f := strings.Fields(line)
 		switch len(f) {
+		case 3:
+			// An interface without a MAC ("Name Protocol Address"):
+			// neither it nor its further addresses are mac's.
+			cur = ""
+			continue
 		case 4:
 			// A further address of the same interface has "-" for
 			// its name and MAC.
