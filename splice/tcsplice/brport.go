@@ -219,11 +219,44 @@ func runs(vs []vlan) []vlanRun {
 	return out
 }
 
-// syncVLANs makes the VLAN entries of bridge port link exactly want: it first
-// deletes the entries want lacks (so the port is never in more VLANs than
-// both sets share), then adds or re-flags the rest.
-func syncVLANs(link netlink.Link, want []vlan) error {
-	cur, ok, err := dumpBrPort(link.Attrs().Index)
+// bridgeVLANs are the kernel calls syncVLANs makes, with netlink's
+// signatures; kernelVLANs makes them. A unit test records them instead: this
+// machine's kernel has no bridge VLAN filtering.
+type bridgeVLANs interface {
+	dumpBrPort(ifindex int) (brPort, bool, error)
+	BridgeVlanAdd(link netlink.Link, vid uint16, pvid, untagged, self, master bool) error
+	BridgeVlanAddRange(link netlink.Link, vid, vidEnd uint16, pvid, untagged, self, master bool) error
+	BridgeVlanDel(link netlink.Link, vid uint16, pvid, untagged, self, master bool) error
+	BridgeVlanDelRange(link netlink.Link, vid, vidEnd uint16, pvid, untagged, self, master bool) error
+}
+
+// kernelVLANs is bridgeVLANs over netlink.
+type kernelVLANs struct{}
+
+func (kernelVLANs) dumpBrPort(ifindex int) (brPort, bool, error) { return dumpBrPort(ifindex) }
+
+func (kernelVLANs) BridgeVlanAdd(link netlink.Link, vid uint16, pvid, untagged, self, master bool) error {
+	return netlink.BridgeVlanAdd(link, vid, pvid, untagged, self, master)
+}
+
+func (kernelVLANs) BridgeVlanAddRange(link netlink.Link, vid, vidEnd uint16, pvid, untagged, self, master bool) error {
+	return netlink.BridgeVlanAddRange(link, vid, vidEnd, pvid, untagged, self, master)
+}
+
+func (kernelVLANs) BridgeVlanDel(link netlink.Link, vid uint16, pvid, untagged, self, master bool) error {
+	return netlink.BridgeVlanDel(link, vid, pvid, untagged, self, master)
+}
+
+func (kernelVLANs) BridgeVlanDelRange(link netlink.Link, vid, vidEnd uint16, pvid, untagged, self, master bool) error {
+	return netlink.BridgeVlanDelRange(link, vid, vidEnd, pvid, untagged, self, master)
+}
+
+// syncVLANs makes the VLAN entries of bridge port link exactly want through
+// k (kernelVLANs{} but in tests): it first deletes the entries want lacks
+// (so the port is never in more VLANs than both sets share), then adds or
+// re-flags the rest.
+func syncVLANs(k bridgeVLANs, link netlink.Link, want []vlan) error {
+	cur, ok, err := k.dumpBrPort(link.Attrs().Index)
 	if err != nil {
 		return err
 	}
@@ -245,9 +278,9 @@ func syncVLANs(link netlink.Link, want []vlan) error {
 	for _, r := range runs(del) {
 		var err error
 		if r.first == r.last { // the kernel refuses a range of one
-			err = netlink.BridgeVlanDel(link, r.first, false, false, false, false)
+			err = k.BridgeVlanDel(link, r.first, false, false, false, false)
 		} else {
-			err = netlink.BridgeVlanDelRange(link, r.first, r.last, false, false, false, false)
+			err = k.BridgeVlanDelRange(link, r.first, r.last, false, false, false, false)
 		}
 		if err != nil {
 			return fmt.Errorf("delete vlan %d-%d: %w", r.first, r.last, err)
@@ -262,9 +295,9 @@ func syncVLANs(link netlink.Link, want []vlan) error {
 	for _, r := range runs(add) {
 		var err error
 		if r.first == r.last {
-			err = netlink.BridgeVlanAdd(link, r.first, r.pvid, r.untagged, false, false)
+			err = k.BridgeVlanAdd(link, r.first, r.pvid, r.untagged, false, false)
 		} else {
-			err = netlink.BridgeVlanAddRange(link, r.first, r.last, r.pvid, r.untagged, false, false)
+			err = k.BridgeVlanAddRange(link, r.first, r.last, r.pvid, r.untagged, false, false)
 		}
 		if err != nil {
 			return fmt.Errorf("add vlan %d-%d: %w", r.first, r.last, err)

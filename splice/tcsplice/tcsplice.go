@@ -371,7 +371,7 @@ func (s *spliced) build() error {
 			}
 			return netlink.LinkSetMasterByIndex(netTap, br.Attrs().Index)
 		}},
-		{stepVLANs, func() error { return syncVLANs(netTap, s.vlans) }},
+		{stepVLANs, func() error { return syncVLANs(kernelVLANs{}, netTap, s.vlans) }},
 		{stepAttrs, func() error { return copyBrPortAttrs(netTap.Attrs().Index, s.attrs) }},
 		{stepFDB, func() error {
 			s.fdbMoved = len(s.fdb) > 0 // teardown moves them back
@@ -693,7 +693,7 @@ func (s *spliced) restorePort(port netlink.Link) error {
 	default:
 		return fmt.Errorf("%s was moved to master ifindex %d meanwhile; not moving it back to %s", s.port, m, s.bridge)
 	}
-	if err := syncVLANs(port, s.vlans); err != nil {
+	if err := syncVLANs(kernelVLANs{}, port, s.vlans); err != nil {
 		return fmt.Errorf("restore vlans: %w", err)
 	}
 	if err := copyBrPortAttrs(port.Attrs().Index, s.attrs); err != nil {
