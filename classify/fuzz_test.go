@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+
+	"github.com/shaperd/shaperd/internal/fuzzcorpus"
 )
 
 // FuzzClassify feeds arbitrary bytes to a stateless Classifier and to the
@@ -68,32 +70,22 @@ func FuzzClassify(f *testing.F) {
 	})
 }
 
-// TestFuzzCorpus checks that the checked-in seed corpus parses and covers
-// what it should; with SHAPERD_WRITE_CORPUS=1 it (re)writes the generated
-// files first.
+// TestFuzzCorpus checks that the checked-in corpus is exactly the seeds
+// corpusSeeds generates: every file a valid corpus entry of FuzzClassify,
+// with a seed's bytes, and no seed missing. With SHAPERD_WRITE_CORPUS=1 it
+// (re)writes the files first.
 func TestFuzzCorpus(t *testing.T) {
 	dir := filepath.Join("testdata", "fuzz", "FuzzClassify")
-	seeds := corpusSeeds(t)
+	entries := map[string][]any{}
+	for name, b := range corpusSeeds(t) {
+		entries[name] = []any{b}
+	}
 	if os.Getenv("SHAPERD_WRITE_CORPUS") == "1" {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		if err := fuzzcorpus.Write(dir, entries); err != nil {
 			t.Fatal(err)
 		}
-		for name, b := range seeds {
-			body := fmt.Sprintf("go test fuzz v1\n[]byte(%q)\n", b)
-			if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
 	}
-	for name := range seeds {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			t.Fatalf("seed %s missing (run with SHAPERD_WRITE_CORPUS=1): %v", name, err)
-		}
-		if len(b) < len("go test fuzz v1\n") || string(b[:16]) != "go test fuzz v1\n" {
-			t.Fatalf("seed %s: bad header", name)
-		}
-	}
+	fuzzcorpus.Check(t, dir, entries, []byte(nil))
 }
 
 // corpusSeeds are the generated seed files: truncations, bogus IHL, VLAN

@@ -2,7 +2,7 @@ package rules
 
 import (
 	"errors"
-	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -10,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/shaperd/shaperd/classify"
+	"github.com/shaperd/shaperd/internal/fuzzcorpus"
 )
 
 // corpusSeeds are the seed corpus of FuzzParse, checked in under
@@ -120,29 +121,30 @@ func normal(c Class) Class {
 	return c
 }
 
-// TestFuzzCorpus checks that the checked-in seed corpus is there; with
-// SHAPERD_WRITE_CORPUS=1 it (re)writes it first.
+// crashers are inputs the fuzzer found, kept in testdata/fuzz/FuzzParse
+// under the names it gave them.
+var crashers = map[string]string{
+	"abff33899e7cd4f9": "00", // found when FuzzParse was written (e79c16a)
+}
+
+// TestFuzzCorpus checks that the checked-in corpus is exactly corpusSeeds
+// and crashers: every file a valid corpus entry of FuzzParse, with its
+// text, and none missing. With SHAPERD_WRITE_CORPUS=1 it (re)writes the
+// seeds first.
 func TestFuzzCorpus(t *testing.T) {
 	dir := filepath.Join("testdata", "fuzz", "FuzzParse")
-	seeds := corpusSeeds()
+	seeds := map[string][]any{}
+	for name, s := range corpusSeeds() {
+		seeds[name] = []any{s}
+	}
 	if os.Getenv("SHAPERD_WRITE_CORPUS") == "1" {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+		if err := fuzzcorpus.Write(dir, seeds); err != nil {
 			t.Fatal(err)
 		}
-		for name, s := range seeds {
-			body := fmt.Sprintf("go test fuzz v1\nstring(%q)\n", s)
-			if err := os.WriteFile(filepath.Join(dir, name), []byte(body), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
 	}
-	for name := range seeds {
-		b, err := os.ReadFile(filepath.Join(dir, name))
-		if err != nil {
-			t.Fatalf("seed %s missing (run with SHAPERD_WRITE_CORPUS=1): %v", name, err)
-		}
-		if !strings.HasPrefix(string(b), "go test fuzz v1\nstring(") {
-			t.Fatalf("seed %s: bad header", name)
-		}
+	entries := maps.Clone(seeds)
+	for name, s := range crashers {
+		entries[name] = []any{s}
 	}
+	fuzzcorpus.Check(t, dir, entries, "")
 }
