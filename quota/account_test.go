@@ -33,6 +33,13 @@ func small() Config {
 	return c
 }
 
+// smallMax is small billed on the larger direction: two lanes.
+func smallMax() Config {
+	c := small()
+	c.Direction = BillMax
+	return c
+}
+
 func mustNew(t testing.TB, c Config, now time.Time) *Account {
 	t.Helper()
 	a, err := New(c, now)
@@ -520,6 +527,30 @@ func TestReportProjection(t *testing.T) {
 	}
 	if r.BurstIntervalsUsed != 1 || r.BurstIntervalsLeft != 4 {
 		t.Errorf("used %d left %d", r.BurstIntervalsUsed, r.BurstIntervalsLeft)
+	}
+}
+
+// Billed max, at a period boundary: a forwarder whose clock is a little
+// ahead has already moved to_vm into the next period when a report is
+// taken for an instant before the boundary. The report shows from_vm's
+// period, and none of to_vm's new samples as if they were that period's.
+func TestReportLanesAPeriodApart(t *testing.T) {
+	a := mustNew(t, smallMax(), t0)
+	for s := range 99 {
+		a.Admit(FromVM, 100, false, at(float64(s)+0.5), 0)
+		a.Admit(ToVM, 100, false, at(float64(s)+0.5), 0)
+	}
+	// to_vm 2.5 s into the next period: intervals 99, 100 and 101 close.
+	a.Admit(ToVM, 900, false, at(100.5), 0)
+	a.Admit(ToVM, 900, false, at(102.5), 0)
+	r := a.Report(at(99.5))
+	if len(r.Samples) != 99 || !r.Samples[0].Start.Equal(t0) {
+		t.Fatalf("%d samples from %v, want from_vm's 99 from %v", len(r.Samples), r.Samples[0].Start, t0)
+	}
+	for i, smp := range r.Samples {
+		if smp.BPS != 800 {
+			t.Fatalf("sample %d at %v: %d bit/s, want 800 (100 bytes a second in both directions)", i, smp.Start, smp.BPS)
+		}
 	}
 }
 

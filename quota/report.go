@@ -46,7 +46,10 @@ func (a *Account) Report(now time.Time) Report {
 	ns := now.UnixNano()
 	iv := a.cfg.Interval
 	r := Report{Tenant: a.cfg.Tenant, CommitBPS: uint64(a.cfg.Commit), BurstIntervalsLeft: int(^uint(0) >> 1), Samples: []Sample{}}
-	var samples []int64
+	var (
+		samples []int64
+		period  int64 // the first lane's period start, ns
+	)
 	for li, l := range a.lanes {
 		l.mu.Lock()
 		if ns >= l.end {
@@ -63,12 +66,14 @@ func (a *Account) Report(now time.Time) Report {
 		r.BurstIntervalsUsed = max(r.BurstIntervalsUsed, free-left)
 		r.BurstIntervalsLeft = min(r.BurstIntervalsLeft, left)
 		if li == 0 {
-			samples = s
+			samples, period = s, ps
 			for i := range s {
 				r.Samples = append(r.Samples, Sample{Start: time.Unix(0, ps+int64(i)*int64(iv)).UTC()})
 			}
-		} else {
-			// Lanes advance together here, so they agree on the period.
+		} else if ps == period {
+			// The same period: interval by interval. Lanes can be a
+			// period apart: one already advanced past now (a forwarder's
+			// clock a little ahead at the boundary), or restored so.
 			for i := range min(len(s), len(samples)) {
 				samples[i] = max(samples[i], s[i])
 			}
