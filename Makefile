@@ -92,6 +92,8 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzClassify$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./classify/
 	$(GO) test -run='^$$' -fuzz='^FuzzParse$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./rules/
 	$(GO) test -run='^$$' -fuzz='^FuzzStep$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./forward/
+	$(GO) test -run='^$$' -fuzz='^FuzzReadSnapshot$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./quota/
+	$(GO) test -run='^$$' -fuzz='^FuzzRestore$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./quota/
 
 clean:
 	rm -rf $(BIN)

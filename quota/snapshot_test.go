@@ -407,57 +407,7 @@ func sha(body string) string {
 	return hexSHA(b.Bytes())
 }
 
-// FuzzReadSnapshot: no input makes decoding or restoring panic.
-func FuzzReadSnapshot(f *testing.F) {
-	a, _ := New(small(), t0)
-	a.Admit(ToVM, 700, false, at(0.5), 0)
-	p := filepath.Join(f.TempDir(), "s.json")
-	if err := WriteFile(p, a.Snapshot(at(2))); err != nil {
-		f.Fatal(err)
-	}
-	good, _ := os.ReadFile(p)
-	f.Add(good)
-	f.Add([]byte(`{"sha256":"","body":{}}`))
-	f.Add([]byte(`{}`))
-	f.Fuzz(func(t *testing.T, data []byte) {
-		s, err := decode("fuzz", data)
-		if err != nil {
-			return
-		}
-		b, _ := New(small(), at(3))
-		_ = b.Restore(s, at(3))
-		_ = b.Report(at(4))
-	})
-}
-
 func hexSHA(b []byte) string {
 	s := sha256.Sum256(b)
 	return hex.EncodeToString(s[:])
-}
-
-// FuzzRestore: a snapshot that passed its checksum but holds anything at
-// all is refused or restored, never a panic, and the Account stays sound.
-func FuzzRestore(f *testing.F) {
-	a, _ := New(small(), t0)
-	a.Admit(ToVM, 700, false, at(0.5), 0)
-	good, _ := json.Marshal(a.Snapshot(at(2)))
-	f.Add(good, int64(3e9))
-	f.Add([]byte(`{"version":1,"tenant":"t","interval_ns":1000000000,"lanes":[{"name":"to_vm","period_start":"2025-01-01T00:00:00Z","samples":[99999999999],"normal":-1}]}`), int64(0))
-	f.Add([]byte(`{"version":1,"tenant":"t","interval_ns":1000000000,"lanes":[{"name":"to_vm","period_start":"2025-01-01T00:00:00Z","burst":true,"normal":9223372036854775807,"bypass":9223372036854775807}]}`), int64(5e9))
-	f.Fuzz(func(t *testing.T, body []byte, later int64) {
-		var s Snapshot
-		if json.Unmarshal(body, &s) != nil {
-			return
-		}
-		b, _ := New(small(), t0)
-		now := t0.Add(time.Duration(later % 1e18)) // within 31 years
-		if b.Restore(s, now) != nil {
-			return
-		}
-		b.Admit(ToVM, 100, false, now, 0)
-		b.Tick(now.Add(time.Second))
-		if r := b.Report(now.Add(time.Second)); r.BurstIntervalsLeft > 5 {
-			t.Fatalf("more burst intervals than free: %+v", r)
-		}
-	})
 }
