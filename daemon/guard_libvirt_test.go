@@ -259,9 +259,9 @@ func TestFromLibvirtTimeout(t *testing.T) {
 			files := virshHost()
 			files[tc.file] = hang
 			dir := fakeVirsh(t, files)
+			start := time.Now() // before the deadline is set: took >= timeout
 			ctx, cancel := context.WithTimeout(context.Background(), timeout)
 			defer cancel()
-			start := time.Now()
 			cfg, err := fromLibvirt(ctx, "vnet1")
 			took := time.Since(start)
 			if !errors.Is(err, context.DeadlineExceeded) || !strings.HasPrefix(err.Error(), tc.call+": no answer in time") {
