@@ -282,8 +282,11 @@ func TestLadderOnLab(t *testing.T) {
 		// Let the delay queue settle: a stage change leaves the previous
 		// stage's backlog (200 ms of 10000 pps) to drain at the new rate,
 		// and the frames after it wait the new delay before the first
-		// leaves; measured, that dip lasts about 1.5 s.
-		time.Sleep(2500 * time.Millisecond)
+		// leaves. Measured in 250 ms slices under the max-rate flood, the
+		// forwarder passes 50-90% of stage 2's rate for 2.5-2.75 s after
+		// the change, then the rate exactly; a window that began at 2.5 s
+		// read 2393 of 2500. The window begins at 4 s (stage 2 lasts 8 s).
+		time.Sleep(4 * time.Second)
 		passedFrom := func() (passed uint64, drops map[string]uint64, at time.Time) {
 			drops = map[string]uint64{}
 			q, at := d.statusAt(port1)
