@@ -210,7 +210,13 @@ func listLinks() ([]string, error) {
 // ports in counters, quarantines the watched ports flagged above the
 // quarantine profile's threshold (or only reports them with --dry-run),
 // and moves every ladder.
+//
+// Its decisions are taken under Manager.mu and carried out after it is
+// released (see autoActions): splices and releases run under each port's
+// owner lock, as any change does.
 func (m *Manager) Observe(now time.Time, counters map[string]detect.Sample) {
+	var act autoActions
+	defer func() { m.do(act, now) }()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if m.closed {
@@ -247,13 +253,15 @@ func (m *Manager) Observe(now time.Time, counters map[string]detect.Sample) {
 		}
 		admit, refuse := detect.SplitAtCap(cand, active, m.watch.MaxAuto)
 		for _, f := range admit {
-			if _, err := m.quarantineLocked(f.Port, nil, false, OriginWatch, now); err != nil {
-				m.events.AutoFailed++
-				m.log.Error("event: automatic quarantine failed", "event", "auto_failed", "port", f.Port, "err", err)
-				continue
-			}
-			m.events.AutoStarted++
-			m.log.Warn("event: automatic quarantine", "event", "auto_quarantine", "port", f.Port, "profile", profile.Quarantine)
+			act.starts = append(act.starts, autoStart{port: f.Port, origin: OriginWatch,
+				failed: func(err error) {
+					m.events.AutoFailed++
+					m.log.Error("event: automatic quarantine failed", "event", "auto_failed", "port", f.Port, "err", err)
+				},
+				started: func() {
+					m.events.AutoStarted++
+					m.log.Warn("event: automatic quarantine", "event", "auto_quarantine", "port", f.Port, "profile", profile.Quarantine)
+				}})
 		}
 		for _, f := range refuse {
 			m.events.AutoRefused++
@@ -261,20 +269,21 @@ func (m *Manager) Observe(now time.Time, counters map[string]detect.Sample) {
 				"max_auto", m.watch.MaxAuto)
 		}
 	}
-	dirty := m.correlateLocked(now)
+	m.correlateLocked(now, &act)
+	dirty := false
 	for _, p := range m.portsLocked() {
 		q := m.q[p]
 		if q.lad == nil || q.state != StateActive {
 			continue
 		}
-		m.measureAvgLocked(q, now)
+		m.measureAvgLocked(q, now, &act)
 		r, ok := m.tracker.Rates(p)
 		if !ok {
 			continue
 		}
 		pps, bps := q.prof.Threshold.Offered(r)
 		if tr := q.lad.Observe(now, pps, bps); tr != nil {
-			m.transitionLocked(q, tr)
+			m.transitionLocked(q, tr, &act)
 			dirty = true
 		}
 	}
@@ -282,18 +291,111 @@ func (m *Manager) Observe(now time.Time, counters map[string]detect.Sample) {
 	// and then, so a restart resumes close to where it stopped.
 	if dirty || now.Sub(m.lastLadderSave) >= 10*time.Second {
 		if dirty || m.hasLadderLocked() {
-			m.saveLocked()
+			act.save = true
 		}
 		m.lastLadderSave = now
 	}
 }
 
+// autoActions are the changes that an observation or an alert decided
+// under Manager.mu, for do to carry out once it is released.
+type autoActions struct {
+	starts []autoStart
+	specs  []specChange
+	// releases are quarantines their ladder released.
+	releases []*quarantine
+	hooks    []hookRun
+	save     bool
+}
+
+// autoStart is a quarantine to start; failed or started runs under
+// Manager.mu with its outcome.
+type autoStart struct {
+	port    string
+	req     api.LimitRequest
+	origin  string
+	failed  func(error)
+	started func()
+}
+
+// specChange is a quarantine whose spec changed from prev to what it is
+// now: its owner applies it, or it goes back to prev.
+type specChange struct {
+	q    *quarantine
+	prev Spec
+	what string // for the log: "ladder" or "avg_frame"
+}
+
+type hookRun struct {
+	port string
+	argv []string
+}
+
+// do carries out act; the caller holds no lock.
+func (m *Manager) do(act autoActions, now time.Time) {
+	for _, s := range act.starts {
+		_, err := m.quarantine(s.port, s.req, false, s.origin, now)
+		m.mu.Lock()
+		if err != nil {
+			s.failed(err)
+		} else {
+			s.started()
+		}
+		m.mu.Unlock()
+	}
+	for _, c := range act.specs {
+		if err := m.applyIntent(c.q, c.prev); err != nil {
+			m.log.Error("ladder: cannot apply the new limits; the old ones stay", "port", c.q.port, "change", c.what, "err", err)
+		}
+	}
+	for _, q := range act.releases {
+		o := m.lockOwner(q.port)
+		m.mu.Lock()
+		same := m.q[q.port] == q
+		m.mu.Unlock()
+		if same {
+			if err := m.release(o); err != nil {
+				m.log.Error("ladder: release failed; the quarantine stays in probation", "port", q.port, "err", err)
+			}
+		}
+		m.unlockOwner(o)
+	}
+	for _, h := range act.hooks {
+		go m.runHook(h.port, h.argv)
+	}
+	if act.save {
+		m.save()
+	}
+}
+
+// applyIntent has q's owner apply q's spec, which changed from prev under
+// Manager.mu; if that fails the spec goes back to prev. A quarantine that
+// is not active gets it when it is. The caller holds no lock.
+func (m *Manager) applyIntent(q *quarantine, prev Spec) error {
+	o := m.lockOwner(q.port)
+	defer m.unlockOwner(o)
+	m.mu.Lock()
+	live := m.q[q.port] == q && q.state == StateActive
+	m.mu.Unlock()
+	if !live {
+		return nil
+	}
+	if err := m.reconcile(o); err != nil {
+		m.mu.Lock()
+		if m.q[q.port] == q {
+			q.spec = prev
+		}
+		m.mu.Unlock()
+		return err
+	}
+	return nil
+}
+
 // correlateLocked limits the traffic to a group's router port when a member
 // quarantined with a correlating profile is above its ladder's first rung
 // of calm and the router port receives more than the profile's threshold.
-// It reports whether it started a quarantine.
-func (m *Manager) correlateLocked(now time.Time) bool {
-	started := false
+// The quarantines to start go into act.
+func (m *Manager) correlateLocked(now time.Time, act *autoActions) {
 	for _, g := range m.watch.Groups {
 		if _, ok := m.q[g.Router]; ok {
 			continue
@@ -312,19 +414,20 @@ func (m *Manager) correlateLocked(now time.Time) bool {
 			if !th.Above(r) {
 				continue
 			}
-			req := api.LimitRequest{"profile": q.prof.Name}
-			if _, err := m.quarantineLocked(g.Router, req, false, OriginCorrelation, now); err != nil {
-				m.log.Error("event: correlated quarantine of a router port failed", "event", "correlation_failed",
-					"group", g.Name, "router", g.Router, "member", p, "err", err)
-				break
-			}
-			started = true
-			m.log.Warn("event: the flood shows on the group's router port: limiting the traffic to it", "event", "correlation",
-				"group", g.Name, "router", g.Router, "member", p, "router_pps", math.Round(r.ToVM.PPS))
+			g, p := g, p
+			act.starts = append(act.starts, autoStart{port: g.Router, req: api.LimitRequest{"profile": q.prof.Name}, origin: OriginCorrelation,
+				failed: func(err error) {
+					m.log.Error("event: correlated quarantine of a router port failed", "event", "correlation_failed",
+						"group", g.Name, "router", g.Router, "member", p, "err", err)
+				},
+				started: func() {
+					m.log.Warn("event: the flood shows on the group's router port: limiting the traffic to it", "event", "correlation",
+						"group", g.Name, "router", g.Router, "member", p, "router_pps", math.Round(r.ToVM.PPS))
+				}})
+			act.save = true
 			break
 		}
 	}
-	return started
 }
 
 func matchAny(patterns []string, name string) bool {
@@ -362,20 +465,21 @@ const AvgFrameWindow = 10 * time.Second
 // measureAvgLocked sets the ladder's average frame size from the
 // forwarder's first AvgFrameWindow when the watch had no history of the
 // port, and applies the byte budgets that follow from it.
-func (m *Manager) measureAvgLocked(q *quarantine, now time.Time) {
-	if q.lad.AvgFrame() > 0 || q.fwd == nil || q.avgFrom.IsZero() || now.Sub(q.avgFrom) < AvgFrameWindow {
+func (m *Manager) measureAvgLocked(q *quarantine, now time.Time, act *autoActions) {
+	_, fwd := m.qSpliceLocked(q)
+	if q.lad.AvgFrame() > 0 || fwd == nil || q.avgFrom.IsZero() || now.Sub(q.avgFrom) < AvgFrameWindow {
 		return
 	}
 	var pkts, bytes uint64
 	switch q.prof.Threshold.Direction {
 	case detect.ToVM:
-		pkts, bytes = offeredOf(q, false)
+		pkts, bytes = offeredOf(fwd, false)
 	case detect.Either:
-		p1, b1 := offeredOf(q, true)
-		p2, b2 := offeredOf(q, false)
+		p1, b1 := offeredOf(fwd, true)
+		p2, b2 := offeredOf(fwd, false)
 		pkts, bytes = p1+p2, b1+b2
 	default:
-		pkts, bytes = offeredOf(q, true)
+		pkts, bytes = offeredOf(fwd, true)
 	}
 	q.avgFrom = time.Time{}
 	if pkts == 0 {
@@ -386,17 +490,17 @@ func (m *Manager) measureAvgLocked(q *quarantine, now time.Time) {
 	lim := q.lad.SetAvgFrame(avg)
 	m.log.Info("event: ladder's average frame size measured by the forwarder", "event", "avg_frame", "port", q.port,
 		"avg_frame", math.Round(avg), "bytes_per_second", math.Round(lim.BytesPerSec))
-	if err := m.applyLadderLocked(q, lim, q.spec.Stage); err != nil {
+	if err := m.applyLadderLocked(q, lim, q.spec.Stage, "avg_frame", act); err != nil {
 		m.log.Error("applying the ladder's byte budget", "port", q.port, "err", err)
 	}
 }
 
 // offeredOf sums the frames the forwarder saw in one direction, passed or
 // dropped.
-func offeredOf(q *quarantine, fromVM bool) (pkts, bytes uint64) {
-	st := q.fwd.ToVM.Stats()
+func offeredOf(fwd *forward.Forwarder, fromVM bool) (pkts, bytes uint64) {
+	st := fwd.ToVM.Stats()
 	if fromVM {
-		st = q.fwd.FromVM.Stats()
+		st = fwd.FromVM.Stats()
 	}
 	for c := classify.Class(0); c < classify.NumClasses; c++ {
 		cs := st.Classes[c]
@@ -406,38 +510,38 @@ func offeredOf(q *quarantine, fromVM bool) (pkts, bytes uint64) {
 	return pkts, bytes
 }
 
-// transitionLocked applies a ladder transition: new limits, or the release
-// of the splice; it logs it, counts it, and runs the on-block hook.
-func (m *Manager) transitionLocked(q *quarantine, tr *ladder.Transition) {
+// transitionLocked decides what a ladder transition does: new limits, or
+// the release of the splice, and the on-block hook (carried out by do); it
+// logs it and counts it.
+func (m *Manager) transitionLocked(q *quarantine, tr *ladder.Transition, act *autoActions) {
 	key := string(tr.From) + ">" + string(tr.To)
 	m.events.Transitions[key]++
 	m.log.Warn("event: ladder transition", "event", "ladder", "port", q.port, "from", tr.From, "to", tr.To,
 		"reason", tr.Reason, "saturation", math.Round(tr.Saturation*1000)/1000, "pps", tr.Limits.PPS,
 		"bytes_per_second", math.Round(tr.Limits.BytesPerSec), "delay", tr.Limits.Delay, "block", tr.Limits.Block)
 	if tr.To == ladder.Released {
-		if err := m.releaseLocked(q); err != nil {
-			m.log.Error("ladder: release failed; the quarantine stays in probation", "port", q.port, "err", err)
-		}
+		act.releases = append(act.releases, q)
 		return
 	}
-	if err := m.applyLadderLocked(q, tr.Limits, string(tr.To)); err != nil {
+	if err := m.applyLadderLocked(q, tr.Limits, string(tr.To), "ladder", act); err != nil {
 		m.log.Error("ladder: cannot apply the new limits; the old ones stay", "port", q.port, "to", tr.To, "err", err)
 	}
 	if tr.RunOnBlockHook && len(q.prof.OnBlock) > 0 {
-		argv := append(slices.Clone(q.prof.OnBlock), q.port)
-		go m.runHook(q.port, argv)
+		act.hooks = append(act.hooks, hookRun{q.port, append(slices.Clone(q.prof.OnBlock), q.port)})
 	}
 }
 
-// applyLadderLocked puts the ladder's limits into q's spec and, when q runs,
-// into its forwarder.
-func (m *Manager) applyLadderLocked(q *quarantine, lim ladder.Limits, stage string) error {
+// applyLadderLocked puts the ladder's limits into q's spec; do has q's
+// owner apply them (into its forwarder, when q runs).
+func (m *Manager) applyLadderLocked(q *quarantine, lim ladder.Limits, stage, what string, act *autoActions) error {
 	spec := ladderSpec(q.spec, q.prof, lim)
 	spec.Stage = stage
 	if err := spec.Validate(); err != nil {
 		return err
 	}
-	return m.setSpecLocked(q, spec)
+	act.specs = append(act.specs, specChange{q: q, prev: q.spec, what: what})
+	q.spec = spec
+	return nil
 }
 
 // ladderSpec returns s with the ladder's limits on the threshold's
@@ -641,25 +745,33 @@ func (m *Manager) Alert(port string, firing bool) (string, error) {
 	if err := checkPortName(port); err != nil {
 		return "", err
 	}
+	outcome := ""
+	defer func() {
+		if outcome != "" {
+			m.mu.Lock()
+			m.events.Alerts[outcome]++
+			m.mu.Unlock()
+		}
+	}()
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.closed {
+		m.mu.Unlock()
 		return "", ErrClosed
 	}
 	now := m.clock()
 	q, ok := m.q[port]
-	outcome := ""
-	defer func() { m.events.Alerts[outcome]++ }()
 	switch {
 	case firing && ok:
+		m.mu.Unlock()
 		outcome = "already_quarantined"
 		return outcome, nil
 	case firing:
+		m.mu.Unlock()
 		if !m.portExists(port) {
 			outcome = "unknown_port"
 			return outcome, ErrUnknownPort
 		}
-		if _, err := m.quarantineLocked(port, nil, false, OriginAlert, now); err != nil {
+		if _, err := m.quarantine(port, nil, false, OriginAlert, now); err != nil {
 			outcome = "failed"
 			return outcome, err
 		}
@@ -667,19 +779,24 @@ func (m *Manager) Alert(port string, firing bool) (string, error) {
 		m.log.Warn("event: quarantine by alert", "event", "alert_quarantine", "port", port, "profile", profile.Quarantine)
 		return outcome, nil
 	case !ok:
+		m.mu.Unlock()
 		outcome = "resolved_not_quarantined"
 		return outcome, nil
 	case q.lad == nil:
+		m.mu.Unlock()
 		outcome = "resolved_no_ladder"
 		return outcome, nil
 	}
 	tr := q.lad.Probation(now)
 	if tr == nil {
+		m.mu.Unlock()
 		outcome = "resolved_already_probation"
 		return outcome, nil
 	}
-	m.transitionLocked(q, tr)
-	m.saveLocked()
+	act := autoActions{save: true}
+	m.transitionLocked(q, tr, &act)
+	m.mu.Unlock()
+	m.do(act, now)
 	outcome = "probation"
 	return outcome, nil
 }

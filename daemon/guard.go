@@ -15,7 +15,7 @@ import (
 	"github.com/shaperd/shaperd/guard/learn"
 )
 
-// prepareGuardLocked completes the anti-spoofing guard of a quarantine that
+// prepareGuard completes the anti-spoofing guard of a quarantine that
 // asks for one, before its port is spliced. The VM's addresses come from,
 // in this order: the request (--guard-mac, --guard-ip); libvirt, when
 // present; the bridge's forwarding table and the host's neighbour table.
@@ -25,12 +25,27 @@ import (
 // A manual quarantine whose addresses stay unknown is refused. An automatic
 // one (watch, alert, correlation) goes ahead without the guard, with an
 // event: stopping the flood matters more.
-func (m *Manager) prepareGuardLocked(q *quarantine) error {
-	s := &q.spec
+//
+// It runs before the splice, under the port's owner lock and not under
+// Manager.mu: learning may wait for virsh.
+func (m *Manager) prepareGuard(q *quarantine) error {
+	m.mu.Lock()
+	spec := q.spec
+	m.mu.Unlock()
+	if err := m.completeGuard(q.port, &spec); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	q.spec = spec
+	m.mu.Unlock()
+	return nil
+}
+
+func (m *Manager) completeGuard(port string, s *Spec) error {
 	if !s.Guard || (s.GuardMAC != "" && s.GuardIP != "") {
 		return nil
 	}
-	found, from := m.learnGuard(q.port, s.GuardLearn)
+	found, from := m.learnGuard(port, s.GuardLearn)
 	if s.GuardMAC == "" && len(found.MACs) > 0 {
 		macs := make([]string, len(found.MACs))
 		for i, mac := range found.MACs {
@@ -43,16 +58,16 @@ func (m *Manager) prepareGuardLocked(q *quarantine) error {
 	}
 	_, err := s.guard()
 	if err == nil {
-		m.log.Info("event: guard addresses", "event", "guard", "port", q.port, "mac", s.GuardMAC, "ip", s.GuardIP, "learned_from", from)
+		m.log.Info("event: guard addresses", "event", "guard", "port", port, "mac", s.GuardMAC, "ip", s.GuardIP, "learned_from", from)
 		return nil
 	}
 	if s.Origin != "" && s.Origin != OriginManual {
 		m.log.Warn("event: the VM's addresses are unknown; quarantined without the anti-spoofing guard", "event", "guard_off",
-			"port", q.port, "err", err, "learned_from", from)
+			"port", port, "err", err, "learned_from", from)
 		s.Guard, s.GuardMAC, s.GuardIP = false, "", ""
 		return nil
 	}
-	return usagef("--guard on %s: %v (nothing learnt from %s: give --guard-mac and --guard-ip)", q.port, err, strings.Join(from, ", "))
+	return usagef("--guard on %s: %v (nothing learnt from %s: give --guard-mac and --guard-ip)", port, err, strings.Join(from, ", "))
 }
 
 // learnGuard finds the VM's addresses: libvirt first, then, with bridge,

@@ -7,7 +7,6 @@ package daemon
 
 import (
 	"errors"
-	"fmt"
 	"log/slog"
 	"os"
 	"slices"
@@ -93,9 +92,20 @@ type Manager struct {
 	// guardLearner finds a VM's addresses; a hook for tests.
 	guardLearner func(port string, bridge bool) (guard.Config, []string)
 
+	// mu guards the maps and the contributors' intent below, and the
+	// owners' plumbing fields. It is held only briefly: no exec, netlink
+	// call, sysfs read or disk write runs under it (see owner).
 	mu     sync.Mutex
 	q      map[string]*quarantine // by port
+	owners map[string]*owner      // by port: what splices each port
 	closed bool
+	// saveMu orders the writes of the state file; each writes the intent
+	// as it is when the write starts.
+	saveMu sync.Mutex
+	// snapMu orders the writes of the tenants' sample snapshots; snapDue
+	// holds those to write (guarded by mu).
+	snapMu  sync.Mutex
+	snapDue map[*tenant]quota.Snapshot
 
 	profiles       profile.Set
 	watch          WatchConfig
@@ -108,14 +118,17 @@ type Manager struct {
 	quotas quotaSet
 }
 
+// quarantine is one port's quarantine: the intent that its owner applies.
+// Guarded by Manager.mu.
 type quarantine struct {
 	port    string
 	spec    Spec
 	since   time.Time
-	state   string    // StateActive or StatePending
+	state   string    // StateActive, StatePending or stateReleasing
 	expires time.Time // pending only
-	sp      splice.Splice
-	fwd     *forward.Forwarder // nil while pending
+	// starting is set while the first splice is being made: status and
+	// the state file leave the quarantine out until it succeeds.
+	starting bool
 
 	lad  *ladder.Ladder  // nil without a ladder
 	prof profile.Profile // the ladder's profile
@@ -154,6 +167,7 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 		linkSubscribe: netlinkSubscribe,
 		listLinks:     linkNames,
 		q:             make(map[string]*quarantine),
+		owners:        make(map[string]*owner),
 		events:        Events{Transitions: map[string]uint64{}, Hooks: map[string]uint64{}, Alerts: map[string]uint64{}},
 	}
 	if err := m.Configure(profile.Set{profile.Quarantine: profile.Default()}, DefaultWatchConfig()); err != nil {
@@ -192,26 +206,72 @@ func (m *Manager) Quarantine(port string, req api.LimitRequest, pending bool) (a
 	if err := checkPortName(port); err != nil {
 		return api.Quarantine{}, err
 	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.closed {
-		return api.Quarantine{}, ErrClosed
-	}
-	return m.quarantineLocked(port, req, pending, OriginManual, m.clock())
+	return m.quarantine(port, req, pending, OriginManual, m.clock())
 }
 
-func (m *Manager) quarantineLocked(port string, req api.LimitRequest, pending bool, origin string, now time.Time) (api.Quarantine, error) {
+// quarantine is every quarantine's path (manual, watch, alert,
+// correlation). The caller holds no lock.
+func (m *Manager) quarantine(port string, req api.LimitRequest, pending bool, origin string, now time.Time) (api.Quarantine, error) {
+	o := m.lockOwner(port)
+	defer m.unlockOwner(o)
+	exists := m.portExists(port)
+	m.mu.Lock()
+	q, err := m.newQuarantineLocked(port, req, origin, now)
+	if err != nil {
+		m.mu.Unlock()
+		return api.Quarantine{}, err
+	}
+	if !exists {
+		if !pending {
+			m.mu.Unlock()
+			return api.Quarantine{}, usagef("%s: no such port (check the name, or add --pending to quarantine it when it appears)", port)
+		}
+		m.makePendingLocked(q, now)
+		m.q[port] = q
+		m.mu.Unlock()
+		m.save()
+		m.log.Info("quarantine pending: the port does not exist yet", "port", port, "expires", q.expires)
+		return m.statusOf(port)
+	}
+	q.starting = true
+	m.q[port] = q
+	m.mu.Unlock()
+
+	err = m.prepareGuard(q)
+	if err == nil {
+		err = m.reconcile(o)
+	}
+	if err != nil {
+		m.mu.Lock()
+		if m.q[port] == q {
+			delete(m.q, port)
+		}
+		m.mu.Unlock()
+		// A tenant port: the tenant's own splice comes back.
+		m.reconcileTenant(o, now)
+		return api.Quarantine{}, err
+	}
+	m.save()
+	return m.statusOf(port)
+}
+
+// newQuarantineLocked builds the quarantine that req asks for on port,
+// checking everything that needs no I/O.
+func (m *Manager) newQuarantineLocked(port string, req api.LimitRequest, origin string, now time.Time) (*quarantine, error) {
+	if m.closed {
+		return nil, ErrClosed
+	}
 	if _, ok := m.q[port]; ok {
-		return api.Quarantine{}, usagef("%s is already quarantined: use set to change its limits", port)
+		return nil, usagef("%s is already quarantined: use set to change its limits", port)
 	}
 	prof, req, err := m.profileLocked(req)
 	if err != nil {
-		return api.Quarantine{}, err
+		return nil, err
 	}
 	spec := NewSpec()
 	if prof != nil {
 		if spec, err = spec.Apply(prof.Limits, false); err != nil {
-			return api.Quarantine{}, usagef("profile %s: %v", prof.Name, err)
+			return nil, usagef("profile %s: %v", prof.Name, err)
 		}
 		spec.Profile = prof.Name
 		spec.GuardLearn = prof.GuardLearn
@@ -221,7 +281,7 @@ func (m *Manager) quarantineLocked(port string, req api.LimitRequest, pending bo
 		}
 	}
 	if spec, err = spec.Apply(req, false); err != nil {
-		return api.Quarantine{}, err
+		return nil, err
 	}
 	if origin != OriginManual {
 		spec.Origin = origin
@@ -229,109 +289,35 @@ func (m *Manager) quarantineLocked(port string, req api.LimitRequest, pending bo
 	q := &quarantine{port: port, spec: spec, since: now.UTC()}
 	if prof != nil && prof.UseLadder {
 		if err := m.startLadderLocked(q, *prof, now); err != nil {
-			return api.Quarantine{}, err
+			return nil, err
 		}
 	}
 	if !q.spec.hasLimit() {
-		return api.Quarantine{}, usagef("quarantine %s: no limit given: name at least one limit (--pps, --bps, --syn-pps, --class, ... or a --to-vm- twin), or a profile", port)
+		return nil, usagef("quarantine %s: no limit given: name at least one limit (--pps, --bps, --syn-pps, --class, ... or a --to-vm- twin), or a profile", port)
 	}
-	if !m.portExists(port) {
-		if !pending {
-			return api.Quarantine{}, usagef("%s: no such port (check the name, or add --pending to quarantine it when it appears)", port)
-		}
-		m.makePendingLocked(q, now)
-		m.q[port] = q
-		m.saveLocked()
-		m.log.Info("quarantine pending: the port does not exist yet", "port", port, "expires", q.expires)
-		return m.statusLocked(q), nil
-	}
-	if err := m.prepareGuardLocked(q); err != nil {
-		return api.Quarantine{}, err
-	}
-	if err := m.applyLocked(q); err != nil {
-		return api.Quarantine{}, err
-	}
-	m.q[port] = q
-	m.saveLocked()
-	return m.statusLocked(q), nil
+	return q, nil
 }
 
 func (m *Manager) makePendingLocked(q *quarantine, now time.Time) {
-	q.state, q.sp, q.fwd = StatePending, nil, nil
+	q.state = StatePending
 	q.expires = now.Add(m.opt.PendingTTL)
 }
 
-// applyLocked splices q's port and starts its forwarder.
-func (m *Manager) applyLocked(q *quarantine) (err error) {
-	// A tenant port: the tenant's own splice makes way, and comes back
-	// if the quarantine cannot start.
-	if err := m.yieldQuotaSpliceLocked(q.port); err != nil {
-		return err
-	}
-	defer func() {
-		if err != nil {
-			m.quotaPortFreeLocked(q.port)
-		}
-	}()
-	b, err := m.backendFor(q.port)
-	if err != nil {
-		return err
-	}
-	spec := q.spec
-	opt := splice.Options{BypassPorts: spec.BypassPorts, BypassOutbound: spec.BypassOutbound, FailOpen: spec.Fail != "closed"}
-	sp, err := b.Splice(q.port, opt)
-	if err != nil && errors.Is(err, splice.ErrFailOpen) && spec.Fail == "" {
-		// The default is open where the backend can do it.
-		opt.FailOpen = false
-		sp, err = b.Splice(q.port, opt)
-	}
-	if err != nil {
-		if errors.Is(err, splice.ErrFailOpen) || errors.Is(err, splice.ErrSpliced) {
-			return usagef("%v", err)
-		}
-		return fmt.Errorf("splice %s: %w", q.port, err)
-	}
-	if err := m.startLocked(q, sp); err != nil {
-		if rerr := sp.Release(); rerr != nil {
-			m.log.Error("rollback of a failed quarantine failed", "port", q.port, "err", rerr)
-			err = errors.Join(err, rerr)
-		}
-		return err
-	}
-	for _, w := range sp.Warnings() {
-		m.log.Warn("quarantine warning", "port", q.port, "warning", w)
-	}
-	m.log.Info("quarantined", "port", q.port, "backend", sp.Backend(), "vm_tap", sp.VMTap(), "net_tap", sp.NetTap(), "intent", spec.Intent())
-	return nil
-}
-
-// startLocked runs a forwarder on sp for q and records q's intent on the
-// plumbing.
-func (m *Manager) startLocked(q *quarantine, sp splice.Splice) error {
-	fwd, err := m.startForwarder(sp, q.spec)
-	if err != nil {
-		return err
-	}
-	q.sp, q.fwd, q.state, q.expires = sp, fwd, StateActive, time.Time{}
-	q.avgFrom = time.Time{}
-	if q.lad != nil && q.lad.AvgFrame() == 0 {
-		q.avgFrom = m.clock()
-	}
-	m.recordIntent(q)
-	go m.watchForwarder(q, fwd)
-	return nil
-}
-
-// recordIntent keeps q's intent on the plumbing, for a daemon that loses its
-// state file. Failing that is not fatal: the state file has it too.
-func (m *Manager) recordIntent(q *quarantine) {
-	r, ok := q.sp.(splice.IntentRecorder)
-	if !ok {
+// reconcileTenant reconciles o after its quarantine ended or failed to
+// start, so that a tenant port is spliced for its tenant again; a failure
+// is retried by Tick. Caller holds o.op.
+func (m *Manager) reconcileTenant(o *owner, now time.Time) {
+	err := m.reconcile(o)
+	if err == nil || errors.Is(err, ErrClosed) {
 		return
 	}
-	if err := r.SetIntent(q.spec.Intent()); err != nil {
-		m.log.Warn("cannot record the intent on the plumbing; only the state file has it", "port", q.port, "err", err)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if tp, ok := m.quotas.byPort[o.port]; ok {
+		m.quotaRetryLaterLocked(tp, now, err)
+		return
 	}
+	m.log.Error("cannot revert a splice", "port", o.port, "err", err)
 }
 
 func (m *Manager) backendFor(port string) (splice.Backend, error) {
@@ -354,7 +340,9 @@ func (m *Manager) backendFor(port string) (splice.Backend, error) {
 	return nil, usagef("%s: no splice backend can handle this port (it must be a member of a Linux bridge or an Open vSwitch bridge)", port)
 }
 
-func (m *Manager) startForwarder(sp splice.Splice, spec Spec) (*forward.Forwarder, error) {
+// startForwarder opens sp's taps and runs a forwarder on them with spec's
+// classifier and the policies from and to.
+func (m *Manager) startForwarder(sp splice.Splice, spec Spec, from, to forward.Policy) (*forward.Forwarder, error) {
 	var opened []forward.Device
 	closeAll := func() {
 		for _, d := range opened {
@@ -386,12 +374,11 @@ func (m *Manager) startForwarder(sp splice.Splice, spec Spec) (*forward.Forwarde
 	}
 	cfg := forward.Config{
 		Classify: spec.classifyConfig(),
-		FromVM:   spec.fromVMPolicy(),
-		ToVM:     spec.ToVM.policy(),
+		FromVM:   from,
+		ToVM:     to,
 		Nice:     m.ForwarderNice,
 		Log:      m.log.With("port", sp.Port()),
 	}
-	cfg.FromVM, cfg.ToVM = m.quotaPoliciesLocked(sp.Port(), cfg.FromVM, cfg.ToVM)
 	fwd, err := forward.New(cfg, forward.Devices{VM: vm, Net: nt, Priority: prio})
 	if err != nil {
 		closeAll()
@@ -400,28 +387,17 @@ func (m *Manager) startForwarder(sp splice.Splice, spec Spec) (*forward.Forwarde
 	return fwd, nil
 }
 
-// watchForwarder logs a forwarder that stops while its quarantine still
-// wants it.
-func (m *Manager) watchForwarder(q *quarantine, fwd *forward.Forwarder) {
-	<-fwd.Done()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.q[q.port] == q && q.fwd == fwd && !m.closed {
-		m.log.Error("forwarder stopped while the port is quarantined", "port", q.port)
-	}
-}
-
-// Alive reports whether every active quarantine's forwarder is running (for
-// the service manager's watchdog).
+// Alive reports whether every forwarder that should run runs (for the
+// service manager's watchdog).
 func (m *Manager) Alive() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	for _, q := range m.q {
-		if q.fwd != nil && !q.fwd.Alive() {
+	for _, o := range m.owners {
+		if o.fwd != nil && !o.fwd.Alive() {
 			return false
 		}
 	}
-	return m.quotasAliveLocked()
+	return true
 }
 
 // Set changes the named limits of port's quarantine in place, without
@@ -430,17 +406,21 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 	if len(req) == 0 {
 		return api.Quarantine{}, usagef("set %s: nothing to change: name at least one limit flag", port)
 	}
+	o := m.lockOwner(port)
+	defer m.unlockOwner(o)
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	q, ok := m.q[port]
 	if !ok {
+		m.mu.Unlock()
 		return api.Quarantine{}, usagef("%s is not quarantined: use quarantine first", port)
 	}
 	if _, ok := req["profile"]; ok {
+		m.mu.Unlock()
 		return api.Quarantine{}, usagef("--profile cannot change in place: release the port and quarantine it again")
 	}
 	spec, err := q.spec.Apply(req, true)
 	if err != nil {
+		m.mu.Unlock()
 		return api.Quarantine{}, err
 	}
 	offLadder := false
@@ -456,38 +436,50 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 	if offLadder {
 		spec.Stage = ""
 	}
-	if err := m.setSpecLocked(q, spec); err != nil {
-		return api.Quarantine{}, err
+	prev, pending := q.spec, q.state == StatePending
+	q.spec = spec
+	m.mu.Unlock()
+	if !pending {
+		if err := m.reconcile(o); err != nil {
+			m.mu.Lock()
+			q.spec = prev
+			m.mu.Unlock()
+			return api.Quarantine{}, err
+		}
 	}
 	if offLadder {
+		m.mu.Lock()
 		m.log.Warn("event: limits set by hand; the port leaves its ladder", "event", "ladder_stopped", "port", port, "stage", q.lad.Stage())
 		q.lad, q.avgFrom = nil, time.Time{}
+		m.mu.Unlock()
 	}
-	m.saveLocked()
+	m.save()
 	m.log.Info("limits changed", "port", port, "intent", spec.Intent())
-	return m.statusLocked(q), nil
+	return m.statusOf(port)
 }
 
-// setSpecLocked makes spec q's intent: in the forwarder (both directions or
-// neither), on the plumbing, not yet in the state file.
-func (m *Manager) setSpecLocked(q *quarantine, spec Spec) error {
-	if q.fwd != nil {
-		from, to := spec.fromVMPolicy(), spec.ToVM.policy()
-		from, to = m.quotaPoliciesLocked(q.port, from, to)
-		prev := q.fwd.FromVM.Policy()
-		// Validated by Apply; SetPolicy validates again before
-		// publishing, so a failure leaves the old policy in force.
-		if err := q.fwd.FromVM.SetPolicy(from); err != nil {
-			return usagef("%v", err)
-		}
-		if err := q.fwd.ToVM.SetPolicy(to); err != nil {
-			q.fwd.FromVM.SetPolicy(prev)
-			return usagef("%v", err)
-		}
+// applySpec makes spec q's intent and puts it into q's forwarder (both
+// directions or neither) and on the plumbing; if that fails the old spec
+// stays. For the ladder's changes. The caller holds no lock.
+func (m *Manager) applySpec(q *quarantine, spec Spec) error {
+	o := m.lockOwner(q.port)
+	defer m.unlockOwner(o)
+	m.mu.Lock()
+	if m.q[q.port] != q {
+		m.mu.Unlock()
+		return usagef("%s is not quarantined", q.port)
 	}
+	prev, pending := q.spec, q.state != StateActive
 	q.spec = spec
-	if q.sp != nil {
-		m.recordIntent(q)
+	m.mu.Unlock()
+	if pending {
+		return nil
+	}
+	if err := m.reconcile(o); err != nil {
+		m.mu.Lock()
+		q.spec = prev
+		m.mu.Unlock()
+		return err
 	}
 	return nil
 }
@@ -495,23 +487,17 @@ func (m *Manager) setSpecLocked(q *quarantine, spec Spec) error {
 // Release ends port's quarantine and reverts its splice; a pending
 // quarantine is simply dropped.
 func (m *Manager) Release(port string) error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	q, ok := m.q[port]
-	if !ok {
-		return usagef("%s is not quarantined", port)
-	}
-	return m.releaseLocked(q)
+	o := m.lockOwner(port)
+	defer m.unlockOwner(o)
+	return m.release(o)
 }
 
 // ReleaseAll releases every quarantine, active and pending.
 func (m *Manager) ReleaseAll() ([]string, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	var done []string
 	var errs []error
-	for _, p := range m.portsLocked() {
-		if err := m.releaseLocked(m.q[p]); err != nil {
+	for _, p := range m.Ports() {
+		if err := m.Release(p); err != nil {
 			errs = append(errs, err)
 			continue
 		}
@@ -520,98 +506,131 @@ func (m *Manager) ReleaseAll() ([]string, error) {
 	return done, errors.Join(errs...)
 }
 
-func (m *Manager) releaseLocked(q *quarantine) error {
-	if q.sp != nil {
+// release ends o's quarantine; caller holds o.op.
+func (m *Manager) release(o *owner) error {
+	m.mu.Lock()
+	q, ok := m.q[o.port]
+	if !ok {
+		m.mu.Unlock()
+		return usagef("%s is not quarantined", o.port)
+	}
+	sp, fwd := m.qSpliceLocked(q)
+	spliced := sp != nil || fwd != nil
+	if spliced {
 		// Say "releasing" first: if the daemon dies half way, the next
 		// one finishes the release instead of adopting a half splice.
 		q.state = stateReleasing
-		m.saveLocked()
-		if err := m.teardownLocked(q); err != nil {
+	}
+	m.mu.Unlock()
+	if spliced {
+		m.save()
+		if err := m.reconcile(o); err != nil {
+			m.mu.Lock()
 			q.state = StateActive
-			m.saveLocked()
+			m.mu.Unlock()
+			m.save()
 			return err
 		}
 	}
-	delete(m.q, q.port)
-	m.saveLocked()
-	m.log.Info("released", "port", q.port)
-	m.quotaPortFreeLocked(q.port)
-	return nil
-}
-
-// teardownLocked stops q's forwarder, then reverts its splice. The forwarder
-// goes first so nothing writes into taps that are being removed.
-func (m *Manager) teardownLocked(q *quarantine) error {
-	if q.fwd != nil {
-		if err := q.fwd.Close(); err != nil {
-			m.log.Warn("closing forwarder", "port", q.port, "err", err)
-		}
-		q.fwd = nil
+	m.mu.Lock()
+	if m.q[o.port] == q {
+		delete(m.q, o.port)
 	}
-	if q.sp != nil {
-		if err := q.sp.Release(); err != nil {
-			return fmt.Errorf("release %s: %w", q.port, err)
-		}
-		q.sp = nil
-	}
+	m.mu.Unlock()
+	m.save()
+	m.log.Info("released", "port", o.port)
+	m.reconcileTenant(o, m.clock())
 	return nil
 }
 
 // PortGone is called when a link disappears. A quarantined port's splice is
 // torn down, and the quarantine waits, pending, for the port to return (a VM
-// restart) until it is released or expires.
+// restart) until it is released or expires. A tenant's splice is torn down
+// until the port returns.
 func (m *Manager) PortGone(port string) {
+	o := m.lockOwner(port)
+	defer m.unlockOwner(o)
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	m.quotaPortGoneLocked(port)
-	q, ok := m.q[port]
-	if !ok || q.state != StateActive || m.closed {
+	q := m.q[port]
+	tp := m.quotas.byPort[port]
+	active := q != nil && q.state == StateActive
+	spliced := o.sp != nil || o.fwd != nil
+	closed := m.closed
+	m.mu.Unlock()
+	if closed || (!active && !spliced) {
 		return
 	}
-	m.log.Warn("quarantined port disappeared: removing its splice; the quarantine is pending until the port returns", "port", port)
-	if err := m.teardownLocked(q); err != nil {
+	switch {
+	case active:
+		m.log.Warn("quarantined port disappeared: removing its splice; the quarantine is pending until the port returns", "port", port)
+	case tp != nil:
+		m.log.Warn("tenant port disappeared: removing its splice until it returns", "port", port, "tenant", tp.t.cfg.Tenant)
+	}
+	if err := m.reconcile(o); err != nil && !errors.Is(err, ErrClosed) {
 		m.log.Error("cleaning up after a vanished port", "port", port, "err", err)
 	}
-	m.makePendingLocked(q, time.Now())
-	m.saveLocked()
+	if active {
+		m.save()
+	}
 }
 
 // PortAppeared is called when a link appears or changes: a pending
-// quarantine of that port is applied if the port can be spliced now.
+// quarantine of that port is applied if the port can be spliced now, and a
+// tenant port nothing splices is spliced for its tenant.
 func (m *Manager) PortAppeared(port string) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	defer m.quotaPortFreeLocked(port) // after the quarantine's turn
-	if q, ok := m.q[port]; ok && q.state == StatePending && !m.closed {
-		m.tryPendingLocked(q)
+	q := m.q[port]
+	_, tenant := m.quotas.byPort[port]
+	closed := m.closed
+	m.mu.Unlock()
+	if closed || (q == nil && !tenant) {
+		return
+	}
+	m.tryPort(port, m.clock())
+}
+
+// tryPort applies a pending quarantine of port if the port is there and on
+// a bridge, or splices a tenant port that nothing splices; otherwise it
+// stays as it is, and is tried again on the next event or tick.
+func (m *Manager) tryPort(port string, now time.Time) {
+	o := m.lockOwner(port)
+	defer m.unlockOwner(o)
+	m.mu.Lock()
+	q := m.q[port]
+	tp := m.quotas.byPort[port]
+	pending := q != nil && q.state == StatePending
+	unspliced := q == nil && tp != nil && o.fwd == nil
+	m.mu.Unlock()
+	switch {
+	case pending:
+		if err := m.reconcile(o); err != nil {
+			// Not on a bridge yet (libvirt adds it a moment later).
+			m.log.Debug("pending quarantine not applied yet", "port", port, "err", err)
+			return
+		}
+		m.mu.Lock()
+		applied := q.state == StateActive
+		m.mu.Unlock()
+		if applied {
+			m.log.Info("pending quarantine applied: the port is back", "port", port)
+			m.save()
+		}
+	case unspliced:
+		m.reconcileTenant(o, now)
 	}
 }
 
-// tryPendingLocked applies a pending quarantine if its port is there and on a
-// bridge; otherwise it stays pending.
-func (m *Manager) tryPendingLocked(q *quarantine) {
-	if !m.portExists(q.port) {
-		return
-	}
-	if err := m.applyLocked(q); err != nil {
-		// Not on a bridge yet (libvirt adds it a moment later): retried
-		// on the next event or tick.
-		m.log.Debug("pending quarantine not applied yet", "port", q.port, "err", err)
-		return
-	}
-	m.log.Info("pending quarantine applied: the port is back", "port", q.port)
-	m.saveLocked()
-}
-
-// Tick retries pending quarantines and drops expired ones. The daemon calls
+// Tick retries pending quarantines and unspliced tenant ports, drops
+// expired quarantines, and closes the tenants' intervals. The daemon calls
 // it periodically, as a safety net for missed link events.
 func (m *Manager) Tick(now time.Time) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.closed {
+		m.mu.Unlock()
 		return
 	}
-	m.tickQuotasLocked(now)
+	retry := m.tickQuotasLocked(now)
+	expired := false
 	for _, p := range m.portsLocked() {
 		q := m.q[p]
 		if q.state != StatePending {
@@ -620,17 +639,27 @@ func (m *Manager) Tick(now time.Time) {
 		if now.After(q.expires) {
 			m.log.Warn("pending quarantine expired: its port did not return", "port", p, "expired", q.expires)
 			delete(m.q, p)
-			m.saveLocked()
+			expired = true
 			continue
 		}
-		m.tryPendingLocked(q)
+		retry = append(retry, p)
+	}
+	m.mu.Unlock()
+	m.flushSnapshots()
+	if expired {
+		m.save()
+	}
+	for _, p := range retry {
+		m.tryPort(p, now)
 	}
 }
 
 func (m *Manager) portsLocked() []string {
 	out := make([]string, 0, len(m.q))
-	for p := range m.q {
-		out = append(out, p)
+	for p, q := range m.q {
+		if !q.starting {
+			out = append(out, p)
+		}
 	}
 	sort.Strings(out)
 	return out
@@ -647,7 +676,6 @@ func (m *Manager) Ports() []string {
 // unknown port is a usage error).
 func (m *Manager) Status(port string) (api.Status, error) {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	st := api.Status{
 		Daemon:      api.Daemon{PID: os.Getpid(), Version: Version, Started: m.started.UTC(), Now: time.Now().UTC()},
 		Quarantines: []api.Quarantine{},
@@ -656,18 +684,40 @@ func (m *Manager) Status(port string) (api.Status, error) {
 	}
 	if port != "" {
 		q, ok := m.q[port]
-		if !ok {
+		if !ok || q.starting {
+			m.mu.Unlock()
 			return st, usagef("%s is not quarantined", port)
 		}
 		st.Quarantines = append(st.Quarantines, m.statusLocked(q))
-		return st, nil
+	} else {
+		for _, p := range m.portsLocked() {
+			st.Quarantines = append(st.Quarantines, m.statusLocked(m.q[p]))
+		}
 	}
-	for _, p := range m.portsLocked() {
-		st.Quarantines = append(st.Quarantines, m.statusLocked(m.q[p]))
+	m.mu.Unlock()
+	m.flushSnapshots()
+	for i := range st.Quarantines {
+		addTapDrops(&st.Quarantines[i])
 	}
 	return st, nil
 }
 
+// statusOf is port's quarantine as status reports it.
+func (m *Manager) statusOf(port string) (api.Quarantine, error) {
+	m.mu.Lock()
+	q, ok := m.q[port]
+	if !ok {
+		m.mu.Unlock()
+		return api.Quarantine{}, usagef("%s is not quarantined", port)
+	}
+	out := m.statusLocked(q)
+	m.mu.Unlock()
+	addTapDrops(&out)
+	return out, nil
+}
+
+// statusLocked is q as status reports it, but for the tap drops, which are
+// read from sysfs without the lock (addTapDrops).
 func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
 	out := api.Quarantine{
 		Port:     q.port,
@@ -681,6 +731,9 @@ func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
 		Stage:    q.spec.Stage,
 
 		TopDestinations: []api.Destination{},
+	}
+	if out.State == stateReleasing {
+		out.State = StateActive
 	}
 	if out.Origin == "" {
 		out.Origin = OriginManual
@@ -696,20 +749,21 @@ func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
 	}
 	var from, to forward.DirStats
 	var fq, tq *forward.QueueStats
-	if q.sp != nil {
-		out.Backend = q.sp.Backend()
-		out.Fail = failString(q.sp.FailOpen())
-		out.Taps = api.Taps{VM: q.sp.VMTap(), Net: q.sp.NetTap(), Priority: q.sp.PriorityTap()}
-		out.Warnings = append(out.Warnings, q.sp.Warnings()...)
+	sp, fwd := m.qSpliceLocked(q)
+	if sp != nil {
+		out.Backend = sp.Backend()
+		out.Fail = failString(sp.FailOpen())
+		out.Taps = api.Taps{VM: sp.VMTap(), Net: sp.NetTap(), Priority: sp.PriorityTap()}
+		out.Warnings = append(out.Warnings, sp.Warnings()...)
 	}
-	if q.fwd != nil {
-		from, to = q.fwd.FromVM.Stats(), q.fwd.ToVM.Stats()
-		for _, d := range q.fwd.FromVM.TopDestinations(nil, TopDestinations) {
+	if fwd != nil {
+		from, to = fwd.FromVM.Stats(), fwd.ToVM.Stats()
+		for _, d := range fwd.FromVM.TopDestinations(nil, TopDestinations) {
 			out.TopDestinations = append(out.TopDestinations, api.Destination{
 				Address: d.Addr.String(), Port: d.Port, Protocol: d.ProtoName(), Packets: d.Packets})
 		}
 		now := time.Now()
-		a, b := q.fwd.FromVM.Queue(now), q.fwd.ToVM.Queue(now)
+		a, b := fwd.FromVM.Queue(now), fwd.ToVM.Queue(now)
 		fq, tq = &a, &b
 	}
 	if q.state == StatePending {
@@ -718,13 +772,18 @@ func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
 	}
 	out.Directions.FromVM = dirStatus(q.spec.FromVM, from, fq)
 	out.Directions.ToVM = dirStatus(q.spec.ToVM, to, tq)
-	if q.sp != nil {
-		// Frames from the VM queue at the VM tap (and the priority tap);
-		// frames to the VM at the net tap.
-		out.Directions.FromVM.TapDrops = tapDrops(q.sp.VMTap()) + tapDrops(q.sp.PriorityTap())
-		out.Directions.ToVM.TapDrops = tapDrops(q.sp.NetTap())
-	}
 	return out
+}
+
+// addTapDrops fills in a spliced quarantine's tap drops: frames from the
+// VM queue at the VM tap (and the priority tap), frames to the VM at the
+// net tap.
+func addTapDrops(q *api.Quarantine) {
+	if q.Backend == "" {
+		return
+	}
+	q.Directions.FromVM.TapDrops = tapDrops(q.Taps.VM) + tapDrops(q.Taps.Priority)
+	q.Directions.ToVM.TapDrops = tapDrops(q.Taps.Net)
 }
 
 // tapDrops reads a tap's tx_dropped: the frames the kernel could not queue
@@ -737,27 +796,42 @@ func tapDrops(tap string) uint64 {
 	return n
 }
 
-// saveLocked writes the state file; a failure is logged, not returned: the
-// plumbing keeps the intent too, and refusing the change would not undo it.
-func (m *Manager) saveLocked() {
+// save writes the state file with the intent as it is now; a failure is
+// logged, not returned: the plumbing keeps the intent too, and refusing
+// the change would not undo it. The caller holds no lock.
+func (m *Manager) save() {
 	if m.opt.StateDir == "" {
 		return
 	}
+	m.saveMu.Lock()
+	defer m.saveMu.Unlock()
+	m.mu.Lock()
+	entries := m.stateEntriesLocked()
+	m.mu.Unlock()
+	if err := saveState(m.opt.StateDir, entries, time.Now()); err != nil {
+		m.log.Error("cannot write the state file", "dir", m.opt.StateDir, "err", err)
+	}
+}
+
+// stateEntriesLocked is the state file's content: every quarantine but
+// those still starting.
+func (m *Manager) stateEntriesLocked() []savedEntry {
 	entries := make([]savedEntry, 0, len(m.q))
 	for _, q := range m.q {
+		if q.starting {
+			continue
+		}
 		e := savedEntry{Port: q.port, State: q.state, Spec: q.spec, Since: q.since, Expires: q.expires}
 		if q.lad != nil {
 			st := q.lad.State()
 			e.Ladder = &st
 		}
-		if q.sp != nil {
-			e.Backend = q.sp.Backend()
+		if sp, _ := m.qSpliceLocked(q); sp != nil {
+			e.Backend = sp.Backend()
 		}
 		entries = append(entries, e)
 	}
-	if err := saveState(m.opt.StateDir, entries, time.Now()); err != nil {
-		m.log.Error("cannot write the state file", "dir", m.opt.StateDir, "err", err)
-	}
+	return entries
 }
 
 // Close stops accepting changes and stops every forwarder, leaving the
@@ -766,26 +840,34 @@ func (m *Manager) saveLocked() {
 // stopping clears everything.) Safe to call more than once.
 func (m *Manager) Close() error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.closed {
+		m.mu.Unlock()
 		return nil
 	}
 	m.closed = true
+	ports := make([]string, 0, len(m.owners))
+	for p := range m.owners {
+		ports = append(ports, p)
+	}
+	m.mu.Unlock()
 	// Before any forwarder stops: what passes between the two readings
 	// is counted twice, never missed.
-	meters := m.quotaMetersLocked()
+	meters := m.quotaMeters()
 	var errs []error
-	for _, q := range m.q {
-		if q.fwd != nil {
-			if err := q.fwd.Close(); err != nil {
+	for _, p := range ports {
+		o := m.lockOwner(p)
+		m.mu.Lock()
+		fwd := o.fwd
+		o.fwd = nil
+		m.mu.Unlock()
+		if fwd != nil {
+			if err := fwd.Close(); err != nil {
 				errs = append(errs, err)
 			}
-			q.fwd = nil
 		}
+		m.unlockOwner(o)
 	}
-	if err := m.closeQuotasLocked(m.clock(), meters); err != nil {
-		errs = append(errs, err)
-	}
+	m.closeQuotas(m.clock(), meters)
 	return errors.Join(errs...)
 }
 

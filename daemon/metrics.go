@@ -1,7 +1,6 @@
 package daemon
 
 import (
-	"sort"
 	"time"
 
 	"github.com/shaperd/shaperd/api"
@@ -21,22 +20,26 @@ type PortMetrics struct {
 }
 
 // MetricsSnapshot returns every quarantine's status and bucket fills at now,
-// sorted by port. It holds the manager's lock while it reads, so it sees no
-// quarantine half-made; it is meant for scrapes (a few per minute), not for
+// sorted by port. It holds the manager's lock (briefly: no I/O) while it
+// reads, so it sees no quarantine half-made; the tap drops are read from
+// sysfs after. It is meant for scrapes (a few per minute), not for
 // anything per frame. Safe for concurrent use.
 func (m *Manager) MetricsSnapshot(now time.Time) []PortMetrics {
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	out := make([]PortMetrics, 0, len(m.q))
-	for _, q := range m.q {
+	for _, p := range m.portsLocked() {
+		q := m.q[p]
 		pm := PortMetrics{Status: m.statusLocked(q)}
-		if q.fwd != nil {
+		if _, fwd := m.qSpliceLocked(q); fwd != nil {
 			pm.Running = true
-			pm.FromVMFill = q.fwd.FromVM.Fill(now)
-			pm.ToVMFill = q.fwd.ToVM.Fill(now)
+			pm.FromVMFill = fwd.FromVM.Fill(now)
+			pm.ToVMFill = fwd.ToVM.Fill(now)
 		}
 		out = append(out, pm)
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Status.Port < out[j].Status.Port })
+	m.mu.Unlock()
+	for i := range out {
+		addTapDrops(&out[i].Status)
+	}
 	return out
 }

@@ -34,7 +34,9 @@ package daemon
 // missing or unreadable snapshot is replaced by the most careful guess:
 // every interval of the period so far at the commit.
 //
-// Everything here runs under the Manager's mutex.
+// Tenant ports are spliced by their owner (owner.go), like quarantined
+// ports. The functions named ...Locked run under the Manager's mutex and do
+// no I/O; the others take it themselves.
 
 import (
 	"bytes"
@@ -118,13 +120,11 @@ func keyOf(s quota.Snapshot) []laneKey {
 	return out
 }
 
-// tenantPort is one port of a tenant. sp and fwd are set while the tenant
-// itself splices the port.
+// tenantPort is one port of a tenant; its owner splices it for the tenant
+// while no quarantine has it.
 type tenantPort struct {
 	t    *tenant
 	port string
-	sp   splice.Splice
-	fwd  *forward.Forwarder
 	// retryAt is when a port that could not be spliced is tried again;
 	// lastErr is why, logged once per distinct error.
 	retryAt time.Time
@@ -153,31 +153,37 @@ func (m *Manager) AddTenant(name string, settings map[string]string) (api.QuotaT
 	if len(cfg.Ports) == 0 {
 		return api.QuotaTenant{}, usagef("quota add %s: --ports is required: the tenant's switch ports, e.g. --ports vm-1,vm-2", name)
 	}
+	exists := map[string]bool{}
 	for _, p := range cfg.Ports {
 		if err := checkPortName(p); err != nil {
 			return api.QuotaTenant{}, err
 		}
+		exists[p] = m.portExists(p)
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.closed {
+		m.mu.Unlock()
 		return api.QuotaTenant{}, ErrClosed
 	}
 	m.quotas.init()
 	if _, ok := m.quotas.tenants[name]; ok {
+		m.mu.Unlock()
 		return api.QuotaTenant{}, usagef("tenant %s exists: remove it first (shaperd quota remove %s)", name, name)
 	}
 	for _, p := range cfg.Ports {
 		if tp, ok := m.quotas.byPort[p]; ok {
+			m.mu.Unlock()
 			return api.QuotaTenant{}, usagef("%s belongs to tenant %s: a port is billed to one tenant", p, tp.t.cfg.Tenant)
 		}
-		if !m.portExists(p) {
+		if !exists[p] {
+			m.mu.Unlock()
 			return api.QuotaTenant{}, usagef("%s: no such port", p)
 		}
 	}
 	now := m.clock()
 	acct, err := quota.New(cfg, now)
 	if err != nil {
+		m.mu.Unlock()
 		return api.QuotaTenant{}, usagef("%v", err)
 	}
 	t := &tenant{cfg: cfg, acct: acct, since: now.UTC()}
@@ -185,33 +191,42 @@ func (m *Manager) AddTenant(name string, settings map[string]string) (api.QuotaT
 		t.ports = append(t.ports, &tenantPort{t: t, port: p})
 	}
 	m.registerTenantLocked(t)
-	for _, tp := range t.ports {
-		if err := m.attachQuotaPortLocked(tp); err != nil {
-			if rerr := m.detachTenantLocked(t); rerr != nil {
+	m.mu.Unlock()
+	// Each port's owner splices it for the tenant, or puts the quota
+	// into its quarantine's forwarder.
+	for _, p := range cfg.Ports {
+		if err := m.reconcileOne(p); err != nil {
+			if rerr := m.detachTenant(t); rerr != nil {
 				m.log.Error("rollback of a failed quota add failed", "tenant", name, "err", rerr)
 				err = errors.Join(err, rerr)
 			}
-			return api.QuotaTenant{}, err
+			return api.QuotaTenant{}, fmt.Errorf("%s: %w", p, err)
 		}
 	}
 	if st, ok := m.quotaStore(); ok {
 		// The snapshot first: a tenant in the tenants file always has
 		// one, and a crash in between leaves an orphan snapshot that
 		// the next add of the name overwrites.
+		m.snapMu.Lock()
 		err := st.Save(acct.Snapshot(now))
+		m.snapMu.Unlock()
 		if err == nil {
-			err = m.saveTenantsLocked()
+			err = m.saveTenants()
 		}
 		if err != nil {
-			if rerr := m.detachTenantLocked(t); rerr != nil {
+			if rerr := m.detachTenant(t); rerr != nil {
 				err = errors.Join(err, rerr)
 			}
 			st.Remove(name)
 			return api.QuotaTenant{}, fmt.Errorf("quota add %s: %w", name, err)
 		}
+		m.mu.Lock()
 		t.saved = keyOf(acct.Snapshot(now))
+		m.mu.Unlock()
 	}
 	m.log.Info("quota tenant added", "tenant", name, "settings", settingsLine(cfg))
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	return m.tenantInfoLocked(t, now), nil
 }
 
@@ -225,23 +240,29 @@ func (m *Manager) RemoveTenant(name string) error {
 		return usagef("%v", err)
 	}
 	m.mu.Lock()
-	defer m.mu.Unlock()
 	if m.closed {
+		m.mu.Unlock()
 		return ErrClosed
 	}
 	t, ok := m.quotas.tenants[name]
+	m.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("%w: %w %s (see shaperd quota list)", ErrUsage, ErrNoTenant, name)
 	}
-	if err := m.detachTenantLocked(t); err != nil {
+	if err := m.detachTenant(t); err != nil {
+		m.mu.Lock()
 		m.registerTenantLocked(t)
+		m.mu.Unlock()
 		return fmt.Errorf("quota remove %s: %w", name, err)
 	}
 	if st, ok := m.quotaStore(); ok {
-		if err := m.saveTenantsLocked(); err != nil {
+		if err := m.saveTenants(); err != nil {
 			m.log.Error("cannot write the tenants file; the tenant comes back after a restart", "tenant", name, "err", err)
 		}
-		if err := st.Remove(name); err != nil {
+		m.snapMu.Lock()
+		err := st.Remove(name)
+		m.snapMu.Unlock()
+		if err != nil {
 			m.log.Error("cannot delete the tenant's samples", "tenant", name, "err", err)
 		}
 	}
@@ -257,47 +278,25 @@ func (m *Manager) registerTenantLocked(t *tenant) {
 	}
 }
 
-// detachTenantLocked unregisters t, reverts its own splices and takes its
-// hooks out of the forwarders of its quarantined ports. It carries on
-// past errors and returns them all.
-func (m *Manager) detachTenantLocked(t *tenant) error {
+// detachTenant unregisters t, and has the owner of each of its ports
+// revert the tenant's splice or take its hooks out of the quarantine's
+// forwarder. It carries on past errors and returns them all.
+func (m *Manager) detachTenant(t *tenant) error {
+	m.mu.Lock()
 	delete(m.quotas.tenants, t.cfg.Tenant)
 	for _, tp := range t.ports {
 		if m.quotas.byPort[tp.port] == tp {
 			delete(m.quotas.byPort, tp.port)
 		}
 	}
+	m.mu.Unlock()
 	var errs []error
 	for _, tp := range t.ports {
-		if tp.sp != nil || tp.fwd != nil {
-			if err := m.teardownQuotaPortLocked(tp); err != nil {
-				errs = append(errs, err)
-			}
-			continue
-		}
-		if q, ok := m.q[tp.port]; ok && q.fwd != nil {
-			if err := m.setSpecLocked(q, q.spec); err != nil {
-				errs = append(errs, fmt.Errorf("%s: take the quota out of the quarantine's forwarder: %w", tp.port, err))
-			}
+		if err := m.reconcileOne(tp.port); err != nil && !errors.Is(err, ErrClosed) {
+			errs = append(errs, fmt.Errorf("%s: %w", tp.port, err))
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// attachQuotaPortLocked makes tp's traffic go through the quota: through
-// its quarantine's forwarder if it has one, else through a splice of the
-// tenant's own.
-func (m *Manager) attachQuotaPortLocked(tp *tenantPort) error {
-	if q, ok := m.q[tp.port]; ok {
-		if q.fwd == nil {
-			return nil // pending: its forwarder gets the hooks when it starts
-		}
-		if err := m.setSpecLocked(q, q.spec); err != nil {
-			return fmt.Errorf("%s: put the quota into the quarantine's forwarder: %w", tp.port, err)
-		}
-		return nil
-	}
-	return m.spliceQuotaPortLocked(tp)
 }
 
 // quotaPoliciesLocked returns from and to with the hooks of port's tenant,
@@ -319,127 +318,12 @@ func (m *Manager) nextQuotaSeed() uint64 {
 	return uint64(m.started.UnixNano()) ^ m.quotas.seeds*0x9E3779B97F4A7C15
 }
 
-// spliceQuotaPortLocked splices tp's port for the tenant: default bypass
-// and control budgets, no other limit, the quota hooks; fail open where
-// the backend can (a dead forwarder should not cut a paying tenant off).
-func (m *Manager) spliceQuotaPortLocked(tp *tenantPort) error {
-	b, err := m.backendFor(tp.port)
-	if err != nil {
-		return err
-	}
-	spec := NewSpec()
-	opt := splice.Options{BypassPorts: spec.BypassPorts, FailOpen: true}
-	sp, err := b.Splice(tp.port, opt)
-	if err != nil && errors.Is(err, splice.ErrFailOpen) {
-		opt.FailOpen = false
-		sp, err = b.Splice(tp.port, opt)
-	}
-	if err != nil {
-		if errors.Is(err, splice.ErrSpliced) {
-			return usagef("%v", err)
-		}
-		return fmt.Errorf("splice %s: %w", tp.port, err)
-	}
-	fwd, err := m.startForwarder(sp, spec)
-	if err != nil {
-		if rerr := sp.Release(); rerr != nil {
-			m.log.Error("rollback of a failed tenant splice failed", "port", tp.port, "err", rerr)
-			err = errors.Join(err, rerr)
-		}
-		return err
-	}
-	tp.sp, tp.fwd, tp.lastErr = sp, fwd, ""
-	if r, ok := sp.(splice.IntentRecorder); ok {
-		// Says on the plumbing who made the splice; the limits are the
-		// tenants file's.
-		if err := r.SetIntent("tenant=" + tp.t.cfg.Tenant); err != nil {
-			m.log.Warn("cannot record the tenant on the plumbing", "port", tp.port, "err", err)
-		}
-	}
-	for _, w := range sp.Warnings() {
-		m.log.Warn("tenant splice warning", "port", tp.port, "warning", w)
-	}
-	go m.watchQuotaForwarder(tp, fwd)
-	m.log.Info("spliced for its quota tenant", "port", tp.port, "tenant", tp.t.cfg.Tenant, "backend", sp.Backend(), "vm_tap", sp.VMTap(), "net_tap", sp.NetTap())
-	return nil
-}
-
-// teardownQuotaPortLocked stops tp's forwarder, then reverts its splice.
-func (m *Manager) teardownQuotaPortLocked(tp *tenantPort) error {
-	if tp.fwd != nil {
-		if err := tp.fwd.Close(); err != nil {
-			m.log.Warn("closing a tenant port's forwarder", "port", tp.port, "err", err)
-		}
-		tp.fwd = nil
-	}
-	if tp.sp != nil {
-		if err := tp.sp.Release(); err != nil {
-			return fmt.Errorf("release %s: %w", tp.port, err)
-		}
-		tp.sp = nil
-	}
-	return nil
-}
-
-// watchQuotaForwarder logs a tenant port's forwarder that stops while the
-// tenant still wants it (Alive then reports false).
-func (m *Manager) watchQuotaForwarder(tp *tenantPort, fwd *forward.Forwarder) {
-	<-fwd.Done()
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.quotas.byPort[tp.port] == tp && tp.fwd == fwd && !m.closed {
-		m.log.Error("forwarder stopped while the port's quota tenant wants it", "port", tp.port, "tenant", tp.t.cfg.Tenant)
-	}
-}
-
-// yieldQuotaSpliceLocked hands a tenant port over to a quarantine about to
-// splice it: the tenant's splice is reverted. Called by applyLocked.
-func (m *Manager) yieldQuotaSpliceLocked(port string) error {
-	tp, ok := m.quotas.byPort[port]
-	if !ok || (tp.sp == nil && tp.fwd == nil) {
-		return nil
-	}
-	if err := m.teardownQuotaPortLocked(tp); err != nil {
-		return fmt.Errorf("hand %s over from tenant %s to its quarantine: %w", port, tp.t.cfg.Tenant, err)
-	}
-	m.log.Info("tenant port handed over to its quarantine; the quarantine's forwarder applies the quota", "port", port, "tenant", tp.t.cfg.Tenant)
-	return nil
-}
-
-// quotaPortFreeLocked splices a tenant port that nothing splices: after
-// its quarantine ended or failed to start, or when the port appears.
-func (m *Manager) quotaPortFreeLocked(port string) {
-	tp, ok := m.quotas.byPort[port]
-	if !ok || m.closed || !m.quotaPortUnsplicedLocked(tp) {
-		return
-	}
-	m.retryQuotaPortLocked(tp, m.clock())
-}
-
 // quotaPortUnsplicedLocked reports whether tp wants a splice of the
 // tenant's own and has none.
 func (m *Manager) quotaPortUnsplicedLocked(tp *tenantPort) bool {
 	_, quarantined := m.q[tp.port]
-	return tp.fwd == nil && !quarantined
-}
-
-// retryQuotaPortLocked tries to splice tp now; on failure it waits
-// QuotaRetry before the next try by Tick.
-func (m *Manager) retryQuotaPortLocked(tp *tenantPort, now time.Time) {
-	if tp.sp != nil {
-		// A splice whose release failed earlier: finish it first.
-		if err := tp.sp.Release(); err != nil {
-			m.quotaRetryLaterLocked(tp, now, fmt.Errorf("release %s: %w", tp.port, err))
-			return
-		}
-		tp.sp = nil
-	}
-	if !m.portExists(tp.port) {
-		return
-	}
-	if err := m.spliceQuotaPortLocked(tp); err != nil {
-		m.quotaRetryLaterLocked(tp, now, err)
-	}
+	_, fwd := m.tSpliceLocked(tp)
+	return fwd == nil && !quarantined
 }
 
 func (m *Manager) quotaRetryLaterLocked(tp *tenantPort, now time.Time, err error) {
@@ -450,23 +334,11 @@ func (m *Manager) quotaRetryLaterLocked(tp *tenantPort, now time.Time, err error
 	}
 }
 
-// quotaPortGoneLocked reverts the tenant's splice of a port that
-// disappeared; the port waits for its return.
-func (m *Manager) quotaPortGoneLocked(port string) {
-	tp, ok := m.quotas.byPort[port]
-	if !ok || m.closed || (tp.sp == nil && tp.fwd == nil) {
-		return
-	}
-	m.log.Warn("tenant port disappeared: removing its splice until it returns", "port", port, "tenant", tp.t.cfg.Tenant)
-	if err := m.teardownQuotaPortLocked(tp); err != nil {
-		m.log.Error("cleaning up after a vanished tenant port", "port", port, "err", err)
-	}
-}
-
-// tickQuotasLocked closes the tenants' intervals, saves the snapshots that
-// hold something new (or whose last save failed), and retries ports that
-// are not spliced. Called by Tick.
-func (m *Manager) tickQuotasLocked(now time.Time) {
+// tickQuotasLocked closes the tenants' intervals, queues the snapshots
+// that hold something new (or whose last save failed), and returns the
+// ports that are not spliced and due for a retry. Called by Tick.
+func (m *Manager) tickQuotasLocked(now time.Time) []string {
+	var retry []string
 	for _, name := range m.tenantNamesLocked() {
 		t := m.quotas.tenants[name]
 		if _, save := t.acct.Tick(now); save || t.saveErr != nil {
@@ -474,31 +346,62 @@ func (m *Manager) tickQuotasLocked(now time.Time) {
 		}
 		for _, tp := range t.ports {
 			if m.quotaPortUnsplicedLocked(tp) && !now.Before(tp.retryAt) {
-				m.retryQuotaPortLocked(tp, now)
+				retry = append(retry, tp.port)
 			}
 		}
 	}
+	return retry
 }
 
-// saveSnapshotLocked persists s, t's snapshot; a failure is logged once and
-// retried at every tick.
+// saveSnapshotLocked queues s, t's snapshot, for flushSnapshots to write.
 func (m *Manager) saveSnapshotLocked(t *tenant, s quota.Snapshot) {
+	if _, ok := m.quotaStore(); !ok {
+		return
+	}
+	if m.snapDue == nil {
+		m.snapDue = map[*tenant]quota.Snapshot{}
+	}
+	m.snapDue[t] = s
+}
+
+// flushSnapshots writes the queued snapshots of tenants that still exist;
+// a failure is logged once and retried at every tick. The caller holds no
+// lock.
+func (m *Manager) flushSnapshots() {
 	st, ok := m.quotaStore()
 	if !ok {
 		return
 	}
-	if err := st.Save(s); err != nil {
-		if t.saveErr == nil {
-			m.log.Error("cannot save a tenant's samples; retrying at every tick", "tenant", t.cfg.Tenant, "err", err)
+	m.snapMu.Lock()
+	defer m.snapMu.Unlock()
+	m.mu.Lock()
+	due := m.snapDue
+	m.snapDue = nil
+	m.mu.Unlock()
+	for t, s := range due {
+		m.mu.Lock()
+		live := m.quotas.tenants[t.cfg.Tenant] == t
+		m.mu.Unlock()
+		if !live {
+			continue
 		}
-		t.saveErr = err
-		return
+		err := st.Save(s)
+		m.mu.Lock()
+		switch {
+		case err != nil:
+			if t.saveErr == nil {
+				m.log.Error("cannot save a tenant's samples; retrying at every tick", "tenant", t.cfg.Tenant, "err", err)
+			}
+			t.saveErr = err
+		default:
+			if t.saveErr != nil {
+				m.log.Info("tenant's samples saved again", "tenant", t.cfg.Tenant)
+			}
+			t.saveErr = nil
+			t.saved = keyOf(s)
+		}
+		m.mu.Unlock()
 	}
-	if t.saveErr != nil {
-		m.log.Info("tenant's samples saved again", "tenant", t.cfg.Tenant)
-	}
-	t.saveErr = nil
-	t.saved = keyOf(s)
 }
 
 // snapshotLocked returns t's snapshot at now for reading (metrics). Taking
@@ -521,50 +424,38 @@ func (m *Manager) tenantNamesLocked() []string {
 	return names
 }
 
-// quotasAliveLocked reports whether every forwarder of a tenant splice runs.
-func (m *Manager) quotasAliveLocked() bool {
-	for _, tp := range m.quotas.byPort {
-		if tp.fwd != nil && !tp.fwd.Alive() {
-			return false
-		}
-	}
-	return true
-}
-
-// closeQuotasLocked stops the tenants' forwarders, leaving their splices
-// for the next daemon to adopt, and saves every tenant's snapshot, marked
+// closeQuotas saves every tenant's snapshot at Close (the forwarders are
+// stopped by then, the splices left for the next daemon to adopt), marked
 // as taken at a clean stop with its ports' counters from meters (read
-// before any forwarder stopped; see quotaMetersLocked). A tenant whose
-// counters could not be read gets no mark: the next start applies the
-// crash rule to it.
-func (m *Manager) closeQuotasLocked(now time.Time, meters map[string][]quota.PortMeter) error {
-	var errs []error
+// before any forwarder stopped; see quotaMeters). A tenant whose counters
+// could not be read gets no mark: the next start applies the crash rule
+// to it.
+func (m *Manager) closeQuotas(now time.Time, meters map[string][]quota.PortMeter) {
+	m.mu.Lock()
 	for _, name := range m.tenantNamesLocked() {
 		t := m.quotas.tenants[name]
-		for _, tp := range t.ports {
-			if tp.fwd != nil {
-				if err := tp.fwd.Close(); err != nil {
-					errs = append(errs, err)
-				}
-				tp.fwd = nil
-			}
-		}
 		s := t.acct.Snapshot(now)
 		if pm, ok := meters[name]; ok {
 			s.Clean = &quota.CleanStop{Ports: pm}
 		}
 		m.saveSnapshotLocked(t, s)
 	}
-	return errors.Join(errs...)
+	m.mu.Unlock()
+	m.flushSnapshots()
 }
 
-// quotaMetersLocked reads the counters of every tenant's ports, by tenant;
-// a tenant whose counters cannot be read is left out (and logged).
-func (m *Manager) quotaMetersLocked() map[string][]quota.PortMeter {
+// quotaMeters reads the counters of every tenant's ports, by tenant; a
+// tenant whose counters cannot be read is left out (and logged).
+func (m *Manager) quotaMeters() map[string][]quota.PortMeter {
+	m.mu.Lock()
+	ports := map[string][]string{}
+	for name, t := range m.quotas.tenants {
+		ports[name] = t.cfg.Ports
+	}
+	m.mu.Unlock()
 	out := map[string][]quota.PortMeter{}
-	for _, name := range m.tenantNamesLocked() {
-		t := m.quotas.tenants[name]
-		pm, err := m.portMeters(t.cfg.Ports)
+	for name, pp := range ports {
+		pm, err := m.portMeters(pp)
 		if err != nil {
 			m.log.Warn("cannot read a tenant's port counters at the stop: its next start applies the crash rule", "tenant", name, "err", err)
 			continue
@@ -632,7 +523,7 @@ func unmeteredSince(stop, now []quota.PortMeter) (*quota.Unmetered, string) {
 // samples at the start of Restore: with the crash rule, or without it
 // after a clean stop in the same interval (see unmeteredSince). Nothing is
 // spliced yet: Restore adopts the tenants' splices it finds
-// (adoptQuotaSpliceLocked) and splices the rest (spliceQuotaPortsLocked).
+// (adoptQuotaSpliceLocked) and has the owners splice the rest.
 func (m *Manager) loadQuotasLocked(now time.Time) {
 	st, ok := m.quotaStore()
 	if !ok {
@@ -781,39 +672,44 @@ func (m *Manager) adoptQuotaSpliceLocked(port string, a splice.Adopter) bool {
 		}
 		return true
 	}
-	fwd, err := m.startForwarder(sp, NewSpec())
+	o := m.ownerLocked(port)
+	spec := NewSpec()
+	from, to := m.quotaPoliciesLocked(port, spec.fromVMPolicy(), spec.ToVM.policy())
+	fwd, err := m.startForwarder(sp, spec, from, to)
 	if err != nil {
 		m.log.Error("cannot restart the forwarder of an adopted tenant splice", "port", port, "err", err)
-		tp.sp = sp // released and spliced again by the next retry
+		o.sp = sp // released and spliced again by the next retry
 		return true
 	}
-	tp.sp, tp.fwd = sp, fwd
-	go m.watchQuotaForwarder(tp, fwd)
+	o.sp, o.fwd, o.forQ = sp, fwd, false
+	go m.watchForwarder(o, fwd)
 	m.log.Info("adopted tenant splice", "port", port, "tenant", tp.t.cfg.Tenant, "backend", sp.Backend())
 	return true
 }
 
-// spliceQuotaPortsLocked splices, at the end of Restore, the tenant ports
-// that no adopted splice or quarantine covers.
-func (m *Manager) spliceQuotaPortsLocked(now time.Time) {
+// unsplicedQuotaPortsLocked lists, at the end of Restore, the tenant ports
+// that no adopted splice or quarantine covers, for their owners to splice.
+func (m *Manager) unsplicedQuotaPortsLocked() []string {
+	var out []string
 	for _, name := range m.tenantNamesLocked() {
 		for _, tp := range m.quotas.tenants[name].ports {
 			if m.quotaPortUnsplicedLocked(tp) {
-				m.retryQuotaPortLocked(tp, now)
+				out = append(out, tp.port)
 			}
 		}
 	}
+	return out
 }
 
 // quotaPortStateLocked is a tenant port's api.QuotaPort state.
 func (m *Manager) quotaPortStateLocked(tp *tenantPort) string {
 	if q, ok := m.q[tp.port]; ok {
-		if q.fwd != nil {
+		if _, fwd := m.qSpliceLocked(q); fwd != nil {
 			return api.QuotaPortQuarantined
 		}
 		return api.QuotaPortWaiting
 	}
-	if tp.fwd != nil {
+	if _, fwd := m.tSpliceLocked(tp); fwd != nil {
 		return api.QuotaPortSpliced
 	}
 	return api.QuotaPortWaiting
@@ -926,6 +822,9 @@ type QuotaLane struct {
 // QuotaMetrics returns every tenant's figures at now, sorted by tenant; for
 // scrapes, not for anything per frame. Safe for concurrent use.
 func (m *Manager) QuotaMetrics(now time.Time) []QuotaMetrics {
+	// A snapshot that holds something new is written after the lock is
+	// released: a scrape never waits for the disk under it.
+	defer m.flushSnapshots()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := make([]QuotaMetrics, 0, len(m.quotas.tenants))
@@ -996,12 +895,18 @@ type savedTenant struct {
 	Since    time.Time         `json:"since"`
 }
 
-func (m *Manager) saveTenantsLocked() error {
+// saveTenants writes the tenants file with the tenants as they are now.
+// The caller holds no lock.
+func (m *Manager) saveTenants() error {
+	m.saveMu.Lock()
+	defer m.saveMu.Unlock()
+	m.mu.Lock()
 	var entries []savedTenant
 	for _, name := range m.tenantNamesLocked() {
 		t := m.quotas.tenants[name]
 		entries = append(entries, savedTenant{Tenant: name, Settings: t.cfg.Settings(), Since: t.since})
 	}
+	m.mu.Unlock()
 	return saveTenants(m.opt.StateDir, entries, time.Now())
 }
 

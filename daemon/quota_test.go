@@ -116,10 +116,14 @@ func quotaHooked(t *testing.T, m *Manager, port string) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	q := m.q[port]
-	if q == nil || q.fwd == nil {
+	var fwd *forward.Forwarder
+	if q != nil {
+		_, fwd = m.qSpliceLocked(q)
+	}
+	if fwd == nil {
 		t.Fatalf("%s has no running quarantine", port)
 	}
-	from, to := q.fwd.FromVM.Policy().Quota != nil, q.fwd.ToVM.Policy().Quota != nil
+	from, to := fwd.FromVM.Policy().Quota != nil, fwd.ToVM.Policy().Quota != nil
 	if from != to {
 		t.Fatalf("%s: quota hook from_vm %v, to_vm %v", port, from, to)
 	}

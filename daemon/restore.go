@@ -23,9 +23,33 @@ import (
 // A missing or corrupt state file never stops the daemon: it logs what it
 // found and rebuilds from the plumbing. Restore touches nothing it did not
 // create: it only adopts splices its backends recognise as theirs.
+//
+// Restore runs before the daemon serves requests; it does its adoption
+// under Manager.mu, and has the owners splice what is left to splice.
 func (m *Manager) Restore() error {
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	retry, err := m.restoreLocked()
+	m.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	now := m.clock()
+	for _, p := range retry {
+		m.tryPort(p, now)
+	}
+	m.mu.Lock()
+	m.countStartGapLocked(m.clock())
+	// Only after the full sync: pieces no recorded splice names.
+	m.removeOrphanPiecesLocked()
+	m.mu.Unlock()
+	m.flushSnapshots()
+	m.save()
+	return nil
+}
+
+// restoreLocked adopts what it finds and returns the ports left to splice:
+// pending quarantines and tenant ports.
+func (m *Manager) restoreLocked() ([]string, error) {
 	now := m.clock()
 	trusted := m.opt.StateDir != "" // without a state file, adopt everything found
 	saved := map[string]savedEntry{}
@@ -62,7 +86,7 @@ func (m *Manager) Restore() error {
 		}
 		fs, err := a.Found()
 		if err != nil {
-			return fmt.Errorf("restore: list %s splices: %w", b.Name(), err)
+			return nil, fmt.Errorf("restore: list %s splices: %w", b.Name(), err)
 		}
 		for _, f := range fs {
 			if _, dup := found[f.Port]; !dup {
@@ -71,7 +95,7 @@ func (m *Manager) Restore() error {
 		}
 	}
 
-	var orphans []string
+	var orphans, retry []string
 	for port, f := range found {
 		e, inState := saved[port]
 		if !inState && m.adoptQuotaSpliceLocked(port, f.b) {
@@ -111,10 +135,20 @@ func (m *Manager) Restore() error {
 			m.log.Warn("adopted splice's port is gone: quarantine pending", "port", port)
 			continue
 		}
-		if err := m.startLocked(q, sp); err != nil {
+		o := m.ownerLocked(port)
+		from, to := m.quotaPoliciesLocked(port, q.spec.fromVMPolicy(), q.spec.ToVM.policy())
+		fwd, err := m.startForwarder(sp, q.spec, from, to)
+		if err != nil {
 			m.log.Error("cannot restart the forwarder of an adopted splice", "port", port, "err", err)
 			continue
 		}
+		o.sp, o.fwd, o.forQ = sp, fwd, true
+		q.state = StateActive
+		if q.lad != nil && q.lad.AvgFrame() == 0 {
+			q.avgFrom = m.clock()
+		}
+		go m.watchForwarder(o, fwd)
+		m.recordIntent(port, sp, q.spec.Intent())
 		m.q[port] = q
 		m.log.Info("adopted splice", "port", port, "backend", sp.Backend(), "limits_from", how, "intent", spec.Intent())
 	}
@@ -130,7 +164,7 @@ func (m *Manager) Restore() error {
 			q.expires = e.Expires
 		}
 		m.q[port] = q
-		m.tryPendingLocked(q)
+		retry = append(retry, port)
 		m.log.Info("restored quarantine from the state file", "port", port, "state", q.state)
 	}
 
@@ -146,12 +180,7 @@ func (m *Manager) Restore() error {
 		}
 		m.log.Warn("removed an orphan splice (released, or half released, by an earlier daemon)", "port", port)
 	}
-	m.spliceQuotaPortsLocked(now)
-	m.countStartGapLocked(m.clock())
-	// Only after the full sync: pieces no recorded splice names.
-	m.removeOrphanPiecesLocked()
-	m.saveLocked()
-	return nil
+	return append(retry, m.unsplicedQuotaPortsLocked()...), nil
 }
 
 // orphanRemover is a backend that can remove pieces it created that no

@@ -5,6 +5,7 @@ package fakesplice
 import (
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/shaperd/shaperd/splice"
 )
@@ -18,10 +19,13 @@ type Backend struct {
 	FailSplice error
 	// CanFailOpen lets Splice accept Options.FailOpen.
 	CanFailOpen bool
-	spliced     map[string]bool
-	intents     map[string]string
-	released    int
-	splices     int
+	// Delay is how long each Splice and Release takes, as a slow
+	// switch's command-line tools would.
+	Delay    time.Duration
+	spliced  map[string]bool
+	intents  map[string]string
+	released int
+	splices  int
 }
 
 // New returns a backend that knows the given bridged ports.
@@ -52,6 +56,7 @@ func (b *Backend) Handles(port string) (bool, error) {
 
 // Splice implements splice.Backend.
 func (b *Backend) Splice(port string, opt splice.Options) (splice.Splice, error) {
+	b.wait()
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if opt.FailOpen && !b.CanFailOpen {
@@ -66,6 +71,14 @@ func (b *Backend) Splice(port string, opt splice.Options) (splice.Splice, error)
 	b.spliced[port] = true
 	b.splices++
 	return &fakeSplice{b: b, port: port, failOpen: opt.FailOpen}, nil
+}
+
+// wait sleeps the backend's Delay.
+func (b *Backend) wait() {
+	b.mu.Lock()
+	d := b.Delay
+	b.mu.Unlock()
+	time.Sleep(d)
 }
 
 // Spliced reports whether port is currently spliced.
@@ -96,6 +109,7 @@ func (s *fakeSplice) NetTap() string      { _, n := splice.TapNames(s.port); ret
 func (s *fakeSplice) PriorityTap() string { return splice.PriorityTapName(s.port) }
 func (s *fakeSplice) Warnings() []string  { return nil }
 func (s *fakeSplice) Release() error {
+	s.b.wait()
 	s.once.Do(func() {
 		s.b.mu.Lock()
 		defer s.b.mu.Unlock()
