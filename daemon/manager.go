@@ -21,6 +21,7 @@ import (
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/guard"
 	"github.com/shaperd/shaperd/ladder"
+	"github.com/shaperd/shaperd/owner"
 	"github.com/shaperd/shaperd/profile"
 	"github.com/shaperd/shaperd/quota"
 	"github.com/shaperd/shaperd/splice"
@@ -69,10 +70,6 @@ type Manager struct {
 	started  time.Time
 	opt      Options
 
-	// ForwarderNice is the scheduling priority of forwarding threads
-	// (-20..19, 0 = the daemon's own). Set it before the first quarantine.
-	ForwarderNice int
-
 	// openTap opens a splice's taps; a hook so unit tests can use fakes.
 	openTap func(name string) (forward.Device, error)
 	// portExists reports whether a link exists; a hook for unit tests.
@@ -97,7 +94,8 @@ type Manager struct {
 	// call, sysfs read or disk write runs under it (see owner).
 	mu     sync.Mutex
 	q      map[string]*quarantine // by port
-	owners map[string]*owner      // by port: what splices each port
+	owners map[string]*owner.Port // by port: what splices each port
+	env    owner.Env              // what the owners need of the host
 	closed bool
 	// saveMu orders the writes of the state file; each writes the intent
 	// as it is when the write starts.
@@ -152,12 +150,11 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 		opt.PendingTTL = DefaultPendingTTL
 	}
 	m := &Manager{
-		log:           log,
-		backends:      backends,
-		started:       time.Now(),
-		opt:           opt,
-		ForwarderNice: opt.ForwarderNice,
-		openTap:       forward.OpenTap,
+		log:      log,
+		backends: backends,
+		started:  time.Now(),
+		opt:      opt,
+		openTap:  forward.OpenTap,
 		portExists: func(name string) bool {
 			_, err := netlink.LinkByName(name)
 			return err == nil
@@ -167,8 +164,17 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 		linkSubscribe: netlinkSubscribe,
 		listLinks:     linkNames,
 		q:             make(map[string]*quarantine),
-		owners:        make(map[string]*owner),
+		owners:        make(map[string]*owner.Port),
 		events:        Events{Transitions: map[string]uint64{}, Hooks: map[string]uint64{}, Alerts: map[string]uint64{}},
+	}
+	m.env = owner.Env{
+		Backends:   backends,
+		OpenTap:    func(name string) (forward.Device, error) { return m.openTap(name) },
+		PortExists: func(name string) bool { return m.portExists(name) },
+		Nice:       opt.ForwarderNice,
+		Log:        log,
+		Stopped:    m.forwarderStopped,
+		Usage:      usageErr,
 	}
 	if err := m.Configure(profile.Set{profile.Quarantine: profile.Default()}, DefaultWatchConfig()); err != nil {
 		panic(err) // the defaults are valid
@@ -306,85 +312,18 @@ func (m *Manager) makePendingLocked(q *quarantine, now time.Time) {
 // reconcileTenant reconciles o after its quarantine ended or failed to
 // start, so that a tenant port is spliced for its tenant again; a failure
 // is retried by Tick. Caller holds o.op.
-func (m *Manager) reconcileTenant(o *owner, now time.Time) {
+func (m *Manager) reconcileTenant(o *owner.Port, now time.Time) {
 	err := m.reconcile(o)
 	if err == nil || errors.Is(err, ErrClosed) {
 		return
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if tp, ok := m.quotas.byPort[o.port]; ok {
+	if tp, ok := m.quotas.byPort[o.Name()]; ok {
 		m.quotaRetryLaterLocked(tp, now, err)
 		return
 	}
-	m.log.Error("cannot revert a splice", "port", o.port, "err", err)
-}
-
-func (m *Manager) backendFor(port string) (splice.Backend, error) {
-	var errs []error
-	for _, b := range m.backends {
-		ok, err := b.Handles(port)
-		if ok {
-			return b, nil
-		}
-		if err != nil {
-			if errors.Is(err, splice.ErrNoPort) || errors.Is(err, splice.ErrNotBridged) || errors.Is(err, splice.ErrSpliced) {
-				return nil, usagef("%v", err)
-			}
-			errs = append(errs, err)
-		}
-	}
-	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
-	}
-	return nil, usagef("%s: no splice backend can handle this port (it must be a member of a Linux bridge or an Open vSwitch bridge)", port)
-}
-
-// startForwarder opens sp's taps and runs a forwarder on them with spec's
-// classifier and the policies from and to.
-func (m *Manager) startForwarder(sp splice.Splice, spec Spec, from, to forward.Policy) (*forward.Forwarder, error) {
-	var opened []forward.Device
-	closeAll := func() {
-		for _, d := range opened {
-			d.Close()
-		}
-	}
-	open := func(name string) (forward.Device, error) {
-		d, err := m.openTap(name)
-		if err == nil {
-			opened = append(opened, d)
-		}
-		return d, err
-	}
-	vm, err := open(sp.VMTap())
-	if err != nil {
-		return nil, err
-	}
-	nt, err := open(sp.NetTap())
-	if err != nil {
-		closeAll()
-		return nil, err
-	}
-	var prio forward.Device
-	if name := sp.PriorityTap(); name != "" {
-		if prio, err = open(name); err != nil {
-			closeAll()
-			return nil, err
-		}
-	}
-	cfg := forward.Config{
-		Classify: spec.classifyConfig(),
-		FromVM:   from,
-		ToVM:     to,
-		Nice:     m.ForwarderNice,
-		Log:      m.log.With("port", sp.Port()),
-	}
-	fwd, err := forward.New(cfg, forward.Devices{VM: vm, Net: nt, Priority: prio})
-	if err != nil {
-		closeAll()
-		return nil, err
-	}
-	return fwd, nil
+	m.log.Error("cannot revert a splice", "port", o.Name(), "err", err)
 }
 
 // Alive reports whether every forwarder that should run runs (for the
@@ -393,7 +332,7 @@ func (m *Manager) Alive() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, o := range m.owners {
-		if o.fwd != nil && !o.fwd.Alive() {
+		if _, fwd, _ := o.State(); fwd != nil && !fwd.Alive() {
 			return false
 		}
 	}
@@ -506,13 +445,14 @@ func (m *Manager) ReleaseAll() ([]string, error) {
 	return done, errors.Join(errs...)
 }
 
-// release ends o's quarantine; caller holds o.op.
-func (m *Manager) release(o *owner) error {
+// release ends o's quarantine; caller holds o's lock.
+func (m *Manager) release(o *owner.Port) error {
+	port := o.Name()
 	m.mu.Lock()
-	q, ok := m.q[o.port]
+	q, ok := m.q[port]
 	if !ok {
 		m.mu.Unlock()
-		return usagef("%s is not quarantined", o.port)
+		return usagef("%s is not quarantined", port)
 	}
 	sp, fwd := m.qSpliceLocked(q)
 	spliced := sp != nil || fwd != nil
@@ -533,12 +473,12 @@ func (m *Manager) release(o *owner) error {
 		}
 	}
 	m.mu.Lock()
-	if m.q[o.port] == q {
-		delete(m.q, o.port)
+	if m.q[port] == q {
+		delete(m.q, port)
 	}
 	m.mu.Unlock()
 	m.save()
-	m.log.Info("released", "port", o.port)
+	m.log.Info("released", "port", port)
 	m.reconcileTenant(o, m.clock())
 	return nil
 }
@@ -554,7 +494,7 @@ func (m *Manager) PortGone(port string) {
 	q := m.q[port]
 	tp := m.quotas.byPort[port]
 	active := q != nil && q.state == StateActive
-	spliced := o.sp != nil || o.fwd != nil
+	spliced := !o.Idle()
 	closed := m.closed
 	m.mu.Unlock()
 	if closed || (!active && !spliced) {
@@ -599,7 +539,8 @@ func (m *Manager) tryPort(port string, now time.Time) {
 	q := m.q[port]
 	tp := m.quotas.byPort[port]
 	pending := q != nil && q.state == StatePending
-	unspliced := q == nil && tp != nil && o.fwd == nil
+	_, fwd, _ := o.State()
+	unspliced := q == nil && tp != nil && fwd == nil
 	m.mu.Unlock()
 	switch {
 	case pending:
@@ -856,14 +797,8 @@ func (m *Manager) Close() error {
 	var errs []error
 	for _, p := range ports {
 		o := m.lockOwner(p)
-		m.mu.Lock()
-		fwd := o.fwd
-		o.fwd = nil
-		m.mu.Unlock()
-		if fwd != nil {
-			if err := fwd.Close(); err != nil {
-				errs = append(errs, err)
-			}
+		if err := o.Stop(); err != nil {
+			errs = append(errs, err)
 		}
 		m.unlockOwner(o)
 	}

@@ -672,17 +672,13 @@ func (m *Manager) adoptQuotaSpliceLocked(port string, a splice.Adopter) bool {
 		}
 		return true
 	}
-	o := m.ownerLocked(port)
-	spec := NewSpec()
-	from, to := m.quotaPoliciesLocked(port, spec.fromVMPolicy(), spec.ToVM.policy())
-	fwd, err := m.startForwarder(sp, spec, from, to)
-	if err != nil {
+	w, _, _ := m.wantLocked(port)
+	if err := m.ownerLocked(port).Adopt(sp, w); err != nil {
+		// The owner keeps the splice: reverted and made again by the
+		// next retry.
 		m.log.Error("cannot restart the forwarder of an adopted tenant splice", "port", port, "err", err)
-		o.sp = sp // released and spliced again by the next retry
 		return true
 	}
-	o.sp, o.fwd, o.forQ = sp, fwd, false
-	go m.watchForwarder(o, fwd)
 	m.log.Info("adopted tenant splice", "port", port, "tenant", tp.t.cfg.Tenant, "backend", sp.Backend())
 	return true
 }

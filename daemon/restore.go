@@ -135,21 +135,17 @@ func (m *Manager) restoreLocked() ([]string, error) {
 			m.log.Warn("adopted splice's port is gone: quarantine pending", "port", port)
 			continue
 		}
-		o := m.ownerLocked(port)
-		from, to := m.quotaPoliciesLocked(port, q.spec.fromVMPolicy(), q.spec.ToVM.policy())
-		fwd, err := m.startForwarder(sp, q.spec, from, to)
-		if err != nil {
+		q.state = StateActive
+		m.q[port] = q
+		w, _, _ := m.wantLocked(port)
+		if err := m.ownerLocked(port).Adopt(sp, w); err != nil {
+			delete(m.q, port)
 			m.log.Error("cannot restart the forwarder of an adopted splice", "port", port, "err", err)
 			continue
 		}
-		o.sp, o.fwd, o.forQ = sp, fwd, true
-		q.state = StateActive
 		if q.lad != nil && q.lad.AvgFrame() == 0 {
 			q.avgFrom = m.clock()
 		}
-		go m.watchForwarder(o, fwd)
-		m.recordIntent(port, sp, q.spec.Intent())
-		m.q[port] = q
 		m.log.Info("adopted splice", "port", port, "backend", sp.Backend(), "limits_from", how, "intent", spec.Intent())
 	}
 
