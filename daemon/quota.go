@@ -39,10 +39,6 @@ package daemon
 // no I/O; the others take it themselves.
 
 import (
-	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -59,6 +55,7 @@ import (
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/quota"
 	"github.com/shaperd/shaperd/splice"
+	"github.com/shaperd/shaperd/statefile"
 	"github.com/shaperd/shaperd/units"
 )
 
@@ -880,11 +877,6 @@ type tenantsBody struct {
 	Tenants []savedTenant `json:"tenants"`
 }
 
-type tenantsEnvelope struct {
-	SHA256 string          `json:"sha256"`
-	Body   json.RawMessage `json:"body"`
-}
-
 type savedTenant struct {
 	Tenant   string            `json:"tenant"`
 	Settings map[string]string `json:"settings"`
@@ -910,40 +902,18 @@ func saveTenants(dir string, entries []savedTenant, now time.Time) error {
 	if entries == nil {
 		entries = []savedTenant{}
 	}
-	body, err := json.Marshal(tenantsBody{Version: 1, Written: now.UTC(), Tenants: entries})
-	if err != nil {
-		return err
-	}
-	sum := sha256.Sum256(body)
-	data, err := json.Marshal(tenantsEnvelope{SHA256: hex.EncodeToString(sum[:]), Body: body})
-	if err != nil {
-		return err
-	}
-	return writeAtomic(filepath.Join(dir, TenantsFile), append(data, '\n'))
+	return statefile.Write(filepath.Join(dir, TenantsFile), tenantsBody{Version: 1, Written: now.UTC(), Tenants: entries}, false)
 }
 
 // loadTenants reads the tenants file in dir: os.ErrNotExist if there is
 // none, ErrCorruptState if it cannot be trusted.
 func loadTenants(dir string) ([]savedTenant, error) {
-	data, err := os.ReadFile(filepath.Join(dir, TenantsFile))
-	if err != nil {
-		return nil, err
-	}
-	var env tenantsEnvelope
-	if err := json.Unmarshal(data, &env); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrCorruptState, TenantsFile, err)
-	}
-	var compact bytes.Buffer
-	if err := json.Compact(&compact, env.Body); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrCorruptState, TenantsFile, err)
-	}
-	sum := sha256.Sum256(compact.Bytes())
-	if hex.EncodeToString(sum[:]) != env.SHA256 {
-		return nil, fmt.Errorf("%w: %s: checksum mismatch", ErrCorruptState, TenantsFile)
-	}
 	var body tenantsBody
-	if err := json.Unmarshal(env.Body, &body); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrCorruptState, TenantsFile, err)
+	if err := statefile.Read(filepath.Join(dir, TenantsFile), &body); err != nil {
+		if errors.Is(err, statefile.ErrCorrupt) {
+			return nil, fmt.Errorf("%w: %s: %s", ErrCorruptState, TenantsFile, statefile.Reason(err))
+		}
+		return nil, err
 	}
 	if body.Version != 1 {
 		return nil, fmt.Errorf("%w: %s: version %d, want 1", ErrCorruptState, TenantsFile, body.Version)

@@ -1,10 +1,6 @@
 package daemon
 
 import (
-	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/url"
@@ -17,6 +13,7 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/ladder"
+	"github.com/shaperd/shaperd/statefile"
 )
 
 // StateFile is the name of the daemon's intent file in its state directory.
@@ -45,11 +42,6 @@ type savedEntry struct {
 	Ladder *ladder.State `json:"ladder,omitempty"`
 }
 
-type stateEnvelope struct {
-	SHA256 string          `json:"sha256"`
-	Body   json.RawMessage `json:"body"`
-}
-
 // ErrCorruptState means the state file exists but cannot be trusted; the
 // daemon rebuilds from the plumbing.
 var ErrCorruptState = errors.New("state file is corrupt")
@@ -61,29 +53,15 @@ var ErrNoState = errors.New("no state file")
 // loadState reads the state file in dir.
 func loadState(dir string) (map[string]savedEntry, error) {
 	out := map[string]savedEntry{}
-	data, err := os.ReadFile(filepath.Join(dir, StateFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return out, ErrNoState
-	}
-	if err != nil {
-		return out, err
-	}
-	var env stateEnvelope
-	if err := json.Unmarshal(data, &env); err != nil {
-		return out, fmt.Errorf("%w: %v", ErrCorruptState, err)
-	}
-	// The body was hashed as json.Marshal wrote it; the file indents it.
-	var compact bytes.Buffer
-	if err := json.Compact(&compact, env.Body); err != nil {
-		return out, fmt.Errorf("%w: %v", ErrCorruptState, err)
-	}
-	sum := sha256.Sum256(compact.Bytes())
-	if hex.EncodeToString(sum[:]) != env.SHA256 {
-		return out, fmt.Errorf("%w: checksum mismatch", ErrCorruptState)
-	}
 	var body stateBody
-	if err := json.Unmarshal(env.Body, &body); err != nil {
-		return out, fmt.Errorf("%w: %v", ErrCorruptState, err)
+	err := statefile.Read(filepath.Join(dir, StateFile), &body)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return out, ErrNoState
+	case errors.Is(err, statefile.ErrCorrupt):
+		return out, fmt.Errorf("%w: %s", ErrCorruptState, statefile.Reason(err))
+	case err != nil:
+		return out, err
 	}
 	if body.Version != 1 {
 		return out, fmt.Errorf("%w: version %d, want 1", ErrCorruptState, body.Version)
@@ -103,51 +81,7 @@ func loadState(dir string) (map[string]savedEntry, error) {
 // saveState replaces the state file in dir atomically.
 func saveState(dir string, entries []savedEntry, now time.Time) error {
 	slices.SortFunc(entries, func(a, b savedEntry) int { return strings.Compare(a.Port, b.Port) })
-	body, err := json.Marshal(stateBody{Version: 1, Written: now.UTC(), Quarantines: entries})
-	if err != nil {
-		return err
-	}
-	sum := sha256.Sum256(body)
-	data, err := json.MarshalIndent(stateEnvelope{SHA256: hex.EncodeToString(sum[:]), Body: body}, "", " ")
-	if err != nil {
-		return err
-	}
-	return writeAtomic(filepath.Join(dir, StateFile), append(data, '\n'))
-}
-
-// writeAtomic replaces path with data: a temporary file in the same
-// directory, fsync, rename, fsync of the directory; a crash leaves the old
-// file or the new one, whole.
-func writeAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return err
-	}
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
+	return statefile.Write(filepath.Join(dir, StateFile), stateBody{Version: 1, Written: now.UTC(), Quarantines: entries}, true)
 }
 
 // setAside renames an untrusted state file so it can be inspected later and

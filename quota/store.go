@@ -1,15 +1,12 @@
 package quota
 
 import (
-	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strings"
+
+	"github.com/shaperd/shaperd/statefile"
 )
 
 // ErrCorruptSnapshot means a snapshot file exists but cannot be trusted
@@ -33,11 +30,6 @@ type Store struct {
 // Path returns the file that holds tenant's snapshot.
 func (st Store) Path(tenant string) string {
 	return filepath.Join(st.Dir, "quota-"+tenant+".json")
-}
-
-type envelope struct {
-	SHA256 string          `json:"sha256"`
-	Body   json.RawMessage `json:"body"`
 }
 
 // Save writes s as its tenant's file, atomically.
@@ -76,45 +68,8 @@ func (st Store) Remove(tenant string) error {
 // WriteFile replaces path with s atomically (temporary file in the same
 // directory, fsync, rename, fsync of the directory).
 func WriteFile(path string, s Snapshot) error {
-	body, err := json.Marshal(s)
-	if err != nil {
-		return fmt.Errorf("quota: encode snapshot: %w", err)
-	}
-	sum := sha256.Sum256(body)
-	data, err := json.Marshal(envelope{SHA256: hex.EncodeToString(sum[:]), Body: body})
-	if err != nil {
-		return fmt.Errorf("quota: encode snapshot: %w", err)
-	}
-	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	if err := statefile.Write(path, s, false); err != nil {
 		return fmt.Errorf("quota: %w", err)
-	}
-	tmp, err := os.CreateTemp(dir, filepath.Base(path)+".tmp*")
-	if err != nil {
-		return fmt.Errorf("quota: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // fails harmlessly once renamed
-	if _, err := tmp.Write(append(data, '\n')); err != nil {
-		tmp.Close()
-		return fmt.Errorf("quota: write %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("quota: fsync %s: %w", tmp.Name(), err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("quota: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("quota: %w", err)
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("quota: %w", err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("quota: fsync %s: %w", dir, err)
 	}
 	return nil
 }
@@ -133,31 +88,12 @@ func ReadFile(path string) (Snapshot, error) {
 }
 
 func decode(path string, data []byte) (Snapshot, error) {
-	corrupt := func(format string, args ...any) (Snapshot, error) {
-		return Snapshot{}, fmt.Errorf("%w: %s: %s", ErrCorruptSnapshot, path, fmt.Sprintf(format, args...))
-	}
-	var env envelope
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&env); err != nil {
-		return corrupt("%v", err)
-	}
-	if len(strings.TrimSpace(string(data[dec.InputOffset():]))) != 0 {
-		return corrupt("trailing data after the snapshot")
-	}
-	if len(env.Body) == 0 {
-		return corrupt("no body")
-	}
-	sum := sha256.Sum256(env.Body)
-	if hex.EncodeToString(sum[:]) != env.SHA256 {
-		return corrupt("checksum mismatch")
-	}
 	var s Snapshot
-	if err := json.Unmarshal(env.Body, &s); err != nil {
-		return corrupt("%v", err)
+	if err := statefile.Decode(data, &s); err != nil {
+		return Snapshot{}, fmt.Errorf("%w: %s: %s", ErrCorruptSnapshot, path, statefile.Reason(err))
 	}
 	if s.Version != SnapshotVersion {
-		return corrupt("version %d, want %d", s.Version, SnapshotVersion)
+		return Snapshot{}, fmt.Errorf("%w: %s: version %d, want %d", ErrCorruptSnapshot, path, s.Version, SnapshotVersion)
 	}
 	return s, nil
 }
