@@ -244,3 +244,41 @@ func fmtF(p *float64) string {
 func eqF(a, b *float64) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
 
 func eqR[T comparable](a, b *T) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
+
+// save writes the state file with the intent as it is now; a failure is
+// logged, not returned: the plumbing keeps the intent too, and refusing
+// the change would not undo it. The caller holds no lock.
+func (m *Manager) save() {
+	if m.opt.StateDir == "" {
+		return
+	}
+	m.saveMu.Lock()
+	defer m.saveMu.Unlock()
+	m.mu.Lock()
+	entries := m.stateEntriesLocked()
+	m.mu.Unlock()
+	if err := saveState(m.opt.StateDir, entries, time.Now()); err != nil {
+		m.log.Error("cannot write the state file", "dir", m.opt.StateDir, "err", err)
+	}
+}
+
+// stateEntriesLocked is the state file's content: every quarantine but
+// those still starting.
+func (m *Manager) stateEntriesLocked() []savedEntry {
+	entries := make([]savedEntry, 0, len(m.q))
+	for _, q := range m.q {
+		if q.starting {
+			continue
+		}
+		e := savedEntry{Port: q.port, State: q.state, Spec: q.spec, Since: q.since, Expires: q.expires}
+		if q.lad != nil {
+			st := q.lad.State()
+			e.Ladder = &st
+		}
+		if sp, _ := m.qSpliceLocked(q); sp != nil {
+			e.Backend = sp.Backend()
+		}
+		entries = append(entries, e)
+	}
+	return entries
+}

@@ -1,10 +1,13 @@
 package daemon
 
 import (
+	"os"
+	"slices"
 	"time"
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/classify"
+	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/forward"
 )
 
@@ -44,4 +47,135 @@ func dirStatus(d DirSpec, s forward.DirStats, qs *forward.QueueStats) api.Direct
 		}
 	}
 	return out
+}
+
+// Status reports every quarantine, or only port's when port is not empty (an
+// unknown port is a usage error).
+func (m *Manager) Status(port string) (api.Status, error) {
+	m.mu.Lock()
+	st := api.Status{
+		Daemon:      api.Daemon{PID: os.Getpid(), Version: Version, Started: m.started.UTC(), Now: time.Now().UTC()},
+		Quarantines: []api.Quarantine{},
+		Flagged:     m.flaggedLocked(),
+		Quotas:      m.quotaStatusLocked(m.clock()),
+	}
+	if port != "" {
+		q, ok := m.q[port]
+		if !ok || q.starting {
+			m.mu.Unlock()
+			return st, usagef("%s is not quarantined", port)
+		}
+		st.Quarantines = append(st.Quarantines, m.statusLocked(q))
+	} else {
+		for _, p := range m.portsLocked() {
+			st.Quarantines = append(st.Quarantines, m.statusLocked(m.q[p]))
+		}
+	}
+	m.mu.Unlock()
+	m.flushSnapshots()
+	for i := range st.Quarantines {
+		addTapDrops(&st.Quarantines[i])
+	}
+	return st, nil
+}
+
+// statusOf is port's quarantine as status reports it.
+func (m *Manager) statusOf(port string) (api.Quarantine, error) {
+	m.mu.Lock()
+	q, ok := m.q[port]
+	if !ok {
+		m.mu.Unlock()
+		return api.Quarantine{}, usagef("%s is not quarantined", port)
+	}
+	out := m.statusLocked(q)
+	m.mu.Unlock()
+	addTapDrops(&out)
+	return out, nil
+}
+
+// statusLocked is q as status reports it, but for the tap drops, which are
+// read from sysfs without the lock (addTapDrops).
+func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
+	out := api.Quarantine{
+		Port:     q.port,
+		State:    q.state,
+		Fail:     q.spec.Fail,
+		Since:    q.since,
+		Bypass:   api.Bypass{Ports: slices.Clone(q.spec.BypassPorts), Outbound: q.spec.BypassOutbound},
+		Warnings: []string{},
+		Profile:  q.spec.Profile,
+		Origin:   q.spec.Origin,
+		Stage:    q.spec.Stage,
+
+		TopDestinations: []api.Destination{},
+	}
+	if out.State == stateReleasing {
+		out.State = StateActive
+	}
+	if out.Origin == "" {
+		out.Origin = OriginManual
+	}
+	if out.Stage == "" {
+		out.Stage = StageManual
+	}
+	if q.lad != nil {
+		if t := q.lad.NextTransition(); !t.IsZero() {
+			t = t.UTC()
+			out.NextTransition = &t
+		}
+	}
+	var from, to forward.DirStats
+	var fq, tq *forward.QueueStats
+	sp, fwd := m.qSpliceLocked(q)
+	if sp != nil {
+		out.Backend = sp.Backend()
+		out.Fail = failString(sp.FailOpen())
+		out.Taps = api.Taps{VM: sp.VMTap(), Net: sp.NetTap(), Priority: sp.PriorityTap()}
+		out.Warnings = append(out.Warnings, sp.Warnings()...)
+	}
+	if fwd != nil {
+		from, to = fwd.FromVM.Stats(), fwd.ToVM.Stats()
+		for _, d := range fwd.FromVM.TopDestinations(nil, TopDestinations) {
+			out.TopDestinations = append(out.TopDestinations, api.Destination{
+				Address: d.Addr.String(), Port: d.Port, Protocol: d.ProtoName(), Packets: d.Packets})
+		}
+		now := time.Now()
+		a, b := fwd.FromVM.Queue(now), fwd.ToVM.Queue(now)
+		fq, tq = &a, &b
+	}
+	if q.state == StatePending {
+		e := q.expires.UTC()
+		out.Expires = &e
+	}
+	out.Directions.FromVM = dirStatus(q.spec.FromVM, from, fq)
+	out.Directions.ToVM = dirStatus(q.spec.ToVM, to, tq)
+	return out
+}
+
+// addTapDrops fills in a spliced quarantine's tap drops: frames from the
+// VM queue at the VM tap (and the priority tap), frames to the VM at the
+// net tap.
+func addTapDrops(q *api.Quarantine) {
+	if q.Backend == "" {
+		return
+	}
+	q.Directions.FromVM.TapDrops = tapDrops(q.Taps.VM) + tapDrops(q.Taps.Priority)
+	q.Directions.ToVM.TapDrops = tapDrops(q.Taps.Net)
+}
+
+// tapDrops reads a tap's tx_dropped: the frames the kernel could not queue
+// for the reader of the tap. 0 for no tap, or one that cannot be read.
+func tapDrops(tap string) uint64 {
+	if tap == "" {
+		return 0
+	}
+	n, _ := detect.ReadAttr(tap, "statistics/tx_dropped")
+	return n
+}
+
+func failString(open bool) string {
+	if open {
+		return "open"
+	}
+	return "closed"
 }

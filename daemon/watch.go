@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -149,5 +150,117 @@ func (m *Manager) resyncLinks() {
 		} else if !m.portExists(p) {
 			m.PortGone(p)
 		}
+	}
+}
+
+// PortGone is called when a link disappears. A quarantined port's splice is
+// torn down, and the quarantine waits, pending, for the port to return (a VM
+// restart) until it is released or expires. A tenant's splice is torn down
+// until the port returns.
+func (m *Manager) PortGone(port string) {
+	o := m.lockOwner(port)
+	defer m.unlockOwner(o)
+	m.mu.Lock()
+	q := m.q[port]
+	tp := m.quotas.byPort[port]
+	active := q != nil && q.state == StateActive
+	spliced := !o.Idle()
+	closed := m.closed
+	m.mu.Unlock()
+	if closed || (!active && !spliced) {
+		return
+	}
+	switch {
+	case active:
+		m.log.Warn("quarantined port disappeared: removing its splice; the quarantine is pending until the port returns", "port", port)
+	case tp != nil:
+		m.log.Warn("tenant port disappeared: removing its splice until it returns", "port", port, "tenant", tp.t.cfg.Tenant)
+	}
+	if err := m.reconcile(o); err != nil && !errors.Is(err, ErrClosed) {
+		m.log.Error("cleaning up after a vanished port", "port", port, "err", err)
+	}
+	if active {
+		m.save()
+	}
+}
+
+// PortAppeared is called when a link appears or changes: a pending
+// quarantine of that port is applied if the port can be spliced now, and a
+// tenant port nothing splices is spliced for its tenant.
+func (m *Manager) PortAppeared(port string) {
+	m.mu.Lock()
+	q := m.q[port]
+	_, tenant := m.quotas.byPort[port]
+	closed := m.closed
+	m.mu.Unlock()
+	if closed || (q == nil && !tenant) {
+		return
+	}
+	m.tryPort(port, m.clock())
+}
+
+// tryPort applies a pending quarantine of port if the port is there and on
+// a bridge, or splices a tenant port that nothing splices; otherwise it
+// stays as it is, and is tried again on the next event or tick.
+func (m *Manager) tryPort(port string, now time.Time) {
+	o := m.lockOwner(port)
+	defer m.unlockOwner(o)
+	m.mu.Lock()
+	q := m.q[port]
+	tp := m.quotas.byPort[port]
+	pending := q != nil && q.state == StatePending
+	_, fwd, _ := o.State()
+	unspliced := q == nil && tp != nil && fwd == nil
+	m.mu.Unlock()
+	switch {
+	case pending:
+		if err := m.reconcile(o); err != nil {
+			// Not on a bridge yet (libvirt adds it a moment later).
+			m.log.Debug("pending quarantine not applied yet", "port", port, "err", err)
+			return
+		}
+		m.mu.Lock()
+		applied := q.state == StateActive
+		m.mu.Unlock()
+		if applied {
+			m.log.Info("pending quarantine applied: the port is back", "port", port)
+			m.save()
+		}
+	case unspliced:
+		m.reconcileTenant(o, now)
+	}
+}
+
+// Tick retries pending quarantines and unspliced tenant ports, drops
+// expired quarantines, and closes the tenants' intervals. The daemon calls
+// it periodically, as a safety net for missed link events.
+func (m *Manager) Tick(now time.Time) {
+	m.mu.Lock()
+	if m.closed {
+		m.mu.Unlock()
+		return
+	}
+	retry := m.tickQuotasLocked(now)
+	expired := false
+	for _, p := range m.portsLocked() {
+		q := m.q[p]
+		if q.state != StatePending {
+			continue
+		}
+		if now.After(q.expires) {
+			m.log.Warn("pending quarantine expired: its port did not return", "port", p, "expired", q.expires)
+			delete(m.q, p)
+			expired = true
+			continue
+		}
+		retry = append(retry, p)
+	}
+	m.mu.Unlock()
+	m.flushSnapshots()
+	if expired {
+		m.save()
+	}
+	for _, p := range retry {
+		m.tryPort(p, now)
 	}
 }
