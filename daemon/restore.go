@@ -179,18 +179,11 @@ func (m *Manager) restoreLocked() ([]string, error) {
 	return append(retry, m.unsplicedQuotaPortsLocked()...), nil
 }
 
-// orphanRemover is a backend that can remove pieces it created that no
-// recorded splice names (flows by cookie, groups, taps), once every splice
-// has been adopted.
-type orphanRemover interface {
-	RemoveOrphans() ([]string, error)
-}
-
 // removeOrphanPiecesLocked asks each backend to remove its unrecorded
 // pieces. A failure is logged and does not stop the start.
 func (m *Manager) removeOrphanPiecesLocked() {
 	for _, b := range m.backends {
-		r, ok := b.(orphanRemover)
+		r, ok := b.(splice.OrphanRemover)
 		if !ok {
 			continue
 		}

@@ -112,6 +112,15 @@ type Adopter interface {
 	Adopt(port string) (Splice, error)
 }
 
+// OrphanRemover is an Adopter that can also remove the pieces it created
+// that no splice it found names (flows by cookie, groups, taps left by a
+// splice that was cut short). The daemon calls it once, after it adopted
+// every splice at its start.
+type OrphanRemover interface {
+	// RemoveOrphans removes them and says what it removed.
+	RemoveOrphans() ([]string, error)
+}
+
 // Found is a splice found on the host.
 type Found struct {
 	Port   string

@@ -19,8 +19,7 @@ import (
 	"github.com/shaperd/shaperd/control"
 	"github.com/shaperd/shaperd/daemon"
 	"github.com/shaperd/shaperd/metrics"
-	"github.com/shaperd/shaperd/splice/ovssplice"
-	"github.com/shaperd/shaperd/splice/tcsplice"
+	"github.com/shaperd/shaperd/splice/backends"
 )
 
 // DefaultStateDir is where the daemon keeps its state.
@@ -183,7 +182,7 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 		StateDir:      cfg.StateDir,
 		PendingTTL:    ttl,
 		ForwarderNice: *cfg.ForwarderNice,
-	}, ovssplice.New(log), tcsplice.New(log))
+	}, backends.New(log)...)
 	// Profiles before restoring: restored ladders resume with them.
 	if err := m.Configure(cfg.ProfileSet(), watchConfig(cfg)); err != nil {
 		return &exitError{code: 2, err: err}
