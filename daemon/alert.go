@@ -36,7 +36,7 @@ func (m *Manager) Alert(port string, firing bool) (string, error) {
 		m.mu.Unlock()
 		return "", ErrClosed
 	}
-	now := m.clock()
+	now := m.host.Now()
 	q, ok := m.q[port]
 	switch {
 	case firing && ok:
@@ -45,7 +45,7 @@ func (m *Manager) Alert(port string, firing bool) (string, error) {
 		return outcome, nil
 	case firing:
 		m.mu.Unlock()
-		if !m.portExists(port) {
+		if !m.host.PortExists(port) {
 			outcome = "unknown_port"
 			return outcome, ErrUnknownPort
 		}

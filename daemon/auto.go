@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"math"
-	"os"
 	"path"
 	"slices"
 	"strings"
@@ -171,7 +170,7 @@ func (m *Manager) RunWatch(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		names, err := listLinks()
+		names, err := m.host.Links()
 		if err != nil {
 			m.log.Warn("watch: cannot list links", "err", err)
 			continue
@@ -181,24 +180,12 @@ func (m *Manager) RunWatch(ctx context.Context) {
 		if err != nil {
 			m.log.Debug("watch: reading counters", "err", err)
 		}
-		m.Observe(time.Now(), counters)
+		m.Observe(m.host.Now(), counters)
 		if iv := m.WatchInterval(); iv != interval {
 			interval = iv
 			t.Reset(iv)
 		}
 	}
-}
-
-func listLinks() ([]string, error) {
-	ents, err := os.ReadDir("/sys/class/net")
-	if err != nil {
-		return nil, err
-	}
-	out := make([]string, 0, len(ents))
-	for _, e := range ents {
-		out = append(out, e.Name())
-	}
-	return out, nil
 }
 
 // Observe is one step of the watch loop at now: it updates the rates of the
@@ -433,7 +420,3 @@ func matchAny(patterns []string, name string) bool {
 	}
 	return false
 }
-
-// SetClock replaces the clock that stamps new quarantines (for tests that
-// drive Observe with a simulated clock).
-func (m *Manager) SetClock(now func() time.Time) { m.clock = now }

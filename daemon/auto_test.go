@@ -37,7 +37,7 @@ func newLoad(t *testing.T, m *Manager, ports ...string) *load {
 		l.c[p] = detect.Sample{}
 		l.size[p] = 250
 	}
-	m.SetClock(func() time.Time { return l.now })
+	testHost(m).Clock = func() time.Time { return l.now }
 	return l
 }
 
@@ -201,12 +201,13 @@ func TestLadderWalk(t *testing.T) {
 	configure(t, m, profile.Set{profile.Quarantine: p}, watchVMs())
 	var hookMu sync.Mutex
 	var hooks [][]string
-	runner := func(port string, argv []string) {
+	runner := func(argv []string) ([]byte, error) {
 		hookMu.Lock()
 		defer hookMu.Unlock()
 		hooks = append(hooks, argv)
+		return nil, nil
 	}
-	m.SetHookRunner(runner)
+	testHost(m).Hook = runner
 	l := newLoad(t, m, "vm-1")
 	l.step = time.Second
 	l.run(3 * time.Second)
@@ -244,9 +245,9 @@ func TestLadderWalk(t *testing.T) {
 	before := mustStatus(t, m, "vm-1")
 	l.now = l.now.Add(5 * time.Second) // the daemon was down for 5 s
 	m = newTestManager(t, dir, fb)
-	m.SetClock(func() time.Time { return l.now })
+	testHost(m).Clock = func() time.Time { return l.now }
 	configure(t, m, profile.Set{profile.Quarantine: p}, watchVMs())
-	m.SetHookRunner(runner)
+	testHost(m).Hook = runner
 	if err := m.Restore(); err != nil {
 		t.Fatal(err)
 	}

@@ -75,7 +75,7 @@ func TestGuardAddresses(t *testing.T) {
 	fb := fakesplice.New("vm-1", "vm-2")
 	m := newTestManager(t, t.TempDir(), fb)
 	var asked []bool
-	m.SetGuardLearner(func(port string, bridge bool) (guard.Config, []string) {
+	testHost(m).Learn = func(port string, bridge bool) (guard.Config, []string) {
 		asked = append(asked, bridge)
 		if !bridge {
 			return guard.Config{}, []string{"libvirt (not installed)"}
@@ -83,7 +83,7 @@ func TestGuardAddresses(t *testing.T) {
 		macs, _ := guard.ParseMACs("52:54:00:00:00:02")
 		ips, _ := guard.ParseIPs("198.18.0.12")
 		return guard.Config{MACs: macs, IPs: ips}, []string{"bridge"}
-	})
+	}
 	if _, err := m.Quarantine("vm-1", api.LimitRequest{"pps": "100", "guard": "true"}, false); !errors.Is(err, ErrUsage) || fb.Spliced("vm-1") {
 		t.Fatalf("manual --guard without addresses: %v, spliced %v", err, fb.Spliced("vm-1"))
 	}

@@ -45,7 +45,7 @@ func (m *Manager) completeGuard(port string, s *Spec) error {
 	if !s.Guard || (s.GuardMAC != "" && s.GuardIP != "") {
 		return nil
 	}
-	found, from := m.learnGuard(port, s.GuardLearn)
+	found, from := m.host.LearnGuard(port, s.GuardLearn)
 	if s.GuardMAC == "" && len(found.MACs) > 0 {
 		macs := make([]string, len(found.MACs))
 		for i, mac := range found.MACs {
@@ -72,10 +72,7 @@ func (m *Manager) completeGuard(port string, s *Spec) error {
 
 // learnGuard finds the VM's addresses: libvirt first, then, with bridge,
 // the bridge's and the neighbour tables. It says where it looked.
-func (m *Manager) learnGuard(port string, bridge bool) (guard.Config, []string) {
-	if m.guardLearner != nil {
-		return m.guardLearner(port, bridge)
-	}
+func learnGuard(port string, bridge bool) (guard.Config, []string) {
 	var from []string
 	ctx, cancel := context.WithTimeout(context.Background(), virshTimeout)
 	cfg, err := fromLibvirt(ctx, port)
@@ -102,11 +99,6 @@ func (m *Manager) learnGuard(port string, bridge bool) (guard.Config, []string) 
 		}
 	}
 	return cfg, from
-}
-
-// SetGuardLearner replaces how the VM's addresses are found (for tests).
-func (m *Manager) SetGuardLearner(f func(port string, bridge bool) (guard.Config, []string)) {
-	m.guardLearner = f
 }
 
 // virshTimeout bounds one address lookup in libvirt, every virsh call of it

@@ -230,7 +230,7 @@ exit 1
 			t.Fatalf("the MAC found is kept: %+v", cfg)
 		}
 		// learnGuard uses that MAC and says why libvirt gave no address.
-		got, from := new(Manager).learnGuard("vnet1", false)
+		got, from := learnGuard("vnet1", false)
 		if len(got.MACs) != 1 || got.MACs[0].String() != "52:54:00:0c:11:9a" || got.IPs != nil ||
 			len(from) != 2 || from[0] != "libvirt ("+err.Error()+")" {
 			t.Fatalf("learnGuard: %+v %q", got, from)

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"maps"
 	"math"
-	"os/exec"
 	"slices"
 	"strings"
 	"time"
@@ -177,13 +176,9 @@ const HookTimeout = 2 * time.Minute
 
 // runHook runs a profile's on-block hook; its result is an event.
 func (m *Manager) runHook(port string, argv []string) {
-	if m.hookRunner != nil {
-		m.hookRunner(port, argv)
-		return
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), HookTimeout)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+	out, err := m.host.RunHook(ctx, argv)
 	msg := strings.TrimSpace(string(out))
 	if len(msg) > 512 {
 		msg = msg[:512] + "..."
@@ -198,9 +193,6 @@ func (m *Manager) runHook(port string, argv []string) {
 	m.events.Hooks["ok"]++
 	m.log.Warn("event: on-block hook ran", "event", "on_block", "port", port, "argv", argv, "output", msg)
 }
-
-// SetHookRunner replaces how on-block hooks run (for tests).
-func (m *Manager) SetHookRunner(run func(port string, argv []string)) { m.hookRunner = run }
 
 // profileLocked resolves the profile a quarantine request names, if any:
 // "profile" in req, or the quarantine profile when req names no aggregate

@@ -12,12 +12,8 @@ import (
 	"sync"
 	"time"
 
-	"github.com/vishvananda/netlink"
-
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/detect"
-	"github.com/shaperd/shaperd/forward"
-	"github.com/shaperd/shaperd/guard"
 	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/owner"
 	"github.com/shaperd/shaperd/profile"
@@ -58,6 +54,8 @@ type Options struct {
 	// ForwarderNice is the scheduling priority of forwarding threads
 	// (-20..19, 0 = the daemon's own).
 	ForwarderNice int
+	// Host is the machine; SystemHost when nil.
+	Host Host
 }
 
 // Manager holds the quarantines of this host. Its methods are safe for
@@ -68,24 +66,8 @@ type Manager struct {
 	started  time.Time
 	opt      Options
 
-	// openTap opens a splice's taps; a hook so unit tests can use fakes.
-	openTap func(name string) (forward.Device, error)
-	// portExists reports whether a link exists; a hook for unit tests.
-	portExists func(name string) bool
-
-	// hookRunner runs on-block hooks; a hook for tests.
-	hookRunner func(port string, argv []string)
-	// clock stamps new quarantines; a hook for tests.
-	clock func() time.Time
-	// portMeters reads the byte counters of tenant ports at a clean stop
-	// and at the start after it; a hook for tests.
-	portMeters func(ports []string) ([]quota.PortMeter, error)
-	// linkSubscribe and listLinks are WatchLinks's netlink; hooks for
-	// tests.
-	linkSubscribe linkSubscriber
-	listLinks     func() ([]string, error)
-	// guardLearner finds a VM's addresses; a hook for tests.
-	guardLearner func(port string, bridge bool) (guard.Config, []string)
+	// host is the machine: the clock, links, taps, libvirt, hooks.
+	host Host
 
 	// mu guards the maps and the contributors' intent below, and the
 	// owners' plumbing fields. It is held only briefly: no exec, netlink
@@ -152,23 +134,18 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 		backends: backends,
 		started:  time.Now(),
 		opt:      opt,
-		openTap:  forward.OpenTap,
-		portExists: func(name string) bool {
-			_, err := netlink.LinkByName(name)
-			return err == nil
-		},
-		clock:         time.Now,
-		portMeters:    readPortMeters,
-		linkSubscribe: netlinkSubscribe,
-		listLinks:     linkNames,
-		q:             make(map[string]*quarantine),
-		owners:        make(map[string]*owner.Port),
-		events:        Events{Transitions: map[string]uint64{}, Hooks: map[string]uint64{}, Alerts: map[string]uint64{}},
+		host:     opt.Host,
+		q:        make(map[string]*quarantine),
+		owners:   make(map[string]*owner.Port),
+		events:   Events{Transitions: map[string]uint64{}, Hooks: map[string]uint64{}, Alerts: map[string]uint64{}},
+	}
+	if m.host == nil {
+		m.host = SystemHost{}
 	}
 	m.env = owner.Env{
 		Backends:   backends,
-		OpenTap:    func(name string) (forward.Device, error) { return m.openTap(name) },
-		PortExists: func(name string) bool { return m.portExists(name) },
+		OpenTap:    m.host.OpenTap,
+		PortExists: m.host.PortExists,
 		Nice:       opt.ForwarderNice,
 		Log:        log,
 		Stopped:    m.forwarderStopped,
@@ -178,19 +155,6 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 		panic(err) // the defaults are valid
 	}
 	return m
-}
-
-// SetTapOpener replaces how the manager opens a splice's taps (forward.OpenTap
-// by default). For tests that pair a fake backend with fake devices; call it
-// before the first quarantine.
-func (m *Manager) SetTapOpener(open func(name string) (forward.Device, error)) {
-	m.openTap = open
-}
-
-// SetPortCheck replaces how the manager tells whether a port exists. For
-// tests with a fake backend.
-func (m *Manager) SetPortCheck(exists func(name string) bool) {
-	m.portExists = exists
 }
 
 // TopDestinations is how many destinations status lists per quarantine.
@@ -210,7 +174,7 @@ func (m *Manager) Quarantine(port string, req api.LimitRequest, pending bool) (a
 	if err := checkPortName(port); err != nil {
 		return api.Quarantine{}, err
 	}
-	return m.quarantine(port, req, pending, OriginManual, m.clock())
+	return m.quarantine(port, req, pending, OriginManual, m.host.Now())
 }
 
 // quarantine is every quarantine's path (manual, watch, alert,
@@ -218,7 +182,7 @@ func (m *Manager) Quarantine(port string, req api.LimitRequest, pending bool) (a
 func (m *Manager) quarantine(port string, req api.LimitRequest, pending bool, origin string, now time.Time) (api.Quarantine, error) {
 	o := m.lockOwner(port)
 	defer m.unlockOwner(o)
-	exists := m.portExists(port)
+	exists := m.host.PortExists(port)
 	m.mu.Lock()
 	q, err := m.newQuarantineLocked(port, req, origin, now)
 	if err != nil {
@@ -477,7 +441,7 @@ func (m *Manager) release(o *owner.Port) error {
 	m.mu.Unlock()
 	m.save()
 	m.log.Info("released", "port", port)
-	m.reconcileTenant(o, m.clock())
+	m.reconcileTenant(o, m.host.Now())
 	return nil
 }
 
@@ -526,7 +490,7 @@ func (m *Manager) Close() error {
 		}
 		m.unlockOwner(o)
 	}
-	m.closeQuotas(m.clock(), meters)
+	m.closeQuotas(m.host.Now(), meters)
 	return errors.Join(errs...)
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/hosttest"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/forward/fakedev"
 	"github.com/shaperd/shaperd/splice/fakesplice"
@@ -16,12 +17,15 @@ import (
 
 func newTestManager(t *testing.T, dir string, fb *fakesplice.Backend) *Manager {
 	t.Helper()
-	m := NewWithOptions(nil, Options{StateDir: dir, PendingTTL: time.Hour}, fb)
-	m.SetTapOpener(func(string) (forward.Device, error) { return fakedev.New(4), nil })
-	m.SetPortCheck(fb.Exists)
+	h := &hosttest.Host{Exists: fb.Exists, Tap: func(string) (forward.Device, error) { return fakedev.New(4), nil }}
+	m := NewWithOptions(nil, Options{StateDir: dir, PendingTTL: time.Hour, Host: h}, fb)
 	t.Cleanup(func() { m.Close() })
 	return m
 }
+
+// testHost is m's fake host, for a test to set its clock, its link events
+// or its guard learning before it drives m.
+func testHost(m *Manager) *hosttest.Host { return m.host.(*hosttest.Host) }
 
 func mustStatus(t *testing.T, m *Manager, port string) api.Quarantine {
 	t.Helper()

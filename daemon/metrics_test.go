@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/hosttest"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/forward/fakedev"
 	"github.com/shaperd/shaperd/splice"
@@ -17,15 +18,14 @@ import (
 func TestMetricsSnapshotMatchesStatus(t *testing.T) {
 	var mu sync.Mutex
 	devs := map[string]*fakedev.Device{}
-	m := New(nil, fakesplice.New("vm-1-00c9", "vm-2-00c9"))
-	m.SetTapOpener(func(name string) (forward.Device, error) {
+	h := &hosttest.Host{Tap: func(name string) (forward.Device, error) {
 		mu.Lock()
 		defer mu.Unlock()
 		d := fakedev.New(64)
 		devs[name] = d
 		return d, nil
-	})
-	m.SetPortCheck(func(string) bool { return true })
+	}}
+	m := NewWithOptions(nil, Options{Host: h}, fakesplice.New("vm-1-00c9", "vm-2-00c9"))
 	defer m.Close()
 
 	if got := m.MetricsSnapshot(time.Now()); len(got) != 0 {

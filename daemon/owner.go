@@ -159,7 +159,7 @@ func (m *Manager) reconcile(o *owner.Port) error {
 	if out == owner.Reverted && had == owner.Tenant && w.Kind == owner.Quarantine && exists {
 		m.log.Info("tenant port handed over to its quarantine; the quarantine's forwarder applies the quota", "port", port)
 	}
-	now := m.clock()
+	now := m.host.Now()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if q != nil && !exists {

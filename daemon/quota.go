@@ -146,7 +146,7 @@ func (m *Manager) AddTenant(name string, settings map[string]string) (api.QuotaT
 		if err := checkPortName(p); err != nil {
 			return api.QuotaTenant{}, err
 		}
-		exists[p] = m.portExists(p)
+		exists[p] = m.host.PortExists(p)
 	}
 	m.mu.Lock()
 	if m.closed {
@@ -168,7 +168,7 @@ func (m *Manager) AddTenant(name string, settings map[string]string) (api.QuotaT
 			return api.QuotaTenant{}, usagef("%s: no such port", p)
 		}
 	}
-	now := m.clock()
+	now := m.host.Now()
 	acct, err := quota.New(cfg, now)
 	if err != nil {
 		m.mu.Unlock()

@@ -50,7 +50,7 @@ func (m *Manager) quotaMeters() map[string][]quota.PortMeter {
 	m.mu.Unlock()
 	out := map[string][]quota.PortMeter{}
 	for name, pp := range ports {
-		pm, err := m.portMeters(pp)
+		pm, err := m.host.PortMeters(pp)
 		if err != nil {
 			m.log.Warn("cannot read a tenant's port counters at the stop: its next start applies the crash rule", "tenant", name, "err", err)
 			continue
@@ -159,7 +159,7 @@ func (m *Manager) loadQuotasLocked(now time.Time) {
 			continue
 		}
 		how := "snapshot, with the crash rule"
-		startMeters, merr := m.portMeters(cfg.Ports)
+		startMeters, merr := m.host.PortMeters(cfg.Ports)
 		if merr != nil {
 			m.log.Warn("cannot read a tenant's port counters at the start", "tenant", cfg.Tenant, "err", merr)
 		}
@@ -218,7 +218,7 @@ func (m *Manager) countStartGapLocked(now time.Time) {
 		if t.startMeters == nil {
 			continue
 		}
-		pm, err := m.portMeters(t.cfg.Ports)
+		pm, err := m.host.PortMeters(t.cfg.Ports)
 		if err != nil {
 			m.log.Warn("cannot read a tenant's port counters after the start; what passed unmetered during it is not counted", "tenant", name, "err", err)
 			t.startMeters = nil
@@ -261,7 +261,7 @@ func (m *Manager) adoptQuotaSpliceLocked(port string, a splice.Adopter) bool {
 		m.log.Error("cannot adopt a tenant's splice found on the host; leaving it untouched", "port", port, "err", err)
 		return true
 	}
-	if !m.portExists(port) {
+	if !m.host.PortExists(port) {
 		if err := sp.Release(); err != nil {
 			m.log.Error("removing the splice of a vanished tenant port", "port", port, "err", err)
 		}

@@ -71,14 +71,14 @@ func (m *Manager) QuotaReport(name string) (api.QuotaReport, error) {
 	if !ok {
 		return api.QuotaReport{}, fmt.Errorf("%w: %w %s (see shaperd quota list)", ErrUsage, ErrNoTenant, name)
 	}
-	return apiReport(t.acct.Report(m.clock())), nil
+	return apiReport(t.acct.Report(m.host.Now())), nil
 }
 
 // QuotaList returns every tenant, sorted by name.
 func (m *Manager) QuotaList() api.QuotaList {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := m.clock()
+	now := m.host.Now()
 	out := api.QuotaList{Tenants: []api.QuotaTenant{}}
 	for _, name := range m.tenantNamesLocked() {
 		out.Tenants = append(out.Tenants, m.tenantInfoLocked(m.quotas.tenants[name], now))

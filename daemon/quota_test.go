@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/hosttest"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/forward/fakedev"
 	"github.com/shaperd/shaperd/quota"
@@ -39,8 +40,7 @@ var quotaT0 = time.Date(2030, 1, 1, 10, 10, 5, 0, time.UTC)
 func newQuotaLab(t *testing.T, dir string, fb *fakesplice.Backend, now time.Time) *quotaLab {
 	t.Helper()
 	l := &quotaLab{t: t, fb: fb, devs: map[string]*fakedev.Device{}, failOpen: map[string]bool{}, now: now}
-	l.m = NewWithOptions(nil, Options{StateDir: dir, PendingTTL: time.Hour}, fb)
-	l.m.SetTapOpener(func(name string) (forward.Device, error) {
+	h := &hosttest.Host{Exists: fb.Exists, Clock: l.clock, Tap: func(name string) (forward.Device, error) {
 		l.mu.Lock()
 		defer l.mu.Unlock()
 		if l.failOpen[name] {
@@ -49,9 +49,8 @@ func newQuotaLab(t *testing.T, dir string, fb *fakesplice.Backend, now time.Time
 		d := fakedev.New(256)
 		l.devs[name] = d
 		return d, nil
-	})
-	l.m.SetPortCheck(fb.Exists)
-	l.m.SetClock(l.clock)
+	}}
+	l.m = NewWithOptions(nil, Options{StateDir: dir, PendingTTL: time.Hour, Host: h}, fb)
 	t.Cleanup(func() { l.m.Close() })
 	return l
 }
@@ -533,7 +532,7 @@ func TestQuotaCleanStop(t *testing.T) {
 			fb := fakesplice.New("vm-1", "vm-2")
 			fm := &fakeMeters{from: map[string]uint64{"vm-1": 1e6, "vm-2": 5e5}, ifx: map[string]int{"vm-1": 7, "vm-2": 8}}
 			l := newQuotaLab(t, dir, fb, quotaT0)
-			l.m.portMeters = fm.read
+			testHost(l.m).Meters = fm.read
 			l.m.Restore()
 			l.add("acme", settings("vm-1,vm-2"))
 			stop := quotaT0.Add(10 * time.Second) // 10:10:15, in the 10:10 interval
@@ -550,7 +549,7 @@ func TestQuotaCleanStop(t *testing.T) {
 
 			start := quotaT0.Add(20 * time.Second)
 			l2 := newQuotaLab(t, dir, fb, start)
-			l2.m.portMeters = func(ports []string) ([]quota.PortMeter, error) {
+			testHost(l2.m).Meters = func(ports []string) ([]quota.PortMeter, error) {
 				pm, err := fm.read(ports)
 				fm.add("vm-1", 500) // while the forwarders start
 				return pm, err

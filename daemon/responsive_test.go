@@ -13,6 +13,7 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/daemon"
+	"github.com/shaperd/shaperd/daemon/hosttest"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/forward/fakedev"
 	"github.com/shaperd/shaperd/metrics"
@@ -34,9 +35,10 @@ func TestStatusAndMetricsDoNotWaitForSlowWork(t *testing.T) {
 
 	fb := fakesplice.New("vm-1", "vm-2", "vm-3")
 	fb.Delay = 5 * time.Second
-	m := daemon.NewWithOptions(nil, daemon.Options{StateDir: t.TempDir(), PendingTTL: time.Hour}, fb)
-	m.SetTapOpener(func(string) (forward.Device, error) { return fakedev.New(4), nil })
-	m.SetPortCheck(fb.Exists)
+	// The real guard learning, with the hung virsh above.
+	h := &hosttest.Host{Exists: fb.Exists, Learn: daemon.SystemHost{}.LearnGuard,
+		Tap: func(string) (forward.Device, error) { return fakedev.New(4), nil }}
+	m := daemon.NewWithOptions(nil, daemon.Options{StateDir: t.TempDir(), PendingTTL: time.Hour, Host: h}, fb)
 	defer m.Close()
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(metrics.NewCollector(m, nil))

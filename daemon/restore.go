@@ -33,12 +33,12 @@ func (m *Manager) Restore() error {
 	if err != nil {
 		return err
 	}
-	now := m.clock()
+	now := m.host.Now()
 	for _, p := range retry {
 		m.tryPort(p, now)
 	}
 	m.mu.Lock()
-	m.countStartGapLocked(m.clock())
+	m.countStartGapLocked(m.host.Now())
 	// Only after the full sync: pieces no recorded splice names.
 	m.removeOrphanPiecesLocked()
 	m.mu.Unlock()
@@ -50,7 +50,7 @@ func (m *Manager) Restore() error {
 // restoreLocked adopts what it finds and returns the ports left to splice:
 // pending quarantines and tenant ports.
 func (m *Manager) restoreLocked() ([]string, error) {
-	now := m.clock()
+	now := m.host.Now()
 	trusted := m.opt.StateDir != "" // without a state file, adopt everything found
 	saved := map[string]savedEntry{}
 	if m.opt.StateDir != "" {
@@ -125,7 +125,7 @@ func (m *Manager) restoreLocked() ([]string, error) {
 			m.log.Error("cannot adopt a splice found on the host; leaving it untouched", "port", port, "err", err)
 			continue
 		}
-		if !m.portExists(port) {
+		if !m.host.PortExists(port) {
 			// The VM went away while no daemon ran.
 			if err := sp.Release(); err != nil {
 				m.log.Error("removing the splice of a vanished port", "port", port, "err", err)
@@ -144,7 +144,7 @@ func (m *Manager) restoreLocked() ([]string, error) {
 			continue
 		}
 		if q.lad != nil && q.lad.AvgFrame() == 0 {
-			q.avgFrom = m.clock()
+			q.avgFrom = m.host.Now()
 		}
 		m.log.Info("adopted splice", "port", port, "backend", sp.Backend(), "limits_from", how, "intent", spec.Intent())
 	}

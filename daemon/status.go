@@ -57,7 +57,7 @@ func (m *Manager) Status(port string) (api.Status, error) {
 		Daemon:      api.Daemon{PID: os.Getpid(), Version: Version, Started: m.started.UTC(), Now: time.Now().UTC()},
 		Quarantines: []api.Quarantine{},
 		Flagged:     m.flaggedLocked(),
-		Quotas:      m.quotaStatusLocked(m.clock()),
+		Quotas:      m.quotaStatusLocked(m.host.Now()),
 	}
 	if port != "" {
 		q, ok := m.q[port]

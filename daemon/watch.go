@@ -10,17 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// linkSubscriber subscribes to link events: updates arrive on ch until done
-// is closed or the subscription fails, when ch is closed (after onErr, on a
-// failure). netlink.LinkSubscribeWithOptions by default; a hook for tests.
-type linkSubscriber func(ch chan netlink.LinkUpdate, done chan struct{}, onErr func(error)) error
-
-func netlinkSubscribe(ch chan netlink.LinkUpdate, done chan struct{}, onErr func(error)) error {
-	return netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr})
-}
-
-// linkNames lists the links of the daemon's network namespace; a hook for
-// tests.
+// linkNames lists the links of the daemon's network namespace.
 func linkNames() ([]string, error) {
 	links, err := netlink.LinkList()
 	if err != nil {
@@ -84,7 +74,7 @@ func (m *Manager) subscribeLinks(ctx context.Context) (chan netlink.LinkUpdate, 
 			m.log.Error("link watch failed", "err", err)
 		}
 	}
-	if err := m.linkSubscribe(ch, done, onErr); err != nil {
+	if err := m.host.SubscribeLinks(ch, done, onErr); err != nil {
 		return nil, nil, fmt.Errorf("link watch: %w", err)
 	}
 	return ch, done, nil
@@ -114,7 +104,7 @@ func (m *Manager) followLinks(ctx context.Context, ch chan netlink.LinkUpdate, d
 			}
 			name := u.Link.Attrs().Name
 			go func() {
-				if m.portExists(name) {
+				if m.host.PortExists(name) {
 					return
 				}
 				m.PortGone(name)
@@ -127,7 +117,7 @@ func (m *Manager) followLinks(ctx context.Context, ch chan netlink.LinkUpdate, d
 // have done: PortGone for every quarantined or tenant port that no longer
 // exists, PortAppeared for every one that does.
 func (m *Manager) resyncLinks() {
-	names, err := m.listLinks()
+	names, err := m.host.Links()
 	if err != nil {
 		m.log.Error("link watch: cannot list the links to check the ports", "err", err)
 		return
@@ -147,7 +137,7 @@ func (m *Manager) resyncLinks() {
 	for _, p := range ports {
 		if exists[p] {
 			m.PortAppeared(p)
-		} else if !m.portExists(p) {
+		} else if !m.host.PortExists(p) {
 			m.PortGone(p)
 		}
 	}
@@ -196,7 +186,7 @@ func (m *Manager) PortAppeared(port string) {
 	if closed || (q == nil && !tenant) {
 		return
 	}
-	m.tryPort(port, m.clock())
+	m.tryPort(port, m.host.Now())
 }
 
 // tryPort applies a pending quarantine of port if the port is there and on

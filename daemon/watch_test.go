@@ -49,8 +49,8 @@ func TestLinkWatchResubscribes(t *testing.T) {
 	fb := fakesplice.New("vm-7")
 	m := newTestManager(t, t.TempDir(), fb)
 	subs := &fakeSubs{}
-	m.linkSubscribe = subs.subscribe
-	m.listLinks = func() ([]string, error) {
+	testHost(m).Subscribe = subs.subscribe
+	testHost(m).LinkNames = func() ([]string, error) {
 		var out []string
 		for _, p := range []string{"vm-7", "vm-8", "lo"} {
 			if fb.Exists(p) {

@@ -13,8 +13,7 @@ import (
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/control"
 	"github.com/shaperd/shaperd/daemon"
-	"github.com/shaperd/shaperd/forward"
-	"github.com/shaperd/shaperd/forward/fakedev"
+	"github.com/shaperd/shaperd/daemon/hosttest"
 	"github.com/shaperd/shaperd/splice/fakesplice"
 )
 
@@ -25,9 +24,7 @@ func startFake(t *testing.T) (string, *fakesplice.Backend) {
 	sock := filepath.Join(t.TempDir(), "s.sock")
 	fb := fakesplice.New("vm-1-00c9", "vm-2-00c9")
 	fb.Ports["routed-0"] = false
-	m := daemon.New(nil, fb)
-	m.SetTapOpener(func(string) (forward.Device, error) { return fakedev.New(16), nil })
-	m.SetPortCheck(fb.Exists)
+	m := daemon.NewWithOptions(nil, daemon.Options{Host: &hosttest.Host{Exists: fb.Exists}}, fb)
 	srv, err := control.Listen(sock, m, discard())
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,71 @@
+package daemon
+
+import (
+	"context"
+	"os/exec"
+	"time"
+
+	"github.com/vishvananda/netlink"
+
+	"github.com/shaperd/shaperd/forward"
+	"github.com/shaperd/shaperd/guard"
+	"github.com/shaperd/shaperd/quota"
+)
+
+// Host is everything the daemon needs of the machine it runs on: the clock,
+// the links, the taps, libvirt and the hooks. SystemHost is the real one;
+// tests give Options.Host a fake. Every method must be safe for concurrent
+// use.
+type Host interface {
+	// Now is the daemon's clock.
+	Now() time.Time
+	// PortExists reports whether a link of that name exists.
+	PortExists(name string) bool
+	// OpenTap opens one of a splice's taps.
+	OpenTap(name string) (forward.Device, error)
+	// PortMeters reads ports' ifindexes and byte counters (ifindex 0
+	// for a port that does not exist), for the tenants at a clean stop
+	// and at the start after it.
+	PortMeters(ports []string) ([]quota.PortMeter, error)
+	// Links lists the links of the daemon's network namespace.
+	Links() ([]string, error)
+	// SubscribeLinks sends link events on ch until done is closed or
+	// the subscription fails, when it closes ch (after onErr, on a
+	// failure).
+	SubscribeLinks(ch chan netlink.LinkUpdate, done chan struct{}, onErr func(error)) error
+	// LearnGuard finds a VM's addresses: libvirt, then, with bridge, the
+	// bridge's and the neighbour tables. It says where it looked.
+	LearnGuard(port string, bridge bool) (guard.Config, []string)
+	// RunHook runs a profile's on-block hook and returns its output.
+	RunHook(ctx context.Context, argv []string) ([]byte, error)
+}
+
+// SystemHost is the machine the daemon runs on. The zero value is ready.
+type SystemHost struct{}
+
+func (SystemHost) Now() time.Time { return time.Now() }
+
+func (SystemHost) PortExists(name string) bool {
+	_, err := netlink.LinkByName(name)
+	return err == nil
+}
+
+func (SystemHost) OpenTap(name string) (forward.Device, error) { return forward.OpenTap(name) }
+
+func (SystemHost) PortMeters(ports []string) ([]quota.PortMeter, error) {
+	return readPortMeters(ports)
+}
+
+func (SystemHost) Links() ([]string, error) { return linkNames() }
+
+func (SystemHost) SubscribeLinks(ch chan netlink.LinkUpdate, done chan struct{}, onErr func(error)) error {
+	return netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr})
+}
+
+func (SystemHost) LearnGuard(port string, bridge bool) (guard.Config, []string) {
+	return learnGuard(port, bridge)
+}
+
+func (SystemHost) RunHook(ctx context.Context, argv []string) ([]byte, error) {
+	return exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
+}
