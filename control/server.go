@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -27,6 +28,19 @@ import (
 
 // MaxRequestBytes bounds a request body.
 const MaxRequestBytes = 64 << 10
+
+// Bounds on the socket's clients, so that none can hold the daemon's
+// connections: a request (headers and body) must arrive within
+// RequestTimeout of its first byte, an idle connection is closed after
+// IdleTimeout, an answer must be written within WriteTimeout (a
+// quarantine's splice included), and at most MaxConns connections are
+// open at once (the others wait in the kernel's backlog).
+const (
+	RequestTimeout = 30 * time.Second
+	IdleTimeout    = 30 * time.Second
+	WriteTimeout   = 2 * time.Minute
+	MaxConns       = 64
+)
 
 // Server serves the control API for a Manager.
 type Server struct {
@@ -50,6 +64,10 @@ type Options struct {
 	// Group, if set, owns the socket (mode 0660) and its members may use
 	// it; otherwise only root may.
 	Group string
+	// RequestTimeout, IdleTimeout, WriteTimeout and MaxConns replace the
+	// defaults of the same names when set (tests).
+	RequestTimeout, IdleTimeout, WriteTimeout time.Duration
+	MaxConns                                  int
 }
 
 // ListenOptions is Listen with options. Who may talk to the daemon is
@@ -70,11 +88,9 @@ func ListenOptions(path string, m *daemon.Manager, log *slog.Logger, opt Options
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, fmt.Errorf("control: %w", err)
 	}
-	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
-		c.Close()
-		return nil, fmt.Errorf("control: another shaperd is already listening on %s", path)
+	if err := removeStale(path); err != nil {
+		return nil, err
 	}
-	os.Remove(path)
 	ln, err := net.Listen("unix", path)
 	if err != nil {
 		return nil, fmt.Errorf("control: %w", err)
@@ -89,7 +105,17 @@ func ListenOptions(path string, m *daemon.Manager, log *slog.Logger, opt Options
 			return nil, fmt.Errorf("control: chown %s: %w", path, err)
 		}
 	}
-	s := &Server{m: m, log: log, ln: ln, path: path, gid: gid}
+	or := func(d, def time.Duration) time.Duration {
+		if d > 0 {
+			return d
+		}
+		return def
+	}
+	conns := MaxConns
+	if opt.MaxConns > 0 {
+		conns = opt.MaxConns
+	}
+	s := &Server{m: m, log: log, ln: limitListener(ln, conns), path: path, gid: gid}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /v1/status", s.status)
 	mux.HandleFunc("POST /v1/quarantine", s.quarantine)
@@ -102,10 +128,71 @@ func ListenOptions(path string, m *daemon.Manager, log *slog.Logger, opt Options
 	s.srv = &http.Server{
 		Handler:           s.authorize(mux),
 		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       or(opt.RequestTimeout, RequestTimeout),
+		WriteTimeout:      or(opt.WriteTimeout, WriteTimeout),
+		IdleTimeout:       or(opt.IdleTimeout, IdleTimeout),
 		MaxHeaderBytes:    16 << 10,
 		ConnContext:       peerContext,
 	}
 	return s, nil
+}
+
+// removeStale makes way for the socket at path: nothing there, or a socket
+// no daemon answers on (a dead daemon's), which it removes. Anything else
+// (a live daemon's socket, a file, a directory, a link) is left alone and
+// refused.
+func removeStale(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("control: %w", err)
+	}
+	if fi.Mode().Type() != os.ModeSocket {
+		return fmt.Errorf("control: %s exists and is not a socket (%v): refusing to replace it; choose another --socket or remove it yourself", path, fi.Mode().Type())
+	}
+	if c, err := net.DialTimeout("unix", path, 200*time.Millisecond); err == nil {
+		c.Close()
+		return fmt.Errorf("control: another shaperd is already listening on %s", path)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("control: remove the stale socket %s: %w", path, err)
+	}
+	return nil
+}
+
+// limitListener accepts at most n connections at once; Accept waits for
+// one to close.
+func limitListener(ln net.Listener, n int) net.Listener {
+	return &limited{Listener: ln, sem: make(chan struct{}, n)}
+}
+
+type limited struct {
+	net.Listener
+	sem chan struct{}
+}
+
+func (l *limited) Accept() (net.Conn, error) {
+	l.sem <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.sem
+		return nil, err
+	}
+	return &limitedConn{Conn: c, release: func() { <-l.sem }}, nil
+}
+
+type limitedConn struct {
+	net.Conn
+	once    sync.Once
+	release func()
+}
+
+func (c *limitedConn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
 }
 
 // Serve answers requests until Shutdown.
@@ -318,6 +405,9 @@ type peerKey struct{}
 
 // peerContext records the connecting process's credentials.
 func peerContext(ctx context.Context, c net.Conn) context.Context {
+	if lc, ok := c.(*limitedConn); ok {
+		c = lc.Conn
+	}
 	uc, ok := c.(*net.UnixConn)
 	if !ok {
 		return ctx
@@ -344,6 +434,9 @@ func (s *Server) authorize(next http.Handler) http.Handler {
 				uid = int64(c.Uid)
 			}
 			s.log.Warn("audit", "action", r.Method+" "+r.URL.Path, "uid", uid, "result", "refused", "err", "peer is neither root nor in the socket group")
+			// Answered at once, before any of the body is read, and
+			// the connection closed rather than drained.
+			w.Header().Set("Connection", "close")
 			writeJSON(w, http.StatusForbidden, api.Error{Code: api.CodeRuntime,
 				Message: fmt.Sprintf("permission denied: uid %d is neither root nor in the daemon's --socket-group", uid)})
 			return
