@@ -6,13 +6,13 @@ package config
 import (
 	"fmt"
 	"net"
-	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/goccy/go-yaml"
 
+	"github.com/shaperd/shaperd/internal/smallfile"
 	"github.com/shaperd/shaperd/profile"
 )
 
@@ -76,11 +76,15 @@ type Group struct {
 	Members []string `yaml:"members"`
 }
 
+// MaxBytes bounds a config file; only a regular file (or a link to one) is
+// read.
+const MaxBytes = 1 << 20
+
 // Load reads and validates the file at path. Errors carry the line and column
 // of the offending key or value.
 func Load(path string) (Config, error) {
 	var c Config
-	data, err := os.ReadFile(path)
+	data, err := smallfile.Read(path, MaxBytes, true)
 	if err != nil {
 		return c, fmt.Errorf("config: %w", err)
 	}

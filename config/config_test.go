@@ -5,7 +5,9 @@ import (
 	"path/filepath"
 	"reflect"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func TestLoad(t *testing.T) {
@@ -53,3 +55,32 @@ func TestLoad(t *testing.T) {
 }
 
 func ptr[T any](v T) *T { return &v }
+
+// Only a regular file (or a link to one) of at most MaxBytes is read:
+// /dev/zero, a FIFO or a huge file are refused at once.
+func TestLoadRefusesWhatIsNotASmallFile(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	huge := filepath.Join(dir, "huge.yaml")
+	if err := os.WriteFile(huge, []byte(strings.Repeat("#\n", MaxBytes)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []string{"/dev/zero", fifo, dir, huge} {
+		start := time.Now()
+		if _, err := Load(p); err == nil {
+			t.Errorf("Load(%s) accepted", p)
+		} else if time.Since(start) > time.Second {
+			t.Errorf("Load(%s) took %v", p, time.Since(start))
+		}
+	}
+	ok := filepath.Join(dir, "ok.yaml")
+	os.WriteFile(ok, []byte("log_level: info\n"), 0o600)
+	link := filepath.Join(dir, "link.yaml")
+	os.Symlink(ok, link)
+	if _, err := Load(link); err != nil {
+		t.Errorf("a link to a config file: %v", err)
+	}
+}

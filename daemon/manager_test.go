@@ -226,3 +226,27 @@ func TestIntentRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// A state directory that others can write is not trusted: Restore refuses
+// to start, and splices nothing, whatever the state file says.
+func TestRestoreRefusesAnUntrustedStateDir(t *testing.T) {
+	dir := t.TempDir()
+	fb := fakesplice.New("vm-1")
+	m := newTestManager(t, dir, fb)
+	if _, err := m.Quarantine("vm-1", api.LimitRequest{"pps": "1"}, false); err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	fb2 := fakesplice.New("vm-1")
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	m2 := newTestManager(t, dir, fb2)
+	err := m2.Restore()
+	if err == nil || !strings.Contains(err.Error(), "writable by others") {
+		t.Fatalf("Restore with a world-writable state dir: %v", err)
+	}
+	if fb2.Splices() != 0 || len(m2.Ports()) != 0 {
+		t.Errorf("an untrusted state dir changed something: %d splices, ports %v", fb2.Splices(), m2.Ports())
+	}
+}

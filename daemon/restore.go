@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/splice"
+	"github.com/shaperd/shaperd/statefile"
 )
 
 // Restore rebuilds the daemon's quarantines at start, from the state file
@@ -27,6 +28,13 @@ import (
 // Restore runs before the daemon serves requests; it does its adoption
 // under Manager.mu, and has the owners splice what is left to splice.
 func (m *Manager) Restore() error {
+	// What the state directory says can cut a VM off: trust it only if
+	// no one else could have written it.
+	if m.opt.StateDir != "" {
+		if err := statefile.CheckDir(m.opt.StateDir); err != nil {
+			return fmt.Errorf("restore: %w", err)
+		}
+	}
 	m.mu.Lock()
 	retry, err := m.restoreLocked()
 	m.mu.Unlock()
@@ -208,6 +216,11 @@ func ReleaseOffline(log interface {
 	want := map[string]bool{}
 	for _, p := range ports {
 		want[p] = true
+	}
+	if stateDir != "" {
+		if err := statefile.CheckDir(stateDir); err != nil {
+			return nil, err
+		}
 	}
 	var released []string
 	var errs []error

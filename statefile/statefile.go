@@ -17,6 +17,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
+
+	"github.com/shaperd/shaperd/internal/smallfile"
 )
 
 // ErrCorrupt means a file exists but cannot be trusted: truncated,
@@ -71,14 +74,76 @@ func Write(path string, v any, indent bool) error {
 	return WriteAtomic(path, append(data, '\n'))
 }
 
-// Read reads path and decodes its body into v once the seal checks. A
-// missing file wraps os.ErrNotExist; a damaged one wraps ErrCorrupt.
+// MaxBytes bounds a state file: a tenant's month of 5-minute samples is
+// about half a megabyte.
+const MaxBytes = 16 << 20
+
+// Read reads path and decodes its body into v once the seal checks. Only a
+// regular file of at most MaxBytes is read; a symbolic link is not
+// followed. A missing file wraps os.ErrNotExist; a damaged one wraps
+// ErrCorrupt; anything else (a link, a FIFO, a device, a file too large)
+// is an error of its own, which the caller should report, not take for
+// damage.
 func Read(path string, v any) error {
-	data, err := os.ReadFile(path)
+	data, err := smallfile.Read(path, MaxBytes, false)
 	if err != nil {
 		return err
 	}
 	return Decode(data, v)
+}
+
+// CheckDir refuses a state directory that another user could have written
+// to: the directory, and each file in it, must be owned by the daemon's
+// user and writable by no one else; a symbolic link is refused, not
+// followed. A directory that does not exist yet passes (it is made 0700).
+func CheckDir(dir string) error {
+	fi, err := os.Lstat(dir)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if !fi.IsDir() {
+		return fmt.Errorf("state dir %s is not a directory (%v); it is not followed", dir, fi.Mode().Type())
+	}
+	if err := trusted(dir, fi); err != nil {
+		return err
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range ents {
+		p := filepath.Join(dir, e.Name())
+		fi, err := os.Lstat(p)
+		if err != nil {
+			return err
+		}
+		if !fi.Mode().IsRegular() && !fi.IsDir() {
+			return fmt.Errorf("state file %s is not a regular file (%v); remove it", p, fi.Mode().Type())
+		}
+		if err := trusted(p, fi); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// trusted says whether fi (of path) is owned by the daemon's user and
+// writable by no one else.
+func trusted(path string, fi os.FileInfo) error {
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fmt.Errorf("%s: cannot tell its owner", path)
+	}
+	if uid := os.Geteuid(); int(st.Uid) != uid {
+		return fmt.Errorf("%s is owned by uid %d, not the daemon's uid %d: refusing to trust it (chown %d %s, after checking what it holds)", path, st.Uid, uid, uid, path)
+	}
+	if fi.Mode().Perm()&0o022 != 0 {
+		return fmt.Errorf("%s is writable by others (mode %04o): refusing to trust it (chmod go-w %s, after checking what it holds)", path, fi.Mode().Perm(), path)
+	}
+	return nil
 }
 
 // Decode checks data's seal and decodes its body into v: a damaged file

@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 type body struct {
@@ -72,4 +74,77 @@ func TestDecodeCorrupt(t *testing.T) {
 func sumOf(body string) string {
 	sum := sha256.Sum256([]byte(body))
 	return hex.EncodeToString(sum[:])
+}
+
+// A state directory someone else could write is refused, and so is a file
+// in it that is a link, a FIFO, or writable by others.
+func TestCheckDir(t *testing.T) {
+	mk := func(t *testing.T) string {
+		d := filepath.Join(t.TempDir(), "state")
+		if err := Write(filepath.Join(d, "state.json"), body{Version: 1}, true); err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	if err := CheckDir(filepath.Join(t.TempDir(), "none")); err != nil {
+		t.Errorf("a directory not made yet: %v", err)
+	}
+	d := mk(t)
+	if err := CheckDir(d); err != nil {
+		t.Fatalf("the daemon's own directory: %v", err)
+	}
+	for name, meddle := range map[string]func(d string) error{
+		"world-writable dir":  func(d string) error { return os.Chmod(d, 0o777) },
+		"group-writable file": func(d string) error { return os.Chmod(filepath.Join(d, "state.json"), 0o620) },
+		"file is a link": func(d string) error {
+			p := filepath.Join(d, "state.json")
+			os.Remove(p)
+			return os.Symlink("/dev/zero", p)
+		},
+		"file is a FIFO": func(d string) error {
+			p := filepath.Join(d, "state.json")
+			os.Remove(p)
+			return syscall.Mkfifo(p, 0o600)
+		},
+		"dir is a link": func(d string) error {
+			real := d + ".real"
+			if err := os.Rename(d, real); err != nil {
+				return err
+			}
+			return os.Symlink(real, d)
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			d := mk(t)
+			if err := meddle(d); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			if err := CheckDir(d); err == nil {
+				t.Error("accepted")
+			} else {
+				t.Log(err)
+			}
+			if time.Since(start) > time.Second {
+				t.Error("took over a second")
+			}
+		})
+	}
+}
+
+// A file owned by another user is refused (needs root to make one).
+func TestCheckDirOwner(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root to chown a file to another user")
+	}
+	d := filepath.Join(t.TempDir(), "state")
+	if err := Write(filepath.Join(d, "state.json"), body{Version: 1}, true); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chown(filepath.Join(d, "state.json"), 65534, 65534); err != nil {
+		t.Fatal(err)
+	}
+	if err := CheckDir(d); err == nil || !strings.Contains(err.Error(), "owned by uid 65534") {
+		t.Errorf("a file of uid 65534: %v", err)
+	}
 }
