@@ -39,6 +39,9 @@ type ReleaseRequest struct {
 // ReleaseResult lists the ports released.
 type ReleaseResult struct {
 	Released []string `json:"released"`
+	// Warnings are what the caller should know although the release
+	// succeeded (the state file could not be written).
+	Warnings []string `json:"warnings,omitempty"`
 }
 
 // Error is the body of every non-2xx answer.

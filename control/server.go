@@ -285,6 +285,13 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 		what = "--all"
 	}
 	s.audit(r, "release", what, nil, err)
+	if errors.Is(err, daemon.ErrNotSaved) {
+		// Released: say so, and why a restart may not keep it.
+		res.Warnings, err = []string{err.Error()}, nil
+		if !req.All {
+			res.Released = []string{req.Port}
+		}
+	}
 	if err != nil {
 		writeErr(w, err)
 		return

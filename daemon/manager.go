@@ -197,9 +197,10 @@ func (m *Manager) quarantine(port string, req api.LimitRequest, pending bool, or
 		m.makePendingLocked(q, now)
 		m.q[port] = q
 		m.mu.Unlock()
-		m.save()
+		serr := m.save()
 		m.log.Info("quarantine pending: the port does not exist yet", "port", port, "expires", q.expires)
-		return m.statusOf(port)
+		st, err := m.statusOf(port)
+		return withSaveWarning(st, err, serr)
 	}
 	q.starting = true
 	m.q[port] = q
@@ -219,8 +220,9 @@ func (m *Manager) quarantine(port string, req api.LimitRequest, pending bool, or
 		m.reconcileTenant(o, now)
 		return api.Quarantine{}, err
 	}
-	m.save()
-	return m.statusOf(port)
+	serr := m.save()
+	st, err := m.statusOf(port)
+	return withSaveWarning(st, err, serr)
 }
 
 // newQuarantineLocked builds the quarantine that req asks for on port,
@@ -354,9 +356,10 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 		q.lad, q.avgFrom = nil, time.Time{}
 		m.mu.Unlock()
 	}
-	m.save()
+	serr := m.save()
 	m.log.Info("limits changed", "port", port, "intent", spec.Intent())
-	return m.statusOf(port)
+	st, err := m.statusOf(port)
+	return withSaveWarning(st, err, serr)
 }
 
 // applySpec makes spec q's intent and puts it into q's forwarder (both
@@ -394,17 +397,28 @@ func (m *Manager) Release(port string) error {
 }
 
 // ReleaseAll releases every quarantine, active and pending.
+// A failed save of the state file is returned (ErrNotSaved) only when
+// every release succeeded.
 func (m *Manager) ReleaseAll() ([]string, error) {
 	var done []string
 	var errs []error
+	var saveErr error
 	for _, p := range m.Ports() {
-		if err := m.Release(p); err != nil {
+		err := m.Release(p)
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrNotSaved):
+			saveErr = err
+		default:
 			errs = append(errs, err)
 			continue
 		}
 		done = append(done, p)
 	}
-	return done, errors.Join(errs...)
+	if len(errs) > 0 {
+		return done, errors.Join(errs...)
+	}
+	return done, saveErr
 }
 
 // release ends o's quarantine; caller holds o's lock.
@@ -439,10 +453,10 @@ func (m *Manager) release(o *owner.Port) error {
 		delete(m.q, port)
 	}
 	m.mu.Unlock()
-	m.save()
+	serr := m.save()
 	m.log.Info("released", "port", port)
 	m.reconcileTenant(o, m.host.Now())
-	return nil
+	return serr
 }
 
 func (m *Manager) portsLocked() []string {
@@ -505,6 +519,13 @@ func checkPortName(port string) error {
 		if r <= ' ' || r == '/' || r == ':' || r > '~' {
 			return usagef("port %q: not a valid interface name", port)
 		}
+	}
+	if port == "." || port == ".." {
+		return usagef("port %q: not a valid interface name", port)
+	}
+	if port[0] == '-' {
+		// It would read as an option to the switch's tools.
+		return usagef("port %q: an interface name must not begin with -", port)
 	}
 	return nil
 }

@@ -182,7 +182,7 @@ func TestRestoreRemovesOrphansOnlyWithATrustedState(t *testing.T) {
 	}
 	// vm-2 was released in the state file but its splice survived (a
 	// crash half way through a release).
-	saved, err := loadState(dir)
+	saved, _, err := loadState(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -61,9 +61,17 @@ func (m *Manager) restoreLocked() ([]string, error) {
 	now := m.host.Now()
 	trusted := m.opt.StateDir != "" // without a state file, adopt everything found
 	saved := map[string]savedEntry{}
+	suspect := map[string]bool{}
 	if m.opt.StateDir != "" {
 		var err error
-		saved, err = loadState(m.opt.StateDir)
+		var bad map[string]string
+		saved, bad, err = loadState(m.opt.StateDir)
+		for port, why := range bad {
+			// Its splice, if any, is adopted from the plumbing, not
+			// removed as an orphan.
+			suspect[port] = true
+			m.log.Error("event: a state file entry cannot be right; ignored", "event", "state_entry_refused", "port", port, "why", why)
+		}
 		switch {
 		case errors.Is(err, ErrNoState):
 			trusted = false
@@ -109,7 +117,7 @@ func (m *Manager) restoreLocked() ([]string, error) {
 		if !inState && m.adoptQuotaSpliceLocked(port, f.b) {
 			continue // a quota tenant's own splice
 		}
-		if trusted && (!inState || e.State == stateReleasing) {
+		if trusted && !suspect[port] && (!inState || e.State == stateReleasing) {
 			orphans = append(orphans, port)
 			continue
 		}
@@ -252,7 +260,10 @@ func ReleaseOffline(log interface {
 		}
 	}
 	if stateDir != "" {
-		saved, err := loadState(stateDir)
+		saved, bad, err := loadState(stateDir)
+		for port, why := range bad {
+			log.Error("a state file entry cannot be right; dropped", "port", port, "why", why)
+		}
 		if err == nil {
 			var keep []savedEntry
 			for p, e := range saved {

@@ -254,6 +254,16 @@ func (s Spec) Apply(req api.LimitRequest, forSet bool) (Spec, error) {
 	return out, nil
 }
 
+// The largest limits accepted: anything above is refused (exit 2), not
+// taken for "no limit".
+const (
+	MaxPPS     = 10_000_000          // packets per second, any --*-pps
+	MaxRate    = 100_000_000_000     // bits per second (100gbit), any --*-bps
+	MaxBurst   = 10_000_000          // packets, --burst
+	MaxBytes   = units.Size(1 << 30) // bytes (1gb): --burst-bytes, --queue-bytes, --max-frame
+	maxPPSText = "10000000"
+)
+
 func (d *DirSpec) set(name, v, flag string) error {
 	none := strings.EqualFold(v, "none")
 	switch name {
@@ -263,6 +273,9 @@ func (d *DirSpec) set(name, v, flag string) error {
 			f, err := strconv.ParseFloat(v, 64)
 			if err != nil || f < 0 || math.IsNaN(f) || math.IsInf(f, 0) {
 				return usagef("%s %q: want a number of packets per second, or none", flag, v)
+			}
+			if f > MaxPPS {
+				return usagef("%s %q: at most %s packets per second", flag, v, maxPPSText)
 			}
 			p = &f
 		}
@@ -284,6 +297,9 @@ func (d *DirSpec) set(name, v, flag string) error {
 			r, err := units.ParseRate(v)
 			if err != nil {
 				return usagef("%s: %v", flag, err)
+			}
+			if r > MaxRate {
+				return usagef("%s %q: at most 100gbit", flag, v)
 			}
 			p = &r
 		}
@@ -380,6 +396,9 @@ func optCount(v string, none bool, flag, what string) (*int, error) {
 	if err != nil || n < 1 {
 		return nil, usagef("%s %q: want a whole number of %s", flag, v, what)
 	}
+	if n > MaxBurst {
+		return nil, usagef("%s %q: at most %d", flag, v, MaxBurst)
+	}
 	return &n, nil
 }
 
@@ -391,6 +410,9 @@ func optSize(v string, none bool, flag string) (*units.Size, error) {
 	z, err := units.ParseSize(v)
 	if err != nil {
 		return nil, usagef("%s: %v", flag, err)
+	}
+	if z > MaxBytes {
+		return nil, usagef("%s %q: at most 1gb", flag, v)
 	}
 	return &z, nil
 }

@@ -50,32 +50,56 @@ var ErrCorruptState = errors.New("state file is corrupt")
 // deleted); the daemon rebuilds from the plumbing.
 var ErrNoState = errors.New("no state file")
 
-// loadState reads the state file in dir.
-func loadState(dir string) (map[string]savedEntry, error) {
-	out := map[string]savedEntry{}
+// loadState reads the state file in dir. An entry that cannot be right (a
+// bad port name, an unknown state, a spec that does not validate, a port
+// named twice) is left out and named in bad, port → why; the others are
+// kept.
+func loadState(dir string) (out map[string]savedEntry, bad map[string]string, err error) {
+	defer func() {
+		if err != nil {
+			out, bad = map[string]savedEntry{}, nil
+		}
+	}()
+	out = map[string]savedEntry{}
 	var body stateBody
-	err := statefile.Read(filepath.Join(dir, StateFile), &body)
+	err = statefile.Read(filepath.Join(dir, StateFile), &body)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
-		return out, ErrNoState
+		return out, nil, ErrNoState
 	case errors.Is(err, statefile.ErrCorrupt):
-		return out, fmt.Errorf("%w: %s", ErrCorruptState, statefile.Reason(err))
+		return out, nil, fmt.Errorf("%w: %s", ErrCorruptState, statefile.Reason(err))
 	case err != nil:
-		return out, err
+		return out, nil, err
 	}
 	if body.Version != 1 {
-		return out, fmt.Errorf("%w: version %d, want 1", ErrCorruptState, body.Version)
+		return out, nil, fmt.Errorf("%w: version %d, want 1", ErrCorruptState, body.Version)
+	}
+	bad = map[string]string{}
+	seen := map[string]int{}
+	for _, e := range body.Quarantines {
+		seen[e.Port]++
 	}
 	for _, e := range body.Quarantines {
-		if checkPortName(e.Port) != nil {
-			return map[string]savedEntry{}, fmt.Errorf("%w: bad port %q", ErrCorruptState, e.Port)
+		why := ""
+		switch {
+		case checkPortName(e.Port) != nil:
+			why = checkPortName(e.Port).Error()
+		case seen[e.Port] > 1:
+			why = fmt.Sprintf("the port has %d entries", seen[e.Port])
+		case e.State != StateActive && e.State != StatePending && e.State != stateReleasing:
+			why = fmt.Sprintf("unknown state %q", e.State)
+		default:
+			if err := e.Spec.Validate(); err != nil {
+				why = err.Error()
+			}
 		}
-		if err := e.Spec.Validate(); err != nil {
-			return map[string]savedEntry{}, fmt.Errorf("%w: port %s: %v", ErrCorruptState, e.Port, err)
+		if why != "" {
+			bad[e.Port] = why
+			continue
 		}
 		out[e.Port] = e
 	}
-	return out, nil
+	return out, bad, nil
 }
 
 // saveState replaces the state file in dir atomically.
@@ -248,9 +272,9 @@ func eqR[T comparable](a, b *T) bool { return (a == nil) == (b == nil) && (a == 
 // save writes the state file with the intent as it is now; a failure is
 // logged, not returned: the plumbing keeps the intent too, and refusing
 // the change would not undo it. The caller holds no lock.
-func (m *Manager) save() {
+func (m *Manager) save() error {
 	if m.opt.StateDir == "" {
-		return
+		return nil
 	}
 	m.saveMu.Lock()
 	defer m.saveMu.Unlock()
@@ -259,7 +283,24 @@ func (m *Manager) save() {
 	m.mu.Unlock()
 	if err := saveState(m.opt.StateDir, entries, time.Now()); err != nil {
 		m.log.Error("cannot write the state file", "dir", m.opt.StateDir, "err", err)
+		return fmt.Errorf("%w: %v", ErrNotSaved, err)
 	}
+	return nil
+}
+
+// ErrNotSaved means a change is in force but the state file could not be
+// written, so a restart may not keep it (the plumbing's intent may still
+// bring it back). The caller should report it as a warning: the change
+// was made. Quarantine and Set put it in the answer's warnings; Release
+// returns it.
+var ErrNotSaved = errors.New("the change is in force, but the state file could not be written; a restart may not keep it")
+
+// withSaveWarning adds save's error, if any, to q's warnings.
+func withSaveWarning(q api.Quarantine, err, saveErr error) (api.Quarantine, error) {
+	if err == nil && saveErr != nil {
+		q.Warnings = append(q.Warnings, saveErr.Error())
+	}
+	return q, err
 }
 
 // stateEntriesLocked is the state file's content: every quarantine but

@@ -185,6 +185,9 @@ run while a daemon answers on the socket.`,
 			for _, p := range res.Released {
 				fmt.Fprintf(cmd.OutOrStdout(), "released %s\n", p)
 			}
+			for _, warn := range res.Warnings {
+				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", warn)
+			}
 			return nil
 		},
 	}
