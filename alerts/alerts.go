@@ -43,8 +43,12 @@ type Handler struct {
 	// Instance is this host's name, compared with an alert's instance label
 	// without its :port.
 	Instance string
-	Target   Target
-	Log      *slog.Logger
+	// AllowNoInstance lets an alert without an instance label act on
+	// this host; by default it is ignored, since it would act on every
+	// host that receives it.
+	AllowNoInstance bool
+	Target          Target
+	Log             *slog.Logger
 }
 
 // Message is the webhook's body (Alertmanager's version 4).
@@ -164,7 +168,13 @@ func (h *Handler) handle(log *slog.Logger, a Alert) Outcome {
 	}
 	out.Port = port
 	name := a.Labels["alertname"]
-	if inst, ok := a.Labels["instance"]; ok && !SameHost(inst, h.Instance) {
+	inst, ok := a.Labels["instance"]
+	if !ok && !h.AllowNoInstance {
+		out.Outcome = "no_instance_label"
+		log.Info("alerts: ignored an alert without an instance label (it would act on every host; alerts_allow_no_instance allows it)", "alertname", name, "port", port)
+		return out
+	}
+	if ok && !SameHost(inst, h.Instance) {
 		out.Outcome = "other_instance"
 		log.Info("alerts: ignored an alert for another instance", "alertname", name, "instance", inst, "port", port)
 		return out

@@ -45,9 +45,12 @@ const notification = `{
     {"status": "firing", "labels": {"alertname": "VMFlood", "instance": "hv2:9100", "interface": "vm-3"},
      "annotations": {}, "startsAt": "2026-11-23T12:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
      "generatorURL": "", "fingerprint": "a3"},
-    {"status": "firing", "labels": {"alertname": "VMFlood", "interface": "vm-gone"},
+    {"status": "firing", "labels": {"alertname": "VMFlood", "instance": "hv1", "interface": "vm-gone"},
      "annotations": {}, "startsAt": "2026-11-23T12:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
      "generatorURL": "", "fingerprint": "a4"},
+    {"status": "firing", "labels": {"alertname": "VMFlood", "interface": "vm-4"},
+     "annotations": {}, "startsAt": "2026-11-23T12:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+     "generatorURL": "", "fingerprint": "a6"},
     {"status": "firing", "labels": {"alertname": "DiskFull", "instance": "hv1"},
      "annotations": {}, "startsAt": "2026-11-23T12:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
      "generatorURL": "", "fingerprint": "a5"}
@@ -90,10 +93,17 @@ func TestWebhook(t *testing.T) {
 			t.Fatalf("calls %v, want %v", tg.calls, want)
 		}
 	}
-	for _, s := range []string{`"other_instance"`, `"no_port_label"`, `"unknown_port"`} {
+	for _, s := range []string{`"other_instance"`, `"no_port_label"`, `"unknown_port"`, `"no_instance_label"`} {
 		if !strings.Contains(body, s) {
 			t.Errorf("answer lacks %s: %s", s, body)
 		}
+	}
+
+	// Allowed, an alert without an instance label acts on this host.
+	tg = &fakeTarget{}
+	h = &Handler{Token: "s3cret", Instance: "hv1", Target: tg, AllowNoInstance: true}
+	if code, body := post(t, h, "Bearer s3cret", notification); code != http.StatusOK || len(tg.calls) != 4 || tg.calls[3] != (call{"vm-4", true}) {
+		t.Fatalf("with AllowNoInstance: %d %s, calls %v", code, body, tg.calls)
 	}
 }
 

@@ -61,6 +61,10 @@ type Config struct {
 	// InstanceName is this host's name in alerts' instance label; "" means
 	// the hostname.
 	InstanceName string `yaml:"instance_name"`
+	// AlertsAllowNoInstance lets an alert without an instance label act
+	// on this host; by default such an alert is ignored, since every host
+	// that receives it would act on it.
+	AlertsAllowNoInstance bool `yaml:"alerts_allow_no_instance"`
 
 	// Profiles are named sets of thresholds, limits and ladders; see
 	// package profile for the keys.

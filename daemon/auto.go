@@ -227,13 +227,7 @@ func (m *Manager) Observe(now time.Time, counters map[string]detect.Sample) {
 			"since", f.Since, "pps", math.Round(pps), "bps", math.Round(bps), "dry_run", m.watch.DryRun)
 	}
 	if !m.watch.DryRun && len(cand) > 0 {
-		active := 0
-		for _, q := range m.q {
-			if q.spec.Origin == OriginWatch {
-				active++
-			}
-		}
-		admit, refuse := detect.SplitAtCap(cand, active, m.watch.MaxAuto)
+		admit, refuse := detect.SplitAtCap(cand, m.autoLocked(), m.watch.MaxAuto)
 		for _, f := range admit {
 			act.starts = append(act.starts, autoStart{port: f.Port, origin: OriginWatch,
 				failed: func(err error) {

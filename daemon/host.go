@@ -38,6 +38,9 @@ type Host interface {
 	LearnGuard(port string, bridge bool) (guard.Config, []string)
 	// RunHook runs a profile's on-block hook and returns its output.
 	RunHook(ctx context.Context, argv []string) ([]byte, error)
+	// LinkKind is a link's kind as netlink names it: veth, tuntap,
+	// bridge, bond, device...
+	LinkKind(name string) (string, error)
 }
 
 // SystemHost is the machine the daemon runs on. The zero value is ready.
@@ -64,6 +67,14 @@ func (SystemHost) SubscribeLinks(ch chan netlink.LinkUpdate, done chan struct{},
 
 func (SystemHost) LearnGuard(port string, bridge bool) (guard.Config, []string) {
 	return learnGuard(port, bridge)
+}
+
+func (SystemHost) LinkKind(name string) (string, error) {
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		return "", err
+	}
+	return l.Type(), nil
 }
 
 func (SystemHost) RunHook(ctx context.Context, argv []string) ([]byte, error) {

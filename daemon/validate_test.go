@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/hosttest"
+	"github.com/shaperd/shaperd/profile"
 	"github.com/shaperd/shaperd/splice/fakesplice"
 )
 
@@ -103,5 +105,46 @@ func TestBadStateEntriesAreLeftOut(t *testing.T) {
 	}
 	if fb.Released() != 0 {
 		t.Errorf("%d splices removed", fb.Released())
+	}
+}
+
+// An alert quarantines only what the watch loop could: not with dry_run,
+// not an excluded port, not beyond max_auto, and, with no watch patterns,
+// only a veth or tap that a splice backend handles.
+func TestAlertObeysTheSafetySettings(t *testing.T) {
+	for _, c := range []struct {
+		name    string
+		w       func(*WatchConfig)
+		kind    string
+		port    string
+		outcome string
+	}{
+		{"dry run", func(w *WatchConfig) { w.DryRun = true }, "veth", "vm-1", "dry_run"},
+		{"excluded", func(w *WatchConfig) { w.Exclude = []string{"vm-1"} }, "veth", "vm-1", "excluded"},
+		{"outside watch", func(w *WatchConfig) { w.Watch = []string{"tap*"} }, "veth", "vm-1", "not_watched"},
+		{"max_auto 0", func(w *WatchConfig) { w.MaxAuto = 0 }, "veth", "vm-1", "max_auto"},
+		{"an uplink", func(*WatchConfig) {}, "device", "eth9", "not_vm_port"},
+		{"a bond", func(*WatchConfig) {}, "bond", "vm-1", "not_vm_port"},
+		{"a VM port", func(*WatchConfig) {}, "veth", "vm-1", "quarantined"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			fb := fakesplice.New("vm-1", "eth9")
+			h := &hosttest.Host{Exists: fb.Exists, Kind: func(string) (string, error) { return c.kind, nil }}
+			m := NewWithOptions(nil, Options{Host: h}, fb)
+			defer m.Close()
+			w := DefaultWatchConfig()
+			w.MaxAuto = 10
+			c.w(&w)
+			if err := m.Configure(profile.Set{profile.Quarantine: profile.Default()}, w); err != nil {
+				t.Fatal(err)
+			}
+			outcome, err := m.Alert(c.port, true)
+			if outcome != c.outcome {
+				t.Fatalf("Alert: %q %v, want %q", outcome, err, c.outcome)
+			}
+			if want := c.outcome == "quarantined"; fb.Spliced(c.port) != want {
+				t.Errorf("spliced %v, want %v", fb.Spliced(c.port), want)
+			}
+		})
 	}
 }

@@ -212,7 +212,7 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 	mopt := metrics.Options{CertFile: cfg.AlertsCert, KeyFile: cfg.AlertsKey}
 	if cfg.AlertsToken != "" {
 		mopt.Handlers = map[string]http.Handler{alerts.Path: &alerts.Handler{
-			Token: cfg.AlertsToken, Instance: instanceName(cfg), Target: m, Log: log}}
+			Token: cfg.AlertsToken, Instance: instanceName(cfg), AllowNoInstance: cfg.AlertsAllowNoInstance, Target: m, Log: log}}
 		if *cfg.MetricsAddr == "" {
 			log.Warn("alerts_token is set but metrics_addr is off: the Alertmanager webhook is served on the metrics listener, so it is off too")
 		}

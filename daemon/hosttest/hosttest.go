@@ -31,6 +31,7 @@ type Host struct {
 	Subscribe func(ch chan netlink.LinkUpdate, done chan struct{}, onErr func(error)) error
 	Learn     func(port string, bridge bool) (guard.Config, []string)
 	Hook      func(argv []string) ([]byte, error)
+	Kind      func(name string) (string, error)
 	mu        sync.Mutex
 	hooks     [][]string
 }
@@ -95,6 +96,14 @@ func (h *Host) RunHook(_ context.Context, argv []string) ([]byte, error) {
 		return h.Hook(argv)
 	}
 	return nil, nil
+}
+
+// LinkKind is "veth" unless Kind says otherwise.
+func (h *Host) LinkKind(name string) (string, error) {
+	if h.Kind != nil {
+		return h.Kind(name)
+	}
+	return "veth", nil
 }
 
 // Hooks returns the hooks run so far, each its argv.
