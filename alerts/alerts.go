@@ -28,6 +28,10 @@ const Path = "/v1/alerts/alertmanager"
 // alert.
 const MaxBody = 1 << 20
 
+// LoggedAlerts is how many alerts of one notification are logged one by
+// one; the rest are summed up in one line.
+const LoggedAlerts = 10
+
 // Target acts on alerts: the daemon's Manager.
 type Target interface {
 	// Alert quarantines port (firing) or starts its probation (resolved),
@@ -120,9 +124,23 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
+	// One line per alert for the first LoggedAlerts of a notification,
+	// then one line for the rest: a large notification cannot flood the
+	// log.
 	var res Result
-	for _, a := range msg.Alerts {
-		res.Alerts = append(res.Alerts, h.handle(log, a))
+	quiet := slog.New(slog.DiscardHandler)
+	outcomes := map[string]int{}
+	for i, a := range msg.Alerts {
+		l := log
+		if i >= LoggedAlerts {
+			l = quiet
+		}
+		o := h.handle(l, a)
+		outcomes[o.Outcome]++
+		res.Alerts = append(res.Alerts, o)
+	}
+	if n := len(msg.Alerts); n > LoggedAlerts {
+		log.Warn("alerts: a notification with many alerts; only the first were logged one by one", "alerts", n, "logged", LoggedAlerts, "outcomes", outcomes)
 	}
 	w.Header().Set("Content-Type", "application/json")
 	json.NewEncoder(w).Encode(res)
@@ -132,8 +150,9 @@ func (h *Handler) authorized(r *http.Request) bool {
 	if h.Token == "" {
 		return false
 	}
+	// The token as sent, byte for byte: no trimming.
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(h.Token)) == 1
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(h.Token)) == 1
 }
 
 // Parse decodes and checks a notification.

@@ -2,7 +2,9 @@ package alerts
 
 import (
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -145,5 +147,31 @@ func TestSameHost(t *testing.T) {
 		if got := SameHost(c.inst, c.host); got != c.want {
 			t.Errorf("SameHost(%q, %q) = %v", c.inst, c.host, got)
 		}
+	}
+}
+
+// A notification of thousands of alerts logs a few lines, not one each; a
+// token with a character more (a trailing space) is refused.
+func TestWebhookLogVolumeAndExactToken(t *testing.T) {
+	var buf strings.Builder
+	log := slog.New(slog.NewTextHandler(&buf, nil))
+	h := &Handler{Token: "s3cret", Instance: "hv1", Target: &fakeTarget{}, Log: log}
+	var alerts []string
+	for i := range 5000 {
+		alerts = append(alerts, fmt.Sprintf(`{"status":"firing","labels":{"alertname":"VMFlood","instance":"hv1","interface":"nope-%d"}}`, i))
+	}
+	body := `{"version":"4","status":"firing","alerts":[` + strings.Join(alerts, ",") + `]}`
+	if code, b := post(t, h, "Bearer s3cret", body); code != http.StatusOK {
+		t.Fatalf("%d %.200s", code, b)
+	}
+	if n := strings.Count(buf.String(), "\n"); n > LoggedAlerts+1 {
+		t.Errorf("%d log lines for one notification, want at most %d", n, LoggedAlerts+1)
+	}
+	r := httptest.NewRequest(http.MethodPost, Path, strings.NewReader(notification))
+	r.Header["Authorization"] = []string{"Bearer s3cret "}
+	w := httptest.NewRecorder()
+	h.ServeHTTP(w, r)
+	if w.Code != http.StatusUnauthorized {
+		t.Errorf("a token with a trailing space: %d, want 401", w.Code)
 	}
 }

@@ -6,6 +6,7 @@ package config
 import (
 	"fmt"
 	"net"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -93,12 +94,31 @@ func Load(path string) (Config, error) {
 		return c, fmt.Errorf("config: %w", err)
 	}
 	if err := yaml.UnmarshalWithOptions(data, &c, yaml.Strict()); err != nil {
-		return Config{}, fmt.Errorf("config %s: %s", path, strings.TrimSpace(yaml.FormatError(err, false, false)))
+		return Config{}, fmt.Errorf("config %s: %s", path, redact(strings.TrimSpace(yaml.FormatError(err, false, false))))
 	}
 	if err := c.Validate(); err != nil {
 		return Config{}, fmt.Errorf("config %s: %w", path, err)
 	}
 	return c, nil
+}
+
+// quoted matches a double-quoted string in a parser's message.
+var quoted = regexp.MustCompile(`"(?:[^"\\]|\\.)*"`)
+
+// plain is what a config key or a simple value looks like.
+var plain = regexp.MustCompile(`^"[A-Za-z0-9_.\-]{0,40}"$`)
+
+// redact hides the text of the file that a parser's message quotes, unless
+// it looks like a config key or a simple value: --config pointed at a file
+// that is not a config (/etc/shadow) must not have its lines echoed into
+// the log.
+func redact(msg string) string {
+	return quoted.ReplaceAllStringFunc(msg, func(q string) string {
+		if plain.MatchString(q) {
+			return q
+		}
+		return "(text not shown: not a config key)"
+	})
 }
 
 // Validate checks values that have a fixed set of choices.

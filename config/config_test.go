@@ -84,3 +84,20 @@ func TestLoadRefusesWhatIsNotASmallFile(t *testing.T) {
 		t.Errorf("a link to a config file: %v", err)
 	}
 }
+
+// A file that is not a config (--config /etc/shadow) is refused without its
+// lines in the message; a mistyped key is still named.
+func TestLoadDoesNotEchoAForeignFile(t *testing.T) {
+	dir := t.TempDir()
+	shadow := filepath.Join(dir, "shadow")
+	os.WriteFile(shadow, []byte("root:$6$salt$hashhashhash:19000:0:99999:7:::\n"), 0o600)
+	_, err := Load(shadow)
+	if err == nil || strings.Contains(err.Error(), "hashhash") || strings.Contains(err.Error(), "root") {
+		t.Errorf("Load of a shadow file: %v", err)
+	}
+	typo := filepath.Join(dir, "typo.yaml")
+	os.WriteFile(typo, []byte("log_levell: info\n"), 0o600)
+	if _, err := Load(typo); err == nil || !strings.Contains(err.Error(), `unknown field "log_levell"`) {
+		t.Errorf("Load of a mistyped key: %v", err)
+	}
+}
