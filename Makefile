@@ -11,8 +11,14 @@ all: build
 deps:
 	@scripts/deps.sh
 
+# The version stamped into the binary (shaperd version, status --json,
+# shaperd_build_info): the tag, or the commit, and -dirty for a modified tree.
+VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo unknown)
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS := -X github.com/shaperd/shaperd/internal/version.version=$(VERSION) -X github.com/shaperd/shaperd/internal/version.commit=$(COMMIT)
+
 build:
-	$(GO) build -o $(BIN)/shaperd ./cmd/shaperd
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/shaperd ./cmd/shaperd
 
 tools:
 	$(GO) build -o $(BIN)/flood ./scripts/netns/flood

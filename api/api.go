@@ -90,9 +90,13 @@ type Destination struct {
 
 // Daemon describes the running daemon.
 type Daemon struct {
-	PID     int       `json:"pid"`
-	Version string    `json:"version"`
-	Started time.Time `json:"started"`
+	PID     int    `json:"pid"`
+	Version string `json:"version"`
+	// Commit is the commit shaperd was built from; GoVersion the Go
+	// that built it.
+	Commit    string    `json:"commit"`
+	GoVersion string    `json:"go_version"`
+	Started   time.Time `json:"started"`
 	// Now is the daemon's clock when it took the snapshot; the counters
 	// were read within microseconds of it. To compute a rate from two
 	// snapshots, divide by the difference of their Now, not by the

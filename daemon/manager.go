@@ -21,9 +21,6 @@ import (
 	"github.com/shaperd/shaperd/splice"
 )
 
-// Version is shaperd's version, reported in status.
-var Version = "dev"
-
 // Quarantine states.
 const (
 	StateActive    = "active"

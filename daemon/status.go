@@ -9,6 +9,7 @@ import (
 	"github.com/shaperd/shaperd/classify"
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/forward"
+	"github.com/shaperd/shaperd/internal/version"
 )
 
 func dirStatus(d DirSpec, s forward.DirStats, qs *forward.QueueStats) api.Direction {
@@ -54,7 +55,8 @@ func dirStatus(d DirSpec, s forward.DirStats, qs *forward.QueueStats) api.Direct
 func (m *Manager) Status(port string) (api.Status, error) {
 	m.mu.Lock()
 	st := api.Status{
-		Daemon:      api.Daemon{PID: os.Getpid(), Version: Version, Started: m.started.UTC(), Now: time.Now().UTC()},
+		Daemon: api.Daemon{PID: os.Getpid(), Version: version.Version(), Commit: version.Commit(), GoVersion: version.Go(),
+			Started: m.started.UTC(), Now: time.Now().UTC()},
 		Quarantines: []api.Quarantine{},
 		Flagged:     m.flaggedLocked(),
 		Quotas:      m.quotaStatusLocked(m.host.Now()),

@@ -31,6 +31,7 @@ import (
 	"github.com/shaperd/shaperd/classify"
 	"github.com/shaperd/shaperd/daemon"
 	"github.com/shaperd/shaperd/forward"
+	"github.com/shaperd/shaperd/internal/version"
 	"github.com/shaperd/shaperd/quota"
 )
 
@@ -151,8 +152,8 @@ var (
 		"1 for every port of a quota tenant, with its state: spliced (by shaperd for the tenant), quarantined (the quarantine's forwarder applies the quota too) or waiting (not metered: missing or not spliceable yet).",
 		[]string{"tenant", "port", "state"}, nil)
 	descBuild = prometheus.NewDesc("shaperd_build_info",
-		"1, with shaperd's version as a label.",
-		[]string{"version"}, nil)
+		"1, with shaperd's version, commit and Go version as labels.",
+		[]string{"version", "commit", "goversion"}, nil)
 )
 
 // Collector is a prometheus.Collector over a Source. It keeps no state
@@ -184,7 +185,7 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, daemon.Version)
+	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, version.Version(), version.Commit(), version.Go())
 	// Known states always appear, so that dashboards and alerts see 0
 	// rather than no data.
 	states := map[string]int{daemon.StateActive: 0, daemon.StatePending: 0}

@@ -17,6 +17,7 @@ import (
 	"github.com/shaperd/shaperd/classify"
 	"github.com/shaperd/shaperd/daemon"
 	"github.com/shaperd/shaperd/forward"
+	"github.com/shaperd/shaperd/internal/version"
 	"github.com/shaperd/shaperd/quota"
 )
 
@@ -338,7 +339,7 @@ func TestServer(t *testing.T) {
 	}
 	for _, s := range []string{
 		`shaperd_frames_total{class="udp",direction="from_vm",port="vm-1-00c9",verdict="passed"} 7`,
-		"go_goroutines ", "go_memstats_heap_alloc_bytes ", "process_cpu_seconds_total ", "shaperd_build_info{version=",
+		"go_goroutines ", "go_memstats_heap_alloc_bytes ", "process_cpu_seconds_total ", `shaperd_build_info{commit="` + version.Commit() + `",goversion="` + runtime.Version() + `",version="` + version.Version() + `"} 1`,
 		"promhttp_metric_handler_requests_total",
 	} {
 		if !strings.Contains(string(body), s) {

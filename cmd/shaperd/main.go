@@ -10,6 +10,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shaperd/shaperd/control"
+	"github.com/shaperd/shaperd/internal/version"
 )
 
 // exitError carries an exit code: 2 for usage and validation errors, 1 for
@@ -84,8 +85,27 @@ other commands talk to it over its control socket.`,
 	root.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageErr("%v (see '%s --help')", err, c.CommandPath())
 	})
-	root.AddCommand(newRunCmd(g), newQuarantineCmd(g), newSetCmd(g), newReleaseCmd(g), newStatusCmd(g), newTopCmd(g), newQuotaCmd(g))
+	root.Version = versionLine()
+	root.SetVersionTemplate("{{.Version}}\n")
+	root.AddCommand(newRunCmd(g), newQuarantineCmd(g), newSetCmd(g), newReleaseCmd(g), newStatusCmd(g), newTopCmd(g), newQuotaCmd(g), newVersionCmd())
 	return root
+}
+
+// versionLine is what version and --version print.
+func versionLine() string {
+	return fmt.Sprintf("shaperd %s (commit %s, %s)", version.Version(), version.Commit(), version.Go())
+}
+
+func newVersionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print shaperd's version, commit and Go version",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			fmt.Fprintln(cmd.OutOrStdout(), versionLine())
+			return nil
+		},
+	}
 }
 
 // exactArgs is cobra.ExactArgs with exit code 2 and a message naming the

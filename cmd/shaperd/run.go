@@ -18,6 +18,7 @@ import (
 	"github.com/shaperd/shaperd/config"
 	"github.com/shaperd/shaperd/control"
 	"github.com/shaperd/shaperd/daemon"
+	"github.com/shaperd/shaperd/internal/version"
 	"github.com/shaperd/shaperd/metrics"
 	"github.com/shaperd/shaperd/splice/backends"
 )
@@ -240,7 +241,7 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve() }()
-	log.Info("shaperd running", "socket", cfg.Socket, "pid", os.Getpid(), "version", daemon.Version)
+	log.Info("shaperd running", "socket", cfg.Socket, "pid", os.Getpid(), "version", version.Version(), "commit", version.Commit())
 	sdNotify("READY=1\nSTATUS=serving")
 	go watchdog(ctx, m.Alive, func() { log.Error("watchdog not fed: a forwarder has stopped") })
 	hup := make(chan os.Signal, 1)
