@@ -161,6 +161,9 @@ func newLogger(cfg config.Config) (*slog.Logger, *slog.LevelVar) {
 	lvl := new(slog.LevelVar)
 	lvl.Set(parseLevel(cfg.LogLevel))
 	opts := &slog.HandlerOptions{Level: lvl}
+	if underJournal() {
+		return slog.New(newJournalHandler(os.Stderr, opts, cfg.LogFormat == "json")), lvl
+	}
 	if cfg.LogFormat == "json" {
 		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), lvl
 	}
