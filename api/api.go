@@ -54,8 +54,9 @@ type Error struct {
 
 // Error codes.
 const (
-	CodeUsage   = "usage"
-	CodeRuntime = "runtime"
+	CodeUsage    = "usage"
+	CodeRuntime  = "runtime"
+	CodeNotFound = "not_found" // the port is not quarantined, the tenant does not exist
 )
 
 // Status is what `shaperd status --json` prints.

@@ -61,6 +61,12 @@ const MaxResponseBytes = 256 << 20
 // `shaperd run`.
 var ErrNotRunning = errors.New("daemon not running")
 
+// NotFoundError is a request for a port that is not quarantined, or a
+// tenant that does not exist; nothing changed.
+type NotFoundError struct{ Message string }
+
+func (e *NotFoundError) Error() string { return e.Message }
+
 // UsageError is a request the daemon refused as wrong; nothing changed.
 type UsageError struct{ Message string }
 
@@ -186,8 +192,11 @@ func (c *Client) do(method, path string, in, out any) error {
 		if resp.StatusCode == http.StatusForbidden {
 			return fmt.Errorf("%s", e.Message)
 		}
-		if e.Code == api.CodeUsage {
+		switch e.Code {
+		case api.CodeUsage:
 			return &UsageError{Message: e.Message}
+		case api.CodeNotFound:
+			return &NotFoundError{Message: e.Message}
 		}
 		return errors.New(e.Message)
 	}

@@ -383,6 +383,10 @@ func decode(w http.ResponseWriter, r *http.Request, v any) bool {
 }
 
 func writeErr(w http.ResponseWriter, err error) {
+	if errors.Is(err, daemon.ErrNotFound) {
+		writeJSON(w, http.StatusNotFound, api.Error{Code: api.CodeNotFound, Message: strings.TrimPrefix(err.Error(), daemon.ErrNotFound.Error()+": ")})
+		return
+	}
 	if errors.Is(err, daemon.ErrUsage) {
 		writeJSON(w, http.StatusBadRequest, api.Error{Code: api.CodeUsage, Message: usageMessage(err)})
 		return

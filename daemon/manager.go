@@ -312,7 +312,7 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 	q, ok := m.q[port]
 	if !ok {
 		m.mu.Unlock()
-		return api.Quarantine{}, usagef("%s is not quarantined: use quarantine first", port)
+		return api.Quarantine{}, notFoundf("%s is not quarantined: use quarantine first", port)
 	}
 	if _, ok := req["profile"]; ok {
 		m.mu.Unlock()
@@ -368,7 +368,7 @@ func (m *Manager) applySpec(q *quarantine, spec Spec) error {
 	m.mu.Lock()
 	if m.q[q.port] != q {
 		m.mu.Unlock()
-		return usagef("%s is not quarantined", q.port)
+		return notFoundf("%s is not quarantined", q.port)
 	}
 	prev, pending := q.spec, q.state != StateActive
 	q.spec = spec
@@ -425,7 +425,7 @@ func (m *Manager) release(o *owner.Port) error {
 	q, ok := m.q[port]
 	if !ok {
 		m.mu.Unlock()
-		return usagef("%s is not quarantined", port)
+		return notFoundf("%s is not quarantined", port)
 	}
 	sp, fwd := m.qSpliceLocked(q)
 	spliced := sp != nil || fwd != nil

@@ -235,7 +235,7 @@ func (m *Manager) RemoveTenant(name string) error {
 	t, ok := m.quotas.tenants[name]
 	m.mu.Unlock()
 	if !ok {
-		return fmt.Errorf("%w: %w %s (see shaperd quota list)", ErrUsage, ErrNoTenant, name)
+		return fmt.Errorf("%w: %w %s (see shaperd quota list)", ErrNotFound, ErrNoTenant, name)
 	}
 	if err := m.detachTenant(t); err != nil {
 		m.mu.Lock()

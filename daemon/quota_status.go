@@ -69,7 +69,7 @@ func (m *Manager) QuotaReport(name string) (api.QuotaReport, error) {
 	defer m.mu.Unlock()
 	t, ok := m.quotas.tenants[name]
 	if !ok {
-		return api.QuotaReport{}, fmt.Errorf("%w: %w %s (see shaperd quota list)", ErrUsage, ErrNoTenant, name)
+		return api.QuotaReport{}, fmt.Errorf("%w: %w %s (see shaperd quota list)", ErrNotFound, ErrNoTenant, name)
 	}
 	return apiReport(t.acct.Report(m.host.Now())), nil
 }

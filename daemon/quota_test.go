@@ -303,7 +303,7 @@ func TestQuotaStatusJSON(t *testing.T) {
 	if q.Tenant != "acme" || q.CommitBPS != 8000 || len(q.Samples) != 10 || q.BurstIntervalsLeft != 3 {
 		t.Errorf("status quota: %+v", q)
 	}
-	if _, err := l.m.QuotaReport("nobody"); !errors.Is(err, ErrUsage) || !errors.Is(err, ErrNoTenant) {
+	if _, err := l.m.QuotaReport("nobody"); !errors.Is(err, ErrNotFound) || !errors.Is(err, ErrNoTenant) {
 		t.Errorf("report of an unknown tenant: %v", err)
 	}
 }
@@ -387,7 +387,7 @@ func TestQuotaRemove(t *testing.T) {
 	if _, err := os.Stat(samples); err != nil {
 		t.Fatalf("samples file: %v", err)
 	}
-	if err := l.m.RemoveTenant("nobody"); !errors.Is(err, ErrUsage) {
+	if err := l.m.RemoveTenant("nobody"); !errors.Is(err, ErrNotFound) {
 		t.Errorf("remove of an unknown tenant: %v", err)
 	}
 	if err := l.m.RemoveTenant("acme"); err != nil {

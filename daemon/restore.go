@@ -282,7 +282,7 @@ func ReleaseOffline(log interface {
 		}
 	}
 	for p := range want {
-		errs = append(errs, usagef("%s is not quarantined (no splice found, nothing pending)", p))
+		errs = append(errs, notFoundf("%s is not quarantined (no splice found, nothing pending)", p))
 	}
 	return released, errors.Join(errs...)
 }

@@ -27,6 +27,14 @@ func usagef(format string, args ...any) error {
 	return fmt.Errorf("%w: %s", ErrUsage, fmt.Sprintf(format, args...))
 }
 
+// ErrNotFound means the request names a port that is not quarantined, or a
+// tenant that does not exist; nothing changed. See status or quota list.
+var ErrNotFound = errors.New("not found")
+
+func notFoundf(format string, args ...any) error {
+	return fmt.Errorf("%w: %s", ErrNotFound, fmt.Sprintf(format, args...))
+}
+
 // Defaults of the bypass and control budgets, per direction.
 const (
 	DefaultBypassPPS  = 2000

@@ -65,7 +65,7 @@ func (m *Manager) Status(port string) (api.Status, error) {
 		q, ok := m.q[port]
 		if !ok || q.starting {
 			m.mu.Unlock()
-			return st, usagef("%s is not quarantined", port)
+			return st, notFoundf("%s is not quarantined", port)
 		}
 		st.Quarantines = append(st.Quarantines, m.statusLocked(q))
 	} else {
@@ -87,7 +87,7 @@ func (m *Manager) statusOf(port string) (api.Quarantine, error) {
 	q, ok := m.q[port]
 	if !ok {
 		m.mu.Unlock()
-		return api.Quarantine{}, usagef("%s is not quarantined", port)
+		return api.Quarantine{}, notFoundf("%s is not quarantined", port)
 	}
 	out := m.statusLocked(q)
 	m.mu.Unlock()

@@ -36,6 +36,10 @@ func clientErr(err error) error {
 	if errors.As(err, &ue) {
 		return &exitError{code: 2, err: err}
 	}
+	var nf *control.NotFoundError
+	if errors.As(err, &nf) {
+		return &exitError{code: 3, err: err}
+	}
 	return &exitError{code: 1, err: err}
 }
 

@@ -22,6 +22,9 @@ func releaseOffline(cmd *cobra.Command, g *globals, stateDir string, ports []str
 		fmt.Fprintf(cmd.OutOrStdout(), "released %s (offline)\n", p)
 	}
 	if err != nil {
+		if errors.Is(err, daemon.ErrNotFound) && len(released) == 0 {
+			return &exitError{code: 3, err: err}
+		}
 		if errors.Is(err, daemon.ErrUsage) && len(released) == 0 {
 			return &exitError{code: 2, err: err}
 		}

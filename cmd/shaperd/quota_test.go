@@ -180,9 +180,9 @@ func TestQuotaTenantCommands(t *testing.T) {
 		code int
 		want string
 	}{
-		{[]string{"quota", "report", "nobody"}, 2, "no such tenant nobody"},
+		{[]string{"quota", "report", "nobody"}, 3, "no such tenant nobody"},
 		{[]string{"quota", "report", "acme", "--plot", filepath.Join(dir, "x.png")}, 2, "the chart is SVG"},
-		{[]string{"quota", "remove", "nobody"}, 2, "no such tenant nobody"},
+		{[]string{"quota", "remove", "nobody"}, 3, "no such tenant nobody"},
 		{[]string{"quota", "add", "beta", "--ports", "vm-9", "--commit", "1mbit"}, 2, "vm-9: no such port"},
 		{[]string{"quota", "add", "beta", "--ports", "routed-0", "--commit", "1mbit"}, 2, "routed-0"},
 		{[]string{"quota", "add", "beta", "--ports", "vm-1-00c9", "--commit", "1mbit"}, 2, "belongs to tenant acme"},

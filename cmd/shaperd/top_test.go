@@ -243,7 +243,7 @@ func TestTopCommand(t *testing.T) {
 	}{
 		{[]string{"top", "--interval", "10ms"}, 2, "--interval"},
 		{[]string{"top", "a", "b"}, 2, "at most one PORT"},
-		{[]string{"top", "--once", "vm-2-00c9"}, 2, "not quarantined"},
+		{[]string{"top", "--once", "vm-2-00c9"}, 3, "not quarantined"},
 		{[]string{"--socket", filepath.Join(t.TempDir(), "none.sock"), "top", "--once"}, 1, "not running"},
 	} {
 		code, _, errs := cli(t, sock, tt.args...)
