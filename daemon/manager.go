@@ -171,6 +171,9 @@ func (m *Manager) Quarantine(port string, req api.LimitRequest, pending bool) (a
 	if err := checkPortName(port); err != nil {
 		return api.Quarantine{}, err
 	}
+	if err := refuseZeroRates(req); err != nil {
+		return api.Quarantine{}, err
+	}
 	return m.quarantine(port, req, pending, OriginManual, m.host.Now())
 }
 
@@ -305,6 +308,9 @@ func (m *Manager) Alive() bool {
 func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error) {
 	if len(req) == 0 {
 		return api.Quarantine{}, usagef("set %s: nothing to change: name at least one limit flag", port)
+	}
+	if err := refuseZeroRates(req); err != nil {
+		return api.Quarantine{}, err
 	}
 	o := m.lockOwner(port)
 	defer m.unlockOwner(o)

@@ -123,14 +123,41 @@ func NewSpec() Spec {
 
 // limitFlags are the per-direction flags; each has a "to-vm-" twin.
 var limitFlags = []string{"pps", "bps", "burst", "burst-bytes", "bypass-pps", "bypass-bps", "control-pps", "mode", "delay", "queue-bytes", "queue-time",
-	"syn-pps", "udp-pps", "icmp-bps", "max-frame", "bypass-conn-per-source", "class"}
+	"syn-pps", "udp-pps", "icmp-bps", "max-frame", "bypass-conn-per-source", "class", "block"}
 
 // guardFlags are the guard's flags; the guard watches frames from the VM
 // only, so they have no --to-vm- twin.
 var guardFlags = []string{"guard", "guard-mac", "guard-ip"}
 
 // aggregateFlags are the flags that make a quarantine manual.
-var aggregateFlags = []string{"pps", "bps", "burst", "burst-bytes"}
+var aggregateFlags = []string{"pps", "bps", "burst", "burst-bytes", "block"}
+
+// refuseZeroRates refuses a request that would block a direction by
+// giving it a zero rate: blocking is spelled --block (--to-vm-block).
+// Internally a block is a zero packet budget; the profiles' limits and the
+// intents on the plumbing keep that spelling.
+func refuseZeroRates(req api.LimitRequest) error {
+	for _, pre := range []string{"", "to-vm-"} {
+		for _, f := range []string{"pps", "bps"} {
+			v, ok := req[pre+f]
+			if !ok {
+				continue
+			}
+			zero := false
+			if f == "pps" {
+				n, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+				zero = err == nil && n == 0
+			} else {
+				r, err := units.ParseRate(v)
+				zero = err == nil && r == 0
+			}
+			if zero {
+				return usagef("--%s%s %s would drop everything but the bypass and control classes: say so with --%sblock", pre, f, v, pre)
+			}
+		}
+	}
+	return nil
+}
 
 // LimitFlagNames lists every limit flag, both directions, and the guard's
 // flags, for the command line.
@@ -347,6 +374,18 @@ func (d *DirSpec) set(name, v, flag string) error {
 			lines = append(lines, c.String())
 		}
 		d.Classes = lines
+	case "block":
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return usagef("%s %q: want true or false", flag, v)
+		}
+		if b {
+			// A zero packet budget, and no byte budget or queue: only
+			// the bypass and control classes pass.
+			zero := 0.0
+			d.PPS, d.BPS, d.Burst, d.BurstBytes = &zero, nil, nil, nil
+			d.Mode, d.Delay, d.QueueBytes, d.QueueTime = "", nil, nil, nil
+		}
 	case "burst":
 		p, err := optCount(v, none, flag, "packets, at least 1, or none for the default (10 ms of --pps)")
 		if err != nil {

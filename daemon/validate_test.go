@@ -148,3 +148,28 @@ func TestAlertObeysTheSafetySettings(t *testing.T) {
 		})
 	}
 }
+
+// --pps 0 is refused: blocking is spelled --block, which leaves only the
+// bypass and control classes.
+func TestBlockIsExplicit(t *testing.T) {
+	fb := fakesplice.New("vm-1")
+	m := newTestManager(t, t.TempDir(), fb)
+	for _, req := range []api.LimitRequest{{"pps": "0"}, {"to-vm-pps": "0.0"}, {"bps": "0kbit"}, {"pps": "100", "to-vm-bps": "0"}} {
+		if _, err := m.Quarantine("vm-1", req, false); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "block") {
+			t.Errorf("quarantine %v: %v, want a usage error naming --block", req, err)
+		}
+	}
+	if fb.Splices() != 0 {
+		t.Fatalf("%d splices", fb.Splices())
+	}
+	q, err := m.Quarantine("vm-1", api.LimitRequest{"block": "true"}, false)
+	if err != nil || q.Directions.FromVM.Limits.PPS == nil || *q.Directions.FromVM.Limits.PPS != 0 {
+		t.Fatalf("--block: %v, from_vm limits %+v", err, q.Directions.FromVM.Limits)
+	}
+	if _, err := m.Set("vm-1", api.LimitRequest{"pps": "0"}); !errors.Is(err, ErrUsage) {
+		t.Errorf("set --pps 0: %v", err)
+	}
+	if q, err := m.Set("vm-1", api.LimitRequest{"pps": "500"}); err != nil || *q.Directions.FromVM.Limits.PPS != 500 {
+		t.Errorf("set --pps 500 after --block: %v", err)
+	}
+}

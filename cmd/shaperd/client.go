@@ -24,7 +24,8 @@ Unprefixed limits apply to frames FROM the VM (the flood case); each has a
 --to-vm- twin for frames TO the VM.`
 
 var limitHelp = map[string]string{
-	"pps":                    "aggregate packets per second",
+	"pps":                    "aggregate packets per second, at least 1 (to drop everything, --block)",
+	"block":                  "drop everything but the bypass and control classes",
 	"bps":                    "aggregate rate (tc units: 16mbit; kbps = BYTES/s)",
 	"burst":                  "aggregate burst in packets (default 10 ms of --pps)",
 	"burst-bytes":            "aggregate burst in bytes (default 10 ms of --bps, at least 1522b)",
@@ -62,7 +63,7 @@ func addLimitFlags(fs *pflag.FlagSet) {
 		switch base {
 		case "class":
 			fs.StringArray(name, nil, help)
-		case "guard":
+		case "guard", "block":
 			fs.Bool(name, false, help)
 		default:
 			fs.String(name, "", help)
