@@ -42,6 +42,9 @@ type ReleaseResult struct {
 	// Warnings are what the caller should know although the release
 	// succeeded (the state file could not be written).
 	Warnings []string `json:"warnings,omitempty"`
+	// Kept lists, for release --all, the ports that stay spliced for
+	// their quota tenant, port → tenant (quota remove releases them).
+	Kept map[string]string `json:"kept,omitempty"`
 }
 
 // Error is the body of every non-2xx answer.

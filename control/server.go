@@ -299,6 +299,11 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 	if res.Released == nil {
 		res.Released = []string{}
 	}
+	if req.All {
+		if kept := s.m.TenantSplices(); len(kept) > 0 {
+			res.Kept = kept
+		}
+	}
 	writeJSON(w, http.StatusOK, res)
 }
 

@@ -63,6 +63,20 @@ func (m *Manager) quotaStatusLocked(now time.Time) []api.QuotaStatus {
 	return out
 }
 
+// TenantSplices lists the ports spliced for their quota tenant (and not
+// quarantined), port → tenant: what release --all leaves in place.
+func (m *Manager) TenantSplices() map[string]string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]string{}
+	for port, tp := range m.quotas.byPort {
+		if sp, _ := m.tSpliceLocked(tp); sp != nil {
+			out[port] = tp.t.cfg.Tenant
+		}
+	}
+	return out
+}
+
 // QuotaReport returns tenant name's billing period so far.
 func (m *Manager) QuotaReport(name string) (api.QuotaReport, error) {
 	m.mu.Lock()

@@ -4,7 +4,9 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"text/tabwriter"
@@ -188,6 +190,11 @@ run while a daemon answers on the socket.`,
 			}
 			for _, warn := range res.Warnings {
 				fmt.Fprintln(cmd.ErrOrStderr(), "warning:", warn)
+			}
+			kept := slices.Sorted(maps.Keys(res.Kept))
+			for _, p := range kept {
+				t := res.Kept[p]
+				fmt.Fprintf(cmd.OutOrStdout(), "kept %s: spliced for quota tenant %s (shaperd quota remove %s releases it)\n", p, t, t)
 			}
 			return nil
 		},

@@ -124,6 +124,12 @@ func TestQuotaTenantCommands(t *testing.T) {
 	if !fb.Spliced("vm-1-00c9") || !fb.Spliced("vm-2-00c9") {
 		t.Fatal("ports not spliced")
 	}
+	// release --all ends quarantines, and says what it keeps: the ports
+	// spliced for their tenant.
+	if code, out, errOut := cli(t, sock, "release", "--all"); code != 0 || !strings.Contains(out, "kept vm-1-00c9: spliced for quota tenant acme") ||
+		!strings.Contains(out, "kept vm-2-00c9") || !fb.Spliced("vm-1-00c9") {
+		t.Errorf("release --all with a tenant: exit %d\n%s%s", code, out, errOut)
+	}
 	// The same again: refused by the daemon, exit 2.
 	if code, _, errOut := cli(t, sock, add...); code != 2 || !strings.Contains(errOut, "tenant acme exists") {
 		t.Errorf("second add: exit %d, %s", code, errOut)
