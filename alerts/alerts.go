@@ -19,6 +19,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 )
 
 // Path is where the webhook is served.
@@ -44,6 +45,8 @@ type Handler struct {
 	// Token is the bearer token a request must carry; empty refuses every
 	// request (the daemon does not mount the handler without one).
 	Token string
+	// current replaces Token once SetToken was called.
+	current atomic.Pointer[string]
 	// Instance is this host's name, compared with an alert's instance label
 	// without its :port.
 	Instance string
@@ -146,13 +149,25 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	json.NewEncoder(w).Encode(res)
 }
 
+// SetToken replaces the token the webhook asks for (a SIGHUP after the
+// token file was rotated); "" refuses every request. Safe while serving.
+func (h *Handler) SetToken(token string) { h.current.Store(&token) }
+
+func (h *Handler) token() string {
+	if t := h.current.Load(); t != nil {
+		return *t
+	}
+	return h.Token
+}
+
 func (h *Handler) authorized(r *http.Request) bool {
-	if h.Token == "" {
+	token := h.token()
+	if token == "" {
 		return false
 	}
 	// The token as sent, byte for byte: no trimming.
 	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(h.Token)) == 1
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(token)) == 1
 }
 
 // Parse decodes and checks a notification.

@@ -175,3 +175,18 @@ func TestWebhookLogVolumeAndExactToken(t *testing.T) {
 		t.Errorf("a token with a trailing space: %d, want 401", w.Code)
 	}
 }
+
+// SetToken rotates the token while the webhook serves.
+func TestSetToken(t *testing.T) {
+	h := &Handler{Token: "0123456789abcdef-old", Instance: "hv1", Target: &fakeTarget{}}
+	if code, _ := post(t, h, "Bearer 0123456789abcdef-old", notification); code != http.StatusOK {
+		t.Fatalf("old token before the rotation: %d", code)
+	}
+	h.SetToken("0123456789abcdef-new")
+	if code, _ := post(t, h, "Bearer 0123456789abcdef-old", notification); code != http.StatusUnauthorized {
+		t.Errorf("old token after the rotation: %d, want 401", code)
+	}
+	if code, _ := post(t, h, "Bearer 0123456789abcdef-new", notification); code != http.StatusOK {
+		t.Errorf("new token: %d", code)
+	}
+}

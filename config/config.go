@@ -4,8 +4,11 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -55,6 +58,10 @@ type Config struct {
 	// AlertsToken is the bearer token of the Alertmanager webhook; without
 	// one the endpoint is off.
 	AlertsToken string `yaml:"alerts_token"`
+	// AlertsTokenFile names a file that holds the token (its first line),
+	// instead of AlertsToken; systemd's LoadCredential= credential
+	// "alerts_token" is read when neither is set. See LoadSecrets.
+	AlertsTokenFile string `yaml:"alerts_token_file"`
 	// AlertsCert and AlertsKey serve the metrics listener, and with it the
 	// webhook, over TLS.
 	AlertsCert string `yaml:"alerts_cert"`
@@ -119,6 +126,47 @@ func redact(msg string) string {
 		}
 		return "(text not shown: not a config key)"
 	})
+}
+
+// MinTokenBytes is the shortest webhook token accepted.
+const MinTokenBytes = 16
+
+// LoadSecrets sets AlertsToken from AlertsTokenFile, or, when neither is
+// given, from systemd's credential "alerts_token" ($CREDENTIALS_DIRECTORY,
+// LoadCredential=), and checks the token is at least MinTokenBytes long.
+// The file's trailing newline is not part of the token.
+func (c *Config) LoadSecrets() error {
+	file := c.AlertsTokenFile
+	switch {
+	case c.AlertsToken != "" && file != "":
+		return errors.New("alerts_token and alerts_token_file: give one of them")
+	case c.AlertsToken == "" && file == "":
+		if dir := os.Getenv("CREDENTIALS_DIRECTORY"); dir != "" {
+			if p := filepath.Join(dir, "alerts_token"); fileExists(p) {
+				file = p
+			}
+		}
+	}
+	if file != "" {
+		b, err := smallfile.Read(file, 4096, true)
+		if err != nil {
+			return fmt.Errorf("alerts_token_file: %w", err)
+		}
+		tok, _, _ := strings.Cut(string(b), "\n")
+		c.AlertsToken = strings.TrimSuffix(tok, "\r")
+		if c.AlertsToken == "" {
+			return fmt.Errorf("alerts_token_file %s: the first line is empty", file)
+		}
+	}
+	if n := len(c.AlertsToken); n > 0 && n < MinTokenBytes {
+		return fmt.Errorf("alerts_token: %d bytes; use at least %d (e.g. head -c 24 /dev/urandom | base64)", n, MinTokenBytes)
+	}
+	return nil
+}
+
+func fileExists(p string) bool {
+	_, err := os.Stat(p)
+	return err == nil
 }
 
 // Validate checks values that have a fixed set of choices.

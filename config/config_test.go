@@ -101,3 +101,46 @@ func TestLoadDoesNotEchoAForeignFile(t *testing.T) {
 		t.Errorf("Load of a mistyped key: %v", err)
 	}
 }
+
+// The webhook token comes from alerts_token, alerts_token_file or systemd's
+// credential, and is at least 16 bytes.
+func TestLoadSecrets(t *testing.T) {
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "tok")
+	os.WriteFile(tokFile, []byte("0123456789abcdefXYZ\n"), 0o600)
+	short := filepath.Join(dir, "short")
+	os.WriteFile(short, []byte("tiny\n"), 0o600)
+	creds := t.TempDir()
+	os.WriteFile(filepath.Join(creds, "alerts_token"), []byte("from-systemd-credential"), 0o600)
+	for _, c := range []struct {
+		name      string
+		cfg       Config
+		credDir   string
+		want, err string
+	}{
+		{"inline", Config{AlertsToken: "0123456789abcdef"}, "", "0123456789abcdef", ""},
+		{"file, newline dropped", Config{AlertsTokenFile: tokFile}, "", "0123456789abcdefXYZ", ""},
+		{"credential", Config{}, creds, "from-systemd-credential", ""},
+		{"inline wins over the credential", Config{AlertsToken: "0123456789abcdef"}, creds, "0123456789abcdef", ""},
+		{"none", Config{}, "", "", ""},
+		{"both", Config{AlertsToken: "0123456789abcdef", AlertsTokenFile: tokFile}, "", "", "give one of them"},
+		{"too short inline", Config{AlertsToken: "short"}, "", "", "at least 16"},
+		{"too short in a file", Config{AlertsTokenFile: short}, "", "", "at least 16"},
+		{"missing file", Config{AlertsTokenFile: filepath.Join(dir, "none")}, "", "", "no such file"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Setenv("CREDENTIALS_DIRECTORY", c.credDir)
+			cfg := c.cfg
+			err := cfg.LoadSecrets()
+			if c.err != "" {
+				if err == nil || !strings.Contains(err.Error(), c.err) {
+					t.Fatalf("LoadSecrets: %v, want %q", err, c.err)
+				}
+				return
+			}
+			if err != nil || cfg.AlertsToken != c.want {
+				t.Fatalf("LoadSecrets: token %q, %v; want %q", cfg.AlertsToken, err, c.want)
+			}
+		})
+	}
+}

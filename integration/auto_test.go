@@ -200,7 +200,7 @@ func alertBody(status, instance, port string) string {
 func TestAlertmanagerWebhook(t *testing.T) {
 	l := newLab(t, "bridge")
 	hv, port1, port2 := l.get("HV_NS"), l.get("VM1_PORT"), l.get("VM2_PORT")
-	const addr, token = "127.0.0.1:19752", "lab-token-6c1f"
+	const addr, token = "127.0.0.1:19752", "lab-token-6c1f-0a9d"
 	d := l.startDaemon("--config", labConfig(), "--metrics-addr", addr, "--alerts-token", token, "--instance-name", "hv-lab")
 	path := "/v1/alerts/alertmanager"
 	if code, _ := l.postIn(hv, addr, path, "", alertBody("firing", "hv-lab:9100", port1)); code != 401 {

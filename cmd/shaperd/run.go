@@ -71,7 +71,7 @@ file (the flag's name with '_' for '-'); a flag given here wins.`,
 					cfg.DryRun = flags.DryRun
 				}
 				if fs.Changed("alerts-token") {
-					cfg.AlertsToken = flags.AlertsToken
+					cfg.AlertsToken, cfg.AlertsTokenFile = flags.AlertsToken, ""
 				}
 				if fs.Changed("alerts-cert") {
 					cfg.AlertsCert = flags.AlertsCert
@@ -174,6 +174,9 @@ func newLogger(cfg config.Config) (*slog.Logger, *slog.LevelVar) {
 // SIGTERM, then stops the forwarders and removes the socket. Splices and the
 // state file stay, for the next daemon to adopt.
 func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay func(*config.Config)) error {
+	if err := cfg.LoadSecrets(); err != nil {
+		return &exitError{code: 2, err: err}
+	}
 	log, level := newLogger(cfg)
 	if os.Geteuid() != 0 {
 		log.Warn("not running as root: splicing needs CAP_NET_ADMIN")
@@ -214,9 +217,10 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 	// Metrics before the control socket: an address in use fails the start.
 	var msrv *metrics.Server
 	mopt := metrics.Options{CertFile: cfg.AlertsCert, KeyFile: cfg.AlertsKey}
+	var webhook *alerts.Handler
 	if cfg.AlertsToken != "" {
-		mopt.Handlers = map[string]http.Handler{alerts.Path: &alerts.Handler{
-			Token: cfg.AlertsToken, Instance: instanceName(cfg), AllowNoInstance: cfg.AlertsAllowNoInstance, Target: m, Log: log}}
+		webhook = &alerts.Handler{Token: cfg.AlertsToken, Instance: instanceName(cfg), AllowNoInstance: cfg.AlertsAllowNoInstance, Target: m, Log: log}
+		mopt.Handlers = map[string]http.Handler{alerts.Path: webhook}
 		if *cfg.MetricsAddr == "" {
 			log.Warn("alerts_token is set but metrics_addr is off: the Alertmanager webhook is served on the metrics listener, so it is off too")
 		}
@@ -256,7 +260,7 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 			case <-ctx.Done():
 				return
 			case <-hup:
-				reload(log, level, cfg, cfgPath, levelFromFlag, overlay, m)
+				reload(log, level, cfg, cfgPath, levelFromFlag, overlay, m, webhook)
 			}
 		}
 	}()
@@ -288,7 +292,7 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 // nothing: the running config stays and the error is logged. The log level
 // changes at once (unless --log-level was given); keys that need a restart
 // are named in the log.
-func reload(log *slog.Logger, level *slog.LevelVar, running config.Config, path string, levelFromFlag bool, overlay func(*config.Config), m *daemon.Manager) {
+func reload(log *slog.Logger, level *slog.LevelVar, running config.Config, path string, levelFromFlag bool, overlay func(*config.Config), m *daemon.Manager, webhook *alerts.Handler) {
 	if path == "" {
 		log.Info("SIGHUP: no --config file to reload")
 		return
@@ -297,6 +301,9 @@ func reload(log *slog.Logger, level *slog.LevelVar, running config.Config, path 
 	if err == nil {
 		overlay(&c)
 		err = c.Validate()
+	}
+	if err == nil {
+		err = c.LoadSecrets()
 	}
 	if err == nil {
 		err = m.Configure(c.ProfileSet(), watchConfig(c))
@@ -318,8 +325,16 @@ func reload(log *slog.Logger, level *slog.LevelVar, running config.Config, path 
 	if c.SocketGroup != running.SocketGroup {
 		restart = append(restart, "socket_group")
 	}
-	if c.AlertsToken != running.AlertsToken || c.AlertsCert != running.AlertsCert || c.InstanceName != running.InstanceName {
-		restart = append(restart, "alerts_token/alerts_cert/alerts_key/instance_name")
+	// The webhook's token applies at once (a rotated token file or
+	// credential); only mounting the webhook needs a restart.
+	switch {
+	case webhook != nil:
+		webhook.SetToken(c.AlertsToken)
+	case c.AlertsToken != "":
+		restart = append(restart, "alerts_token (the webhook is not mounted)")
+	}
+	if c.AlertsCert != running.AlertsCert || c.AlertsKey != running.AlertsKey || c.InstanceName != running.InstanceName {
+		restart = append(restart, "alerts_cert/alerts_key/instance_name")
 	}
 	log.Info("SIGHUP: config reloaded", "path", path, "log_level", level.Level().String(), "need_restart", restart)
 }
