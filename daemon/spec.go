@@ -3,6 +3,7 @@ package daemon
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"math"
 	"slices"
 	"sort"
@@ -131,6 +132,23 @@ var guardFlags = []string{"guard", "guard-mac", "guard-ip"}
 
 // aggregateFlags are the flags that make a quarantine manual.
 var aggregateFlags = []string{"pps", "bps", "burst", "burst-bytes", "block"}
+
+// CheckRequest checks what it can of a quarantine or set request without a
+// daemon: the port's name and every value, with the daemon's own messages.
+// The command line calls it before it sends, so that a typo is reported as
+// such even when no daemon runs. A profile's name is the daemon's to check.
+func CheckRequest(port string, req api.LimitRequest, forSet bool) error {
+	if err := checkPortName(port); err != nil {
+		return err
+	}
+	if err := refuseZeroRates(req); err != nil {
+		return err
+	}
+	r := maps.Clone(req)
+	delete(r, "profile")
+	_, err := NewSpec().Apply(r, forSet)
+	return err
+}
 
 // refuseZeroRates refuses a request that would block a direction by
 // giving it a zero rate: blocking is spelled --block (--to-vm-block).

@@ -248,3 +248,30 @@ func TestPrintHumanTapDrops(t *testing.T) {
 		t.Errorf("%d tap-queue lines, want 1 (to_vm had none):\n%s", n, b.String())
 	}
 }
+
+// With no daemon running, a bad value is still a usage error (exit 2) with
+// the daemon's own message, not "daemon not running".
+func TestValuesCheckedWithoutADaemon(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"quarantine", "vm-1", "--bps", "10mbits"}, "--bps"},
+		{[]string{"quarantine", "vm-1", "--pps", "0"}, "--block"},
+		{[]string{"quarantine", "vm-1", "--pps", "1e30"}, "at most 10000000"},
+		{[]string{"quarantine", "-x", "--pps", "10"}, ""},
+		{[]string{"quarantine", "..", "--pps", "10"}, "not a valid interface name"},
+		{[]string{"set", "vm-1", "--burst-bytes", "99999999999mb"}, "at most 1gb"},
+		{[]string{"set", "vm-1", "--mode", "fast"}, "want police or shape"},
+	} {
+		code, _, errOut := cli(t, sock, c.args...)
+		if code != 2 || !strings.Contains(errOut, c.want) || strings.Contains(errOut, "not running") {
+			t.Errorf("%v: exit %d %q; want 2 saying %q", c.args, code, errOut, c.want)
+		}
+	}
+	// A good request still needs the daemon.
+	if code, _, errOut := cli(t, sock, "quarantine", "vm-1", "--pps", "100"); code != 1 || !strings.Contains(errOut, "not running") {
+		t.Errorf("a good request with no daemon: exit %d %q", code, errOut)
+	}
+}

@@ -106,6 +106,9 @@ with their own budget.` + unitsHelp,
 		Args: exactArgs("PORT"),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			req := api.QuarantineRequest{Port: args[0], Limits: limitRequest(cmd.Flags(), "bypass", "bypass-outbound", "fail", "profile"), Pending: pending}
+			if err := daemon.CheckRequest(req.Port, req.Limits, false); err != nil {
+				return usageErr("%s", strings.TrimPrefix(err.Error(), "usage: "))
+			}
 			q, err := g.client().Quarantine(req)
 			if err != nil {
 				return clientErr(err)
@@ -134,6 +137,9 @@ func newSetCmd(g *globals) *cobra.Command {
 			req := api.SetRequest{Port: args[0], Limits: limitRequest(cmd.Flags())}
 			if len(req.Limits) == 0 {
 				return usageErr("set %s: nothing to change: name at least one limit flag (see 'shaperd set --help')", args[0])
+			}
+			if err := daemon.CheckRequest(req.Port, req.Limits, true); err != nil {
+				return usageErr("%s", strings.TrimPrefix(err.Error(), "usage: "))
 			}
 			q, err := g.client().Set(req)
 			if err != nil {
