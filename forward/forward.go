@@ -32,11 +32,26 @@ import (
 	"github.com/shaperd/shaperd/rules"
 )
 
-// Device is a frame device: each Read returns one whole Ethernet frame, each
-// Write sends one. Close must unblock a pending Read.
+// Device is a frame device that moves frames in batches, as wireguard-go's
+// tun.Device does: a tap in production (OpenTap), a fake in tests
+// (forward/fakedev).
+//
+// Read blocks until at least one frame is there, then reads frames while
+// more are there without waiting, up to len(bufs): frame i into bufs[i],
+// its length into sizes[i]. It returns how many it read. Each buffer should
+// hold MaxFrameBuffer bytes: a longer frame is cut to the buffer's length.
+// One goroutine reads a Device at a time.
+//
+// Write sends bufs in order, one frame each, and returns how many it sent.
+// When that is less than len(bufs), err says why bufs[n] was not sent, and
+// the frames after it were not tried: the caller counts bufs[n] and may
+// call again with the rest. Write may be called while a Read is blocked.
+//
+// Close must unblock a pending Read, which then returns an error that
+// errors.Is os.ErrClosed, as do Read and Write afterwards.
 type Device interface {
-	Read(p []byte) (int, error)
-	Write(p []byte) (int, error)
+	Read(bufs [][]byte, sizes []int) (n int, err error)
+	Write(bufs [][]byte) (n int, err error)
 	Close() error
 }
 
@@ -609,15 +624,19 @@ const MaxFrameBuffer = 65536
 
 // run forwards the frames of input i until its device is closed. The calling
 // goroutine owns that input's classifier.
+//
+// Frames are read in batches (see reader) and decided in order; each frame
+// a decision passes is written at once, before the next is decided, so
+// that a frame passed at once is never overtaken by a frame queued after it
+// in shape mode and released by the releaser.
 func (p *Pipe) run(i int) error {
 	in := &p.ins[i]
 	if p.raisePriority() {
 		defer runtime.UnlockOSThread()
 	}
-	buf := make([]byte, MaxFrameBuffer)
+	r := newReader(in.dev)
 	for {
-		n, err := in.dev.Read(buf)
-		now := time.Now()
+		k, now, err := r.read()
 		p.heartbeat.Store(now.UnixNano())
 		if err != nil {
 			if isClosed(err) {
@@ -632,21 +651,34 @@ func (p *Pipe) run(i int) error {
 			time.Sleep(time.Millisecond)
 			continue
 		}
-		v := p.step(in.cls, buf[:n], now)
+		if err := p.forwardBatch(in.cls, r, k, now); err != nil {
+			return nil // out was closed
+		}
+	}
+}
+
+// forwardBatch decides and writes the k frames of r's last batch, read at
+// now. It returns an error only when out is closed. It does not allocate.
+func (p *Pipe) forwardBatch(cls *classify.Classifier, r *reader, k int, now time.Time) error {
+	for j := range k {
+		f := r.frame(j)
+		v := p.step(cls, f, now)
 		p.releaseDue(now)
 		if !v.Pass {
 			continue // dropped, or queued for the releaser
 		}
-		if _, err := p.out.Write(buf[:n]); err != nil {
+		r.one[0] = f
+		if _, err := p.out.Write(r.one[:]); err != nil {
 			if isClosed(err) {
-				return nil
+				return err
 			}
-			p.writeFailed(v.Class, v.rc, n)
+			p.writeFailed(v.Class, v.rc, len(f))
 			if p.logEvery.ok(now) {
 				p.log.Warn("write failed", "err", err)
 			}
 		}
 	}
+	return nil
 }
 
 // Heartbeat returns when the pipe's goroutine last read or tried to read a
