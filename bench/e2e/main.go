@@ -77,6 +77,9 @@ func main() {
 }
 
 func run(args []string) int {
+	if len(args) > 0 && args[0] == barePairCommand {
+		return runBarePair(args[1:]) // see bare.go
+	}
 	closeInheritedOnExec()
 	opt, err := parse(args)
 	if err != nil {

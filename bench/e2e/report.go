@@ -246,6 +246,14 @@ func (h *harness) markdown(svgName string) string {
 		w("\n")
 	}
 
+	if lines := h.versusBare(); len(lines) > 0 {
+		w("## shaperd's own CPU against the bare tap pair\n\n")
+		for _, l := range lines {
+			w("- %s\n", l)
+		}
+		w("\n")
+	}
+
 	w("## Microbenchmarks\n\n")
 	if h.microErr != "" {
 		w("**FAILED:** %s\n\n", cellText(firstLine(h.microErr, "")))

@@ -55,7 +55,7 @@ type installed struct {
 func burst10ms(rate, min int64) int64 { return max(rate/100, min) }
 
 func systems() []system {
-	return []system{
+	return append([]system{
 		{key: "bridge", title: "no policy, Linux bridge", lab: "bridge", setup: noPolicy},
 		{key: "ovs", title: "no policy, OVS userspace", lab: "ovs", setup: noPolicy},
 		{key: "nft-limit", title: "nftables netdev limit (pps)", lab: "bridge", policed: true, setup: nftLimit, check: needTool("nft")},
@@ -65,7 +65,7 @@ func systems() []system {
 		{key: "shaperd-police", title: "shaperd police, Linux bridge", lab: "bridge", policed: true, setup: shaperdPolice, check: needShaperd},
 		{key: "shaperd-police-ovs", title: "shaperd police, OVS", lab: "ovs", policed: true, setup: shaperdPolice, check: needShaperd},
 		{key: "shaperd-shape", title: "shaperd shape, 200 ms delay", lab: "bridge", policed: true, setup: shaperdShape, check: needShaperd},
-	}
+	}, barePairSystems()...)
 }
 
 func needTool(name string) func(*harness) error {
