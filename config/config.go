@@ -25,6 +25,10 @@ type Config struct {
 	// ForwarderNice is the scheduling priority of the forwarding threads,
 	// -20..19; nil means the default, -10.
 	ForwarderNice *int `yaml:"forwarder_nice"`
+	// Coalesce is the forwarders' latency budget for sharing one wake-up
+	// among several frames, as a Go duration ("300us"), 0 to 10ms; "0"
+	// turns it off; "" means the default (see the run flag --coalesce).
+	Coalesce string `yaml:"coalesce"`
 	// MetricsAddr is the host:port where Prometheus metrics are served at
 	// /metrics; nil means the default, 127.0.0.1:9750, and "" turns the
 	// endpoint off.
@@ -114,6 +118,11 @@ func (c Config) Validate() error {
 		_, port, err := net.SplitHostPort(*c.MetricsAddr)
 		if n, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || n == 0 {
 			return fmt.Errorf("metrics_addr %q: want host:port such as 127.0.0.1:9750, or \"\" to turn metrics off", *c.MetricsAddr)
+		}
+	}
+	if c.Coalesce != "" {
+		if d, err := time.ParseDuration(c.Coalesce); err != nil || d < 0 || d > 10*time.Millisecond {
+			return fmt.Errorf("coalesce %q: want a duration from 0 (off) to 10ms, such as 300us", c.Coalesce)
 		}
 	}
 	if c.ForwarderNice != nil && (*c.ForwarderNice < -20 || *c.ForwarderNice > 19) {

@@ -40,6 +40,10 @@ const (
 // DefaultPendingTTL is how long a pending quarantine waits for its port.
 const DefaultPendingTTL = 24 * time.Hour
 
+// DefaultCoalesce is the default of run --coalesce (see
+// forward.Config.Coalesce).
+const DefaultCoalesce = 0
+
 // ConservativeSpec is what a port gets when its splice is found on the host
 // but neither the state file nor the plumbing says with which limits: the
 // first stage of the seeds' ladder, 10000 pps from the VM.
@@ -60,6 +64,9 @@ type Options struct {
 	// ForwarderNice is the scheduling priority of forwarding threads
 	// (-20..19, 0 = the daemon's own).
 	ForwarderNice int
+	// Coalesce is the forwarders' latency budget for sharing a wake-up
+	// among frames (forward.Config.Coalesce); 0 turns it off.
+	Coalesce time.Duration
 }
 
 // Manager holds the quarantines of this host. Its methods are safe for
@@ -389,6 +396,7 @@ func (m *Manager) startForwarder(sp splice.Splice, spec Spec) (*forward.Forwarde
 		FromVM:   spec.fromVMPolicy(),
 		ToVM:     spec.ToVM.policy(),
 		Nice:     m.ForwarderNice,
+		Coalesce: m.opt.Coalesce,
 		Log:      m.log.With("port", sp.Port()),
 	}
 	cfg.FromVM, cfg.ToVM = m.quotaPoliciesLocked(sp.Port(), cfg.FromVM, cfg.ToVM)

@@ -353,8 +353,9 @@ type Pipe struct {
 // input is one queue of a pipe: a device and the classifier that its reader
 // goroutine owns.
 type input struct {
-	dev Device
-	cls *classify.Classifier
+	dev      Device
+	cls      *classify.Classifier
+	coalesce time.Duration
 }
 
 // Input pairs a device with its own classifier for NewPipe. The classifier
@@ -362,6 +363,9 @@ type input struct {
 type Input struct {
 	Dev Device
 	Cls *classify.Classifier
+	// Coalesce is the input's latency budget for coalescing wake-ups
+	// (see Config.Coalesce); 0 turns it off.
+	Coalesce time.Duration
 }
 
 // NewPipe returns a Pipe for one direction with at least one input.
@@ -386,7 +390,10 @@ func NewPipe(dir classify.Direction, ins []Input, out Device, p Policy, now time
 		if in.Cls == nil {
 			return nil, errors.New("forward: an input without a classifier")
 		}
-		pp.ins = append(pp.ins, input{dev: in.Dev, cls: in.Cls})
+		if in.Coalesce < 0 || in.Coalesce > MaxCoalesce {
+			return nil, fmt.Errorf("forward: --coalesce %v: want 0 (off) to %v", in.Coalesce, MaxCoalesce)
+		}
+		pp.ins = append(pp.ins, input{dev: in.Dev, cls: in.Cls, coalesce: in.Coalesce})
 	}
 	pol := p
 	if err := pp.apply(&pol, now); err != nil {
@@ -631,10 +638,10 @@ const MaxFrameBuffer = 65536
 // in shape mode and released by the releaser.
 func (p *Pipe) run(i int) error {
 	in := &p.ins[i]
-	if p.raisePriority() {
+	if p.lockThread(in.coalesce) {
 		defer runtime.UnlockOSThread()
 	}
-	r := newReader(in.dev)
+	r := newReader(in.dev, in.coalesce)
 	for {
 		k, now, err := r.read()
 		p.heartbeat.Store(now.UnixNano())
@@ -724,7 +731,13 @@ type Config struct {
 	// Nice is the scheduling priority (-20..19) of the forwarding threads;
 	// 0 leaves them at the daemon's.
 	Nice int
-	Log  *slog.Logger
+	// Coalesce is the latency budget, 0 to MaxCoalesce, that the readers
+	// of the VM and net taps may add to a frame to share one wake-up
+	// among several frames (--coalesce; 0, the zero value, turns it
+	// off). The priority tap, which carries bypass and control frames,
+	// never coalesces. See reader.
+	Coalesce time.Duration
+	Log      *slog.Logger
 }
 
 // DefaultConnTableSize is the default bound of the bypass connection table.
@@ -741,6 +754,9 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 	if cfg.Nice < -20 || cfg.Nice > 19 {
 		return nil, fmt.Errorf("forward: nice %d: want -20..19", cfg.Nice)
 	}
+	if cfg.Coalesce < 0 || cfg.Coalesce > MaxCoalesce {
+		return nil, fmt.Errorf("forward: --coalesce %v: want 0 (off) to %v", cfg.Coalesce, MaxCoalesce)
+	}
 	if cfg.ConnTableSize <= 0 {
 		cfg.ConnTableSize = DefaultConnTableSize
 	}
@@ -752,7 +768,7 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 		}
 		return c
 	}
-	fromIns := []Input{{Dev: d.VM, Cls: newCls(classify.FromVM)}}
+	fromIns := []Input{{Dev: d.VM, Cls: newCls(classify.FromVM), Coalesce: cfg.Coalesce}}
 	if d.Priority != nil {
 		fromIns = append(fromIns, Input{Dev: d.Priority, Cls: newCls(classify.FromVM)})
 	}
@@ -761,7 +777,7 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 	if err != nil {
 		return nil, fmt.Errorf("from the VM: %w", err)
 	}
-	to, err := NewPipe(classify.ToVM, []Input{{Dev: d.Net, Cls: newCls(classify.ToVM)}}, d.VM, cfg.ToVM, now, cfg.Log)
+	to, err := NewPipe(classify.ToVM, []Input{{Dev: d.Net, Cls: newCls(classify.ToVM), Coalesce: cfg.Coalesce}}, d.VM, cfg.ToVM, now, cfg.Log)
 	if err != nil {
 		return nil, fmt.Errorf("to the VM: %w", err)
 	}

@@ -3,6 +3,7 @@ package forward
 import (
 	"errors"
 	"os"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -42,7 +43,7 @@ func TestForwardBatchZeroAllocs(t *testing.T) {
 	} {
 		from, _ := newPipes(t, tc.pol, Policy{}, now)
 		from.out = discard{}
-		r := newReader(&replay{frame: udpFlood(t)})
+		r := newReader(&replay{frame: udpFlood(t)}, 0)
 		cls := from.ins[0].cls
 		step := func() {
 			k, _, err := r.read()
@@ -73,7 +74,7 @@ func TestReaderBatchGrowsInOrder(t *testing.T) {
 	for i := range 40 {
 		dev.Inject([]byte{byte(i)})
 	}
-	r := newReader(dev)
+	r := newReader(dev, 0)
 	var sizes []int
 	next := 0
 	for next < 40 {
@@ -107,7 +108,7 @@ func TestRelayCopiesAndStops(t *testing.T) {
 		in.Inject([]byte{byte(i), 0xee})
 	}
 	done := make(chan error, 1)
-	go func() { done <- Relay(in, out, 0) }()
+	go func() { done <- Relay(in, out, 0, 0) }()
 	waitFor(t, func() bool { return len(out.Written()) == 200 })
 	for i, f := range out.Written() {
 		if f[0] != byte(i) {
@@ -167,4 +168,89 @@ func (d *refuse) Write(bufs [][]byte) (int, error) {
 		d.written++
 	}
 	return len(bufs), nil
+}
+
+// A coalescing reader sleeps only while frames come closer together than
+// its budget, never after a full batch, and stops as soon as a sleep
+// gathers fewer than two frames.
+func TestReaderCoalescingDecisions(t *testing.T) {
+	const budget = time.Millisecond
+	t0 := time.Unix(1700000000, 0)
+	steps := []struct {
+		n     int           // frames read
+		after time.Duration // since the previous read returned
+		want  bool          // sleep before the next read
+	}{
+		{1, time.Hour, false},             // a frame after a pause: read at once
+		{1, 5 * time.Millisecond, false},  // slower than the budget
+		{1, 300 * time.Microsecond, true}, // faster: start
+		{3, time.Millisecond, true},       // the sleep gathered 3: go on
+		{2, time.Millisecond, true},
+		{1, time.Millisecond, false}, // gathered 1: back to waiting
+		{1, 2 * time.Millisecond, false},
+		{2, 2 * time.Millisecond, true}, // two at once after a wait: start
+		{4, time.Millisecond, false},    // a full batch (4 buffers): frames are waiting
+	}
+	r := newReader(nil, budget)
+	r.bufs = make([][]byte, 4)
+	now := t0
+	for i, s := range steps {
+		now = now.Add(s.after)
+		r.sleep = r.gather(s.n, now)
+		if r.sleep != s.want {
+			t.Fatalf("step %d (%d frames, %v after the last): sleep %v, want %v", i, s.n, s.after, r.sleep, s.want)
+		}
+	}
+	if off := newReader(nil, 0); off.coalesce != 0 || off.sleep {
+		t.Fatal("a reader without a budget coalesces")
+	}
+}
+
+// The VM and net inputs coalesce with the forwarder's budget; the priority
+// input (bypass and control) never does; a budget out of range is refused.
+func TestCoalesceConfig(t *testing.T) {
+	vm, nt, prio := fakedev.New(1), fakedev.New(1), fakedev.New(1)
+	f, err := New(Config{Coalesce: 300 * time.Microsecond}, Devices{VM: vm, Net: nt, Priority: prio})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if got := []time.Duration{f.FromVM.ins[0].coalesce, f.FromVM.ins[1].coalesce, f.ToVM.ins[0].coalesce}; got[0] != 300*time.Microsecond ||
+		got[1] != 0 || got[2] != 300*time.Microsecond {
+		t.Errorf("budgets of the VM, priority and net inputs: %v, want [300µs 0 300µs]", got)
+	}
+	for _, c := range []time.Duration{-time.Microsecond, MaxCoalesce + 1} {
+		if _, err := New(Config{Coalesce: c}, Devices{VM: fakedev.New(1), Net: fakedev.New(1)}); err == nil || !strings.Contains(err.Error(), "--coalesce") {
+			t.Errorf("Coalesce %v: %v, want an error naming --coalesce", c, err)
+		}
+	}
+}
+
+// A coalescing reader still reads every frame, in order, and sleeps when
+// frames come faster than its budget.
+func TestReaderCoalescesBatches(t *testing.T) {
+	dev := fakedev.New(256)
+	r := newReader(dev, 200*time.Microsecond)
+	go func() {
+		for i := range 200 {
+			dev.Inject([]byte{byte(i)})
+			time.Sleep(20 * time.Microsecond)
+		}
+	}()
+	next := 0
+	for next < 200 {
+		k, _, err := r.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		for j := range k {
+			if f := r.frame(j); f[0] != byte(next) {
+				t.Fatalf("frame %d read as %d", next, f[0])
+			}
+			next++
+		}
+	}
+	if r.sleeps == 0 {
+		t.Error("200 frames 20 µs apart and a budget of 200 µs: the reader never slept")
+	}
 }

@@ -761,13 +761,25 @@ func (p *Pipe) releaseLoop(stop <-chan struct{}) {
 // The budgets refill while a forwarding thread waits for a CPU, but a
 // bucket holds only its burst: a long wait loses tokens, and the port gets
 // less than its limit. So these threads run ahead of ordinary work.
-func (p *Pipe) raisePriority() bool {
-	if p.nice == 0 {
+func (p *Pipe) raisePriority() bool { return p.lockThread(0) }
+
+// lockThread is raisePriority for an input goroutine that coalesces
+// wake-ups (coalesce > 0): it also locks, and sets the thread's timer slack
+// to coalesceSlack so that its sleeps end on time.
+func (p *Pipe) lockThread(coalesce time.Duration) bool {
+	if p.nice == 0 && coalesce == 0 {
 		return false
 	}
 	runtime.LockOSThread()
-	if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), p.nice); err != nil {
-		p.log.Warn("cannot raise the forwarder's priority", "nice", p.nice, "err", err)
+	if p.nice != 0 {
+		if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), p.nice); err != nil {
+			p.log.Warn("cannot raise the forwarder's priority", "nice", p.nice, "err", err)
+		}
+	}
+	if coalesce != 0 {
+		if err := unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(coalesceSlack), 0, 0, 0); err != nil {
+			p.log.Warn("cannot set the forwarder's timer slack", "err", err)
+		}
 	}
 	return true
 }
