@@ -44,6 +44,9 @@ const DefaultPendingTTL = 24 * time.Hour
 // forward.Config.Coalesce).
 const DefaultCoalesce = 0
 
+// DefaultTapQueues is the default of run --tap-queues.
+const DefaultTapQueues = 1
+
 // ConservativeSpec is what a port gets when its splice is found on the host
 // but neither the state file nor the plumbing says with which limits: the
 // first stage of the seeds' ladder, 10000 pps from the VM.
@@ -67,6 +70,10 @@ type Options struct {
 	// Coalesce is the forwarders' latency budget for sharing a wake-up
 	// among frames (forward.Config.Coalesce); 0 turns it off.
 	Coalesce time.Duration
+	// TapQueues is how many queues the VM and net taps of a splice have
+	// and the forwarder reads, one goroutine each (1 when zero; above 1
+	// the taps are multi-queue, see splice.Options).
+	TapQueues int
 }
 
 // Manager holds the quarantines of this host. Its methods are safe for
@@ -81,8 +88,10 @@ type Manager struct {
 	// (-20..19, 0 = the daemon's own). Set it before the first quarantine.
 	ForwarderNice int
 
-	// openTap opens a splice's taps; a hook so unit tests can use fakes.
-	openTap func(name string) (forward.Device, error)
+	// openTap opens a splice's taps, and openQueues the queues of a
+	// multi-queue tap; hooks so unit tests can use fakes.
+	openTap    func(name string) (forward.Device, error)
+	openQueues func(name string, n int) ([]forward.Device, error)
 	// portExists reports whether a link exists; a hook for unit tests.
 	portExists func(name string) bool
 
@@ -145,6 +154,7 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 	if opt.PendingTTL <= 0 {
 		opt.PendingTTL = DefaultPendingTTL
 	}
+	opt.TapQueues = max(opt.TapQueues, 1)
 	m := &Manager{
 		log:           log,
 		backends:      backends,
@@ -152,6 +162,7 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 		opt:           opt,
 		ForwarderNice: opt.ForwarderNice,
 		openTap:       forward.OpenTap,
+		openQueues:    forward.OpenTapQueues,
 		portExists: func(name string) bool {
 			_, err := netlink.LinkByName(name)
 			return err == nil
@@ -174,6 +185,13 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 // before the first quarantine.
 func (m *Manager) SetTapOpener(open func(name string) (forward.Device, error)) {
 	m.openTap = open
+	m.openQueues = func(name string, _ int) ([]forward.Device, error) {
+		d, err := open(name)
+		if err != nil {
+			return nil, err
+		}
+		return []forward.Device{d}, nil
+	}
 }
 
 // SetPortCheck replaces how the manager tells whether a port exists. For
@@ -285,7 +303,7 @@ func (m *Manager) applyLocked(q *quarantine) (err error) {
 		return err
 	}
 	spec := q.spec
-	opt := splice.Options{BypassPorts: spec.BypassPorts, BypassOutbound: spec.BypassOutbound, FailOpen: spec.Fail != "closed"}
+	opt := splice.Options{BypassPorts: spec.BypassPorts, BypassOutbound: spec.BypassOutbound, FailOpen: spec.Fail != "closed", Queues: m.opt.TapQueues}
 	sp, err := b.Splice(q.port, opt)
 	if err != nil && errors.Is(err, splice.ErrFailOpen) && spec.Fail == "" {
 		// The default is open where the backend can do it.
@@ -375,15 +393,21 @@ func (m *Manager) startForwarder(sp splice.Splice, spec Spec) (*forward.Forwarde
 		}
 		return d, err
 	}
-	vm, err := open(sp.VMTap())
+	queues := func(name string) ([]forward.Device, error) {
+		ds, err := m.openQueues(name, m.opt.TapQueues)
+		opened = append(opened, ds...)
+		return ds, err
+	}
+	vms, err := queues(sp.VMTap())
 	if err != nil {
 		return nil, err
 	}
-	nt, err := open(sp.NetTap())
+	nts, err := queues(sp.NetTap())
 	if err != nil {
 		closeAll()
 		return nil, err
 	}
+	vm, nt := vms[0], nts[0]
 	var prio forward.Device
 	if name := sp.PriorityTap(); name != "" {
 		if prio, err = open(name); err != nil {
@@ -400,7 +424,7 @@ func (m *Manager) startForwarder(sp splice.Splice, spec Spec) (*forward.Forwarde
 		Log:      m.log.With("port", sp.Port()),
 	}
 	cfg.FromVM, cfg.ToVM = m.quotaPoliciesLocked(sp.Port(), cfg.FromVM, cfg.ToVM)
-	fwd, err := forward.New(cfg, forward.Devices{VM: vm, Net: nt, Priority: prio})
+	fwd, err := forward.New(cfg, forward.Devices{VM: vm, Net: nt, Priority: prio, VMQueues: vms[1:], NetQueues: nts[1:]})
 	if err != nil {
 		closeAll()
 		return nil, err

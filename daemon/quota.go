@@ -328,7 +328,7 @@ func (m *Manager) spliceQuotaPortLocked(tp *tenantPort) error {
 		return err
 	}
 	spec := NewSpec()
-	opt := splice.Options{BypassPorts: spec.BypassPorts, FailOpen: true}
+	opt := splice.Options{BypassPorts: spec.BypassPorts, FailOpen: true, Queues: m.opt.TapQueues}
 	sp, err := b.Splice(tp.port, opt)
 	if err != nil && errors.Is(err, splice.ErrFailOpen) {
 		opt.FailOpen = false

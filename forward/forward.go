@@ -356,6 +356,7 @@ type input struct {
 	dev      Device
 	cls      *classify.Classifier
 	coalesce time.Duration
+	out      Device // where its passed frames go
 }
 
 // Input pairs a device with its own classifier for NewPipe. The classifier
@@ -366,6 +367,10 @@ type Input struct {
 	// Coalesce is the input's latency budget for coalescing wake-ups
 	// (see Config.Coalesce); 0 turns it off.
 	Coalesce time.Duration
+	// Out, if not nil, is where the frames this input passes are
+	// written, instead of the pipe's out (the paired queue of a
+	// multi-queue tap). The releaser writes to the pipe's out.
+	Out Device
 }
 
 // NewPipe returns a Pipe for one direction with at least one input.
@@ -393,7 +398,11 @@ func NewPipe(dir classify.Direction, ins []Input, out Device, p Policy, now time
 		if in.Coalesce < 0 || in.Coalesce > MaxCoalesce {
 			return nil, fmt.Errorf("forward: --coalesce %v: want 0 (off) to %v", in.Coalesce, MaxCoalesce)
 		}
-		pp.ins = append(pp.ins, input{dev: in.Dev, cls: in.Cls, coalesce: in.Coalesce})
+		o := in.Out
+		if o == nil {
+			o = out
+		}
+		pp.ins = append(pp.ins, input{dev: in.Dev, cls: in.Cls, coalesce: in.Coalesce, out: o})
 	}
 	pol := p
 	if err := pp.apply(&pol, now); err != nil {
@@ -658,15 +667,16 @@ func (p *Pipe) run(i int) error {
 			time.Sleep(time.Millisecond)
 			continue
 		}
-		if err := p.forwardBatch(in.cls, r, k, now); err != nil {
+		if err := p.forwardBatch(in.cls, in.out, r, k, now); err != nil {
 			return nil // out was closed
 		}
 	}
 }
 
-// forwardBatch decides and writes the k frames of r's last batch, read at
-// now. It returns an error only when out is closed. It does not allocate.
-func (p *Pipe) forwardBatch(cls *classify.Classifier, r *reader, k int, now time.Time) error {
+// forwardBatch decides the k frames of r's last batch, read at now, and
+// writes those it passes to out. It returns an error only when out is
+// closed. It does not allocate.
+func (p *Pipe) forwardBatch(cls *classify.Classifier, out Device, r *reader, k int, now time.Time) error {
 	for j := range k {
 		f := r.frame(j)
 		v := p.step(cls, f, now)
@@ -675,7 +685,7 @@ func (p *Pipe) forwardBatch(cls *classify.Classifier, r *reader, k int, now time
 			continue // dropped, or queued for the releaser
 		}
 		r.one[0] = f
-		if _, err := p.out.Write(r.one[:]); err != nil {
+		if _, err := out.Write(r.one[:]); err != nil {
 			if isClosed(err) {
 				return err
 			}
@@ -720,6 +730,14 @@ type Devices struct {
 	// Priority, if not nil, carries frames from the VM that the splice
 	// steered away from VM's queue because they may be bypass or control.
 	Priority Device
+	// VMQueues and NetQueues are more queues of the VM and net taps
+	// (multi-queue taps), each read by a goroutine of its own. They are
+	// paired by index: what is read on VMQueues[i] is written to
+	// NetQueues[i], and the other way round, so that a flow, which the
+	// kernel keeps on one queue of a tap by its hash, is read and
+	// written by one goroutine in each direction and stays in order. A
+	// queue without a pair writes to VM or Net.
+	VMQueues, NetQueues []Device
 }
 
 // Config configures a Forwarder.
@@ -772,12 +790,25 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 	if d.Priority != nil {
 		fromIns = append(fromIns, Input{Dev: d.Priority, Cls: newCls(classify.FromVM)})
 	}
+	toIns := []Input{{Dev: d.Net, Cls: newCls(classify.ToVM), Coalesce: cfg.Coalesce}}
+	pair := func(qs []Device, i int) Device {
+		if i < len(qs) {
+			return qs[i]
+		}
+		return nil
+	}
+	for i, q := range d.VMQueues {
+		fromIns = append(fromIns, Input{Dev: q, Cls: newCls(classify.FromVM), Coalesce: cfg.Coalesce, Out: pair(d.NetQueues, i)})
+	}
+	for i, q := range d.NetQueues {
+		toIns = append(toIns, Input{Dev: q, Cls: newCls(classify.ToVM), Coalesce: cfg.Coalesce, Out: pair(d.VMQueues, i)})
+	}
 	now := time.Now()
 	from, err := NewPipe(classify.FromVM, fromIns, d.Net, cfg.FromVM, now, cfg.Log)
 	if err != nil {
 		return nil, fmt.Errorf("from the VM: %w", err)
 	}
-	to, err := NewPipe(classify.ToVM, []Input{{Dev: d.Net, Cls: newCls(classify.ToVM), Coalesce: cfg.Coalesce}}, d.VM, cfg.ToVM, now, cfg.Log)
+	to, err := NewPipe(classify.ToVM, toIns, d.VM, cfg.ToVM, now, cfg.Log)
 	if err != nil {
 		return nil, fmt.Errorf("to the VM: %w", err)
 	}
@@ -787,6 +818,7 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 	if d.Priority != nil {
 		f.devs = append(f.devs, d.Priority)
 	}
+	f.devs = append(append(f.devs, d.VMQueues...), d.NetQueues...)
 	for _, p := range []*Pipe{from, to} {
 		for i := range p.ins {
 			f.wg.Add(1)

@@ -51,7 +51,7 @@ func TestForwardBatchZeroAllocs(t *testing.T) {
 				t.Fatal(err)
 			}
 			now = now.Add(100 * time.Microsecond)
-			if err := from.forwardBatch(cls, r, k, now); err != nil {
+			if err := from.forwardBatch(cls, from.out, r, k, now); err != nil {
 				t.Fatal(err)
 			}
 		}

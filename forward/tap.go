@@ -47,27 +47,68 @@ type tap struct {
 }
 
 // OpenTap attaches to the existing persistent tap named name and returns it
-// as a Device. Closing the Device detaches from the tap and leaves it in
-// place (it keeps its persist flag: water clears the flag unless asked to
-// keep it).
+// as a Device: one queue of it (see OpenTapQueues). Closing the Device
+// detaches from the tap and leaves it in place (it keeps its persist flag:
+// water clears the flag unless asked to keep it).
 //
 // water attaches (TUNSETIFF, TUNSETPERSIST); the Device then keeps a
 // duplicate of water's fd and closes water's os.File, which takes the fd
 // out of Go's netpoller (see the comment above tap).
 func OpenTap(name string) (Device, error) {
+	ds, err := OpenTapQueues(name, 1)
+	if err != nil {
+		return nil, err
+	}
+	return ds[0], nil
+}
+
+// OpenTapQueues attaches n queues to the existing persistent tap named
+// name, one Device each. A tap created with IFF_MULTI_QUEUE takes up to n
+// queues (the kernel spreads the frames it sends by flow); a tap created
+// without it (by an older shaperd) takes one, whatever n: the kernel
+// refuses a multi-queue attach to it with EINVAL, and then the tap is
+// attached as a single queue. Either way at least one Device is returned.
+func OpenTapQueues(name string, n int) ([]Device, error) {
+	var out []Device
+	fail := func(err error) ([]Device, error) {
+		for _, d := range out {
+			d.Close()
+		}
+		return nil, fmt.Errorf("forward: open tap %s: %w", name, err)
+	}
+	for i := range max(n, 1) {
+		d, err := attach(name, true)
+		if i == 0 && errors.Is(err, unix.EINVAL) {
+			d, err = attach(name, false)
+			if err != nil {
+				return fail(err)
+			}
+			return []Device{d}, nil
+		}
+		if err != nil {
+			return fail(err)
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// attach attaches one queue with water, with IFF_MULTI_QUEUE or without.
+func attach(name string, multi bool) (Device, error) {
 	ifce, err := water.New(water.Config{
 		DeviceType: water.TAP,
 		PlatformSpecificParams: water.PlatformSpecificParams{
-			Name:    name,
-			Persist: true,
+			Name:       name,
+			Persist:    true,
+			MultiQueue: multi,
 		},
 	})
 	if err != nil {
-		return nil, fmt.Errorf("forward: open tap %s: %w", name, err)
+		return nil, err
 	}
 	fd, err := detach(ifce)
 	if err != nil {
-		return nil, fmt.Errorf("forward: open tap %s: %w", name, err)
+		return nil, err
 	}
 	return newTap(name, fd)
 }
@@ -110,7 +151,7 @@ func newTap(name string, fd int) (*tap, error) {
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
 	if err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("forward: open tap %s: eventfd: %w", name, err)
+		return nil, fmt.Errorf("eventfd: %w", err)
 	}
 	t := &tap{name: name, fd: fd, efd: efd, drained: true}
 	t.pfd = [2]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}, {Fd: int32(efd), Events: unix.POLLIN}}
