@@ -36,7 +36,10 @@ type cellEnv struct {
 	h     *harness
 	l     *lab
 	size  int   // frame bytes without FCS
+	load  int64 // offered packets per second; 0 = the generator's maximum
 	limit int64 // packets per second
+	// runArgs are extra `shaperd run` flags for shaperd's systems.
+	runArgs []string
 }
 
 // bytesPerSec is the byte-counting systems' limit for this frame size.
@@ -241,7 +244,8 @@ func shaperdQuarantine(ctx context.Context, c cellEnv, extra ...string) (*instal
 	if c.l.mode == "ovs" {
 		env = c.l.ovsEnv()
 	}
-	d, err := c.l.start(c.l.get("HV_NS"), env, "shaperd", "run", "--socket", sock, "--state-dir", filepath.Join(dir, "state"), "--log-level", "info")
+	run := append([]string{"run", "--socket", sock, "--state-dir", filepath.Join(dir, "state"), "--log-level", "info"}, c.runArgs...)
+	d, err := c.l.start(c.l.get("HV_NS"), env, "shaperd", run...)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
