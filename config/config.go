@@ -29,6 +29,14 @@ type Config struct {
 	// ForwarderNice is the scheduling priority of the forwarding threads,
 	// -20..19; nil means the default, -10.
 	ForwarderNice *int `yaml:"forwarder_nice"`
+	// Coalesce is the forwarders' latency budget for sharing one wake-up
+	// among several frames, as a Go duration ("300us"), 0 to 10ms; "0"
+	// turns it off; "" means the default (see the run flag --coalesce).
+	Coalesce string `yaml:"coalesce"`
+	// TapQueues is how many queues each VM and net tap of a splice has,
+	// one forwarding goroutine each, 1 to 16; nil means the default (see
+	// the run flag --tap-queues).
+	TapQueues *int `yaml:"tap_queues"`
 	// MetricsAddr is the host:port where Prometheus metrics are served at
 	// /metrics; nil means the default, 127.0.0.1:9750, and "" turns the
 	// endpoint off.
@@ -191,6 +199,14 @@ func (c Config) Validate() error {
 		if n, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || n == 0 {
 			return fmt.Errorf("metrics_addr %q: want host:port such as 127.0.0.1:9750, or \"\" to turn metrics off", *c.MetricsAddr)
 		}
+	}
+	if c.Coalesce != "" {
+		if d, err := time.ParseDuration(c.Coalesce); err != nil || d < 0 || d > 10*time.Millisecond {
+			return fmt.Errorf("coalesce %q: want a duration from 0 (off) to 10ms, such as 300us", c.Coalesce)
+		}
+	}
+	if c.TapQueues != nil && (*c.TapQueues < 1 || *c.TapQueues > 16) {
+		return fmt.Errorf("tap_queues %d: want 1 to 16", *c.TapQueues)
 	}
 	if c.ForwarderNice != nil && (*c.ForwarderNice < -20 || *c.ForwarderNice > 19) {
 		return fmt.Errorf("forwarder_nice %d: want -20..19", *c.ForwarderNice)

@@ -25,6 +25,10 @@ func TestLoad(t *testing.T) {
 		{name: "metrics off", text: "metrics_addr: ''\n", want: Config{MetricsAddr: ptr("")}},
 		{name: "metrics no port", text: "metrics_addr: 127.0.0.1\n", errHas: []string{"metrics_addr", "127.0.0.1", "host:port"}},
 		{name: "metrics bad port", text: "metrics_addr: ':http'\n", errHas: []string{"metrics_addr", ":http"}},
+		{name: "coalesce", text: "coalesce: 300us\n", want: Config{Coalesce: "300us"}},
+		{name: "coalesce off", text: "coalesce: 0s\n", want: Config{Coalesce: "0s"}},
+		{name: "coalesce too long", text: "coalesce: 20ms\n", errHas: []string{"coalesce", "20ms", "10ms"}},
+		{name: "coalesce negative", text: "coalesce: -1us\n", errHas: []string{"coalesce", "-1us"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -21,8 +21,10 @@ type Host interface {
 	Now() time.Time
 	// PortExists reports whether a link of that name exists.
 	PortExists(name string) bool
-	// OpenTap opens one of a splice's taps.
+	// OpenTap opens one of a splice's taps; OpenTapQueues the n queues
+	// of a multi-queue tap (one, of a single-queue tap).
 	OpenTap(name string) (forward.Device, error)
+	OpenTapQueues(name string, n int) ([]forward.Device, error)
 	// PortMeters reads ports' ifindexes and byte counters (ifindex 0
 	// for a port that does not exist), for the tenants at a clean stop
 	// and at the start after it.
@@ -54,6 +56,10 @@ func (SystemHost) PortExists(name string) bool {
 }
 
 func (SystemHost) OpenTap(name string) (forward.Device, error) { return forward.OpenTap(name) }
+
+func (SystemHost) OpenTapQueues(name string, n int) ([]forward.Device, error) {
+	return forward.OpenTapQueues(name, n)
+}
 
 func (SystemHost) PortMeters(ports []string) ([]quota.PortMeter, error) {
 	return readPortMeters(ports)

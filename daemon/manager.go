@@ -31,6 +31,13 @@ const (
 // DefaultPendingTTL is how long a pending quarantine waits for its port.
 const DefaultPendingTTL = 24 * time.Hour
 
+// DefaultCoalesce is the default of run --coalesce (see
+// forward.Config.Coalesce).
+const DefaultCoalesce = 0
+
+// DefaultTapQueues is the default of run --tap-queues.
+const DefaultTapQueues = 1
+
 // ConservativeSpec is what a port gets when its splice is found on the host
 // but neither the state file nor the plumbing says with which limits: the
 // first stage of the seeds' ladder, 10000 pps from the VM.
@@ -51,6 +58,13 @@ type Options struct {
 	// ForwarderNice is the scheduling priority of forwarding threads
 	// (-20..19, 0 = the daemon's own).
 	ForwarderNice int
+	// Coalesce is the forwarders' latency budget for sharing a wake-up
+	// among frames (forward.Config.Coalesce); 0 turns it off.
+	Coalesce time.Duration
+	// TapQueues is how many queues the VM and net taps of a splice have
+	// and the forwarder reads, one goroutine each (1 when zero; above 1
+	// the taps are multi-queue, see splice.Options).
+	TapQueues int
 	// Host is the machine; SystemHost when nil.
 	Host Host
 }
@@ -126,6 +140,7 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 	if opt.PendingTTL <= 0 {
 		opt.PendingTTL = DefaultPendingTTL
 	}
+	opt.TapQueues = max(opt.TapQueues, 1)
 	m := &Manager{
 		log:      log,
 		backends: backends,
@@ -142,6 +157,9 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 	m.env = owner.Env{
 		Backends:   backends,
 		OpenTap:    m.host.OpenTap,
+		OpenQueues: m.host.OpenTapQueues,
+		TapQueues:  opt.TapQueues,
+		Coalesce:   opt.Coalesce,
 		PortExists: m.host.PortExists,
 		Nice:       opt.ForwarderNice,
 		Log:        log,

@@ -124,6 +124,7 @@ func (m *Manager) wantLocked(port string) (owner.Want, *quarantine, *tenantPort)
 	}
 	// A quarantine's default is open where the backend can do it, too.
 	w.Options = spliceOptions(spec)
+	w.Options.Queues = m.opt.TapQueues
 	w.FailFallback = spec.Fail == ""
 	w.Classify = spec.classifyConfig()
 	w.FromVM, w.ToVM = m.quotaPoliciesLocked(port, spec.fromVMPolicy(), spec.ToVM.policy())

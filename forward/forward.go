@@ -32,11 +32,26 @@ import (
 	"github.com/shaperd/shaperd/rules"
 )
 
-// Device is a frame device: each Read returns one whole Ethernet frame, each
-// Write sends one. Close must unblock a pending Read.
+// Device is a frame device that moves frames in batches, as wireguard-go's
+// tun.Device does: a tap in production (OpenTap), a fake in tests
+// (forward/fakedev).
+//
+// Read blocks until at least one frame is there, then reads frames while
+// more are there without waiting, up to len(bufs): frame i into bufs[i],
+// its length into sizes[i]. It returns how many it read. Each buffer should
+// hold MaxFrameBuffer bytes: a longer frame is cut to the buffer's length.
+// One goroutine reads a Device at a time.
+//
+// Write sends bufs in order, one frame each, and returns how many it sent.
+// When that is less than len(bufs), err says why bufs[n] was not sent, and
+// the frames after it were not tried: the caller counts bufs[n] and may
+// call again with the rest. Write may be called while a Read is blocked.
+//
+// Close must unblock a pending Read, which then returns an error that
+// errors.Is os.ErrClosed, as do Read and Write afterwards.
 type Device interface {
-	Read(p []byte) (int, error)
-	Write(p []byte) (int, error)
+	Read(bufs [][]byte, sizes []int) (n int, err error)
+	Write(bufs [][]byte) (n int, err error)
 	Close() error
 }
 
@@ -338,8 +353,10 @@ type Pipe struct {
 // input is one queue of a pipe: a device and the classifier that its reader
 // goroutine owns.
 type input struct {
-	dev Device
-	cls *classify.Classifier
+	dev      Device
+	cls      *classify.Classifier
+	coalesce time.Duration
+	out      Device // where its passed frames go
 }
 
 // Input pairs a device with its own classifier for NewPipe. The classifier
@@ -347,6 +364,13 @@ type input struct {
 type Input struct {
 	Dev Device
 	Cls *classify.Classifier
+	// Coalesce is the input's latency budget for coalescing wake-ups
+	// (see Config.Coalesce); 0 turns it off.
+	Coalesce time.Duration
+	// Out, if not nil, is where the frames this input passes are
+	// written, instead of the pipe's out (the paired queue of a
+	// multi-queue tap). The releaser writes to the pipe's out.
+	Out Device
 }
 
 // NewPipe returns a Pipe for one direction with at least one input.
@@ -371,7 +395,14 @@ func NewPipe(dir classify.Direction, ins []Input, out Device, p Policy, now time
 		if in.Cls == nil {
 			return nil, errors.New("forward: an input without a classifier")
 		}
-		pp.ins = append(pp.ins, input{dev: in.Dev, cls: in.Cls})
+		if in.Coalesce < 0 || in.Coalesce > MaxCoalesce {
+			return nil, fmt.Errorf("forward: --coalesce %v: want 0 (off) to %v", in.Coalesce, MaxCoalesce)
+		}
+		o := in.Out
+		if o == nil {
+			o = out
+		}
+		pp.ins = append(pp.ins, input{dev: in.Dev, cls: in.Cls, coalesce: in.Coalesce, out: o})
 	}
 	pol := p
 	if err := pp.apply(&pol, now); err != nil {
@@ -609,15 +640,19 @@ const MaxFrameBuffer = 65536
 
 // run forwards the frames of input i until its device is closed. The calling
 // goroutine owns that input's classifier.
+//
+// Frames are read in batches (see reader) and decided in order; each frame
+// a decision passes is written at once, before the next is decided, so
+// that a frame passed at once is never overtaken by a frame queued after it
+// in shape mode and released by the releaser.
 func (p *Pipe) run(i int) error {
 	in := &p.ins[i]
-	if p.raisePriority() {
+	if p.lockThread(in.coalesce) {
 		defer runtime.UnlockOSThread()
 	}
-	buf := make([]byte, MaxFrameBuffer)
+	r := newReader(in.dev, in.coalesce)
 	for {
-		n, err := in.dev.Read(buf)
-		now := time.Now()
+		k, now, err := r.read()
 		p.heartbeat.Store(now.UnixNano())
 		if err != nil {
 			if isClosed(err) {
@@ -632,21 +667,35 @@ func (p *Pipe) run(i int) error {
 			time.Sleep(time.Millisecond)
 			continue
 		}
-		v := p.step(in.cls, buf[:n], now)
+		if err := p.forwardBatch(in.cls, in.out, r, k, now); err != nil {
+			return nil // out was closed
+		}
+	}
+}
+
+// forwardBatch decides the k frames of r's last batch, read at now, and
+// writes those it passes to out. It returns an error only when out is
+// closed. It does not allocate.
+func (p *Pipe) forwardBatch(cls *classify.Classifier, out Device, r *reader, k int, now time.Time) error {
+	for j := range k {
+		f := r.frame(j)
+		v := p.step(cls, f, now)
 		p.releaseDue(now)
 		if !v.Pass {
 			continue // dropped, or queued for the releaser
 		}
-		if _, err := p.out.Write(buf[:n]); err != nil {
+		r.one[0] = f
+		if _, err := out.Write(r.one[:]); err != nil {
 			if isClosed(err) {
-				return nil
+				return err
 			}
-			p.writeFailed(v.Class, v.rc, n)
+			p.writeFailed(v.Class, v.rc, len(f))
 			if p.logEvery.ok(now) {
 				p.log.Warn("write failed", "err", err)
 			}
 		}
 	}
+	return nil
 }
 
 // Heartbeat returns when the pipe's goroutine last read or tried to read a
@@ -681,6 +730,14 @@ type Devices struct {
 	// Priority, if not nil, carries frames from the VM that the splice
 	// steered away from VM's queue because they may be bypass or control.
 	Priority Device
+	// VMQueues and NetQueues are more queues of the VM and net taps
+	// (multi-queue taps), each read by a goroutine of its own. They are
+	// paired by index: what is read on VMQueues[i] is written to
+	// NetQueues[i], and the other way round, so that a flow, which the
+	// kernel keeps on one queue of a tap by its hash, is read and
+	// written by one goroutine in each direction and stays in order. A
+	// queue without a pair writes to VM or Net.
+	VMQueues, NetQueues []Device
 }
 
 // Config configures a Forwarder.
@@ -692,7 +749,13 @@ type Config struct {
 	// Nice is the scheduling priority (-20..19) of the forwarding threads;
 	// 0 leaves them at the daemon's.
 	Nice int
-	Log  *slog.Logger
+	// Coalesce is the latency budget, 0 to MaxCoalesce, that the readers
+	// of the VM and net taps may add to a frame to share one wake-up
+	// among several frames (--coalesce; 0, the zero value, turns it
+	// off). The priority tap, which carries bypass and control frames,
+	// never coalesces. See reader.
+	Coalesce time.Duration
+	Log      *slog.Logger
 }
 
 // DefaultConnTableSize is the default bound of the bypass connection table.
@@ -709,6 +772,9 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 	if cfg.Nice < -20 || cfg.Nice > 19 {
 		return nil, fmt.Errorf("forward: nice %d: want -20..19", cfg.Nice)
 	}
+	if cfg.Coalesce < 0 || cfg.Coalesce > MaxCoalesce {
+		return nil, fmt.Errorf("forward: --coalesce %v: want 0 (off) to %v", cfg.Coalesce, MaxCoalesce)
+	}
 	if cfg.ConnTableSize <= 0 {
 		cfg.ConnTableSize = DefaultConnTableSize
 	}
@@ -720,16 +786,29 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 		}
 		return c
 	}
-	fromIns := []Input{{Dev: d.VM, Cls: newCls(classify.FromVM)}}
+	fromIns := []Input{{Dev: d.VM, Cls: newCls(classify.FromVM), Coalesce: cfg.Coalesce}}
 	if d.Priority != nil {
 		fromIns = append(fromIns, Input{Dev: d.Priority, Cls: newCls(classify.FromVM)})
+	}
+	toIns := []Input{{Dev: d.Net, Cls: newCls(classify.ToVM), Coalesce: cfg.Coalesce}}
+	pair := func(qs []Device, i int) Device {
+		if i < len(qs) {
+			return qs[i]
+		}
+		return nil
+	}
+	for i, q := range d.VMQueues {
+		fromIns = append(fromIns, Input{Dev: q, Cls: newCls(classify.FromVM), Coalesce: cfg.Coalesce, Out: pair(d.NetQueues, i)})
+	}
+	for i, q := range d.NetQueues {
+		toIns = append(toIns, Input{Dev: q, Cls: newCls(classify.ToVM), Coalesce: cfg.Coalesce, Out: pair(d.VMQueues, i)})
 	}
 	now := time.Now()
 	from, err := NewPipe(classify.FromVM, fromIns, d.Net, cfg.FromVM, now, cfg.Log)
 	if err != nil {
 		return nil, fmt.Errorf("from the VM: %w", err)
 	}
-	to, err := NewPipe(classify.ToVM, []Input{{Dev: d.Net, Cls: newCls(classify.ToVM)}}, d.VM, cfg.ToVM, now, cfg.Log)
+	to, err := NewPipe(classify.ToVM, toIns, d.VM, cfg.ToVM, now, cfg.Log)
 	if err != nil {
 		return nil, fmt.Errorf("to the VM: %w", err)
 	}
@@ -739,6 +818,7 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 	if d.Priority != nil {
 		f.devs = append(f.devs, d.Priority)
 	}
+	f.devs = append(append(f.devs, d.VMQueues...), d.NetQueues...)
 	for _, p := range []*Pipe{from, to} {
 		for i := range p.ins {
 			f.wg.Add(1)

@@ -520,6 +520,8 @@ type batch struct {
 	n    [maxBatch]int32
 	cls  [maxBatch]classify.Class
 	rc   [maxBatch]*RuleCounters
+	// frames are the frames of buf, for Write.
+	frames [maxBatch][]byte
 }
 
 const (
@@ -564,30 +566,38 @@ func (p *Pipe) release(now time.Time, out Device) (time.Time, error) {
 	if b.k == 0 {
 		return next, nil
 	}
+	// The whole batch in one Write; a frame the device refuses is
+	// counted, and the rest written in another.
+	for i := range b.k {
+		b.frames[i] = b.frame(i)
+	}
 	var closed error
-	for i := 0; i < b.k; i++ {
-		f, c, rc := b.frame(i), b.cls[i], b.rc[i]
-		if closed != nil {
-			p.drop(c, rc, "", ReasonQueueFlush, len(f))
-			continue
+	for i := 0; i < b.k; {
+		n, err := out.Write(b.frames[i:b.k])
+		for j := i; j < i+n; j++ {
+			p.pass(b.cls[j], b.rc[j], "", int(b.n[j]))
 		}
-		if _, err := out.Write(f); err != nil {
-			if isClosed(err) {
-				closed = err
-				p.drop(c, rc, "", ReasonQueueFlush, len(f))
-				continue
-			}
-			p.drop(c, rc, "", ReasonWriteError, len(f))
-			if p.logEvery.ok(now) {
-				p.log.Warn("write failed", "err", err)
-			}
-			continue
+		i += n
+		if err == nil || i >= b.k {
+			break
 		}
-		p.pass(c, rc, "", len(f))
+		if isClosed(err) {
+			closed = err
+			for ; i < b.k; i++ {
+				p.drop(b.cls[i], b.rc[i], "", ReasonQueueFlush, int(b.n[i]))
+			}
+			break
+		}
+		p.drop(b.cls[i], b.rc[i], "", ReasonWriteError, int(b.n[i]))
+		if p.logEvery.ok(now) {
+			p.log.Warn("write failed", "err", err)
+		}
+		i++
 	}
 	p.mu.Lock()
 	p.inflight = 0
 	clear(b.rc[:b.k])
+	clear(b.frames[:b.k])
 	p.mu.Unlock()
 	return next, closed
 }
@@ -751,13 +761,25 @@ func (p *Pipe) releaseLoop(stop <-chan struct{}) {
 // The budgets refill while a forwarding thread waits for a CPU, but a
 // bucket holds only its burst: a long wait loses tokens, and the port gets
 // less than its limit. So these threads run ahead of ordinary work.
-func (p *Pipe) raisePriority() bool {
-	if p.nice == 0 {
+func (p *Pipe) raisePriority() bool { return p.lockThread(0) }
+
+// lockThread is raisePriority for an input goroutine that coalesces
+// wake-ups (coalesce > 0): it also locks, and sets the thread's timer slack
+// to coalesceSlack so that its sleeps end on time.
+func (p *Pipe) lockThread(coalesce time.Duration) bool {
+	if p.nice == 0 && coalesce == 0 {
 		return false
 	}
 	runtime.LockOSThread()
-	if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), p.nice); err != nil {
-		p.log.Warn("cannot raise the forwarder's priority", "nice", p.nice, "err", err)
+	if p.nice != 0 {
+		if err := unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), p.nice); err != nil {
+			p.log.Warn("cannot raise the forwarder's priority", "nice", p.nice, "err", err)
+		}
+	}
+	if coalesce != 0 {
+		if err := unix.Prctl(unix.PR_SET_TIMERSLACK, uintptr(coalesceSlack), 0, 0, 0); err != nil {
+			p.log.Warn("cannot set the forwarder's timer slack", "err", err)
+		}
 	}
 	return true
 }

@@ -44,21 +44,28 @@ type recorder struct {
 	bytes int
 }
 
-func (r *recorder) Read([]byte) (int, error) { return 0, os.ErrClosed }
-func (r *recorder) Close() error             { return nil }
-func (r *recorder) Write(p []byte) (int, error) {
+func (r *recorder) Read([][]byte, []int) (int, error) { return 0, os.ErrClosed }
+func (r *recorder) Close() error                      { return nil }
+func (r *recorder) Write(bufs [][]byte) (int, error) {
+	for _, p := range bufs {
+		r.put(p)
+	}
+	return len(bufs), nil
+}
+
+// put records one frame, as a Write of it does.
+func (r *recorder) put(p []byte) {
 	r.seqs = append(r.seqs, seqOf(p))
 	r.at = append(r.at, *r.now)
 	r.bytes += len(p)
-	return len(p), nil
 }
 
 // discard is an outgoing Device that keeps nothing (for allocation tests).
 type discard struct{}
 
-func (discard) Read([]byte) (int, error)    { return 0, os.ErrClosed }
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
-func (discard) Close() error                { return nil }
+func (discard) Read([][]byte, []int) (int, error) { return 0, os.ErrClosed }
+func (discard) Write(bufs [][]byte) (int, error)  { return len(bufs), nil }
+func (discard) Close() error                      { return nil }
 
 // sim drives a pipe on a manual clock as the run loop and releaseLoop do on
 // a perfect one: the releaser runs exactly when release asked to be called
@@ -117,7 +124,7 @@ func (s *sim) arrive(at time.Time, base []byte) Verdict {
 	v := s.p.Step(f, s.now)
 	switch {
 	case v.Pass:
-		s.out.Write(f)
+		s.out.put(f)
 	case v.Queued && s.p.q.count == 1:
 		s.next = s.now // the queue was empty: signalled
 	}
@@ -310,7 +317,7 @@ func TestShapeRateWithLateReleaser(t *testing.T) {
 				v := s.p.Step(f, at)
 				switch {
 				case v.Pass:
-					s.out.Write(f)
+					s.out.put(f)
 				case v.Queued && s.p.q.count == 1 && wake.IsZero():
 					wake = at.Add(lag())
 				}
@@ -806,14 +813,14 @@ func newStampDev(depth int) *stampDev {
 	return &stampDev{Device: fakedev.New(depth), at: map[uint64]time.Time{}}
 }
 
-func (d *stampDev) Write(p []byte) (int, error) {
+func (d *stampDev) Write(bufs [][]byte) (int, error) {
 	now := time.Now()
-	n, err := d.Device.Write(p)
-	if err == nil {
-		d.mu.Lock()
+	n, err := d.Device.Write(bufs)
+	d.mu.Lock()
+	for _, p := range bufs[:n] {
 		d.at[seqOf(p)] = now
-		d.mu.Unlock()
 	}
+	d.mu.Unlock()
 	return n, err
 }
 

@@ -21,6 +21,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	"github.com/shaperd/shaperd/classify"
 	"github.com/shaperd/shaperd/forward"
@@ -54,8 +55,14 @@ type Want struct {
 // Env is what every owner needs from the host. Its fields are read only.
 type Env struct {
 	Backends []splice.Backend
-	// OpenTap opens one of a splice's taps.
-	OpenTap func(name string) (forward.Device, error)
+	// OpenTap opens one of a splice's taps; OpenQueues the TapQueues
+	// queues of its VM or net tap (multi-queue when TapQueues > 1).
+	OpenTap    func(name string) (forward.Device, error)
+	OpenQueues func(name string, n int) ([]forward.Device, error)
+	TapQueues  int
+	// Coalesce is the forwarders' latency budget for sharing a wake-up
+	// (forward.Config.Coalesce).
+	Coalesce time.Duration
 	// PortExists reports whether a link of that name exists.
 	PortExists func(name string) bool
 	// Nice is the forwarding threads' priority (-20..19, 0 = the
@@ -273,15 +280,27 @@ func (p *Port) start(sp splice.Splice, w Want) (*forward.Forwarder, error) {
 		}
 		return d, err
 	}
-	vm, err := open(sp.VMTap())
-	if err != nil {
-		return nil, err
+	queues := func(name string) ([]forward.Device, error) {
+		n := max(p.env.TapQueues, 1)
+		if p.env.OpenQueues == nil {
+			d, err := open(name)
+			return []forward.Device{d}, err
+		}
+		ds, err := p.env.OpenQueues(name, n)
+		opened = append(opened, ds...)
+		return ds, err
 	}
-	nt, err := open(sp.NetTap())
+	vms, err := queues(sp.VMTap())
 	if err != nil {
 		closeAll()
 		return nil, err
 	}
+	nts, err := queues(sp.NetTap())
+	if err != nil {
+		closeAll()
+		return nil, err
+	}
+	vm, nt := vms[0], nts[0]
 	var prio forward.Device
 	if name := sp.PriorityTap(); name != "" {
 		if prio, err = open(name); err != nil {
@@ -289,8 +308,8 @@ func (p *Port) start(sp splice.Splice, w Want) (*forward.Forwarder, error) {
 			return nil, err
 		}
 	}
-	cfg := forward.Config{Classify: w.Classify, FromVM: w.FromVM, ToVM: w.ToVM, Nice: p.env.Nice, Log: p.env.Log.With("port", p.name)}
-	fwd, err := forward.New(cfg, forward.Devices{VM: vm, Net: nt, Priority: prio})
+	cfg := forward.Config{Classify: w.Classify, FromVM: w.FromVM, ToVM: w.ToVM, Nice: p.env.Nice, Coalesce: p.env.Coalesce, Log: p.env.Log.With("port", p.name)}
+	fwd, err := forward.New(cfg, forward.Devices{VM: vm, Net: nt, Priority: prio, VMQueues: vms[1:], NetQueues: nts[1:]})
 	if err != nil {
 		closeAll()
 		return nil, err

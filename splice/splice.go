@@ -34,10 +34,16 @@ type Backend interface {
 // FailOpen asks the backend to fall back to the direct path, in the
 // datapath and with no daemon involved, when the forwarder dies (its taps
 // lose carrier). Backends that cannot do that refuse it with ErrFailOpen.
+//
+// Queues above 1 asks for VM and net taps created with IFF_MULTI_QUEUE, so
+// that a forwarder can attach that many queues to each (one reader per
+// queue); backends that cannot make them make single-queue taps, which a
+// forwarder attaches once. The priority tap always has one queue.
 type Options struct {
 	BypassPorts    []uint16
 	BypassOutbound bool
 	FailOpen       bool
+	Queues         int
 }
 
 // ErrFailOpen means the backend cannot fail open; the caller should ask for

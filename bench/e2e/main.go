@@ -65,6 +65,7 @@ type harness struct {
 	sink        map[string]*proc // the external host's UDP sink, per lab
 
 	results  []result
+	noLoad   []noLoadResult // latency.go
 	micros   []micro
 	microErr string
 	machine  machine
@@ -78,6 +79,9 @@ func main() {
 }
 
 func run(args []string) int {
+	if len(args) > 0 && args[0] == barePairCommand {
+		return runBarePair(args[1:]) // see bare.go
+	}
 	closeInheritedOnExec()
 	opt, err := parse(args)
 	if err != nil {
@@ -312,6 +316,7 @@ func (h *harness) run(ctx context.Context) {
 			cells++
 		}
 	}
+	h.measureNoLoad(ctx)
 }
 
 // cell produces one row: measured, or carrying why it was not.
@@ -470,5 +475,6 @@ func (r result) line() string {
 	if r.ProcUserNsFrame+r.ProcSysNsFrame > 0 {
 		s += fmt.Sprintf(" (own %.0f+%.0f)", r.ProcUserNsFrame, r.ProcSysNsFrame)
 	}
-	return s + fmt.Sprintf(", probe %d/%d p99 %.1f ms, retrans %d", r.ProbeCompleted, r.ProbeSent, r.ProbeP99ms, r.Retransmits)
+	return s + fmt.Sprintf(", probe %d/%d p99 %.1f ms, retrans %d, ping %d/%d p99 %.2f ms", r.ProbeCompleted, r.ProbeSent, r.ProbeP99ms, r.Retransmits,
+		r.Ping.Completed, r.Ping.Sent, r.Ping.P99ms)
 }

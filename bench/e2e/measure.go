@@ -43,6 +43,8 @@ type result struct {
 	ProbeError     string  `json:"probe_error,omitempty"`
 	Retransmits    uint64  `json:"tcp_retransmits"` // VM 1 + external host, during the probe
 
+	Ping pingResult `json:"ping"` // ICMP from VM 1 through the system during the window (latency.go)
+
 	FloodPPS    float64 `json:"flood_reported_pps,omitempty"`
 	FloodErrors int64   `json:"flood_send_errors,omitempty"`
 	FloodBehind int64   `json:"flood_behind,omitempty"`
@@ -137,7 +139,7 @@ func (h *harness) runCell(ctx context.Context, sys system, l *lab, size int, loa
 	if err != nil {
 		return fail(fmt.Errorf("snapshot before setup: %w", err))
 	}
-	inst, err := sys.setup(ctx, cellEnv{h: h, l: l, size: size, limit: h.opt.limit})
+	inst, err := sys.setup(ctx, cellEnv{h: h, l: l, size: size, load: load, limit: h.opt.limit})
 	if err != nil {
 		if after, serr := snapshot(l); serr == nil && after != before {
 			err = fmt.Errorf("%w; and the failed setup left the hypervisor namespace changed:\n%s", err, diffLines(before, after))
@@ -191,6 +193,11 @@ func (h *harness) runCell(ctx context.Context, sys system, l *lab, size int, loa
 		return fail(err)
 	}
 	defer probe.stop(syscall.SIGKILL, time.Second)
+	ping, err := h.startPing(l)
+	if err != nil {
+		return fail(err)
+	}
+	defer ping.stop(syscall.SIGKILL, time.Second)
 	if err := sleepCtx(ctx, h.opt.window); err != nil {
 		return fail(err)
 	}
@@ -214,6 +221,7 @@ func (h *harness) runCell(ctx context.Context, sys system, l *lab, size int, loa
 	if c, err := h.sample(l, 0); err == nil {
 		r.Retransmits = (c.vm.tcpRetrans - a.vm.tcpRetrans) + (c.ext.tcpRetrans - a.ext.tcpRetrans)
 	}
+	r.Ping = h.finishPing(ctx, ping)
 	flood.stop(syscall.SIGINT, 5*time.Second)
 	var pr struct {
 		Sent, Completed, Failed int

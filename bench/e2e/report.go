@@ -50,15 +50,16 @@ func (h *harness) computeRatios() {
 // savedRun is the JSON file: everything the Markdown and the chart are
 // drawn from, so that -render can draw them again.
 type savedRun struct {
-	Machine  machine  `json:"machine"`
-	Args     []string `json:"args"`
-	Smoke    bool     `json:"smoke,omitempty"`
-	Took     float64  `json:"took_seconds"`
-	Limit    int64    `json:"limit_pps"`
-	Results  []result `json:"results"`
-	Micro    []micro  `json:"micro"`
-	MicroErr string   `json:"micro_error,omitempty"`
-	Aborted  string   `json:"aborted,omitempty"`
+	Machine  machine        `json:"machine"`
+	Args     []string       `json:"args"`
+	Smoke    bool           `json:"smoke,omitempty"`
+	Took     float64        `json:"took_seconds"`
+	Limit    int64          `json:"limit_pps"`
+	Results  []result       `json:"results"`
+	Micro    []micro        `json:"micro"`
+	MicroErr string         `json:"micro_error,omitempty"`
+	Aborted  string         `json:"aborted,omitempty"`
+	NoLoad   []noLoadResult `json:"no_load,omitempty"`
 }
 
 // load fills h from a saved run (for -render); h.opt comes from the run's
@@ -79,6 +80,7 @@ func (h *harness) load(path string) error {
 	opt.out, opt.render = h.opt.out, h.opt.render
 	h.opt = opt
 	h.machine, h.took, h.results, h.micros, h.microErr, h.aborted = s.Machine, time.Duration(s.Took*1e9), s.Results, s.Micro, s.MicroErr, s.Aborted
+	h.noLoad = s.NoLoad
 	return nil
 }
 
@@ -91,7 +93,7 @@ func (h *harness) write() ([]string, error) {
 	base := "bench-" + h.machine.Date.Format("20060102-150405")
 	js, err := json.MarshalIndent(struct {
 		savedRun
-	}{savedRun{h.machine, h.opt.args, h.opt.smoke, h.took.Seconds(), h.opt.limit, h.results, h.micros, h.microErr, h.aborted}}, "", "  ")
+	}{savedRun{h.machine, h.opt.args, h.opt.smoke, h.took.Seconds(), h.opt.limit, h.results, h.micros, h.microErr, h.aborted, h.noLoad}}, "", "  ")
 	if err != nil {
 		return nil, err
 	}
@@ -241,6 +243,24 @@ func (h *harness) markdown(svgName string) string {
 	if lines := h.versusPeers(); len(lines) > 0 {
 		w("## shaperd police against the best peer\n\n")
 		for _, l := range lines {
+			w("- %s\n", l)
+		}
+		w("\n")
+	}
+
+	for _, sec := range []struct {
+		title string
+		lines []string
+	}{
+		{"shaperd's own CPU against the bare tap pair", h.versusBare()},
+		{"Coalescing: own CPU per frame against ping p99 (ICMP from VM 1 through the system during the window)", h.coalesceCurve()},
+		{"Latency at no load (ICMP from VM 1, 500 pings 10 ms apart, no flood)", h.noLoadLines()},
+	} {
+		if len(sec.lines) == 0 {
+			continue
+		}
+		w("## %s\n\n", sec.title)
+		for _, l := range sec.lines {
 			w("- %s\n", l)
 		}
 		w("\n")

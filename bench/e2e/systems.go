@@ -36,7 +36,10 @@ type cellEnv struct {
 	h     *harness
 	l     *lab
 	size  int   // frame bytes without FCS
+	load  int64 // offered packets per second; 0 = the generator's maximum
 	limit int64 // packets per second
+	// runArgs are extra `shaperd run` flags for shaperd's systems.
+	runArgs []string
 }
 
 // bytesPerSec is the byte-counting systems' limit for this frame size.
@@ -55,7 +58,7 @@ type installed struct {
 func burst10ms(rate, min int64) int64 { return max(rate/100, min) }
 
 func systems() []system {
-	return []system{
+	return append([]system{
 		{key: "bridge", title: "no policy, Linux bridge", lab: "bridge", setup: noPolicy},
 		{key: "ovs", title: "no policy, OVS userspace", lab: "ovs", setup: noPolicy},
 		{key: "nft-limit", title: "nftables netdev limit (pps)", lab: "bridge", policed: true, setup: nftLimit, check: needTool("nft")},
@@ -65,7 +68,7 @@ func systems() []system {
 		{key: "shaperd-police", title: "shaperd police, Linux bridge", lab: "bridge", policed: true, setup: shaperdPolice, check: needShaperd},
 		{key: "shaperd-police-ovs", title: "shaperd police, OVS", lab: "ovs", policed: true, setup: shaperdPolice, check: needShaperd},
 		{key: "shaperd-shape", title: "shaperd shape, 200 ms delay", lab: "bridge", policed: true, setup: shaperdShape, check: needShaperd},
-	}
+	}, barePairSystems()...)
 }
 
 func needTool(name string) func(*harness) error {
@@ -241,7 +244,8 @@ func shaperdQuarantine(ctx context.Context, c cellEnv, extra ...string) (*instal
 	if c.l.mode == "ovs" {
 		env = c.l.ovsEnv()
 	}
-	d, err := c.l.start(c.l.get("HV_NS"), env, "shaperd", "run", "--socket", sock, "--state-dir", filepath.Join(dir, "state"), "--log-level", "info")
+	run := append([]string{"run", "--socket", sock, "--state-dir", filepath.Join(dir, "state"), "--log-level", "info"}, c.runArgs...)
+	d, err := c.l.start(c.l.get("HV_NS"), env, "shaperd", run...)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err

@@ -29,9 +29,9 @@ const DefaultStateDir = "/var/lib/shaperd"
 func newRunCmd(g *globals) *cobra.Command {
 	var cfgPath string
 	var flags config.Config
-	var nice int
+	var nice, tapQueues int
 	var metricsAddr string
-	var pendingTTL, watchInterval, flagAfter time.Duration
+	var pendingTTL, watchInterval, flagAfter, coalesce time.Duration
 	var maxAuto int
 	cmd := &cobra.Command{
 		Use:   "run",
@@ -103,6 +103,13 @@ file (the flag's name with '_' for '-'); a flag given here wins.`,
 				a := metricsAddr
 				cfg.MetricsAddr = &a
 			}
+			if fs.Changed("coalesce") || cfg.Coalesce == "" {
+				cfg.Coalesce = coalesce.String()
+			}
+			if fs.Changed("tap-queues") || cfg.TapQueues == nil {
+				n := tapQueues
+				cfg.TapQueues = &n
+			}
 			if fs.Changed("forwarder-nice") || cfg.ForwarderNice == nil {
 				n := nice
 				cfg.ForwarderNice = &n
@@ -139,6 +146,8 @@ file (the flag's name with '_' for '-'); a flag given here wins.`,
 	cmd.Flags().StringVar(&flags.AlertsCert, "alerts-cert", "", "TLS certificate file: serve the metrics listener and the webhook over HTTPS (config key alerts_cert)")
 	cmd.Flags().StringVar(&flags.AlertsKey, "alerts-key", "", "TLS key file for --alerts-cert (config key alerts_key)")
 	cmd.Flags().StringVar(&flags.InstanceName, "instance-name", "", "this host's name in alerts' instance label (compared without :port); default the hostname (config key instance_name)")
+	cmd.Flags().DurationVar(&coalesce, "coalesce", daemon.DefaultCoalesce, "latency budget, 0 (off) to 10ms, that the forwarder may add to frames from and to a VM so that several share one wake-up; frames from the VM steered to the priority tap (bypass and control) never wait (config key coalesce)")
+	cmd.Flags().IntVar(&tapQueues, "tap-queues", daemon.DefaultTapQueues, "queues of each VM and net tap a splice creates (Linux bridge), one forwarding thread each, 1 to 16; above 1 the taps are multi-queue and the kernel spreads flows over the queues (config key tap_queues)")
 	cmd.Flags().IntVar(&nice, "forwarder-nice", -10, "scheduling priority of the forwarding threads, -20..19; 0 keeps the daemon's (config key forwarder_nice)")
 	return cmd
 }
@@ -184,11 +193,14 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	ttl, _ := time.ParseDuration(cfg.PendingTTL) // validated
+	ttl, _ := time.ParseDuration(cfg.PendingTTL)    // validated
+	coalesce, _ := time.ParseDuration(cfg.Coalesce) // validated
 	m := daemon.NewWithOptions(log, daemon.Options{
 		StateDir:      cfg.StateDir,
 		PendingTTL:    ttl,
 		ForwarderNice: *cfg.ForwarderNice,
+		Coalesce:      coalesce,
+		TapQueues:     *cfg.TapQueues,
 	}, backends.New(log)...)
 	// Profiles before restoring: restored ladders resume with them.
 	if err := m.Configure(cfg.ProfileSet(), watchConfig(cfg)); err != nil {

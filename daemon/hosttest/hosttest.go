@@ -52,6 +52,22 @@ func (h *Host) OpenTap(name string) (forward.Device, error) {
 	return fakedev.New(16), nil
 }
 
+// OpenTapQueues opens n taps through OpenTap: a fake has no queues.
+func (h *Host) OpenTapQueues(name string, n int) ([]forward.Device, error) {
+	out := make([]forward.Device, 0, n)
+	for range n {
+		d, err := h.OpenTap(name)
+		if err != nil {
+			for _, o := range out {
+				o.Close()
+			}
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
 func (h *Host) PortMeters(ports []string) ([]quota.PortMeter, error) {
 	if h.Meters != nil {
 		return h.Meters(ports)

@@ -15,7 +15,7 @@ type Device struct {
 	out    [][]byte
 	closed chan struct{}
 	once   sync.Once
-	// WriteErr, when set, is returned by every Write.
+	// WriteErr, when set, is returned by every Write, for its first frame.
 	WriteErr error
 }
 
@@ -34,18 +34,34 @@ func (d *Device) Inject(frame []byte) bool {
 	}
 }
 
-// Read returns the next injected frame, blocking until one arrives or Close.
-func (d *Device) Read(p []byte) (int, error) {
+// Read returns the next injected frames, as a tap does: it blocks until
+// one arrives or Close, then takes those already queued, up to len(bufs).
+func (d *Device) Read(bufs [][]byte, sizes []int) (int, error) {
+	if len(bufs) == 0 {
+		return 0, nil
+	}
 	select {
 	case f := <-d.in:
-		return copy(p, f), nil
+		sizes[0] = copy(bufs[0], f)
 	case <-d.closed:
 		return 0, os.ErrClosed
 	}
+	n := 1
+	for ; n < len(bufs); n++ {
+		select {
+		case f := <-d.in:
+			sizes[n] = copy(bufs[n], f)
+			continue
+		default:
+		}
+		break
+	}
+	return n, nil
 }
 
-// Write records a copy of p.
-func (d *Device) Write(p []byte) (int, error) {
+// Write records a copy of each frame, in order. With WriteErr set it
+// records nothing and returns WriteErr for the first frame.
+func (d *Device) Write(bufs [][]byte) (int, error) {
 	select {
 	case <-d.closed:
 		return 0, os.ErrClosed
@@ -56,8 +72,10 @@ func (d *Device) Write(p []byte) (int, error) {
 	if d.WriteErr != nil {
 		return 0, d.WriteErr
 	}
-	d.out = append(d.out, append([]byte(nil), p...))
-	return len(p), nil
+	for _, p := range bufs {
+		d.out = append(d.out, append([]byte(nil), p...))
+	}
+	return len(bufs), nil
 }
 
 // Written returns the frames written so far.

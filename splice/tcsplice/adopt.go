@@ -246,7 +246,7 @@ func (s *spliced) repair(portL netlink.Link) error {
 	}
 	var repaired []string
 	if !s.prioMade {
-		l, err := s.createTap(s.prioTap, nil, &s.prioMade)
+		l, err := s.createTap(s.prioTap, nil, false, &s.prioMade)
 		if err != nil {
 			return fmt.Errorf("recreate %s: %w", s.prioTap, err)
 		}

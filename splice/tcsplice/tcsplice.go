@@ -241,7 +241,7 @@ func (b *Backend) prepare(port string, opt splice.Options) (*spliced, error) {
 		vmTap:     vm,
 		netTap:    nt,
 		prioTap:   splice.PriorityTapName(port),
-		opt:       splice.Options{BypassPorts: slices.Clone(opt.BypassPorts), BypassOutbound: opt.BypassOutbound},
+		opt:       splice.Options{BypassPorts: slices.Clone(opt.BypassPorts), BypassOutbound: opt.BypassOutbound, Queues: opt.Queues},
 		mtu:       attrs.MTU,
 		attrs:     bp.attrs,
 		vlans:     bp.vlans,
@@ -352,7 +352,7 @@ func (s *spliced) build() error {
 		do   func() error
 	}{
 		{stepVMTap, func() (err error) {
-			vmTap, err = s.createTap(s.vmTap, nil, &s.vmMade)
+			vmTap, err = s.createTap(s.vmTap, nil, s.opt.Queues > 1, &s.vmMade)
 			if vmTap != nil {
 				s.vmIndex = vmTap.Attrs().Index
 			}
@@ -361,7 +361,7 @@ func (s *spliced) build() error {
 		{stepNetTap, func() (err error) {
 			// netTap wears the port's MAC: the bridge's own address (the
 			// lowest port MAC unless set) and its local FDB entry stay put.
-			netTap, err = s.createTap(s.netTap, s.portMAC, &s.netMade)
+			netTap, err = s.createTap(s.netTap, s.portMAC, s.opt.Queues > 1, &s.netMade)
 			return err
 		}},
 		{stepJoin, func() error {
@@ -387,7 +387,7 @@ func (s *spliced) build() error {
 			return nil
 		}},
 		{stepPrioTap, func() error {
-			l, err := s.createTap(s.prioTap, nil, &s.prioMade)
+			l, err := s.createTap(s.prioTap, nil, false, &s.prioMade)
 			if l != nil {
 				s.prioIndex = l.Attrs().Index
 			}
@@ -440,16 +440,21 @@ func (s *spliced) build() error {
 	return nil
 }
 
-// createTap creates a persistent tap of exactly IFF_TAP|IFF_NO_PI (one
-// queue, no vnet header), which a forwarder re-attaches to with the same
-// flags (songgao/water with Persist: true). IFF_TUN_EXCL makes creation fail
-// rather than attach if the name was taken since validation; the kernel does
-// not keep it among the device's flags. *made is set once the tap exists.
-func (s *spliced) createTap(name string, mac net.HardwareAddr, made *bool) (netlink.Link, error) {
+// createTap creates a persistent tap of exactly IFF_TAP|IFF_NO_PI (no
+// vnet header), plus IFF_MULTI_QUEUE when multi, which a forwarder
+// re-attaches to with the same flags (songgao/water with Persist: true,
+// forward.OpenTapQueues). IFF_TUN_EXCL makes creation fail rather than
+// attach if the name was taken since validation; the kernel does not keep
+// it among the device's flags. *made is set once the tap exists.
+func (s *spliced) createTap(name string, mac net.HardwareAddr, multi bool, made *bool) (netlink.Link, error) {
+	flags := netlink.TUNTAP_NO_PI | netlink.TUNTAP_TUN_EXCL
+	if multi {
+		flags |= netlink.TUNTAP_MULTI_QUEUE
+	}
 	tap := &netlink.Tuntap{
 		LinkAttrs: netlink.LinkAttrs{Name: name},
 		Mode:      netlink.TUNTAP_MODE_TAP,
-		Flags:     netlink.TUNTAP_NO_PI | netlink.TUNTAP_TUN_EXCL,
+		Flags:     flags,
 	}
 	if err := netlink.LinkAdd(tap); err != nil {
 		return nil, fmt.Errorf("create tap %s: %w", name, err)

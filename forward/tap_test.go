@@ -1,0 +1,215 @@
+package forward
+
+import (
+	"bytes"
+	"errors"
+	"os"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// The tap tests run on real taps, each in a network namespace of its own
+// that exists only as long as the test's locked thread (nothing is created
+// in any other namespace). They need root: set SHAPERD_NETNS=1.
+
+// tapLab is a persistent tap, as a splice creates it, in a new namespace,
+// opened with OpenTap, and an AF_PACKET socket on it: what the socket sends
+// the forwarder reads from the tap, and what the forwarder writes the
+// socket receives.
+type tapLab struct {
+	dev  *tap
+	sock int
+}
+
+// inTapLab runs f with a tapLab, on a thread in a new network namespace.
+// The thread stays locked, so the runtime discards it (and the namespace
+// and tap go with it) when f returns.
+func inTapLab(t *testing.T, f func(l *tapLab)) {
+	t.Helper()
+	if os.Getenv("SHAPERD_NETNS") != "1" || os.Geteuid() != 0 {
+		t.Skip("real tap test: set SHAPERD_NETNS=1 and run as root")
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: see above
+		ns, err := netns.New()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer ns.Close()
+		const name = "shqtest0"
+		if err := netlink.LinkAdd(&netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name}, Mode: netlink.TUNTAP_MODE_TAP,
+			Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_TUN_EXCL}); err != nil {
+			t.Error(err)
+			return
+		}
+		// No IPv6 on the tap, so the namespace sends nothing of its own
+		// into it.
+		if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Error(err)
+			return
+		}
+		link, err := netlink.LinkByName(name)
+		if err == nil {
+			err = netlink.LinkSetUp(link)
+		}
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		d, err := OpenTap(name)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer d.Close()
+		sock, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer unix.Close(sock)
+		if err := unix.Bind(sock, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: link.Attrs().Index}); err != nil {
+			t.Error(err)
+			return
+		}
+		tv := unix.Timeval{Sec: 2}
+		unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+		f(&tapLab{dev: d.(*tap), sock: sock})
+	}()
+	<-done
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// testFrame is an Ethernet frame of n bytes (n >= 60) numbered i, of an
+// EtherType nothing in the namespace answers.
+func testFrame(i, n int) []byte {
+	f := make([]byte, n)
+	copy(f, []byte{0x02, 0, 0, 0, 0, 1, 0x02, 0, 0, 0, 0, 2, 0x88, 0xb5})
+	f[14] = byte(i)
+	return f
+}
+
+// Close unblocks a reader waiting for a frame, and Read, Write and Close
+// afterwards say the device is closed.
+func TestTapCloseUnblocksReader(t *testing.T) {
+	inTapLab(t, func(l *tapLab) {
+		got := make(chan error, 1)
+		go func() {
+			bufs, sizes := [][]byte{make([]byte, MaxFrameBuffer)}, make([]int, 1)
+			_, err := l.dev.Read(bufs, sizes)
+			got <- err
+		}()
+		select {
+		case err := <-got:
+			t.Fatalf("Read returned %v with no frame", err)
+		case <-time.After(200 * time.Millisecond):
+		}
+		closed := make(chan error, 1)
+		go func() { closed <- l.dev.Close() }()
+		for _, c := range []chan error{got, closed} {
+			select {
+			case err := <-c:
+				if c == got && !isClosed(err) {
+					t.Errorf("the blocked Read returned %v, want os.ErrClosed", err)
+				}
+				if c == closed && err != nil {
+					t.Errorf("Close: %v", err)
+				}
+			case <-time.After(5 * time.Second):
+				t.Fatal("Close did not unblock the reader within 5 s")
+			}
+		}
+		if _, err := l.dev.Read([][]byte{make([]byte, 100)}, make([]int, 1)); !errors.Is(err, os.ErrClosed) {
+			t.Errorf("Read after Close: %v", err)
+		}
+		if _, err := l.dev.Write([][]byte{testFrame(0, 60)}); !errors.Is(err, os.ErrClosed) {
+			t.Errorf("Write after Close: %v", err)
+		}
+		if err := l.dev.Close(); err != nil {
+			t.Errorf("second Close: %v", err)
+		}
+	})
+}
+
+// Frames queued on the tap come out of one Read, in order, up to the batch;
+// a batch written goes out in order.
+func TestTapBatches(t *testing.T) {
+	inTapLab(t, func(l *tapLab) {
+		for i := range 5 {
+			if _, err := unix.Write(l.sock, testFrame(i, 60+i)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		bufs := make([][]byte, 4)
+		for i := range bufs {
+			bufs[i] = make([]byte, MaxFrameBuffer)
+		}
+		sizes := make([]int, 4)
+		var got [][]byte
+		for len(got) < 5 {
+			n, err := l.dev.Read(bufs, sizes)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got) == 0 && n != 4 {
+				t.Errorf("first Read returned %d frames with 5 queued and 4 buffers, want 4", n)
+			}
+			for i := range n {
+				got = append(got, bytes.Clone(bufs[i][:sizes[i]]))
+			}
+		}
+		for i, f := range got {
+			if !bytes.Equal(f, testFrame(i, 60+i)) {
+				t.Errorf("frame %d read as % x", i, f[:16])
+			}
+		}
+		var out [][]byte
+		for i := range 3 {
+			out = append(out, testFrame(10+i, 100))
+		}
+		if n, err := l.dev.Write(out); n != 3 || err != nil {
+			t.Fatalf("Write of 3 frames: %d, %v", n, err)
+		}
+		buf := make([]byte, 2048)
+		for i := range 3 {
+			n, err := unix.Read(l.sock, buf)
+			if err != nil {
+				t.Fatalf("frame %d written, not seen on the tap: %v", i, err)
+			}
+			if !bytes.Equal(buf[:n], out[i]) {
+				t.Errorf("frame %d seen as % x", i, buf[:16])
+			}
+		}
+	})
+}
+
+// Reading and writing a frame through a real tap allocates nothing.
+func TestTapZeroAllocs(t *testing.T) {
+	inTapLab(t, func(l *tapLab) {
+		in := testFrame(1, 250)
+		bufs, sizes := [][]byte{make([]byte, MaxFrameBuffer)}, make([]int, 1)
+		a := testing.AllocsPerRun(200, func() {
+			if _, err := unix.Write(l.sock, in); err != nil {
+				t.Fatal(err)
+			}
+			if n, err := l.dev.Read(bufs, sizes); n != 1 || err != nil {
+				t.Fatalf("Read: %d, %v", n, err)
+			}
+			if _, err := l.dev.Write(bufs[:1]); err != nil {
+				t.Fatal(err)
+			}
+		})
+		if a != 0 {
+			t.Errorf("%v allocations per frame read and written, want 0", a)
+		}
+	})
+}
