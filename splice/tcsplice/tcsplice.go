@@ -1,11 +1,16 @@
 // Package tcsplice splices a VM's port out of a Linux bridge and through a
-// pair of tap devices, using tc mirred redirects; see splice.Backend.
+// pair of tap devices (and a priority tap); see splice.Backend.
 //
 // Once spliced:
 //
-//	VM ─ port ──(port ingress: u32 match-all, mirred egress redirect)──▶ vmTap ─▶ forwarder
+//	VM ─ port ──(port ingress: bpf direct-action, the kernel half)──▶ vmTap (prioTap: ARP/ND/bypass TCP) ─▶ forwarder
 //	VM ◀─ port ◀─(vmTap ingress: u32 match-all, mirred egress redirect)── vmTap ◀─ forwarder
 //	forwarder ─▶ netTap ─▶ bridge          bridge ─▶ netTap ─▶ forwarder
+//
+// The kernel half is package steer's program, the one the OVS backend
+// attaches as XDP, here as a tc filter: it steers, runs the backstop and
+// counts. The filter stays when the daemon dies, with the maps its program
+// uses; a restarted daemon takes them over (see Adopt).
 //
 // The port leaves the bridge, and netTap takes its place with the port's
 // MAC address, VLAN entries, bridge port attributes and static FDB entries.
@@ -29,6 +34,7 @@ import (
 	"sync"
 
 	"github.com/shaperd/shaperd/splice"
+	"github.com/shaperd/shaperd/splice/steer"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -290,16 +296,16 @@ type spliced struct {
 	warnings  []string
 
 	// Progress: set as objects are created, cleared as they are removed.
-	vmIndex      int  // ifindex of vmTap, the port filter's redirect target
-	vmMade       bool // vmTap was created by this splice
-	netMade      bool // netTap was created by this splice
-	prioIndex    int  // ifindex of prioTap, the steering filters' target
-	prioMade     bool // prioTap was created by this splice
-	steerAdded   bool // the port's steering filters may exist
-	qdiscAdded   bool // the port's ingress qdisc was added by this splice
-	filterAdded  bool // the port's redirect filter may exist
-	fdbMoved     bool // the port's static FDB entries were (maybe) moved to netTap
-	portDetached bool // the port was (maybe) taken out of its bridge
+	vmIndex      int         // ifindex of vmTap, the port filter's redirect target
+	vmMade       bool        // vmTap was created by this splice
+	netMade      bool        // netTap was created by this splice
+	prioIndex    int         // ifindex of prioTap, the steering filters' target
+	prioMade     bool        // prioTap was created by this splice
+	qdiscAdded   bool        // the port's ingress qdisc was added by this splice
+	filterAdded  bool        // the port's steering filter (the kernel half) may exist
+	half         *steer.Half // the kernel half, while this splice holds it
+	fdbMoved     bool        // the port's static FDB entries were (maybe) moved to netTap
+	portDetached bool        // the port was (maybe) taken out of its bridge
 	released     bool
 }
 
@@ -331,8 +337,7 @@ const (
 	stepVMRedirect = "redirect vm tap to port"
 	stepPrioTap    = "create priority tap"
 	stepQdisc      = "add port ingress qdisc"
-	stepSteer      = "steer bypass and control to the priority tap"
-	stepRedirect   = "redirect port to vm tap"
+	stepSteer      = "steer the port to the taps (tc bpf)"
 	stepLeave      = "port leaves bridge"
 	stepVerify     = "verify net tap"
 	stepRecord     = "record splice on the vm tap"
@@ -403,19 +408,7 @@ func (s *spliced) build() error {
 			s.qdiscAdded = true
 			return nil
 		}},
-		{stepSteer, func() error {
-			s.steerAdded = true // teardown checks whether they are there
-			for _, f := range steerFilters(s.portIndex, s.prio-1, s.prioIndex, s.opt) {
-				if err := netlink.FilterAdd(f); err != nil {
-					return fmt.Errorf("add steering filter on %s: %w", s.port, err)
-				}
-			}
-			return nil
-		}},
-		{stepRedirect, func() error {
-			s.filterAdded = true // teardown checks whether it is there
-			return netlink.FilterAdd(redirectFilter(s.portIndex, s.prio, s.vmIndex))
-		}},
+		{stepSteer, s.attachSteer},
 		{stepLeave, func() error {
 			s.portDetached = true // teardown checks whether it left
 			return netlink.LinkSetNoMaster(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: s.portIndex}})
@@ -541,8 +534,9 @@ func (s *spliced) verify(netTap netlink.Link) error {
 //     to vmTap (and go nowhere), so the VM does not reach the bridge with the
 //     bridge's default VLAN and flags; the bridge may send it flooded frames
 //     of the default VLAN for the few milliseconds this takes.
-//  3. The redirect filter on the port goes, then the ingress qdisc if Splice
-//     added it and no one else's filters hang on it.
+//  3. The steering filter on the port goes, and with it the kernel half's
+//     program and maps, then the ingress qdisc if Splice added it and no
+//     one else's filters hang on it.
 //  4. Both taps are deleted (with them, their qdiscs and FDB entries).
 //
 // If step 2 fails, Release stops there and returns the error: the VM stays
@@ -593,7 +587,7 @@ func (s *spliced) teardown() error {
 		if s.portDetached || s.filterAdded || s.qdiscAdded {
 			log.Info("port vanished while spliced; removing the taps")
 		}
-		s.portDetached, s.fdbMoved, s.filterAdded, s.qdiscAdded, s.steerAdded = false, false, false, false, false
+		s.portDetached, s.fdbMoved, s.filterAdded, s.qdiscAdded = false, false, false, false
 	}
 
 	if port != nil && (s.portDetached || s.fdbMoved) {
@@ -610,20 +604,19 @@ func (s *spliced) teardown() error {
 	}
 
 	if port != nil && s.filterAdded {
-		if _, err := delRedirect(port, s.prio, s.vmIndex); err != nil {
+		if err := delSteer(port, s.prio); err != nil {
 			errs = append(errs, err)
 		} else {
 			s.filterAdded = false
 		}
 	}
-	if port != nil && s.steerAdded {
-		if _, err := delRedirect(port, s.prio-1, s.prioIndex); err != nil {
-			errs = append(errs, err)
-		} else {
-			s.steerAdded = false
-		}
+	if !s.filterAdded && s.half != nil {
+		// Once the filter is gone: closing first would empty the
+		// liveness slot under frames still arriving.
+		s.half.Close()
+		s.half = nil
 	}
-	if port != nil && s.qdiscAdded && !s.filterAdded && !s.steerAdded {
+	if port != nil && s.qdiscAdded && !s.filterAdded {
 		fs, err := ingressFilters(port)
 		switch {
 		case err != nil:
@@ -706,6 +699,37 @@ func (s *spliced) restorePort(port netlink.Link) error {
 		if err := netlink.LinkSetMTU(port, s.mtu); err != nil {
 			return fmt.Errorf("restore mtu %d: %w", s.mtu, err)
 		}
+	}
+	return nil
+}
+
+// steerConfig is what the splice tells its kernel half.
+func (s *spliced) steerConfig() steer.Config {
+	return steer.Config{
+		VMTap:          s.vmIndex,
+		PrioTap:        s.prioIndex,
+		Port:           s.portIndex,
+		BypassPorts:    s.opt.BypassPorts,
+		BypassOutbound: s.opt.BypassOutbound,
+	}
+}
+
+// attachSteer creates the kernel half and attaches its entry program to
+// the port's ingress at s.prio.
+func (s *spliced) attachSteer() error {
+	h, err := steer.New(s.steerConfig())
+	if err != nil {
+		return err
+	}
+	entry, err := h.Entry(steer.PortTC)
+	if err != nil {
+		h.Close()
+		return err
+	}
+	s.half = h
+	s.filterAdded = true // teardown checks whether it is there
+	if err := netlink.FilterAdd(steerFilter(s.portIndex, s.prio, entry.FD(), steer.PortTC.EntryName())); err != nil {
+		return fmt.Errorf("add the steering filter on %s: %w", s.port, err)
 	}
 	return nil
 }
