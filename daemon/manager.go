@@ -314,6 +314,7 @@ func (m *Manager) startLocked(q *quarantine, sp splice.Splice) error {
 	}
 	q.sp, q.fwd, q.state, q.expires = sp, fwd, StateActive, time.Time{}
 	q.avgFrom = time.Time{}
+	m.setBackstopLocked(q, q.spec.FromVM.policy(), q.spec.ToVM.policy())
 	if q.lad != nil && q.lad.AvgFrame() == 0 {
 		q.avgFrom = m.clock()
 	}
@@ -488,6 +489,7 @@ func (m *Manager) setSpecLocked(q *quarantine, spec Spec) error {
 	q.spec = spec
 	if q.sp != nil {
 		m.recordIntent(q)
+		m.setBackstopLocked(q, spec.FromVM.policy(), spec.ToVM.policy())
 	}
 	return nil
 }
@@ -724,6 +726,7 @@ func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
 		out.Directions.FromVM.TapDrops = tapDrops(q.sp.VMTap()) + tapDrops(q.sp.PriorityTap())
 		out.Directions.ToVM.TapDrops = tapDrops(q.sp.NetTap())
 	}
+	m.kernelStatusLocked(q, &out)
 	return out
 }
 

@@ -215,7 +215,7 @@ func (s *spliced) adopt() (repaired []string, err error) {
 		name  string
 		index *int
 	}
-	taps := []tap{{s.vmTap, &s.vmIndex}, {s.netTap, nil}, {s.prioTap, &s.prioIndex}}
+	taps := []tap{{s.vmTap, &s.vmIndex}, {s.netTap, &s.netIndex}, {s.prioTap, &s.prioIndex}}
 	var missing []tap
 	for _, t := range taps {
 		l, ok, err := s.b.links.lookup(t.name)
@@ -374,9 +374,11 @@ func (s *spliced) adopt() (repaired []string, err error) {
 		s.portWas, s.netWas = s.plan.port, s.plan.netTap
 	}
 	if xdp != 0 {
-		if s.half, err = s.b.links.adoptSteer(s.portIndex, xdp, s.steerConfig()); err != nil {
+		h, err := s.b.links.adoptSteer(s.portIndex, xdp, s.netIndex, s.steerConfig())
+		if err != nil {
 			return repaired, err
 		}
+		s.setHalf(h)
 	} else if err := s.attachSteer(); err != nil {
 		return repaired, err
 	}

@@ -562,7 +562,7 @@ func (k *fakeKernel) redirectTap(ifindex, to int) error {
 	return nil
 }
 
-func (k *fakeKernel) attachSteer(port int, cfg steer.Config) (kernelHalf, uint32, error) {
+func (k *fakeKernel) attachSteer(port, _ int, cfg steer.Config) (kernelHalf, uint32, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	n, l := k.byIndex(port)
@@ -580,7 +580,7 @@ func (k *fakeKernel) attachSteer(port int, cfg steer.Config) (kernelHalf, uint32
 	return &fakeHalf{k: k, l: l, id: l.xdpID}, uint32(l.xdpID), nil
 }
 
-func (k *fakeKernel) adoptSteer(port int, id uint32, cfg steer.Config) (kernelHalf, error) {
+func (k *fakeKernel) adoptSteer(port int, id uint32, _ int, cfg steer.Config) (kernelHalf, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	n, l := k.byIndex(port)

@@ -39,12 +39,15 @@ type kernel interface {
 	// redirects to; 0 if there is none.
 	redirectOf(ifindex int) (int, error)
 	// attachSteer creates a kernel half with cfg and attaches its entry
-	// program as generic XDP to link port, failing if the link has an
-	// XDP program. The program stays attached until detachXDP.
-	attachSteer(port int, cfg steer.Config) (h kernelHalf, id uint32, err error)
+	// programs: to the egress of the tap netTap (frames to the VM), and as
+	// generic XDP to link port, failing if the link has an XDP program.
+	// The XDP program stays attached until detachXDP, the other with the
+	// tap.
+	attachSteer(port, netTap int, cfg steer.Config) (h kernelHalf, id uint32, err error)
 	// adoptSteer takes over the kernel half whose entry program id is
-	// attached to link port (see steer.Adopt).
-	adoptSteer(port int, id uint32, cfg steer.Config) (kernelHalf, error)
+	// attached to link port (see steer.Adopt), and its program on the
+	// egress of netTap, attaching one there if there is none.
+	adoptSteer(port int, id uint32, netTap int, cfg steer.Config) (kernelHalf, error)
 	// xdpProgram returns the XDP program attached to link ifindex.
 	xdpProgram(ifindex int) (xdpProg, bool, error)
 	// steerHeld reports whether a live daemon holds the kernel half of

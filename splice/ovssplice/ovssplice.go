@@ -393,10 +393,12 @@ type spliced struct {
 	made         map[string]bool // taps created by this splice
 	vmIndex      int             // ifindex of vmTap
 	prioIndex    int             // ifindex of prioTap
+	netIndex     int             // ifindex of netTap
 	portAdded    bool            // netTap (may) have joined the bridge
 	floodChanged bool            // the port (may) have been set no-flood
 	bundleSent   bool            // the flows and groups (may) exist
-	half         kernelHalf      // the kernel half, while this splice holds it
+	half         kernelHalf      // the kernel half, while this splice holds it; also guarded by hmu
+	hmu          sync.Mutex      // guards half for the kernel's callers (see kernel)
 	xdpID        uint32          // the id of its XDP program on the port, while attached
 	released     bool
 }
@@ -508,7 +510,7 @@ func (s *spliced) build() error {
 			for _, t := range []struct {
 				name  string
 				index *int
-			}{{s.vmTap, &s.vmIndex}, {s.netTap, nil}, {s.prioTap, &s.prioIndex}} {
+			}{{s.vmTap, &s.vmIndex}, {s.netTap, &s.netIndex}, {s.prioTap, &s.prioIndex}} {
 				s.made[t.name] = true // teardown checks whether it exists
 				if err := s.b.links.createTap(t.name, s.mtu, s.alias); err != nil {
 					return err

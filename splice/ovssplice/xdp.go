@@ -29,6 +29,7 @@ import (
 	"fmt"
 
 	"github.com/cilium/ebpf"
+	"github.com/shaperd/shaperd/splice"
 	"github.com/shaperd/shaperd/splice/steer"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -52,13 +53,17 @@ type xdpProg struct {
 // ours reports whether the program is shaperd's entry program.
 func (p xdpProg) ours() bool { return p.name == steer.PortXDP.EntryName() }
 
-func (netlinkLinks) attachSteer(port int, cfg steer.Config) (kernelHalf, uint32, error) {
+func (netlinkLinks) attachSteer(port, netTap int, cfg steer.Config) (kernelHalf, uint32, error) {
 	link, err := netlink.LinkByIndex(port)
 	if err != nil {
 		return nil, 0, fmt.Errorf("look up ifindex %d: %w", port, err)
 	}
 	h, err := steer.New(cfg)
 	if err != nil {
+		return nil, 0, err
+	}
+	if err := attachNetSteer(h, netTap); err != nil {
+		h.Close()
 		return nil, 0, err
 	}
 	entry, err := h.Entry(steer.PortXDP)
@@ -84,8 +89,38 @@ func (netlinkLinks) attachSteer(port int, cfg steer.Config) (kernelHalf, uint32,
 	return h, uint32(id), nil
 }
 
-func (netlinkLinks) adoptSteer(port int, id uint32, cfg steer.Config) (kernelHalf, error) {
-	return steer.Adopt(cfg, map[steer.Hook]ebpf.ProgramID{steer.PortXDP: ebpf.ProgramID(id)})
+func (netlinkLinks) adoptSteer(port int, id uint32, netTap int, cfg steer.Config) (kernelHalf, error) {
+	entries := map[steer.Hook]ebpf.ProgramID{steer.PortXDP: ebpf.ProgramID(id)}
+	netID, onNet, err := egressSteerOf(netTap)
+	if err != nil {
+		return nil, err
+	}
+	if onNet {
+		entries[steer.NetTC] = ebpf.ProgramID(netID)
+	}
+	h, err := steer.Adopt(cfg, entries)
+	if err != nil {
+		return nil, err
+	}
+	if !onNet {
+		if err := attachNetSteer(h, netTap); err != nil {
+			h.Close()
+			return nil, err
+		}
+	}
+	return h, nil
+}
+
+// attachNetSteer attaches h's to-VM program to the egress of the net tap.
+func attachNetSteer(h *steer.Half, netTap int) error {
+	entry, err := h.Entry(steer.NetTC)
+	if err != nil {
+		return err
+	}
+	if err := attachEgress(netTap, entry.FD(), steer.NetTC.EntryName()); err != nil {
+		return fmt.Errorf("the net tap's egress: %w", err)
+	}
+	return nil
 }
 
 func (netlinkLinks) xdpProgram(ifindex int) (xdpProg, bool, error) {
@@ -139,11 +174,12 @@ func (s *spliced) steerConfig() steer.Config {
 
 // attachSteer attaches a new kernel half to the port.
 func (s *spliced) attachSteer() error {
-	h, id, err := s.b.links.attachSteer(s.portIndex, s.steerConfig())
+	h, id, err := s.b.links.attachSteer(s.portIndex, s.netIndex, s.steerConfig())
 	if err != nil {
 		return err
 	}
-	s.half, s.xdpID = h, id
+	s.setHalf(h)
+	s.xdpID = id
 	return nil
 }
 
@@ -158,11 +194,56 @@ func (s *spliced) dropXDP() error {
 		}
 	}
 	s.xdpID = 0
-	if s.half != nil {
-		if err := s.half.Close(); err != nil {
+	if h := s.kernel(); h != nil {
+		s.setHalf(nil)
+		if err := h.Close(); err != nil {
 			s.b.log.Warn("closing the kernel half", "port", s.port, "err", err)
 		}
-		s.half = nil
 	}
 	return nil
+}
+
+var _ splice.Kernel = (*spliced)(nil)
+
+// SetBackstop sets direction d's backstop ceilings in the kernel half.
+func (s *spliced) SetBackstop(d steer.Dir, b steer.Backstop) error {
+	h := s.kernel()
+	if h == nil {
+		return splice.ErrNoKernel
+	}
+	return h.SetBackstop(d, b)
+}
+
+// Beat writes the kernel half's heartbeat.
+func (s *spliced) Beat(now uint64) error {
+	h := s.kernel()
+	if h == nil {
+		return splice.ErrNoKernel
+	}
+	return h.Beat(now)
+}
+
+// KernelStats reads the kernel half's counters.
+func (s *spliced) KernelStats() (steer.Stats, error) {
+	h := s.kernel()
+	if h == nil {
+		return steer.Stats{}, splice.ErrNoKernel
+	}
+	return h.Stats()
+}
+
+// kernel returns the kernel half, nil if the splice holds none. It takes
+// only hmu, never the backend's lock: the heartbeat must not wait for a
+// slow Splice or Release of another port.
+func (s *spliced) kernel() kernelHalf {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	return s.half
+}
+
+// setHalf sets the kernel half (nil: none).
+func (s *spliced) setHalf(h kernelHalf) {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	s.half = h
 }

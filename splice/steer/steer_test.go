@@ -428,7 +428,10 @@ func TestAdopt(t *testing.T) {
 	}
 	defer a.Close()
 	s := stats(t, a)
-	if s[FromVM][Main] != 2 || s[FromVM][DropAggregate] != 1 {
+	// Two frames passed and one was dropped before the death; the polling
+	// above ran more frames, dropped by the empty bucket until the slot
+	// emptied, then failed open.
+	if s[FromVM][Main] != 2 || s[FromVM][DropAggregate] < 1 || s[FromVM][FailOpen] < 1 {
 		t.Errorf("counters after adoption: %v", s[FromVM])
 	}
 	if got := run(t, a, PortTC, udp); got != tcShot {

@@ -222,9 +222,10 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 	}
 	s.portIndex = portL.Attrs().Index
 	s.portDetached = portL.Attrs().MasterIndex == 0
-	if err := s.repair(portL); err != nil {
-		if s.half != nil {
-			s.half.Close()
+	if err := s.repair(portL, na.Index); err != nil {
+		if h := s.kernel(); h != nil {
+			s.setHalf(nil)
+			h.Close()
 		}
 		return nil, fmt.Errorf("tcsplice: adopt %s: %w", port, err)
 	}
@@ -238,7 +239,7 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 // its maps), and replaces the u32 filters of earlier versions with it. It
 // runs in build's order, so the VM is never flooded twice, and records
 // what it creates so Release removes it.
-func (s *spliced) repair(portL netlink.Link) error {
+func (s *spliced) repair(portL netlink.Link, netIndex int) error {
 	fs, err := ingressFilters(portL)
 	if err != nil {
 		return fmt.Errorf("read tc filters: %w", err)
@@ -303,8 +304,24 @@ func (s *spliced) repair(portL netlink.Link) error {
 	}
 	switch {
 	case s.filterAdded:
-		if s.half, err = steer.Adopt(s.steerConfig(), map[steer.Hook]ebpf.ProgramID{steer.PortTC: ebpf.ProgramID(steerID)}); err != nil {
+		entries := map[steer.Hook]ebpf.ProgramID{steer.PortTC: ebpf.ProgramID(steerID)}
+		netID, onNet, err := egressSteerOf(netIndex)
+		if err != nil {
 			return err
+		}
+		if onNet {
+			entries[steer.NetTC] = ebpf.ProgramID(netID)
+		}
+		h, err := steer.Adopt(s.steerConfig(), entries)
+		if err != nil {
+			return err
+		}
+		s.setHalf(h)
+		if !onNet {
+			if err := s.attachNetSteer(h); err != nil {
+				return err
+			}
+			repaired = append(repaired, "net tap filter")
 		}
 	case oldU32 != 0:
 		// An earlier version's splice: its u32 redirect at prio and

@@ -303,7 +303,8 @@ type spliced struct {
 	prioMade     bool        // prioTap was created by this splice
 	qdiscAdded   bool        // the port's ingress qdisc was added by this splice
 	filterAdded  bool        // the port's steering filter (the kernel half) may exist
-	half         *steer.Half // the kernel half, while this splice holds it
+	half         *steer.Half // the kernel half, while this splice holds it; also guarded by hmu
+	hmu          sync.Mutex  // guards half for the kernel's callers (see kernel)
 	fdbMoved     bool        // the port's static FDB entries were (maybe) moved to netTap
 	portDetached bool        // the port was (maybe) taken out of its bridge
 	released     bool
@@ -610,12 +611,6 @@ func (s *spliced) teardown() error {
 			s.filterAdded = false
 		}
 	}
-	if !s.filterAdded && s.half != nil {
-		// Once the filter is gone: closing first would empty the
-		// liveness slot under frames still arriving.
-		s.half.Close()
-		s.half = nil
-	}
 	if port != nil && s.qdiscAdded && !s.filterAdded {
 		fs, err := ingressFilters(port)
 		switch {
@@ -652,6 +647,12 @@ func (s *spliced) teardown() error {
 			}
 		}
 		*t.made = false
+	}
+	if h := s.kernel(); !s.filterAdded && !s.netMade && h != nil {
+		// Once its filters are gone: closing first would empty the
+		// liveness slots under frames still arriving.
+		s.setHalf(nil)
+		h.Close()
 	}
 	return errors.Join(errs...)
 }
@@ -714,22 +715,86 @@ func (s *spliced) steerConfig() steer.Config {
 	}
 }
 
-// attachSteer creates the kernel half and attaches its entry program to
-// the port's ingress at s.prio.
+// attachSteer creates the kernel half and attaches its entry programs: to
+// the net tap's egress (frames to the VM), then to the port's ingress at
+// s.prio (frames from the VM).
 func (s *spliced) attachSteer() error {
 	h, err := steer.New(s.steerConfig())
 	if err != nil {
 		return err
 	}
-	entry, err := h.Entry(steer.PortTC)
-	if err != nil {
-		h.Close()
+	s.setHalf(h)
+	if err := s.attachNetSteer(h); err != nil {
 		return err
 	}
-	s.half = h
+	entry, err := h.Entry(steer.PortTC)
+	if err != nil {
+		return err
+	}
 	s.filterAdded = true // teardown checks whether it is there
 	if err := netlink.FilterAdd(steerFilter(s.portIndex, s.prio, entry.FD(), steer.PortTC.EntryName())); err != nil {
 		return fmt.Errorf("add the steering filter on %s: %w", s.port, err)
 	}
 	return nil
+}
+
+// attachNetSteer attaches h's to-VM program to the net tap's egress.
+func (s *spliced) attachNetSteer(h *steer.Half) error {
+	entry, err := h.Entry(steer.NetTC)
+	if err != nil {
+		return err
+	}
+	netL, err := linkOrNil(s.netTap)
+	if err != nil || netL == nil {
+		return fmt.Errorf("look up %s: %v", s.netTap, err)
+	}
+	if err := attachEgress(netL.Attrs().Index, entry.FD(), steer.NetTC.EntryName()); err != nil {
+		return fmt.Errorf("%s: %w", s.netTap, err)
+	}
+	return nil
+}
+
+var _ splice.Kernel = (*spliced)(nil)
+
+// SetBackstop sets direction d's backstop ceilings in the kernel half.
+func (s *spliced) SetBackstop(d steer.Dir, b steer.Backstop) error {
+	h := s.kernel()
+	if h == nil {
+		return splice.ErrNoKernel
+	}
+	return h.SetBackstop(d, b)
+}
+
+// Beat writes the kernel half's heartbeat.
+func (s *spliced) Beat(now uint64) error {
+	h := s.kernel()
+	if h == nil {
+		return splice.ErrNoKernel
+	}
+	return h.Beat(now)
+}
+
+// KernelStats reads the kernel half's counters.
+func (s *spliced) KernelStats() (steer.Stats, error) {
+	h := s.kernel()
+	if h == nil {
+		return steer.Stats{}, splice.ErrNoKernel
+	}
+	return h.Stats()
+}
+
+// kernel returns the kernel half, nil if the splice holds none. It takes
+// only hmu, never the backend's lock: the heartbeat must not wait for a
+// slow Splice or Release of another port.
+func (s *spliced) kernel() *steer.Half {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	return s.half
+}
+
+// setHalf sets the kernel half (nil: none).
+func (s *spliced) setHalf(h *steer.Half) {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	s.half = h
 }
