@@ -172,10 +172,33 @@ type Direction struct {
 	// that is most of the flood. They are in no class: the forwarder never
 	// saw them.
 	TapDrops uint64 `json:"tap_drops"`
+	// KernelDrops counts the frames the splice's kernel half (its BPF
+	// program) dropped before any tap, by reason: "backstop" (the
+	// direction's aggregate ceiling), "class_backstop" (a class's own
+	// ceiling) and "fail_closed" (the daemon gone or its heartbeat stale,
+	// with --fail closed). The forwarder never saw them. Empty when the
+	// splice has no kernel half.
+	KernelDrops map[string]uint64 `json:"kernel_drops"`
+	// KernelPassed counts the frames the kernel half let through, by
+	// where: "main" (the VM tap from the VM, the net tap's queue to it),
+	// "priority" (bypass and control candidates, never charged), and
+	// "fail_open" (sent the direct way with the daemon gone or stale).
+	KernelPassed map[string]uint64 `json:"kernel_passed"`
+	// Backstop is the kernel pre-policer's ceilings in force; null when
+	// it is off or nothing is limited.
+	Backstop *Backstop `json:"backstop"`
 	// Mode is "police" (refused frames are dropped) or "shape" (queued
 	// and released at the shaped rate after a delay).
 	Mode  string `json:"mode"`
 	Queue Queue  `json:"queue"`
+}
+
+// Backstop is a direction's kernel pre-policer: an aggregate ceiling and
+// class ceilings, in packets per second with a burst in packets.
+type Backstop struct {
+	PPS     *float64           `json:"pps"`   // the aggregate ceiling; null for none
+	Burst   *float64           `json:"burst"` // its burst, packets
+	Classes map[string]float64 `json:"classes"`
 }
 
 // Queue is the occupancy of a direction's delay queue (zeros in police mode).

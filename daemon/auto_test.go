@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"errors"
+	"math"
 	"slices"
 	"sync"
 	"testing"
@@ -12,6 +13,7 @@ import (
 	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/profile"
 	"github.com/shaperd/shaperd/splice/fakesplice"
+	"github.com/shaperd/shaperd/splice/steer"
 )
 
 var t0 = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
@@ -231,6 +233,15 @@ func TestLadderWalk(t *testing.T) {
 		}
 		if gotBits != bits || d.Mode != mode || d.Queue.DelayMS != delayMS {
 			t.Fatalf("%s: %d bit/s, mode %s, delay %vms; want %d, %s, %v", stage, gotBits, d.Mode, d.Queue.DelayMS, bits, mode, delayMS)
+		}
+		// The kernel backstop follows each stage (issue 13): twice the
+		// budget, at least BackstopMinPPS for a blocking stage.
+		want := math.Max(BackstopFactor*math.Min(pps, float64(bits)/8/minFrame), BackstopMinPPS)
+		if pps == 0 {
+			want = BackstopMinPPS
+		}
+		if got := fb.Backstop("vm-1", steer.FromVM).Aggregate.PPS; got != want {
+			t.Fatalf("%s: kernel backstop %v pps, want %v", stage, got, want)
 		}
 	}
 	check("stage1", 10000, 20_000_000, 200, "shape")

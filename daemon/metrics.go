@@ -5,6 +5,7 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/forward"
+	"github.com/shaperd/shaperd/splice"
 )
 
 // PortMetrics is one quarantine as the metrics endpoint sees it at one
@@ -27,9 +28,12 @@ type PortMetrics struct {
 func (m *Manager) MetricsSnapshot(now time.Time) []PortMetrics {
 	m.mu.Lock()
 	out := make([]PortMetrics, 0, len(m.q))
+	var sps []splice.Splice
 	for _, p := range m.portsLocked() {
 		q := m.q[p]
-		pm := PortMetrics{Status: m.statusLocked(q)}
+		s, sp := m.statusLocked(q)
+		pm := PortMetrics{Status: s}
+		sps = append(sps, sp)
 		if _, fwd := m.qSpliceLocked(q); fwd != nil {
 			pm.Running = true
 			pm.FromVMFill = fwd.FromVM.Fill(now)
@@ -39,7 +43,7 @@ func (m *Manager) MetricsSnapshot(now time.Time) []PortMetrics {
 	}
 	m.mu.Unlock()
 	for i := range out {
-		addTapDrops(&out[i].Status)
+		addOutside(&out[i].Status, sps[i])
 	}
 	return out
 }

@@ -7,6 +7,7 @@ import (
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/owner"
 	"github.com/shaperd/shaperd/splice"
+	"github.com/shaperd/shaperd/splice/steer"
 )
 
 // Every port that something wants spliced has one owner (package owner),
@@ -128,6 +129,8 @@ func (m *Manager) wantLocked(port string) (owner.Want, *quarantine, *tenantPort)
 	w.FailFallback = spec.Fail == ""
 	w.Classify = spec.classifyConfig()
 	w.FromVM, w.ToVM = m.quotaPoliciesLocked(port, spec.fromVMPolicy(), spec.ToVM.policy())
+	w.Backstop[steer.FromVM] = backstopFor(spec.FromVM, w.FromVM)
+	w.Backstop[steer.ToVM] = backstopFor(spec.ToVM, w.ToVM)
 	return w, q, tp
 }
 

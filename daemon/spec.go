@@ -76,6 +76,13 @@ type DirSpec struct {
 	MaxFrame            *units.Size `json:"max_frame,omitempty"`
 	BypassConnPerSource *int        `json:"bypass_conn_per_source,omitempty"`
 	Classes             []string    `json:"classes,omitempty"`
+
+	// Backstop (issue 13) sets the kernel backstop's aggregate ceiling,
+	// packets per second (--backstop PPS); BackstopOff turns the backstop
+	// off (--backstop none). Neither: the default, a function of the
+	// budgets (see backstopFor).
+	Backstop    *float64 `json:"backstop,omitempty"`
+	BackstopOff bool     `json:"backstop_off,omitempty"`
 }
 
 // Spec is the operator's intent for one quarantine: what the command line
@@ -124,7 +131,7 @@ func NewSpec() Spec {
 
 // limitFlags are the per-direction flags; each has a "to-vm-" twin.
 var limitFlags = []string{"pps", "bps", "burst", "burst-bytes", "bypass-pps", "bypass-bps", "control-pps", "mode", "delay", "queue-bytes", "queue-time",
-	"syn-pps", "udp-pps", "icmp-bps", "max-frame", "bypass-conn-per-source", "class", "block"}
+	"syn-pps", "udp-pps", "icmp-bps", "max-frame", "bypass-conn-per-source", "class", "block", "backstop"}
 
 // guardFlags are the guard's flags; the guard watches frames from the VM
 // only, so they have no --to-vm- twin.
@@ -215,10 +222,11 @@ func (s Spec) hasLimit() bool {
 }
 
 // HasLimitFlag reports whether req names a limit flag of either direction
-// or --guard: a quarantine by hand rather than by profile.
+// or --guard: a quarantine by hand rather than by profile. --backstop is
+// not one: it tunes the kernel half of whatever limits are in force.
 func HasLimitFlag(req api.LimitRequest) bool {
 	for _, f := range LimitFlagNames() {
-		if _, ok := req[f]; ok && f != "guard-mac" && f != "guard-ip" {
+		if _, ok := req[f]; ok && f != "guard-mac" && f != "guard-ip" && f != "backstop" && f != "to-vm-backstop" {
 			return true
 		}
 	}
@@ -363,6 +371,20 @@ func (d *DirSpec) set(name, v, flag string) error {
 			d.BypassBPS = p
 		default:
 			d.ICMPBPS = p
+		}
+	case "backstop":
+		// none turns the backstop off; auto brings back the default.
+		switch {
+		case none:
+			d.Backstop, d.BackstopOff = nil, true
+		case strings.EqualFold(v, "auto"):
+			d.Backstop, d.BackstopOff = nil, false
+		default:
+			f, err := strconv.ParseFloat(v, 64)
+			if err != nil || f < 1 || math.IsNaN(f) || math.IsInf(f, 0) {
+				return usagef("%s %q: want a ceiling in packets per second (at least 1), none (no backstop) or auto (the default, from the budgets)", flag, v)
+			}
+			d.Backstop, d.BackstopOff = &f, false
 		}
 	case "max-frame":
 		p, err := optSize(v, none, flag)

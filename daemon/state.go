@@ -180,6 +180,12 @@ func (s Spec) Intent() string {
 		if g.BypassConnPerSource != nil {
 			add(p+"bypass-conn-per-source", strconv.Itoa(*g.BypassConnPerSource))
 		}
+		if g.Backstop != nil {
+			add(p+"backstop", fmtF(g.Backstop))
+		}
+		if g.BackstopOff {
+			add(p+"backstop", "none")
+		}
 		if len(g.Classes) > 0 {
 			// Rules have spaces: escaped, one rule per line.
 			add(p+"class", url.QueryEscape(strings.Join(g.Classes, "\n")))

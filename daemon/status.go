@@ -10,6 +10,7 @@ import (
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/internal/version"
+	"github.com/shaperd/shaperd/splice"
 )
 
 func dirStatus(d DirSpec, s forward.DirStats, qs *forward.QueueStats) api.Direction {
@@ -54,6 +55,7 @@ func dirStatus(d DirSpec, s forward.DirStats, qs *forward.QueueStats) api.Direct
 // unknown port is a usage error).
 func (m *Manager) Status(port string) (api.Status, error) {
 	m.mu.Lock()
+	var sps []splice.Splice
 	st := api.Status{
 		Daemon: api.Daemon{PID: os.Getpid(), Version: version.Version(), Commit: version.Commit(), GoVersion: version.Go(),
 			Started: m.started.UTC(), Now: time.Now().UTC()},
@@ -67,16 +69,18 @@ func (m *Manager) Status(port string) (api.Status, error) {
 			m.mu.Unlock()
 			return st, notFoundf("%s is not quarantined", port)
 		}
-		st.Quarantines = append(st.Quarantines, m.statusLocked(q))
+		s, sp := m.statusLocked(q)
+		st.Quarantines, sps = append(st.Quarantines, s), append(sps, sp)
 	} else {
 		for _, p := range m.portsLocked() {
-			st.Quarantines = append(st.Quarantines, m.statusLocked(m.q[p]))
+			s, sp := m.statusLocked(m.q[p])
+			st.Quarantines, sps = append(st.Quarantines, s), append(sps, sp)
 		}
 	}
 	m.mu.Unlock()
 	m.flushSnapshots()
 	for i := range st.Quarantines {
-		addTapDrops(&st.Quarantines[i])
+		addOutside(&st.Quarantines[i], sps[i])
 	}
 	return st, nil
 }
@@ -89,15 +93,16 @@ func (m *Manager) statusOf(port string) (api.Quarantine, error) {
 		m.mu.Unlock()
 		return api.Quarantine{}, notFoundf("%s is not quarantined", port)
 	}
-	out := m.statusLocked(q)
+	out, sp := m.statusLocked(q)
 	m.mu.Unlock()
-	addTapDrops(&out)
+	addOutside(&out, sp)
 	return out, nil
 }
 
 // statusLocked is q as status reports it, but for the tap drops, which are
-// read from sysfs without the lock (addTapDrops).
-func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
+// read from sysfs, and the kernel half's counters, read from a BPF map,
+// both without the lock (addOutside, with the splice returned).
+func (m *Manager) statusLocked(q *quarantine) (api.Quarantine, splice.Splice) {
 	out := api.Quarantine{
 		Port:     q.port,
 		State:    q.state,
@@ -151,7 +156,19 @@ func (m *Manager) statusLocked(q *quarantine) api.Quarantine {
 	}
 	out.Directions.FromVM = dirStatus(q.spec.FromVM, from, fq)
 	out.Directions.ToVM = dirStatus(q.spec.ToVM, to, tq)
-	return out
+	backstopStatus(q, &out)
+	return out, sp
+}
+
+// addOutside fills in what statusLocked leaves to be read without the
+// lock: the tap drops (sysfs) and the kernel half's counters (a BPF map) of
+// q's splice sp (nil while pending).
+func addOutside(q *api.Quarantine, sp splice.Splice) {
+	if sp == nil {
+		return
+	}
+	addKernelStats(q, sp)
+	addTapDrops(q)
 }
 
 // addTapDrops fills in a spliced quarantine's tap drops: frames from the

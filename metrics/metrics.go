@@ -75,6 +75,15 @@ var (
 	descTapDrops = prometheus.NewDesc("shaperd_tap_drops_total",
 		"Frames the kernel dropped at a splice's tap queue before the forwarder read them (the taps' tx_dropped, since the taps were made): under a flood faster than the forwarder reads, most of the flood. In no class.",
 		[]string{"port", "direction"}, nil)
+	descKernelDrops = prometheus.NewDesc("shaperd_kernel_drops_total",
+		"Frames the splice's kernel half (its BPF program) dropped before any tap, by reason: backstop (the direction's aggregate ceiling), class_backstop (a class's own ceiling), fail_closed (daemon gone or stale, with fail closed). In no class: the forwarder never saw them.",
+		[]string{"port", "direction", "reason"}, nil)
+	descKernelPassed = prometheus.NewDesc("shaperd_kernel_passed_total",
+		"Frames the splice's kernel half let through, by where: main (the VM tap, or the net tap's queue to the VM), priority (bypass and control candidates), fail_open (the direct way, daemon gone or stale).",
+		[]string{"port", "direction", "to"}, nil)
+	descBackstop = prometheus.NewDesc("shaperd_backstop_packets_per_second",
+		"A kernel backstop ceiling in force, by budget (aggregate or a class); absent when there is none.",
+		[]string{"port", "direction", "budget"}, nil)
 	descFill = prometheus.NewDesc("shaperd_bucket_fill_ratio",
 		"How full a budget's token bucket is, from 0 (empty: frames are refused) to 1 (full: a whole burst would pass). Only dimensions with a rate.",
 		[]string{"port", "direction", "budget", "dimension"}, nil)
@@ -174,7 +183,7 @@ func NewCollector(src Source, now func() time.Time) *Collector {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descFrames, descBytes, descDrops, descReadErrors, descTapDrops, descFill,
+	for _, d := range []*prometheus.Desc{descFrames, descBytes, descDrops, descReadErrors, descTapDrops, descKernelDrops, descKernelPassed, descBackstop, descFill,
 		descLimitPackets, descLimitBytes, descInfo, descSince, descCount, descBuild,
 		descStage, descNextTransition, descTransitions, descFlags, descAuto, descHooks, descAlerts, descWatched,
 		descQuotaCommit, descQuotaPercentile, descQuotaProjected, descQuotaBurstUsed, descQuotaBurstLeft,
@@ -295,6 +304,20 @@ func collectDir(ch chan<- prometheus.Metric, port, dir string, d *api.Direction)
 	}
 	counter(descReadErrors, d.ReadErrors, port, dir)
 	counter(descTapDrops, d.TapDrops, port, dir)
+	for _, reason := range sortedKeys(d.KernelDrops) {
+		counter(descKernelDrops, d.KernelDrops[reason], port, dir, reason)
+	}
+	for _, to := range sortedKeys(d.KernelPassed) {
+		counter(descKernelPassed, d.KernelPassed[to], port, dir, to)
+	}
+	if b := d.Backstop; b != nil {
+		if b.PPS != nil {
+			ch <- prometheus.MustNewConstMetric(descBackstop, prometheus.GaugeValue, *b.PPS, port, dir, "aggregate")
+		}
+		for _, c := range sortedKeys(b.Classes) {
+			ch <- prometheus.MustNewConstMetric(descBackstop, prometheus.GaugeValue, b.Classes[c], port, dir, c)
+		}
+	}
 	for _, b := range []struct {
 		name string
 		l    api.Limits

@@ -26,6 +26,7 @@ import (
 	"github.com/shaperd/shaperd/classify"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/splice"
+	"github.com/shaperd/shaperd/splice/steer"
 )
 
 // Kind is whom a splice is made for; the daemon decides what each means.
@@ -50,6 +51,10 @@ type Want struct {
 	// Intent is recorded on the plumbing (splice.IntentRecorder), for a
 	// daemon that loses its state file.
 	Intent string
+	// Backstop is the kernel half's pre-policer, by direction
+	// (steer.FromVM, steer.ToVM), written into a splice that has one
+	// (splice.Kernel).
+	Backstop [2]steer.Backstop
 }
 
 // Env is what every owner needs from the host. Its fields are read only.
@@ -153,6 +158,7 @@ func (p *Port) Apply(w Want) (Outcome, bool, error) {
 	}
 	p.take(sp, fwd, w.Kind)
 	p.record(sp, w.Intent)
+	p.backstop(sp, w.Backstop)
 	for _, warn := range sp.Warnings() {
 		p.env.Log.Warn("splice warning", "port", p.name, "warning", warn)
 	}
@@ -173,6 +179,7 @@ func (p *Port) Adopt(sp splice.Splice, w Want) error {
 	}
 	p.take(sp, fwd, w.Kind)
 	p.record(sp, w.Intent)
+	p.backstop(sp, w.Backstop)
 	return nil
 }
 
@@ -211,7 +218,22 @@ func (p *Port) setPolicies(w Want) error {
 		return p.usage(err)
 	}
 	p.record(sp, w.Intent)
+	p.backstop(sp, w.Backstop)
 	return nil
+}
+
+// backstop writes b into sp's kernel half, if it has one. A failure is
+// logged: the forwarder still polices.
+func (p *Port) backstop(sp splice.Splice, b [2]steer.Backstop) {
+	k, ok := sp.(splice.Kernel)
+	if !ok {
+		return
+	}
+	for _, d := range []steer.Dir{steer.FromVM, steer.ToVM} {
+		if err := k.SetBackstop(d, b[d]); err != nil {
+			p.env.Log.Warn("cannot set the kernel backstop; the forwarder still polices", "port", p.name, "direction", d, "err", err)
+		}
+	}
 }
 
 // splice makes a splice as w asks and starts its forwarder; on failure

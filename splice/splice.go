@@ -11,6 +11,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+
+	"github.com/shaperd/shaperd/splice/steer"
 )
 
 // Backend creates and reverts splices of one kind ("tc" for Linux bridges; "ovs" later).
@@ -145,3 +147,19 @@ const MaxIntent = 200
 
 // ErrNotSpliced means there is no splice of the port to adopt.
 var ErrNotSpliced = errors.New("port is not spliced")
+
+// Kernel is a Splice with a kernel half (package steer): a BPF program on
+// the port that steers, pre-polices (the backstop) and counts, and fails
+// open or closed by itself when the daemon is gone or its heartbeat stale.
+type Kernel interface {
+	// SetBackstop sets direction d's ceilings.
+	SetBackstop(d steer.Dir, b steer.Backstop) error
+	// Beat writes the heartbeat: now on CLOCK_MONOTONIC (steer.Now).
+	Beat(now uint64) error
+	// KernelStats reads the kernel half's counters.
+	KernelStats() (steer.Stats, error)
+}
+
+// ErrNoKernel means the splice holds no kernel half (it failed to adopt
+// one, or is released).
+var ErrNoKernel = errors.New("the splice holds no kernel half")

@@ -47,6 +47,7 @@ var limitHelp = map[string]string{
 	"guard":                  "anti-spoofing guard on frames from the VM: only its MAC and IPs, pinned ARP and ND, no DHCP server replies or router advertisements",
 	"guard-mac":              "the VM's MAC address(es) for --guard, comma-separated (default: learnt by the profile, if it allows)",
 	"guard-ip":               "the VM's addresses or prefixes for --guard, comma-separated",
+	"backstop":               "kernel pre-policer ceiling in packets per second, none (off) or auto (default: twice the budgets, see README)",
 }
 
 // addLimitFlags registers every limit flag (and its --to-vm- twin) as a
@@ -325,6 +326,17 @@ func printHuman(w io.Writer, q api.Quarantine) {
 		tw.Flush()
 		if d.dir.TapDrops > 0 {
 			fmt.Fprintf(w, "    and %d frames dropped at the tap queue, never read (in no class)\n", d.dir.TapDrops)
+		}
+		var kd []string
+		total := uint64(0)
+		for _, r := range []string{"backstop", "class_backstop", "fail_closed"} {
+			if v := d.dir.KernelDrops[r]; v > 0 {
+				kd = append(kd, fmt.Sprintf("%s=%d", r, v))
+				total += v
+			}
+		}
+		if total > 0 {
+			fmt.Fprintf(w, "    and %d frames dropped in the kernel before the taps (%s; in no class)\n", total, strings.Join(kd, " "))
 		}
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/splice"
+	"github.com/shaperd/shaperd/splice/steer"
 )
 
 // Backend is a fake splice backend. Safe for concurrent use.
@@ -21,16 +22,19 @@ type Backend struct {
 	CanFailOpen bool
 	// Delay is how long each Splice and Release takes, as a slow
 	// switch's command-line tools would.
-	Delay    time.Duration
-	spliced  map[string]bool
-	intents  map[string]string
-	released int
-	splices  int
+	Delay     time.Duration
+	spliced   map[string]bool
+	intents   map[string]string
+	backstops map[string][2]steer.Backstop // by port, by direction
+	beats     map[string]uint64
+	released  int
+	splices   int
 }
 
 // New returns a backend that knows the given bridged ports.
 func New(bridged ...string) *Backend {
-	b := &Backend{Ports: map[string]bool{}, spliced: map[string]bool{}, intents: map[string]string{}}
+	b := &Backend{Ports: map[string]bool{}, spliced: map[string]bool{}, intents: map[string]string{},
+		backstops: map[string][2]steer.Backstop{}, beats: map[string]uint64{}}
 	for _, p := range bridged {
 		b.Ports[p] = true
 	}
@@ -174,7 +178,46 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 	return &fakeSplice{b: b, port: port}, nil
 }
 
+// SetBackstop records b, as a kernel half would hold it.
+func (s *fakeSplice) SetBackstop(d steer.Dir, b steer.Backstop) error {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	if d > steer.ToVM {
+		return fmt.Errorf("fake: no direction %d", d)
+	}
+	v := s.b.backstops[s.port]
+	v[d] = b
+	s.b.backstops[s.port] = v
+	return nil
+}
+
+// Beat records the heartbeat.
+func (s *fakeSplice) Beat(now uint64) error {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	s.b.beats[s.port] = now
+	return nil
+}
+
+// KernelStats returns zeros.
+func (s *fakeSplice) KernelStats() (steer.Stats, error) { return steer.Stats{}, nil }
+
+// Backstop returns the backstop last set on port's splice for d.
+func (b *Backend) Backstop(port string, d steer.Dir) steer.Backstop {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.backstops[port][d]
+}
+
+// Beat returns the heartbeat last written on port's splice (0: none).
+func (b *Backend) Beat(port string) uint64 {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.beats[port]
+}
+
 var (
 	_ splice.Adopter        = (*Backend)(nil)
 	_ splice.IntentRecorder = (*fakeSplice)(nil)
+	_ splice.Kernel         = (*fakeSplice)(nil)
 )

@@ -8,9 +8,9 @@ package ovssplice
 // The Interface row is the record: ovsdb-server keeps it across restarts of
 // ovs-vswitchd, of the daemon and of the host. What ovs-vswitchd keeps only
 // in memory (flows, groups, the ports' no-flood flag) is gone after it
-// restarts, and the XDP program is gone with the daemon that attached it
-// (its BPF link dies with the daemon's file descriptors): Adopt puts those
-// back.
+// restarts: Adopt puts those back. The XDP program stays attached when
+// the daemon dies, with its maps (package steer): Adopt takes them over,
+// or attaches a new one if the port has none.
 
 import (
 	"errors"
@@ -63,13 +63,14 @@ func (b *Backend) Found() ([]splice.Found, error) {
 // bridge if it had to recreate it), the VM tap's redirect to the port, the
 // no-flood flags, and the flows and groups of the recorded cookie when the
 // bridge does not hold exactly them (one bundle deletes what is left of
-// them and adds them again); then it attaches the XDP program. A splice
-// found complete is changed in nothing but the XDP program.
+// them and adds them again); then it takes over the XDP program and its
+// maps (or attaches a new one if the port has none). A splice found
+// complete is changed in nothing.
 //
 // Everything is checked before the first change: the record, the taps'
-// names and aliases, that no XDP program holds the port (another daemon
-// still running), that group ids the splice would delete are its own. A
-// failure after that detaches the XDP program again and leaves what Adopt
+// names and aliases, that the port's XDP program, if any, is shaperd's and
+// no live daemon holds it, that group ids the splice would delete are its
+// own. A failure after that detaches the XDP program and leaves what Adopt
 // recreated in place: it belongs to the recorded splice, which a later
 // Adopt or Release (or `release --offline`) then finds more complete.
 //
@@ -100,7 +101,11 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 	}
 	repaired, err := s.adopt()
 	if err != nil {
-		s.dropXDP()
+		if repaired != nil {
+			if derr := s.dropXDP(); derr != nil {
+				err = errors.Join(err, derr)
+			}
+		}
 		return nil, fmt.Errorf("ovssplice: adopt %s: %w", port, err)
 	}
 	if len(repaired) > 0 {
@@ -202,16 +207,6 @@ func (b *Backend) fromRecord(r row) (*spliced, error) {
 	return s, nil
 }
 
-// dropXDP detaches the XDP program if this splice attached it.
-func (s *spliced) dropXDP() {
-	if s.xdp != nil {
-		if err := s.xdp.Close(); err != nil {
-			s.b.log.Warn("closing the XDP link", "port", s.port, "err", err)
-		}
-		s.xdp = nil
-	}
-}
-
 // adopt finds the splice's pieces and recreates the missing ones, in
 // build's order; it returns what it recreated. See Adopt.
 func (s *spliced) adopt() (repaired []string, err error) {
@@ -220,7 +215,7 @@ func (s *spliced) adopt() (repaired []string, err error) {
 		name  string
 		index *int
 	}
-	taps := []tap{{s.vmTap, &s.vmIndex}, {s.netTap, nil}, {s.prioTap, &s.prioIndex}}
+	taps := []tap{{s.vmTap, &s.vmIndex}, {s.netTap, &s.netIndex}, {s.prioTap, &s.prioIndex}}
 	var missing []tap
 	for _, t := range taps {
 		l, ok, err := s.b.links.lookup(t.name)
@@ -258,10 +253,20 @@ func (s *spliced) adopt() (repaired []string, err error) {
 		return nil, nil
 	}
 	s.portIndex, s.mtu = l.index, l.mtu
-	if on, id, err := s.b.links.xdpAttached(l.index); err != nil {
+	var xdp uint32 // the dead daemon's XDP program to take over
+	if p, on, err := s.b.links.xdpProgram(l.index); err != nil {
 		return nil, err
+	} else if on && !p.ours() {
+		return nil, fmt.Errorf("%s already has an XDP program (id %d, %q) that is not shaperd's; remove it first", s.port, p.id, p.name)
 	} else if on {
-		return nil, fmt.Errorf("%s already has an XDP program (id %d): another shaperd still holds this splice, or someone else's program uses the port; stop it first", s.port, id)
+		held, err := s.b.links.steerHeld(p.id)
+		if err != nil {
+			return nil, err
+		}
+		if held {
+			return nil, fmt.Errorf("%s's XDP program (id %d) is held by another shaperd, which still runs this splice; stop it first", s.port, p.id)
+		}
+		xdp = p.id
 	}
 	if s.plan.port, err = s.b.ovs.ofport(s.bridge, s.port); err != nil {
 		return nil, err
@@ -285,7 +290,10 @@ func (s *spliced) adopt() (repaired []string, err error) {
 		}
 	}
 
-	// Changes, in build's order.
+	// Changes, in build's order. From here a failure detaches the XDP
+	// program (repaired is not nil).
+	repaired = []string{}
+	s.xdpID = xdp
 	for _, t := range missing {
 		s.made[t.name] = true // teardown checks whether it exists
 		if err := s.b.links.createTap(t.name, s.mtu, s.alias); err != nil {
@@ -365,10 +373,13 @@ func (s *spliced) adopt() (repaired []string, err error) {
 		}
 		s.portWas, s.netWas = s.plan.port, s.plan.netTap
 	}
-	if s.prog, err = xdpProgram(s.vmIndex, s.prioIndex, s.opt); err != nil {
-		return repaired, err
-	}
-	if s.xdp, err = s.b.links.attachXDP(s.portIndex, s.prog); err != nil {
+	if xdp != 0 {
+		h, err := s.b.links.adoptSteer(s.portIndex, xdp, s.netIndex, s.steerConfig())
+		if err != nil {
+			return repaired, err
+		}
+		s.setHalf(h)
+	} else if err := s.attachSteer(); err != nil {
 		return repaired, err
 	}
 	if complete {

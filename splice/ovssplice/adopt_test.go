@@ -97,7 +97,7 @@ func addForeign(o *fakeOVS) {
 
 func TestFoundAndAdoptComplete(t *testing.T) {
 	o, k, before, old := spliceAndDie(t)
-	ovsBefore, prog := o.state(), slices.Clone(old.prog)
+	ovsBefore, prog := o.state(), slices.Clone(k.links["vm-1"].prog)
 	bundles := len(o.bundles)
 
 	b, log := restarted(o, k)
@@ -320,6 +320,7 @@ func TestAdoptRefusals(t *testing.T) {
 	}{
 		{"no record", func(o *fakeOVS, _ *fakeKernel) { delete(o.ports[nt].ids, idRole) }, "not spliced"},
 		{"another daemon holds the port", func(_ *fakeOVS, k *fakeKernel) { k.links["vm-1"].xdp = true }, "XDP program"},
+		{"someone else's XDP program", func(_ *fakeOVS, k *fakeKernel) { k.links["vm-1"].xdpName = "xdp_lb" }, "not shaperd's"},
 		{"cookie not ours", func(o *fakeOVS, _ *fakeKernel) { o.ports[nt].ids[idCookie] = "0x1234" }, idCookie},
 		{"cookie without generation", func(o *fakeOVS, _ *fakeKernel) { o.ports[nt].ids[idCookie] = "0x5351000000000000" }, idCookie},
 		{"slot out of range", func(o *fakeOVS, _ *fakeKernel) { o.ports[nt].ids[idSlot] = "31" }, idSlot},

@@ -7,12 +7,13 @@ package ovssplice
 import (
 	"errors"
 	"fmt"
-	"io"
 	"maps"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+
+	"github.com/shaperd/shaperd/splice/steer"
 )
 
 type fakePort struct {
@@ -390,10 +391,11 @@ func (o *fakeOVS) bundle(text string) error {
 
 type fakeLink struct {
 	linkInfo
-	redirect int  // ifindex its tc filter redirects to
-	xdp      bool // an XDP program is attached
-	xdpID    int  // which attachment
-	prog     []byte
+	redirect int    // ifindex its tc filter redirects to
+	xdp      bool   // an XDP program steers the port's frames: attached, and held by a live daemon
+	xdpID    int    // which attachment is attached (0: none); it stays when its daemon dies
+	xdpName  string // its name; "" is shaperd's entry program
+	prog     []byte // what its kernel half was configured with
 }
 
 type fakeKernel struct {
@@ -425,7 +427,7 @@ func (k *fakeKernel) state() string {
 	var b strings.Builder
 	for _, n := range slices.Sorted(maps.Keys(k.links)) {
 		l := k.links[n]
-		fmt.Fprintf(&b, "%s %+v redirect %d xdp %v\n", n, l.linkInfo, l.redirect, l.xdp)
+		fmt.Fprintf(&b, "%s %+v redirect %d xdp %v attached %d %q\n", n, l.linkInfo, l.redirect, l.xdp, l.xdpID, l.xdpName)
 	}
 	return b.String()
 }
@@ -486,17 +488,41 @@ func (k *fakeKernel) redirectOf(ifindex int) (int, error) {
 	return l.redirect, nil
 }
 
-func (k *fakeKernel) xdpAttached(ifindex int) (bool, uint32, error) {
+func (k *fakeKernel) xdpProgram(ifindex int) (xdpProg, bool, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	_, l := k.byIndex(ifindex)
 	if l == nil {
-		return false, 0, fmt.Errorf("xdpAttached: no ifindex %d", ifindex)
+		return xdpProg{}, false, fmt.Errorf("xdpProgram: no ifindex %d", ifindex)
 	}
-	if l.xdp {
-		return true, 42, nil
+	if l.xdpID == 0 {
+		return xdpProg{}, false, nil
 	}
-	return false, 0, nil
+	name := l.xdpName
+	if name == "" {
+		name = steer.PortXDP.EntryName()
+	}
+	return xdpProg{id: uint32(l.xdpID), name: name}, true, nil
+}
+
+func (k *fakeKernel) steerHeld(id uint32) (bool, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	for _, l := range k.links {
+		if l.xdpID == int(id) {
+			return l.xdp, nil
+		}
+	}
+	return false, fmt.Errorf("steerHeld: no program %d", id)
+}
+
+func (k *fakeKernel) detachXDP(ifindex int, id uint32) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if _, l := k.byIndex(ifindex); l != nil && l.xdpID == int(id) {
+		l.xdp, l.prog, l.xdpID, l.xdpName = false, nil, 0, ""
+	}
+	return nil
 }
 
 func (k *fakeKernel) taps() (map[string]linkInfo, error) {
@@ -511,13 +537,14 @@ func (k *fakeKernel) taps() (map[string]linkInfo, error) {
 	return out, nil
 }
 
-// daemonDied does what the death of the daemon does to the kernel: its BPF
-// links close, so every XDP program is detached.
+// daemonDied does what the death of the daemon does to the kernel: the
+// liveness slots of its kernel halves empty, so no XDP program steers any
+// more; the programs stay attached.
 func (k *fakeKernel) daemonDied() {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	for _, l := range k.links {
-		l.xdp, l.prog, l.xdpID = false, nil, 0
+		l.xdp = false
 	}
 }
 
@@ -535,32 +562,62 @@ func (k *fakeKernel) redirectTap(ifindex, to int) error {
 	return nil
 }
 
-func (k *fakeKernel) attachXDP(ifindex int, prog []byte) (io.Closer, error) {
+func (k *fakeKernel) attachSteer(port, _ int, cfg steer.Config) (kernelHalf, uint32, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	n, l := k.byIndex(ifindex)
+	n, l := k.byIndex(port)
 	if l == nil {
-		return nil, fmt.Errorf("attachXDP: no ifindex %d", ifindex)
+		return nil, 0, fmt.Errorf("attachXDP: no ifindex %d", port)
+	}
+	if err := k.check("attachXDP", n); err != nil {
+		return nil, 0, err
+	}
+	if l.xdpID != 0 {
+		return nil, 0, errors.New("attachXDP: busy")
+	}
+	k.attached++
+	l.xdp, l.xdpID, l.prog = true, k.attached, []byte(fmt.Sprintf("%+v", cfg))
+	return &fakeHalf{k: k, l: l, id: l.xdpID}, uint32(l.xdpID), nil
+}
+
+func (k *fakeKernel) adoptSteer(port int, id uint32, _ int, cfg steer.Config) (kernelHalf, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	n, l := k.byIndex(port)
+	if l == nil {
+		return nil, fmt.Errorf("adoptSteer: no ifindex %d", port)
 	}
 	if err := k.check("attachXDP", n); err != nil {
 		return nil, err
 	}
-	if l.xdp {
-		return nil, errors.New("attachXDP: busy")
+	switch {
+	case l.xdpID != int(id):
+		return nil, fmt.Errorf("adoptSteer: program %d is not attached to %s", id, n)
+	case l.xdp:
+		return nil, steer.ErrHeld
 	}
-	k.attached++
-	id := k.attached
-	l.xdp, l.prog, l.xdpID = true, prog, id
-	return closerFunc(func() error {
-		k.mu.Lock()
-		defer k.mu.Unlock()
-		if l.xdpID == id { // a dead daemon's link detaches nothing attached since
-			l.xdp, l.prog, l.xdpID = false, nil, 0
-		}
-		return nil
-	}), nil
+	l.xdp, l.prog = true, []byte(fmt.Sprintf("%+v", cfg))
+	return &fakeHalf{k: k, l: l, id: l.xdpID}, nil
 }
 
-type closerFunc func() error
+// fakeHalf is a kernel half held by a (fake) daemon.
+type fakeHalf struct {
+	k  *fakeKernel
+	l  *fakeLink
+	id int
+}
 
-func (f closerFunc) Close() error { return f() }
+func (h *fakeHalf) Beat(uint64) error                           { return nil }
+func (h *fakeHalf) SetBackstop(steer.Dir, steer.Backstop) error { return nil }
+func (h *fakeHalf) Stats() (steer.Stats, error)                 { return steer.Stats{}, nil }
+
+// Close empties the liveness slot: the program, if still attached, no
+// longer steers.
+func (h *fakeHalf) Close() error {
+	h.k.mu.Lock()
+	defer h.k.mu.Unlock()
+	if h.l.xdpID == h.id {
+		h.l.xdp = false
+	}
+	return nil
+}

@@ -3,12 +3,12 @@ package ovssplice
 import (
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"slices"
 	"strings"
 
 	"github.com/shaperd/shaperd/splice"
+	"github.com/shaperd/shaperd/splice/steer"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -22,7 +22,7 @@ type linkInfo struct {
 }
 
 // kernel creates and removes the splice's taps, the filter on the VM tap
-// and the XDP program on the port; a fake in unit tests.
+// and the kernel half's XDP program on the port; a fake in unit tests.
 type kernel interface {
 	// lookup returns the link named name; ok is false if there is none.
 	lookup(name string) (l linkInfo, ok bool, err error)
@@ -38,11 +38,23 @@ type kernel interface {
 	// redirectOf returns the link the tap ifindex's filter at vmTapPrio
 	// redirects to; 0 if there is none.
 	redirectOf(ifindex int) (int, error)
-	// attachXDP attaches the XDP program prog to link ifindex until the
-	// returned closer is closed (or the process exits).
-	attachXDP(ifindex int, prog []byte) (io.Closer, error)
-	// xdpAttached reports whether link ifindex has an XDP program, and its id.
-	xdpAttached(ifindex int) (bool, uint32, error)
+	// attachSteer creates a kernel half with cfg and attaches its entry
+	// programs: to the egress of the tap netTap (frames to the VM), and as
+	// generic XDP to link port, failing if the link has an XDP program.
+	// The XDP program stays attached until detachXDP, the other with the
+	// tap.
+	attachSteer(port, netTap int, cfg steer.Config) (h kernelHalf, id uint32, err error)
+	// adoptSteer takes over the kernel half whose entry program id is
+	// attached to link port (see steer.Adopt), and its program on the
+	// egress of netTap, attaching one there if there is none.
+	adoptSteer(port int, id uint32, netTap int, cfg steer.Config) (kernelHalf, error)
+	// xdpProgram returns the XDP program attached to link ifindex.
+	xdpProgram(ifindex int) (xdpProg, bool, error)
+	// steerHeld reports whether a live daemon holds the kernel half of
+	// entry program id (see steer.Held).
+	steerHeld(id uint32) (bool, error)
+	// detachXDP detaches link ifindex's XDP program if it is still id.
+	detachXDP(ifindex int, id uint32) error
 	// taps lists the tuntap links whose names start with splice.TapPrefix.
 	taps() (map[string]linkInfo, error)
 }
@@ -184,22 +196,6 @@ func redirectOf(link netlink.Link) (int, error) {
 		}
 	}
 	return 0, nil
-}
-
-func (netlinkLinks) attachXDP(ifindex int, prog []byte) (io.Closer, error) {
-	return attachXDP(ifindex, prog)
-}
-
-func (netlinkLinks) xdpAttached(ifindex int) (bool, uint32, error) {
-	link, err := netlink.LinkByIndex(ifindex)
-	if err != nil {
-		return false, 0, fmt.Errorf("look up ifindex %d: %w", ifindex, err)
-	}
-	x := link.Attrs().Xdp
-	if x == nil || !x.Attached {
-		return false, 0, nil
-	}
-	return true, x.ProgId, nil
 }
 
 func (netlinkLinks) taps() (map[string]linkInfo, error) {

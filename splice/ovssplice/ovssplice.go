@@ -4,7 +4,7 @@
 // the API, and otherwise through the same exec hook (see cli): either way
 // the command-line tools (ovs-vsctl, ovs-ofctl, ovs-appctl), which find the
 // daemons through OVS_RUNDIR. It drives the kernel through netlink and
-// bpf(2).
+// package steer (the BPF kernel half, built with cilium/ebpf).
 //
 // Once spliced:
 //
@@ -32,9 +32,10 @@
 //
 // Fail open: the groups' first bucket watches netTap, which the forwarder
 // holds. The taps are persistent: when the daemon dies they lose carrier,
-// OVS marks netTap LINK_DOWN, and the kernel detaches the XDP program (its
-// BPF link dies with the daemon's file descriptors), so the VM's frames
-// reach OVS again. With Options.FailOpen the groups' second bucket then
+// OVS marks netTap LINK_DOWN, and the XDP program, whose liveness slot
+// the kernel empties when the daemon's file descriptors close (package
+// steer), passes the VM's frames to OVS again (fail open) or drops them
+// (fail closed). With Options.FailOpen the groups' second bucket then
 // sends them, and frames to the VM, the direct way, with no daemon
 // involved. Fail closed has no second bucket: the VM stays cut off.
 //
@@ -47,7 +48,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"slices"
@@ -254,9 +254,6 @@ func (b *Backend) prepare(port string, opt splice.Options) (*spliced, error) {
 	if s.plan.macs, err = s.vmMACs(); err != nil {
 		return nil, err
 	}
-	if s.prog, err = xdpProgram(0, 0, s.opt); err != nil { // validates; build fills in the taps
-		return nil, fmt.Errorf("ovssplice: %w", err)
-	}
 	return s, nil
 }
 
@@ -386,9 +383,8 @@ type spliced struct {
 	mtu                    int
 	alias                  string
 	opt                    splice.Options
-	plan                   plan   // the net tap's ofport is filled in by build
-	hadNoFlood             bool   // the port was no-flood before the splice
-	prog                   []byte // the XDP program (its redirect targets are filled in by build)
+	plan                   plan // the net tap's ofport is filled in by build
+	hadNoFlood             bool // the port was no-flood before the splice
 	warnings               []string
 	intent                 string // as SetIntent recorded it
 	portWas, netWas        int    // the port's and the net tap's OpenFlow numbers as recorded (0: unknown)
@@ -397,10 +393,13 @@ type spliced struct {
 	made         map[string]bool // taps created by this splice
 	vmIndex      int             // ifindex of vmTap
 	prioIndex    int             // ifindex of prioTap
+	netIndex     int             // ifindex of netTap
 	portAdded    bool            // netTap (may) have joined the bridge
 	floodChanged bool            // the port (may) have been set no-flood
 	bundleSent   bool            // the flows and groups (may) exist
-	xdp          io.Closer       // the XDP program's link, while attached
+	half         kernelHalf      // the kernel half, while this splice holds it; also guarded by hmu
+	hmu          sync.Mutex      // guards half for the kernel's callers (see kernel)
+	xdpID        uint32          // the id of its XDP program on the port, while attached
 	released     bool
 }
 
@@ -511,7 +510,7 @@ func (s *spliced) build() error {
 			for _, t := range []struct {
 				name  string
 				index *int
-			}{{s.vmTap, &s.vmIndex}, {s.netTap, nil}, {s.prioTap, &s.prioIndex}} {
+			}{{s.vmTap, &s.vmIndex}, {s.netTap, &s.netIndex}, {s.prioTap, &s.prioIndex}} {
 				s.made[t.name] = true // teardown checks whether it exists
 				if err := s.b.links.createTap(t.name, s.mtu, s.alias); err != nil {
 					return err
@@ -564,15 +563,7 @@ func (s *spliced) build() error {
 			s.bundleSent = true
 			return s.b.ovs.bundle(s.bridge, s.plan.spliceBundle())
 		}},
-		{stepXDP, func() error {
-			prog, err := xdpProgram(s.vmIndex, s.prioIndex, s.opt)
-			if err != nil {
-				return err
-			}
-			s.prog = prog
-			s.xdp, err = s.b.links.attachXDP(s.portIndex, prog)
-			return err
-		}},
+		{stepXDP, s.attachSteer},
 		{stepVerify, s.verify},
 	}
 	for _, st := range steps {
@@ -612,9 +603,9 @@ func (s *spliced) verify() error {
 
 // Release reverts the splice; see splice.Splice. The order:
 //
-//  1. The XDP program is detached: OVS sees the VM's frames again, and its
-//     flows still decide (the fallback, or nothing, as the forwarder has
-//     stopped).
+//  1. The XDP program is detached and the kernel half closed: OVS sees the
+//     VM's frames again, and its flows still decide (the fallback, or
+//     nothing, as the forwarder has stopped).
 //  2. One bundle deletes the splice's flows (by exact cookie) and groups:
 //     the port's traffic takes the bridge's own path again at once.
 //  3. The port's flooding is restored (if Splice turned it off): until then
@@ -645,11 +636,8 @@ func (s *spliced) Release() error {
 func (s *spliced) teardown() error {
 	log := s.b.log.With("port", s.port)
 
-	if s.xdp != nil {
-		if err := s.xdp.Close(); err != nil {
-			log.Warn("closing the XDP link", "err", err)
-		}
-		s.xdp = nil
+	if err := s.dropXDP(); err != nil {
+		return err
 	}
 	l, ok, err := s.b.links.lookup(s.port)
 	if err != nil {

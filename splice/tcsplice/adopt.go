@@ -1,14 +1,18 @@
 package tcsplice
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"sort"
 	"strconv"
 	"strings"
 
+	"github.com/cilium/ebpf"
 	"github.com/shaperd/shaperd/splice"
+	"github.com/shaperd/shaperd/splice/steer"
 	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
 )
 
 // The VM tap's ifalias records what a restarted daemon cannot read back from
@@ -218,7 +222,11 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 	}
 	s.portIndex = portL.Attrs().Index
 	s.portDetached = portL.Attrs().MasterIndex == 0
-	if err := s.repair(portL); err != nil {
+	if err := s.repair(portL, na.Index); err != nil {
+		if h := s.kernel(); h != nil {
+			s.setHalf(nil)
+			h.Close()
+		}
 		return nil, fmt.Errorf("tcsplice: adopt %s: %w", port, err)
 	}
 	return s, nil
@@ -226,17 +234,33 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 
 // repair finds the splice's filters on the port and recreates whatever is
 // missing: the priority tap, the VM tap's redirect to the port, the port's
-// ingress qdisc, steering and redirect filters, and the port's leaving the
-// bridge. It runs in build's order, so the VM is never flooded twice, and
-// records what it creates so Release removes it.
-func (s *spliced) repair(portL netlink.Link) error {
+// ingress qdisc and steering filter, and the port's leaving the bridge. It
+// takes over the kernel half a dead daemon left (the filter's program and
+// its maps), and replaces the u32 filters of earlier versions with it. It
+// runs in build's order, so the VM is never flooded twice, and records
+// what it creates so Release removes it.
+func (s *spliced) repair(portL netlink.Link, netIndex int) error {
 	fs, err := ingressFilters(portL)
 	if err != nil {
 		return fmt.Errorf("read tc filters: %w", err)
 	}
-	for _, f := range fs {
-		if p := f.Attrs().Priority; isRedirect(f, p, s.vmIndex) {
-			s.prio, s.filterAdded = p, true
+	var steerID uint32
+	if p, id, ok := steerOf(fs); ok {
+		held, err := steer.Held(ebpf.ProgramID(id))
+		if err != nil {
+			return err
+		}
+		if held {
+			return fmt.Errorf("%s's steering filter (program %d) is held by another shaperd, which still runs this splice; stop it first", s.port, id)
+		}
+		s.prio, s.filterAdded, steerID = p, true, id
+	}
+	oldU32 := uint16(0) // an earlier version's redirect filter
+	if !s.filterAdded {
+		for _, f := range fs {
+			if p := f.Attrs().Priority; isRedirect(f, p, s.vmIndex) {
+				oldU32 = p
+			}
 		}
 	}
 	if !s.hadQdisc {
@@ -278,7 +302,46 @@ func (s *spliced) repair(portL netlink.Link) error {
 		}
 		repaired = append(repaired, "vm tap redirect")
 	}
-	if !s.filterAdded {
+	switch {
+	case s.filterAdded:
+		entries := map[steer.Hook]ebpf.ProgramID{steer.PortTC: ebpf.ProgramID(steerID)}
+		netID, onNet, err := egressSteerOf(netIndex)
+		if err != nil {
+			return err
+		}
+		if onNet {
+			entries[steer.NetTC] = ebpf.ProgramID(netID)
+		}
+		h, err := steer.Adopt(s.steerConfig(), entries)
+		if err != nil {
+			return err
+		}
+		s.setHalf(h)
+		if !onNet {
+			if err := s.attachNetSteer(h); err != nil {
+				return err
+			}
+			repaired = append(repaired, "net tap filter")
+		}
+	case oldU32 != 0:
+		// An earlier version's splice: its u32 redirect at prio and
+		// steering filters at prio-1 give way to the kernel half.
+		s.prio = oldU32
+		for _, p := range []uint16{oldU32, oldU32 - 1} {
+			for _, f := range fs {
+				if u, ok := f.(*netlink.U32); ok && u.Priority == p && slices.ContainsFunc(u.Actions, isMirred) {
+					if err := netlink.FilterDel(redirectFilter(s.portIndex, p, 0)); err != nil && !errors.Is(err, unix.ENOENT) {
+						return fmt.Errorf("delete the earlier version's u32 filters at pref %d on %s: %w", p, s.port, err)
+					}
+					break
+				}
+			}
+		}
+		if err := s.attachSteer(); err != nil {
+			return err
+		}
+		repaired = append(repaired, "steering filter (in place of an earlier version's u32 filters)")
+	default:
 		if !s.hadQdisc && !s.qdiscAdded {
 			if err := netlink.QdiscAdd(ingressQdisc(s.portIndex)); err != nil {
 				return fmt.Errorf("recreate ingress qdisc on %s: %w", s.port, err)
@@ -289,27 +352,10 @@ func (s *spliced) repair(portL netlink.Link) error {
 		if s.prio == 0 {
 			return fmt.Errorf("no free tc priority on %s", s.port)
 		}
-	}
-	for _, f := range fs {
-		if isRedirect(f, s.prio-1, s.prioIndex) {
-			s.steerAdded = true
+		if err := s.attachSteer(); err != nil {
+			return err
 		}
-	}
-	if !s.steerAdded {
-		s.steerAdded = true
-		for _, f := range steerFilters(s.portIndex, s.prio-1, s.prioIndex, s.opt) {
-			if err := netlink.FilterAdd(f); err != nil {
-				return fmt.Errorf("recreate steering filter on %s: %w", s.port, err)
-			}
-		}
-		repaired = append(repaired, "steering filters")
-	}
-	if !s.filterAdded {
-		s.filterAdded = true
-		if err := netlink.FilterAdd(redirectFilter(s.portIndex, s.prio, s.vmIndex)); err != nil {
-			return fmt.Errorf("recreate redirect on %s: %w", s.port, err)
-		}
-		repaired = append(repaired, "port redirect")
+		repaired = append(repaired, "steering filter")
 	}
 	if !s.portDetached {
 		s.portDetached = true
@@ -323,6 +369,8 @@ func (s *spliced) repair(portL netlink.Link) error {
 	}
 	return nil
 }
+
+func isMirred(a netlink.Action) bool { _, ok := a.(*netlink.MirredAction); return ok }
 
 var (
 	_ splice.Adopter        = (*Backend)(nil)

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/shaperd/shaperd/splice"
+	"github.com/shaperd/shaperd/splice/steer"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -46,11 +46,12 @@ func ingressFilters(link netlink.Link) ([]netlink.Filter, error) {
 	return fs, err
 }
 
-// pickPriority chooses the tc priority ("pref") for the port's redirect
-// filter among the existing ingress filters, such that the pref just before
-// it is free too, for the steering filter: one below the lowest existing
-// one, so the splice's filters run first, or failing that the lowest free
-// pair (shadowed reports that then some existing filter runs before them).
+// pickPriority chooses the tc priority ("pref") for the port's steering
+// filter among the existing ingress filters, such that the pref just
+// before it is free too (earlier versions put u32 steering filters there,
+// and keep the choice stable): one below the lowest existing one, so the
+// splice's filter runs first, or failing that the lowest free pair
+// (shadowed reports that then some existing filter runs before it).
 func pickPriority(existing []netlink.Filter) (prio uint16, shadowed bool) {
 	used := map[uint16]bool{}
 	lowest := uint16(0)
@@ -108,76 +109,98 @@ func isRedirect(f netlink.Filter, prio uint16, to int) bool {
 	})
 }
 
-// delRedirect deletes the redirect filter at prio on link if it is still the
-// one that redirects to ifindex to; a filter someone else put there stays.
-// It reports whether filters remain on link's ingress hook afterwards.
-func delRedirect(link netlink.Link, prio uint16, to int) (remaining int, err error) {
+// steerFilter is the direct-action bpf filter at prio on from's ingress
+// that runs the kernel half's entry program fd (package steer), named name.
+func steerFilter(from int, prio uint16, fd int, name string) *netlink.BpfFilter {
+	return &netlink.BpfFilter{
+		FilterAttrs: netlink.FilterAttrs{
+			LinkIndex: from,
+			Parent:    filterParent,
+			Priority:  prio,
+			Protocol:  unix.ETH_P_ALL,
+		},
+		Fd:           fd,
+		Name:         name,
+		DirectAction: true,
+	}
+}
+
+// steerOf returns the priority and program id of the kernel half's filter
+// among fs (a port's ingress filters); ok is false if there is none.
+func steerOf(fs []netlink.Filter) (prio uint16, id uint32, ok bool) {
+	for _, f := range fs {
+		if b, isBPF := f.(*netlink.BpfFilter); isBPF && b.Name == steer.PortTC.EntryName() {
+			return b.Priority, uint32(b.Id), true
+		}
+	}
+	return 0, 0, false
+}
+
+// delSteer deletes the kernel half's filter at prio on link if it is still
+// there; a filter someone else put at prio stays.
+func delSteer(link netlink.Link, prio uint16) error {
 	fs, err := ingressFilters(link)
 	if err != nil {
-		return 0, err
+		return err
 	}
-	if slices.ContainsFunc(fs, func(f netlink.Filter) bool { return isRedirect(f, prio, to) }) {
-		// Handle 0 deletes the whole u32 instance at prio: the hash table the
-		// kernel made for it and the one filter in it.
-		if err := netlink.FilterDel(redirectFilter(link.Attrs().Index, prio, 0)); err != nil && !errors.Is(err, unix.ENOENT) {
-			return 0, fmt.Errorf("delete tc filter pref %d on %s: %w", prio, link.Attrs().Name, err)
-		}
+	if p, _, ok := steerOf(fs); !ok || p != prio {
+		return nil
 	}
-	fs, err = ingressFilters(link)
-	return len(fs), err
+	// Handle 0 deletes the whole bpf instance at prio: the one filter.
+	f := steerFilter(link.Attrs().Index, prio, 0, "")
+	if err := netlink.FilterDel(f); err != nil && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("delete tc filter pref %d on %s: %w", prio, link.Attrs().Name, err)
+	}
+	return nil
 }
 
-// steerKeys returns one u32 key set per kind of frame that opt steers into
-// the priority tap. Protocol is "all", so offsets are relative to the
-// network header and the ethertype sits at -2 (in the word at -4). IPv4
-// matches assume a 20-byte header and IPv6 ones no extension headers: frames
-// with options take the ordinary queue, where they are classified just the
-// same.
-func steerKeys(opt splice.Options) [][]netlink.TcU32Key {
-	ether := func(t uint32) netlink.TcU32Key { return netlink.TcU32Key{Off: -4, Mask: 0x0000ffff, Val: t} }
-	var sets [][]netlink.TcU32Key
-	sets = append(sets, []netlink.TcU32Key{ether(unix.ETH_P_ARP)})
-	for _, typ := range []uint32{133, 134, 135, 136, 137} { // RS, RA, NS, NA, redirect
-		sets = append(sets, []netlink.TcU32Key{
-			ether(unix.ETH_P_IPV6),
-			{Off: 4, Mask: 0x0000ff00, Val: 58 << 8}, // next header ICMPv6
-			{Off: 40, Mask: 0xff000000, Val: typ << 24},
-		})
+// netTapPrio is the tc priority of the kernel half's filter on the net
+// tap's egress (frames to the VM), which the backend owns entirely: it goes
+// with the tap.
+const netTapPrio = 1
+
+// attachEgress gives the tap ifindex a clsact qdisc and the kernel half's
+// program fd, named name, as a direct-action filter on its egress.
+func attachEgress(ifindex, fd int, name string) error {
+	q := &netlink.GenericQdisc{
+		QdiscAttrs: netlink.QdiscAttrs{LinkIndex: ifindex, Handle: netlink.MakeHandle(0xffff, 0), Parent: netlink.HANDLE_CLSACT},
+		QdiscType:  "clsact",
 	}
-	for _, port := range opt.BypassPorts {
-		masks := []uint32{0xffff0000} // source port: the VM as server
-		vals := []uint32{uint32(port) << 16}
-		if opt.BypassOutbound {
-			masks, vals = append(masks, 0x0000ffff), append(vals, uint32(port))
-		}
-		for i := range masks {
-			sets = append(sets,
-				[]netlink.TcU32Key{
-					ether(unix.ETH_P_IP),
-					{Off: 0, Mask: 0x0f000000, Val: 5 << 24}, // IHL 5
-					{Off: 8, Mask: 0x00ff0000, Val: 6 << 16}, // TCP
-					{Off: 20, Mask: masks[i], Val: vals[i]},
-				},
-				[]netlink.TcU32Key{
-					ether(unix.ETH_P_IPV6),
-					{Off: 4, Mask: 0x0000ff00, Val: 6 << 8}, // next header TCP
-					{Off: 40, Mask: masks[i], Val: vals[i]},
-				})
-		}
+	if err := netlink.QdiscAdd(q); err != nil && !errors.Is(err, unix.EEXIST) {
+		return fmt.Errorf("add clsact qdisc: %w", err)
 	}
-	return sets
+	f := steerFilter(ifindex, netTapPrio, fd, name)
+	f.Parent = netlink.HANDLE_MIN_EGRESS
+	// A dead daemon's filter of a half not taken over makes way.
+	old := steerFilter(ifindex, netTapPrio, 0, "")
+	old.Parent = netlink.HANDLE_MIN_EGRESS
+	if err := netlink.FilterDel(old); err != nil && !errors.Is(err, unix.ENOENT) && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("delete the stale egress filter: %w", err)
+	}
+	if err := netlink.FilterAdd(f); err != nil {
+		return fmt.Errorf("add the egress filter: %w", err)
+	}
+	return nil
 }
 
-// steerFilters are the u32 filters, all at prio on the port's ingress, that
-// redirect the frames steerKeys matches to the egress of ifindex to.
-func steerFilters(from int, prio uint16, to int, opt splice.Options) []*netlink.U32 {
-	var fs []*netlink.U32
-	for _, keys := range steerKeys(opt) {
-		fs = append(fs, &netlink.U32{
-			FilterAttrs: netlink.FilterAttrs{LinkIndex: from, Parent: filterParent, Priority: prio, Protocol: unix.ETH_P_ALL},
-			Sel:         &netlink.TcU32Sel{Flags: netlink.TC_U32_TERMINAL, Keys: keys},
-			Actions:     []netlink.Action{netlink.NewMirredAction(to)},
-		})
+// egressSteerOf returns the program id of the kernel half's filter on the
+// egress of the tap ifindex; ok is false if there is none.
+func egressSteerOf(ifindex int) (id uint32, ok bool, err error) {
+	link, err := netlink.LinkByIndex(ifindex)
+	if err != nil {
+		return 0, false, fmt.Errorf("look up ifindex %d: %w", ifindex, err)
 	}
-	return fs
+	fs, err := netlink.FilterList(link, netlink.HANDLE_MIN_EGRESS)
+	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOENT) { // no clsact qdisc
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("list the egress filters of %s: %w", link.Attrs().Name, err)
+	}
+	for _, f := range fs {
+		if b, isBPF := f.(*netlink.BpfFilter); isBPF && b.Name == steer.NetTC.EntryName() {
+			return uint32(b.Id), true, nil
+		}
+	}
+	return 0, false, nil
 }

@@ -1,11 +1,16 @@
 // Package tcsplice splices a VM's port out of a Linux bridge and through a
-// pair of tap devices, using tc mirred redirects; see splice.Backend.
+// pair of tap devices (and a priority tap); see splice.Backend.
 //
 // Once spliced:
 //
-//	VM ─ port ──(port ingress: u32 match-all, mirred egress redirect)──▶ vmTap ─▶ forwarder
+//	VM ─ port ──(port ingress: bpf direct-action, the kernel half)──▶ vmTap (prioTap: ARP/ND/bypass TCP) ─▶ forwarder
 //	VM ◀─ port ◀─(vmTap ingress: u32 match-all, mirred egress redirect)── vmTap ◀─ forwarder
 //	forwarder ─▶ netTap ─▶ bridge          bridge ─▶ netTap ─▶ forwarder
+//
+// The kernel half is package steer's program, the one the OVS backend
+// attaches as XDP, here as a tc filter: it steers, runs the backstop and
+// counts. The filter stays when the daemon dies, with the maps its program
+// uses; a restarted daemon takes them over (see Adopt).
 //
 // The port leaves the bridge, and netTap takes its place with the port's
 // MAC address, VLAN entries, bridge port attributes and static FDB entries.
@@ -29,6 +34,7 @@ import (
 	"sync"
 
 	"github.com/shaperd/shaperd/splice"
+	"github.com/shaperd/shaperd/splice/steer"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -290,16 +296,17 @@ type spliced struct {
 	warnings  []string
 
 	// Progress: set as objects are created, cleared as they are removed.
-	vmIndex      int  // ifindex of vmTap, the port filter's redirect target
-	vmMade       bool // vmTap was created by this splice
-	netMade      bool // netTap was created by this splice
-	prioIndex    int  // ifindex of prioTap, the steering filters' target
-	prioMade     bool // prioTap was created by this splice
-	steerAdded   bool // the port's steering filters may exist
-	qdiscAdded   bool // the port's ingress qdisc was added by this splice
-	filterAdded  bool // the port's redirect filter may exist
-	fdbMoved     bool // the port's static FDB entries were (maybe) moved to netTap
-	portDetached bool // the port was (maybe) taken out of its bridge
+	vmIndex      int         // ifindex of vmTap, the port filter's redirect target
+	vmMade       bool        // vmTap was created by this splice
+	netMade      bool        // netTap was created by this splice
+	prioIndex    int         // ifindex of prioTap, the steering filters' target
+	prioMade     bool        // prioTap was created by this splice
+	qdiscAdded   bool        // the port's ingress qdisc was added by this splice
+	filterAdded  bool        // the port's steering filter (the kernel half) may exist
+	half         *steer.Half // the kernel half, while this splice holds it; also guarded by hmu
+	hmu          sync.Mutex  // guards half for the kernel's callers (see kernel)
+	fdbMoved     bool        // the port's static FDB entries were (maybe) moved to netTap
+	portDetached bool        // the port was (maybe) taken out of its bridge
 	released     bool
 }
 
@@ -331,8 +338,7 @@ const (
 	stepVMRedirect = "redirect vm tap to port"
 	stepPrioTap    = "create priority tap"
 	stepQdisc      = "add port ingress qdisc"
-	stepSteer      = "steer bypass and control to the priority tap"
-	stepRedirect   = "redirect port to vm tap"
+	stepSteer      = "steer the port to the taps (tc bpf)"
 	stepLeave      = "port leaves bridge"
 	stepVerify     = "verify net tap"
 	stepRecord     = "record splice on the vm tap"
@@ -403,19 +409,7 @@ func (s *spliced) build() error {
 			s.qdiscAdded = true
 			return nil
 		}},
-		{stepSteer, func() error {
-			s.steerAdded = true // teardown checks whether they are there
-			for _, f := range steerFilters(s.portIndex, s.prio-1, s.prioIndex, s.opt) {
-				if err := netlink.FilterAdd(f); err != nil {
-					return fmt.Errorf("add steering filter on %s: %w", s.port, err)
-				}
-			}
-			return nil
-		}},
-		{stepRedirect, func() error {
-			s.filterAdded = true // teardown checks whether it is there
-			return netlink.FilterAdd(redirectFilter(s.portIndex, s.prio, s.vmIndex))
-		}},
+		{stepSteer, s.attachSteer},
 		{stepLeave, func() error {
 			s.portDetached = true // teardown checks whether it left
 			return netlink.LinkSetNoMaster(&netlink.Device{LinkAttrs: netlink.LinkAttrs{Index: s.portIndex}})
@@ -546,8 +540,9 @@ func (s *spliced) verify(netTap netlink.Link) error {
 //     to vmTap (and go nowhere), so the VM does not reach the bridge with the
 //     bridge's default VLAN and flags; the bridge may send it flooded frames
 //     of the default VLAN for the few milliseconds this takes.
-//  3. The redirect filter on the port goes, then the ingress qdisc if Splice
-//     added it and no one else's filters hang on it.
+//  3. The steering filter on the port goes, and with it the kernel half's
+//     program and maps, then the ingress qdisc if Splice added it and no
+//     one else's filters hang on it.
 //  4. Both taps are deleted (with them, their qdiscs and FDB entries).
 //
 // If step 2 fails, Release stops there and returns the error: the VM stays
@@ -598,7 +593,7 @@ func (s *spliced) teardown() error {
 		if s.portDetached || s.filterAdded || s.qdiscAdded {
 			log.Info("port vanished while spliced; removing the taps")
 		}
-		s.portDetached, s.fdbMoved, s.filterAdded, s.qdiscAdded, s.steerAdded = false, false, false, false, false
+		s.portDetached, s.fdbMoved, s.filterAdded, s.qdiscAdded = false, false, false, false
 	}
 
 	if port != nil && (s.portDetached || s.fdbMoved) {
@@ -615,20 +610,13 @@ func (s *spliced) teardown() error {
 	}
 
 	if port != nil && s.filterAdded {
-		if _, err := delRedirect(port, s.prio, s.vmIndex); err != nil {
+		if err := delSteer(port, s.prio); err != nil {
 			errs = append(errs, err)
 		} else {
 			s.filterAdded = false
 		}
 	}
-	if port != nil && s.steerAdded {
-		if _, err := delRedirect(port, s.prio-1, s.prioIndex); err != nil {
-			errs = append(errs, err)
-		} else {
-			s.steerAdded = false
-		}
-	}
-	if port != nil && s.qdiscAdded && !s.filterAdded && !s.steerAdded {
+	if port != nil && s.qdiscAdded && !s.filterAdded {
 		fs, err := ingressFilters(port)
 		switch {
 		case err != nil:
@@ -664,6 +652,12 @@ func (s *spliced) teardown() error {
 			}
 		}
 		*t.made = false
+	}
+	if h := s.kernel(); !s.filterAdded && !s.netMade && h != nil {
+		// Once its filters are gone: closing first would empty the
+		// liveness slots under frames still arriving.
+		s.setHalf(nil)
+		h.Close()
 	}
 	return errors.Join(errs...)
 }
@@ -713,4 +707,99 @@ func (s *spliced) restorePort(port netlink.Link) error {
 		}
 	}
 	return nil
+}
+
+// steerConfig is what the splice tells its kernel half.
+func (s *spliced) steerConfig() steer.Config {
+	return steer.Config{
+		VMTap:          s.vmIndex,
+		PrioTap:        s.prioIndex,
+		Port:           s.portIndex,
+		BypassPorts:    s.opt.BypassPorts,
+		BypassOutbound: s.opt.BypassOutbound,
+	}
+}
+
+// attachSteer creates the kernel half and attaches its entry programs: to
+// the net tap's egress (frames to the VM), then to the port's ingress at
+// s.prio (frames from the VM).
+func (s *spliced) attachSteer() error {
+	h, err := steer.New(s.steerConfig())
+	if err != nil {
+		return err
+	}
+	s.setHalf(h)
+	if err := s.attachNetSteer(h); err != nil {
+		return err
+	}
+	entry, err := h.Entry(steer.PortTC)
+	if err != nil {
+		return err
+	}
+	s.filterAdded = true // teardown checks whether it is there
+	if err := netlink.FilterAdd(steerFilter(s.portIndex, s.prio, entry.FD(), steer.PortTC.EntryName())); err != nil {
+		return fmt.Errorf("add the steering filter on %s: %w", s.port, err)
+	}
+	return nil
+}
+
+// attachNetSteer attaches h's to-VM program to the net tap's egress.
+func (s *spliced) attachNetSteer(h *steer.Half) error {
+	entry, err := h.Entry(steer.NetTC)
+	if err != nil {
+		return err
+	}
+	netL, err := linkOrNil(s.netTap)
+	if err != nil || netL == nil {
+		return fmt.Errorf("look up %s: %v", s.netTap, err)
+	}
+	if err := attachEgress(netL.Attrs().Index, entry.FD(), steer.NetTC.EntryName()); err != nil {
+		return fmt.Errorf("%s: %w", s.netTap, err)
+	}
+	return nil
+}
+
+var _ splice.Kernel = (*spliced)(nil)
+
+// SetBackstop sets direction d's backstop ceilings in the kernel half.
+func (s *spliced) SetBackstop(d steer.Dir, b steer.Backstop) error {
+	h := s.kernel()
+	if h == nil {
+		return splice.ErrNoKernel
+	}
+	return h.SetBackstop(d, b)
+}
+
+// Beat writes the kernel half's heartbeat.
+func (s *spliced) Beat(now uint64) error {
+	h := s.kernel()
+	if h == nil {
+		return splice.ErrNoKernel
+	}
+	return h.Beat(now)
+}
+
+// KernelStats reads the kernel half's counters.
+func (s *spliced) KernelStats() (steer.Stats, error) {
+	h := s.kernel()
+	if h == nil {
+		return steer.Stats{}, splice.ErrNoKernel
+	}
+	return h.Stats()
+}
+
+// kernel returns the kernel half, nil if the splice holds none. It takes
+// only hmu, never the backend's lock: the heartbeat must not wait for a
+// slow Splice or Release of another port.
+func (s *spliced) kernel() *steer.Half {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	return s.half
+}
+
+// setHalf sets the kernel half (nil: none).
+func (s *spliced) setHalf(h *steer.Half) {
+	s.hmu.Lock()
+	defer s.hmu.Unlock()
+	s.half = h
 }

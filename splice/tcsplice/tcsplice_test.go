@@ -100,13 +100,20 @@ func TestSpliceForwardRelease(t *testing.T) {
 					t.Errorf("%s disable_ipv6 = %s, want 1", tap, v)
 				}
 			}
-			// The redirects.
+			// The redirects: the kernel half steers the port's frames to
+			// the taps, a match-all redirect sends the VM tap's to the port.
 			for _, c := range []struct{ dev, to string }{{portName, vmTap}, {vmTap, portName}} {
 				q := l.cmd("tc", "-n", l.ns, "qdisc", "show", "dev", c.dev)
 				if !strings.Contains(q, "qdisc ingress ffff:") {
 					t.Errorf("no ingress qdisc on %s:\n%s", c.dev, q)
 				}
 				f := l.cmd("tc", "-n", l.ns, "filter", "show", "dev", c.dev, "ingress")
+				if c.dev == portName {
+					if !strings.Contains(f, "protocol all") || !strings.Contains(f, "bpf chain 0 handle 0x1 shq_tc_port_e direct-action") {
+						t.Errorf("no steering filter (the kernel half) on %s:\n%s", c.dev, f)
+					}
+					continue
+				}
 				if !strings.Contains(f, "protocol all") || !strings.Contains(f, "match 00000000/00000000 at 0") ||
 					!strings.Contains(f, "mirred (Egress Redirect to device "+c.to+") stolen") {
 					t.Errorf("no match-all redirect to %s on %s:\n%s", c.to, c.dev, f)
@@ -170,7 +177,7 @@ func TestSpliceForwardRelease(t *testing.T) {
 // is left behind.
 func TestRollback(t *testing.T) {
 	steps := []string{stepVMTap, stepNetTap, stepJoin, stepVLANs, stepAttrs, stepFDB,
-		stepVMRedirect, stepPrioTap, stepQdisc, stepSteer, stepRedirect, stepLeave, stepVerify, stepRecord}
+		stepVMRedirect, stepPrioTap, stepQdisc, stepSteer, stepLeave, stepVerify, stepRecord}
 	errInjected := errors.New("injected failure")
 	for _, step := range steps {
 		t.Run(step, func(t *testing.T) {
@@ -359,8 +366,8 @@ func TestWarnings(t *testing.T) {
 		t.Errorf("no warning about the existing tc filter in %q", w)
 	}
 	f := l.cmd("tc", "-n", l.ns, "filter", "show", "dev", portName, "ingress")
-	if !strings.Contains(f, "pref 9 u32") || !strings.Contains(f, "pref 10 u32") {
-		t.Errorf("want the redirect at pref 9, before the existing filter at pref 10:\n%s", f)
+	if !strings.Contains(f, "pref 9 bpf") || !strings.Contains(f, "pref 10 u32") {
+		t.Errorf("want the steering filter at pref 9, before the existing filter at pref 10:\n%s", f)
 	}
 	if err := sp.Release(); err != nil {
 		t.Fatalf("Release: %v", err)

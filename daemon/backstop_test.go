@@ -1,0 +1,120 @@
+package daemon
+
+import (
+	"errors"
+	"math"
+	"testing"
+
+	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/splice/fakesplice"
+	"github.com/shaperd/shaperd/splice/steer"
+)
+
+func TestBackstopFor(t *testing.T) {
+	spec := func(req api.LimitRequest) DirSpec {
+		t.Helper()
+		s, err := NewSpec().Apply(req, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s.FromVM
+	}
+	tests := []struct {
+		name    string
+		req     api.LimitRequest
+		agg     float64 // ceiling, pps; 0 none
+		burst   float64
+		classes map[steer.Class]float64
+	}{
+		{"no limits", api.LimitRequest{}, 0, 0, nil},
+		{"pps", api.LimitRequest{"pps": "5000"}, 10000, 500, nil},
+		{"pps with a big burst", api.LimitRequest{"pps": "5000", "burst": "400"}, 10000, 800, nil},
+		{"bytes only", api.LimitRequest{"bps": "16mbit"}, 2 * 2e6 / 60, math.Ceil(2 * 2e6 / 60 * 0.05), nil},
+		{"pps and bytes: the lower", api.LimitRequest{"pps": "50000", "bps": "16mbit"}, 2 * 2e6 / 60, math.Ceil(2 * 2e6 / 60 * 0.05), nil},
+		{"small pps: the floor", api.LimitRequest{"pps": "10"}, BackstopMinPPS, BackstopMinBurst, nil},
+		{"blocked", api.LimitRequest{"pps": "0"}, BackstopMinPPS, BackstopMinBurst, nil},
+		{"override", api.LimitRequest{"pps": "5000", "backstop": "7000"}, 7000, 350, nil},
+		{"override without budgets", api.LimitRequest{"backstop": "7000"}, 7000, 350, nil},
+		{"classes", api.LimitRequest{"pps": "5000", "syn-pps": "200", "udp-pps": "1000", "icmp-bps": "64kbit"}, 10000, 500,
+			map[steer.Class]float64{steer.ClassSyn: 400, steer.ClassUDP: 2000, steer.ClassICMP: math.Max(2*8000.0/60, BackstopMinPPS)}},
+		{"off", api.LimitRequest{"pps": "5000", "syn-pps": "200", "backstop": "none"}, 0, 0, nil},
+	}
+	for _, tt := range tests {
+		d := spec(tt.req)
+		b := backstopFor(d, d.policy())
+		if b.Aggregate.PPS != tt.agg || b.Aggregate.Burst != tt.burst {
+			t.Errorf("%s: aggregate %+v, want %v pps burst %v", tt.name, b.Aggregate, tt.agg, tt.burst)
+		}
+		for c := steer.Class(1); c < steer.NumClasses; c++ {
+			if got := b.Classes[c].PPS; got != tt.classes[c] {
+				t.Errorf("%s: class %s ceiling %v, want %v", tt.name, c, got, tt.classes[c])
+			}
+		}
+	}
+}
+
+func TestBackstopFlag(t *testing.T) {
+	for _, bad := range []string{"0", "-5", "0.5", "x", "NaN", "Inf"} {
+		_, err := NewSpec().Apply(api.LimitRequest{"backstop": bad}, false)
+		if !errors.Is(err, ErrUsage) {
+			t.Errorf("--backstop %s: %v, want a usage error", bad, err)
+		}
+	}
+	// The intent keeps it, both ways, and brings it back.
+	for _, req := range []api.LimitRequest{
+		{"pps": "5000", "backstop": "none", "to-vm-backstop": "9000"},
+		{"pps": "5000", "to-vm-backstop": "none"},
+	} {
+		s, err := NewSpec().Apply(req, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		back, err := ParseIntent(s.Intent())
+		if err != nil {
+			t.Fatalf("%q: %v", s.Intent(), err)
+		}
+		if back.Intent() != s.Intent() || back.FromVM.BackstopOff != s.FromVM.BackstopOff || !eqF(back.ToVM.Backstop, s.ToVM.Backstop) {
+			t.Errorf("intent %q came back as %q", s.Intent(), back.Intent())
+		}
+	}
+	// --backstop alone does not make a quarantine manual.
+	if HasLimitFlag(api.LimitRequest{"backstop": "none"}) {
+		t.Error("--backstop counted as a limit flag")
+	}
+}
+
+// TestBackstopFollowsSet: quarantine, set and --backstop move the kernel
+// half's ceilings at once, in both directions.
+func TestBackstopFollowsSet(t *testing.T) {
+	fb := fakesplice.New("vm-1")
+	m := newTestManager(t, t.TempDir(), fb)
+	if _, err := m.Quarantine("vm-1", api.LimitRequest{"pps": "5000", "to-vm-pps": "1000", "syn-pps": "200"}, false); err != nil {
+		t.Fatal(err)
+	}
+	check := func(from, to, syn float64) {
+		t.Helper()
+		f, tv := fb.Backstop("vm-1", steer.FromVM), fb.Backstop("vm-1", steer.ToVM)
+		if f.Aggregate.PPS != from || tv.Aggregate.PPS != to || f.Classes[steer.ClassSyn].PPS != syn {
+			t.Errorf("backstop from %v (syn %v), to %v; want %v (%v), %v", f.Aggregate.PPS, f.Classes[steer.ClassSyn].PPS, tv.Aggregate.PPS, from, syn, to)
+		}
+		q := mustStatus(t, m, "vm-1")
+		if b := q.Directions.FromVM.Backstop; (b == nil || b.PPS == nil) != (from == 0) || b != nil && b.PPS != nil && *b.PPS != from {
+			t.Errorf("status shows backstop %+v, want %v", b, from)
+		}
+	}
+	check(10000, 2000, 400)
+	for _, x := range []struct {
+		req           api.LimitRequest
+		from, to, syn float64
+	}{
+		{api.LimitRequest{"pps": "2000"}, 4000, 2000, 400},
+		{api.LimitRequest{"backstop": "3000"}, 3000, 2000, 400},
+		{api.LimitRequest{"backstop": "none", "to-vm-pps": "none"}, 0, 0, 0},
+		{api.LimitRequest{"backstop": "auto"}, 4000, 0, 400},
+	} {
+		if _, err := m.Set("vm-1", x.req); err != nil {
+			t.Fatal(err)
+		}
+		check(x.from, x.to, x.syn)
+	}
+}
