@@ -206,11 +206,46 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 	if err := m.Configure(cfg.ProfileSet(), watchConfig(cfg)); err != nil {
 		return &exitError{code: 2, err: err}
 	}
+	// The listeners are bound first (served only once the restore is
+	// done): a second daemon on the same socket, or a metrics address in
+	// use, fails the start before anything is adopted or changed.
+	mopt := metrics.Options{CertFile: cfg.AlertsCert, KeyFile: cfg.AlertsKey}
+	var webhook *alerts.Handler
+	if cfg.AlertsToken != "" {
+		webhook = &alerts.Handler{Token: cfg.AlertsToken, Instance: instanceName(cfg), AllowNoInstance: cfg.AlertsAllowNoInstance, Target: m, Log: log}
+		mopt.Handlers = map[string]http.Handler{alerts.Path: webhook}
+		if *cfg.MetricsAddr == "" {
+			log.Warn("alerts_token is set but metrics_addr is off: the Alertmanager webhook is served on the metrics listener, so it is off too")
+		}
+	}
+	var msrv *metrics.Server
+	if addr := *cfg.MetricsAddr; addr != "" {
+		s, err := metrics.ListenOptions(addr, m, log, mopt)
+		if err != nil {
+			return &exitError{code: 1, err: err}
+		}
+		msrv = s
+	}
+	srv, err := control.ListenOptions(cfg.Socket, m, log, control.Options{Group: cfg.SocketGroup})
+	if err != nil {
+		if msrv != nil {
+			msrv.Shutdown(ctx)
+		}
+		return &exitError{code: 1, err: err}
+	}
+	unbind := func() {
+		srv.Shutdown(ctx)
+		if msrv != nil {
+			msrv.Shutdown(ctx)
+		}
+	}
 	// Subscribe before restoring, so no link event falls between the two.
 	if err := m.WatchLinks(ctx); err != nil {
+		unbind()
 		return &exitError{code: 1, err: fmt.Errorf("watch links: %w", err)}
 	}
 	if err := m.Restore(); err != nil {
+		unbind()
 		return &exitError{code: 1, err: err}
 	}
 	go func() {
@@ -226,25 +261,9 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 		}
 	}()
 	go m.RunWatch(ctx)
-	// Metrics before the control socket: an address in use fails the start.
-	var msrv *metrics.Server
-	mopt := metrics.Options{CertFile: cfg.AlertsCert, KeyFile: cfg.AlertsKey}
-	var webhook *alerts.Handler
-	if cfg.AlertsToken != "" {
-		webhook = &alerts.Handler{Token: cfg.AlertsToken, Instance: instanceName(cfg), AllowNoInstance: cfg.AlertsAllowNoInstance, Target: m, Log: log}
-		mopt.Handlers = map[string]http.Handler{alerts.Path: webhook}
-		if *cfg.MetricsAddr == "" {
-			log.Warn("alerts_token is set but metrics_addr is off: the Alertmanager webhook is served on the metrics listener, so it is off too")
-		}
-	}
-	if addr := *cfg.MetricsAddr; addr != "" {
-		s, err := metrics.ListenOptions(addr, m, log, mopt)
-		if err != nil {
-			return &exitError{code: 1, err: err}
-		}
-		msrv = s
+	if msrv != nil {
 		go func() {
-			if err := s.Serve(); err != nil {
+			if err := msrv.Serve(); err != nil {
 				log.Error("metrics endpoint stopped", "err", err)
 			}
 		}()
@@ -252,11 +271,7 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 		if mopt.CertFile != "" {
 			scheme = "https"
 		}
-		log.Info("serving metrics", "url", scheme+"://"+s.Addr().String()+"/metrics", "alerts_webhook", cfg.AlertsToken != "")
-	}
-	srv, err := control.ListenOptions(cfg.Socket, m, log, control.Options{Group: cfg.SocketGroup})
-	if err != nil {
-		return &exitError{code: 1, err: err}
+		log.Info("serving metrics", "url", scheme+"://"+msrv.Addr().String()+"/metrics", "alerts_webhook", cfg.AlertsToken != "")
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve() }()
