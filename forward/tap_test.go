@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/shaperd/shaperd/internal/netnstest"
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
@@ -31,9 +32,7 @@ type tapLab struct {
 // and tap go with it) when f returns.
 func inTapLab(t *testing.T, f func(l *tapLab)) {
 	t.Helper()
-	if os.Getenv("SHAPERD_NETNS") != "1" || os.Geteuid() != 0 {
-		t.Skip("real tap test: set SHAPERD_NETNS=1 and run as root")
-	}
+	netnstest.Require(t, "ip")
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
