@@ -72,7 +72,12 @@ func TestBackstopFollowsSet(t *testing.T) {
 			measure("--backstop none", 0)
 
 			// Frames to the VM: through the net tap's kernel half.
-			l.sh(ext, "ping -c 3 -i 0.2 -W 1 "+l.get("VM1_IP")+" || true")
+			// The lab's own probe: a machine may have no ping (iputils-ping
+			// is not installed on a fresh one).
+			pg := l.bg(ext, "probe", "ping", "--dst", l.get("VM1_IP"), "--count", "3", "--interval", "200ms", "--timeout", "1s", "--json")
+			if err := pg.wait(t, 10*time.Second); err != nil {
+				t.Errorf("ping to the VM: %v\n%s%s", err, pg.out, pg.err)
+			}
 			if n := d.status(port).Directions.ToVM.KernelPassed["main"]; n == 0 {
 				t.Errorf("no frame to the VM passed the net tap's kernel half")
 			}
