@@ -11,6 +11,7 @@ command -v ethtool >/dev/null  || need+=(ethtool)
 command -v tcpdump >/dev/null  || need+=(tcpdump)
 command -v tmux >/dev/null     || need+=(tmux)
 command -v ovs-vsctl >/dev/null || need+=(openvswitch-switch)
+command -v iperf3 >/dev/null   || need+=(iperf3)
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then
 		echo "deps: missing ${need[*]}; run as root (or: sudo apt-get install ${need[*]})" >&2
