@@ -1,12 +1,8 @@
 package quota
 
 import (
-	"bytes"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -15,6 +11,7 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/internal/fuzzcorpus"
+	"github.com/shaperd/shaperd/statefile"
 )
 
 // FuzzReadSnapshot feeds arbitrary bytes to the snapshot file reader, as
@@ -52,12 +49,12 @@ func reseal(data []byte) ([]byte, bool) {
 	if json.Unmarshal(data, &env) != nil || len(env.Body) == 0 {
 		return nil, false
 	}
-	var body bytes.Buffer
-	if json.Compact(&body, env.Body) != nil {
+	// Sealed as the store writes it (json.Marshal compacts the body).
+	sealed, err := statefile.Encode(env.Body, false)
+	if err != nil {
 		return nil, false
 	}
-	sum := sha256.Sum256(body.Bytes())
-	return fmt.Appendf(nil, `{"sha256":%q,"body":%s}`, hex.EncodeToString(sum[:]), body.Bytes()), true
+	return sealed, true
 }
 
 // checkRestoresAsRead restores s into an Account of each test config that

@@ -56,9 +56,19 @@ type envelope struct {
 // with indent the file is indented for people. The directory is made
 // (0700) if needed.
 func Write(path string, v any, indent bool) error {
-	body, err := json.Marshal(v)
+	data, err := Encode(v, indent)
 	if err != nil {
 		return fmt.Errorf("encode %s: %w", filepath.Base(path), err)
+	}
+	return WriteAtomic(path, data)
+}
+
+// Encode is the file Write writes for v: v's JSON, sealed with the
+// checksum of its compact form, and a final newline.
+func Encode(v any, indent bool) ([]byte, error) {
+	body, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
 	}
 	sum := sha256.Sum256(body)
 	env := envelope{SHA256: hex.EncodeToString(sum[:]), Body: body}
@@ -69,9 +79,9 @@ func Write(path string, v any, indent bool) error {
 		data, err = json.Marshal(env)
 	}
 	if err != nil {
-		return fmt.Errorf("encode %s: %w", filepath.Base(path), err)
+		return nil, err
 	}
-	return WriteAtomic(path, append(data, '\n'))
+	return append(data, '\n'), nil
 }
 
 // MaxBytes bounds a state file: a tenant's month of 5-minute samples is
