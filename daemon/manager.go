@@ -279,6 +279,9 @@ func (m *Manager) applyLocked(q *quarantine) (err error) {
 	}
 	spec := q.spec
 	opt := splice.Options{BypassPorts: spec.BypassPorts, BypassOutbound: spec.BypassOutbound, FailOpen: spec.Fail != "closed"}
+	if d, ok := b.(splice.FailDefaulter); ok && spec.Fail == "" {
+		opt.FailOpen = d.FailOpenByDefault()
+	}
 	sp, err := b.Splice(q.port, opt)
 	if err != nil && errors.Is(err, splice.ErrFailOpen) && spec.Fail == "" {
 		// The default is open where the backend can do it.

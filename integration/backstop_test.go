@@ -72,7 +72,7 @@ func TestBackstopFollowsSet(t *testing.T) {
 			measure("--backstop none", 0)
 
 			// Frames to the VM: through the net tap's kernel half.
-			l.sh(ext, "ping -c 3 -i 0.2 -W 1 "+l.get("VM1_IP")+" || true")
+			pingResult(t, l.bg(ext, "probe", "ping", "--dst", l.get("VM1_IP"), "--count", "5", "--interval", "100ms", "--timeout", "500ms", "--json"))
 			if n := d.status(port).Directions.ToVM.KernelPassed["main"]; n == 0 {
 				t.Errorf("no frame to the VM passed the net tap's kernel half")
 			}

@@ -208,6 +208,7 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 		}
 	}()
 	go m.RunWatch(ctx)
+	go m.RunHeartbeat(ctx)
 	// Metrics before the control socket: an address in use fails the start.
 	var msrv *metrics.Server
 	mopt := metrics.Options{CertFile: cfg.AlertsCert, KeyFile: cfg.AlertsKey}

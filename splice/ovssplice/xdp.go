@@ -27,6 +27,7 @@ package ovssplice
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/shaperd/shaperd/splice"
@@ -38,7 +39,7 @@ import (
 // kernelHalf is what a splice keeps of its kernel half; *steer.Half, or a
 // fake in unit tests.
 type kernelHalf interface {
-	Beat(now uint64) error
+	Beat(now uint64, stale time.Duration) error
 	SetBackstop(d steer.Dir, b steer.Backstop) error
 	Stats() (steer.Stats, error)
 	Close() error
@@ -214,13 +215,13 @@ func (s *spliced) SetBackstop(d steer.Dir, b steer.Backstop) error {
 	return h.SetBackstop(d, b)
 }
 
-// Beat writes the kernel half's heartbeat.
-func (s *spliced) Beat(now uint64) error {
+// Beat writes and arms the kernel half's heartbeat.
+func (s *spliced) Beat(now uint64, stale time.Duration) error {
 	h := s.kernel()
 	if h == nil {
 		return splice.ErrNoKernel
 	}
-	return h.Beat(now)
+	return h.Beat(now, stale)
 }
 
 // KernelStats reads the kernel half's counters.
