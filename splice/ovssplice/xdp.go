@@ -49,6 +49,9 @@ type kernelHalf interface {
 type xdpProg struct {
 	id   uint32
 	name string // the kernel's 15 bytes of it
+	// unknown: this process may not open the program to read its name
+	// (no CAP_SYS_ADMIN, see steer.NotPermitted).
+	unknown bool
 }
 
 // ours reports whether the program is shaperd's entry program.
@@ -134,6 +137,9 @@ func (netlinkLinks) xdpProgram(ifindex int) (xdpProg, bool, error) {
 		return xdpProg{}, false, nil
 	}
 	name, err := steer.ProgramName(ebpf.ProgramID(x.ProgId))
+	if steer.NotPermitted(err) {
+		return xdpProg{id: x.ProgId, unknown: true}, true, nil
+	}
 	if err != nil {
 		return xdpProg{}, false, err
 	}

@@ -372,9 +372,13 @@ func (g *gen) parse() {
 		asm.JEq.Imm(asm.R3, protoICMP, class(ClassICMP)),
 		asm.JEq.Imm(asm.R3, protoUDP, class(ClassUDP)),
 		asm.JNE.Imm(asm.R3, protoTCP, class(ClassOther)),
+		// TCP behind IPv4 options: no constant offset, and pointer
+		// arithmetic with a variable needs CAP_PERFMON besides CAP_BPF.
+		// Such frames are ordinary tcp here (the forwarder classifies
+		// them fully).
+		asm.JNE.Imm(asm.R2, 20, class(ClassTCP)),
 		asm.Mov.Reg(asm.R1, asm.R7),
-		asm.Add.Reg(asm.R1, asm.R2),
-		asm.Add.Imm(asm.R1, ethLen),
+		asm.Add.Imm(asm.R1, ethLen+20),
 		asm.Mov.Reg(asm.R3, asm.R1),
 		asm.Add.Imm(asm.R3, 14),
 		asm.JGT.Reg(asm.R3, asm.R8, class(ClassOther)),
@@ -406,7 +410,7 @@ func (g *gen) parse() {
 		asm.Ja.Label(class(ClassICMP)),
 	)
 
-	for _, c := range []Class{ClassOther, ClassUDP, ClassICMP} {
+	for _, c := range []Class{ClassOther, ClassUDP, ClassICMP, ClassTCP} {
 		g.label(class(c))
 		g.emit(
 			asm.Mov.Imm(asm.R3, int32(c)),

@@ -39,6 +39,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -704,6 +705,16 @@ func (h *Half) String() string {
 		hs = append(hs, k.String())
 	}
 	return "steer[" + strings.Join(hs, ",") + "]"
+}
+
+// NotPermitted reports whether err says this process may not open a
+// kernel half by id: BPF_PROG_GET_FD_BY_ID and BPF_MAP_GET_FD_BY_ID need
+// CAP_SYS_ADMIN, which the service unit does not grant (loading needs only
+// CAP_BPF and CAP_NET_ADMIN). A backend then replaces the kernel half
+// instead of taking it over: the splice is the same, its counters and
+// bucket states start again.
+func NotPermitted(err error) bool {
+	return errors.Is(err, unix.EPERM) || errors.Is(err, os.ErrPermission)
 }
 
 // Held reports whether a live daemon holds the kernel half of program

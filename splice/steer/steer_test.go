@@ -128,7 +128,7 @@ func TestSteer(t *testing.T) {
 		{"ipv4 tcp from 22, outbound", true, pad(ether(0x0800, ipv4(5, 6, tcp(22, 40000, ack)))), true, true, false},
 		{"ipv4 tcp 80", true, pad(ether(0x0800, ipv4(5, 6, tcp(80, 40000, ack)))), false, false, false},
 		{"ipv4 udp from 22", false, pad(ether(0x0800, ipv4(5, 17, tcp(22, 40000, 0)))), false, false, false},
-		{"ipv4 options, tcp from 22", false, pad(ether(0x0800, ipv4(6, 6, tcp(22, 40000, ack)))), true, false, false},
+		{"ipv4 options, tcp from 22", false, pad(ether(0x0800, ipv4(6, 6, tcp(22, 40000, ack)))), false, false, false},
 		{"ipv4 fragment", false, frag(pad(ether(0x0800, ipv4(5, 6, tcp(22, 40000, ack))))), false, false, false},
 		{"ipv6 tcp from 22", false, ether(0x86dd, ipv6(6, tcp(22, 40000, ack))), true, false, false},
 		{"ipv6 tcp to 3389, outbound", true, ether(0x86dd, ipv6(6, tcp(40000, 3389, ack))), true, true, false},

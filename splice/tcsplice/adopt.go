@@ -253,18 +253,23 @@ func (s *spliced) repair(portL netlink.Link, netIndex int) error {
 		return fmt.Errorf("read tc filters: %w", err)
 	}
 	var steerID uint32
+	replace := false // the kernel half cannot be taken over: replace it
 	if p, id, ok := steerOf(fs); ok {
 		held, err := steer.Held(ebpf.ProgramID(id))
-		if err != nil {
+		switch {
+		case steer.NotPermitted(err):
+			s.b.log.Warn("cannot take the kernel half over without CAP_SYS_ADMIN; replacing it (its counters and buckets start again)", "port", s.port, "program", id)
+			s.prio, replace = p, true
+		case err != nil:
 			return err
-		}
-		if held {
+		case held:
 			return fmt.Errorf("%s's steering filter (program %d) is held by another shaperd, which still runs this splice; stop it first", s.port, id)
+		default:
+			s.prio, s.filterAdded, steerID = p, true, id
 		}
-		s.prio, s.filterAdded, steerID = p, true, id
 	}
 	oldU32 := uint16(0) // an earlier version's redirect filter
-	if !s.filterAdded {
+	if !s.filterAdded && !replace {
 		for _, f := range fs {
 			if p := f.Attrs().Priority; isRedirect(f, p, s.vmIndex) {
 				oldU32 = p
@@ -321,6 +326,17 @@ func (s *spliced) repair(portL netlink.Link, netIndex int) error {
 		repaired = append(repaired, "fallback pair")
 	}
 	switch {
+	case replace:
+		// Its maps stay with the old program, which goes: the new one is
+		// attached in its place (the net tap's and the fallback peer's
+		// filters are replaced as they are attached).
+		if err := delSteer(portL, s.prio); err != nil {
+			return err
+		}
+		if err := s.attachSteer(); err != nil {
+			return err
+		}
+		repaired = append(repaired, "kernel half (replaced: no CAP_SYS_ADMIN to take it over)")
 	case s.filterAdded:
 		entries := map[steer.Hook]ebpf.ProgramID{steer.PortTC: ebpf.ProgramID(steerID)}
 		netID, onNet, err := egressSteerOf(netIndex)
