@@ -499,8 +499,9 @@ func (m *Manager) Ports() []string {
 }
 
 // Close stops accepting changes and stops every forwarder, leaving the
-// splices and the state file in place for the next daemon to adopt. (On the
-// tc backend a port stays cut off until then; `shaperd release --all` before
+// splices and the state file in place for the next daemon to adopt. (A
+// port with --fail closed stays cut off until then, one with --fail open
+// takes the direct path in the kernel; `shaperd release --all` before
 // stopping clears everything.) Safe to call more than once.
 func (m *Manager) Close() error {
 	m.mu.Lock()

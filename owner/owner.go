@@ -244,6 +244,9 @@ func (p *Port) splice(w Want) (splice.Splice, *forward.Forwarder, error) {
 		return nil, nil, err
 	}
 	opt := w.Options
+	if d, ok := b.(splice.FailDefaulter); ok && w.FailFallback {
+		opt.FailOpen = d.FailOpenByDefault()
+	}
 	sp, err := b.Splice(p.name, opt)
 	if err != nil && errors.Is(err, splice.ErrFailOpen) && w.FailFallback {
 		opt.FailOpen = false

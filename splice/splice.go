@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"time"
 
 	"github.com/shaperd/shaperd/splice/steer"
 )
@@ -34,8 +35,9 @@ type Backend interface {
 // flood sent from port 22 is charged like any other.
 //
 // FailOpen asks the backend to fall back to the direct path, in the
-// datapath and with no daemon involved, when the forwarder dies (its taps
-// lose carrier). Backends that cannot do that refuse it with ErrFailOpen.
+// datapath and with no daemon involved, when the daemon dies or its
+// heartbeat goes stale (see Kernel). Backends that cannot do that refuse it
+// with ErrFailOpen.
 //
 // Queues above 1 asks for VM and net taps created with IFF_MULTI_QUEUE, so
 // that a forwarder can attach that many queues to each (one reader per
@@ -100,6 +102,22 @@ func TapNames(port string) (vm, net string) {
 // PriorityTapName is the name of port's priority tap: as TapNames, ending in "p".
 func PriorityTapName(port string) string { return tapBase(port) + "p" }
 
+// FallbackNames are the names of the veth pair a Linux-bridge splice with
+// fail open keeps for the direct path: as TapNames, ending in "f" (the end
+// in the bridge) and "g" (its peer, where the kernel half hands frames
+// over).
+func FallbackNames(port string) (bridgeSide, peer string) {
+	base := tapBase(port)
+	return base + "f", base + "g"
+}
+
+// FailDefaulter is a Backend that says which fail mode a splice gets when
+// the operator names none (--fail): FailOpenByDefault. A Backend that is
+// not one fails open by default where it can (ErrFailOpen otherwise).
+type FailDefaulter interface {
+	FailOpenByDefault() bool
+}
+
 func tapBase(port string) string {
 	h := fnv.New32a()
 	h.Write([]byte(port))
@@ -154,8 +172,10 @@ var ErrNotSpliced = errors.New("port is not spliced")
 type Kernel interface {
 	// SetBackstop sets direction d's ceilings.
 	SetBackstop(d steer.Dir, b steer.Backstop) error
-	// Beat writes the heartbeat: now on CLOCK_MONOTONIC (steer.Now).
-	Beat(now uint64) error
+	// Beat writes the heartbeat, now on CLOCK_MONOTONIC (steer.Now), and
+	// arms it: the kernel half fails (open or closed) once the heartbeat
+	// is older than stale.
+	Beat(now uint64, stale time.Duration) error
 	// KernelStats reads the kernel half's counters.
 	KernelStats() (steer.Stats, error)
 }

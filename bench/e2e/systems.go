@@ -61,7 +61,9 @@ func systems() []system {
 	return append([]system{
 		{key: "bridge", title: "no policy, Linux bridge", lab: "bridge", setup: noPolicy},
 		{key: "ovs", title: "no policy, OVS userspace", lab: "ovs", setup: noPolicy},
-		{key: "nft-limit", title: "nftables netdev limit (pps)", lab: "bridge", policed: true, setup: nftLimit, check: needTool("nft")},
+		{key: "nft-limit", title: "nftables netdev limit (pps)", lab: "bridge", policed: true, setup: nftLimit(false), check: needTool("nft")},
+		// The fair peer for the probe (issue 13): an operator would exempt ssh.
+		{key: "nft-limit-ssh", title: "nftables netdev limit (pps), tcp sport 22 accepted", lab: "bridge", policed: true, setup: nftLimit(true), check: needTool("nft")},
 		{key: "tc-tbf", title: "tc ifb + tbf (bytes)", lab: "bridge", policed: true, byBytes: true, setup: tcTBF, check: needTool("tc")},
 		{key: "ovs-meter-pktps", title: "OVS meter pktps", lab: "ovs", policed: true, setup: ovsMeter(false)},
 		{key: "ovs-meter-kbps", title: "OVS meter kbps (bytes)", lab: "ovs", policed: true, byBytes: true, setup: ovsMeter(true)},
@@ -96,12 +98,20 @@ func noPolicy(_ context.Context, c cellEnv) (*installed, error) {
 }
 
 // nftLimit drops what exceeds the limit at the netdev ingress hook of VM 1's
-// port, in a table of its own.
-func nftLimit(_ context.Context, c cellEnv) (*installed, error) {
+// port, in a table of its own; with ssh, TCP from port 22 (the VM's ssh
+// replies, the probe's) is accepted before the limit.
+func nftLimit(ssh bool) func(context.Context, cellEnv) (*installed, error) {
+	return func(ctx context.Context, c cellEnv) (*installed, error) { return nftLimitRule(ctx, c, ssh) }
+}
+
+func nftLimitRule(_ context.Context, c cellEnv, ssh bool) (*installed, error) {
 	hv, port := c.l.get("HV_NS"), c.l.get("VM1_PORT")
 	table := "shbench_" + randHex(6)
 	burst := burst10ms(c.limit, 1)
 	rule := fmt.Sprintf("limit rate over %d/second burst %d packets drop", c.limit, burst)
+	if ssh {
+		rule = "tcp sport 22 accept\n\t\t" + rule
+	}
 	ruleset := fmt.Sprintf("table netdev %s {\n\tchain in_vm1 {\n\t\ttype filter hook ingress device %q priority 0; policy accept;\n\t\t%s\n\t}\n}\n", table, port, rule)
 	cmd := exec.Command("ip", "netns", "exec", hv, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(ruleset)

@@ -261,6 +261,7 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 		}
 	}()
 	go m.RunWatch(ctx)
+	go m.RunHeartbeat(ctx)
 	if msrv != nil {
 		go func() {
 			if err := msrv.Serve(); err != nil {

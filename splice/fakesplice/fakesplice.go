@@ -192,7 +192,7 @@ func (s *fakeSplice) SetBackstop(d steer.Dir, b steer.Backstop) error {
 }
 
 // Beat records the heartbeat.
-func (s *fakeSplice) Beat(now uint64) error {
+func (s *fakeSplice) Beat(now uint64, _ time.Duration) error {
 	s.b.mu.Lock()
 	defer s.b.mu.Unlock()
 	s.b.beats[s.port] = now

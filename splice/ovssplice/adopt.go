@@ -253,9 +253,14 @@ func (s *spliced) adopt() (repaired []string, err error) {
 		return nil, nil
 	}
 	s.portIndex, s.mtu = l.index, l.mtu
-	var xdp uint32 // the dead daemon's XDP program to take over
+	var xdp uint32     // the dead daemon's XDP program to take over
+	var replace uint32 // or to replace, unable to take it over
 	if p, on, err := s.b.links.xdpProgram(l.index); err != nil {
 		return nil, err
+	} else if on && p.unknown {
+		// On the port of a recorded splice: taken for the dead daemon's.
+		s.b.log.Warn("cannot read the port's XDP program without CAP_SYS_ADMIN; replacing it as the dead daemon's (its counters and buckets start again)", "port", s.port, "program", p.id)
+		replace = p.id
 	} else if on && !p.ours() {
 		return nil, fmt.Errorf("%s already has an XDP program (id %d, %q) that is not shaperd's; remove it first", s.port, p.id, p.name)
 	} else if on {
@@ -372,6 +377,14 @@ func (s *spliced) adopt() (repaired []string, err error) {
 			return repaired, fmt.Errorf("record the port numbers on %s: %w", s.netTap, err)
 		}
 		s.portWas, s.netWas = s.plan.port, s.plan.netTap
+	}
+	if replace != 0 {
+		s.xdpID = replace
+		if err := s.b.links.detachXDP(s.portIndex, replace); err != nil {
+			return repaired, err
+		}
+		s.xdpID = 0
+		repaired = append(repaired, "kernel half (replaced: no CAP_SYS_ADMIN to take it over)")
 	}
 	if xdp != 0 {
 		h, err := s.b.links.adoptSteer(s.portIndex, xdp, s.netIndex, s.steerConfig())

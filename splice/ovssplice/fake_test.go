@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/shaperd/shaperd/splice/steer"
 )
@@ -607,7 +608,7 @@ type fakeHalf struct {
 	id int
 }
 
-func (h *fakeHalf) Beat(uint64) error                           { return nil }
+func (h *fakeHalf) Beat(uint64, time.Duration) error            { return nil }
 func (h *fakeHalf) SetBackstop(steer.Dir, steer.Backstop) error { return nil }
 func (h *fakeHalf) Stats() (steer.Stats, error)                 { return steer.Stats{}, nil }
 

@@ -27,6 +27,7 @@ package ovssplice
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/cilium/ebpf"
 	"github.com/shaperd/shaperd/splice"
@@ -38,7 +39,7 @@ import (
 // kernelHalf is what a splice keeps of its kernel half; *steer.Half, or a
 // fake in unit tests.
 type kernelHalf interface {
-	Beat(now uint64) error
+	Beat(now uint64, stale time.Duration) error
 	SetBackstop(d steer.Dir, b steer.Backstop) error
 	Stats() (steer.Stats, error)
 	Close() error
@@ -48,6 +49,9 @@ type kernelHalf interface {
 type xdpProg struct {
 	id   uint32
 	name string // the kernel's 15 bytes of it
+	// unknown: this process may not open the program to read its name
+	// (no CAP_SYS_ADMIN, see steer.NotPermitted).
+	unknown bool
 }
 
 // ours reports whether the program is shaperd's entry program.
@@ -133,6 +137,9 @@ func (netlinkLinks) xdpProgram(ifindex int) (xdpProg, bool, error) {
 		return xdpProg{}, false, nil
 	}
 	name, err := steer.ProgramName(ebpf.ProgramID(x.ProgId))
+	if steer.NotPermitted(err) {
+		return xdpProg{id: x.ProgId, unknown: true}, true, nil
+	}
 	if err != nil {
 		return xdpProg{}, false, err
 	}
@@ -214,13 +221,13 @@ func (s *spliced) SetBackstop(d steer.Dir, b steer.Backstop) error {
 	return h.SetBackstop(d, b)
 }
 
-// Beat writes the kernel half's heartbeat.
-func (s *spliced) Beat(now uint64) error {
+// Beat writes and arms the kernel half's heartbeat.
+func (s *spliced) Beat(now uint64, stale time.Duration) error {
 	h := s.kernel()
 	if h == nil {
 		return splice.ErrNoKernel
 	}
-	return h.Beat(now)
+	return h.Beat(now, stale)
 }
 
 // KernelStats reads the kernel half's counters.

@@ -61,7 +61,6 @@ const (
 type gen struct {
 	hook    Hook
 	maps    *Maps
-	live    *ebpf.Map
 	ins     asm.Instructions
 	pending string
 	n       int
@@ -175,8 +174,8 @@ func (g *gen) config() {
 	g.emit(asm.Mov.Reg(asm.R9, asm.R0))
 }
 
-// failPath is what a hook does when the daemon is gone (the entry
-// program's tail call found no main program) or its heartbeat is stale:
+// failPath is what a hook does when the daemon is gone (its socket is out
+// of the alive map) or its heartbeat is stale:
 // with fail open, the frame goes the direct way in the kernel; with fail
 // closed, it is dropped and counted. R9 must hold the config.
 func (g *gen) failPath() {
@@ -214,34 +213,25 @@ func (g *gen) failPath() {
 	g.drop()
 }
 
-// entry is the program attached to the hook. It tail-calls the main
-// program in slot 0 of the hook's liveness array, which only the daemon's
-// file descriptor keeps filled: the kernel empties a program array when
-// its last user reference goes, so within milliseconds of the daemon's
-// death the call falls through to the fail path.
-func (g *gen) entry() {
-	g.emit(
-		asm.Mov.Reg(asm.R6, asm.R1),
-		asm.Mov.Reg(asm.R1, asm.R6),
-		asm.LoadMapPtr(asm.R2, g.live.FD()),
-		asm.Mov.Imm(asm.R3, 0),
-		asm.FnTailCall.Call(),
-		// The maps the main program uses but this one does not: loading
-		// their pointers makes them the entry program's too, so a
-		// restarted daemon finds every map from the attached program.
-		asm.LoadMapPtr(asm.R2, g.maps.Heartbeat.FD()),
-		asm.LoadMapPtr(asm.R2, g.maps.Ports.FD()),
-		asm.LoadMapPtr(asm.R2, g.maps.Buckets.FD()),
-	)
-	g.config()
-	g.failPath()
-}
-
-// main is the program in the liveness array: heartbeat, steering,
-// backstop and counters.
-func (g *gen) main() {
+// program is the hook's program: liveness, heartbeat, steering, backstop
+// and counters.
+func (g *gen) program() {
 	g.emit(asm.Mov.Reg(asm.R6, asm.R1))
 	g.config()
+
+	// Liveness: the daemon's socket is in the alive map for as long as
+	// the daemon lives; the kernel removes it from the map when the
+	// socket closes, in the close itself, so when the daemon dies the
+	// very next frame takes the fail path.
+	alive := g.fresh("alive")
+	g.lookup(g.maps.Alive, 0)
+	g.emit(asm.JNE.Imm(asm.R0, 0, alive))
+	g.failPath()
+	g.label(alive)
+	g.emit(
+		asm.Mov.Reg(asm.R1, asm.R0),
+		asm.FnSkRelease.Call(),
+	)
 
 	// The heartbeat: stale after cfg.stale_ns (0: never).
 	fresh := g.fresh("fresh")
@@ -382,9 +372,13 @@ func (g *gen) parse() {
 		asm.JEq.Imm(asm.R3, protoICMP, class(ClassICMP)),
 		asm.JEq.Imm(asm.R3, protoUDP, class(ClassUDP)),
 		asm.JNE.Imm(asm.R3, protoTCP, class(ClassOther)),
+		// TCP behind IPv4 options: no constant offset, and pointer
+		// arithmetic with a variable needs CAP_PERFMON besides CAP_BPF.
+		// Such frames are ordinary tcp here (the forwarder classifies
+		// them fully).
+		asm.JNE.Imm(asm.R2, 20, class(ClassTCP)),
 		asm.Mov.Reg(asm.R1, asm.R7),
-		asm.Add.Reg(asm.R1, asm.R2),
-		asm.Add.Imm(asm.R1, ethLen),
+		asm.Add.Imm(asm.R1, ethLen+20),
 		asm.Mov.Reg(asm.R3, asm.R1),
 		asm.Add.Imm(asm.R3, 14),
 		asm.JGT.Reg(asm.R3, asm.R8, class(ClassOther)),
@@ -416,7 +410,7 @@ func (g *gen) parse() {
 		asm.Ja.Label(class(ClassICMP)),
 	)
 
-	for _, c := range []Class{ClassOther, ClassUDP, ClassICMP} {
+	for _, c := range []Class{ClassOther, ClassUDP, ClassICMP, ClassTCP} {
 		g.label(class(c))
 		g.emit(
 			asm.Mov.Imm(asm.R3, int32(c)),
@@ -545,15 +539,10 @@ func (g *gen) gcra(none, refuse string) {
 	)
 }
 
-// build returns the instructions of the hook's entry program (main
-// false) or main program.
-func build(hook Hook, m *Maps, live *ebpf.Map, main bool) (asm.Instructions, error) {
-	g := &gen{hook: hook, maps: m, live: live}
-	if main {
-		g.main()
-	} else {
-		g.entry()
-	}
+// build returns the instructions of the hook's program.
+func build(hook Hook, m *Maps) (asm.Instructions, error) {
+	g := &gen{hook: hook, maps: m}
+	g.program()
 	if g.pending != "" {
 		return nil, fmt.Errorf("steer: label %s at the end of the program", g.pending)
 	}

@@ -11,22 +11,24 @@
 // class and per direction that drops what is far beyond the quarantine's
 // limits before it reaches a tap, and keeps per-CPU counters.
 //
-// Liveness: each hook's attached ("entry") program tail-calls its main
-// program through a one-slot program array that only the daemon's file
-// descriptor keeps filled. The kernel empties a program array when its
-// last user reference closes, so when the daemon dies the tail call falls
-// through, within milliseconds, to the fail path: with fail open the frame
+// Liveness: the daemon keeps one socket of its own (an AF_UNIX datagram
+// socket) in each kernel half's alive map, a sockmap. The kernel removes a
+// socket from every sockmap in the socket's close, so when the daemon dies
+// (kill -9 included: the kernel closes its files) the very next frame
+// finds the map empty and takes the fail path: with fail open the frame
 // goes the direct way in the kernel, with fail closed it is dropped and
-// counted. A daemon that is alive but stuck stops updating the heartbeat
-// map; once it is older than the configured staleness the main program
-// takes the same fail path.
+// counted. (A one-slot program array, which the kernel empties when its
+// last user reference goes, was tried first: it empties from a work queue,
+// which under a flood ran 0.3-0.7 s late, and once after a new daemon had
+// filled it again.) A daemon that is alive but stuck stops updating the
+// heartbeat map; once the heartbeat is older than the staleness the daemon
+// armed (Beat), the program takes the same fail path.
 //
-// Adoption: the entry programs stay attached (a tc filter or an XDP
-// attachment made through netlink lasts as long as the interface), and
-// every map is referenced by each entry program, so a restarted daemon
-// finds the maps from the attached programs' ids (Adopt), loads a new main
-// program into each empty liveness slot, and never loads a second copy of
-// anything attached.
+// Adoption: the programs stay attached (a tc filter or an XDP attachment
+// made through netlink lasts as long as the interface), and each uses all
+// the maps, so a restarted daemon finds the maps from the attached
+// programs' ids (Adopt), puts its own socket in the alive map, and never
+// loads a second copy of anything.
 //
 // The package knows frames; the backends know the plumbing (where to
 // attach). Loading needs CAP_BPF and CAP_NET_ADMIN (or root).
@@ -37,6 +39,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -111,9 +114,7 @@ func (h Hook) progType() ebpf.ProgramType {
 
 // EntryName is the name of the program attached at hook, by which the
 // backends recognise it (the kernel keeps 15 bytes of it).
-func (h Hook) EntryName() string { return "shq_" + h.String() + "_e" }
-
-func (h Hook) mainName() string { return "shq_" + h.String() + "_m" }
+func (h Hook) EntryName() string { return "shq_" + h.String() }
 
 // Class is a frame's class for the backstop, close to the forwarder's
 // (package classify) as far as the headers tell: a frame the program
@@ -194,7 +195,7 @@ const (
 	namePorts     = "shq_ports"
 	nameBuckets   = "shq_bs"
 	nameStats     = "shq_stats"
-	nameLive      = "shq_live"
+	nameAlive     = "shq_alive"
 )
 
 // Maps are one splice's maps, shared by all its hooks.
@@ -204,10 +205,11 @@ type Maps struct {
 	Ports     *ebpf.Map // array, 1024 u64: bitmap of the bypass ports
 	Buckets   *ebpf.Map // array, 2×NumClasses buckets
 	Stats     *ebpf.Map // per-CPU array, 2×numCounters u64
+	Alive     *ebpf.Map // sockmap, 1 entry: the daemon's liveness socket
 }
 
 func (m *Maps) all() []*ebpf.Map {
-	return []*ebpf.Map{m.Config, m.Heartbeat, m.Ports, m.Buckets, m.Stats}
+	return []*ebpf.Map{m.Config, m.Heartbeat, m.Ports, m.Buckets, m.Stats, m.Alive}
 }
 
 var mapSpecs = map[string]*ebpf.MapSpec{
@@ -216,7 +218,7 @@ var mapSpecs = map[string]*ebpf.MapSpec{
 	namePorts:     {Name: namePorts, Type: ebpf.Array, KeySize: 4, ValueSize: 8, MaxEntries: 1024},
 	nameBuckets:   {Name: nameBuckets, Type: ebpf.Array, KeySize: 4, ValueSize: bucketSize, MaxEntries: uint32(numDirs) * NumClasses},
 	nameStats:     {Name: nameStats, Type: ebpf.PerCPUArray, KeySize: 4, ValueSize: 8, MaxEntries: uint32(numDirs) * uint32(numCounters)},
-	nameLive:      {Name: nameLive, Type: ebpf.ProgramArray, KeySize: 4, ValueSize: 4, MaxEntries: 1},
+	nameAlive:     {Name: nameAlive, Type: ebpf.SockMap, KeySize: 4, ValueSize: 8, MaxEntries: 1},
 }
 
 // Config is what a splice tells its kernel half. Ifindexes of 0 are unset.
@@ -251,48 +253,73 @@ func (c Config) value() []byte {
 	return b
 }
 
-// ErrHeld means another live daemon holds the kernel half (its liveness
-// slot is filled): stop it first.
+// ErrHeld means another live daemon holds the kernel half (its socket is
+// in the alive map): stop it first.
 var ErrHeld = errors.New("another shaperd holds this kernel half")
 
-// Half is one splice's kernel half: its maps and, per hook, the entry
-// program (attached by the backend), the liveness array and the main
-// program in it. Its methods are safe for concurrent use.
+// Half is one splice's kernel half: its maps and, per hook, the program
+// (attached by the backend). Its methods are safe for concurrent use.
 type Half struct {
 	mu     sync.Mutex
 	cfg    Config
 	maps   Maps
-	hooks  map[Hook]*hookProgs
+	hooks  map[Hook]*ebpf.Program
 	closed bool
 }
 
-type hookProgs struct {
-	entry, main *ebpf.Program
-	live        *ebpf.Map
+// liveness is the process's liveness socket: one end of an AF_UNIX
+// datagram socket pair (the other end is closed at once), opened on first
+// use and kept until the process ends.
+var liveness struct {
+	once sync.Once
+	fd   int
+	err  error
 }
 
-func (p *hookProgs) close() {
-	// The liveness array goes last: closing it empties it.
-	p.entry.Close()
-	p.main.Close()
-	p.live.Close()
+func liveFD() (int, error) {
+	liveness.once.Do(func() {
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			liveness.err = fmt.Errorf("steer: the liveness socket: %w", err)
+			return
+		}
+		unix.Close(fds[1])
+		liveness.fd = fds[0]
+	})
+	return liveness.fd, liveness.err
+}
+
+// hold puts the process's liveness socket in the alive map.
+func (h *Half) hold() error {
+	fd, err := liveFD()
+	if err != nil {
+		return err
+	}
+	if err := h.maps.Alive.Put(uint32(0), uint64(fd)); err != nil {
+		return fmt.Errorf("steer: put the liveness socket in the alive map: %w", err)
+	}
+	return nil
 }
 
 // New creates a splice's maps and writes cfg into them. It loads no
 // program yet: see Entry.
 func New(cfg Config) (*Half, error) {
-	h := &Half{hooks: map[Hook]*hookProgs{}}
+	h := &Half{hooks: map[Hook]*ebpf.Program{}}
 	var err error
 	for _, x := range []struct {
 		m    **ebpf.Map
 		name string
-	}{{&h.maps.Config, nameConfig}, {&h.maps.Heartbeat, nameHeartbeat}, {&h.maps.Ports, namePorts}, {&h.maps.Buckets, nameBuckets}, {&h.maps.Stats, nameStats}} {
+	}{{&h.maps.Config, nameConfig}, {&h.maps.Heartbeat, nameHeartbeat}, {&h.maps.Ports, namePorts}, {&h.maps.Buckets, nameBuckets}, {&h.maps.Stats, nameStats}, {&h.maps.Alive, nameAlive}} {
 		if *x.m, err = ebpf.NewMap(mapSpecs[x.name]); err != nil {
 			h.Close()
 			return nil, fmt.Errorf("steer: create map %s: %w", x.name, err)
 		}
 	}
 	if err := h.configure(cfg); err != nil {
+		h.Close()
+		return nil, err
+	}
+	if err := h.hold(); err != nil {
 		h.Close()
 		return nil, err
 	}
@@ -338,8 +365,8 @@ func (h *Half) Configure(cfg Config) error {
 
 var errClosed = errors.New("steer: the kernel half is closed")
 
-// Entry loads hook's programs (once) and returns the entry program for the
-// backend to attach. The main program is in the liveness slot from here on.
+// Entry loads hook's program (once) and returns it for the backend to
+// attach.
 func (h *Half) Entry(hook Hook) (*ebpf.Program, error) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -350,53 +377,27 @@ func (h *Half) Entry(hook Hook) (*ebpf.Program, error) {
 		return nil, fmt.Errorf("steer: no hook %d", hook)
 	}
 	if p, ok := h.hooks[hook]; ok {
-		return p.entry, nil
+		return p, nil
 	}
-	p := &hookProgs{}
-	var err error
-	if p.live, err = ebpf.NewMap(mapSpecs[nameLive]); err != nil {
-		return nil, fmt.Errorf("steer: create map %s: %w", nameLive, err)
-	}
-	if p.entry, err = load(hook, &h.maps, p.live, false); err != nil {
-		p.close()
-		return nil, err
-	}
-	if err := h.revive(hook, p); err != nil {
-		p.close()
-		return nil, err
-	}
-	h.hooks[hook] = p
-	return p.entry, nil
-}
-
-// revive loads hook's main program and puts it in the liveness slot.
-func (h *Half) revive(hook Hook, p *hookProgs) error {
-	var err error
-	if p.main, err = load(hook, &h.maps, p.live, true); err != nil {
-		return err
-	}
-	if err := p.live.Put(uint32(0), p.main); err != nil {
-		return fmt.Errorf("steer: fill the liveness slot of %s: %w", hook, err)
-	}
-	return nil
-}
-
-// load builds and loads one program. A verifier refusal comes with the
-// end of the verifier's log.
-func load(hook Hook, m *Maps, live *ebpf.Map, main bool) (*ebpf.Program, error) {
-	ins, err := build(hook, m, live, main)
+	p, err := load(hook, &h.maps)
 	if err != nil {
 		return nil, err
 	}
-	name := hook.EntryName()
-	if main {
-		name = hook.mainName()
+	h.hooks[hook] = p
+	return p, nil
+}
+
+// load builds and loads one program.
+func load(hook Hook, m *Maps) (*ebpf.Program, error) {
+	ins, err := build(hook, m)
+	if err != nil {
+		return nil, err
 	}
 	spec := &ebpf.ProgramSpec{
-		Name:         name,
+		Name:         hook.EntryName(),
 		Type:         hook.progType(),
 		Instructions: ins,
-		License:      "Dual MIT/GPL", // bpf_redirect and bpf_tail_call are not GPL-only
+		License:      "Dual MIT/GPL", // none of its helpers is GPL-only
 	}
 	return loadSpec(spec)
 }
@@ -416,36 +417,21 @@ func loadSpec(spec *ebpf.ProgramSpec) (*ebpf.Program, error) {
 }
 
 // Adopt takes over a kernel half a dead daemon left attached: entries maps
-// each hook to the id of the entry program found attached there. It opens
-// the programs and their maps (never loading a second copy of either),
-// checks that no live daemon holds them (ErrHeld), writes cfg, and loads
-// a main program into each liveness slot.
+// each hook to the id of the program found attached there. It opens the
+// programs and their maps (never loading a second copy of either), checks
+// that no live daemon holds them (ErrHeld), writes cfg, and puts this
+// process's liveness socket in the alive map.
 func Adopt(cfg Config, entries map[Hook]ebpf.ProgramID) (*Half, error) {
-	h := &Half{hooks: map[Hook]*hookProgs{}}
+	h := &Half{hooks: map[Hook]*ebpf.Program{}}
 	fail := func(err error) (*Half, error) {
-		h.Close()
+		h.closeLocked(false)
 		return nil, err
 	}
 	byID := map[ebpf.MapID]*ebpf.Map{}
-	open := func(id ebpf.MapID) (*ebpf.Map, string, error) {
-		m, ok := byID[id]
-		if !ok {
-			var err error
-			if m, err = ebpf.NewMapFromID(id); err != nil {
-				return nil, "", fmt.Errorf("open map %d: %w", id, err)
-			}
-			byID[id] = m
-		}
-		info, err := m.Info()
-		if err != nil {
-			return nil, "", fmt.Errorf("read map %d: %w", id, err)
-		}
-		return m, info.Name, nil
-	}
 	defer func() {
 		// Close the handles no one took.
 		for _, m := range byID {
-			if !slices.Contains(h.maps.all(), m) && !h.ownsLive(m) {
+			if !slices.Contains(h.maps.all(), m) {
 				m.Close()
 			}
 		}
@@ -463,8 +449,7 @@ func Adopt(cfg Config, entries map[Hook]ebpf.ProgramID) (*Half, error) {
 		if err != nil {
 			return fail(fmt.Errorf("steer: adopt %s: open program %d: %w", hook, entries[hook], err))
 		}
-		p := &hookProgs{entry: prog}
-		h.hooks[hook] = p
+		h.hooks[hook] = prog
 		info, err := prog.Info()
 		if err != nil {
 			return fail(fmt.Errorf("steer: adopt %s: %w", hook, err))
@@ -477,19 +462,26 @@ func Adopt(cfg Config, entries map[Hook]ebpf.ProgramID) (*Half, error) {
 			return fail(fmt.Errorf("steer: adopt %s: the kernel does not tell a program's maps", hook))
 		}
 		for _, id := range ids {
-			m, name, err := open(id)
+			m, ok := byID[id]
+			if !ok {
+				if m, err = ebpf.NewMapFromID(id); err != nil {
+					return fail(fmt.Errorf("steer: adopt %s: open map %d: %w", hook, id, err))
+				}
+				byID[id] = m
+			}
+			mi, err := m.Info()
 			if err != nil {
-				return fail(fmt.Errorf("steer: adopt %s: %w", hook, err))
+				return fail(fmt.Errorf("steer: adopt %s: read map %d: %w", hook, id, err))
 			}
 			dst := map[string]**ebpf.Map{nameConfig: &h.maps.Config, nameHeartbeat: &h.maps.Heartbeat,
-				namePorts: &h.maps.Ports, nameBuckets: &h.maps.Buckets, nameStats: &h.maps.Stats, nameLive: &p.live}[name]
+				namePorts: &h.maps.Ports, nameBuckets: &h.maps.Buckets, nameStats: &h.maps.Stats, nameAlive: &h.maps.Alive}[mi.Name]
 			switch {
 			case dst == nil:
-				return fail(fmt.Errorf("steer: adopt %s: program %d uses a map %q that is not shaperd's", hook, entries[hook], name))
+				return fail(fmt.Errorf("steer: adopt %s: program %d uses a map %q that is not shaperd's", hook, entries[hook], mi.Name))
 			case *dst == nil:
 				*dst = m
 			case *dst != m:
-				return fail(fmt.Errorf("steer: adopt %s: program %d uses another %s than the splice's other hooks", hook, entries[hook], name))
+				return fail(fmt.Errorf("steer: adopt %s: program %d uses another %s than the splice's other hooks", hook, entries[hook], mi.Name))
 			}
 		}
 	}
@@ -498,34 +490,17 @@ func Adopt(cfg Config, entries map[Hook]ebpf.ProgramID) (*Half, error) {
 			return fail(errors.New("steer: adopt: the attached programs lack some of the kernel half's maps"))
 		}
 	}
-	for _, hook := range hooks {
-		p := h.hooks[hook]
-		if p.live == nil {
-			return fail(fmt.Errorf("steer: adopt %s: no liveness array", hook))
-		}
-		var id uint32
-		if err := p.live.Lookup(uint32(0), &id); err == nil {
-			return fail(fmt.Errorf("steer: adopt %s: its main program (id %d) is in place: %w", hook, id, ErrHeld))
-		}
+	var cookie uint64
+	if err := h.maps.Alive.Lookup(uint32(0), &cookie); err == nil {
+		return fail(fmt.Errorf("steer: adopt: a live daemon's socket is in the alive map: %w", ErrHeld))
 	}
 	if err := h.configure(cfg); err != nil {
 		return fail(err)
 	}
-	for _, hook := range hooks {
-		if err := h.revive(hook, h.hooks[hook]); err != nil {
-			return fail(err)
-		}
+	if err := h.hold(); err != nil {
+		return fail(err)
 	}
 	return h, nil
-}
-
-func (h *Half) ownsLive(m *ebpf.Map) bool {
-	for _, p := range h.hooks {
-		if p.live == m {
-			return true
-		}
-	}
-	return false
 }
 
 // IsEntry reports whether a program named name (as the kernel keeps it)
@@ -621,8 +596,12 @@ func Now() uint64 {
 	return uint64(ts.Nano())
 }
 
-// Beat writes the heartbeat: now in ns on CLOCK_MONOTONIC (see Now).
-func (h *Half) Beat(now uint64) error {
+// Beat writes the heartbeat, now in ns on CLOCK_MONOTONIC (see Now), and
+// arms it: from then on the programs take the fail path when the
+// heartbeat is older than stale (0: never; the config's Stale until the
+// first beat). The heartbeat is written before the staleness, so arming
+// never meets an old beat.
+func (h *Half) Beat(now uint64, stale time.Duration) error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.closed {
@@ -630,6 +609,14 @@ func (h *Half) Beat(now uint64) error {
 	}
 	if err := h.maps.Heartbeat.Put(uint32(0), now); err != nil {
 		return fmt.Errorf("steer: heartbeat: %w", err)
+	}
+	if stale != h.cfg.Stale {
+		cfg := h.cfg
+		cfg.Stale = stale
+		if err := h.maps.Config.Put(uint32(0), cfg.value()); err != nil {
+			return fmt.Errorf("steer: arm the heartbeat: %w", err)
+		}
+		h.cfg.Stale = stale
 	}
 	return nil
 }
@@ -669,6 +656,10 @@ func (h *Half) Stats() (Stats, error) {
 	return s, nil
 }
 
+// Maps returns the half's maps (for tests and tools; the programs own
+// their layout).
+func (h *Half) Maps() Maps { return h.maps }
+
 // Hooks lists the hooks with programs loaded, sorted.
 func (h *Half) Hooks() []Hook {
 	h.mu.Lock()
@@ -681,23 +672,30 @@ func (h *Half) Hooks() []Hook {
 	return out
 }
 
-// Close releases every handle. Programs still attached keep running with
-// an empty liveness slot (the fail path) until the backend detaches them.
-// Safe to call twice.
+// Close takes this process's socket out of the alive map and releases
+// every handle: programs still attached take the fail path from then on,
+// until the backend detaches them. Safe to call twice.
 func (h *Half) Close() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.closeLocked(true)
+	return nil
+}
+
+func (h *Half) closeLocked(release bool) {
 	if h.closed {
-		return nil
+		return
 	}
 	h.closed = true
+	if release && h.maps.Alive != nil {
+		_ = h.maps.Alive.Delete(uint32(0))
+	}
 	for _, p := range h.hooks {
-		p.close()
+		p.Close()
 	}
 	for _, m := range h.maps.all() {
 		m.Close()
 	}
-	return nil
 }
 
 // String describes the half for logs.
@@ -709,9 +707,19 @@ func (h *Half) String() string {
 	return "steer[" + strings.Join(hs, ",") + "]"
 }
 
-// Held reports whether the entry program id has its main program in its
-// liveness slot: a live daemon holds the kernel half. A backend checks it
-// before it changes anything in an adoption (Adopt checks again).
+// NotPermitted reports whether err says this process may not open a
+// kernel half by id: BPF_PROG_GET_FD_BY_ID and BPF_MAP_GET_FD_BY_ID need
+// CAP_SYS_ADMIN, which the service unit does not grant (loading needs only
+// CAP_BPF and CAP_NET_ADMIN). A backend then replaces the kernel half
+// instead of taking it over: the splice is the same, its counters and
+// bucket states start again.
+func NotPermitted(err error) bool {
+	return errors.Is(err, unix.EPERM) || errors.Is(err, os.ErrPermission)
+}
+
+// Held reports whether a live daemon holds the kernel half of program
+// id: its liveness socket is in the alive map. A backend checks it before
+// it changes anything in an adoption (Adopt checks again).
 func Held(id ebpf.ProgramID) (bool, error) {
 	p, err := ebpf.NewProgramFromID(id)
 	if err != nil {
@@ -729,16 +737,13 @@ func Held(id ebpf.ProgramID) (bool, error) {
 			return false, fmt.Errorf("steer: open map %d: %w", mid, err)
 		}
 		mi, err := m.Info()
-		if err == nil && mi.Name == nameLive {
-			// Opening it took a user reference, which our Close gives
-			// back; the slot is emptied only when the last one goes, so
-			// looking cannot empty a held slot.
-			var slot uint32
-			lerr := m.Lookup(uint32(0), &slot)
+		if err == nil && mi.Name == nameAlive {
+			var cookie uint64
+			lerr := m.Lookup(uint32(0), &cookie)
 			m.Close()
 			return lerr == nil, nil
 		}
 		m.Close()
 	}
-	return false, fmt.Errorf("steer: program %d has no liveness array", id)
+	return false, fmt.Errorf("steer: program %d has no alive map", id)
 }

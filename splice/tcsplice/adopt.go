@@ -18,11 +18,11 @@ import (
 // The VM tap's ifalias records what a restarted daemon cannot read back from
 // the links themselves:
 //
-//	shaperd splice of PORT[ hq][ bp=22,3389][ out][ intent=TEXT]
+//	shaperd splice of PORT[ hq][ bp=22,3389][ out][ fo][ intent=TEXT]
 //
 // hq: the port already had an ingress qdisc before the splice (so Release
-// must leave it). bp and out: the splice's Options (the steering filters
-// are rebuilt from them). TEXT is the daemon's intent, opaque here. The net tap
+// must leave it). bp, out and fo (fail open): the splice's Options (the
+// kernel half is configured from them). TEXT is the daemon's intent, opaque here. The net tap
 // carries the port's bridge settings (attributes, VLANs, static FDB entries,
 // MAC, MTU) and its master is the port's bridge, so nothing else is needed.
 const (
@@ -45,6 +45,9 @@ func (s *spliced) vmAlias() string {
 	}
 	if s.opt.BypassOutbound {
 		a += " out"
+	}
+	if s.opt.FailOpen {
+		a += " fo"
 	}
 	if s.intent != "" {
 		a += intentKey + s.intent
@@ -76,6 +79,8 @@ func parseAliasOpt(alias string) (port string, hadQdisc bool, opt splice.Options
 			hadQdisc = true
 		case x == "out":
 			opt.BypassOutbound = true
+		case x == "fo":
+			opt.FailOpen = true
 		case strings.HasPrefix(x, "bp="):
 			for _, p := range strings.Split(strings.TrimPrefix(x, "bp="), ",") {
 				if n, err := strconv.ParseUint(p, 10, 16); err == nil && n > 0 {
@@ -212,6 +217,9 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 	if prioL != nil {
 		s.prioMade, s.prioIndex = true, prioL.Attrs().Index
 	}
+	if _, err := s.findFallback(); err != nil {
+		return nil, fmt.Errorf("tcsplice: adopt %s: %w", port, err)
+	}
 	portL, err := linkOrNil(port)
 	if err != nil {
 		return nil, fmt.Errorf("tcsplice: adopt %s: %w", port, err)
@@ -245,18 +253,23 @@ func (s *spliced) repair(portL netlink.Link, netIndex int) error {
 		return fmt.Errorf("read tc filters: %w", err)
 	}
 	var steerID uint32
+	replace := false // the kernel half cannot be taken over: replace it
 	if p, id, ok := steerOf(fs); ok {
 		held, err := steer.Held(ebpf.ProgramID(id))
-		if err != nil {
+		switch {
+		case steer.NotPermitted(err):
+			s.b.log.Warn("cannot take the kernel half over without CAP_SYS_ADMIN; replacing it (its counters and buckets start again)", "port", s.port, "program", id)
+			s.prio, replace = p, true
+		case err != nil:
 			return err
-		}
-		if held {
+		case held:
 			return fmt.Errorf("%s's steering filter (program %d) is held by another shaperd, which still runs this splice; stop it first", s.port, id)
+		default:
+			s.prio, s.filterAdded, steerID = p, true, id
 		}
-		s.prio, s.filterAdded, steerID = p, true, id
 	}
 	oldU32 := uint16(0) // an earlier version's redirect filter
-	if !s.filterAdded {
+	if !s.filterAdded && !replace {
 		for _, f := range fs {
 			if p := f.Attrs().Priority; isRedirect(f, p, s.vmIndex) {
 				oldU32 = p
@@ -302,7 +315,28 @@ func (s *spliced) repair(portL netlink.Link, netIndex int) error {
 		}
 		repaired = append(repaired, "vm tap redirect")
 	}
+	if s.opt.FailOpen && !s.fbMade {
+		br, err := s.lookupBridge()
+		if err != nil {
+			return err
+		}
+		if err := s.createFallback(br); err != nil {
+			return fmt.Errorf("recreate the fallback pair: %w", err)
+		}
+		repaired = append(repaired, "fallback pair")
+	}
 	switch {
+	case replace:
+		// Its maps stay with the old program, which goes: the new one is
+		// attached in its place (the net tap's and the fallback peer's
+		// filters are replaced as they are attached).
+		if err := delSteer(portL, s.prio); err != nil {
+			return err
+		}
+		if err := s.attachSteer(); err != nil {
+			return err
+		}
+		repaired = append(repaired, "kernel half (replaced: no CAP_SYS_ADMIN to take it over)")
 	case s.filterAdded:
 		entries := map[steer.Hook]ebpf.ProgramID{steer.PortTC: ebpf.ProgramID(steerID)}
 		netID, onNet, err := egressSteerOf(netIndex)
@@ -311,6 +345,16 @@ func (s *spliced) repair(portL netlink.Link, netIndex int) error {
 		}
 		if onNet {
 			entries[steer.NetTC] = ebpf.ProgramID(netID)
+		}
+		onFB := false
+		if s.fbIndex != 0 {
+			fbID, ok, err := s.fallbackSteerOf()
+			if err != nil {
+				return err
+			}
+			if onFB = ok; ok {
+				entries[steer.FallbackTC] = ebpf.ProgramID(fbID)
+			}
 		}
 		h, err := steer.Adopt(s.steerConfig(), entries)
 		if err != nil {
@@ -322,6 +366,12 @@ func (s *spliced) repair(portL netlink.Link, netIndex int) error {
 				return err
 			}
 			repaired = append(repaired, "net tap filter")
+		}
+		if s.fbIndex != 0 && !onFB {
+			if err := s.attachFallback(h); err != nil {
+				return err
+			}
+			repaired = append(repaired, "fallback filter")
 		}
 	case oldU32 != 0:
 		// An earlier version's splice: its u32 redirect at prio and

@@ -32,6 +32,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/shaperd/shaperd/splice"
 	"github.com/shaperd/shaperd/splice/steer"
@@ -141,7 +142,8 @@ func linkOrNil(name string) (netlink.Link, error) {
 // checkNoTaps returns ErrSpliced if either of port's taps exists.
 func checkNoTaps(port string) error {
 	vm, nt := splice.TapNames(port)
-	for _, name := range []string{vm, nt, splice.PriorityTapName(port)} {
+	fb, fp := splice.FallbackNames(port)
+	for _, name := range []string{vm, nt, splice.PriorityTapName(port), fb, fp} {
 		l, err := linkOrNil(name)
 		if err != nil {
 			return fmt.Errorf("tcsplice: look up %s: %w", name, err)
@@ -177,9 +179,6 @@ func (b *Backend) Splice(port string, opt splice.Options) (splice.Splice, error)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 
-	if opt.FailOpen {
-		return nil, fmt.Errorf("tcsplice: port %s: %w (the tc backend has no datapath fallback; use --fail closed)", port, splice.ErrFailOpen)
-	}
 	s, err := b.prepare(port, opt)
 	if err != nil {
 		return nil, err
@@ -247,7 +246,7 @@ func (b *Backend) prepare(port string, opt splice.Options) (*spliced, error) {
 		vmTap:     vm,
 		netTap:    nt,
 		prioTap:   splice.PriorityTapName(port),
-		opt:       splice.Options{BypassPorts: slices.Clone(opt.BypassPorts), BypassOutbound: opt.BypassOutbound, Queues: opt.Queues},
+		opt:       splice.Options{BypassPorts: slices.Clone(opt.BypassPorts), BypassOutbound: opt.BypassOutbound, Queues: opt.Queues, FailOpen: opt.FailOpen},
 		mtu:       attrs.MTU,
 		attrs:     bp.attrs,
 		vlans:     bp.vlans,
@@ -301,6 +300,8 @@ type spliced struct {
 	netMade      bool        // netTap was created by this splice
 	prioIndex    int         // ifindex of prioTap, the steering filters' target
 	prioMade     bool        // prioTap was created by this splice
+	fbMade       bool        // the fallback pair was created by this splice
+	fbIndex      int         // ifindex of the fallback pair's peer (see fallback.go)
 	qdiscAdded   bool        // the port's ingress qdisc was added by this splice
 	filterAdded  bool        // the port's steering filter (the kernel half) may exist
 	half         *steer.Half // the kernel half, while this splice holds it; also guarded by hmu
@@ -317,9 +318,17 @@ func (s *spliced) Backend() string { return BackendName }
 func (s *spliced) VMTap() string   { return s.vmTap }
 func (s *spliced) NetTap() string  { return s.netTap }
 
-// FailOpen is false: if the forwarder dies, the VM is cut off until the
-// splice is released.
-func (s *spliced) FailOpen() bool { return false }
+// FailOpen reports whether the port's traffic goes the direct way, in the
+// kernel, when the daemon dies or stalls (through the fallback pair, see
+// fallback.go); otherwise the VM is cut off until the splice is adopted or
+// released.
+func (s *spliced) FailOpen() bool { return s.opt.FailOpen }
+
+// FailOpenByDefault is false: without --fail, a Linux-bridge splice fails
+// closed, as it did before it could fail open.
+func (b *Backend) FailOpenByDefault() bool { return false }
+
+var _ splice.FailDefaulter = (*Backend)(nil)
 
 // PriorityTap is the tap that frames steered by the splice's Options arrive on.
 func (s *spliced) PriorityTap() string { return s.prioTap }
@@ -335,6 +344,7 @@ const (
 	stepVLANs      = "copy vlans"
 	stepAttrs      = "copy port attributes"
 	stepFDB        = "copy static fdb"
+	stepFallback   = "create the fallback pair (fail open)"
 	stepVMRedirect = "redirect vm tap to port"
 	stepPrioTap    = "create priority tap"
 	stepQdisc      = "add port ingress qdisc"
@@ -382,6 +392,16 @@ func (s *spliced) build() error {
 		{stepFDB, func() error {
 			s.fdbMoved = len(s.fdb) > 0 // teardown moves them back
 			return moveFDB(netTap.Attrs().Index, s.fdb)
+		}},
+		{stepFallback, func() error {
+			if !s.opt.FailOpen {
+				return nil
+			}
+			br, err := s.lookupBridge()
+			if err != nil {
+				return err
+			}
+			return s.createFallback(br)
 		}},
 		{stepVMRedirect, func() error {
 			if err := netlink.QdiscAdd(ingressQdisc(s.vmIndex)); err != nil {
@@ -653,7 +673,12 @@ func (s *spliced) teardown() error {
 		}
 		*t.made = false
 	}
-	if h := s.kernel(); !s.filterAdded && !s.netMade && h != nil {
+	if s.fbMade {
+		if err := s.deleteFallback(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if h := s.kernel(); !s.filterAdded && !s.netMade && !s.fbMade && h != nil {
 		// Once its filters are gone: closing first would empty the
 		// liveness slots under frames still arriving.
 		s.setHalf(nil)
@@ -717,6 +742,8 @@ func (s *spliced) steerConfig() steer.Config {
 		Port:           s.portIndex,
 		BypassPorts:    s.opt.BypassPorts,
 		BypassOutbound: s.opt.BypassOutbound,
+		FailOpen:       s.opt.FailOpen,
+		Fallback:       s.fbIndex,
 	}
 }
 
@@ -731,6 +758,11 @@ func (s *spliced) attachSteer() error {
 	s.setHalf(h)
 	if err := s.attachNetSteer(h); err != nil {
 		return err
+	}
+	if s.fbIndex != 0 {
+		if err := s.attachFallback(h); err != nil {
+			return err
+		}
 	}
 	entry, err := h.Entry(steer.PortTC)
 	if err != nil {
@@ -770,13 +802,13 @@ func (s *spliced) SetBackstop(d steer.Dir, b steer.Backstop) error {
 	return h.SetBackstop(d, b)
 }
 
-// Beat writes the kernel half's heartbeat.
-func (s *spliced) Beat(now uint64) error {
+// Beat writes and arms the kernel half's heartbeat.
+func (s *spliced) Beat(now uint64, stale time.Duration) error {
 	h := s.kernel()
 	if h == nil {
 		return splice.ErrNoKernel
 	}
-	return h.Beat(now)
+	return h.Beat(now, stale)
 }
 
 // KernelStats reads the kernel half's counters.

@@ -109,7 +109,7 @@ func TestSpliceForwardRelease(t *testing.T) {
 				}
 				f := l.cmd("tc", "-n", l.ns, "filter", "show", "dev", c.dev, "ingress")
 				if c.dev == portName {
-					if !strings.Contains(f, "protocol all") || !strings.Contains(f, "bpf chain 0 handle 0x1 shq_tc_port_e direct-action") {
+					if !strings.Contains(f, "protocol all") || !strings.Contains(f, "bpf chain 0 handle 0x1 shq_tc_port direct-action") {
 						t.Errorf("no steering filter (the kernel half) on %s:\n%s", c.dev, f)
 					}
 					continue
@@ -176,7 +176,17 @@ func TestSpliceForwardRelease(t *testing.T) {
 // TestRollback fails Splice after each of its steps and checks that nothing
 // is left behind.
 func TestRollback(t *testing.T) {
-	steps := []string{stepVMTap, stepNetTap, stepJoin, stepVLANs, stepAttrs, stepFDB,
+	testRollback(t, false)
+}
+
+// TestRollbackFailOpen: the same with --fail open, whose fallback pair
+// (and its filter) the rollback must remove too.
+func TestRollbackFailOpen(t *testing.T) {
+	testRollback(t, true)
+}
+
+func testRollback(t *testing.T, failOpen bool) {
+	steps := []string{stepVMTap, stepNetTap, stepJoin, stepVLANs, stepAttrs, stepFDB, stepFallback,
 		stepVMRedirect, stepPrioTap, stepQdisc, stepSteer, stepLeave, stepVerify, stepRecord}
 	errInjected := errors.New("injected failure")
 	for _, step := range steps {
@@ -192,7 +202,7 @@ func TestRollback(t *testing.T) {
 				}
 				return nil
 			}
-			sp, err := b.Splice(portName, splice.Options{BypassPorts: []uint16{22, 3389}})
+			sp, err := b.Splice(portName, splice.Options{BypassPorts: []uint16{22, 3389}, FailOpen: failOpen})
 			if !errors.Is(err, errInjected) || sp != nil {
 				t.Fatalf("Splice = %v, %v; want the injected error", sp, err)
 			}

@@ -42,6 +42,8 @@ type result struct {
 	Late      int     `json:"late,omitempty"`           // echoes that arrived after their timeout
 	ConnP50ms float64 `json:"connect_p50_ms,omitempty"` // --new-conn: connect time alone
 	Error     string  `json:"error,omitempty"`          // first failure, if any
+	// LongestLoss is ping --paced's longest run of unanswered requests.
+	LongestLoss int `json:"longest_loss,omitempty"`
 }
 
 func runClient(args []string) error {

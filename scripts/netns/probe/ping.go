@@ -17,6 +17,7 @@ func runPing(args []string) error {
 	interval := fs.Duration("interval", 100*time.Millisecond, "time between requests")
 	timeout := fs.Duration("timeout", time.Second, "per-request timeout")
 	js := fs.Bool("json", false, "print the result as JSON")
+	paced := fs.Bool("paced", false, "send one request every --interval whatever the replies, as ping -i does (without it, a request waits for the previous one's reply or timeout), and count those answered within --timeout")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -33,6 +34,26 @@ func runPing(args []string) error {
 	}
 	defer p.Close()
 	var r result
+	if *paced {
+		answered, err := p.Paced(*count, *interval, *timeout)
+		if err != nil {
+			return err
+		}
+		run := 0
+		for _, ok := range answered {
+			r.Sent++
+			if ok {
+				r.Completed++
+				run = 0
+				continue
+			}
+			r.Failed++
+			if run++; run > r.LongestLoss {
+				r.LongestLoss = run
+			}
+		}
+		return report(r, *js)
+	}
 	var rtts []time.Duration
 	start := time.Now()
 	for i := range *count {

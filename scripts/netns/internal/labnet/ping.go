@@ -91,6 +91,69 @@ func (p *Pinger) Echo(seq uint16, timeout time.Duration) (time.Duration, error) 
 	}
 }
 
+// Paced sends count echo requests with sequence numbers 1..count, one
+// every interval whatever the replies (as ping -i does), and reports which
+// were answered within timeout of their sending: an outage of d loses
+// about d/interval of them. It reads replies on its own goroutine.
+func (p *Pinger) Paced(count int, interval, timeout time.Duration) (answered []bool, err error) {
+	reqType, replyType := byte(8), byte(0)
+	if p.dst.Is6() {
+		reqType, replyType = 128, 129
+	}
+	sent := make([]time.Time, count+1)
+	answered = make([]bool, count+1)
+	type reply struct {
+		seq uint16
+		at  time.Time
+	}
+	replies := make(chan reply, count+1)
+	start := time.Now()
+	end := start.Add(time.Duration(count)*interval + timeout)
+	if err := p.conn.SetReadDeadline(end); err != nil {
+		return nil, err
+	}
+	go func() {
+		defer close(replies)
+		for {
+			n, from, err := p.conn.ReadFromIP(p.buf)
+			if err != nil {
+				return
+			}
+			b := p.buf[:n]
+			if n < 8 || b[0] != replyType || binary.BigEndian.Uint16(b[4:]) != p.id {
+				continue
+			}
+			if a, ok := netip.AddrFromSlice(from.IP); !ok || a.Unmap() != p.dst {
+				continue
+			}
+			replies <- reply{binary.BigEndian.Uint16(b[6:]), time.Now()}
+		}
+	}()
+	for i := 1; i <= count; i++ {
+		if d := time.Until(start.Add(time.Duration(i-1) * interval)); d > 0 {
+			time.Sleep(d)
+		}
+		req := make([]byte, 8+16)
+		req[0] = reqType
+		binary.BigEndian.PutUint16(req[4:], p.id)
+		binary.BigEndian.PutUint16(req[6:], uint16(i))
+		copy(req[8:], "shaperd-lab-ping")
+		if p.dst.Is4() {
+			binary.BigEndian.PutUint16(req[2:], ^Fold(Sum(req, 0)))
+		}
+		sent[i] = time.Now()
+		if _, err := p.conn.WriteToIP(req, &net.IPAddr{IP: p.dst.AsSlice()}); err != nil {
+			return nil, fmt.Errorf("ping %s: %w", p.dst, err)
+		}
+	}
+	for r := range replies {
+		if i := int(r.seq); i >= 1 && i <= count && !sent[i].IsZero() && r.at.Sub(sent[i]) <= timeout {
+			answered[i] = true
+		}
+	}
+	return answered[1:], nil
+}
+
 // Sum adds b as big-endian 16-bit words to the one's-complement
 // accumulator acc (RFC 1071) and returns the new, unfolded accumulator.
 func Sum(b []byte, acc uint32) uint32 {

@@ -1,0 +1,132 @@
+package integration
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// unitCaps reads a capability setting (CapabilityBoundingSet=,
+// AmbientCapabilities=) of a unit in deploy/systemd, as setpriv takes it:
+// "-all,+net_admin,+bpf".
+func unitCaps(t *testing.T, unit, key string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repoRoot(), "deploy/systemd", unit))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		v, ok := strings.CutPrefix(strings.TrimSpace(line), key+"=")
+		if !ok {
+			continue
+		}
+		out := "-all"
+		for _, c := range strings.Fields(v) {
+			out += ",+" + strings.ToLower(strings.TrimPrefix(c, "CAP_"))
+		}
+		return out
+	}
+	return "-all"
+}
+
+// asUnit returns setpriv's arguments for unit's capability sets: its
+// bounding set, and its ambient set (inheritable too, as ambient needs),
+// with no new privileges.
+func asUnit(t *testing.T, unit string) []string {
+	bounding, ambient := unitCaps(t, unit, "CapabilityBoundingSet"), unitCaps(t, unit, "AmbientCapabilities")
+	return []string{"setpriv", "--bounding-set", bounding, "--inh-caps", ambient, "--ambient-caps", ambient, "--no-new-privs"}
+}
+
+// startDaemonAs starts a daemon in dir as startDaemonIn does, under the
+// command wrap (setpriv).
+func (l *lab) startDaemonAs(dir string, wrap []string) *daemon {
+	l.t.Helper()
+	d := &daemon{dir: dir, l: l, sock: filepath.Join(dir, "shaperd.sock"), logBuf: &syncBuffer{}, done: make(chan error, 1)}
+	args := append(append([]string{}, wrap...), filepath.Join(l.bin, "shaperd"), "run", "--socket", d.sock, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug")
+	d.cmd = inNS(l.get("HV_NS"), args...)
+	d.cmd.Stdout, d.cmd.Stderr = d.logBuf, d.logBuf
+	if err := d.cmd.Start(); err != nil {
+		l.t.Fatal(err)
+	}
+	go func() { d.done <- d.cmd.Wait() }()
+	l.t.Cleanup(func() {
+		d.stop()
+		if l.t.Failed() {
+			l.t.Logf("daemon log:\n%s", d.logBuf.String())
+		}
+	})
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		if code, _, _ := d.cli("status"); code == 0 {
+			return d
+		}
+		select {
+		case err := <-d.done:
+			d.done <- err
+			l.t.Fatalf("daemon exited at start: %v\n%s", err, d.logBuf.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			l.t.Fatalf("daemon not answering after 10 s:\n%s", d.logBuf.String())
+		}
+	}
+}
+
+// TestUnitCapabilities runs the daemon with the capabilities of
+// deploy/systemd/shaperd.service alone (setpriv with its bounding and
+// ambient sets): it loads and attaches the kernel half and polices; after
+// kill -9 a daemon with the same capabilities adopts the splice (replacing
+// the kernel half, which it may not open by id without CAP_SYS_ADMIN) and
+// polices again; and `release --all --offline` with the capabilities of
+// shaperd-release.service reverts it exactly. On both backends.
+func TestUnitCapabilities(t *testing.T) {
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		t.Skip("setpriv not found")
+	}
+	for _, mode := range []string{"bridge", "ovs"} {
+		t.Run(mode, func(t *testing.T) {
+			l := newLab(t, mode)
+			vm1, ext, port := l.get("VM1_NS"), l.get("EXT_NS"), l.get("VM1_PORT")
+			dir := t.TempDir()
+			unit := asUnit(t, "shaperd.service")
+			t.Logf("as shaperd.service: %s", strings.Join(unit, " "))
+			d := l.startDaemonAs(dir, unit)
+			before := l.snapshot()
+			l.bg(ext, "sink", "--listen", l.get("EXT_IP")+":9", "--duration", "60s")
+			d.must("quarantine", port, "--pps", "5000", "--fail", "open")
+			policed := func(d *daemon, what string) {
+				t.Helper()
+				l.bg(vm1, "flood", "--dst", l.get("EXT_IP"), "--dport", "9", "--proto", "udp", "--size", "250", "--pps", "20000", "--duration", "5s")
+				time.Sleep(1500 * time.Millisecond)
+				q0, t0 := d.statusAt(port)
+				time.Sleep(2 * time.Second)
+				q1, t1 := d.statusAt(port)
+				fwd := float64(q1.Directions.FromVM.Classes["udp"].PassedPackets-q0.Directions.FromVM.Classes["udp"].PassedPackets) / t1.Sub(t0).Seconds()
+				kernel := kernelRate(q0, q1, t0, t1, fromMain)
+				t.Logf("%s: the kernel half passes %.0f pps of a 20000 pps flood (backstop 10000), the forwarder %.0f pps", what, kernel, fwd)
+				if !within(kernel, 10000, 0.05) || !within(fwd, 5000, 0.05) {
+					t.Errorf("%s: kernel %.0f pps, forwarder %.0f pps; want 10000 and 5000 within 5%%", what, kernel, fwd)
+				}
+				time.Sleep(2 * time.Second) // the flood ends
+			}
+			policed(d, "with the unit's capabilities")
+
+			d.kill9()
+			d2 := l.startDaemonAs(dir, unit)
+			l.waitActive(d2, port, time.Now(), 3*time.Second)
+			policed(d2, "adopted with the unit's capabilities")
+			d2.kill9()
+
+			release := asUnit(t, "shaperd-release.service")
+			cmd := inNS(l.get("HV_NS"), append(release, filepath.Join(l.bin, "shaperd"), "--socket", d2.sock, "release", "--all", "--offline", "--state-dir", filepath.Join(dir, "state"))...)
+			if out, err := cmd.CombinedOutput(); err != nil {
+				t.Fatalf("release --all --offline as shaperd-release.service: %v\n%s", err, out)
+			}
+			if after := l.snapshot(); after != before {
+				t.Errorf("offline release left the host changed:\n%s", diffLines(before, after))
+			}
+		})
+	}
+}
