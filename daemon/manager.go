@@ -88,10 +88,9 @@ type Manager struct {
 	// (-20..19, 0 = the daemon's own). Set it before the first quarantine.
 	ForwarderNice int
 
-	// openTap opens a splice's taps, and openQueues the queues of a
-	// multi-queue tap; hooks so unit tests can use fakes.
-	openTap    func(name string) (forward.Device, error)
-	openQueues func(name string, n int) ([]forward.Device, error)
+	// openQueues opens the queues of a splice's tap; a hook so unit
+	// tests can use fakes.
+	openQueues func(name string, n int, offload bool) ([]forward.Device, error)
 	// portExists reports whether a link exists; a hook for unit tests.
 	portExists func(name string) bool
 
@@ -161,7 +160,6 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 		started:       time.Now(),
 		opt:           opt,
 		ForwarderNice: opt.ForwarderNice,
-		openTap:       forward.OpenTap,
 		openQueues:    forward.OpenTapQueues,
 		portExists: func(name string) bool {
 			_, err := netlink.LinkByName(name)
@@ -184,8 +182,7 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 // by default). For tests that pair a fake backend with fake devices; call it
 // before the first quarantine.
 func (m *Manager) SetTapOpener(open func(name string) (forward.Device, error)) {
-	m.openTap = open
-	m.openQueues = func(name string, _ int) ([]forward.Device, error) {
+	m.openQueues = func(name string, _ int, _ bool) ([]forward.Device, error) {
 		d, err := open(name)
 		if err != nil {
 			return nil, err
@@ -386,15 +383,12 @@ func (m *Manager) startForwarder(sp splice.Splice, spec Spec) (*forward.Forwarde
 			d.Close()
 		}
 	}
-	open := func(name string) (forward.Device, error) {
-		d, err := m.openTap(name)
-		if err == nil {
-			opened = append(opened, d)
-		}
-		return d, err
-	}
+	// Offloads (GSO segments through the forwarder) on all of the
+	// splice's taps, where the backend takes them.
+	o, ok := sp.(splice.Offloader)
+	offload := ok && o.Offloads()
 	queues := func(name string) ([]forward.Device, error) {
-		ds, err := m.openQueues(name, m.opt.TapQueues)
+		ds, err := m.openQueues(name, m.opt.TapQueues, offload)
 		opened = append(opened, ds...)
 		return ds, err
 	}
@@ -410,9 +404,14 @@ func (m *Manager) startForwarder(sp splice.Splice, spec Spec) (*forward.Forwarde
 	vm, nt := vms[0], nts[0]
 	var prio forward.Device
 	if name := sp.PriorityTap(); name != "" {
-		if prio, err = open(name); err != nil {
+		ps, err := queues(name)
+		if err != nil {
 			closeAll()
 			return nil, err
+		}
+		prio = ps[0]
+		for _, d := range ps[1:] {
+			d.Close() // one reader: the priority tap has one queue
 		}
 	}
 	cfg := forward.Config{

@@ -55,7 +55,7 @@ const (
 // concurrent use: it belongs to one input goroutine.
 type reader struct {
 	dev    Device
-	bufs   [][]byte // len: the current batch size; every buffer MaxFrameBuffer bytes
+	bufs   [][]byte // len: the current batch size; every buffer VnetHdrLen+MaxFrameBuffer bytes, the frame at VnetHdrLen
 	sizes  []int
 	yield  time.Time // when the goroutine last yielded
 	filled int       // frames of the last read
@@ -72,7 +72,7 @@ type reader struct {
 func newReader(dev Device, coalesce time.Duration) *reader {
 	return &reader{
 		dev:      dev,
-		bufs:     [][]byte{make([]byte, MaxFrameBuffer)},
+		bufs:     [][]byte{make([]byte, VnetHdrLen+MaxFrameBuffer)},
 		sizes:    make([]int, MaxReadBatch),
 		coalesce: coalesce,
 		ts:       unix.NsecToTimespec(int64(coalesce)),
@@ -86,7 +86,7 @@ func newReader(dev Device, coalesce time.Duration) *reader {
 func (r *reader) read() (int, time.Time, error) {
 	if r.filled == len(r.bufs) && len(r.bufs) < MaxReadBatch {
 		for range len(r.bufs) {
-			r.bufs = append(r.bufs, make([]byte, MaxFrameBuffer))
+			r.bufs = append(r.bufs, make([]byte, VnetHdrLen+MaxFrameBuffer))
 		}
 	}
 	if r.sleep {
@@ -95,7 +95,7 @@ func (r *reader) read() (int, time.Time, error) {
 		unix.Nanosleep(&r.ts, nil)
 		r.sleeps++
 	}
-	n, err := r.dev.Read(r.bufs, r.sizes[:len(r.bufs)])
+	n, err := r.dev.Read(r.bufs, r.sizes[:len(r.bufs)], VnetHdrLen)
 	now := time.Now()
 	if r.coalesce > 0 {
 		r.sleep = err == nil && r.gather(n, now)
@@ -126,7 +126,14 @@ func (r *reader) gather(n int, now time.Time) bool {
 }
 
 // frame returns frame i of the last batch.
-func (r *reader) frame(i int) []byte { return r.bufs[i][:r.sizes[i]] }
+func (r *reader) frame(i int) []byte { return r.bufs[i][VnetHdrLen : VnetHdrLen+r.sizes[i]] }
+
+// hdr returns the offload header of frame i.
+func (r *reader) hdr(i int) []byte { return r.bufs[i][:VnetHdrLen] }
+
+// withHdr returns frame i after its offload header, for Write at offset
+// VnetHdrLen.
+func (r *reader) withHdr(i int) []byte { return r.bufs[i][:VnetHdrLen+r.sizes[i]] }
 
 // Relay copies every frame from in to out with no logic at all, at the
 // scheduling priority nice (0: unchanged) and with the latency budget
@@ -151,8 +158,8 @@ func Relay(in, out Device, nice int, coalesce time.Duration) error {
 			continue
 		}
 		for j := range k {
-			r.one[0] = r.frame(j)
-			if _, err := out.Write(r.one[:]); err != nil && isClosed(err) {
+			r.one[0] = r.withHdr(j)
+			if _, err := out.Write(r.one[:], VnetHdrLen); err != nil && isClosed(err) {
 				return nil
 			}
 		}

@@ -19,15 +19,15 @@ type replay struct {
 	reads atomic.Int64
 }
 
-func (d *replay) Read(bufs [][]byte, sizes []int) (int, error) {
+func (d *replay) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	for i := range bufs {
-		sizes[i] = copy(bufs[i], d.frame)
+		sizes[i] = copy(bufs[i][offset:], d.frame)
 	}
 	d.reads.Add(int64(len(bufs)))
 	return len(bufs), nil
 }
-func (d *replay) Write(bufs [][]byte) (int, error) { return len(bufs), nil }
-func (d *replay) Close() error                     { return nil }
+func (d *replay) Write(bufs [][]byte, _ int) (int, error) { return len(bufs), nil }
+func (d *replay) Close() error                            { return nil }
 
 // Reading a batch and forwarding it allocates nothing once the batch has
 // grown to its size, in police and shape mode, passing and dropping.
@@ -157,9 +157,9 @@ type refuse struct {
 	err               error
 }
 
-func (d *refuse) Read([][]byte, []int) (int, error) { return 0, os.ErrClosed }
-func (d *refuse) Close() error                      { return nil }
-func (d *refuse) Write(bufs [][]byte) (int, error) {
+func (d *refuse) Read([][]byte, []int, int) (int, error) { return 0, os.ErrClosed }
+func (d *refuse) Close() error                           { return nil }
+func (d *refuse) Write(bufs [][]byte, _ int) (int, error) {
 	for i := range bufs {
 		d.seen++
 		if d.seen-1 == d.at {
