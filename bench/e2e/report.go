@@ -256,7 +256,7 @@ func (h *harness) markdown(svgName string) string {
 		{"shaperd's own CPU against the bare tap pair", h.versusBare()},
 		{"Coalescing: own CPU per frame against ping p99 (ICMP from VM 1 through the system during the window)", h.coalesceCurve()},
 		{"Latency at no load (ICMP from VM 1, 500 pings 10 ms apart, no flood)", h.noLoadLines()},
-		{"Bulk TCP (iperf3, one stream, 10 s, VM 1 to the external host, no flood)", h.tcpLines()},
+		{"Bulk TCP (iperf3, one stream, 10 s, VM 1 to the external host, no flood, the VMs' offloads on)", h.tcpLines()},
 	} {
 		if len(sec.lines) == 0 {
 			continue
