@@ -15,7 +15,8 @@ import (
 const (
 	// MaxReadBatch is the most frames one Read of an input returns. The
 	// batch starts at one buffer and doubles, up to this, each time a
-	// Read fills it: an idle or lightly loaded input keeps one
+	// Read fills it, and shrinks back a second after the last full one
+	// (see shrinkAfter): an idle or lightly loaded input keeps one
 	// MaxFrameBuffer buffer, a flooded one MaxReadBatch of them.
 	MaxReadBatch = 16
 
@@ -58,6 +59,7 @@ type reader struct {
 	bufs   [][]byte // len: the current batch size; every buffer VnetHdrLen+MaxFrameBuffer bytes, the frame at VnetHdrLen
 	sizes  []int
 	yield  time.Time // when the goroutine last yielded
+	full   time.Time // when a read last filled every buffer
 	filled int       // frames of the last read
 	one    [1][]byte // a frame to write
 
@@ -97,6 +99,11 @@ func (r *reader) read() (int, time.Time, error) {
 	}
 	n, err := r.dev.Read(r.bufs, r.sizes[:len(r.bufs)], VnetHdrLen)
 	now := time.Now()
+	if n == len(r.bufs) {
+		r.full = now
+	} else if len(r.bufs) > 1 && now.Sub(r.full) >= shrinkAfter {
+		r.shrink(n)
+	}
 	if r.coalesce > 0 {
 		r.sleep = err == nil && r.gather(n, now)
 	}
@@ -106,6 +113,26 @@ func (r *reader) read() (int, time.Time, error) {
 		runtime.Gosched()
 	}
 	return n, now, err
+}
+
+// shrinkAfter is how long a reader keeps the buffers a flood made it add
+// after its last full batch: then the next read lets go of those it did
+// not need, so that a port that was flooded goes back to holding one
+// buffer per input (see MaxReadBatch).
+const shrinkAfter = time.Second
+
+// shrink keeps the buffers a read of n frames needed, rounded up to a
+// power of two, and lets the others go.
+func (r *reader) shrink(n int) {
+	keep := 1
+	for keep < n {
+		keep *= 2
+	}
+	if keep >= len(r.bufs) {
+		return
+	}
+	clear(r.bufs[keep:])
+	r.bufs = r.bufs[:keep]
 }
 
 // gather decides whether to sleep before the next read, after a read of n

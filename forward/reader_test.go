@@ -254,3 +254,32 @@ func TestReaderCoalescesBatches(t *testing.T) {
 		t.Error("200 frames 20 µs apart and a budget of 200 µs: the reader never slept")
 	}
 }
+
+// A reader lets go of the buffers a flood made it add once a read returns
+// less than a full batch a second after the last full one.
+func TestReaderShrinksAfterAFlood(t *testing.T) {
+	dev := fakedev.New(256)
+	r := newReader(dev, 0)
+	for range 100 {
+		dev.Inject([]byte{1})
+	}
+	for got := 0; got < 100; {
+		k, _, err := r.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got += k
+	}
+	if len(r.bufs) != MaxReadBatch {
+		t.Fatalf("%d buffers after a flood, want %d", len(r.bufs), MaxReadBatch)
+	}
+	dev.Inject([]byte{2})
+	if k, _, _ := r.read(); k != 1 || len(r.bufs) != MaxReadBatch {
+		t.Fatalf("read %d frames, %d buffers: shrank within a second of the flood", k, len(r.bufs))
+	}
+	r.full = r.full.Add(-shrinkAfter)
+	dev.Inject([]byte{3})
+	if k, _, _ := r.read(); k != 1 || len(r.bufs) != 1 {
+		t.Fatalf("read %d frames, %d buffers a second after the flood, want 1 buffer", k, len(r.bufs))
+	}
+}
