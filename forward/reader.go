@@ -168,11 +168,19 @@ func (r *reader) withHdr(i int) []byte { return r.bufs[i][:VnetHdrLen+r.sizes[i]
 // exactly as a pipe does (the same reader, one write per frame), so the
 // bench measures it as the floor of the forwarder's cost: what remains
 // above it is shaperd's logic. Write errors other than a closed device are
-// ignored.
+// ignored. An input opened with offload delivers GSO segments (there is no
+// budget for them to overflow).
 func Relay(in, out Device, nice int, coalesce time.Duration) error {
 	p := &Pipe{nice: nice, log: slog.New(slog.DiscardHandler)}
 	if p.lockThread(coalesce) {
 		defer runtime.UnlockOSThread()
+	}
+	// No budgets: the input may hand over GSO segments whole (a tap
+	// opened with offload).
+	if g, ok := in.(gsoSetter); ok {
+		if err := g.SetGSO(true); err != nil && isClosed(err) {
+			return nil
+		}
 	}
 	r := newReader(in, coalesce)
 	for {
