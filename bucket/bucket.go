@@ -222,12 +222,16 @@ func (b *Budget) clamp(now time.Time) time.Time {
 // budget is not blocked, the packet bucket holds at least one packet and
 // the byte bucket at least n bytes. It charges nothing. A frame larger
 // than the byte bucket's depth never fits.
-func (b *Budget) Fits(now time.Time, n int) bool {
+func (b *Budget) Fits(now time.Time, n int) bool { return b.FitsN(now, 1, n) }
+
+// FitsN is Fits for k frames of n bytes in all (a GSO segment that the
+// kernel will send as k frames): the packet bucket must hold k packets.
+func (b *Budget) FitsN(now time.Time, k, n int) bool {
 	if b.block {
 		return false
 	}
 	now = b.clamp(now)
-	if b.pkts != nil && b.pkts.TokensAt(now) < 1 {
+	if b.pkts != nil && b.pkts.TokensAt(now) < float64(k) {
 		return false
 	}
 	if b.bytes != nil && n > 0 && b.bytes.TokensAt(now) < float64(n) {
@@ -241,14 +245,17 @@ func (b *Budget) Fits(now time.Time, n int) bool {
 // Admit, which does both). Take on a frame that does not fit charges the
 // buckets that have room and not the others; a blocked budget charges
 // nothing.
-func (b *Budget) Take(now time.Time, n int) {
+func (b *Budget) Take(now time.Time, n int) { b.TakeN(now, 1, n) }
+
+// TakeN is Take for k frames of n bytes in all (see FitsN).
+func (b *Budget) TakeN(now time.Time, k, n int) {
 	if b.block {
 		return
 	}
 	now = b.clamp(now)
 	b.last = now
 	if b.pkts != nil {
-		b.pkts.AllowN(now, 1)
+		b.pkts.AllowN(now, k)
 	}
 	if b.bytes != nil && n > 0 {
 		b.bytes.AllowN(now, n)

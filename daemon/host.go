@@ -22,9 +22,10 @@ type Host interface {
 	// PortExists reports whether a link of that name exists.
 	PortExists(name string) bool
 	// OpenTap opens one of a splice's taps; OpenTapQueues the n queues
-	// of a multi-queue tap (one, of a single-queue tap).
+	// of a multi-queue tap (one, of a single-queue tap), with offload
+	// when the splice's taps take GSO segments (splice.Offloader).
 	OpenTap(name string) (forward.Device, error)
-	OpenTapQueues(name string, n int) ([]forward.Device, error)
+	OpenTapQueues(name string, n int, offload bool) ([]forward.Device, error)
 	// PortMeters reads ports' ifindexes and byte counters (ifindex 0
 	// for a port that does not exist), for the tenants at a clean stop
 	// and at the start after it.
@@ -57,8 +58,8 @@ func (SystemHost) PortExists(name string) bool {
 
 func (SystemHost) OpenTap(name string) (forward.Device, error) { return forward.OpenTap(name) }
 
-func (SystemHost) OpenTapQueues(name string, n int) ([]forward.Device, error) {
-	return forward.OpenTapQueues(name, n)
+func (SystemHost) OpenTapQueues(name string, n int, offload bool) ([]forward.Device, error) {
+	return forward.OpenTapQueues(name, n, offload)
 }
 
 func (SystemHost) PortMeters(ports []string) ([]quota.PortMeter, error) {

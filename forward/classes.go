@@ -243,7 +243,7 @@ func keyAddr(f *classify.Frame, per rules.Per) netip.Addr {
 // later stages admit the frame too. It fills in d, which the caller zeroed.
 // (d is a pointer, not a result: the per-frame copies of a decision cost
 // about a tenth of a frame's time.) Caller holds mu.
-func (p *Pipe) classesLocked(d *decision, c classify.Class, f *classify.Frame, n int, now time.Time) {
+func (p *Pipe) classesLocked(d *decision, c classify.Class, f *classify.Frame, w cost, now time.Time) {
 	set := p.current.Rules
 	shape := p.sh.mode == Shape
 	d.reason, d.rule, d.bclass = admitted, -1, builtinBudget(c)
@@ -261,13 +261,13 @@ func (p *Pipe) classesLocked(d *decision, c classify.Class, f *classify.Frame, n
 				return
 			}
 			over := admitted
-			if r.budget != nil && !r.budget.Fits(now, n) {
+			if r.budget != nil && !r.budget.FitsN(now, w.pkts, w.bytes) {
 				over = ReasonClassBudget
 			}
 			if over == admitted && r.keys != nil {
 				d.t = p.nanos(now)
 				d.ref = r.keys.Lookup(keyAddr(f, cl.Per), d.t)
-				if !r.keys.Fits(d.ref, d.t, n) {
+				if !r.keys.FitsN(d.ref, d.t, w.pkts, w.bytes) {
 					over = ReasonDestBudget
 					if cl.Per == rules.PerSource {
 						over = ReasonSourceBudget
@@ -291,7 +291,7 @@ func (p *Pipe) classesLocked(d *decision, c classify.Class, f *classify.Frame, n
 					continue chain
 				}
 				d.rule, d.rc, d.name = -1, nil, ""
-				p.builtinLocked(d, b, n, now, shape)
+				p.builtinLocked(d, b, w, now, shape)
 				return
 			default:
 				d.reason = over
@@ -299,19 +299,19 @@ func (p *Pipe) classesLocked(d *decision, c classify.Class, f *classify.Frame, n
 			}
 		}
 	}
-	p.builtinLocked(d, d.bclass, n, now, shape)
+	p.builtinLocked(d, d.bclass, w, now, shape)
 }
 
 // builtinLocked decides a frame by the budget of built-in class b: in
 // shape mode that budget is charged when the frame leaves the queue.
-func (p *Pipe) builtinLocked(d *decision, b classify.Class, n int, now time.Time, shape bool) {
+func (p *Pipe) builtinLocked(d *decision, b classify.Class, w cost, now time.Time, shape bool) {
 	d.bclass = b
 	if shape {
 		d.deferred = true
 		return
 	}
 	if bb := p.class[b]; bb != nil {
-		if !bb.Fits(now, n) {
+		if !bb.FitsN(now, w.pkts, w.bytes) {
 			d.reason = ReasonClassBudget
 			return
 		}
@@ -322,37 +322,37 @@ func (p *Pipe) builtinLocked(d *decision, b classify.Class, n int, now time.Time
 // finishLocked runs steps 5 and 6 for a frame the classes admitted in
 // police mode: the aggregate and the quota must admit it too, and then
 // every budget is charged, or none. Caller holds mu.
-func (p *Pipe) finishLocked(d *decision, n int, now time.Time) Reason {
-	if p.agg != nil && !p.agg.Fits(now, n) {
+func (p *Pipe) finishLocked(d *decision, w cost, now time.Time) Reason {
+	if p.agg != nil && !p.agg.FitsN(now, w.pkts, w.bytes) {
 		return ReasonAggregateBudget
 	}
-	if q := p.current.Quota; q != nil && !q.Admit(now, p.dir, n, false) {
+	if q := p.current.Quota; q != nil && !q.Admit(now, p.dir, w.bytes, false) {
 		return ReasonQuota
 	}
-	p.takeLocked(d, n, now)
+	p.takeLocked(d, w, now)
 	if p.agg != nil {
-		p.agg.Take(now, n)
+		p.agg.TakeN(now, w.pkts, w.bytes)
 	}
 	return admitted
 }
 
 // takeLocked charges what a police-mode decision checked.
-func (p *Pipe) takeLocked(d *decision, n int, now time.Time) {
+func (p *Pipe) takeLocked(d *decision, w cost, now time.Time) {
 	if d.budget != nil {
-		d.budget.Take(now, n)
+		d.budget.TakeN(now, w.pkts, w.bytes)
 	}
 	if d.keys != nil {
-		d.keys.Take(d.ref, d.t, n)
+		d.keys.TakeN(d.ref, d.t, w.pkts, w.bytes)
 	}
 }
 
 // priorityLocked runs steps 2, 3 and 6 for a control or bypass frame: its
 // own budget and, for a new bypass connection, the per-source limit; the
 // quota counts it but cannot refuse it. Caller holds mu.
-func (p *Pipe) priorityLocked(c classify.Class, f *classify.Frame, n int, now time.Time) Reason {
+func (p *Pipe) priorityLocked(c classify.Class, f *classify.Frame, w cost, now time.Time) Reason {
 	b := p.class[c]
 	if c == classify.Control {
-		if b != nil && !b.Fits(now, n) {
+		if b != nil && !b.FitsN(now, w.pkts, w.bytes) {
 			return ReasonControlBudget
 		}
 	} else {
@@ -362,22 +362,22 @@ func (p *Pipe) priorityLocked(c classify.Class, f *classify.Frame, n int, now ti
 		if newConn {
 			t = p.nanos(now)
 			ref = p.bypassConn.Lookup(f.SrcIP, t)
-			if !p.bypassConn.Fits(ref, t, n) {
+			if !p.bypassConn.Fits(ref, t, w.bytes) {
 				return ReasonBypassConn
 			}
 		}
-		if b != nil && !b.Fits(now, n) {
+		if b != nil && !b.FitsN(now, w.pkts, w.bytes) {
 			return ReasonBypassBudget
 		}
 		if newConn {
-			p.bypassConn.Take(ref, t, n)
+			p.bypassConn.Take(ref, t, w.bytes)
 		}
 	}
 	if b != nil {
-		b.Take(now, n)
+		b.TakeN(now, w.pkts, w.bytes)
 	}
 	if q := p.current.Quota; q != nil {
-		q.Admit(now, p.dir, n, true)
+		q.Admit(now, p.dir, w.bytes, true)
 	}
 	return admitted
 }

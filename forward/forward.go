@@ -37,21 +37,28 @@ import (
 // (forward/fakedev).
 //
 // Read blocks until at least one frame is there, then reads frames while
-// more are there without waiting, up to len(bufs): frame i into bufs[i],
-// its length into sizes[i]. It returns how many it read. Each buffer should
-// hold MaxFrameBuffer bytes: a longer frame is cut to the buffer's length.
-// One goroutine reads a Device at a time.
+// more are there without waiting, up to len(bufs): frame i into
+// bufs[i][offset:], its length into sizes[i]. It returns how many it read.
+// Each buffer should hold offset+MaxFrameBuffer bytes: a longer frame is
+// cut to the buffer's length. One goroutine reads a Device at a time.
 //
-// Write sends bufs in order, one frame each, and returns how many it sent.
-// When that is less than len(bufs), err says why bufs[n] was not sent, and
-// the frames after it were not tried: the caller counts bufs[n] and may
-// call again with the rest. Write may be called while a Read is blocked.
+// Write sends bufs in order, one frame each, frame i being bufs[i][offset:],
+// and returns how many it sent. When that is less than len(bufs), err says
+// why bufs[n] was not sent, and the frames after it were not tried: the
+// caller counts bufs[n] and may call again with the rest. Write may be
+// called while a Read is blocked.
+//
+// offset is at least VnetHdrLen, and the VnetHdrLen bytes before a frame
+// hold its offload header (struct virtio_net_hdr): a device with offloads
+// reads a frame's header there and writes the header it finds there, so a
+// GSO segment read from one such device is written to another as it came;
+// a device without offloads zeroes it on Read and ignores it on Write.
 //
 // Close must unblock a pending Read, which then returns an error that
 // errors.Is os.ErrClosed, as do Read and Write afterwards.
 type Device interface {
-	Read(bufs [][]byte, sizes []int) (n int, err error)
-	Write(bufs [][]byte) (n int, err error)
+	Read(bufs [][]byte, sizes []int, offset int) (n int, err error)
+	Write(bufs [][]byte, offset int) (n int, err error)
 	Close() error
 }
 
@@ -356,7 +363,9 @@ type input struct {
 	dev      Device
 	cls      *classify.Classifier
 	coalesce time.Duration
-	out      Device // where its passed frames go
+	out      Device  // where its passed frames go
+	gso      gsoRole // which budgets decide whether it may read GSO segments
+	gsoOn    bool    // its device was told it may (under mu)
 }
 
 // Input pairs a device with its own classifier for NewPipe. The classifier
@@ -371,6 +380,9 @@ type Input struct {
 	// written, instead of the pipe's out (the paired queue of a
 	// multi-queue tap). The releaser writes to the pipe's out.
 	Out Device
+	// gso says whether Dev may be handed GSO segments, and under which
+	// budgets (New sets it; NewPipe's callers get none).
+	gso gsoRole
 }
 
 // NewPipe returns a Pipe for one direction with at least one input.
@@ -402,7 +414,7 @@ func NewPipe(dir classify.Direction, ins []Input, out Device, p Policy, now time
 		if o == nil {
 			o = out
 		}
-		pp.ins = append(pp.ins, input{dev: in.Dev, cls: in.Cls, coalesce: in.Coalesce, out: o})
+		pp.ins = append(pp.ins, input{dev: in.Dev, cls: in.Cls, coalesce: in.Coalesce, out: o, gso: in.gso})
 	}
 	pol := p
 	if err := pp.apply(&pol, now); err != nil {
@@ -447,6 +459,7 @@ func (p *Pipe) apply(pol *Policy, now time.Time) error {
 	}
 	p.applyShapingLocked(pol)
 	p.current = pol
+	p.applyGSOLocked()
 	return nil
 }
 
@@ -486,13 +499,14 @@ func (p *Pipe) Policy() Policy { return *p.pending.Load() }
 // mode it may queue a copy (Verdict.Queued). Only the first input's
 // goroutine may call it. It does not allocate.
 func (p *Pipe) Step(frame []byte, now time.Time) Verdict {
-	return p.step(p.ins[0].cls, frame, now)
+	return p.step(p.ins[0].cls, frame, nil, single(len(frame)), now)
 }
 
-func (p *Pipe) step(cls *classify.Classifier, frame []byte, now time.Time) Verdict {
-	n := len(frame)
-	if n < 14 {
-		return p.drop(classify.Malformed, nil, "", ReasonMalformed, n)
+// step decides frame, whose offload header is hdr (VnetHdrLen bytes, or nil
+// for none) and which costs w (see cost), at now, with cls.
+func (p *Pipe) step(cls *classify.Classifier, frame, hdr []byte, w cost, now time.Time) Verdict {
+	if len(frame) < 14 {
+		return p.drop(classify.Malformed, nil, "", ReasonMalformed, w)
 	}
 	c := cls.Classify(frame, now.UnixNano())
 	f := cls.Frame()
@@ -506,37 +520,37 @@ func (p *Pipe) step(cls *classify.Classifier, frame []byte, now time.Time) Verdi
 	if g := pol.Guard; g != nil {
 		if v := g.Check(f); v != guard.Pass {
 			p.mu.Unlock()
-			return p.drop(c, nil, "", guardReasons[v], n)
+			return p.drop(c, nil, "", guardReasons[v], w)
 		}
 	}
 	// Steps 2 and 3: control and bypass, never queued.
 	if c == classify.Control || c == classify.Bypass {
-		r := p.priorityLocked(c, f, n, now)
+		r := p.priorityLocked(c, f, w, now)
 		p.mu.Unlock()
 		if r == admitted {
-			return p.pass(c, nil, "", n)
+			return p.pass(c, nil, "", w)
 		}
-		return p.drop(c, nil, "", r, n)
+		return p.drop(c, nil, "", r, w)
 	}
 	// Step 4: the classes.
-	if pol.MaxFrame > 0 && n > pol.MaxFrame {
+	if pol.MaxFrame > 0 && w.largest > pol.MaxFrame {
 		p.mu.Unlock()
-		return p.drop(c, nil, "", ReasonFrameSize, n)
+		return p.drop(c, nil, "", ReasonFrameSize, w)
 	}
 	var d decision
-	p.classesLocked(&d, c, f, n, now)
+	p.classesLocked(&d, c, f, w, now)
 	if d.reason != admitted {
 		p.mu.Unlock()
-		return p.drop(c, d.rc, d.name, d.reason, n)
+		return p.drop(c, d.rc, d.name, d.reason, w)
 	}
 	var r Reason
 	if p.sh.mode == Shape {
 		// Step 7, with 5 and 6 when the frame leaves the queue.
-		desc := qdesc{class: c, bclass: d.bclass, rule: int16(d.rule), charge: d.deferred}
+		desc := qdesc{class: c, bclass: d.bclass, rule: int16(d.rule), charge: d.deferred, pkts: uint16(w.pkts), wire: uint32(w.bytes)}
 		var wake bool
-		r, wake = p.shapeLocked(desc, frame, now)
+		r, wake = p.shapeLocked(desc, frame, hdr, now)
 		if (r == queued || r == admitted) && !d.deferred {
-			p.takeLocked(&d, n, now) // a police-mode class charges on arrival
+			p.takeLocked(&d, w, now) // a police-mode class charges on arrival
 		}
 		p.mu.Unlock()
 		if wake {
@@ -547,13 +561,13 @@ func (p *Pipe) step(cls *classify.Classifier, frame []byte, now time.Time) Verdi
 		}
 	} else {
 		// Steps 5 and 6.
-		r = p.finishLocked(&d, n, now)
+		r = p.finishLocked(&d, w, now)
 		p.mu.Unlock()
 	}
 	if r == admitted {
-		return p.pass(c, d.rc, d.name, n)
+		return p.pass(c, d.rc, d.name, w)
 	}
-	return p.drop(c, d.rc, d.name, r, n)
+	return p.drop(c, d.rc, d.name, r, w)
 }
 
 // syncPolicyLocked applies the policy SetPolicy published, if it is new.
@@ -577,43 +591,43 @@ const admitted = NumReasons
 
 // pass counts a frame passed, under its class and, if a class of the
 // rules decided it, under that class (rc, named name).
-func (p *Pipe) pass(c classify.Class, rc *RuleCounters, name string, n int) Verdict {
-	p.counters[c].passed(n)
+func (p *Pipe) pass(c classify.Class, rc *RuleCounters, name string, w cost) Verdict {
+	p.counters[c].passed(w)
 	if rc != nil {
-		rc.passed(n)
+		rc.passed(w)
 	}
 	return Verdict{Pass: true, Class: c, Rule: name, rc: rc}
 }
 
 // drop counts a frame dropped for reason r, as pass counts.
-func (p *Pipe) drop(c classify.Class, rc *RuleCounters, name string, r Reason, n int) Verdict {
-	p.counters[c].dropped(r, n)
+func (p *Pipe) drop(c classify.Class, rc *RuleCounters, name string, r Reason, w cost) Verdict {
+	p.counters[c].dropped(r, w)
 	if rc != nil {
-		rc.dropped(r, n)
+		rc.dropped(r, w)
 	}
 	return Verdict{Reason: r, Class: c, Rule: name, rc: rc}
 }
 
-func (k *ClassCounters) passed(n int) {
-	k.PassedPackets.Add(1)
-	k.PassedBytes.Add(uint64(n))
+func (k *ClassCounters) passed(w cost) {
+	k.PassedPackets.Add(uint64(w.pkts))
+	k.PassedBytes.Add(uint64(w.bytes))
 }
 
-func (k *ClassCounters) dropped(r Reason, n int) {
-	k.DroppedBytes.Add(uint64(n))
-	k.Drops[r].Add(1)
+func (k *ClassCounters) dropped(r Reason, w cost) {
+	k.DroppedBytes.Add(uint64(w.bytes))
+	k.Drops[r].Add(uint64(w.pkts))
 }
 
 // writeFailed moves a frame that Step passed but the device refused from
 // passed to dropped.
-func (p *Pipe) writeFailed(c classify.Class, rc *RuleCounters, n int) {
+func (p *Pipe) writeFailed(c classify.Class, rc *RuleCounters, w cost) {
 	for _, k := range []*ClassCounters{&p.counters[c], rc.counters()} {
 		if k == nil {
 			continue
 		}
-		k.PassedPackets.Add(^uint64(0))
-		k.PassedBytes.Add(^uint64(n - 1))
-		k.dropped(ReasonWriteError, n)
+		k.PassedPackets.Add(-uint64(w.pkts))
+		k.PassedBytes.Add(-uint64(w.bytes))
+		k.dropped(ReasonWriteError, w)
 	}
 }
 
@@ -678,18 +692,19 @@ func (p *Pipe) run(i int) error {
 // closed. It does not allocate.
 func (p *Pipe) forwardBatch(cls *classify.Classifier, out Device, r *reader, k int, now time.Time) error {
 	for j := range k {
-		f := r.frame(j)
-		v := p.step(cls, f, now)
+		f, hdr := r.frame(j), r.hdr(j)
+		w := frameCost(hdr, f)
+		v := p.step(cls, f, hdr, w, now)
 		p.releaseDue(now)
 		if !v.Pass {
 			continue // dropped, or queued for the releaser
 		}
-		r.one[0] = f
-		if _, err := out.Write(r.one[:]); err != nil {
+		r.one[0] = r.withHdr(j)
+		if _, err := out.Write(r.one[:], VnetHdrLen); err != nil {
 			if isClosed(err) {
 				return err
 			}
-			p.writeFailed(v.Class, v.rc, len(f))
+			p.writeFailed(v.Class, v.rc, w)
 			if p.logEvery.ok(now) {
 				p.log.Warn("write failed", "err", err)
 			}
@@ -786,11 +801,11 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 		}
 		return c
 	}
-	fromIns := []Input{{Dev: d.VM, Cls: newCls(classify.FromVM), Coalesce: cfg.Coalesce}}
+	fromIns := []Input{{Dev: d.VM, Cls: newCls(classify.FromVM), Coalesce: cfg.Coalesce, gso: gsoOthers}}
 	if d.Priority != nil {
 		fromIns = append(fromIns, Input{Dev: d.Priority, Cls: newCls(classify.FromVM)})
 	}
-	toIns := []Input{{Dev: d.Net, Cls: newCls(classify.ToVM), Coalesce: cfg.Coalesce}}
+	toIns := []Input{{Dev: d.Net, Cls: newCls(classify.ToVM), Coalesce: cfg.Coalesce, gso: gsoAll}}
 	pair := func(qs []Device, i int) Device {
 		if i < len(qs) {
 			return qs[i]
@@ -798,10 +813,10 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 		return nil
 	}
 	for i, q := range d.VMQueues {
-		fromIns = append(fromIns, Input{Dev: q, Cls: newCls(classify.FromVM), Coalesce: cfg.Coalesce, Out: pair(d.NetQueues, i)})
+		fromIns = append(fromIns, Input{Dev: q, Cls: newCls(classify.FromVM), Coalesce: cfg.Coalesce, Out: pair(d.NetQueues, i), gso: gsoOthers})
 	}
 	for i, q := range d.NetQueues {
-		toIns = append(toIns, Input{Dev: q, Cls: newCls(classify.ToVM), Coalesce: cfg.Coalesce, Out: pair(d.VMQueues, i)})
+		toIns = append(toIns, Input{Dev: q, Cls: newCls(classify.ToVM), Coalesce: cfg.Coalesce, Out: pair(d.VMQueues, i), gso: gsoAll})
 	}
 	now := time.Now()
 	from, err := NewPipe(classify.FromVM, fromIns, d.Net, cfg.FromVM, now, cfg.Log)

@@ -15,7 +15,8 @@ import (
 const (
 	// MaxReadBatch is the most frames one Read of an input returns. The
 	// batch starts at one buffer and doubles, up to this, each time a
-	// Read fills it: an idle or lightly loaded input keeps one
+	// Read fills it, and shrinks back a second after the last full one
+	// (see shrinkAfter): an idle or lightly loaded input keeps one
 	// MaxFrameBuffer buffer, a flooded one MaxReadBatch of them.
 	MaxReadBatch = 16
 
@@ -55,9 +56,10 @@ const (
 // concurrent use: it belongs to one input goroutine.
 type reader struct {
 	dev    Device
-	bufs   [][]byte // len: the current batch size; every buffer MaxFrameBuffer bytes
+	bufs   [][]byte // len: the current batch size; every buffer VnetHdrLen+MaxFrameBuffer bytes, the frame at VnetHdrLen
 	sizes  []int
 	yield  time.Time // when the goroutine last yielded
+	full   time.Time // when a read last filled every buffer
 	filled int       // frames of the last read
 	one    [1][]byte // a frame to write
 
@@ -72,7 +74,7 @@ type reader struct {
 func newReader(dev Device, coalesce time.Duration) *reader {
 	return &reader{
 		dev:      dev,
-		bufs:     [][]byte{make([]byte, MaxFrameBuffer)},
+		bufs:     [][]byte{make([]byte, VnetHdrLen+MaxFrameBuffer)},
 		sizes:    make([]int, MaxReadBatch),
 		coalesce: coalesce,
 		ts:       unix.NsecToTimespec(int64(coalesce)),
@@ -86,7 +88,7 @@ func newReader(dev Device, coalesce time.Duration) *reader {
 func (r *reader) read() (int, time.Time, error) {
 	if r.filled == len(r.bufs) && len(r.bufs) < MaxReadBatch {
 		for range len(r.bufs) {
-			r.bufs = append(r.bufs, make([]byte, MaxFrameBuffer))
+			r.bufs = append(r.bufs, make([]byte, VnetHdrLen+MaxFrameBuffer))
 		}
 	}
 	if r.sleep {
@@ -95,8 +97,13 @@ func (r *reader) read() (int, time.Time, error) {
 		unix.Nanosleep(&r.ts, nil)
 		r.sleeps++
 	}
-	n, err := r.dev.Read(r.bufs, r.sizes[:len(r.bufs)])
+	n, err := r.dev.Read(r.bufs, r.sizes[:len(r.bufs)], VnetHdrLen)
 	now := time.Now()
+	if n == len(r.bufs) {
+		r.full = now
+	} else if len(r.bufs) > 1 && now.Sub(r.full) >= shrinkAfter {
+		r.shrink(n)
+	}
 	if r.coalesce > 0 {
 		r.sleep = err == nil && r.gather(n, now)
 	}
@@ -106,6 +113,26 @@ func (r *reader) read() (int, time.Time, error) {
 		runtime.Gosched()
 	}
 	return n, now, err
+}
+
+// shrinkAfter is how long a reader keeps the buffers a flood made it add
+// after its last full batch: then the next read lets go of those it did
+// not need, so that a port that was flooded goes back to holding one
+// buffer per input (see MaxReadBatch).
+const shrinkAfter = time.Second
+
+// shrink keeps the buffers a read of n frames needed, rounded up to a
+// power of two, and lets the others go.
+func (r *reader) shrink(n int) {
+	keep := 1
+	for keep < n {
+		keep *= 2
+	}
+	if keep >= len(r.bufs) {
+		return
+	}
+	clear(r.bufs[keep:])
+	r.bufs = r.bufs[:keep]
 }
 
 // gather decides whether to sleep before the next read, after a read of n
@@ -126,7 +153,14 @@ func (r *reader) gather(n int, now time.Time) bool {
 }
 
 // frame returns frame i of the last batch.
-func (r *reader) frame(i int) []byte { return r.bufs[i][:r.sizes[i]] }
+func (r *reader) frame(i int) []byte { return r.bufs[i][VnetHdrLen : VnetHdrLen+r.sizes[i]] }
+
+// hdr returns the offload header of frame i.
+func (r *reader) hdr(i int) []byte { return r.bufs[i][:VnetHdrLen] }
+
+// withHdr returns frame i after its offload header, for Write at offset
+// VnetHdrLen.
+func (r *reader) withHdr(i int) []byte { return r.bufs[i][:VnetHdrLen+r.sizes[i]] }
 
 // Relay copies every frame from in to out with no logic at all, at the
 // scheduling priority nice (0: unchanged) and with the latency budget
@@ -134,11 +168,19 @@ func (r *reader) frame(i int) []byte { return r.bufs[i][:r.sizes[i]] }
 // exactly as a pipe does (the same reader, one write per frame), so the
 // bench measures it as the floor of the forwarder's cost: what remains
 // above it is shaperd's logic. Write errors other than a closed device are
-// ignored.
+// ignored. An input opened with offload delivers GSO segments (there is no
+// budget for them to overflow).
 func Relay(in, out Device, nice int, coalesce time.Duration) error {
 	p := &Pipe{nice: nice, log: slog.New(slog.DiscardHandler)}
 	if p.lockThread(coalesce) {
 		defer runtime.UnlockOSThread()
+	}
+	// No budgets: the input may hand over GSO segments whole (a tap
+	// opened with offload).
+	if g, ok := in.(gsoSetter); ok {
+		if err := g.SetGSO(true); err != nil && isClosed(err) {
+			return nil
+		}
 	}
 	r := newReader(in, coalesce)
 	for {
@@ -151,8 +193,8 @@ func Relay(in, out Device, nice int, coalesce time.Duration) error {
 			continue
 		}
 		for j := range k {
-			r.one[0] = r.frame(j)
-			if _, err := out.Write(r.one[:]); err != nil && isClosed(err) {
+			r.one[0] = r.withHdr(j)
+			if _, err := out.Write(r.one[:], VnetHdrLen); err != nil && isClosed(err) {
 				return nil
 			}
 		}

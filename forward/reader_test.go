@@ -19,15 +19,15 @@ type replay struct {
 	reads atomic.Int64
 }
 
-func (d *replay) Read(bufs [][]byte, sizes []int) (int, error) {
+func (d *replay) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	for i := range bufs {
-		sizes[i] = copy(bufs[i], d.frame)
+		sizes[i] = copy(bufs[i][offset:], d.frame)
 	}
 	d.reads.Add(int64(len(bufs)))
 	return len(bufs), nil
 }
-func (d *replay) Write(bufs [][]byte) (int, error) { return len(bufs), nil }
-func (d *replay) Close() error                     { return nil }
+func (d *replay) Write(bufs [][]byte, _ int) (int, error) { return len(bufs), nil }
+func (d *replay) Close() error                            { return nil }
 
 // Reading a batch and forwarding it allocates nothing once the batch has
 // grown to its size, in police and shape mode, passing and dropping.
@@ -157,9 +157,9 @@ type refuse struct {
 	err               error
 }
 
-func (d *refuse) Read([][]byte, []int) (int, error) { return 0, os.ErrClosed }
-func (d *refuse) Close() error                      { return nil }
-func (d *refuse) Write(bufs [][]byte) (int, error) {
+func (d *refuse) Read([][]byte, []int, int) (int, error) { return 0, os.ErrClosed }
+func (d *refuse) Close() error                           { return nil }
+func (d *refuse) Write(bufs [][]byte, _ int) (int, error) {
 	for i := range bufs {
 		d.seen++
 		if d.seen-1 == d.at {
@@ -252,5 +252,34 @@ func TestReaderCoalescesBatches(t *testing.T) {
 	}
 	if r.sleeps == 0 {
 		t.Error("200 frames 20 µs apart and a budget of 200 µs: the reader never slept")
+	}
+}
+
+// A reader lets go of the buffers a flood made it add once a read returns
+// less than a full batch a second after the last full one.
+func TestReaderShrinksAfterAFlood(t *testing.T) {
+	dev := fakedev.New(256)
+	r := newReader(dev, 0)
+	for range 100 {
+		dev.Inject([]byte{1})
+	}
+	for got := 0; got < 100; {
+		k, _, err := r.read()
+		if err != nil {
+			t.Fatal(err)
+		}
+		got += k
+	}
+	if len(r.bufs) != MaxReadBatch {
+		t.Fatalf("%d buffers after a flood, want %d", len(r.bufs), MaxReadBatch)
+	}
+	dev.Inject([]byte{2})
+	if k, _, _ := r.read(); k != 1 || len(r.bufs) != MaxReadBatch {
+		t.Fatalf("read %d frames, %d buffers: shrank within a second of the flood", k, len(r.bufs))
+	}
+	r.full = r.full.Add(-shrinkAfter)
+	dev.Inject([]byte{3})
+	if k, _, _ := r.read(); k != 1 || len(r.bufs) != 1 {
+		t.Fatalf("read %d frames, %d buffers a second after the flood, want 1 buffer", k, len(r.bufs))
 	}
 }

@@ -312,7 +312,7 @@ func (p *Pipe) resizeQueueLocked(limit int) {
 	p.q = newQueue(limit)
 	for old.count > 0 {
 		d := old.descs[old.head]
-		if !p.q.push(old.frame(d), d) {
+		if hf := old.frame(d); !p.q.push(hf[:VnetHdrLen], hf[VnetHdrLen:], d) {
 			p.dropDescLocked(d, ReasonQueueFull)
 		}
 		old.pop()
@@ -343,7 +343,7 @@ func (p *Pipe) expireLocked(t int64) {
 // dropDescLocked counts a queued frame dropped, under its class and the
 // class of the rules that decided it. Caller holds mu.
 func (p *Pipe) dropDescLocked(d qdesc, r Reason) {
-	p.drop(d.class, p.descCounters(d), "", r, d.len())
+	p.drop(d.class, p.descCounters(d), "", r, d.cost())
 }
 
 // descCounters returns the counters of the class of the rules that
@@ -364,7 +364,7 @@ const queued = admitted + 1
 // empty queue; otherwise it is queued, or refused with a reason. wake
 // reports that the queue was empty and the releaser must be told. Caller
 // holds mu.
-func (p *Pipe) shapeLocked(d qdesc, frame []byte, now time.Time) (r Reason, wake bool) {
+func (p *Pipe) shapeLocked(d qdesc, frame, hdr []byte, now time.Time) (r Reason, wake bool) {
 	n := len(frame)
 	t := p.nanos(now)
 	p.expireLocked(t)
@@ -386,7 +386,7 @@ func (p *Pipe) shapeLocked(d qdesc, frame []byte, now time.Time) (r Reason, wake
 		return ReasonQueueTime, false
 	}
 	d.at = t
-	if !q.push(frame, d) {
+	if !q.push(hdr, frame, d) {
 		return ReasonQueueFull, false
 	}
 	if q.count == 1 && p.inflight == 0 {
@@ -404,21 +404,21 @@ func (p *Pipe) shapeLocked(d qdesc, frame []byte, now time.Time) (r Reason, wake
 // quota admit it at now; then both budgets are charged. Caller holds mu.
 func (p *Pipe) admitDescLocked(d qdesc, bt, now time.Time) Reason {
 	class, agg := p.budgetsFor(d)
-	n := d.len()
-	if class != nil && !class.Fits(bt, n) {
+	w := d.cost()
+	if class != nil && !class.FitsN(bt, w.pkts, w.bytes) {
 		return ReasonClassBudget
 	}
-	if agg != nil && !agg.Fits(bt, n) {
+	if agg != nil && !agg.FitsN(bt, w.pkts, w.bytes) {
 		return ReasonAggregateBudget
 	}
-	if q := p.current.Quota; q != nil && !q.Admit(now, p.dir, n, false) {
+	if q := p.current.Quota; q != nil && !q.Admit(now, p.dir, w.bytes, false) {
 		return ReasonQuota
 	}
 	if class != nil {
-		class.Take(bt, n)
+		class.TakeN(bt, w.pkts, w.bytes)
 	}
 	if agg != nil {
-		agg.Take(bt, n)
+		agg.TakeN(bt, w.pkts, w.bytes)
 	}
 	return admitted
 }
@@ -461,21 +461,22 @@ func (p *Pipe) budgetsFor(d qdesc) (class, agg *bucket.Budget) {
 // refused at once, as in police mode: waiting would not help.
 func (p *Pipe) hopelessLocked(d qdesc) Reason {
 	class, agg := p.budgetsFor(d)
-	if hopeless(class, d.len()) {
+	if hopeless(class, d.cost()) {
 		return ReasonClassBudget
 	}
-	if hopeless(agg, d.len()) {
+	if hopeless(agg, d.cost()) {
 		return ReasonAggregateBudget
 	}
 	return admitted
 }
 
-func hopeless(b *bucket.Budget, n int) bool {
+func hopeless(b *bucket.Budget, w cost) bool {
 	if b == nil {
 		return false
 	}
 	l := b.Limits()
-	return l.Block || (l.BytesPerSec > 0 && n > l.Effective().BurstBytes)
+	e := l.Effective()
+	return l.Block || (l.BytesPerSec > 0 && w.bytes > e.BurstBytes) || (l.PPS > 0 && w.pkts > e.BurstPackets)
 }
 
 // waitMargin is added to a computed token wait, so that a releaser woken
@@ -486,11 +487,11 @@ const waitMargin = time.Microsecond
 // frame hold the tokens for it. Caller holds mu.
 func (p *Pipe) waitLocked(d qdesc, now time.Time) time.Duration {
 	class, agg := p.budgetsFor(d)
-	return max(tokenWait(class, d.len(), now), tokenWait(agg, d.len(), now)) + waitMargin
+	return max(tokenWait(class, d.cost(), now), tokenWait(agg, d.cost(), now)) + waitMargin
 }
 
-// tokenWait returns how long until b holds one packet and n bytes.
-func tokenWait(b *bucket.Budget, n int, now time.Time) time.Duration {
+// tokenWait returns how long until b holds what w costs.
+func tokenWait(b *bucket.Budget, w cost, now time.Time) time.Duration {
 	if b == nil {
 		return 0
 	}
@@ -498,12 +499,12 @@ func tokenWait(b *bucket.Budget, n int, now time.Time) time.Duration {
 	pk, by := b.Fill(now)
 	var s float64
 	if l.PPS > 0 {
-		if need := 1 - pk*float64(l.BurstPackets); need > 0 {
+		if need := float64(w.pkts) - pk*float64(l.BurstPackets); need > 0 {
 			s = need / l.PPS
 		}
 	}
 	if l.BytesPerSec > 0 {
-		if need := float64(n) - by*float64(l.BurstBytes); need > 0 {
+		if need := float64(w.bytes) - by*float64(l.BurstBytes); need > 0 {
 			s = max(s, need/l.BytesPerSec)
 		}
 	}
@@ -516,28 +517,32 @@ type batch struct {
 	buf  []byte
 	used int
 	k    int
-	off  [maxBatch]int32
-	n    [maxBatch]int32
+	off  [maxBatch]int32 // of the frame's offload header, VnetHdrLen bytes before it
+	n    [maxBatch]int32 // the frame's length
+	w    [maxBatch]cost
 	cls  [maxBatch]classify.Class
 	rc   [maxBatch]*RuleCounters
-	// frames are the frames of buf, for Write.
+	// frames are the frames of buf with their headers, for Write at
+	// offset VnetHdrLen.
 	frames [maxBatch][]byte
 }
 
 const (
 	maxBatch   = 64
-	batchBytes = 2 * MaxFrameBuffer // at least one frame of any size
+	batchBytes = 2 * (VnetHdrLen + MaxFrameBuffer) // at least one frame of any size
 )
 
-func (b *batch) room(n int) bool { return b.k < maxBatch && b.used+n <= len(b.buf) }
+func (b *batch) room(n int) bool { return b.k < maxBatch && b.used+VnetHdrLen+n <= len(b.buf) }
 
-func (b *batch) add(frame []byte, c classify.Class, rc *RuleCounters) {
-	b.off[b.k], b.n[b.k], b.cls[b.k], b.rc[b.k] = int32(b.used), int32(len(frame)), c, rc
-	b.used += copy(b.buf[b.used:], frame)
+// add copies hf, a frame after its offload header, into the batch.
+func (b *batch) add(hf []byte, w cost, c classify.Class, rc *RuleCounters) {
+	b.off[b.k], b.n[b.k], b.w[b.k], b.cls[b.k], b.rc[b.k] = int32(b.used), int32(len(hf)-VnetHdrLen), w, c, rc
+	b.used += copy(b.buf[b.used:], hf)
 	b.k++
 }
 
-func (b *batch) frame(i int) []byte { return b.buf[b.off[i] : b.off[i]+b.n[i]] }
+// frame returns frame i after its offload header.
+func (b *batch) frame(i int) []byte { return b.buf[b.off[i] : b.off[i]+VnetHdrLen+b.n[i]] }
 
 // release writes to out, in order, the queued frames that are due at now
 // and that the budgets admit, and drops the expired ones. It returns when
@@ -573,9 +578,9 @@ func (p *Pipe) release(now time.Time, out Device) (time.Time, error) {
 	}
 	var closed error
 	for i := 0; i < b.k; {
-		n, err := out.Write(b.frames[i:b.k])
+		n, err := out.Write(b.frames[i:b.k], VnetHdrLen)
 		for j := i; j < i+n; j++ {
-			p.pass(b.cls[j], b.rc[j], "", int(b.n[j]))
+			p.pass(b.cls[j], b.rc[j], "", b.w[j])
 		}
 		i += n
 		if err == nil || i >= b.k {
@@ -584,11 +589,11 @@ func (p *Pipe) release(now time.Time, out Device) (time.Time, error) {
 		if isClosed(err) {
 			closed = err
 			for ; i < b.k; i++ {
-				p.drop(b.cls[i], b.rc[i], "", ReasonQueueFlush, int(b.n[i]))
+				p.drop(b.cls[i], b.rc[i], "", ReasonQueueFlush, b.w[i])
 			}
 			break
 		}
-		p.drop(b.cls[i], b.rc[i], "", ReasonWriteError, int(b.n[i]))
+		p.drop(b.cls[i], b.rc[i], "", ReasonWriteError, b.w[i])
 		if p.logEvery.ok(now) {
 			p.log.Warn("write failed", "err", err)
 		}
@@ -681,7 +686,7 @@ func (p *Pipe) takeDueLocked(now time.Time, b *batch) time.Time {
 			p.vclock = t
 			continue
 		}
-		b.add(q.frame(d), d.class, p.descCounters(d))
+		b.add(q.frame(d), d.cost(), d.class, p.descCounters(d))
 		q.pop()
 	}
 	return time.Time{}
@@ -814,57 +819,78 @@ type qdesc struct {
 	// built-in class bclass. A police-mode class charged it on arrival.
 	charge bool
 	bclass classify.Class
+	// pkts and wire are the frame's cost (see cost), 0 for a plain frame
+	// of n bytes.
+	pkts uint16
+	wire uint32
 }
 
 func (d qdesc) len() int { return int(d.n) }
 
-// newQueue returns an empty queue bounded by limit bytes. Its storage is
-// limit plus one largest frame: a frame that does not fit at the end of
-// the ring wastes at most that much, so a frame within the byte bound
-// always finds contiguous room.
+// cost returns what the queued frame costs the budgets and counters.
+func (d qdesc) cost() cost {
+	if d.pkts == 0 {
+		return single(d.len())
+	}
+	return cost{pkts: int(d.pkts), bytes: int(d.wire), largest: d.len()}
+}
+
+// newQueue returns an empty queue bounded by limit bytes of frames. Each
+// frame is stored after its offload header (VnetHdrLen bytes), so its
+// storage is limit, plus a header for each frame it can hold, plus one
+// largest frame: a frame that does not fit at the end of the ring wastes
+// at most that much, so a frame within the byte bound always finds
+// contiguous room.
 func newQueue(limit int) queue {
+	frames := limit/QueueBytesPerFrame + 1
 	return queue{
-		buf:   make([]byte, limit+MaxFrameBuffer),
-		descs: make([]qdesc, limit/QueueBytesPerFrame+1),
+		buf:   make([]byte, limit+frames*VnetHdrLen+VnetHdrLen+MaxFrameBuffer),
+		descs: make([]qdesc, frames),
 		limit: limit,
 	}
 }
 
-// push copies frame to the tail, described by d (its arrival, class and
-// budget; push sets the offset and length); it reports false, holding
-// nothing more, if a bound would be exceeded.
-func (q *queue) push(frame []byte, d qdesc) bool {
+// push copies hdr (zeros when nil) and frame to the tail, described by d
+// (its arrival, class, budget and cost; push sets the offset and length);
+// it reports false, holding nothing more, if a bound would be exceeded.
+func (q *queue) push(hdr, frame []byte, d qdesc) bool {
 	n := len(frame)
 	if q.count == len(q.descs) || q.bytes+n > q.limit || n > MaxFrameBuffer {
 		return false
 	}
+	size := VnetHdrLen + n
 	off := q.wpos
 	if q.count == 0 {
 		off = 0
 	} else if h := int(q.descs[q.head].off); q.wpos > h {
 		// Frames occupy [h, wpos): room at the end, or else at the start.
-		if len(q.buf)-q.wpos < n {
-			if h < n {
+		if len(q.buf)-q.wpos < size {
+			if h < size {
 				return false
 			}
 			off = 0
 		}
-	} else if h-q.wpos < n {
+	} else if h-q.wpos < size {
 		// Wrapped: frames occupy [h, end) and [0, wpos).
 		return false
 	}
-	copy(q.buf[off:], frame)
+	if hdr == nil {
+		clear(q.buf[off : off+VnetHdrLen])
+	} else {
+		copy(q.buf[off:off+VnetHdrLen], hdr)
+	}
+	copy(q.buf[off+VnetHdrLen:], frame)
 	d.off, d.n = uint32(off), uint32(n)
 	q.descs[(q.head+q.count)%len(q.descs)] = d
 	q.count++
 	q.bytes += n
-	q.wpos = off + n
+	q.wpos = off + size
 	return true
 }
 
-// frame returns the bytes of the frame d describes; valid until it is
-// popped.
-func (q *queue) frame(d qdesc) []byte { return q.buf[d.off : int(d.off)+d.len()] }
+// frame returns the frame d describes after its offload header; valid
+// until it is popped.
+func (q *queue) frame(d qdesc) []byte { return q.buf[d.off : int(d.off)+VnetHdrLen+d.len()] }
 
 // pop removes the head frame; the queue must not be empty.
 func (q *queue) pop() {

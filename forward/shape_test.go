@@ -44,11 +44,11 @@ type recorder struct {
 	bytes int
 }
 
-func (r *recorder) Read([][]byte, []int) (int, error) { return 0, os.ErrClosed }
-func (r *recorder) Close() error                      { return nil }
-func (r *recorder) Write(bufs [][]byte) (int, error) {
+func (r *recorder) Read([][]byte, []int, int) (int, error) { return 0, os.ErrClosed }
+func (r *recorder) Close() error                           { return nil }
+func (r *recorder) Write(bufs [][]byte, offset int) (int, error) {
 	for _, p := range bufs {
-		r.put(p)
+		r.put(p[offset:])
 	}
 	return len(bufs), nil
 }
@@ -63,9 +63,9 @@ func (r *recorder) put(p []byte) {
 // discard is an outgoing Device that keeps nothing (for allocation tests).
 type discard struct{}
 
-func (discard) Read([][]byte, []int) (int, error) { return 0, os.ErrClosed }
-func (discard) Write(bufs [][]byte) (int, error)  { return len(bufs), nil }
-func (discard) Close() error                      { return nil }
+func (discard) Read([][]byte, []int, int) (int, error)  { return 0, os.ErrClosed }
+func (discard) Write(bufs [][]byte, _ int) (int, error) { return len(bufs), nil }
+func (discard) Close() error                            { return nil }
 
 // sim drives a pipe on a manual clock as the run loop and releaseLoop do on
 // a perfect one: the releaser runs exactly when release asked to be called
@@ -745,7 +745,7 @@ func TestQueueRing(t *testing.T) {
 			binary.BigEndian.PutUint64(f[len(f)-8:], seq)
 			// push refuses only for a bound: the storage always has room.
 			fits := q.bytes+len(f) <= q.limit && q.count < len(q.descs)
-			ok := q.push(f, qdesc{at: int64(seq), class: classify.UDP, rule: -1})
+			ok := q.push(nil, f, qdesc{at: int64(seq), class: classify.UDP, rule: -1})
 			if ok != fits {
 				t.Fatalf("push of %d bytes with %d of %d bytes held: ok %v, want %v", len(f), q.bytes, q.limit, ok, fits)
 			}
@@ -754,7 +754,7 @@ func TestQueueRing(t *testing.T) {
 			}
 		} else {
 			d := q.descs[q.head]
-			if got := q.frame(d); !slices.Equal(got, want[0]) || d.class != classify.UDP || d.at != int64(seqOf(want[0])) {
+			if got := q.frame(d)[VnetHdrLen:]; !slices.Equal(got, want[0]) || d.class != classify.UDP || d.at != int64(seqOf(want[0])) {
 				t.Fatalf("popped frame %d differs", seqOf(want[0]))
 			}
 			want = want[1:]
@@ -813,12 +813,12 @@ func newStampDev(depth int) *stampDev {
 	return &stampDev{Device: fakedev.New(depth), at: map[uint64]time.Time{}}
 }
 
-func (d *stampDev) Write(bufs [][]byte) (int, error) {
+func (d *stampDev) Write(bufs [][]byte, offset int) (int, error) {
 	now := time.Now()
-	n, err := d.Device.Write(bufs)
+	n, err := d.Device.Write(bufs, offset)
 	d.mu.Lock()
 	for _, p := range bufs[:n] {
-		d.at[seqOf(p)] = now
+		d.at[seqOf(p[offset:])] = now
 	}
 	d.mu.Unlock()
 	return n, err

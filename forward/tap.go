@@ -31,11 +31,12 @@ import (
 // So the fd stays O_NONBLOCK, and the reader polls it together with an
 // eventfd that Close signals.
 
-// tap is a Device over one queue of a tap, attached by water.
+// tap is a Device over one queue of a tap.
 type tap struct {
 	name string
-	fd   int // the tap's queue, O_NONBLOCK, in no netpoller
-	efd  int // eventfd: Close makes it readable to wake a reader in poll
+	fd   int  // the tap's queue, O_NONBLOCK, in no netpoller
+	efd  int  // eventfd: Close makes it readable to wake a reader in poll
+	vnet bool // frames come and go after a virtio_net_hdr (offloads)
 	// mu is held for reading around every system call on fd and efd,
 	// and for writing by Close to close them: an fd number is never used
 	// after it was closed (and maybe reused).
@@ -55,7 +56,7 @@ type tap struct {
 // duplicate of water's fd and closes water's os.File, which takes the fd
 // out of Go's netpoller (see the comment above tap).
 func OpenTap(name string) (Device, error) {
-	ds, err := OpenTapQueues(name, 1)
+	ds, err := OpenTapQueues(name, 1, false)
 	if err != nil {
 		return nil, err
 	}
@@ -68,7 +69,15 @@ func OpenTap(name string) (Device, error) {
 // without it (by an older shaperd) takes one, whatever n: the kernel
 // refuses a multi-queue attach to it with EINVAL, and then the tap is
 // attached as a single queue. Either way at least one Device is returned.
-func OpenTapQueues(name string, n int) ([]Device, error) {
+//
+// With offload, the queues are attached with IFF_VNET_HDR: every frame
+// comes and goes after a virtio_net_hdr, the tap takes frames whose
+// checksum is left to the kernel, and, once the forwarder allows it (see
+// gsoAllowed), GSO segments of TCP (TUNSETOFFLOAD). Every tap of a splice
+// must be opened with the same offload: a segment read from one is written
+// to another as it came. The kernel keeps IFF_VNET_HDR per tap, not per
+// queue, so all queues of a tap are attached the same way.
+func OpenTapQueues(name string, n int, offload bool) ([]Device, error) {
 	var out []Device
 	fail := func(err error) ([]Device, error) {
 		for _, d := range out {
@@ -77,9 +86,9 @@ func OpenTapQueues(name string, n int) ([]Device, error) {
 		return nil, fmt.Errorf("forward: open tap %s: %w", name, err)
 	}
 	for i := range max(n, 1) {
-		d, err := attach(name, true)
+		d, err := attach(name, true, offload)
 		if i == 0 && errors.Is(err, unix.EINVAL) {
-			d, err = attach(name, false)
+			d, err = attach(name, false, offload)
 			if err != nil {
 				return fail(err)
 			}
@@ -93,8 +102,13 @@ func OpenTapQueues(name string, n int) ([]Device, error) {
 	return out, nil
 }
 
-// attach attaches one queue with water, with IFF_MULTI_QUEUE or without.
-func attach(name string, multi bool) (Device, error) {
+// attach attaches one queue, with IFF_MULTI_QUEUE or without. Without
+// offload water attaches it; with offload, TUNSETIFF goes through
+// x/sys/unix, because the pinned water has no IFF_VNET_HDR option.
+func attach(name string, multi, offload bool) (Device, error) {
+	if offload {
+		return attachVnet(name, multi)
+	}
 	ifce, err := water.New(water.Config{
 		DeviceType: water.TAP,
 		PlatformSpecificParams: water.PlatformSpecificParams{
@@ -146,6 +160,70 @@ func detach(ifce *water.Interface) (int, error) {
 	return fd, nil
 }
 
+// Offload flags of TUNSETOFFLOAD (include/uapi/linux/if_tun.h).
+const (
+	tunFCsum = 0x01 // TUN_F_CSUM: frames may leave their checksum to the kernel
+	tunFTSO4 = 0x02 // TUN_F_TSO4
+	tunFTSO6 = 0x04 // TUN_F_TSO6
+)
+
+// attachVnet attaches one queue with IFF_VNET_HDR, a 10-byte header, and
+// checksum offload (GSO off until SetGSO).
+func attachVnet(name string, multi bool) (Device, error) {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	flags := uint16(unix.IFF_TAP | unix.IFF_NO_PI | unix.IFF_VNET_HDR)
+	if multi {
+		flags |= unix.IFF_MULTI_QUEUE
+	}
+	ifr.SetUint16(flags)
+	if err := unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr); err != nil {
+		unix.Close(fd)
+		return nil, err
+	}
+	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, VnetHdrLen); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("TUNSETVNETHDRSZ: %w", err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tunFCsum); err != nil {
+		unix.Close(fd)
+		return nil, fmt.Errorf("TUNSETOFFLOAD: %w", err)
+	}
+	t, err := newTap(name, fd)
+	if err != nil {
+		return nil, err
+	}
+	t.vnet = true
+	return t, nil
+}
+
+// SetGSO lets the kernel hand this tap's reader GSO segments of TCP (up to
+// 64 KB each) or not; checksum offload stays on. It applies to the whole
+// tap, every queue. Only a tap opened with offload can; others return nil
+// and change nothing.
+func (t *tap) SetGSO(on bool) error {
+	if !t.vnet {
+		return nil
+	}
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	if t.closing.Load() {
+		return os.ErrClosed
+	}
+	flags := tunFCsum
+	if on {
+		flags |= tunFTSO4 | tunFTSO6
+	}
+	return unix.IoctlSetInt(t.fd, unix.TUNSETOFFLOAD, flags)
+}
+
 // newTap wraps fd, a nonblocking tap queue, and takes ownership of it.
 func newTap(name string, fd int) (*tap, error) {
 	efd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
@@ -160,7 +238,7 @@ func newTap(name string, fd int) (*tap, error) {
 
 // Read reads a batch (see Device). Errors other than a closed device are
 // the system call's errno.
-func (t *tap) Read(bufs [][]byte, sizes []int) (int, error) {
+func (t *tap) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	n := 0
@@ -174,9 +252,20 @@ func (t *tap) Read(bufs [][]byte, sizes []int) (int, error) {
 			}
 			t.drained = false
 		}
-		k, err := unix.Read(t.fd, bufs[n])
+		var k int
+		var err error
+		if t.vnet {
+			k, err = unix.Read(t.fd, bufs[n][offset-VnetHdrLen:])
+			k -= VnetHdrLen
+		} else {
+			clear(bufs[n][offset-VnetHdrLen : offset])
+			k, err = unix.Read(t.fd, bufs[n][offset:])
+		}
 		switch err {
 		case nil:
+			if k < 0 {
+				continue // shorter than its header: nothing to forward
+			}
 			sizes[n] = k
 			n++
 		case unix.EINTR:
@@ -217,15 +306,20 @@ func (t *tap) wait() error {
 	}
 }
 
-// Write writes each frame with one write(2) (see Device).
-func (t *tap) Write(bufs [][]byte) (int, error) {
+// Write writes each frame with one write(2) (see Device), after its
+// offload header if the tap has offloads.
+func (t *tap) Write(bufs [][]byte, offset int) (int, error) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	if t.closing.Load() {
 		return 0, os.ErrClosed
 	}
 	for i := 0; i < len(bufs); {
-		_, err := unix.Write(t.fd, bufs[i])
+		b := bufs[i][offset:]
+		if t.vnet {
+			b = bufs[i][offset-VnetHdrLen:]
+		}
+		_, err := unix.Write(t.fd, b)
 		switch err {
 		case nil:
 			i++

@@ -30,7 +30,10 @@ type tapLab struct {
 // inTapLab runs f with a tapLab, on a thread in a new network namespace.
 // The thread stays locked, so the runtime discards it (and the namespace
 // and tap go with it) when f returns.
-func inTapLab(t *testing.T, f func(l *tapLab)) {
+func inTapLab(t *testing.T, f func(l *tapLab)) { inTapLabWith(t, false, f) }
+
+// inTapLabWith is inTapLab, the tap opened with offload or not.
+func inTapLabWith(t *testing.T, offload bool, f func(l *tapLab)) {
 	t.Helper()
 	netnstest.Require(t, "ip")
 	done := make(chan struct{})
@@ -63,11 +66,12 @@ func inTapLab(t *testing.T, f func(l *tapLab)) {
 			t.Error(err)
 			return
 		}
-		d, err := OpenTap(name)
+		ds, err := OpenTapQueues(name, 1, offload)
 		if err != nil {
 			t.Error(err)
 			return
 		}
+		d := ds[0]
 		defer d.Close()
 		sock, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
 		if err != nil {
@@ -88,6 +92,10 @@ func inTapLab(t *testing.T, f func(l *tapLab)) {
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
+// headroom returns f after VnetHdrLen zero bytes, for Write at offset
+// VnetHdrLen.
+func headroom(f []byte) []byte { return append(make([]byte, VnetHdrLen), f...) }
+
 // testFrame is an Ethernet frame of n bytes (n >= 60) numbered i, of an
 // EtherType nothing in the namespace answers.
 func testFrame(i, n int) []byte {
@@ -103,8 +111,8 @@ func TestTapCloseUnblocksReader(t *testing.T) {
 	inTapLab(t, func(l *tapLab) {
 		got := make(chan error, 1)
 		go func() {
-			bufs, sizes := [][]byte{make([]byte, MaxFrameBuffer)}, make([]int, 1)
-			_, err := l.dev.Read(bufs, sizes)
+			bufs, sizes := [][]byte{make([]byte, VnetHdrLen+MaxFrameBuffer)}, make([]int, 1)
+			_, err := l.dev.Read(bufs, sizes, VnetHdrLen)
 			got <- err
 		}()
 		select {
@@ -127,10 +135,10 @@ func TestTapCloseUnblocksReader(t *testing.T) {
 				t.Fatal("Close did not unblock the reader within 5 s")
 			}
 		}
-		if _, err := l.dev.Read([][]byte{make([]byte, 100)}, make([]int, 1)); !errors.Is(err, os.ErrClosed) {
+		if _, err := l.dev.Read([][]byte{make([]byte, 100)}, make([]int, 1), VnetHdrLen); !errors.Is(err, os.ErrClosed) {
 			t.Errorf("Read after Close: %v", err)
 		}
-		if _, err := l.dev.Write([][]byte{testFrame(0, 60)}); !errors.Is(err, os.ErrClosed) {
+		if _, err := l.dev.Write([][]byte{headroom(testFrame(0, 60))}, VnetHdrLen); !errors.Is(err, os.ErrClosed) {
 			t.Errorf("Write after Close: %v", err)
 		}
 		if err := l.dev.Close(); err != nil {
@@ -150,12 +158,12 @@ func TestTapBatches(t *testing.T) {
 		}
 		bufs := make([][]byte, 4)
 		for i := range bufs {
-			bufs[i] = make([]byte, MaxFrameBuffer)
+			bufs[i] = make([]byte, VnetHdrLen+MaxFrameBuffer)
 		}
 		sizes := make([]int, 4)
 		var got [][]byte
 		for len(got) < 5 {
-			n, err := l.dev.Read(bufs, sizes)
+			n, err := l.dev.Read(bufs, sizes, VnetHdrLen)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -163,7 +171,7 @@ func TestTapBatches(t *testing.T) {
 				t.Errorf("first Read returned %d frames with 5 queued and 4 buffers, want 4", n)
 			}
 			for i := range n {
-				got = append(got, bytes.Clone(bufs[i][:sizes[i]]))
+				got = append(got, bytes.Clone(bufs[i][VnetHdrLen:VnetHdrLen+sizes[i]]))
 			}
 		}
 		for i, f := range got {
@@ -173,9 +181,9 @@ func TestTapBatches(t *testing.T) {
 		}
 		var out [][]byte
 		for i := range 3 {
-			out = append(out, testFrame(10+i, 100))
+			out = append(out, headroom(testFrame(10+i, 100)))
 		}
-		if n, err := l.dev.Write(out); n != 3 || err != nil {
+		if n, err := l.dev.Write(out, VnetHdrLen); n != 3 || err != nil {
 			t.Fatalf("Write of 3 frames: %d, %v", n, err)
 		}
 		buf := make([]byte, 2048)
@@ -184,7 +192,7 @@ func TestTapBatches(t *testing.T) {
 			if err != nil {
 				t.Fatalf("frame %d written, not seen on the tap: %v", i, err)
 			}
-			if !bytes.Equal(buf[:n], out[i]) {
+			if !bytes.Equal(buf[:n], out[i][VnetHdrLen:]) {
 				t.Errorf("frame %d seen as % x", i, buf[:16])
 			}
 		}
@@ -195,20 +203,63 @@ func TestTapBatches(t *testing.T) {
 func TestTapZeroAllocs(t *testing.T) {
 	inTapLab(t, func(l *tapLab) {
 		in := testFrame(1, 250)
-		bufs, sizes := [][]byte{make([]byte, MaxFrameBuffer)}, make([]int, 1)
+		bufs, sizes := [][]byte{make([]byte, VnetHdrLen+MaxFrameBuffer)}, make([]int, 1)
+		out := make([][]byte, 1)
 		a := testing.AllocsPerRun(200, func() {
 			if _, err := unix.Write(l.sock, in); err != nil {
 				t.Fatal(err)
 			}
-			if n, err := l.dev.Read(bufs, sizes); n != 1 || err != nil {
+			if n, err := l.dev.Read(bufs, sizes, VnetHdrLen); n != 1 || err != nil {
 				t.Fatalf("Read: %d, %v", n, err)
 			}
-			if _, err := l.dev.Write(bufs[:1]); err != nil {
+			out[0] = bufs[0][:VnetHdrLen+sizes[0]]
+			if _, err := l.dev.Write(out, VnetHdrLen); err != nil {
 				t.Fatal(err)
 			}
 		})
 		if a != 0 {
 			t.Errorf("%v allocations per frame read and written, want 0", a)
+		}
+	})
+}
+
+// A tap opened with offload hands each frame after its virtio_net_hdr (all
+// zero for a plain frame) and takes frames after one; its GSO offload can
+// be switched on and off.
+func TestTapOffloadHeader(t *testing.T) {
+	inTapLabWith(t, true, func(l *tapLab) {
+		if !l.dev.vnet {
+			t.Fatal("opened with offload, the tap has no vnet header")
+		}
+		in := testFrame(3, 200)
+		if _, err := unix.Write(l.sock, in); err != nil {
+			t.Fatal(err)
+		}
+		bufs, sizes := [][]byte{make([]byte, VnetHdrLen+MaxFrameBuffer)}, make([]int, 1)
+		for i := range bufs[0][:VnetHdrLen] {
+			bufs[0][i] = 0xff
+		}
+		if n, err := l.dev.Read(bufs, sizes, VnetHdrLen); n != 1 || err != nil {
+			t.Fatalf("Read: %d, %v", n, err)
+		}
+		if got := bufs[0][VnetHdrLen : VnetHdrLen+sizes[0]]; !bytes.Equal(got, in) {
+			t.Fatalf("frame read as % x", got[:16])
+		}
+		if hdr := bufs[0][:VnetHdrLen]; !bytes.Equal(hdr, make([]byte, VnetHdrLen)) {
+			t.Errorf("header of a plain frame % x, want zeros", hdr)
+		}
+		if n, err := l.dev.Write([][]byte{headroom(testFrame(4, 120))}, VnetHdrLen); n != 1 || err != nil {
+			t.Fatalf("Write: %d, %v", n, err)
+		}
+		buf := make([]byte, 2048)
+		n, err := unix.Read(l.sock, buf)
+		if err != nil || !bytes.Equal(buf[:n], testFrame(4, 120)) {
+			t.Fatalf("written frame seen as % x (%v)", buf[:min(n, 16)], err)
+		}
+		for _, on := range []bool{true, false} {
+			if err := l.dev.SetGSO(on); err != nil {
+				t.Errorf("SetGSO(%v): %v", on, err)
+			}
 		}
 	})
 }

@@ -278,12 +278,16 @@ func (t *Table) Lookup(addr netip.Addr, now int64) Ref {
 
 // Fits reports whether the key at r may send a frame of n bytes at now:
 // not blocked, a packet and n bytes in its buckets. It charges nothing.
-func (t *Table) Fits(r Ref, now int64, n int) bool {
+func (t *Table) Fits(r Ref, now int64, n int) bool { return t.FitsN(r, now, 1, n) }
+
+// FitsN is Fits for k frames of n bytes in all (a GSO segment that the
+// kernel will send as k frames).
+func (t *Table) FitsN(r Ref, now int64, k, n int) bool {
 	if t.block {
 		return false
 	}
 	e := &t.slots[r]
-	if t.nsPerPkt > 0 && max(e.tatP, now)+t.nsPerPkt-now > t.tauP {
+	if t.nsPerPkt > 0 && max(e.tatP, now)+int64(k)*t.nsPerPkt-now > t.tauP {
 		return false
 	}
 	if t.nsPerByte > 0 && max(e.tatB, now)+t.byteCost(n)-now > t.tauB {
@@ -294,13 +298,16 @@ func (t *Table) Fits(r Ref, now int64, n int) bool {
 
 // Take charges a frame of n bytes to the key at r at now. Call it after
 // Fits said yes at the same now (or use Admit).
-func (t *Table) Take(r Ref, now int64, n int) {
+func (t *Table) Take(r Ref, now int64, n int) { t.TakeN(r, now, 1, n) }
+
+// TakeN is Take for k frames of n bytes in all (see FitsN).
+func (t *Table) TakeN(r Ref, now int64, k, n int) {
 	if t.block {
 		return
 	}
 	e := &t.slots[r]
 	if t.nsPerPkt > 0 {
-		e.tatP = max(e.tatP, now) + t.nsPerPkt
+		e.tatP = max(e.tatP, now) + int64(k)*t.nsPerPkt
 	}
 	if t.nsPerByte > 0 {
 		e.tatB = max(e.tatB, now) + t.byteCost(n)

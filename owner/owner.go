@@ -61,9 +61,12 @@ type Want struct {
 type Env struct {
 	Backends []splice.Backend
 	// OpenTap opens one of a splice's taps; OpenQueues the TapQueues
-	// queues of its VM or net tap (multi-queue when TapQueues > 1).
+	// queues of its VM or net tap (multi-queue when TapQueues > 1), with
+	// offload when the splice's taps take GSO segments (splice.Offloader).
+	// Without OpenQueues, OpenTap opens every tap with one queue and no
+	// offloads.
 	OpenTap    func(name string) (forward.Device, error)
-	OpenQueues func(name string, n int) ([]forward.Device, error)
+	OpenQueues func(name string, n int, offload bool) ([]forward.Device, error)
 	TapQueues  int
 	// Coalesce is the forwarders' latency budget for sharing a wake-up
 	// (forward.Config.Coalesce).
@@ -305,22 +308,26 @@ func (p *Port) start(sp splice.Splice, w Want) (*forward.Forwarder, error) {
 		}
 		return d, err
 	}
-	queues := func(name string) ([]forward.Device, error) {
-		n := max(p.env.TapQueues, 1)
+	// Offloads (GSO segments through the forwarder) on all of the
+	// splice's taps, where the backend takes them.
+	o, ok := sp.(splice.Offloader)
+	offload := ok && o.Offloads()
+	queues := func(name string, n int) ([]forward.Device, error) {
 		if p.env.OpenQueues == nil {
 			d, err := open(name)
 			return []forward.Device{d}, err
 		}
-		ds, err := p.env.OpenQueues(name, n)
+		ds, err := p.env.OpenQueues(name, n, offload)
 		opened = append(opened, ds...)
 		return ds, err
 	}
-	vms, err := queues(sp.VMTap())
+	n := max(p.env.TapQueues, 1)
+	vms, err := queues(sp.VMTap(), n)
 	if err != nil {
 		closeAll()
 		return nil, err
 	}
-	nts, err := queues(sp.NetTap())
+	nts, err := queues(sp.NetTap(), n)
 	if err != nil {
 		closeAll()
 		return nil, err
@@ -328,10 +335,13 @@ func (p *Port) start(sp splice.Splice, w Want) (*forward.Forwarder, error) {
 	vm, nt := vms[0], nts[0]
 	var prio forward.Device
 	if name := sp.PriorityTap(); name != "" {
-		if prio, err = open(name); err != nil {
+		// One queue: the priority tap has one reader.
+		ps, err := queues(name, 1)
+		if err != nil {
 			closeAll()
 			return nil, err
 		}
+		prio = ps[0]
 	}
 	cfg := forward.Config{Classify: w.Classify, FromVM: w.FromVM, ToVM: w.ToVM, Nice: p.env.Nice, Coalesce: p.env.Coalesce, Log: p.env.Log.With("port", p.name)}
 	fwd, err := forward.New(cfg, forward.Devices{VM: vm, Net: nt, Priority: prio, VMQueues: vms[1:], NetQueues: nts[1:]})

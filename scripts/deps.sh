@@ -10,6 +10,7 @@ command -v nft >/dev/null      || need+=(nftables)
 command -v ethtool >/dev/null  || need+=(ethtool)
 command -v tcpdump >/dev/null  || need+=(tcpdump)
 command -v tmux >/dev/null     || need+=(tmux)
+command -v iperf3 >/dev/null   || need+=(iperf3)
 command -v ovs-vsctl >/dev/null || need+=(openvswitch-switch)
 command -v iperf3 >/dev/null   || need+=(iperf3)
 if [ ${#need[@]} -gt 0 ]; then

@@ -50,6 +50,15 @@ type Options struct {
 	Queues         int
 }
 
+// Offloader is a Splice whose taps may carry offloaded frames (TCP
+// segments of up to 64 KB, checksums left to the kernel) between the
+// forwarder and the switch: the forwarder then opens them with
+// IFF_VNET_HDR (forward.OpenTapQueues). A Splice that is not an
+// Offloader, or says false, gets plain frames.
+type Offloader interface {
+	Offloads() bool
+}
+
 // ErrFailOpen means the backend cannot fail open; the caller should ask for
 // --fail closed on this port.
 var ErrFailOpen = errors.New("this splice backend cannot fail open")

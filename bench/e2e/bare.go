@@ -147,8 +147,11 @@ func barePairMain(port string, nice, queues int) (err error) {
 			d.Close()
 		}
 	}()
+	// Offloads as shaperd opens a tc splice's taps.
+	o, ok := sp.(splice.Offloader)
+	offload := ok && o.Offloads()
 	open := func(name string, n int) ([]forward.Device, error) {
-		ds, err := forward.OpenTapQueues(name, n)
+		ds, err := forward.OpenTapQueues(name, n, offload)
 		devs = append(devs, ds...)
 		return ds, err
 	}

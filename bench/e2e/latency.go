@@ -14,6 +14,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os/exec"
 	"strconv"
 	"syscall"
 	"time"
@@ -177,6 +178,139 @@ func (h *harness) noLoadLines() []string {
 			ref = r
 		} else {
 			line += fmt.Sprintf(" (%+.0f µs p50, %+.0f µs p99 against %s)", 1000*(r.Ping.P50ms-ref.Ping.P50ms), 1000*(r.Ping.P99ms-ref.Ping.P99ms), ref.System)
+		}
+		lines = append(lines, line)
+	}
+	return lines
+}
+
+// tcpResult is one iperf3 run from VM 1 to the external host with no
+// flood: one TCP stream for tcpSeconds.
+type tcpResult struct {
+	System        string  `json:"system"`
+	BitsPerSecond float64 `json:"bits_per_second,omitempty"`
+	Retransmits   int     `json:"retransmits"`
+	Reordered     int     `json:"reordered"` // the sender's TCPSACKReorder + TCPTSReorder + TCPRenoReorder
+	Reason        string  `json:"reason,omitempty"`
+}
+
+const tcpSeconds = 10
+
+// tcpSystems are measured with iperf3, in this order; the first is the
+// reference.
+var tcpSystems = []string{"bridge", "bare-pair", "shaperd-loose"}
+
+// measureTCP runs iperf3 (one stream, tcpSeconds, VM 1 to the external
+// host, no flood, the VMs' offloads on) through each selected TCP system:
+// bulk TCP through a loose quarantine against the same lab's bridge.
+func (h *harness) measureTCP(ctx context.Context) {
+	l := h.labs["bridge"]
+	if l == nil {
+		return
+	}
+	if _, err := exec.LookPath("iperf3"); err != nil {
+		logf("TCP: iperf3 is not installed: skipped")
+		return
+	}
+	sys := map[string]system{}
+	for _, s := range h.selected() {
+		sys[s.key] = s
+	}
+	// A VM's virtio interface has checksum offload and TSO; lab.sh turns
+	// them off (OVS's userspace datapath needs that, a Linux bridge does
+	// not). On for this measurement, off again after.
+	devs := [][2]string{{l.get("VM1_NS"), "eth0"}, {l.get("EXT_NS"), "eth0"}, {l.get("HV_NS"), l.get("VM1_PORT")}, {l.get("HV_NS"), l.get("EXT_PORT")}}
+	for _, d := range devs {
+		if _, err := l.sh(d[0], "ethtool -K "+d[1]+" tx on sg on tso on gso on"); err != nil {
+			logf("TCP: %v", err)
+		}
+	}
+	defer func() {
+		for _, d := range devs {
+			l.sh(d[0], "ethtool -K "+d[1]+" tx off")
+		}
+	}()
+	for _, key := range tcpSystems {
+		s, ok := sys[key]
+		if !ok || ctx.Err() != nil {
+			continue
+		}
+		r := tcpResult{System: key}
+		inst, err := s.setup(ctx, cellEnv{h: h, l: l, size: 1500, load: 1, limit: h.opt.limit})
+		if err != nil {
+			r.Reason = err.Error()
+		} else {
+			r = h.iperf(ctx, l, key)
+			if inst.teardown != nil {
+				if err := inst.teardown(); err != nil {
+					r.Reason = "teardown: " + err.Error()
+				}
+			}
+		}
+		logf("TCP: %-19s %.2f Gbit/s, %d retransmitted, %d reordered %s", key, r.BitsPerSecond/1e9, r.Retransmits, r.Reordered, r.Reason)
+		h.tcp = append(h.tcp, r)
+	}
+}
+
+// iperf runs one iperf3 client against a one-off server.
+func (h *harness) iperf(ctx context.Context, l *lab, key string) tcpResult {
+	r := tcpResult{System: key}
+	srv := exec.CommandContext(ctx, "ip", "netns", "exec", l.get("EXT_NS"), "iperf3", "--server", "--one-off", "--bind", l.get("EXT_IP"))
+	if err := srv.Start(); err != nil {
+		r.Reason = err.Error()
+		return r
+	}
+	defer func() { srv.Process.Kill(); srv.Wait() }()
+	_ = sleepCtx(ctx, 300*time.Millisecond)
+	reorder := func() int {
+		out, err := l.sh(l.get("VM1_NS"), "cat /proc/net/netstat")
+		if err != nil {
+			return 0
+		}
+		m := snmp(out)["TcpExt"]
+		return int(m["TCPSACKReorder"] + m["TCPTSReorder"] + m["TCPRenoReorder"])
+	}
+	before := reorder()
+	out, err := exec.CommandContext(ctx, "ip", "netns", "exec", l.get("VM1_NS"), "iperf3", "--client", l.get("EXT_IP"),
+		"--time", strconv.Itoa(tcpSeconds), "--json").Output()
+	if err != nil {
+		r.Reason = fmt.Sprintf("iperf3: %v: %s", err, lastLines(string(out), 2))
+		return r
+	}
+	r.Reordered = reorder() - before
+	var res struct {
+		End struct {
+			SumSent struct {
+				Retransmits int `json:"retransmits"`
+			} `json:"sum_sent"`
+			SumReceived struct {
+				BitsPerSecond float64 `json:"bits_per_second"`
+			} `json:"sum_received"`
+		} `json:"end"`
+	}
+	if err := json.Unmarshal(out, &res); err != nil {
+		r.Reason = "iperf3 output: " + err.Error()
+		return r
+	}
+	r.BitsPerSecond, r.Retransmits = res.End.SumReceived.BitsPerSecond, res.End.SumSent.Retransmits
+	return r
+}
+
+// tcpLines compares each TCP row with the bridge's.
+func (h *harness) tcpLines() []string {
+	var lines []string
+	var ref *tcpResult
+	for i := range h.tcp {
+		r := &h.tcp[i]
+		if r.Reason != "" || r.BitsPerSecond == 0 {
+			lines = append(lines, fmt.Sprintf("%s: not measured: %s", r.System, firstLine(r.Reason, "no result")))
+			continue
+		}
+		line := fmt.Sprintf("%s: %.2f Gbit/s, %d retransmitted, %d reordered", r.System, r.BitsPerSecond/1e9, r.Retransmits, r.Reordered)
+		if ref == nil {
+			ref = r
+		} else {
+			line += fmt.Sprintf(" (%.2f× %s)", r.BitsPerSecond/ref.BitsPerSecond, ref.System)
 		}
 		lines = append(lines, line)
 	}

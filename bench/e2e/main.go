@@ -66,6 +66,7 @@ type harness struct {
 
 	results  []result
 	noLoad   []noLoadResult // latency.go
+	tcp      []tcpResult    // latency.go
 	micros   []micro
 	microErr string
 	machine  machine
@@ -317,6 +318,7 @@ func (h *harness) run(ctx context.Context) {
 		}
 	}
 	h.measureNoLoad(ctx)
+	h.measureTCP(ctx)
 }
 
 // cell produces one row: measured, or carrying why it was not.

@@ -60,6 +60,7 @@ type savedRun struct {
 	MicroErr string         `json:"micro_error,omitempty"`
 	Aborted  string         `json:"aborted,omitempty"`
 	NoLoad   []noLoadResult `json:"no_load,omitempty"`
+	TCP      []tcpResult    `json:"tcp,omitempty"`
 }
 
 // load fills h from a saved run (for -render); h.opt comes from the run's
@@ -80,7 +81,7 @@ func (h *harness) load(path string) error {
 	opt.out, opt.render = h.opt.out, h.opt.render
 	h.opt = opt
 	h.machine, h.took, h.results, h.micros, h.microErr, h.aborted = s.Machine, time.Duration(s.Took*1e9), s.Results, s.Micro, s.MicroErr, s.Aborted
-	h.noLoad = s.NoLoad
+	h.noLoad, h.tcp = s.NoLoad, s.TCP
 	return nil
 }
 
@@ -93,7 +94,7 @@ func (h *harness) write() ([]string, error) {
 	base := "bench-" + h.machine.Date.Format("20060102-150405")
 	js, err := json.MarshalIndent(struct {
 		savedRun
-	}{savedRun{h.machine, h.opt.args, h.opt.smoke, h.took.Seconds(), h.opt.limit, h.results, h.micros, h.microErr, h.aborted, h.noLoad}}, "", "  ")
+	}{savedRun{h.machine, h.opt.args, h.opt.smoke, h.took.Seconds(), h.opt.limit, h.results, h.micros, h.microErr, h.aborted, h.noLoad, h.tcp}}, "", "  ")
 	if err != nil {
 		return nil, err
 	}
@@ -255,6 +256,7 @@ func (h *harness) markdown(svgName string) string {
 		{"shaperd's own CPU against the bare tap pair", h.versusBare()},
 		{"Coalescing: own CPU per frame against ping p99 (ICMP from VM 1 through the system during the window)", h.coalesceCurve()},
 		{"Latency at no load (ICMP from VM 1, 500 pings 10 ms apart, no flood)", h.noLoadLines()},
+		{"Bulk TCP (iperf3, one stream, 10 s, VM 1 to the external host, no flood, the VMs' offloads on)", h.tcpLines()},
 	} {
 		if len(sec.lines) == 0 {
 			continue

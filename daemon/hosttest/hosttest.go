@@ -52,8 +52,9 @@ func (h *Host) OpenTap(name string) (forward.Device, error) {
 	return fakedev.New(16), nil
 }
 
-// OpenTapQueues opens n taps through OpenTap: a fake has no queues.
-func (h *Host) OpenTapQueues(name string, n int) ([]forward.Device, error) {
+// OpenTapQueues opens n taps through OpenTap: a fake has no queues, and
+// no offloads.
+func (h *Host) OpenTapQueues(name string, n int, _ bool) ([]forward.Device, error) {
 	out := make([]forward.Device, 0, n)
 	for range n {
 		d, err := h.OpenTap(name)

@@ -34,15 +34,20 @@ func (d *Device) Inject(frame []byte) bool {
 	}
 }
 
-// Read returns the next injected frames, as a tap does: it blocks until
-// one arrives or Close, then takes those already queued, up to len(bufs).
-func (d *Device) Read(bufs [][]byte, sizes []int) (int, error) {
+// Read returns the next injected frames, as a tap without offloads does:
+// it blocks until one arrives or Close, then takes those already queued, up
+// to len(bufs), each at offset in its buffer, and zeroes the bytes before.
+func (d *Device) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	if len(bufs) == 0 {
 		return 0, nil
 	}
+	put := func(i int, f []byte) {
+		clear(bufs[i][:offset])
+		sizes[i] = copy(bufs[i][offset:], f)
+	}
 	select {
 	case f := <-d.in:
-		sizes[0] = copy(bufs[0], f)
+		put(0, f)
 	case <-d.closed:
 		return 0, os.ErrClosed
 	}
@@ -50,7 +55,7 @@ func (d *Device) Read(bufs [][]byte, sizes []int) (int, error) {
 	for ; n < len(bufs); n++ {
 		select {
 		case f := <-d.in:
-			sizes[n] = copy(bufs[n], f)
+			put(n, f)
 			continue
 		default:
 		}
@@ -59,9 +64,9 @@ func (d *Device) Read(bufs [][]byte, sizes []int) (int, error) {
 	return n, nil
 }
 
-// Write records a copy of each frame, in order. With WriteErr set it
-// records nothing and returns WriteErr for the first frame.
-func (d *Device) Write(bufs [][]byte) (int, error) {
+// Write records a copy of each frame (bufs[i][offset:]), in order. With
+// WriteErr set it records nothing and returns WriteErr for the first frame.
+func (d *Device) Write(bufs [][]byte, offset int) (int, error) {
 	select {
 	case <-d.closed:
 		return 0, os.ErrClosed
@@ -73,7 +78,7 @@ func (d *Device) Write(bufs [][]byte) (int, error) {
 		return 0, d.WriteErr
 	}
 	for _, p := range bufs {
-		d.out = append(d.out, append([]byte(nil), p...))
+		d.out = append(d.out, append([]byte(nil), p[offset:]...))
 	}
 	return len(bufs), nil
 }

@@ -333,6 +333,10 @@ var _ splice.FailDefaulter = (*Backend)(nil)
 // PriorityTap is the tap that frames steered by the splice's Options arrive on.
 func (s *spliced) PriorityTap() string { return s.prioTap }
 
+// Offloads reports true: the Linux bridge takes GSO segments from the net
+// tap and hands them on (see splice.Offloader).
+func (s *spliced) Offloads() bool { return true }
+
 // Warnings returns a copy of the warnings collected by Splice.
 func (s *spliced) Warnings() []string { return slices.Clone(s.warnings) }
 
