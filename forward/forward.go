@@ -661,10 +661,11 @@ const MaxFrameBuffer = 65536
 // in shape mode and released by the releaser.
 func (p *Pipe) run(i int) error {
 	in := &p.ins[i]
-	if p.lockThread(in.coalesce) {
+	locked := p.lockThread(in.coalesce)
+	if locked {
 		defer runtime.UnlockOSThread()
 	}
-	r := newReader(in.dev, in.coalesce)
+	r := newReader(in.dev, in.coalesce, locked)
 	for {
 		k, now, err := r.read()
 		p.heartbeat.Store(now.UnixNano())

@@ -150,7 +150,7 @@ func TestForwardGSOZeroAllocs(t *testing.T) {
 	from, _ := newPipes(t, Policy{Aggregate: bucket.Limits{PPS: 1e7}}, Policy{}, now)
 	from.out = discard{}
 	h, f := gsoFrame(t, 65000, 1448)
-	r := newReader(&replayHdr{hdr: h, frame: f}, 0)
+	r := newReader(&replayHdr{hdr: h, frame: f}, 0, false)
 	step := func() {
 		k, _, _ := r.read()
 		now = now.Add(time.Millisecond)

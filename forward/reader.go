@@ -20,14 +20,25 @@ const (
 	// MaxFrameBuffer buffer, a flooded one MaxReadBatch of them.
 	MaxReadBatch = 16
 
-	// yieldEvery is how often an input goroutine passes through the Go
-	// scheduler (runtime.Gosched). It waits for frames in a system call
-	// (see OpenTap), never in the scheduler, so without this the runtime
-	// sees one goroutine running for ever: every 10 ms its monitor
-	// thread (sysmon) preempts it, takes its P away, and then polls every
-	// 20 µs for a millisecond or more. Measured at 10 kpps, evenly
-	// spaced: 4400 extra wake-ups a second without the yield, 700 with
-	// it.
+	// yieldEvery is how often an input goroutine that is not locked to
+	// its thread passes through the Go scheduler (runtime.Gosched). It
+	// waits for frames in a system call (see OpenTap), never in the
+	// scheduler, so without this the runtime sees one goroutine running
+	// for ever: every 10 ms its monitor thread (sysmon) preempts it,
+	// takes its P away, and then polls every 20 µs for a millisecond or
+	// more. Measured at 10 kpps, evenly spaced: 4400 extra wake-ups a
+	// second without the yield, 700 with it.
+	//
+	// A goroutine locked to its thread (--forwarder-nice, coalescing)
+	// does not yield: for it a pass through the scheduler costs two
+	// thread wake-ups (the runtime hands its P to an ordinary thread,
+	// which hands it back: stoplockedm, startlockedm), and on a host
+	// whose CPUs a flood keeps busy that ordinary thread waits its turn.
+	// A bucket whose reader waits longer than its burst loses tokens:
+	// with a yield every 5 ms, make bench-smoke (250-byte frames at max
+	// load, --pps 5000, Linux bridge) delivered 4650-4894 pps in police
+	// mode and 4658-4781 in shape mode over four runs; without it, the
+	// limit (see the README). sysmon's preemption, every 10 ms, remains.
 	yieldEvery = 5 * time.Millisecond
 )
 
@@ -64,16 +75,19 @@ type reader struct {
 	one    [1][]byte // a frame to write
 
 	coalesce time.Duration // the latency budget; 0: off
+	locked   bool          // the goroutine is locked to its thread: never yield
 	sleep    bool          // sleep for the budget before the next read
 	last     time.Time     // when the last read returned
 	ts       unix.Timespec // coalesce, for nanosleep
-	// Sleeps counts the sleeps of a coalescing reader (for tests).
-	sleeps int
+	// sleeps counts the sleeps of a coalescing reader, yields the
+	// yields (for tests).
+	sleeps, yields int
 }
 
-func newReader(dev Device, coalesce time.Duration) *reader {
+func newReader(dev Device, coalesce time.Duration, locked bool) *reader {
 	return &reader{
 		dev:      dev,
+		locked:   locked,
 		bufs:     [][]byte{make([]byte, VnetHdrLen+MaxFrameBuffer)},
 		sizes:    make([]int, MaxReadBatch),
 		coalesce: coalesce,
@@ -84,7 +98,8 @@ func newReader(dev Device, coalesce time.Duration) *reader {
 // read reads the next batch and returns how many frames it holds and the
 // time they were read at. After a batch that filled every buffer it adds
 // buffers first (allocating only then, up to MaxReadBatch); a coalescing
-// reader may sleep first; and every yieldEvery it yields.
+// reader may sleep first; and every yieldEvery it yields, unless it is
+// locked to its thread.
 func (r *reader) read() (int, time.Time, error) {
 	if r.filled == len(r.bufs) && len(r.bufs) < MaxReadBatch {
 		for range len(r.bufs) {
@@ -108,8 +123,9 @@ func (r *reader) read() (int, time.Time, error) {
 		r.sleep = err == nil && r.gather(n, now)
 	}
 	r.filled = n
-	if now.Sub(r.yield) >= yieldEvery {
+	if !r.locked && now.Sub(r.yield) >= yieldEvery {
 		r.yield = now
+		r.yields++
 		runtime.Gosched()
 	}
 	return n, now, err
@@ -172,7 +188,8 @@ func (r *reader) withHdr(i int) []byte { return r.bufs[i][:VnetHdrLen+r.sizes[i]
 // budget for them to overflow).
 func Relay(in, out Device, nice int, coalesce time.Duration) error {
 	p := &Pipe{nice: nice, log: slog.New(slog.DiscardHandler)}
-	if p.lockThread(coalesce) {
+	locked := p.lockThread(coalesce)
+	if locked {
 		defer runtime.UnlockOSThread()
 	}
 	// No budgets: the input may hand over GSO segments whole (a tap
@@ -182,7 +199,7 @@ func Relay(in, out Device, nice int, coalesce time.Duration) error {
 			return nil
 		}
 	}
-	r := newReader(in, coalesce)
+	r := newReader(in, coalesce, locked)
 	for {
 		k, _, err := r.read()
 		if err != nil {

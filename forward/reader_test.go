@@ -43,7 +43,7 @@ func TestForwardBatchZeroAllocs(t *testing.T) {
 	} {
 		from, _ := newPipes(t, tc.pol, Policy{}, now)
 		from.out = discard{}
-		r := newReader(&replay{frame: udpFlood(t)}, 0)
+		r := newReader(&replay{frame: udpFlood(t)}, 0, false)
 		cls := from.ins[0].cls
 		step := func() {
 			k, _, err := r.read()
@@ -74,7 +74,7 @@ func TestReaderBatchGrowsInOrder(t *testing.T) {
 	for i := range 40 {
 		dev.Inject([]byte{byte(i)})
 	}
-	r := newReader(dev, 0)
+	r := newReader(dev, 0, false)
 	var sizes []int
 	next := 0
 	for next < 40 {
@@ -191,7 +191,7 @@ func TestReaderCoalescingDecisions(t *testing.T) {
 		{2, 2 * time.Millisecond, true}, // two at once after a wait: start
 		{4, time.Millisecond, false},    // a full batch (4 buffers): frames are waiting
 	}
-	r := newReader(nil, budget)
+	r := newReader(nil, budget, false)
 	r.bufs = make([][]byte, 4)
 	now := t0
 	for i, s := range steps {
@@ -201,7 +201,7 @@ func TestReaderCoalescingDecisions(t *testing.T) {
 			t.Fatalf("step %d (%d frames, %v after the last): sleep %v, want %v", i, s.n, s.after, r.sleep, s.want)
 		}
 	}
-	if off := newReader(nil, 0); off.coalesce != 0 || off.sleep {
+	if off := newReader(nil, 0, false); off.coalesce != 0 || off.sleep {
 		t.Fatal("a reader without a budget coalesces")
 	}
 }
@@ -230,7 +230,7 @@ func TestCoalesceConfig(t *testing.T) {
 // frames come faster than its budget.
 func TestReaderCoalescesBatches(t *testing.T) {
 	dev := fakedev.New(256)
-	r := newReader(dev, 200*time.Microsecond)
+	r := newReader(dev, 200*time.Microsecond, false)
 	go func() {
 		for i := range 200 {
 			dev.Inject([]byte{byte(i)})
@@ -259,7 +259,7 @@ func TestReaderCoalescesBatches(t *testing.T) {
 // less than a full batch a second after the last full one.
 func TestReaderShrinksAfterAFlood(t *testing.T) {
 	dev := fakedev.New(256)
-	r := newReader(dev, 0)
+	r := newReader(dev, 0, false)
 	for range 100 {
 		dev.Inject([]byte{1})
 	}
@@ -281,5 +281,25 @@ func TestReaderShrinksAfterAFlood(t *testing.T) {
 	dev.Inject([]byte{3})
 	if k, _, _ := r.read(); k != 1 || len(r.bufs) != 1 {
 		t.Fatalf("read %d frames, %d buffers a second after the flood, want 1 buffer", k, len(r.bufs))
+	}
+}
+
+// TestReaderYieldsOnlyUnlocked: a reader yields to the scheduler every
+// yieldEvery, unless its goroutine is locked to its thread, where a yield
+// costs two thread wake-ups (see yieldEvery).
+func TestReaderYieldsOnlyUnlocked(t *testing.T) {
+	for _, locked := range []bool{false, true} {
+		r := newReader(&replay{frame: udpFlood(t)}, 0, locked)
+		for deadline := time.Now().Add(4 * yieldEvery); time.Now().Before(deadline); {
+			if _, _, err := r.read(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		switch {
+		case locked && r.yields != 0:
+			t.Errorf("a locked reader yielded %d times", r.yields)
+		case !locked && r.yields < 3:
+			t.Errorf("an unlocked reader yielded %d times in %v, want one every %v", r.yields, 4*yieldEvery, yieldEvery)
+		}
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shaperd/shaperd/daemon"
 )
 
 func TestCPUBusy(t *testing.T) {
@@ -270,5 +272,13 @@ func TestSmokeGate(t *testing.T) {
 		if (err == nil) != (c.want == "") || err != nil && !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%s: smokeGate = %v, want %q", c.name, err, c.want)
 		}
+	}
+}
+
+// TestLoosePPSAccepted: the loose rows' limit is one the daemon accepts (a
+// limit over daemon.MaxPPS is refused, and the row would measure nothing).
+func TestLoosePPSAccepted(t *testing.T) {
+	if loosePPS != daemon.MaxPPS {
+		t.Errorf("loosePPS = %d, daemon.MaxPPS = %d: the loose rows must ask for the highest limit the daemon takes", loosePPS, daemon.MaxPPS)
 	}
 }
