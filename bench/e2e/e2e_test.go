@@ -256,7 +256,7 @@ func TestBridgeCarrier(t *testing.T) {
 // The smoke run holds shaperd's bridge rows to the limit within 3% and a
 // lossless bypass probe; OVS rows are reported, not gated.
 func TestSmokeGate(t *testing.T) {
-	ok := result{System: "shaperd-police", Lab: "bridge", Status: "ok", ExpectedPPS: 5000, DeliveredPPS: 4900, ErrorPct: -2, ProbeSent: 40, ProbeCompleted: 40}
+	ok := result{System: "shaperd-police", Lab: "bridge", Status: "ok", LimitPPS: 5000, OfferedPPS: 300000, ExpectedPPS: 5000, DeliveredPPS: 4900, ErrorPct: -2, ProbeSent: 40, ProbeCompleted: 40}
 	for _, c := range []struct {
 		name string
 		r    func(r result) result
@@ -267,6 +267,15 @@ func TestSmokeGate(t *testing.T) {
 		{"3.5% over", func(r result) result { r.ErrorPct = 3.5; return r }, "want within 3%"},
 		{"probe lost one", func(r result) result { r.ProbeCompleted, r.ProbeFailed = 39, 1; return r }, "lost 1 of 40"},
 		{"ovs, 5% short", func(r result) result { r.Lab, r.ErrorPct = "ovs", -5; return r }, ""},
+		{"limit above the load, 60% short of it", func(r result) result {
+			r.System, r.LimitPPS, r.ExpectedPPS, r.DeliveredPPS, r.ErrorPct = "shaperd-loose", loosePPS, 300000, 120000, -60
+			return r
+		}, ""},
+		{"limit above the load, probe lost one", func(r result) result {
+			r.System, r.LimitPPS, r.ExpectedPPS, r.DeliveredPPS, r.ErrorPct = "shaperd-loose", loosePPS, 300000, 120000, -60
+			r.ProbeCompleted, r.ProbeFailed = 39, 1
+			return r
+		}, "lost 1 of 40"},
 	} {
 		err := smokeGate(c.r(ok))
 		if (err == nil) != (c.want == "") || err != nil && !strings.Contains(err.Error(), c.want) {
