@@ -135,7 +135,7 @@ func TestReleaseCountsEachRefusedFrame(t *testing.T) {
 	from, _ := newPipes(t, Policy{Mode: Shape, Delay: time.Millisecond}, Policy{}, now)
 	f := udpFlood(t)
 	for range 5 {
-		if v := from.Step(f, now); !v.Queued {
+		if v := from.Step(f, now); v.Action != Queue {
 			t.Fatalf("not queued: %+v", v)
 		}
 	}
@@ -298,7 +298,10 @@ func TestReaderYieldsOnlyUnlocked(t *testing.T) {
 		switch {
 		case locked && r.yields != 0:
 			t.Errorf("a locked reader yielded %d times", r.yields)
-		case !locked && r.yields < 3:
+		// The first read yields, and so does the first read yieldEvery
+		// after it: however slowly a loaded machine runs the loop, 4
+		// yieldEvery of reads hold two.
+		case !locked && r.yields < 2:
 			t.Errorf("an unlocked reader yielded %d times in %v, want one every %v", r.yields, 4*yieldEvery, yieldEvery)
 		}
 	}
