@@ -204,7 +204,8 @@ func (k *ClassCounters) snapshot() ClassStats {
 
 // decision is what the classes (step 4) decided for a frame.
 type decision struct {
-	reason Reason // admitted, or why the frame is dropped
+	dropped bool   // the classes refused the frame
+	reason  Reason // why, when dropped
 	rule   int    // the class of the rules that decided it, or -1
 	rc     *RuleCounters
 	name   string // that class's name
@@ -246,7 +247,7 @@ func keyAddr(f *classify.Frame, per rules.Per) netip.Addr {
 func (p *Pipe) classesLocked(d *decision, c classify.Class, f *classify.Frame, w cost, now time.Time) {
 	set := p.current.Rules
 	shape := p.sh.mode == Shape
-	d.reason, d.rule, d.bclass = admitted, -1, builtinBudget(c)
+	d.rule, d.bclass = -1, builtinBudget(c)
 	for i := 0; i < set.Len(); i++ {
 		if !set.Matches(i, f) {
 			continue
@@ -260,21 +261,21 @@ func (p *Pipe) classesLocked(d *decision, c classify.Class, f *classify.Frame, w
 				d.deferred = true
 				return
 			}
-			over := admitted
+			fits, over := true, Reason(0)
 			if r.budget != nil && !r.budget.FitsN(now, w.pkts, w.bytes) {
-				over = ReasonClassBudget
+				fits, over = false, ReasonClassBudget
 			}
-			if over == admitted && r.keys != nil {
+			if fits && r.keys != nil {
 				d.t = p.nanos(now)
 				d.ref = r.keys.Lookup(keyAddr(f, cl.Per), d.t)
 				if !r.keys.FitsN(d.ref, d.t, w.pkts, w.bytes) {
-					over = ReasonDestBudget
+					fits, over = false, ReasonDestBudget
 					if cl.Per == rules.PerSource {
 						over = ReasonSourceBudget
 					}
 				}
 			}
-			if over == admitted {
+			if fits {
 				d.budget, d.keys = r.budget, r.keys
 				return
 			}
@@ -294,7 +295,7 @@ func (p *Pipe) classesLocked(d *decision, c classify.Class, f *classify.Frame, w
 				p.builtinLocked(d, b, w, now, shape)
 				return
 			default:
-				d.reason = over
+				d.dropped, d.reason = true, over
 				return
 			}
 		}
@@ -312,7 +313,7 @@ func (p *Pipe) builtinLocked(d *decision, b classify.Class, w cost, now time.Tim
 	}
 	if bb := p.class[b]; bb != nil {
 		if !bb.FitsN(now, w.pkts, w.bytes) {
-			d.reason = ReasonClassBudget
+			d.dropped, d.reason = true, ReasonClassBudget
 			return
 		}
 		d.budget = bb
@@ -321,19 +322,20 @@ func (p *Pipe) builtinLocked(d *decision, b classify.Class, w cost, now time.Tim
 
 // finishLocked runs steps 5 and 6 for a frame the classes admitted in
 // police mode: the aggregate and the quota must admit it too, and then
-// every budget is charged, or none. Caller holds mu.
-func (p *Pipe) finishLocked(d *decision, w cost, now time.Time) Reason {
+// every budget is charged, or none. It reports whether the frame passes,
+// and why not. Caller holds mu.
+func (p *Pipe) finishLocked(d *decision, w cost, now time.Time) (Reason, bool) {
 	if p.agg != nil && !p.agg.FitsN(now, w.pkts, w.bytes) {
-		return ReasonAggregateBudget
+		return ReasonAggregateBudget, false
 	}
 	if q := p.current.Quota; q != nil && !q.Admit(now, p.dir, w.bytes, false) {
-		return ReasonQuota
+		return ReasonQuota, false
 	}
 	p.takeLocked(d, w, now)
 	if p.agg != nil {
 		p.agg.TakeN(now, w.pkts, w.bytes)
 	}
-	return admitted
+	return 0, true
 }
 
 // takeLocked charges what a police-mode decision checked.
@@ -348,12 +350,13 @@ func (p *Pipe) takeLocked(d *decision, w cost, now time.Time) {
 
 // priorityLocked runs steps 2, 3 and 6 for a control or bypass frame: its
 // own budget and, for a new bypass connection, the per-source limit; the
-// quota counts it but cannot refuse it. Caller holds mu.
-func (p *Pipe) priorityLocked(c classify.Class, f *classify.Frame, w cost, now time.Time) Reason {
+// quota counts it but cannot refuse it. It reports whether the frame
+// passes, and why not. Caller holds mu.
+func (p *Pipe) priorityLocked(c classify.Class, f *classify.Frame, w cost, now time.Time) (Reason, bool) {
 	b := p.class[c]
 	if c == classify.Control {
 		if b != nil && !b.FitsN(now, w.pkts, w.bytes) {
-			return ReasonControlBudget
+			return ReasonControlBudget, false
 		}
 	} else {
 		var ref hashlimit.Ref
@@ -363,11 +366,11 @@ func (p *Pipe) priorityLocked(c classify.Class, f *classify.Frame, w cost, now t
 			t = p.nanos(now)
 			ref = p.bypassConn.Lookup(f.SrcIP, t)
 			if !p.bypassConn.Fits(ref, t, w.bytes) {
-				return ReasonBypassConn
+				return ReasonBypassConn, false
 			}
 		}
 		if b != nil && !b.FitsN(now, w.pkts, w.bytes) {
-			return ReasonBypassBudget
+			return ReasonBypassBudget, false
 		}
 		if newConn {
 			p.bypassConn.Take(ref, t, w.bytes)
@@ -379,5 +382,5 @@ func (p *Pipe) priorityLocked(c classify.Class, f *classify.Frame, w cost, now t
 	if q := p.current.Quota; q != nil {
 		q.Admit(now, p.dir, w.bytes, true)
 	}
-	return admitted
+	return 0, true
 }

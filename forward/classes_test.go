@@ -130,13 +130,13 @@ func TestGuardDropsEachSpoofWithItsReason(t *testing.T) {
 	}
 	for _, c := range cases {
 		v := from.Step(c.b, now)
-		if v.Pass || v.Reason != c.want {
+		if v.Action == Pass || v.Reason != c.want {
 			t.Errorf("%s: %+v, want dropped as %v", c.name, v, c.want)
 		}
 	}
 	// Legitimate traffic is untouched by the guard (the ARP request meets
 	// the blocked control budget, after the guard).
-	if v := from.Step(udpFlood(t), now); !v.Pass {
+	if v := from.Step(udpFlood(t), now); v.Action != Pass {
 		t.Errorf("legitimate UDP: %+v", v)
 	}
 	if v := from.Step(rawARP(1, vmMAC, vm4, ext4), now); v.Reason != ReasonControlBudget {
@@ -181,7 +181,7 @@ func TestBypassConnPerSource(t *testing.T) {
 		if v.Class != classify.Bypass {
 			t.Fatalf("SYN to 22 classified %v", v.Class)
 		}
-		if v.Pass {
+		if v.Action == Pass {
 			passed++
 		} else if v.Reason != ReasonBypassConn {
 			t.Fatalf("refused as %v", v.Reason)
@@ -192,7 +192,7 @@ func TestBypassConnPerSource(t *testing.T) {
 		t.Errorf("attacker opened %d connections in 10 s, want 3", passed)
 	}
 	for i := range 3 {
-		if v := to.Step(synFrom(other, uint16(50000+i)), now); !v.Pass {
+		if v := to.Step(synFrom(other, uint16(50000+i)), now); v.Action != Pass {
 			t.Errorf("second source's connection %d refused: %+v", i, v)
 		}
 	}
@@ -200,13 +200,13 @@ func TestBypassConnPerSource(t *testing.T) {
 	ack := frame(t, false, &layers.TCP{SrcPort: 40000, DstPort: 22, ACK: true, Window: 1000}, 0, 0)
 	copy(ack[14+12:14+16], attacker.To4())
 	for range 10 {
-		if v := to.Step(ack, now); !v.Pass || v.Class != classify.Bypass {
+		if v := to.Step(ack, now); v.Action != Pass || v.Class != classify.Bypass {
 			t.Fatalf("ACK of the attacker's admitted connection: %+v", v)
 		}
 	}
 	// A minute later the attacker has its allowance back.
 	now = now.Add(time.Minute)
-	if v := to.Step(synFrom(attacker, 41000), now); !v.Pass {
+	if v := to.Step(synFrom(attacker, 41000), now); v.Action != Pass {
 		t.Errorf("a minute later: %+v", v)
 	}
 }
@@ -216,15 +216,15 @@ func TestMaxFrame(t *testing.T) {
 	now := time.Unix(1700000000, 0)
 	pol := Policy{MaxFrame: 200}
 	from, to := newPipes(t, pol, pol, now)
-	if v := from.Step(udpFlood(t), now); v.Reason != ReasonFrameSize || v.Pass {
+	if v := from.Step(udpFlood(t), now); v.Reason != ReasonFrameSize || v.Action == Pass {
 		t.Errorf("250-byte frame with --max-frame 200: %+v", v)
 	}
 	small := frame(t, true, &layers.UDP{SrcPort: 1, DstPort: 2}, 100, 0)
-	if v := from.Step(small, now); !v.Pass {
+	if v := from.Step(small, now); v.Action != Pass {
 		t.Errorf("small frame: %+v", v)
 	}
 	syn := frame(t, false, &layers.TCP{SrcPort: 50000, DstPort: 22, SYN: true, Window: 1000}, 300, 0)
-	if v := to.Step(syn, now); !v.Pass || v.Class != classify.Bypass {
+	if v := to.Step(syn, now); v.Action != Pass || v.Class != classify.Bypass {
 		t.Errorf("large bypass SYN: %+v", v)
 	}
 }
@@ -235,7 +235,7 @@ func stepN(p *Pipe, b []byte, now *time.Time, d time.Duration, count int) (passe
 	for range count {
 		*now = now.Add(d / time.Duration(count))
 		v := p.Step(b, *now)
-		if v.Pass {
+		if v.Action == Pass {
 			passed++
 		} else {
 			reasons[v.Reason]++
@@ -331,13 +331,13 @@ func TestPerAddressClasses(t *testing.T) {
 	var attacker, polite int
 	for i := range 1000 {
 		now = now.Add(time.Millisecond)
-		if v := to.Step(synFrom(net.IP{198, 18, 9, 9}), now); v.Pass {
+		if v := to.Step(synFrom(net.IP{198, 18, 9, 9}), now); v.Action == Pass {
 			attacker++
 		} else if v.Reason != ReasonSourceBudget || v.Rule != "web-brute" {
 			t.Fatalf("attacker's SYN: %+v", v)
 		}
 		if i%200 == 0 {
-			if v := to.Step(synFrom(net.IP{198, 18, 8, 8}), now); v.Pass {
+			if v := to.Step(synFrom(net.IP{198, 18, 8, 8}), now); v.Action == Pass {
 				polite++
 			}
 		}
@@ -354,7 +354,7 @@ func TestPerAddressClasses(t *testing.T) {
 	total := 0
 	for d := range 50 {
 		for range 20 {
-			if from.Step(synTo(net.IP{198, 18, 10, byte(d)}), now).Pass {
+			if from.Step(synTo(net.IP{198, 18, 10, byte(d)}), now).Action == Pass {
 				total++
 			}
 		}
@@ -451,7 +451,7 @@ func TestQuotaHook(t *testing.T) {
 	if _, r := stepN(from, flood, &now, time.Millisecond, 5); r[ReasonQuota] != 5 {
 		t.Fatalf("refused by the quota: %v", r)
 	}
-	if v := to.Step(syn, now); !v.Pass {
+	if v := to.Step(syn, now); v.Action != Pass {
 		t.Fatalf("bypass refused by the quota: %+v", v)
 	}
 	q.refuse = false
@@ -495,7 +495,7 @@ func TestShapeModeClasses(t *testing.T) {
 	for i := range 10000 {
 		at := t0.Add(time.Duration(i) * 200 * time.Microsecond)
 		s.arrive(at, udp)
-		if v := s.arrive(at, dns); !v.Pass && !v.Queued && v.Reason == ReasonClassBudget {
+		if v := s.arrive(at, dns); v.Action != Pass && v.Action != Queue && v.Reason == ReasonClassBudget {
 			policed++
 		}
 	}
@@ -709,7 +709,7 @@ func TestSynRateBothDirections(t *testing.T) {
 	sshIn := frame(t, false, &layers.TCP{SrcPort: 50000, DstPort: 22, SYN: true, Window: 1000}, 0, 0)
 	sshOut := frame(t, true, &layers.TCP{SrcPort: 22, DstPort: 50000, SYN: true, ACK: true, Window: 1000}, 0, 0)
 	sshData := frame(t, true, &layers.TCP{SrcPort: 22, DstPort: 50000, ACK: true, PSH: true, Window: 1000}, 100, 0)
-	if !to.Step(sshIn, now).Pass || !from.Step(sshOut, now).Pass {
+	if to.Step(sshIn, now).Action != Pass || from.Step(sshOut, now).Action != Pass {
 		t.Fatal("ssh handshake refused")
 	}
 	synOut := frame(t, true, &layers.TCP{SrcPort: 1234, DstPort: 80, SYN: true, Window: 1}, 0, 0)
@@ -719,17 +719,17 @@ func TestSynRateBothDirections(t *testing.T) {
 	var out, in, ssh, sshNew int
 	for i := range 100000 {
 		now = now.Add(50 * time.Microsecond)
-		if from.Step(synOut, now).Pass {
+		if from.Step(synOut, now).Action == Pass {
 			out++
 		}
-		if to.Step(synIn, now).Pass {
+		if to.Step(synIn, now).Action == Pass {
 			in++
 		}
 		if i%1000 == 0 {
-			if from.Step(sshData, now).Pass {
+			if from.Step(sshData, now).Action == Pass {
 				ssh++
 			}
-			if v := to.Step(newSSH, now); v.Pass && v.Class == classify.Bypass {
+			if v := to.Step(newSSH, now); v.Action == Pass && v.Class == classify.Bypass {
 				sshNew++
 			}
 		}

@@ -29,7 +29,7 @@ func TestFill(t *testing.T) {
 	// Four frames take 4 of the 10-packet burst.
 	fr := udpFlood(t)
 	for range 4 {
-		if v := pf.Step(fr, t0); !v.Pass {
+		if v := pf.Step(fr, t0); v.Action != Pass {
 			t.Fatalf("frame refused: %+v", v)
 		}
 	}

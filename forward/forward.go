@@ -122,16 +122,34 @@ func (r Reason) String() string {
 	return "unknown"
 }
 
+// Action is what Step did with a frame.
+type Action uint8
+
+const (
+	// Drop: the frame is dropped, for Verdict.Reason.
+	Drop Action = iota
+	// Pass: the frame is to be written now.
+	Pass
+	// Queue: the frame was copied into the direction's shape queue; the
+	// releaser writes it later, or drops it (queue_time, queue_flush). It
+	// is counted as passed or dropped when it leaves the queue.
+	Queue
+)
+
+var actionNames = [...]string{Drop: "drop", Pass: "pass", Queue: "queue"}
+
+func (a Action) String() string {
+	if int(a) < len(actionNames) {
+		return actionNames[a]
+	}
+	return "unknown"
+}
+
 // Verdict is what Step decided for one frame: pass it now, queue it (shape
 // mode), or drop it for a reason.
 type Verdict struct {
-	Pass bool
-	// Queued, with Pass false, means the frame was copied into the
-	// direction's shape queue: the releaser writes it later, or drops it
-	// (queue_time, queue_flush). It is counted as passed or dropped when it
-	// leaves the queue.
-	Queued bool
-	Reason Reason // valid when !Pass && !Queued
+	Action Action
+	Reason Reason // why, when Action is Drop
 	Class  classify.Class
 	// Rule is the name of the class of Policy.Rules that decided the
 	// frame, "" when none did (the built-in class decided, or an earlier
@@ -496,7 +514,7 @@ func (p *Pipe) Policy() Policy { return *p.pending.Load() }
 
 // Step decides what to do with one frame at time now, using the first
 // input's classifier, and counts it. It does not write the frame; in shape
-// mode it may queue a copy (Verdict.Queued). Only the first input's
+// mode it may queue a copy (Action Queue). Only the first input's
 // goroutine may call it. It does not allocate.
 func (p *Pipe) Step(frame []byte, now time.Time) Verdict {
 	return p.step(p.ins[0].cls, frame, nil, single(len(frame)), now)
@@ -508,7 +526,11 @@ func (p *Pipe) step(cls *classify.Classifier, frame, hdr []byte, w cost, now tim
 	if len(frame) < 14 {
 		return p.drop(classify.Malformed, nil, "", ReasonMalformed, w)
 	}
-	c := cls.Classify(frame, now.UnixNano())
+	// The classifier's clock (the bypass table's idle timeouts) is the
+	// pipe's: monotonic nanoseconds since its epoch, as the shape queue's
+	// and the per-address tables'. A wall clock stepped by NTP would age
+	// the table's entries at once, or keep them for hours.
+	c := cls.Classify(frame, p.nanos(now))
 	f := cls.Frame()
 	p.mu.Lock()
 	p.syncPolicyLocked(now)
@@ -525,9 +547,9 @@ func (p *Pipe) step(cls *classify.Classifier, frame, hdr []byte, w cost, now tim
 	}
 	// Steps 2 and 3: control and bypass, never queued.
 	if c == classify.Control || c == classify.Bypass {
-		r := p.priorityLocked(c, f, w, now)
+		r, ok := p.priorityLocked(c, f, w, now)
 		p.mu.Unlock()
-		if r == admitted {
+		if ok {
 			return p.pass(c, nil, "", w)
 		}
 		return p.drop(c, nil, "", r, w)
@@ -539,32 +561,35 @@ func (p *Pipe) step(cls *classify.Classifier, frame, hdr []byte, w cost, now tim
 	}
 	var d decision
 	p.classesLocked(&d, c, f, w, now)
-	if d.reason != admitted {
+	if d.dropped {
 		p.mu.Unlock()
 		return p.drop(c, d.rc, d.name, d.reason, w)
 	}
-	var r Reason
+	act, r := Pass, Reason(0)
 	if p.sh.mode == Shape {
 		// Step 7, with 5 and 6 when the frame leaves the queue.
 		desc := qdesc{class: c, bclass: d.bclass, rule: int16(d.rule), charge: d.deferred, pkts: uint16(w.pkts), wire: uint32(w.bytes)}
 		var wake bool
-		r, wake = p.shapeLocked(desc, frame, hdr, now)
-		if (r == queued || r == admitted) && !d.deferred {
+		act, r, wake = p.shapeLocked(desc, frame, hdr, now)
+		if act != Drop && !d.deferred {
 			p.takeLocked(&d, w, now) // a police-mode class charges on arrival
 		}
 		p.mu.Unlock()
 		if wake {
 			p.signal()
 		}
-		if r == queued {
-			return Verdict{Queued: true, Class: c, Rule: d.name, rc: d.rc}
+		if act == Queue {
+			return Verdict{Action: Queue, Class: c, Rule: d.name, rc: d.rc}
 		}
 	} else {
 		// Steps 5 and 6.
-		r = p.finishLocked(&d, w, now)
+		var ok bool
+		if r, ok = p.finishLocked(&d, w, now); !ok {
+			act = Drop
+		}
 		p.mu.Unlock()
 	}
-	if r == admitted {
+	if act == Pass {
 		return p.pass(c, d.rc, d.name, w)
 	}
 	return p.drop(c, d.rc, d.name, r, w)
@@ -586,9 +611,6 @@ func (p *Pipe) syncPolicyLocked(now time.Time) {
 	}
 }
 
-// admitted is the answer of the admission steps for a frame that passes.
-const admitted = NumReasons
-
 // pass counts a frame passed, under its class and, if a class of the
 // rules decided it, under that class (rc, named name).
 func (p *Pipe) pass(c classify.Class, rc *RuleCounters, name string, w cost) Verdict {
@@ -596,7 +618,7 @@ func (p *Pipe) pass(c classify.Class, rc *RuleCounters, name string, w cost) Ver
 	if rc != nil {
 		rc.passed(w)
 	}
-	return Verdict{Pass: true, Class: c, Rule: name, rc: rc}
+	return Verdict{Action: Pass, Class: c, Rule: name, rc: rc}
 }
 
 // drop counts a frame dropped for reason r, as pass counts.
@@ -605,7 +627,7 @@ func (p *Pipe) drop(c classify.Class, rc *RuleCounters, name string, r Reason, w
 	if rc != nil {
 		rc.dropped(r, w)
 	}
-	return Verdict{Reason: r, Class: c, Rule: name, rc: rc}
+	return Verdict{Action: Drop, Reason: r, Class: c, Rule: name, rc: rc}
 }
 
 func (k *ClassCounters) passed(w cost) {
@@ -697,7 +719,7 @@ func (p *Pipe) forwardBatch(cls *classify.Classifier, out Device, r *reader, k i
 		w := frameCost(hdr, f)
 		v := p.step(cls, f, hdr, w, now)
 		p.releaseDue(now)
-		if !v.Pass {
+		if v.Action != Pass {
 			continue // dropped, or queued for the releaser
 		}
 		r.one[0] = r.withHdr(j)

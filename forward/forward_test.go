@@ -89,7 +89,7 @@ func TestAggregatePPSUnderFlood(t *testing.T) {
 	passed := 0
 	now := start
 	for i := 0; i < offered*seconds; i++ {
-		if from.Step(f, now).Pass {
+		if from.Step(f, now).Action == Pass {
 			passed++
 		}
 		now = now.Add(step)
@@ -115,22 +115,22 @@ func TestBypassKeepsWorkingAndSkipsAggregate(t *testing.T) {
 	// Exhaust the aggregate in both directions.
 	flood := udpFlood(t)
 	from.Step(flood, now)
-	if from.Step(flood, now).Pass {
+	if from.Step(flood, now).Action == Pass {
 		t.Fatal("aggregate of 1 packet admitted two")
 	}
 	syn := frame(t, false, &layers.TCP{SrcPort: 50000, DstPort: 22, SYN: true, Window: 1000}, 0, 0)
 	synack := frame(t, true, &layers.TCP{SrcPort: 22, DstPort: 50000, SYN: true, ACK: true, Window: 1000}, 0, 0)
 	for i := 0; i < 3; i++ {
-		if v := to.Step(syn, now); !v.Pass || v.Class != classify.Bypass {
+		if v := to.Step(syn, now); v.Action != Pass || v.Class != classify.Bypass {
 			t.Fatalf("SYN to the VM's port 22: %+v, want a passed bypass frame", v)
 		}
-		if v := from.Step(synack, now); !v.Pass || v.Class != classify.Bypass {
+		if v := from.Step(synack, now); v.Action != Pass || v.Class != classify.Bypass {
 			t.Fatalf("the VM's answer from port 22: %+v, want a passed bypass frame", v)
 		}
 	}
 	// The VM sending from port 22 to a connection nobody opened is not bypass.
 	stray := frame(t, true, &layers.TCP{SrcPort: 22, DstPort: 50001, ACK: true, Window: 1000}, 0, 0)
-	if v := from.Step(stray, now); v.Class == classify.Bypass || v.Pass {
+	if v := from.Step(stray, now); v.Class == classify.Bypass || v.Action == Pass {
 		t.Fatalf("stray frame from port 22: %+v, want a refused non-bypass frame", v)
 	}
 }
@@ -143,7 +143,7 @@ func TestBypassBudget(t *testing.T) {
 	syn := frame(t, false, &layers.TCP{SrcPort: 50000, DstPort: 22, SYN: true, Window: 1000}, 0, 0)
 	passed := 0
 	for i := 0; i < 20; i++ {
-		if to.Step(syn, now).Pass {
+		if to.Step(syn, now).Action == Pass {
 			passed++
 		}
 	}
@@ -162,7 +162,7 @@ func TestSetPolicyTakesEffectAtOnce(t *testing.T) {
 	count := func(d time.Duration) int {
 		n := 0
 		for end := now.Add(d); now.Before(end); now = now.Add(20 * time.Microsecond) {
-			if from.Step(f, now).Pass {
+			if from.Step(f, now).Action == Pass {
 				n++
 			}
 		}
@@ -189,13 +189,13 @@ func TestMalformedFramesAreCountedNotFatal(t *testing.T) {
 	now := time.Unix(1700000000, 0)
 	from, _ := newPipes(t, Policy{}, Policy{}, now)
 	for _, b := range [][]byte{nil, {1}, make([]byte, 13)} {
-		if v := from.Step(b, now); v.Pass || v.Reason != ReasonMalformed {
+		if v := from.Step(b, now); v.Action == Pass || v.Reason != ReasonMalformed {
 			t.Fatalf("%d-byte frame: %+v, want a malformed drop", len(b), v)
 		}
 	}
 	// An Ethernet header with a truncated IPv4 header follows 'other'.
 	bad := udpFlood(t)[:20]
-	if v := from.Step(bad, now); !v.Pass || v.Class != classify.Malformed {
+	if v := from.Step(bad, now); v.Action != Pass || v.Class != classify.Malformed {
 		t.Fatalf("truncated IPv4: %+v, want a passed malformed frame (other policy: none)", v)
 	}
 	st := from.Stats().Classes[classify.Malformed]

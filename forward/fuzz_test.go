@@ -47,7 +47,7 @@ func FuzzStep(f *testing.F) {
 		frames++
 		for _, p := range []*Pipe{from, to, shaped} {
 			v := p.Step(data, now)
-			if v.Pass && v.Queued || !v.Pass && !v.Queued && v.Reason >= NumReasons || v.Class >= classify.NumClasses {
+			if v.Action > Queue || v.Action == Drop && v.Reason >= NumReasons || v.Class >= classify.NumClasses {
 				t.Fatalf("%v: verdict %+v", p.dir, v)
 			}
 		}

@@ -62,10 +62,10 @@ func TestGSOSegmentChargedAsItsFrames(t *testing.T) {
 	from, _ := newPipes(t, pol, Policy{}, now)
 	h, f := gsoFrame(t, 65000, 1448)
 	w := frameCost(h, f)
-	if v := from.step(from.ins[0].cls, f, h, w, now); !v.Pass {
+	if v := from.step(from.ins[0].cls, f, h, w, now); v.Action != Pass {
 		t.Fatalf("first segment: %+v", v)
 	}
-	if v := from.step(from.ins[0].cls, f, h, w, now); v.Pass || v.Reason != ReasonAggregateBudget {
+	if v := from.step(from.ins[0].cls, f, h, w, now); v.Action == Pass || v.Reason != ReasonAggregateBudget {
 		t.Fatalf("second segment, 19 tokens left: %+v, want aggregate_budget", v)
 	}
 	st := from.Stats().Classes[classify.TCP]
@@ -75,7 +75,7 @@ func TestGSOSegmentChargedAsItsFrames(t *testing.T) {
 	// 19 tokens are left: 19 frames one by one still pass.
 	one := frame(t, true, &layers.TCP{SrcPort: 40000, DstPort: 80, ACK: true}, 100, 0)
 	for i := range 19 {
-		if v := from.Step(one, now); !v.Pass {
+		if v := from.Step(one, now); v.Action != Pass {
 			t.Fatalf("frame %d after the segment: %+v", i, v)
 		}
 	}
@@ -87,7 +87,7 @@ func TestGSOSegmentThroughTheShapeQueue(t *testing.T) {
 	now := time.Unix(1700000000, 0)
 	from, _ := newPipes(t, Policy{Mode: Shape, Delay: time.Millisecond, Aggregate: bucket.Limits{PPS: 1000, BurstPackets: 64}}, Policy{}, now)
 	h, f := gsoFrame(t, 65000, 1448)
-	if v := from.step(from.ins[0].cls, f, h, frameCost(h, f), now); !v.Queued {
+	if v := from.step(from.ins[0].cls, f, h, frameCost(h, f), now); v.Action != Queue {
 		t.Fatalf("not queued: %+v", v)
 	}
 	out := &hdrRecorder{}

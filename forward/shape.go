@@ -355,39 +355,36 @@ func (p *Pipe) descCounters(d qdesc) *RuleCounters {
 	return p.rt[d.rule].c
 }
 
-// queued is shapeLocked's answer for a frame it queued.
-const queued = admitted + 1
-
 // shapeLocked decides a frame (not bypass, not control) in shape mode at
 // now, described by d (its class, and the budget it is charged to when it
-// leaves): it passes at once (admitted) only without a delay and with an
-// empty queue; otherwise it is queued, or refused with a reason. wake
-// reports that the queue was empty and the releaser must be told. Caller
-// holds mu.
-func (p *Pipe) shapeLocked(d qdesc, frame, hdr []byte, now time.Time) (r Reason, wake bool) {
+// leaves): it passes at once (Pass) only without a delay and with an
+// empty queue; otherwise it is queued (Queue), or dropped for reason r.
+// wake reports that the queue was empty and the releaser must be told.
+// Caller holds mu.
+func (p *Pipe) shapeLocked(d qdesc, frame, hdr []byte, now time.Time) (act Action, r Reason, wake bool) {
 	n := len(frame)
 	t := p.nanos(now)
 	p.expireLocked(t)
 	d.n = uint32(n)
-	if r := p.hopelessLocked(d); r != admitted {
-		return r, false
+	if r, ok := p.hopelessLocked(d); !ok {
+		return Drop, r, false
 	}
 	q := &p.q
 	if p.sh.delay == 0 && q.count == 0 && p.inflight == 0 {
-		switch r := p.admitDescLocked(d, now, now); r {
-		case admitted:
+		switch r, ok := p.admitDescLocked(d, now, now); {
+		case ok:
 			p.vclock = max(p.vclock, t)
-			return r, false
-		case ReasonQuota:
-			return r, false
+			return Pass, 0, false
+		case r == ReasonQuota:
+			return Drop, r, false
 		}
 	}
 	if p.lateLocked(t) {
-		return ReasonQueueTime, false
+		return Drop, ReasonQueueTime, false
 	}
 	d.at = t
 	if !q.push(hdr, frame, d) {
-		return ReasonQueueFull, false
+		return Drop, ReasonQueueFull, false
 	}
 	if q.count == 1 && p.inflight == 0 {
 		// The releaser, signalled, would find the head due then; so
@@ -395,24 +392,25 @@ func (p *Pipe) shapeLocked(d qdesc, frame, hdr []byte, now time.Time) (r Reason,
 		// slow to wake.
 		p.due.Store(t + p.sh.delay + 1)
 	}
-	return queued, q.count == 1
+	return Queue, 0, q.count == 1
 }
 
 // admitDescLocked runs steps 5 and 6 for a frame leaving the queue (or
 // passing it at once): its deferred class budget and the aggregate must
 // hold its tokens at bt (the budgets' time, see takeDueLocked), and the
-// quota admit it at now; then both budgets are charged. Caller holds mu.
-func (p *Pipe) admitDescLocked(d qdesc, bt, now time.Time) Reason {
+// quota admit it at now; then both budgets are charged. It reports whether
+// the frame passes, and why not. Caller holds mu.
+func (p *Pipe) admitDescLocked(d qdesc, bt, now time.Time) (Reason, bool) {
 	class, agg := p.budgetsFor(d)
 	w := d.cost()
 	if class != nil && !class.FitsN(bt, w.pkts, w.bytes) {
-		return ReasonClassBudget
+		return ReasonClassBudget, false
 	}
 	if agg != nil && !agg.FitsN(bt, w.pkts, w.bytes) {
-		return ReasonAggregateBudget
+		return ReasonAggregateBudget, false
 	}
 	if q := p.current.Quota; q != nil && !q.Admit(now, p.dir, w.bytes, false) {
-		return ReasonQuota
+		return ReasonQuota, false
 	}
 	if class != nil {
 		class.TakeN(bt, w.pkts, w.bytes)
@@ -420,7 +418,7 @@ func (p *Pipe) admitDescLocked(d qdesc, bt, now time.Time) Reason {
 	if agg != nil {
 		agg.TakeN(bt, w.pkts, w.bytes)
 	}
-	return admitted
+	return 0, true
 }
 
 // lateLocked reports whether a frame arriving at t (ns since the epoch)
@@ -457,17 +455,17 @@ func (p *Pipe) budgetsFor(d qdesc) (class, agg *bucket.Budget) {
 
 // hopelessLocked returns why a queued frame can never be admitted while
 // the limits stay as they are (a budget blocks, or the frame is larger
-// than a byte bucket's depth), or admitted if it can be. Such a frame is
-// refused at once, as in police mode: waiting would not help.
-func (p *Pipe) hopelessLocked(d qdesc) Reason {
+// than a byte bucket's depth); ok when it can be. Such a frame is refused
+// at once, as in police mode: waiting would not help.
+func (p *Pipe) hopelessLocked(d qdesc) (r Reason, ok bool) {
 	class, agg := p.budgetsFor(d)
 	if hopeless(class, d.cost()) {
-		return ReasonClassBudget
+		return ReasonClassBudget, false
 	}
 	if hopeless(agg, d.cost()) {
-		return ReasonAggregateBudget
+		return ReasonAggregateBudget, false
 	}
-	return admitted
+	return 0, true
 }
 
 func hopeless(b *bucket.Budget, w cost) bool {
@@ -644,7 +642,7 @@ func (p *Pipe) takeDueLocked(now time.Time, b *batch) time.Time {
 		if age < p.sh.delay {
 			return p.epoch.Add(time.Duration(d.at + p.sh.delay))
 		}
-		if r := p.hopelessLocked(d); r != admitted {
+		if r, ok := p.hopelessLocked(d); !ok {
 			p.dropDescLocked(d, r)
 			q.pop()
 			continue
@@ -656,8 +654,8 @@ func (p *Pipe) takeDueLocked(now time.Time, b *batch) time.Time {
 		// would not have charged it earlier, nor before the frame it
 		// released last.
 		vt := max(p.vclock, floor, d.at+p.sh.delay)
-		r := p.admitDescLocked(d, p.epoch.Add(time.Duration(vt)), now)
-		if r != admitted && r != ReasonQuota {
+		r, ok := p.admitDescLocked(d, p.epoch.Add(time.Duration(vt)), now)
+		if !ok && r != ReasonQuota {
 			// When would the tokens have been there? If that has
 			// passed, the on-time releaser would have released the
 			// frame then.
@@ -670,12 +668,12 @@ func (p *Pipe) takeDueLocked(now time.Time, b *batch) time.Time {
 				return p.epoch.Add(time.Duration(due))
 			}
 			vt += w
-			r = p.admitDescLocked(d, p.epoch.Add(time.Duration(vt)), now)
+			r, ok = p.admitDescLocked(d, p.epoch.Add(time.Duration(vt)), now)
 		}
-		switch r {
-		case admitted:
+		switch {
+		case ok:
 			p.vclock = vt
-		case ReasonQuota:
+		case r == ReasonQuota:
 			p.dropDescLocked(d, ReasonQuota)
 			q.pop()
 			continue

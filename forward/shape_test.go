@@ -123,9 +123,9 @@ func (s *sim) arrive(at time.Time, base []byte) Verdict {
 	s.sent = append(s.sent, at)
 	v := s.p.Step(f, s.now)
 	switch {
-	case v.Pass:
+	case v.Action == Pass:
 		s.out.put(f)
-	case v.Queued && s.p.q.count == 1:
+	case v.Action == Queue && s.p.q.count == 1:
 		s.next = s.now // the queue was empty: signalled
 	}
 	if s.check != nil {
@@ -191,7 +191,7 @@ func TestShapeDelayIsExact(t *testing.T) {
 			at := t0
 			for i := 0; i < 2000; i++ {
 				at = at.Add(time.Duration(rng.Int64N(int64(2 * tt.every))))
-				if v := s.arrive(at, base); !v.Queued {
+				if v := s.arrive(at, base); v.Action != Queue {
 					t.Fatalf("frame %d: %+v, want queued", i, v)
 				}
 			}
@@ -316,9 +316,9 @@ func TestShapeRateWithLateReleaser(t *testing.T) {
 				f := seqFrame(base, 1)
 				v := s.p.Step(f, at)
 				switch {
-				case v.Pass:
+				case v.Action == Pass:
 					s.out.put(f)
-				case v.Queued && s.p.q.count == 1 && wake.IsZero():
+				case v.Action == Queue && s.p.q.count == 1 && wake.IsZero():
 					wake = at.Add(lag())
 				}
 			}
@@ -361,7 +361,7 @@ func TestShapeInputReleasesWithoutReleaser(t *testing.T) {
 	for seq := uint64(1); now.Before(end); seq++ {
 		f := seqFrame(base, seq)
 		sent = append(sent, now)
-		if v := p.Step(f, now); v.Pass {
+		if v := p.Step(f, now); v.Action == Pass {
 			t.Fatalf("frame %d passed at once; with a delay every frame waits", seq)
 		}
 		p.releaseDue(now)
@@ -462,7 +462,7 @@ func TestShapeBoundsHoldWithoutReleaser(t *testing.T) {
 	now := t0
 	for i := 0; i < 20000; i++ { // 1 s at 20 kpps
 		now = now.Add(50 * time.Microsecond)
-		if v := from.Step(f, now); !v.Queued {
+		if v := from.Step(f, now); v.Action != Queue {
 			t.Fatalf("frame %d: %+v, want queued", i, v)
 		}
 		if q := from.Queue(now); q.OldestAge > pol.QueueTime || q.Bytes > q.MaxBytes {
@@ -496,9 +496,9 @@ func TestShapeKeepsFIFOOrder(t *testing.T) {
 				at = at.Add(time.Duration(rng.Int64N(int64(400 * time.Microsecond)))) // ~5000 pps
 				base := []([]byte){udp, tcp, icmp}[rng.IntN(3)]
 				switch v := s.arrive(at, base); {
-				case v.Pass:
+				case v.Action == Pass:
 					direct++
-				case v.Queued:
+				case v.Action == Queue:
 					waited++
 				}
 			}
@@ -532,7 +532,7 @@ func TestShapeLeavesBypassAndControlUnqueued(t *testing.T) {
 	_, to := newPipes(t, Policy{}, pol, t0)
 	syn := frame(t, false, &layers.TCP{SrcPort: 50000, DstPort: 22, SYN: true, Window: 1000}, 0, 0)
 	for i, want := range []bool{true, true, false} {
-		if v := to.Step(syn, t0); v.Queued || v.Pass != want || v.Class != classify.Bypass {
+		if v := to.Step(syn, t0); v.Action == Queue || (v.Action == Pass) != want || v.Class != classify.Bypass {
 			t.Fatalf("bypass SYN %d in shape mode: %+v, want passed %v at once", i, v, want)
 		}
 	}
@@ -546,13 +546,13 @@ func TestShapeLeavesBypassAndControlUnqueued(t *testing.T) {
 		t.Fatal(err)
 	}
 	arp := buf.Bytes()
-	if v := to.Step(arp, t0); !v.Pass || v.Class != classify.Control {
+	if v := to.Step(arp, t0); v.Action != Pass || v.Class != classify.Control {
 		t.Fatalf("ARP in shape mode: %+v, want passed at once", v)
 	}
-	if v := to.Step(frame(t, false, &layers.UDP{SrcPort: 9, DstPort: 9}, 10, 0), t0); !v.Queued {
+	if v := to.Step(frame(t, false, &layers.UDP{SrcPort: 9, DstPort: 9}, 10, 0), t0); v.Action != Queue {
 		t.Fatalf("UDP in shape mode with a delay: %+v, want queued", v)
 	}
-	if v := to.Step(udpFlood(t)[:20], t0); !v.Queued || v.Class != classify.Malformed {
+	if v := to.Step(udpFlood(t)[:20], t0); v.Action != Queue || v.Class != classify.Malformed {
 		t.Fatalf("truncated IPv4 in shape mode: %+v, want queued", v)
 	}
 }
@@ -564,26 +564,27 @@ func TestShapeRefusesHopelessFramesAtOnce(t *testing.T) {
 	for _, tt := range []struct {
 		name string
 		pol  Policy
-		want Reason
+		pass bool   // the frame passes
+		want Reason // or is dropped for this
 	}{
-		{"blocked", Policy{Mode: Shape, Aggregate: bucket.Limits{Block: true}}, ReasonAggregateBudget},
-		{"too-big", Policy{Mode: Shape, Aggregate: bucket.Limits{BytesPerSec: 1e6, BurstBytes: 1000 + bucket.MaxFrame}}, admitted},
+		{"blocked", Policy{Mode: Shape, Aggregate: bucket.Limits{Block: true}}, false, ReasonAggregateBudget},
+		{"too-big", Policy{Mode: Shape, Aggregate: bucket.Limits{BytesPerSec: 1e6, BurstBytes: 1000 + bucket.MaxFrame}}, true, 0},
 		{"class-blocked", func() Policy {
 			p := Policy{Mode: Shape, Delay: time.Millisecond}
 			p.Classes[classify.UDP] = bucket.Limits{Block: true}
 			return p
-		}(), ReasonClassBudget},
+		}(), false, ReasonClassBudget},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			from, _ := newPipes(t, tt.pol, Policy{}, t0)
 			v := from.Step(big, t0)
-			if tt.want == admitted {
-				if !v.Pass {
+			if tt.pass {
+				if v.Action != Pass {
 					t.Fatalf("%+v, want passed", v)
 				}
 				return
 			}
-			if v.Pass || v.Queued || v.Reason != tt.want {
+			if v.Action == Pass || v.Action == Queue || v.Reason != tt.want {
 				t.Fatalf("%+v, want dropped at once as %s", v, tt.want)
 			}
 		})
@@ -612,7 +613,7 @@ func TestShapeSetPolicySwitches(t *testing.T) {
 	if s.p.q.buf != nil {
 		t.Error("police mode kept the queue's storage")
 	}
-	if v := s.arrive(s.now.Add(time.Millisecond), base); v.Queued {
+	if v := s.arrive(s.now.Add(time.Millisecond), base); v.Action == Queue {
 		t.Fatalf("police mode queued a frame: %+v", v)
 	}
 
