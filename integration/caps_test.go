@@ -1,9 +1,11 @@
 package integration
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -80,10 +82,12 @@ func (l *lab) startDaemonAs(dir string, wrap []string) *daemon {
 // kill -9 a daemon with the same capabilities adopts the splice (replacing
 // the kernel half, which it may not open by id without CAP_SYS_ADMIN) and
 // polices again; and `release --all --offline` with the capabilities of
-// shaperd-release.service reverts it exactly. On both backends.
+// shaperd-release.service reverts it exactly. Under the unit the forwarding
+// threads run at the default --forwarder-nice (-10), and the daemon logs no
+// permission warning. On both backends.
 func TestUnitCapabilities(t *testing.T) {
 	if _, err := exec.LookPath("setpriv"); err != nil {
-		t.Skip("setpriv not found")
+		t.Fatal("setpriv not found (util-linux)")
 	}
 	for _, mode := range []string{"bridge", "ovs"} {
 		t.Run(mode, func(t *testing.T) {
@@ -112,11 +116,14 @@ func TestUnitCapabilities(t *testing.T) {
 				time.Sleep(2 * time.Second) // the flood ends
 			}
 			policed(d, "with the unit's capabilities")
+			checkNoPermissionWarnings(t, d)
+			checkForwarderNice(t, d, -10)
 
 			d.kill9()
 			d2 := l.startDaemonAs(dir, unit)
 			l.waitActive(d2, port, time.Now(), 3*time.Second)
 			policed(d2, "adopted with the unit's capabilities")
+			checkNoPermissionWarnings(t, d2)
 			d2.kill9()
 
 			release := asUnit(t, "shaperd-release.service")
@@ -128,5 +135,47 @@ func TestUnitCapabilities(t *testing.T) {
 				t.Errorf("offline release left the host changed:\n%s", diffLines(before, after))
 			}
 		})
+	}
+}
+
+// checkNoPermissionWarnings fails t for each line of d's log that says the
+// daemon was not allowed to do something.
+func checkNoPermissionWarnings(t *testing.T, d *daemon) {
+	t.Helper()
+	for _, line := range strings.Split(d.logBuf.String(), "\n") {
+		l := strings.ToLower(line)
+		if strings.Contains(l, "permission denied") || strings.Contains(l, "operation not permitted") || strings.Contains(l, "cannot raise") {
+			t.Errorf("the daemon logged a permission problem: %s", line)
+		}
+	}
+}
+
+// checkForwarderNice fails t unless at least two of d's threads (the
+// readers of the VM and net taps, locked to their threads) run at nice.
+func checkForwarderNice(t *testing.T, d *daemon, nice int) {
+	t.Helper()
+	dir := fmt.Sprintf("/proc/%d/task", d.cmd.Process.Pid)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := 0
+	var seen []string
+	for _, e := range ents {
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "stat"))
+		if err != nil {
+			continue // the thread ended
+		}
+		s := string(b)
+		// After the command name in parentheses: state is field 3,
+		// nice field 19.
+		f := strings.Fields(s[strings.LastIndexByte(s, ')')+2:])
+		seen = append(seen, f[19-3])
+		if f[19-3] == strconv.Itoa(nice) {
+			at++
+		}
+	}
+	if at < 2 {
+		t.Errorf("%d of the daemon's threads run at nice %d, want the forwarding threads (2 or more); the threads' nice values: %v", at, nice, seen)
 	}
 }
