@@ -6,10 +6,12 @@ package config
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -177,63 +179,65 @@ func fileExists(p string) bool {
 	return err == nil
 }
 
-// Validate checks values that have a fixed set of choices.
+// Validate checks values that have a fixed set of choices. It reports
+// every problem it finds, one per line, each starting with its key's path.
 func (c Config) Validate() error {
+	var errs []error
 	switch c.LogLevel {
 	case "", "debug", "info", "warn", "error":
 	default:
-		return fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel)
+		errs = append(errs, fmt.Errorf("log_level %q: want debug, info, warn or error", c.LogLevel))
 	}
 	switch c.LogFormat {
 	case "", "text", "json":
 	default:
-		return fmt.Errorf("log_format %q: want text or json", c.LogFormat)
+		errs = append(errs, fmt.Errorf("log_format %q: want text or json", c.LogFormat))
 	}
 	if c.PendingTTL != "" {
 		if d, err := time.ParseDuration(c.PendingTTL); err != nil || d <= 0 {
-			return fmt.Errorf("pending_ttl %q: want a positive duration such as 24h", c.PendingTTL)
+			errs = append(errs, fmt.Errorf("pending_ttl %q: want a positive duration such as 24h", c.PendingTTL))
 		}
 	}
 	if c.MetricsAddr != nil && *c.MetricsAddr != "" {
 		_, port, err := net.SplitHostPort(*c.MetricsAddr)
 		if n, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || n == 0 {
-			return fmt.Errorf("metrics_addr %q: want host:port such as 127.0.0.1:9750, or \"\" to turn metrics off", *c.MetricsAddr)
+			errs = append(errs, fmt.Errorf("metrics_addr %q: want host:port such as 127.0.0.1:9750, or \"\" to turn metrics off", *c.MetricsAddr))
 		}
 	}
 	if c.Coalesce != "" {
 		if d, err := time.ParseDuration(c.Coalesce); err != nil || d < 0 || d > 10*time.Millisecond {
-			return fmt.Errorf("coalesce %q: want a duration from 0 (off) to 10ms, such as 300us", c.Coalesce)
+			errs = append(errs, fmt.Errorf("coalesce %q: want a duration from 0 (off) to 10ms, such as 300us", c.Coalesce))
 		}
 	}
 	if c.TapQueues != nil && (*c.TapQueues < 1 || *c.TapQueues > 16) {
-		return fmt.Errorf("tap_queues %d: want 1 to 16", *c.TapQueues)
+		errs = append(errs, fmt.Errorf("tap_queues %d: want 1 to 16", *c.TapQueues))
 	}
 	if c.ForwarderNice != nil && (*c.ForwarderNice < -20 || *c.ForwarderNice > 19) {
-		return fmt.Errorf("forwarder_nice %d: want -20..19", *c.ForwarderNice)
+		errs = append(errs, fmt.Errorf("forwarder_nice %d: want -20..19", *c.ForwarderNice))
 	}
 	for _, x := range []struct{ key, v string }{{"watch_interval", c.WatchInterval}, {"flag_after", c.FlagAfter}} {
 		if x.v == "" {
 			continue
 		}
 		if d, err := time.ParseDuration(x.v); err != nil || d <= 0 {
-			return fmt.Errorf("%s %q: want a positive duration such as 500ms", x.key, x.v)
+			errs = append(errs, fmt.Errorf("%s %q: want a positive duration such as 500ms", x.key, x.v))
 		}
 	}
 	if c.MaxAuto != nil && *c.MaxAuto < 0 {
-		return fmt.Errorf("max_auto %d: want 0 or more", *c.MaxAuto)
+		errs = append(errs, fmt.Errorf("max_auto %d: want 0 or more", *c.MaxAuto))
 	}
 	if (c.AlertsCert == "") != (c.AlertsKey == "") {
-		return fmt.Errorf("alerts_cert and alerts_key go together: give both or neither")
+		errs = append(errs, fmt.Errorf("alerts_cert and alerts_key go together: give both or neither"))
 	}
 	if _, err := profile.BuildSet(c.Profiles); err != nil {
-		return err
+		errs = append(errs, err)
 	}
-	for name, g := range c.Groups {
-		if g.Router == "" || len(g.Members) == 0 {
-			return fmt.Errorf("groups.%s: want a router port and at least one member pattern", name)
+	for _, name := range slices.Sorted(maps.Keys(c.Groups)) {
+		if g := c.Groups[name]; g.Router == "" || len(g.Members) == 0 {
+			errs = append(errs, fmt.Errorf("groups.%s: want a router port and at least one member pattern", name))
 		}
 	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // ProfileSet returns the validated profiles; Load has checked them.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -273,5 +274,29 @@ func TestValuesCheckedWithoutADaemon(t *testing.T) {
 	// A good request still needs the daemon.
 	if code, _, errOut := cli(t, sock, "quarantine", "vm-1", "--pps", "100"); code != 1 || !strings.Contains(errOut, "not running") {
 		t.Errorf("a good request with no daemon: exit %d %q", code, errOut)
+	}
+}
+
+// check-config: exit 0 for a good file, 2 with every problem as
+// FILE:LINE:COLUMN: message for a bad one; no daemon needed.
+func TestCheckConfig(t *testing.T) {
+	sock := filepath.Join(t.TempDir(), "none.sock")
+	code, out, e := cli(t, sock, "check-config", "../../deploy/shaperd.yaml")
+	if code != 0 || !strings.Contains(out, "shaperd.yaml: ok") {
+		t.Errorf("the shipped config: exit %d, %q %q; want 0 and ok", code, out, e)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte("log_level: loud\nforwarder_nice: -30\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, _, e = cli(t, sock, "check-config", bad)
+	want := []string{bad + `:1:1: log_level "loud"`, bad + ":2:1: forwarder_nice -30", "2 problems in " + bad}
+	for _, w := range want {
+		if !strings.Contains(e, w) {
+			t.Errorf("a bad config: stderr %q lacks %q", e, w)
+		}
+	}
+	if code != 2 {
+		t.Errorf("a bad config: exit %d, want 2", code)
 	}
 }
