@@ -206,9 +206,9 @@ func (k *ClassCounters) snapshot() ClassStats {
 type decision struct {
 	dropped bool   // the classes refused the frame
 	reason  Reason // why, when dropped
-	rule   int    // the class of the rules that decided it, or -1
-	rc     *RuleCounters
-	name   string // that class's name
+	rule    int    // the class of the rules that decided it, or -1
+	rc      *RuleCounters
+	name    string // that class's name
 	// budget and keys/ref are what a police-mode decision charges when
 	// the frame passes; nil when nothing.
 	budget *bucket.Budget
