@@ -42,40 +42,6 @@ func asUnit(t *testing.T, unit string) []string {
 	return []string{"setpriv", "--bounding-set", bounding, "--inh-caps", ambient, "--ambient-caps", ambient, "--no-new-privs"}
 }
 
-// startDaemonAs starts a daemon in dir as startDaemonIn does, under the
-// command wrap (setpriv).
-func (l *lab) startDaemonAs(dir string, wrap []string) *daemon {
-	l.t.Helper()
-	d := &daemon{dir: dir, l: l, sock: filepath.Join(dir, "shaperd.sock"), logBuf: &syncBuffer{}, done: make(chan error, 1)}
-	args := append(append([]string{}, wrap...), filepath.Join(l.bin, "shaperd"), "run", "--socket", d.sock, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug")
-	d.cmd = inNS(l.get("HV_NS"), args...)
-	d.cmd.Stdout, d.cmd.Stderr = d.logBuf, d.logBuf
-	if err := d.cmd.Start(); err != nil {
-		l.t.Fatal(err)
-	}
-	go func() { d.done <- d.cmd.Wait() }()
-	l.t.Cleanup(func() {
-		d.stop()
-		if l.t.Failed() {
-			l.t.Logf("daemon log:\n%s", d.logBuf.String())
-		}
-	})
-	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		if code, _, _ := d.cli("status"); code == 0 {
-			return d
-		}
-		select {
-		case err := <-d.done:
-			d.done <- err
-			l.t.Fatalf("daemon exited at start: %v\n%s", err, d.logBuf.String())
-		default:
-		}
-		if time.Now().After(deadline) {
-			l.t.Fatalf("daemon not answering after 10 s:\n%s", d.logBuf.String())
-		}
-	}
-}
-
 // TestUnitCapabilities runs the daemon with the capabilities of
 // deploy/systemd/shaperd.service alone (setpriv with its bounding and
 // ambient sets): it loads and attaches the kernel half and polices; after

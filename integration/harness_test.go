@@ -187,8 +187,15 @@ func (l *lab) startDaemon(extra ...string) *daemon {
 // test can kill it and start another on the same state.
 func (l *lab) startDaemonIn(dir string, extra ...string) *daemon {
 	l.t.Helper()
+	return l.startDaemonAs(dir, nil, extra...)
+}
+
+// startDaemonAs is startDaemonIn with the daemon's command run by the
+// command wrap (such as setpriv with a unit's capabilities), nil for none.
+func (l *lab) startDaemonAs(dir string, wrap []string, extra ...string) *daemon {
+	l.t.Helper()
 	d := &daemon{dir: dir, l: l, sock: filepath.Join(dir, "shaperd.sock"), logBuf: &syncBuffer{}, done: make(chan error, 1)}
-	args := append([]string{filepath.Join(l.bin, "shaperd"), "run", "--socket", d.sock, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug"}, extra...)
+	args := append(append(append([]string{}, wrap...), filepath.Join(l.bin, "shaperd"), "run", "--socket", d.sock, "--state-dir", filepath.Join(dir, "state"), "--log-level", "debug"), extra...)
 	d.cmd = inNS(l.get("HV_NS"), args...)
 	d.cmd.Stdout, d.cmd.Stderr = d.logBuf, d.logBuf
 	if err := d.cmd.Start(); err != nil {

@@ -95,7 +95,7 @@ func (netlinkLinks) attachSteer(port, netTap int, cfg steer.Config) (kernelHalf,
 
 func (netlinkLinks) adoptSteer(port int, id uint32, netTap int, cfg steer.Config) (kernelHalf, error) {
 	entries := map[steer.Hook]ebpf.ProgramID{steer.PortXDP: ebpf.ProgramID(id)}
-	netID, onNet, err := egressSteerOf(netTap)
+	netID, onNet, err := steer.NetTapProg(netTap)
 	if err != nil {
 		return nil, err
 	}
@@ -121,7 +121,7 @@ func attachNetSteer(h *steer.Half, netTap int) error {
 	if err != nil {
 		return err
 	}
-	if err := attachEgress(netTap, entry.FD(), steer.NetTC.EntryName()); err != nil {
+	if err := steer.AttachNetTap(netTap, entry.FD(), steer.NetTC.EntryName()); err != nil {
 		return fmt.Errorf("the net tap's egress: %w", err)
 	}
 	return nil

@@ -339,7 +339,7 @@ func (s *spliced) repair(portL netlink.Link, netIndex int) error {
 		repaired = append(repaired, "kernel half (replaced: no CAP_SYS_ADMIN to take it over)")
 	case s.filterAdded:
 		entries := map[steer.Hook]ebpf.ProgramID{steer.PortTC: ebpf.ProgramID(steerID)}
-		netID, onNet, err := egressSteerOf(netIndex)
+		netID, onNet, err := steer.NetTapProg(netIndex)
 		if err != nil {
 			return err
 		}

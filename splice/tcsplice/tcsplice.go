@@ -789,7 +789,7 @@ func (s *spliced) attachNetSteer(h *steer.Half) error {
 	if err != nil || netL == nil {
 		return fmt.Errorf("look up %s: %v", s.netTap, err)
 	}
-	if err := attachEgress(netL.Attrs().Index, entry.FD(), steer.NetTC.EntryName()); err != nil {
+	if err := steer.AttachNetTap(netL.Attrs().Index, entry.FD(), steer.NetTC.EntryName()); err != nil {
 		return fmt.Errorf("%s: %w", s.netTap, err)
 	}
 	return nil
