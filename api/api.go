@@ -166,6 +166,7 @@ type Direction struct {
 	ControlLimits Limits                `json:"control_limits"`
 	Classes       map[string]ClassStats `json:"classes"`
 	ReadErrors    uint64                `json:"read_errors"`
+	Panics        uint64                `json:"panics"` // panics contained in this direction's forwarding (the forwarder then stops)
 	// TapDrops counts the frames the kernel dropped at the splice's tap
 	// queue before the forwarder read them: the taps' tx_dropped, since
 	// the taps were made. Under a flood faster than the forwarder reads,

@@ -309,12 +309,14 @@ func (m *Manager) reconcileTenant(o *owner.Port, now time.Time) {
 }
 
 // Alive reports whether every forwarder that should run runs (for the
-// service manager's watchdog).
+// service manager's watchdog). A forwarder that stopped after a contained
+// panic does not count: restarting the daemon would not mend it, and would
+// interrupt every other port.
 func (m *Manager) Alive() bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, o := range m.owners {
-		if _, fwd, _ := o.State(); fwd != nil && !fwd.Alive() {
+		if _, fwd, _ := o.State(); fwd != nil && !fwd.Alive() && fwd.Failure() == nil {
 			return false
 		}
 	}

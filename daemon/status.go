@@ -1,6 +1,7 @@
 package daemon
 
 import (
+	"fmt"
 	"os"
 	"slices"
 	"time"
@@ -24,6 +25,7 @@ func dirStatus(d DirSpec, s forward.DirStats, qs *forward.QueueStats) api.Direct
 		ControlLimits: apiLimits(d.ControlPPS, nil, controlBurst, nil),
 		Classes:       make(map[string]api.ClassStats, classify.NumClasses),
 		ReadErrors:    s.ReadErrors,
+		Panics:        s.Panics,
 		Mode:          "police",
 	}
 	if d.Mode == "shape" {
@@ -141,6 +143,9 @@ func (m *Manager) statusLocked(q *quarantine) (api.Quarantine, splice.Splice) {
 		out.Warnings = append(out.Warnings, sp.Warnings()...)
 	}
 	if fwd != nil {
+		if fl := fwd.Failure(); fl != nil {
+			out.Warnings = append(out.Warnings, fmt.Sprintf("the forwarder panicked (%s, %s) and stopped: the port takes its fail path (%s); release and quarantine it again to resume", fl.Value, fl.Direction, failString(sp != nil && sp.FailOpen())))
+		}
 		from, to = fwd.FromVM.Stats(), fwd.ToVM.Stats()
 		for _, d := range fwd.FromVM.TopDestinations(nil, TopDestinations) {
 			out.TopDestinations = append(out.TopDestinations, api.Destination{

@@ -17,10 +17,12 @@
 package forward
 
 import (
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
 	"runtime"
+	"runtime/debug"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -318,6 +320,9 @@ type DirStats struct {
 	Classes [classify.NumClasses]ClassStats
 	// ReadErrors counts failed reads from the incoming device.
 	ReadErrors uint64
+	// Panics counts the panics contained in the direction's input
+	// goroutines (see Forwarder.Failure).
+	Panics uint64
 }
 
 // Pipe is one direction of a forwarder: it reads frames from one or more
@@ -364,7 +369,12 @@ type Pipe struct {
 
 	counters   [classify.NumClasses]ClassCounters
 	readErrors atomic.Uint64
-	heartbeat  atomic.Int64 // unix ns of the owner's last loop iteration; 0 before start
+	panics     atomic.Uint64
+	// holder is the classifier of the input goroutine that holds mu in
+	// step, nil when no step holds it: a goroutine that panics in step
+	// unlocks mu on its way out (see Forwarder.runInput).
+	holder    atomic.Pointer[classify.Classifier]
+	heartbeat atomic.Int64 // unix ns of the owner's last loop iteration; 0 before start
 
 	// nice is the scheduling priority of the input goroutines' threads; 0
 	// leaves it alone.
@@ -380,6 +390,7 @@ type Pipe struct {
 type input struct {
 	dev      Device
 	cls      *classify.Classifier
+	r        *reader // its reader, once its goroutine runs; read by that goroutine only
 	coalesce time.Duration
 	out      Device  // where its passed frames go
 	gso      gsoRole // which budgets decide whether it may read GSO segments
@@ -532,7 +543,7 @@ func (p *Pipe) step(cls *classify.Classifier, frame, hdr []byte, w cost, now tim
 	// the table's entries at once, or keep them for hours.
 	c := cls.Classify(frame, p.nanos(now))
 	f := cls.Frame()
-	p.mu.Lock()
+	p.lockFor(cls)
 	p.syncPolicyLocked(now)
 	if p.top != nil {
 		p.top.add(f)
@@ -541,14 +552,14 @@ func (p *Pipe) step(cls *classify.Classifier, frame, hdr []byte, w cost, now tim
 	// Step 1: the guard.
 	if g := pol.Guard; g != nil {
 		if v := g.Check(f); v != guard.Pass {
-			p.mu.Unlock()
+			p.unlockFor()
 			return p.drop(c, nil, "", guardReasons[v], w)
 		}
 	}
 	// Steps 2 and 3: control and bypass, never queued.
 	if c == classify.Control || c == classify.Bypass {
 		r, ok := p.priorityLocked(c, f, w, now)
-		p.mu.Unlock()
+		p.unlockFor()
 		if ok {
 			return p.pass(c, nil, "", w)
 		}
@@ -556,13 +567,13 @@ func (p *Pipe) step(cls *classify.Classifier, frame, hdr []byte, w cost, now tim
 	}
 	// Step 4: the classes.
 	if pol.MaxFrame > 0 && w.largest > pol.MaxFrame {
-		p.mu.Unlock()
+		p.unlockFor()
 		return p.drop(c, nil, "", ReasonFrameSize, w)
 	}
 	var d decision
 	p.classesLocked(&d, c, f, w, now)
 	if d.dropped {
-		p.mu.Unlock()
+		p.unlockFor()
 		return p.drop(c, d.rc, d.name, d.reason, w)
 	}
 	act, r := Pass, Reason(0)
@@ -574,7 +585,7 @@ func (p *Pipe) step(cls *classify.Classifier, frame, hdr []byte, w cost, now tim
 		if act != Drop && !d.deferred {
 			p.takeLocked(&d, w, now) // a police-mode class charges on arrival
 		}
-		p.mu.Unlock()
+		p.unlockFor()
 		if wake {
 			p.signal()
 		}
@@ -587,7 +598,7 @@ func (p *Pipe) step(cls *classify.Classifier, frame, hdr []byte, w cost, now tim
 		if r, ok = p.finishLocked(&d, w, now); !ok {
 			act = Drop
 		}
-		p.mu.Unlock()
+		p.unlockFor()
 	}
 	if act == Pass {
 		return p.pass(c, d.rc, d.name, w)
@@ -667,6 +678,7 @@ func (p *Pipe) Stats() DirStats {
 		s.Classes[c] = p.counters[c].snapshot()
 	}
 	s.ReadErrors = p.readErrors.Load()
+	s.Panics = p.panics.Load()
 	return s
 }
 
@@ -688,6 +700,7 @@ func (p *Pipe) run(i int) error {
 		defer runtime.UnlockOSThread()
 	}
 	r := newReader(in.dev, in.coalesce, locked)
+	in.r = r
 	for {
 		k, now, err := r.read()
 		p.heartbeat.Store(now.UnixNano())
@@ -715,6 +728,7 @@ func (p *Pipe) run(i int) error {
 // closed. It does not allocate.
 func (p *Pipe) forwardBatch(cls *classify.Classifier, out Device, r *reader, k int, now time.Time) error {
 	for j := range k {
+		r.cur = j
 		f, hdr := r.frame(j), r.hdr(j)
 		w := frameCost(hdr, f)
 		v := p.step(cls, f, hdr, w, now)
@@ -750,6 +764,8 @@ func (p *Pipe) Heartbeat() time.Time {
 type Forwarder struct {
 	FromVM *Pipe // reads the VM-side devices, writes the network-side device
 	ToVM   *Pipe // reads the network-side device, writes the VM-side device
+
+	failure atomic.Pointer[Failure] // the first contained panic
 
 	devs []Device
 	wg   sync.WaitGroup
@@ -862,7 +878,7 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 			f.wg.Add(1)
 			go func() {
 				defer f.wg.Done()
-				if err := p.run(i); err != nil {
+				if err := f.runInput(p, i); err != nil {
 					p.log.Error("forwarding stopped", "err", err)
 				}
 			}()
@@ -936,4 +952,64 @@ func (s *atomicSometimes) ok(now time.Time) bool {
 		return false
 	}
 	return s.last.CompareAndSwap(l, t)
+}
+
+// Failure is a panic contained in one of a forwarder's input goroutines.
+type Failure struct {
+	Direction classify.Direction
+	Value     string // what the goroutine panicked with
+	Frame     string // the frame it was deciding, in hex (at most MaxFailureFrame bytes), "" if none
+	Stack     string
+}
+
+// MaxFailureFrame bounds the bytes of a frame a Failure keeps.
+const MaxFailureFrame = 2048
+
+// Failure returns the first panic a forwarder contained, nil if none. A
+// forwarder that contained one has stopped (it closes itself): its port
+// takes its splice's fail path, and the rest of the daemon goes on.
+func (f *Forwarder) Failure() *Failure { return f.failure.Load() }
+
+// lockFor takes mu for a step of the input whose classifier is cls.
+func (p *Pipe) lockFor(cls *classify.Classifier) {
+	p.mu.Lock()
+	p.holder.Store(cls)
+}
+
+// unlockFor releases what lockFor took.
+func (p *Pipe) unlockFor() {
+	p.holder.Store(nil)
+	p.mu.Unlock()
+}
+
+// runInput runs input i of p and contains a panic in it: whatever a frame
+// does to the code that decides it (a decoder's bug, a policy's), it stops
+// this forwarder only, never the daemon. The panic is logged with the
+// frame's hex and counted (DirStats.Panics), mu is released if the step
+// held it, and the forwarder closes itself: its port's kernel half sees
+// no more heartbeats and takes the fail path (open: the direct way;
+// closed: dropped).
+func (f *Forwarder) runInput(p *Pipe, i int) (err error) {
+	in := &p.ins[i]
+	defer func() {
+		v := recover()
+		if v == nil {
+			return
+		}
+		if p.holder.Load() == in.cls {
+			p.holder.Store(nil)
+			p.mu.Unlock()
+		}
+		p.panics.Add(1)
+		fl := &Failure{Direction: p.dir, Value: fmt.Sprint(v), Stack: string(debug.Stack())}
+		if r := in.r; r != nil && r.cur < r.filled {
+			fr := r.frame(r.cur)
+			fl.Frame = hex.EncodeToString(fr[:min(len(fr), MaxFailureFrame)])
+		}
+		f.failure.CompareAndSwap(nil, fl)
+		p.log.Error("the forwarder panicked and stopped; the port takes its fail path", "panic", fl.Value, "frame", fl.Frame, "stack", fl.Stack)
+		go f.Close() // Close waits for this goroutine
+		err = nil
+	}()
+	return p.run(i)
 }

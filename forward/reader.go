@@ -72,6 +72,7 @@ type reader struct {
 	yield  time.Time // when the goroutine last yielded
 	full   time.Time // when a read last filled every buffer
 	filled int       // frames of the last read
+	cur    int       // the frame of the last read being decided
 	one    [1][]byte // a frame to write
 
 	coalesce time.Duration // the latency budget; 0: off

@@ -72,6 +72,9 @@ var (
 	descReadErrors = prometheus.NewDesc("shaperd_read_errors_total",
 		"Failed reads from the device a direction reads from.",
 		[]string{"port", "direction"}, nil)
+	descPanics = prometheus.NewDesc("shaperd_forwarder_panics_total",
+		"Panics contained in a port's forwarding: the port's forwarder stopped, and the port takes its fail path (see status --json's warnings).",
+		[]string{"port", "direction"}, nil)
 	descTapDrops = prometheus.NewDesc("shaperd_tap_drops_total",
 		"Frames the kernel dropped at a splice's tap queue before the forwarder read them (the taps' tx_dropped, since the taps were made): under a flood faster than the forwarder reads, most of the flood. In no class.",
 		[]string{"port", "direction"}, nil)
@@ -183,7 +186,7 @@ func NewCollector(src Source, now func() time.Time) *Collector {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descFrames, descBytes, descDrops, descReadErrors, descTapDrops, descKernelDrops, descKernelPassed, descBackstop, descFill,
+	for _, d := range []*prometheus.Desc{descFrames, descBytes, descDrops, descReadErrors, descPanics, descTapDrops, descKernelDrops, descKernelPassed, descBackstop, descFill,
 		descLimitPackets, descLimitBytes, descInfo, descSince, descCount, descBuild,
 		descStage, descNextTransition, descTransitions, descFlags, descAuto, descHooks, descAlerts, descWatched,
 		descQuotaCommit, descQuotaPercentile, descQuotaProjected, descQuotaBurstUsed, descQuotaBurstLeft,
@@ -303,6 +306,7 @@ func collectDir(ch chan<- prometheus.Metric, port, dir string, d *api.Direction)
 		}
 	}
 	counter(descReadErrors, d.ReadErrors, port, dir)
+	counter(descPanics, d.Panics, port, dir)
 	counter(descTapDrops, d.TapDrops, port, dir)
 	for _, reason := range sortedKeys(d.KernelDrops) {
 		counter(descKernelDrops, d.KernelDrops[reason], port, dir, reason)
