@@ -886,6 +886,7 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 		f.wg.Add(1)
 		go func() {
 			defer f.wg.Done()
+			defer f.contain(p, nil)
 			p.releaseLoop(f.stop)
 		}()
 	}
@@ -982,34 +983,40 @@ func (p *Pipe) unlockFor() {
 	p.mu.Unlock()
 }
 
-// runInput runs input i of p and contains a panic in it: whatever a frame
+// runInput runs input i of p and contains a panic in it (contain): whatever a frame
 // does to the code that decides it (a decoder's bug, a policy's), it stops
 // this forwarder only, never the daemon. The panic is logged with the
 // frame's hex and counted (DirStats.Panics), mu is released if the step
 // held it, and the forwarder closes itself: its port's kernel half sees
 // no more heartbeats and takes the fail path (open: the direct way;
 // closed: dropped).
-func (f *Forwarder) runInput(p *Pipe, i int) (err error) {
-	in := &p.ins[i]
-	defer func() {
-		v := recover()
-		if v == nil {
-			return
-		}
-		if p.holder.Load() == in.cls {
-			p.holder.Store(nil)
-			p.mu.Unlock()
-		}
-		p.panics.Add(1)
-		fl := &Failure{Direction: p.dir, Value: fmt.Sprint(v), Stack: string(debug.Stack())}
+func (f *Forwarder) runInput(p *Pipe, i int) error {
+	defer f.contain(p, &p.ins[i])
+	return p.run(i)
+}
+
+// contain, deferred by a goroutine of f running for p (for input in, nil
+// for the releaser), recovers from a panic in it: see runInput. The shape
+// queue's release path unlocks with defer, so a panic in it leaves no
+// lock held either.
+func (f *Forwarder) contain(p *Pipe, in *input) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	if in != nil && p.holder.Load() == in.cls {
+		p.holder.Store(nil)
+		p.mu.Unlock()
+	}
+	p.panics.Add(1)
+	fl := &Failure{Direction: p.dir, Value: fmt.Sprint(v), Stack: string(debug.Stack())}
+	if in != nil {
 		if r := in.r; r != nil && r.cur < r.filled {
 			fr := r.frame(r.cur)
 			fl.Frame = hex.EncodeToString(fr[:min(len(fr), MaxFailureFrame)])
 		}
-		f.failure.CompareAndSwap(nil, fl)
-		p.log.Error("the forwarder panicked and stopped; the port takes its fail path", "panic", fl.Value, "frame", fl.Frame, "stack", fl.Stack)
-		go f.Close() // Close waits for this goroutine
-		err = nil
-	}()
-	return p.run(i)
+	}
+	f.failure.CompareAndSwap(nil, fl)
+	p.log.Error("the forwarder panicked and stopped; the port takes its fail path", "panic", fl.Value, "frame", fl.Frame, "stack", fl.Stack)
+	go f.Close() // Close waits for this goroutine
 }

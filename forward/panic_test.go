@@ -83,3 +83,40 @@ func TestPanicIsContained(t *testing.T) {
 	}
 	runtime.Gosched()
 }
+
+// In shape mode the quota is asked when a frame leaves the queue, on the
+// releaser or on an input goroutine (releaseDue): a panic there is
+// contained too, and Close does not hang on a lock it left.
+func TestPanicInReleaseIsContained(t *testing.T) {
+	flood := udpFlood(t)
+	poisoned := frame(t, true, &layers.UDP{SrcPort: 40000, DstPort: 9}, 250-14-20-8+7, 0)
+	pol := Policy{Mode: Shape, Delay: time.Millisecond, Aggregate: bucket.Limits{PPS: 1e6}, Quota: panicQuota{size: len(poisoned)}}
+	vm, nt := fakedev.New(64), fakedev.New(64)
+	f, err := New(Config{FromVM: pol}, Devices{VM: vm, Net: nt})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vm.Inject(flood)
+	vm.Inject(poisoned)
+	for range 5 {
+		vm.Inject(flood)
+	}
+	select {
+	case <-f.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the forwarder that panicked in its release path did not stop")
+	}
+	if fl := f.Failure(); fl == nil || !strings.Contains(fl.Value, "poisoned size") {
+		t.Fatalf("Failure %+v, want the release path's panic", fl)
+	}
+	if s := f.FromVM.Stats(); s.Panics != 1 {
+		t.Errorf("%d panics counted, want 1", s.Panics)
+	}
+	done := make(chan error, 1)
+	go func() { done <- f.Close() }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close hangs after a panic in the release path")
+	}
+}

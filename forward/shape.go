@@ -556,16 +556,21 @@ func (p *Pipe) release(now time.Time, out Device) (time.Time, error) {
 		b.buf = make([]byte, batchBytes)
 	}
 	b.k, b.used = 0, 0
-	p.mu.Lock()
-	p.syncPolicyLocked(now)
-	next := p.takeDueLocked(now, b)
-	p.inflight = b.k
-	if next.IsZero() {
-		p.due.Store(0)
-	} else {
-		p.due.Store(p.nanos(next) + 1)
-	}
-	p.mu.Unlock()
+	// Deferred unlocks here: a panic in the release path (see
+	// Forwarder.runInput) must not leave mu held.
+	next := func() time.Time {
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		p.syncPolicyLocked(now)
+		next := p.takeDueLocked(now, b)
+		p.inflight = b.k
+		if next.IsZero() {
+			p.due.Store(0)
+		} else {
+			p.due.Store(p.nanos(next) + 1)
+		}
+		return next
+	}()
 	if b.k == 0 {
 		return next, nil
 	}
@@ -702,10 +707,10 @@ func (p *Pipe) releaseDue(now time.Time) {
 	if d := p.due.Load(); d == 0 || p.nanos(now) < d-1 || !p.relMu.TryLock() {
 		return
 	}
+	defer p.relMu.Unlock() // also when release panics (see Forwarder.runInput)
 	// An error means out is closed: this goroutine finds that out at
 	// its next read or write.
 	p.release(now, p.out)
-	p.relMu.Unlock()
 }
 
 // signal wakes the releaser without blocking.
