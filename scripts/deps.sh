@@ -12,7 +12,7 @@ command -v tcpdump >/dev/null  || need+=(tcpdump)
 command -v tmux >/dev/null     || need+=(tmux)
 command -v iperf3 >/dev/null   || need+=(iperf3)
 command -v ovs-vsctl >/dev/null || need+=(openvswitch-switch)
-command -v iperf3 >/dev/null   || need+=(iperf3)
+command -v systemd-analyze >/dev/null || need+=(systemd)
 if [ ${#need[@]} -gt 0 ]; then
 	if [ "$(id -u)" != 0 ]; then
 		echo "deps: missing ${need[*]}; run as root (or: sudo apt-get install ${need[*]})" >&2
