@@ -109,12 +109,47 @@ type Daemon struct {
 	Now time.Time `json:"now"`
 }
 
+// State is a quarantine's state.
+type State string
+
+const (
+	StateActive  State = "active"
+	StatePending State = "pending" // the port is missing; applied when it returns
+)
+
+// Origin is who started a quarantine.
+type Origin string
+
+const (
+	OriginManual      Origin = "manual"      // the command line or the control API
+	OriginWatch       Origin = "watch"       // flagged by the watch loop
+	OriginAlert       Origin = "alert"       // an Alertmanager webhook
+	OriginCorrelation Origin = "correlation" // a group's router port, limited toward the router
+)
+
+// FailMode is what happens to a spliced port's traffic when its forwarder
+// or the daemon dies.
+type FailMode string
+
+const (
+	FailOpen   FailMode = "open"   // the direct way, in the kernel
+	FailClosed FailMode = "closed" // dropped
+)
+
+// Mode is what a direction does with a frame its budgets refuse.
+type Mode string
+
+const (
+	ModePolice Mode = "police" // dropped
+	ModeShape  Mode = "shape"  // queued, released at the shaped rate after a delay
+)
+
 // Quarantine is one quarantined port.
 type Quarantine struct {
 	Port    string    `json:"port"`
-	State   string    `json:"state"`   // "active" or "pending" (the port is missing; applied when it returns)
+	State   State     `json:"state"`   // "active" or "pending" (the port is missing; applied when it returns)
 	Backend string    `json:"backend"` // "tc", "ovs"
-	Fail    string    `json:"fail"`    // "open" or "closed": what happens to traffic if the forwarder dies
+	Fail    FailMode  `json:"fail"`    // "open" or "closed": what happens to traffic if the forwarder dies
 	Since   time.Time `json:"since"`   // RFC 3339, UTC
 	// Expires is when a pending quarantine is dropped if its port has not
 	// returned; null when active.
@@ -129,7 +164,7 @@ type Quarantine struct {
 	// Origin is who started it: "manual", "watch" (flagged by the watch
 	// loop), "alert" (an Alertmanager webhook) or "correlation" (a group's
 	// router port, limited toward the router while a member floods).
-	Origin string `json:"origin"`
+	Origin Origin `json:"origin"`
 	// Stage is "manual", "stage1", "stage2", "stage3" or "probation".
 	Stage string `json:"stage"`
 	// NextTransition is when the ladder next decides (RFC 3339); null when
@@ -190,8 +225,8 @@ type Direction struct {
 	Backstop *Backstop `json:"backstop"`
 	// Mode is "police" (refused frames are dropped) or "shape" (queued
 	// and released at the shaped rate after a delay).
-	Mode  string `json:"mode"`
-	Queue Queue  `json:"queue"`
+	Mode  Mode  `json:"mode"`
+	Queue Queue `json:"queue"`
 }
 
 // Backstop is a direction's kernel pre-policer: an aggregate ceiling and

@@ -18,10 +18,10 @@ import (
 
 // Origins of a quarantine.
 const (
-	OriginManual      = "manual"      // the command line or the control API
-	OriginWatch       = "watch"       // flagged by the watch loop
-	OriginAlert       = "alert"       // an Alertmanager webhook
-	OriginCorrelation = "correlation" // a group's router port, limited toward the router
+	OriginManual      = api.OriginManual      // the command line or the control API
+	OriginWatch       = api.OriginWatch       // flagged by the watch loop
+	OriginAlert       = api.OriginAlert       // an Alertmanager webhook
+	OriginCorrelation = api.OriginCorrelation // a group's router port, limited toward the router
 )
 
 // StageManual is the stage of a quarantine with no ladder.
@@ -289,7 +289,7 @@ type autoActions struct {
 type autoStart struct {
 	port    string
 	req     api.LimitRequest
-	origin  string
+	origin  api.Origin
 	failed  func(error)
 	started func()
 }

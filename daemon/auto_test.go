@@ -231,7 +231,7 @@ func TestLadderWalk(t *testing.T) {
 		if d.Limits.BitsPerSecond != nil {
 			gotBits = *d.Limits.BitsPerSecond
 		}
-		if gotBits != bits || d.Mode != mode || d.Queue.DelayMS != delayMS {
+		if gotBits != bits || d.Mode != api.Mode(mode) || d.Queue.DelayMS != delayMS {
 			t.Fatalf("%s: %d bit/s, mode %s, delay %vms; want %d, %s, %v", stage, gotBits, d.Mode, d.Queue.DelayMS, bits, mode, delayMS)
 		}
 		// The kernel backstop follows each stage (issue 13): twice the

@@ -23,7 +23,7 @@ import (
 
 // profileFor returns the profile a quarantine of origin runs: a router port
 // limited by correlation has its ladder on the traffic to it.
-func profileFor(p profile.Profile, origin string) profile.Profile {
+func profileFor(p profile.Profile, origin api.Origin) profile.Profile {
 	if origin == OriginCorrelation {
 		p.Threshold.Direction = detect.ToVM
 		p.Ladder.Threshold = p.Threshold

@@ -23,9 +23,9 @@ import (
 
 // Quarantine states.
 const (
-	StateActive    = "active"
-	StatePending   = "pending"   // the port is missing; applied when it appears
-	stateReleasing = "releasing" // only in the state file, while a release runs
+	StateActive    = api.StateActive
+	StatePending   = api.StatePending       // the port is missing; applied when it appears
+	stateReleasing = api.State("releasing") // only in the state file, while a release runs
 )
 
 // DefaultPendingTTL is how long a pending quarantine waits for its port.
@@ -113,7 +113,7 @@ type quarantine struct {
 	port    string
 	spec    Spec
 	since   time.Time
-	state   string    // StateActive, StatePending or stateReleasing
+	state   api.State // StateActive, StatePending or stateReleasing
 	expires time.Time // pending only
 	// starting is set while the first splice is being made: status and
 	// the state file leave the quarantine out until it succeeds.
@@ -197,7 +197,7 @@ func (m *Manager) Quarantine(port string, req api.LimitRequest, pending bool) (a
 
 // quarantine is every quarantine's path (manual, watch, alert,
 // correlation). The caller holds no lock.
-func (m *Manager) quarantine(port string, req api.LimitRequest, pending bool, origin string, now time.Time) (api.Quarantine, error) {
+func (m *Manager) quarantine(port string, req api.LimitRequest, pending bool, origin api.Origin, now time.Time) (api.Quarantine, error) {
 	o := m.lockOwner(port)
 	defer m.unlockOwner(o)
 	exists := m.host.PortExists(port)
@@ -245,7 +245,7 @@ func (m *Manager) quarantine(port string, req api.LimitRequest, pending bool, or
 
 // newQuarantineLocked builds the quarantine that req asks for on port,
 // checking everything that needs no I/O.
-func (m *Manager) newQuarantineLocked(port string, req api.LimitRequest, origin string, now time.Time) (*quarantine, error) {
+func (m *Manager) newQuarantineLocked(port string, req api.LimitRequest, origin api.Origin, now time.Time) (*quarantine, error) {
 	if m.closed {
 		return nil, ErrClosed
 	}

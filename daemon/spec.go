@@ -55,7 +55,7 @@ type DirSpec struct {
 
 	// Shape mode: queue what the budgets refuse and release it at the
 	// shaped rate after Delay. "" is police (drop at once).
-	Mode       string      `json:"mode,omitempty"`
+	Mode       api.Mode    `json:"mode,omitempty"`
 	Delay      *Duration   `json:"delay,omitempty"`
 	QueueBytes *units.Size `json:"queue_bytes,omitempty"`
 	QueueTime  *Duration   `json:"queue_time,omitempty"`
@@ -92,13 +92,13 @@ type Spec struct {
 	// Fail is "open" or "closed": what happens to the port's traffic if the
 	// forwarder dies. "" means the backend's default: open where the
 	// backend can fall back in the datapath (OVS), else closed.
-	Fail string `json:"fail,omitempty"`
+	Fail api.FailMode `json:"fail,omitempty"`
 
 	// Profile names the profile the quarantine started with; "" for limits
 	// given by hand.
 	Profile string `json:"profile,omitempty"`
 	// Origin is OriginManual (""), OriginWatch or OriginAlert.
-	Origin string `json:"origin,omitempty"`
+	Origin api.Origin `json:"origin,omitempty"`
 	// Stage is the ladder's stage whose limits the spec holds; "" for a
 	// quarantine with no ladder ("manual" in status).
 	Stage string `json:"stage,omitempty"`
@@ -216,7 +216,7 @@ func (s Spec) Apply(req api.LimitRequest, forSet bool) (Spec, error) {
 			if v != "open" && v != "closed" {
 				return s, usagef("--fail %q: want open or closed", v)
 			}
-			out.Fail = v
+			out.Fail = api.FailMode(v)
 			continue
 		case "guard", "guard-mac", "guard-ip":
 			if forSet {
@@ -385,7 +385,7 @@ func (d *DirSpec) set(name, v, flag string) error {
 		if v == "police" || none {
 			d.Mode = ""
 		} else if v == "shape" {
-			d.Mode = v
+			d.Mode = api.Mode(v)
 		} else {
 			return usagef("%s %q: want police or shape", flag, v)
 		}

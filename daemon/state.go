@@ -32,7 +32,7 @@ type stateBody struct {
 
 type savedEntry struct {
 	Port    string    `json:"port"`
-	State   string    `json:"state"` // active, pending, releasing
+	State   api.State `json:"state"` // active, pending, releasing
 	Backend string    `json:"backend,omitempty"`
 	Spec    Spec      `json:"spec"`
 	Since   time.Time `json:"since"`
@@ -141,7 +141,7 @@ func (s Spec) Intent() string {
 			add(p+"burst-bytes", g.BurstBytes.String())
 		}
 		if g.Mode != "" {
-			add(p+"mode", g.Mode)
+			add(p+"mode", string(g.Mode))
 		}
 		if g.Delay != nil {
 			add(p+"delay", g.Delay.String())
@@ -206,7 +206,7 @@ func (s Spec) Intent() string {
 		add("bypass-outbound", "true")
 	}
 	if s.Fail != "" {
-		add("fail", s.Fail)
+		add("fail", string(s.Fail))
 	}
 	if s.Guard {
 		add("guard", "true")
@@ -221,7 +221,7 @@ func (s Spec) Intent() string {
 		add("profile", s.Profile)
 	}
 	if s.Origin != "" {
-		add("origin", s.Origin)
+		add("origin", string(s.Origin))
 	}
 	if s.Stage != "" {
 		add("stage", s.Stage)
@@ -260,7 +260,7 @@ func ParseIntent(intent string) (Spec, error) {
 	if err != nil {
 		return s, err
 	}
-	s.Profile, s.Origin, s.Stage = meta["profile"], meta["origin"], meta["stage"]
+	s.Profile, s.Origin, s.Stage = meta["profile"], api.Origin(meta["origin"]), meta["stage"]
 	return s, nil
 }
 

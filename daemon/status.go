@@ -197,9 +197,9 @@ func tapDrops(tap string) uint64 {
 	return n
 }
 
-func failString(open bool) string {
+func failString(open bool) api.FailMode {
 	if open {
-		return "open"
+		return api.FailOpen
 	}
-	return "closed"
+	return api.FailClosed
 }

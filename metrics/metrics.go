@@ -16,10 +16,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math"
 	"net"
 	"net/http"
-	"sort"
+	"slices"
 	"strings"
 	"time"
 
@@ -200,12 +201,12 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, version.Version(), version.Commit(), version.Go())
 	// Known states always appear, so that dashboards and alerts see 0
 	// rather than no data.
-	states := map[string]int{daemon.StateActive: 0, daemon.StatePending: 0}
+	states := map[api.State]int{api.StateActive: 0, api.StatePending: 0}
 	for _, pm := range c.src.MetricsSnapshot(c.now()) {
 		q := &pm.Status
 		states[q.State]++
-		ch <- prometheus.MustNewConstMetric(descInfo, prometheus.GaugeValue, 1, q.Port, q.Backend, q.State, q.Fail)
-		ch <- prometheus.MustNewConstMetric(descStage, prometheus.GaugeValue, 1, q.Port, q.Stage, q.Profile, q.Origin)
+		ch <- prometheus.MustNewConstMetric(descInfo, prometheus.GaugeValue, 1, q.Port, q.Backend, string(q.State), string(q.Fail))
+		ch <- prometheus.MustNewConstMetric(descStage, prometheus.GaugeValue, 1, q.Port, q.Stage, q.Profile, string(q.Origin))
 		if q.NextTransition != nil {
 			ch <- prometheus.MustNewConstMetric(descNextTransition, prometheus.GaugeValue, float64(q.NextTransition.UnixNano())/1e9, q.Port)
 		}
@@ -220,7 +221,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 	for _, s := range sortedKeys(states) {
-		ch <- prometheus.MustNewConstMetric(descCount, prometheus.GaugeValue, float64(states[s]), s)
+		ch <- prometheus.MustNewConstMetric(descCount, prometheus.GaugeValue, float64(states[s]), string(s))
 	}
 	ev := c.src.Events()
 	for _, k := range sortedKeys(ev.Transitions) {
@@ -350,13 +351,8 @@ func collectFill(ch chan<- prometheus.Metric, port, dir string, f *forward.DirFi
 	}
 }
 
-func sortedKeys[V any](m map[string]V) []string {
-	keys := make([]string, 0, len(m))
-	for k := range m {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys
+func sortedKeys[K ~string, V any](m map[K]V) []K {
+	return slices.Sorted(maps.Keys(m))
 }
 
 // NewRegistry returns a registry with shaperd's collector over src and the

@@ -238,7 +238,7 @@ func renderTop(prev, cur *api.Status, dt time.Duration) []string {
 		if k > 0 {
 			lines = append(lines, "")
 		}
-		port, state, stage := v.q.Port, v.q.State, stageOf(v.q)
+		port, state, stage := v.q.Port, string(v.q.State), stageOf(v.q)
 		for _, d := range []struct {
 			name string
 			dir  *api.Direction
