@@ -1,7 +1,8 @@
 // Package alerts receives Prometheus Alertmanager's webhook notifications
 // (version 4 of its JSON) and turns them into quarantines: a firing alert
-// with an "interface" or "port" label quarantines that port, a resolved one
-// starts its probation.
+// with an "interface", "port" or "device" label (node_exporter's name for
+// an interface) quarantines that port, a resolved one starts its
+// probation.
 //
 // Alertmanager retries a notification that fails, so only a request that
 // can never succeed is refused: a missing or wrong bearer token (401), a
@@ -48,8 +49,10 @@ type Handler struct {
 	// current replaces Token once SetToken was called.
 	current atomic.Pointer[string]
 	// Instance is this host's name, compared with an alert's instance label
-	// without its :port.
+	// without its :port; Aliases are its other names (its FQDN or short
+	// name, its addresses, configured aliases), compared the same way.
 	Instance string
+	Aliases  []string
 	// AllowNoInstance lets an alert without an instance label act on
 	// this host; by default it is ignored, since it would act on every
 	// host that receives it.
@@ -194,11 +197,18 @@ func Parse(body []byte) (Message, error) {
 	return m, nil
 }
 
+// portLabels are the labels that name an alert's port, first found wins:
+// "device" is node_exporter's (node_network_*), so its alerts need no
+// relabelling.
+var portLabels = []string{"interface", "port", "device"}
+
 func (h *Handler) handle(log *slog.Logger, a Alert) Outcome {
 	out := Outcome{Status: a.Status}
-	port := a.Labels["interface"]
-	if port == "" {
-		port = a.Labels["port"]
+	var port string
+	for _, l := range portLabels {
+		if port = a.Labels[l]; port != "" {
+			break
+		}
 	}
 	out.Port = port
 	name := a.Labels["alertname"]
@@ -208,14 +218,14 @@ func (h *Handler) handle(log *slog.Logger, a Alert) Outcome {
 		log.Info("alerts: ignored an alert without an instance label (it would act on every host; alerts_allow_no_instance allows it)", "alertname", name, "port", port)
 		return out
 	}
-	if ok && !SameHost(inst, h.Instance) {
+	if ok && !h.thisHost(inst) {
 		out.Outcome = "other_instance"
 		log.Info("alerts: ignored an alert for another instance", "alertname", name, "instance", inst, "port", port)
 		return out
 	}
 	if port == "" {
 		out.Outcome = "no_port_label"
-		log.Info("alerts: ignored an alert without an interface or port label", "alertname", name, "labels", a.Labels)
+		log.Info("alerts: ignored an alert without an interface, port or device label", "alertname", name, "labels", a.Labels)
 		return out
 	}
 	what, err := h.Target.Alert(port, a.Status == "firing")
@@ -227,6 +237,20 @@ func (h *Handler) handle(log *slog.Logger, a Alert) Outcome {
 	}
 	log.Info("alerts: alert handled", "alertname", name, "port", port, "status", a.Status, "outcome", what)
 	return out
+}
+
+// thisHost reports whether an instance label names this host: its
+// Instance or one of its Aliases (see SameHost).
+func (h *Handler) thisHost(inst string) bool {
+	if SameHost(inst, h.Instance) {
+		return true
+	}
+	for _, a := range h.Aliases {
+		if a != "" && SameHost(inst, a) {
+			return true
+		}
+	}
+	return false
 }
 
 // SameHost compares an instance label with this host's name, without any

@@ -190,3 +190,28 @@ func TestSetToken(t *testing.T) {
 		t.Errorf("new token: %d", code)
 	}
 }
+
+// An alert names this host by its Instance or any of its Aliases (its FQDN,
+// an address), with or without a port; another host's alert is ignored.
+func TestInstanceAliases(t *testing.T) {
+	const body = `{"version":"4","alerts":[
+		{"status":"firing","labels":{"alertname":"F","device":"vm-1","instance":"hv1.example.net:9100"}},
+		{"status":"firing","labels":{"alertname":"F","device":"vm-2","instance":"198.18.0.7:9100"}},
+		{"status":"firing","labels":{"alertname":"F","device":"vm-3","instance":"[2001:db8::7]:9100"}},
+		{"status":"firing","labels":{"alertname":"F","device":"vm-4","instance":"hv2.example.net:9100"}}]}`
+	tg := &fakeTarget{}
+	h := &Handler{Token: "s3cret", Instance: "hv1", Aliases: []string{"hv1.example.net", "198.18.0.7", "2001:db8::7"}, Target: tg}
+	code, out := post(t, h, "Bearer s3cret", body)
+	want := []call{{"vm-1", true}, {"vm-2", true}, {"vm-3", true}}
+	if code != http.StatusOK || len(tg.calls) != len(want) {
+		t.Fatalf("%d %s: calls %v, want %v", code, out, tg.calls, want)
+	}
+	for i := range want {
+		if tg.calls[i] != want[i] {
+			t.Fatalf("calls %v, want %v", tg.calls, want)
+		}
+	}
+	if !strings.Contains(out, `"other_instance"`) {
+		t.Errorf("hv2's alert not answered other_instance: %s", out)
+	}
+}

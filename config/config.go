@@ -79,6 +79,10 @@ type Config struct {
 	// InstanceName is this host's name in alerts' instance label; "" means
 	// the hostname.
 	InstanceName string `yaml:"instance_name"`
+	// InstanceAliases are more names of this host that an alert's
+	// instance label may carry (a DNS alias, a service address); its
+	// short name, FQDN and interface addresses are known without them.
+	InstanceAliases []string `yaml:"instance_aliases"`
 	// AlertsAllowNoInstance lets an alert without an instance label act
 	// on this host; by default such an alert is ignored, since every host
 	// that receives it would act on it.

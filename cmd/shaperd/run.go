@@ -5,10 +5,13 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/signal"
 	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -212,7 +215,7 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 	mopt := metrics.Options{CertFile: cfg.AlertsCert, KeyFile: cfg.AlertsKey}
 	var webhook *alerts.Handler
 	if cfg.AlertsToken != "" {
-		webhook = &alerts.Handler{Token: cfg.AlertsToken, Instance: instanceName(cfg), AllowNoInstance: cfg.AlertsAllowNoInstance, Target: m, Log: log}
+		webhook = &alerts.Handler{Token: cfg.AlertsToken, Instance: instanceName(cfg), Aliases: instanceAliases(cfg, systemNames), AllowNoInstance: cfg.AlertsAllowNoInstance, Target: m, Log: log}
 		mopt.Handlers = map[string]http.Handler{alerts.Path: webhook}
 		if *cfg.MetricsAddr == "" {
 			log.Warn("alerts_token is set but metrics_addr is off: the Alertmanager webhook is served on the metrics listener, so it is off too")
@@ -385,6 +388,50 @@ func watchConfig(cfg config.Config) daemon.WatchConfig {
 		w.Groups = append(w.Groups, daemon.Group{Name: name, Router: g.Router, Members: g.Members})
 	}
 	return w
+}
+
+// hostNames are the sources instanceAliases asks: the hostname, its FQDN
+// (a resolver's canonical name), and the addresses of the interfaces.
+type hostNames struct {
+	hostname func() (string, error)
+	fqdn     func(ctx context.Context, host string) (string, error)
+	addrs    func() ([]net.Addr, error)
+}
+
+var systemNames = hostNames{
+	hostname: os.Hostname,
+	fqdn:     net.DefaultResolver.LookupCNAME,
+	addrs:    net.InterfaceAddrs,
+}
+
+// instanceAliases are this host's other names in alerts' instance labels:
+// the configured aliases, the hostname cut at its first dot and the
+// hostname's FQDN (whichever the hostname is not), and the interfaces'
+// addresses, so that Prometheus targets scraped by short name, FQDN or
+// address all name this host. A resolver that does not answer within 2 s
+// costs the FQDN only.
+func instanceAliases(cfg config.Config, src hostNames) []string {
+	out := slices.Clone(cfg.InstanceAliases)
+	if h, err := src.hostname(); err == nil && h != "" {
+		if short, _, ok := strings.Cut(h, "."); ok {
+			out = append(out, short)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		if f, err := src.fqdn(ctx, h); err == nil {
+			if f = strings.TrimSuffix(f, "."); f != "" && !strings.EqualFold(f, h) {
+				out = append(out, f)
+			}
+		}
+		cancel()
+	}
+	if as, err := src.addrs(); err == nil {
+		for _, a := range as {
+			if p, err := netip.ParsePrefix(a.String()); err == nil && !p.Addr().IsLoopback() {
+				out = append(out, p.Addr().String())
+			}
+		}
+	}
+	return out
 }
 
 // instanceName is this host's name in alerts.
