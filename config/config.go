@@ -72,8 +72,13 @@ type Config struct {
 	// instead of AlertsToken; systemd's LoadCredential= credential
 	// "alerts_token" is read when neither is set. See LoadSecrets.
 	AlertsTokenFile string `yaml:"alerts_token_file"`
-	// AlertsCert and AlertsKey serve the metrics listener, and with it the
-	// webhook, over TLS.
+	// AlertsAddr is the host:port of a listener of the webhook's own, so
+	// that the metrics can stay on localhost; "" serves the webhook on the
+	// metrics listener.
+	AlertsAddr string `yaml:"alerts_addr"`
+	// AlertsCert and AlertsKey serve the webhook over TLS: on its own
+	// listener with AlertsAddr, else on the metrics listener (and the
+	// metrics with it).
 	AlertsCert string `yaml:"alerts_cert"`
 	AlertsKey  string `yaml:"alerts_key"`
 	// InstanceName is this host's name in alerts' instance label; "" means
@@ -229,6 +234,12 @@ func (c Config) Validate() error {
 	}
 	if c.MaxAuto != nil && *c.MaxAuto < 0 {
 		errs = append(errs, fmt.Errorf("max_auto %d: want 0 or more", *c.MaxAuto))
+	}
+	if c.AlertsAddr != "" {
+		_, port, err := net.SplitHostPort(c.AlertsAddr)
+		if n, perr := strconv.ParseUint(port, 10, 16); err != nil || perr != nil || n == 0 {
+			errs = append(errs, fmt.Errorf("alerts_addr %q: want host:port such as 0.0.0.0:9751, or \"\" to serve the webhook on the metrics listener", c.AlertsAddr))
+		}
 	}
 	if (c.AlertsCert == "") != (c.AlertsKey == "") {
 		errs = append(errs, fmt.Errorf("alerts_cert and alerts_key go together: give both or neither"))

@@ -161,13 +161,20 @@ func TestAutoQuarantineDryRun(t *testing.T) {
 // and body.
 func (l *lab) postIn(ns, addr, path, token, body string) (int, string) {
 	l.t.Helper()
+	return l.requestIn(ns, http.MethodPost, addr, path, token, body)
+}
+
+// requestIn sends one HTTP request from namespace ns and returns the
+// answer's status code and body.
+func (l *lab) requestIn(ns, method, addr, path, token, body string) (int, string) {
+	l.t.Helper()
 	c, err := dialIn(ns, addr)
 	if err != nil {
 		l.t.Fatalf("dial %s in %s: %v", addr, ns, err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(10 * time.Second))
-	req, _ := http.NewRequest(http.MethodPost, "http://"+addr+path, strings.NewReader(body))
+	req, _ := http.NewRequest(method, "http://"+addr+path, strings.NewReader(body))
 	req.Close = true
 	req.Header.Set("Content-Type", "application/json")
 	if token != "" {

@@ -401,6 +401,8 @@ type Options struct {
 	Handlers map[string]http.Handler
 	// CertFile and KeyFile serve everything over TLS.
 	CertFile, KeyFile string
+	// NoMetrics serves the Handlers alone: a listener of their own.
+	NoMetrics bool
 }
 
 // ListenOptions is Listen with extra handlers and optional TLS.
@@ -408,18 +410,24 @@ func ListenOptions(addr string, src Source, log *slog.Logger, opt Options) (*Ser
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	flag := "metrics: --metrics-addr"
+	if opt.NoMetrics {
+		flag = "alerts: --alerts-addr"
+	}
 	if _, _, err := net.SplitHostPort(addr); err != nil {
-		return nil, fmt.Errorf("metrics: --metrics-addr %q: want host:port, e.g. %s, or \"\" to disable: %w", addr, DefaultAddr, err)
+		return nil, fmt.Errorf("%s %q: want host:port, e.g. %s, or \"\" to disable: %w", flag, addr, DefaultAddr, err)
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("metrics: --metrics-addr %s: %w", addr, err)
+		return nil, fmt.Errorf("%s %s: %w", flag, addr, err)
 	}
 	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", Handler(NewRegistry(src), log))
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		fmt.Fprintln(w, "shaperd: metrics are at /metrics")
-	})
+	if !opt.NoMetrics {
+		mux.Handle("GET /metrics", Handler(NewRegistry(src), log))
+		mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+			fmt.Fprintln(w, "shaperd: metrics are at /metrics")
+		})
+	}
 	for pattern, h := range opt.Handlers {
 		mux.Handle(pattern, h)
 	}

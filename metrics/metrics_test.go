@@ -395,3 +395,34 @@ func TestListenErrors(t *testing.T) {
 		t.Errorf("second Listen on %s: no error", s.Addr())
 	}
 }
+
+// NoMetrics: a listener that serves its handlers alone (the webhook's own,
+// alerts_addr): no /metrics there, and its errors name --alerts-addr.
+func TestListenNoMetrics(t *testing.T) {
+	hc := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	hook := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.WriteHeader(204) })
+	s, err := ListenOptions("127.0.0.1:0", &fakeSource{}, nil, Options{NoMetrics: true, Handlers: map[string]http.Handler{"POST /hook": hook}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Shutdown(context.Background())
+	go s.Serve()
+	base := "http://" + s.Addr().String()
+	for _, c := range []struct {
+		method, path string
+		want         int
+	}{{"GET", "/metrics", 404}, {"GET", "/", 404}, {"POST", "/hook", 204}} {
+		req, _ := http.NewRequest(c.method, base+c.path, nil)
+		r, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r.Body.Close()
+		if r.StatusCode != c.want {
+			t.Errorf("%s %s: %s, want %d", c.method, c.path, r.Status, c.want)
+		}
+	}
+	if _, err := ListenOptions("localhost", &fakeSource{}, nil, Options{NoMetrics: true}); err == nil || !strings.Contains(err.Error(), "--alerts-addr") {
+		t.Errorf("a bad address: %v, want an error naming --alerts-addr", err)
+	}
+}

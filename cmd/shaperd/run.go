@@ -76,6 +76,9 @@ file (the flag's name with '_' for '-'); a flag given here wins.`,
 				if fs.Changed("alerts-token") {
 					cfg.AlertsToken, cfg.AlertsTokenFile = flags.AlertsToken, ""
 				}
+				if fs.Changed("alerts-addr") {
+					cfg.AlertsAddr = flags.AlertsAddr
+				}
 				if fs.Changed("alerts-cert") {
 					cfg.AlertsCert = flags.AlertsCert
 				}
@@ -146,7 +149,8 @@ file (the flag's name with '_' for '-'); a flag given here wins.`,
 	cmd.Flags().IntVar(&maxAuto, "max-auto", 10, "most automatic quarantines at once on this host; each refusal is an event (config key max_auto)")
 	cmd.Flags().BoolVar(&flags.DryRun, "dry-run", false, "flag and report floods (status's flagged array) without splicing anything (config key dry_run)")
 	cmd.Flags().StringVar(&flags.AlertsToken, "alerts-token", "", "bearer token of the Alertmanager webhook at POST "+alerts.Path+" on the metrics listener; without one the webhook is off (config key alerts_token; prefer the config file, which ps cannot show)")
-	cmd.Flags().StringVar(&flags.AlertsCert, "alerts-cert", "", "TLS certificate file: serve the metrics listener and the webhook over HTTPS (config key alerts_cert)")
+	cmd.Flags().StringVar(&flags.AlertsAddr, "alerts-addr", "", `host:port of a listener of the webhook's own, so that /metrics can stay on localhost; "" serves it on the metrics listener (config key alerts_addr)`)
+	cmd.Flags().StringVar(&flags.AlertsCert, "alerts-cert", "", "TLS certificate file: serve the webhook over HTTPS, on --alerts-addr if set, else on the metrics listener with the metrics (config key alerts_cert)")
 	cmd.Flags().StringVar(&flags.AlertsKey, "alerts-key", "", "TLS key file for --alerts-cert (config key alerts_key)")
 	cmd.Flags().StringVar(&flags.InstanceName, "instance-name", "", "this host's name in alerts' instance label (compared without :port); default the hostname (config key instance_name)")
 	cmd.Flags().DurationVar(&coalesce, "coalesce", daemon.DefaultCoalesce, "latency budget, 0 (off) to 10ms, that the forwarder may add to frames from and to a VM so that several share one wake-up; frames from the VM steered to the priority tap (bypass and control) never wait (config key coalesce)")
@@ -212,16 +216,36 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 	// The listeners are bound first (served only once the restore is
 	// done): a second daemon on the same socket, or a metrics address in
 	// use, fails the start before anything is adopted or changed.
+	// With alerts_addr the webhook (and TLS) has a listener of its own;
+	// without, it shares the metrics listener.
 	mopt := metrics.Options{CertFile: cfg.AlertsCert, KeyFile: cfg.AlertsKey}
+	aopt := metrics.Options{CertFile: cfg.AlertsCert, KeyFile: cfg.AlertsKey, NoMetrics: true}
+	if cfg.AlertsAddr != "" {
+		mopt = metrics.Options{}
+	}
 	var webhook *alerts.Handler
 	if cfg.AlertsToken != "" {
 		webhook = &alerts.Handler{Token: cfg.AlertsToken, Instance: instanceName(cfg), Aliases: instanceAliases(cfg, systemNames), AllowNoInstance: cfg.AlertsAllowNoInstance, Target: m, Log: log}
-		mopt.Handlers = map[string]http.Handler{alerts.Path: webhook}
-		if *cfg.MetricsAddr == "" {
-			log.Warn("alerts_token is set but metrics_addr is off: the Alertmanager webhook is served on the metrics listener, so it is off too")
+		hs := map[string]http.Handler{alerts.Path: webhook}
+		if cfg.AlertsAddr != "" {
+			aopt.Handlers = hs
+		} else {
+			mopt.Handlers = hs
+			if *cfg.MetricsAddr == "" {
+				log.Warn("alerts_token is set but metrics_addr is off: the Alertmanager webhook is served on the metrics listener, so it is off too (or give it alerts_addr)")
+			}
+		}
+	} else if cfg.AlertsAddr != "" {
+		log.Warn("alerts_addr is set but there is no alerts token: the webhook is off, and alerts_addr is not bound")
+	}
+	var msrv, asrv *metrics.Server
+	closeHTTP := func() {
+		for _, s := range []*metrics.Server{msrv, asrv} {
+			if s != nil {
+				s.Shutdown(ctx)
+			}
 		}
 	}
-	var msrv *metrics.Server
 	if addr := *cfg.MetricsAddr; addr != "" {
 		s, err := metrics.ListenOptions(addr, m, log, mopt)
 		if err != nil {
@@ -229,18 +253,22 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 		}
 		msrv = s
 	}
+	if aopt.Handlers != nil {
+		s, err := metrics.ListenOptions(cfg.AlertsAddr, m, log, aopt)
+		if err != nil {
+			closeHTTP()
+			return &exitError{code: 1, err: err}
+		}
+		asrv = s
+	}
 	srv, err := control.ListenOptions(cfg.Socket, m, log, control.Options{Group: cfg.SocketGroup})
 	if err != nil {
-		if msrv != nil {
-			msrv.Shutdown(ctx)
-		}
+		closeHTTP()
 		return &exitError{code: 1, err: err}
 	}
 	unbind := func() {
 		srv.Shutdown(ctx)
-		if msrv != nil {
-			msrv.Shutdown(ctx)
-		}
+		closeHTTP()
 	}
 	// Subscribe before restoring, so no link event falls between the two.
 	if err := m.WatchLinks(ctx); err != nil {
@@ -275,7 +303,19 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 		if mopt.CertFile != "" {
 			scheme = "https"
 		}
-		log.Info("serving metrics", "url", scheme+"://"+msrv.Addr().String()+"/metrics", "alerts_webhook", cfg.AlertsToken != "")
+		log.Info("serving metrics", "url", scheme+"://"+msrv.Addr().String()+"/metrics", "alerts_webhook", mopt.Handlers != nil)
+	}
+	if asrv != nil {
+		go func() {
+			if err := asrv.Serve(); err != nil {
+				log.Error("alerts webhook listener stopped", "err", err)
+			}
+		}()
+		scheme := "http"
+		if aopt.CertFile != "" {
+			scheme = "https"
+		}
+		log.Info("serving the alerts webhook", "url", scheme+"://"+asrv.Addr().String()+alerts.Path)
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve() }()
@@ -364,8 +404,8 @@ func reload(log *slog.Logger, level *slog.LevelVar, running config.Config, path 
 	case c.AlertsToken != "":
 		restart = append(restart, "alerts_token (the webhook is not mounted)")
 	}
-	if c.AlertsCert != running.AlertsCert || c.AlertsKey != running.AlertsKey || c.InstanceName != running.InstanceName {
-		restart = append(restart, "alerts_cert/alerts_key/instance_name")
+	if c.AlertsAddr != running.AlertsAddr || c.AlertsCert != running.AlertsCert || c.AlertsKey != running.AlertsKey || c.InstanceName != running.InstanceName || !slices.Equal(c.InstanceAliases, running.InstanceAliases) {
+		restart = append(restart, "alerts_addr/alerts_cert/alerts_key/instance_name/instance_aliases")
 	}
 	log.Info("SIGHUP: config reloaded", "path", path, "log_level", level.Level().String(), "need_restart", restart)
 }
