@@ -165,6 +165,7 @@ func (m *Manager) Events() Events {
 	e.Transitions = maps.Clone(e.Transitions)
 	e.Hooks = maps.Clone(e.Hooks)
 	e.Alerts = maps.Clone(e.Alerts)
+	e.Health = m.health.snapshot()
 	return e
 }
 

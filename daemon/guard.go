@@ -62,7 +62,8 @@ func (m *Manager) completeGuard(port string, s *Spec) error {
 		return nil
 	}
 	if s.Origin != "" && s.Origin != OriginManual {
-		m.log.Warn("event: the VM's addresses are unknown; quarantined without the anti-spoofing guard", "event", "guard_off",
+		m.health.add(EventGuardOff)
+		m.log.Warn("event: the VM's addresses are unknown; quarantined without the anti-spoofing guard", "event", EventGuardOff,
 			"port", port, "err", err, "learned_from", from)
 		s.Guard, s.GuardMAC, s.GuardIP = false, "", ""
 		return nil

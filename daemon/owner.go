@@ -195,13 +195,19 @@ func (m *Manager) reconcile(o *owner.Port) error {
 
 // forwarderStopped logs a forwarder that stops while its owner still runs
 // it (Alive then reports false).
-func (m *Manager) forwarderStopped(port string) {
+func (m *Manager) forwarderStopped(port string, fwd *forward.Forwarder) {
 	m.mu.Lock()
 	closed := m.closed
 	m.mu.Unlock()
-	if !closed {
-		m.log.Error("forwarder stopped while the port is spliced", "port", port)
+	if closed {
+		return
 	}
+	if fl := fwd.Failure(); fl != nil {
+		m.health.add(EventForwarderPanic)
+		m.log.Error("event: the port's forwarder panicked and stopped; the port takes its fail path", "event", EventForwarderPanic, "port", port, "direction", fl.Direction.String())
+		return
+	}
+	m.log.Error("forwarder stopped while the port is spliced", "port", port)
 }
 
 // usageErr marks an owner's error as the operator's to fix.

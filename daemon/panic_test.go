@@ -61,6 +61,12 @@ func TestForwarderPanicIsContained(t *testing.T) {
 	if !m.Alive() {
 		t.Error("the daemon reports itself dead to the watchdog after a contained panic")
 	}
+	for deadline := time.Now().Add(5 * time.Second); m.Events().Health[EventForwarderPanic] != 1; time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Errorf("health events %v, want forwarder_panic 1", m.Events().Health)
+			break
+		}
+	}
 	// vm-2 still forwards.
 	fr := make([]byte, 60)
 	fr[12], fr[13] = 0x88, 0xb5 // local experimental ethertype: class other

@@ -130,8 +130,9 @@ func (m *Manager) restoreLocked() ([]string, error) {
 				how = "plumbing"
 			} else {
 				spec, how = ConservativeSpec(), "conservative default"
+				m.health.add(EventLimitsUnrecovered)
 				m.log.Warn("event: limits of an adopted splice could not be recovered; applying a conservative default",
-					"event", "limits_unrecovered", "port", port, "intent", f.intent, "err", err, "limits", spec.Intent())
+					"event", EventLimitsUnrecovered, "port", port, "intent", f.intent, "err", err, "limits", spec.Intent())
 			}
 		}
 		q := &quarantine{port: port, spec: spec, since: since}

@@ -47,7 +47,8 @@ func (m *Manager) WatchLinks(ctx context.Context) error {
 			if ctx.Err() != nil {
 				return
 			}
-			m.log.Warn("link watch ended; subscribing again, then checking every port", "event", "link_watch_lost")
+			m.health.add(EventLinkWatchLost)
+			m.log.Warn("link watch ended; subscribing again, then checking every port", "event", EventLinkWatchLost)
 			for {
 				select {
 				case <-ctx.Done():

@@ -127,6 +127,9 @@ var (
 	descAlerts = prometheus.NewDesc("shaperd_alerts_total",
 		"Alertmanager alerts received, by what they did (quarantined, probation, already_quarantined, unknown_port, ...).",
 		[]string{"outcome"}, nil)
+	descHealth = prometheus.NewDesc("shaperd_health_events_total",
+		"Events that say the daemon itself is not well, by name: link_watch_lost, guard_off, limits_unrecovered, watchdog_missed, forwarder_panic. Every name is there from the start, at 0.",
+		[]string{"event"}, nil)
 	descWatched = prometheus.NewDesc("shaperd_watched_ports",
 		"Ports whose counters the watch loop read at its latest step.",
 		nil, nil)
@@ -189,7 +192,7 @@ func NewCollector(src Source, now func() time.Time) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFrames, descBytes, descDrops, descReadErrors, descPanics, descTapDrops, descKernelDrops, descKernelPassed, descBackstop, descFill,
 		descLimitPackets, descLimitBytes, descInfo, descSince, descCount, descBuild,
-		descStage, descNextTransition, descTransitions, descFlags, descAuto, descHooks, descAlerts, descWatched,
+		descStage, descNextTransition, descTransitions, descFlags, descAuto, descHooks, descAlerts, descHealth, descWatched,
 		descQuotaCommit, descQuotaPercentile, descQuotaProjected, descQuotaBurstUsed, descQuotaBurstLeft,
 		descQuotaUsed, descQuotaLimit, descQuotaBursting, descQuotaPackets, descQuotaBytes, descQuotaPort} {
 		ch <- d
@@ -240,6 +243,9 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	}
 	for _, k := range sortedKeys(ev.Alerts) {
 		ch <- prometheus.MustNewConstMetric(descAlerts, prometheus.CounterValue, float64(ev.Alerts[k]), k)
+	}
+	for _, e := range daemon.HealthEvents {
+		ch <- prometheus.MustNewConstMetric(descHealth, prometheus.CounterValue, float64(ev.Health[e]), e)
 	}
 	ch <- prometheus.MustNewConstMetric(descWatched, prometheus.GaugeValue, float64(ev.WatchedPorts))
 	for _, q := range c.src.QuotaMetrics(c.now()) {

@@ -426,3 +426,14 @@ func TestListenNoMetrics(t *testing.T) {
 		t.Errorf("a bad address: %v, want an error naming --alerts-addr", err)
 	}
 }
+
+// The health events are exported from the start, each at 0, so that an
+// alert rule on them sees 0 rather than no data.
+func TestHealthEventsFromTheStart(t *testing.T) {
+	c := NewCollector(&fakeSource{}, nil)
+	for _, e := range daemon.HealthEvents {
+		if v := value(t, c, "shaperd_health_events_total", map[string]string{"event": e}); v != 0 {
+			t.Errorf("shaperd_health_events_total{event=%q} = %v, want 0", e, v)
+		}
+	}
+}

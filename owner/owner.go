@@ -79,7 +79,7 @@ type Env struct {
 	Log  *slog.Logger
 	// Stopped, if set, is called when a forwarder stops while its owner
 	// still runs it.
-	Stopped func(port string)
+	Stopped func(port string, fwd *forward.Forwarder)
 	// Usage wraps an error the operator can fix (a port on no bridge, a
 	// fail mode the backend lacks), so the caller can tell it apart.
 	Usage func(error) error
@@ -391,7 +391,7 @@ func (p *Port) watch(fwd *forward.Forwarder) {
 	still := p.fwd == fwd
 	p.mu.Unlock()
 	if still && p.env.Stopped != nil {
-		p.env.Stopped(p.name)
+		p.env.Stopped(p.name, fwd)
 	}
 }
 

@@ -321,7 +321,10 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 	go func() { errc <- srv.Serve() }()
 	log.Info("shaperd running", "socket", cfg.Socket, "pid", os.Getpid(), "version", version.Version(), "commit", version.Commit())
 	sdNotify("READY=1\nSTATUS=serving")
-	go watchdog(ctx, m.Alive, func() { log.Error("watchdog not fed: a forwarder has stopped") })
+	go watchdog(ctx, m.Alive, func() {
+		m.NoteWatchdogMissed()
+		log.Error("event: watchdog not fed: a forwarder has stopped", "event", daemon.EventWatchdogMissed)
+	})
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
