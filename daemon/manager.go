@@ -84,7 +84,7 @@ type Manager struct {
 	// owners' plumbing fields. It is held only briefly: no exec, netlink
 	// call, sysfs read or disk write runs under it (see owner).
 	mu     sync.Mutex
-	health healthEvents // counted without mu
+	health healthEvents           // counted without mu
 	q      map[string]*quarantine // by port
 	owners map[string]*owner.Port // by port: what splices each port
 	env    owner.Env              // what the owners need of the host
