@@ -8,16 +8,12 @@ import "time"
 // Version is the control protocol's version, sent in every path.
 const Version = "v1"
 
-// LimitRequest names limits by their command-line flag without the leading
-// dashes ("pps", "to-vm-bps", "bypass-pps", ...) and gives each its value as
-// typed on the command line ("10000", "16mbit", "none"). The daemon parses
-// and validates them, so every client gets the same errors.
-type LimitRequest map[string]string
-
 // QuarantineRequest asks for a new quarantine of Port.
 type QuarantineRequest struct {
-	Port   string       `json:"port"`
-	Limits LimitRequest `json:"limits"`
+	Port string `json:"port"`
+	// Limits are in the command line's words; the daemon parses them with
+	// ParseRequest, so every client gets the same errors.
+	Limits LimitFlags `json:"limits"`
 	// Pending accepts a port that does not exist yet: the quarantine is
 	// applied when it appears.
 	Pending bool `json:"pending,omitempty"`
@@ -25,8 +21,8 @@ type QuarantineRequest struct {
 
 // SetRequest changes the named limits of an active quarantine in place.
 type SetRequest struct {
-	Port   string       `json:"port"`
-	Limits LimitRequest `json:"limits"`
+	Port   string     `json:"port"`
+	Limits LimitFlags `json:"limits"`
 }
 
 // ReleaseRequest ends the quarantine of Port.

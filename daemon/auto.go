@@ -446,8 +446,8 @@ func (m *Manager) correlateLocked(now time.Time, act *autoActions) {
 			if !th.Above(r) {
 				continue
 			}
-			g, p := g, p
-			act.starts = append(act.starts, autoStart{port: g.Router, req: api.LimitRequest{"profile": q.prof.Name}, origin: OriginCorrelation,
+			g, p, name := g, p, q.prof.Name
+			act.starts = append(act.starts, autoStart{port: g.Router, req: api.LimitRequest{Profile: &name}, origin: OriginCorrelation,
 				failed: func(err error) {
 					m.log.Error("event: correlated quarantine of a router port failed", "event", "correlation_failed",
 						"group", g.Name, "router", g.Router, "member", p, "err", err)

@@ -180,7 +180,7 @@ func TestWatchMaxAuto(t *testing.T) {
 	if err := m.Release("vm-1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Quarantine("vm-1", api.LimitRequest{"pps": "100"}, false); err != nil {
+	if _, err := quarantineFlags(m, "vm-1", api.LimitFlags{"pps": "100"}, false); err != nil {
 		t.Fatal(err)
 	}
 	l.pps["vm-3"] = 400_000
@@ -310,20 +310,20 @@ func TestSetLeavesTheLadder(t *testing.T) {
 	fb := fakesplice.New("vm-1")
 	m := newTestManager(t, t.TempDir(), fb)
 	configure(t, m, nil, watchVMs())
-	if _, err := m.Quarantine("vm-1", api.LimitRequest{"profile": "quarantine", "pps": "5"}, false); !errors.Is(err, ErrUsage) {
+	if _, err := quarantineFlags(m, "vm-1", api.LimitFlags{"profile": "quarantine", "pps": "5"}, false); !errors.Is(err, ErrUsage) {
 		t.Fatalf("--profile with --pps: %v", err)
 	}
 	if fb.Spliced("vm-1") {
 		t.Fatal("refused request spliced")
 	}
-	if _, err := m.Quarantine("vm-1", nil, false); err != nil {
+	if _, err := m.Quarantine("vm-1", api.LimitRequest{}, false); err != nil {
 		t.Fatal(err)
 	}
-	q, err := m.Set("vm-1", api.LimitRequest{"to-vm-pps": "50"})
+	q, err := setFlags(m, "vm-1", api.LimitFlags{"to-vm-pps": "50"})
 	if err != nil || q.Stage != "stage1" {
 		t.Fatalf("set on the other direction: stage %s, %v; want stage1", q.Stage, err)
 	}
-	q, err = m.Set("vm-1", api.LimitRequest{"pps": "50"})
+	q, err = setFlags(m, "vm-1", api.LimitFlags{"pps": "50"})
 	if err != nil || q.Stage != "manual" || q.NextTransition != nil || *q.Directions.FromVM.Limits.PPS != 50 {
 		t.Fatalf("set --pps: %+v, %v; want stage manual at 50 pps", q, err)
 	}
@@ -361,7 +361,7 @@ func TestConfigureRejectsBadProfiles(t *testing.T) {
 	fb := fakesplice.New("vm-1")
 	m := newTestManager(t, t.TempDir(), fb)
 	bad := profile.Default()
-	bad.Limits = map[string]string{"pps": "lots"}
+	bad.Limits = api.LimitRequest{FromVM: api.DirChange{Burst: api.Some(10)}} // --burst without --pps
 	if err := m.Configure(profile.Set{profile.Quarantine: bad}, DefaultWatchConfig()); err == nil {
 		t.Fatal("bad limits accepted")
 	}
@@ -371,7 +371,7 @@ func TestConfigureRejectsBadProfiles(t *testing.T) {
 		t.Fatal("bad pattern accepted")
 	}
 	// Nothing changed: the default profile still quarantines.
-	if _, err := m.Quarantine("vm-1", nil, false); err != nil {
+	if _, err := m.Quarantine("vm-1", api.LimitRequest{}, false); err != nil {
 		t.Fatal(err)
 	}
 }

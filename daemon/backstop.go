@@ -116,8 +116,8 @@ func apiBackstop(b steer.Backstop) *api.Backstop {
 // backstopStatus fills in what status says of q's backstop: the ceilings
 // its spec asks for (no I/O, under Manager.mu).
 func backstopStatus(q *quarantine, out *api.Quarantine) {
-	out.Directions.FromVM.Backstop = apiBackstop(backstopFor(q.spec.FromVM, q.spec.FromVM.policy()))
-	out.Directions.ToVM.Backstop = apiBackstop(backstopFor(q.spec.ToVM, q.spec.ToVM.policy()))
+	out.Directions.FromVM.Backstop = apiBackstop(backstopFor(q.spec.FromVM, dirPolicy(q.spec.FromVM)))
+	out.Directions.ToVM.Backstop = apiBackstop(backstopFor(q.spec.ToVM, dirPolicy(q.spec.ToVM)))
 	out.Directions.FromVM.KernelDrops, out.Directions.ToVM.KernelDrops = map[string]uint64{}, map[string]uint64{}
 	out.Directions.FromVM.KernelPassed, out.Directions.ToVM.KernelPassed = map[string]uint64{}, map[string]uint64{}
 }

@@ -195,34 +195,34 @@ func (m *Manager) runHook(port string, argv []string) {
 }
 
 // profileLocked resolves the profile a quarantine request names, if any:
-// "profile" in req, or the quarantine profile when req names no aggregate
-// limit. It returns req without "profile".
+// req.Profile, or the quarantine profile when req names no limit. It
+// returns req without Profile.
 func (m *Manager) profileLocked(req api.LimitRequest) (*profile.Profile, api.LimitRequest, error) {
-	req = maps.Clone(req)
-	if req == nil {
-		req = api.LimitRequest{}
+	named := req.Profile != nil
+	name := ""
+	if named {
+		name = *req.Profile
 	}
-	name, named := req["profile"]
-	delete(req, "profile")
-	if !named && !HasLimitFlag(req) {
+	req.Profile = nil
+	if !named && !req.HasLimit() {
 		name = profile.Quarantine
 	}
 	if name == "" {
 		if named {
-			return nil, nil, usagef("--profile needs a name")
+			return nil, req, usagef("--profile needs a name")
 		}
 		return nil, req, nil
 	}
 	p, ok := m.profiles[name]
 	if !ok {
-		return nil, nil, usagef("no profile %q (the config defines %s)", name, strings.Join(slices.Sorted(maps.Keys(m.profiles)), ", "))
+		return nil, req, usagef("no profile %q (the config defines %s)", name, strings.Join(slices.Sorted(maps.Keys(m.profiles)), ", "))
 	}
 	if p.UseLadder {
-		for _, f := range aggregateFlags {
-			for _, pre := range ladderPrefixes(p.Threshold.Direction) {
-				if _, ok := req[pre+f]; ok {
-					return nil, nil, usagef("--%s%s conflicts with profile %s, whose ladder sets those limits; omit it, or give limits without a profile",
-						pre, f, name)
+		for _, f := range api.AggregateFlags {
+			for _, d := range ladderDirs(&req, p.Threshold.Direction) {
+				if d.change.NamesAggregate(f) {
+					return nil, req, usagef("--%s%s conflicts with profile %s, whose ladder sets those limits; omit it, or give limits without a profile",
+						d.prefix, f, name)
 				}
 			}
 		}
@@ -230,14 +230,24 @@ func (m *Manager) profileLocked(req api.LimitRequest) (*profile.Profile, api.Lim
 	return &p, req, nil
 }
 
-func ladderPrefixes(d detect.Direction) []string {
+// ladderDir is a direction of req that a ladder limits, with its flags'
+// prefix.
+type ladderDir struct {
+	prefix string
+	change api.DirChange
+}
+
+// ladderDirs returns the directions of req a ladder on threshold direction
+// d limits.
+func ladderDirs(req *api.LimitRequest, d detect.Direction) []ladderDir {
+	from, to := ladderDir{"", req.FromVM}, ladderDir{"to-vm-", req.ToVM}
 	switch d {
 	case detect.ToVM:
-		return []string{"to-vm-"}
+		return []ladderDir{to}
 	case detect.Either:
-		return []string{"", "to-vm-"}
+		return []ladderDir{from, to}
 	}
-	return []string{""}
+	return []ladderDir{from}
 }
 
 // startLadderLocked starts q's ladder at stage 1 at now, with the average

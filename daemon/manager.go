@@ -184,13 +184,11 @@ var ErrClosed = errors.New("daemon: shutting down")
 // later step fails. With pending, a port that does not exist yet is accepted
 // and spliced when it appears.
 //
-// req may name a profile ("profile"); with no aggregate limit and no
-// profile, it means the quarantine profile.
+// req may name a profile; with no limit and no profile, it means the
+// quarantine profile. Parse a request in the command line's words with
+// api.ParseRequest.
 func (m *Manager) Quarantine(port string, req api.LimitRequest, pending bool) (api.Quarantine, error) {
 	if err := checkPortName(port); err != nil {
-		return api.Quarantine{}, err
-	}
-	if err := refuseZeroRates(req); err != nil {
 		return api.Quarantine{}, err
 	}
 	return m.quarantine(port, req, pending, OriginManual, m.host.Now())
@@ -327,11 +325,8 @@ func (m *Manager) Alive() bool {
 // Set changes the named limits of port's quarantine in place, without
 // re-splicing.
 func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error) {
-	if len(req) == 0 {
+	if req.IsZero() {
 		return api.Quarantine{}, usagef("set %s: nothing to change: name at least one limit flag", port)
-	}
-	if err := refuseZeroRates(req); err != nil {
-		return api.Quarantine{}, err
 	}
 	o := m.lockOwner(port)
 	defer m.unlockOwner(o)
@@ -341,7 +336,7 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 		m.mu.Unlock()
 		return api.Quarantine{}, notFoundf("%s is not quarantined: use quarantine first", port)
 	}
-	if _, ok := req["profile"]; ok {
+	if req.Profile != nil {
 		m.mu.Unlock()
 		return api.Quarantine{}, usagef("--profile cannot change in place: release the port and quarantine it again")
 	}
@@ -352,11 +347,9 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 	}
 	offLadder := false
 	if q.lad != nil {
-		for _, f := range aggregateFlags {
-			for _, pre := range ladderPrefixes(q.prof.Threshold.Direction) {
-				if _, ok := req[pre+f]; ok {
-					offLadder = true
-				}
+		for _, d := range ladderDirs(&req, q.prof.Threshold.Direction) {
+			if d.change.HasAggregate() {
+				offLadder = true
 			}
 		}
 	}

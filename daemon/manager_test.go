@@ -39,11 +39,11 @@ func mustStatus(t *testing.T, m *Manager, port string) api.Quarantine {
 func TestPendingQuarantineFollowsThePort(t *testing.T) {
 	fb := fakesplice.New()
 	m := newTestManager(t, t.TempDir(), fb)
-	req := api.LimitRequest{"pps": "5000"}
-	if _, err := m.Quarantine("vm-7", req, false); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "--pending") {
+	req := api.LimitFlags{"pps": "5000"}
+	if _, err := quarantineFlags(m, "vm-7", req, false); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "--pending") {
 		t.Fatalf("quarantine of a missing port without --pending: %v", err)
 	}
-	q, err := m.Quarantine("vm-7", req, true)
+	q, err := quarantineFlags(m, "vm-7", req, true)
 	if err != nil || q.State != StatePending || q.Expires == nil {
 		t.Fatalf("quarantine --pending: %+v, %v", q, err)
 	}
@@ -81,7 +81,7 @@ func TestPendingQuarantineFollowsThePort(t *testing.T) {
 		t.Fatal("pending quarantine did not expire")
 	}
 	// Release of a pending quarantine is accepted.
-	if _, err := m.Quarantine("vm-8", req, true); err != nil {
+	if _, err := quarantineFlags(m, "vm-8", req, true); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Release("vm-8"); err != nil {
@@ -119,10 +119,10 @@ func TestRestoreAdoptsWithTheSameLimits(t *testing.T) {
 			dir := t.TempDir()
 			fb := fakesplice.New("vm-1", "vm-2")
 			m1 := newTestManager(t, dir, fb)
-			if _, err := m1.Quarantine("vm-1", api.LimitRequest{"pps": "5000", "to-vm-bps": "16mbit", "bypass": "22"}, false); err != nil {
+			if _, err := quarantineFlags(m1, "vm-1", api.LimitFlags{"pps": "5000", "to-vm-bps": "16mbit", "bypass": "22"}, false); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := m1.Quarantine("vm-9", api.LimitRequest{"pps": "100"}, true); err != nil {
+			if _, err := quarantineFlags(m1, "vm-9", api.LimitFlags{"pps": "100"}, true); err != nil {
 				t.Fatal(err)
 			}
 			tc.state(dir)
@@ -159,7 +159,7 @@ func TestRestoreWithoutIntentUsesConservativeDefault(t *testing.T) {
 	dir := t.TempDir()
 	fb := fakesplice.New("vm-1")
 	m1 := newTestManager(t, dir, fb)
-	if _, err := m1.Quarantine("vm-1", api.LimitRequest{"pps": "5000"}, false); err != nil {
+	if _, err := quarantineFlags(m1, "vm-1", api.LimitFlags{"pps": "5000"}, false); err != nil {
 		t.Fatal(err)
 	}
 	os.Remove(filepath.Join(dir, StateFile))
@@ -176,7 +176,7 @@ func TestRestoreRemovesOrphansOnlyWithATrustedState(t *testing.T) {
 	fb := fakesplice.New("vm-1", "vm-2")
 	m1 := newTestManager(t, dir, fb)
 	for _, p := range []string{"vm-1", "vm-2"} {
-		if _, err := m1.Quarantine(p, api.LimitRequest{"pps": "5000"}, false); err != nil {
+		if _, err := quarantineFlags(m1, p, api.LimitFlags{"pps": "5000"}, false); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -202,7 +202,7 @@ func TestRestoreRemovesOrphansOnlyWithATrustedState(t *testing.T) {
 }
 
 func TestIntentRoundTrip(t *testing.T) {
-	for _, req := range []api.LimitRequest{
+	for _, req := range []api.LimitFlags{
 		{"pps": "5000"},
 		{"pps": "2500", "bps": "16mbit", "burst": "30", "burst-bytes": "4kb", "to-vm-pps": "100",
 			"bypass-pps": "none", "to-vm-bypass-bps": "1mbit", "control-pps": "50", "bypass": "22,2222",
@@ -210,7 +210,7 @@ func TestIntentRoundTrip(t *testing.T) {
 		{"to-vm-bps": "1gbit", "bypass": "none"},
 		{"pps": "2000", "mode": "shape", "delay": "200ms", "queue-bytes": "1mb", "to-vm-pps": "10", "to-vm-mode": "shape", "to-vm-queue-time": "1s"},
 	} {
-		spec, err := NewSpec().Apply(req, false)
+		spec, err := applyFlags(NewSpec(), req, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -233,7 +233,7 @@ func TestRestoreRefusesAnUntrustedStateDir(t *testing.T) {
 	dir := t.TempDir()
 	fb := fakesplice.New("vm-1")
 	m := newTestManager(t, dir, fb)
-	if _, err := m.Quarantine("vm-1", api.LimitRequest{"pps": "1"}, false); err != nil {
+	if _, err := quarantineFlags(m, "vm-1", api.LimitFlags{"pps": "1"}, false); err != nil {
 		t.Fatal(err)
 	}
 	m.Close()

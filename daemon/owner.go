@@ -128,7 +128,7 @@ func (m *Manager) wantLocked(port string) (owner.Want, *quarantine, *tenantPort)
 	w.Options.Queues = m.opt.TapQueues
 	w.FailFallback = spec.Fail == ""
 	w.Classify = spec.classifyConfig()
-	w.FromVM, w.ToVM = m.quotaPoliciesLocked(port, spec.fromVMPolicy(), spec.ToVM.policy())
+	w.FromVM, w.ToVM = m.quotaPoliciesLocked(port, spec.fromVMPolicy(), dirPolicy(spec.ToVM))
 	w.Backstop[steer.FromVM] = backstopFor(spec.FromVM, w.FromVM)
 	w.Backstop[steer.ToVM] = backstopFor(spec.ToVM, w.ToVM)
 	return w, q, tp

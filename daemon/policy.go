@@ -2,7 +2,6 @@ package daemon
 
 import (
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/shaperd/shaperd/api"
@@ -10,7 +9,6 @@ import (
 	"github.com/shaperd/shaperd/classify"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/guard"
-	"github.com/shaperd/shaperd/rules"
 	"github.com/shaperd/shaperd/units"
 )
 
@@ -19,7 +17,7 @@ import (
 
 // fromVMPolicy is FromVM's policy with the guard.
 func (s Spec) fromVMPolicy() forward.Policy {
-	p := s.FromVM.policy()
+	p := dirPolicy(s.FromVM)
 	p.Guard, _ = s.guard() // validated; nil when incomplete (prepareGuardLocked refuses that)
 	return p
 }
@@ -73,7 +71,7 @@ func limits(pps *float64, bps *units.Rate, burst *int, burstBytes *units.Size) b
 }
 
 // policy turns the intent of one direction into the forwarder's budgets.
-func (d DirSpec) policy() forward.Policy {
+func dirPolicy(d DirSpec) forward.Policy {
 	var p forward.Policy
 	p.Aggregate = limits(d.PPS, d.BPS, d.Burst, d.BurstBytes)
 	p.Classes[classify.Bypass] = limits(d.BypassPPS, d.BypassBPS, nil, nil)
@@ -104,10 +102,7 @@ func (d DirSpec) policy() forward.Policy {
 	if d.BypassConnPerSource != nil {
 		p.BypassConnPerSource = *d.BypassConnPerSource
 	}
-	if len(d.Classes) > 0 {
-		// Validated by Spec.Validate.
-		p.Rules, _ = rules.Parse(strings.Join(d.Classes, "\n"))
-	}
+	p.Rules = d.Classes.Set()
 	return p
 }
 

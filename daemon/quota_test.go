@@ -319,7 +319,7 @@ func TestQuotaAndQuarantineShareTheSplice(t *testing.T) {
 	l.add("acme", settings("vm-1"))
 	splices, released := fb.Splices(), fb.Released()
 
-	if _, err := m.Quarantine("vm-1", api.LimitRequest{"pps": "100"}, false); err != nil {
+	if _, err := quarantineFlags(m, "vm-1", api.LimitFlags{"pps": "100"}, false); err != nil {
 		t.Fatal(err)
 	}
 	if fb.Splices() != splices+1 || fb.Released() != released+1 || !fb.Spliced("vm-1") {
@@ -336,7 +336,7 @@ func TestQuotaAndQuarantineShareTheSplice(t *testing.T) {
 		t.Errorf("status: %d quarantines, %d quotas", len(st.Quarantines), len(st.Quotas))
 	}
 	// A change in place keeps the quota.
-	if _, err := m.Set("vm-1", api.LimitRequest{"pps": "200"}); err != nil {
+	if _, err := setFlags(m, "vm-1", api.LimitFlags{"pps": "200"}); err != nil {
 		t.Fatal(err)
 	}
 	if !quotaHooked(t, m, "vm-1") {
@@ -350,7 +350,7 @@ func TestQuotaAndQuarantineShareTheSplice(t *testing.T) {
 		t.Errorf("after release: state %s, spliced %v, intent %q", s, fb.Spliced("vm-1"), fb.Intent("vm-1"))
 	}
 	// A quarantine that cannot start gives the port back at once.
-	if _, err := m.Quarantine("vm-1", api.LimitRequest{"pps": "100", "fail": "open"}, false); err == nil {
+	if _, err := quarantineFlags(m, "vm-1", api.LimitFlags{"pps": "100", "fail": "open"}, false); err == nil {
 		t.Fatal("fail open on a backend that cannot: accepted")
 	}
 	if s := l.portState("acme", "vm-1"); s != api.QuotaPortSpliced || !fb.Spliced("vm-1") {
@@ -358,7 +358,7 @@ func TestQuotaAndQuarantineShareTheSplice(t *testing.T) {
 	}
 
 	// A tenant on an already quarantined port.
-	if _, err := m.Quarantine("vm-2", api.LimitRequest{"pps": "100"}, false); err != nil {
+	if _, err := quarantineFlags(m, "vm-2", api.LimitFlags{"pps": "100"}, false); err != nil {
 		t.Fatal(err)
 	}
 	splices = fb.Splices()
@@ -699,7 +699,7 @@ func TestQuotaRestartWithQuarantine(t *testing.T) {
 	l := newQuotaLab(t, dir, fb, quotaT0)
 	l.m.Restore()
 	l.add("acme", settings("vm-1,vm-2"))
-	if _, err := l.m.Quarantine("vm-1", api.LimitRequest{"pps": "100"}, false); err != nil {
+	if _, err := quarantineFlags(l.m, "vm-1", api.LimitFlags{"pps": "100"}, false); err != nil {
 		t.Fatal(err)
 	}
 	splices := fb.Splices()

@@ -46,20 +46,23 @@ func TestStatusAndMetricsDoNotWaitForSlowWork(t *testing.T) {
 	var wg sync.WaitGroup
 	var slowErr, guardErr, pendingErr error
 	var pendingTook time.Duration
+	pps1000 := api.LimitRequest{FromVM: api.DirChange{PPS: api.Some(1000.0)}}
+	guarded, on := pps1000, true
+	guarded.Guard = &on
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		_, slowErr = m.Quarantine("vm-1", api.LimitRequest{"pps": "1000"}, false)
+		_, slowErr = m.Quarantine("vm-1", pps1000, false)
 	}()
 	go func() {
 		defer wg.Done()
-		_, guardErr = m.Quarantine("vm-2", api.LimitRequest{"pps": "1000", "guard": "true"}, false)
+		_, guardErr = m.Quarantine("vm-2", guarded, false)
 	}()
 	go func() {
 		defer wg.Done()
 		time.Sleep(100 * time.Millisecond)
 		start := time.Now()
-		_, pendingErr = m.Quarantine("vm-9", api.LimitRequest{"pps": "1000"}, true)
+		_, pendingErr = m.Quarantine("vm-9", pps1000, true)
 		pendingTook = time.Since(start)
 	}()
 

@@ -186,9 +186,9 @@ func (s Spec) Intent() string {
 		if g.BackstopOff {
 			add(p+"backstop", "none")
 		}
-		if len(g.Classes) > 0 {
+		if g.Classes.Len() > 0 {
 			// Rules have spaces: escaped, one rule per line.
-			add(p+"class", url.QueryEscape(strings.Join(g.Classes, "\n")))
+			add(p+"class", url.QueryEscape(strings.Join(g.Classes.Lines(), "\n")))
 		}
 	}
 	if !slices.Equal(s.BypassPorts, def.BypassPorts) {
@@ -231,7 +231,7 @@ func (s Spec) Intent() string {
 
 // ParseIntent turns an Intent back into a Spec.
 func ParseIntent(intent string) (Spec, error) {
-	req := api.LimitRequest{}
+	flags := api.LimitFlags{}
 	for _, f := range strings.Fields(intent) {
 		k, v, ok := strings.Cut(f, "=")
 		if !ok {
@@ -244,17 +244,21 @@ func ParseIntent(intent string) (Spec, error) {
 			}
 			v = u
 		}
-		req[k] = v
-	}
-	if !HasLimitFlag(req) {
-		return Spec{}, fmt.Errorf("intent %q names no limit", intent)
+		flags[k] = v
 	}
 	meta := map[string]string{}
 	for _, k := range []string{"profile", "origin", "stage"} {
-		if v, ok := req[k]; ok {
+		if v, ok := flags[k]; ok {
 			meta[k] = v
-			delete(req, k)
+			delete(flags, k)
 		}
+	}
+	req, err := api.ParseLimits(flags)
+	if err != nil {
+		return Spec{}, err
+	}
+	if !req.HasLimit() {
+		return Spec{}, fmt.Errorf("intent %q names no limit", intent)
 	}
 	s, err := NewSpec().Apply(req, false)
 	if err != nil {

@@ -16,7 +16,7 @@ import (
 
 func dirStatus(d DirSpec, s forward.DirStats, qs *forward.QueueStats) api.Direction {
 	var controlBurst *int
-	if b := d.policy().Classes[classify.Control].BurstPackets; b > 0 {
+	if b := dirPolicy(d).Classes[classify.Control].BurstPackets; b > 0 {
 		controlBurst = &b
 	}
 	out := api.Direction{
