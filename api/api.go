@@ -140,6 +140,18 @@ const (
 	ModeShape  Mode = "shape"  // queued, released at the shaped rate after a delay
 )
 
+// Stage is where a quarantine is on its escalation ladder (package ladder
+// names the same rungs).
+type Stage string
+
+const (
+	StageManual    Stage = "manual"    // no ladder: limits set by hand, or a profile without one
+	Stage1         Stage = "stage1"    // shaped to the profile's target
+	Stage2         Stage = "stage2"    // a share of stage 1's budgets
+	Stage3         Stage = "stage3"    // blocked but for the bypass and control classes
+	StageProbation Stage = "probation" // a lower rung's limits while traffic stays calm
+)
+
 // Quarantine is one quarantined port.
 type Quarantine struct {
 	Port    string    `json:"port"`
@@ -162,7 +174,7 @@ type Quarantine struct {
 	// router port, limited toward the router while a member floods).
 	Origin Origin `json:"origin"`
 	// Stage is "manual", "stage1", "stage2", "stage3" or "probation".
-	Stage string `json:"stage"`
+	Stage Stage `json:"stage"`
 	// NextTransition is when the ladder next decides (RFC 3339); null when
 	// nothing is scheduled.
 	NextTransition *time.Time `json:"next_transition"`

@@ -26,7 +26,7 @@ const (
 )
 
 // StageManual is the stage of a quarantine with no ladder.
-const StageManual = string(ladder.Manual)
+const StageManual = api.StageManual
 
 // WatchConfig is the watch loop's configuration (the run flags --watch,
 // --exclude, --watch-interval, --flag-after, --max-auto, --dry-run).

@@ -217,7 +217,7 @@ func TestLadderWalk(t *testing.T) {
 	l.run(3 * time.Second)
 	q := mustStatus(t, m, "vm-1")
 	since := q.Since
-	check := func(stage string, pps float64, bits uint64, delayMS float64, mode string) {
+	check := func(stage api.Stage, pps float64, bits uint64, delayMS float64, mode string) {
 		t.Helper()
 		q := mustStatus(t, m, "vm-1")
 		d := q.Directions.FromVM
@@ -349,7 +349,7 @@ func TestAlerts(t *testing.T) {
 	if what, err := m.Alert("vm-1", false); err != nil || what != "probation" {
 		t.Fatalf("resolved: %s, %v", what, err)
 	}
-	if q := mustStatus(t, m, "vm-1"); q.Stage != string(ladder.Probation) {
+	if q := mustStatus(t, m, "vm-1"); q.Stage != api.Stage(ladder.Probation) {
 		t.Fatalf("stage after resolved: %s", q.Stage)
 	}
 	if what, _ := m.Alert("vm-1", false); what != "resolved_already_probation" {

@@ -105,7 +105,7 @@ func (m *Manager) transitionLocked(q *quarantine, tr *ladder.Transition, act *au
 		act.releases = append(act.releases, q)
 		return
 	}
-	if err := m.applyLadderLocked(q, tr.Limits, string(tr.To), "ladder", act); err != nil {
+	if err := m.applyLadderLocked(q, tr.Limits, api.Stage(tr.To), "ladder", act); err != nil {
 		m.log.Error("ladder: cannot apply the new limits; the old ones stay", "port", q.port, "to", tr.To, "err", err)
 	}
 	if tr.RunOnBlockHook && len(q.prof.OnBlock) > 0 {
@@ -115,7 +115,7 @@ func (m *Manager) transitionLocked(q *quarantine, tr *ladder.Transition, act *au
 
 // applyLadderLocked puts the ladder's limits into q's spec; do has q's
 // owner apply them (into its forwarder, when q runs).
-func (m *Manager) applyLadderLocked(q *quarantine, lim ladder.Limits, stage, what string, act *autoActions) error {
+func (m *Manager) applyLadderLocked(q *quarantine, lim ladder.Limits, stage api.Stage, what string, act *autoActions) error {
 	spec := ladderSpec(q.spec, q.prof, lim)
 	spec.Stage = stage
 	if err := spec.Validate(); err != nil {
@@ -267,7 +267,7 @@ func (m *Manager) startLadderLocked(q *quarantine, p profile.Profile, now time.T
 	}
 	tr := l.Start(now, avg)
 	spec := ladderSpec(q.spec, p, tr.Limits)
-	spec.Stage = string(tr.To)
+	spec.Stage = api.Stage(tr.To)
 	if err := spec.Validate(); err != nil {
 		return fmt.Errorf("profile %s: stage 1: %w", p.Name, err)
 	}

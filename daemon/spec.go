@@ -61,7 +61,7 @@ type Spec struct {
 	Origin api.Origin `json:"origin,omitempty"`
 	// Stage is the ladder's stage whose limits the spec holds; "" for a
 	// quarantine with no ladder ("manual" in status).
-	Stage string `json:"stage,omitempty"`
+	Stage api.Stage `json:"stage,omitempty"`
 
 	// Guard turns on the anti-spoofing guard on frames from the VM, with
 	// the VM's addresses in GuardMAC and GuardIP (as --guard-mac and

@@ -224,7 +224,7 @@ func (s Spec) Intent() string {
 		add("origin", string(s.Origin))
 	}
 	if s.Stage != "" {
-		add("stage", s.Stage)
+		add("stage", string(s.Stage))
 	}
 	return strings.Join(parts, " ")
 }
@@ -264,7 +264,7 @@ func ParseIntent(intent string) (Spec, error) {
 	if err != nil {
 		return s, err
 	}
-	s.Profile, s.Origin, s.Stage = meta["profile"], api.Origin(meta["origin"]), meta["stage"]
+	s.Profile, s.Origin, s.Stage = meta["profile"], api.Origin(meta["origin"]), api.Stage(meta["stage"])
 	return s, nil
 }
 
