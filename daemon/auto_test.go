@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/profile"
@@ -235,10 +236,10 @@ func TestLadderWalk(t *testing.T) {
 			t.Fatalf("%s: %d bit/s, mode %s, delay %vms; want %d, %s, %v", stage, gotBits, d.Mode, d.Queue.DelayMS, bits, mode, delayMS)
 		}
 		// The kernel backstop follows each stage (issue 13): twice the
-		// budget, at least BackstopMinPPS for a blocking stage.
-		want := math.Max(BackstopFactor*math.Min(pps, float64(bits)/8/minFrame), BackstopMinPPS)
+		// budget, at least intent.BackstopMinPPS for a blocking stage.
+		want := math.Max(intent.BackstopFactor*math.Min(pps, float64(bits)/8/intent.MinFrame), intent.BackstopMinPPS)
 		if pps == 0 {
-			want = BackstopMinPPS
+			want = intent.BackstopMinPPS
 		}
 		if got := fb.Backstop("vm-1", steer.FromVM).Aggregate.PPS; got != want {
 			t.Fatalf("%s: kernel backstop %v pps, want %v", stage, got, want)

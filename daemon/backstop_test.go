@@ -6,14 +6,15 @@ import (
 	"testing"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/splice/fakesplice"
 	"github.com/shaperd/shaperd/splice/steer"
 )
 
 func TestBackstopFor(t *testing.T) {
-	spec := func(req api.LimitFlags) DirSpec {
+	spec := func(req api.LimitFlags) intent.DirSpec {
 		t.Helper()
-		s, err := applyFlags(NewSpec(), req, false)
+		s, err := applyFlags(intent.New(), req, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -31,17 +32,17 @@ func TestBackstopFor(t *testing.T) {
 		{"pps with a big burst", api.LimitFlags{"pps": "5000", "burst": "400"}, 10000, 800, nil},
 		{"bytes only", api.LimitFlags{"bps": "16mbit"}, 2 * 2e6 / 60, math.Ceil(2 * 2e6 / 60 * 0.05), nil},
 		{"pps and bytes: the lower", api.LimitFlags{"pps": "50000", "bps": "16mbit"}, 2 * 2e6 / 60, math.Ceil(2 * 2e6 / 60 * 0.05), nil},
-		{"small pps: the floor", api.LimitFlags{"pps": "10"}, BackstopMinPPS, BackstopMinBurst, nil},
-		{"blocked", api.LimitFlags{"pps": "0"}, BackstopMinPPS, BackstopMinBurst, nil},
+		{"small pps: the floor", api.LimitFlags{"pps": "10"}, intent.BackstopMinPPS, intent.BackstopMinBurst, nil},
+		{"blocked", api.LimitFlags{"pps": "0"}, intent.BackstopMinPPS, intent.BackstopMinBurst, nil},
 		{"override", api.LimitFlags{"pps": "5000", "backstop": "7000"}, 7000, 350, nil},
 		{"override without budgets", api.LimitFlags{"backstop": "7000"}, 7000, 350, nil},
 		{"classes", api.LimitFlags{"pps": "5000", "syn-pps": "200", "udp-pps": "1000", "icmp-bps": "64kbit"}, 10000, 500,
-			map[steer.Class]float64{steer.ClassSyn: 400, steer.ClassUDP: 2000, steer.ClassICMP: math.Max(2*8000.0/60, BackstopMinPPS)}},
+			map[steer.Class]float64{steer.ClassSyn: 400, steer.ClassUDP: 2000, steer.ClassICMP: math.Max(2*8000.0/60, intent.BackstopMinPPS)}},
 		{"off", api.LimitFlags{"pps": "5000", "syn-pps": "200", "backstop": "none"}, 0, 0, nil},
 	}
 	for _, tt := range tests {
 		d := spec(tt.req)
-		b := backstopFor(d, dirPolicy(d))
+		b := intent.BackstopFor(d, intent.DirPolicy(d))
 		if b.Aggregate.PPS != tt.agg || b.Aggregate.Burst != tt.burst {
 			t.Errorf("%s: aggregate %+v, want %v pps burst %v", tt.name, b.Aggregate, tt.agg, tt.burst)
 		}
@@ -55,7 +56,7 @@ func TestBackstopFor(t *testing.T) {
 
 func TestBackstopFlag(t *testing.T) {
 	for _, bad := range []string{"0", "-5", "0.5", "x", "NaN", "Inf"} {
-		_, err := applyFlags(NewSpec(), api.LimitFlags{"backstop": bad}, false)
+		_, err := applyFlags(intent.New(), api.LimitFlags{"backstop": bad}, false)
 		if !errors.Is(err, ErrUsage) {
 			t.Errorf("--backstop %s: %v, want a usage error", bad, err)
 		}
@@ -65,11 +66,11 @@ func TestBackstopFlag(t *testing.T) {
 		{"pps": "5000", "backstop": "none", "to-vm-backstop": "9000"},
 		{"pps": "5000", "to-vm-backstop": "none"},
 	} {
-		s, err := applyFlags(NewSpec(), req, false)
+		s, err := applyFlags(intent.New(), req, false)
 		if err != nil {
 			t.Fatal(err)
 		}
-		back, err := ParseIntent(s.Intent())
+		back, err := intent.Parse(s.Intent())
 		if err != nil {
 			t.Fatalf("%q: %v", s.Intent(), err)
 		}

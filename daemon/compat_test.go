@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/statefile"
 )
@@ -41,7 +42,7 @@ func TestOldStateFileLoads(t *testing.T) {
 		s.ToVM.BypassPPS != nil || !s.Guard || s.Fail != "open" || s.Stage != "stage1" {
 		t.Errorf("loaded spec %+v", s)
 	}
-	if p := dirPolicy(s.FromVM); p.Rules.Len() != 2 || p.Rules.Class(1).Name != "ssh-brute" {
+	if p := intent.DirPolicy(s.FromVM); p.Rules.Len() != 2 || p.Rules.Class(1).Name != "ssh-brute" {
 		t.Errorf("the rule classes did not reach the policy: %v", p.Rules)
 	}
 	b, err := json.Marshal(e)
@@ -54,7 +55,7 @@ func TestOldStateFileLoads(t *testing.T) {
 	if s.Intent() != oldIntent {
 		t.Errorf("intent %q, want %q", s.Intent(), oldIntent)
 	}
-	fromIntent, err := ParseIntent(oldIntent)
+	fromIntent, err := intent.Parse(oldIntent)
 	if err != nil {
 		t.Fatal(err)
 	}

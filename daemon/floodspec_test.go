@@ -7,6 +7,7 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/classify"
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/guard"
 	"github.com/shaperd/shaperd/splice/fakesplice"
 )
@@ -20,19 +21,19 @@ func TestFloodFlags(t *testing.T) {
 		"class":                        "dns: udp dport 53 pps 100\nbig: size >1200 block",
 		"guard":                        "true", "guard-mac": "52:54:00:12:34:56", "guard-ip": "198.18.0.11,2001:2::11",
 	}
-	s, err := applyFlags(NewSpec(), req, false)
+	s, err := applyFlags(intent.New(), req, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	from, to := s.fromVMPolicy(), dirPolicy(s.ToVM)
+	from, to := s.FromVMPolicy(), intent.DirPolicy(s.ToVM)
 	if from.Classes[classify.TCPSyn].PPS != 200 || to.Classes[classify.UDP].PPS != 1000 ||
 		from.Classes[classify.ICMP].BytesPerSec != 250 || from.MaxFrame != 1400 || to.BypassConnPerSource != 30 ||
 		from.Rules.Len() != 2 || from.Guard == nil || to.Guard != nil {
 		t.Fatalf("policies: from %+v to %+v", from, to)
 	}
-	back, err := ParseIntent(s.Intent())
+	back, err := intent.Parse(s.Intent())
 	if err != nil {
-		t.Fatalf("ParseIntent(%q): %v", s.Intent(), err)
+		t.Fatalf("intent.Parse(%q): %v", s.Intent(), err)
 	}
 	if back.Intent() != s.Intent() {
 		t.Fatalf("intent round trip:\n%s\n%s", s.Intent(), back.Intent())
@@ -49,7 +50,7 @@ func TestFloodFlags(t *testing.T) {
 		{api.LimitFlags{"pps": "1", "guard-mac": "52:54:00:12:34:56"}, "need --guard"},
 		{api.LimitFlags{"guard": "true", "guard-mac": "ff:ff:ff:ff:ff:ff", "guard-ip": "198.18.0.11"}, "guard"},
 	} {
-		if _, err := applyFlags(NewSpec(), c.req, false); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), c.want) {
+		if _, err := applyFlags(intent.New(), c.req, false); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v: %v; want a usage error naming %s", c.req, err, c.want)
 		}
 	}

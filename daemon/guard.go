@@ -11,6 +11,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/guard"
 	"github.com/shaperd/shaperd/guard/learn"
 )
@@ -41,7 +42,7 @@ func (m *Manager) prepareGuard(q *quarantine) error {
 	return nil
 }
 
-func (m *Manager) completeGuard(port string, s *Spec) error {
+func (m *Manager) completeGuard(port string, s *intent.Spec) error {
 	if !s.Guard || (s.GuardMAC != "" && s.GuardIP != "") {
 		return nil
 	}
@@ -56,7 +57,7 @@ func (m *Manager) completeGuard(port string, s *Spec) error {
 	if s.GuardIP == "" && len(found.IPs) > 0 {
 		s.GuardIP = guard.FormatIPs(found.IPs)
 	}
-	_, err := s.guard()
+	_, err := s.NewGuard()
 	if err == nil {
 		m.log.Info("event: guard addresses", "event", "guard", "port", port, "mac", s.GuardMAC, "ip", s.GuardIP, "learned_from", from)
 		return nil

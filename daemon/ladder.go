@@ -11,6 +11,7 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/classify"
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/ladder"
@@ -128,15 +129,15 @@ func (m *Manager) applyLadderLocked(q *quarantine, lim ladder.Limits, stage api.
 
 // ladderSpec returns s with the ladder's limits on the threshold's
 // direction(s).
-func ladderSpec(s Spec, p profile.Profile, lim ladder.Limits) Spec {
-	var dirs []*DirSpec
+func ladderSpec(s intent.Spec, p profile.Profile, lim ladder.Limits) intent.Spec {
+	var dirs []*intent.DirSpec
 	switch p.Threshold.Direction {
 	case detect.ToVM:
-		dirs = []*DirSpec{&s.ToVM}
+		dirs = []*intent.DirSpec{&s.ToVM}
 	case detect.Either:
-		dirs = []*DirSpec{&s.FromVM, &s.ToVM}
+		dirs = []*intent.DirSpec{&s.FromVM, &s.ToVM}
 	default:
-		dirs = []*DirSpec{&s.FromVM}
+		dirs = []*intent.DirSpec{&s.FromVM}
 	}
 	for _, d := range dirs {
 		d.Burst, d.BurstBytes = nil, nil
@@ -154,7 +155,7 @@ func ladderSpec(s Spec, p profile.Profile, lim ladder.Limits) Spec {
 			d.BPS = &r
 		}
 		if p.Shape {
-			delay := Duration(lim.Delay)
+			delay := intent.Duration(lim.Delay)
 			d.Mode, d.Delay = "shape", &delay
 			// The queue's time bound follows the delay: a tenth more
 			// (at least forward.DefaultQueueSlack), the tolerance issue
@@ -162,7 +163,7 @@ func ladderSpec(s Spec, p profile.Profile, lim ladder.Limits) Spec {
 			// that bound, and a releaser woken a little late by a busy
 			// host must not find the head expired: that loses the
 			// slot, and the stage delivers less than its budget.
-			qt := Duration(lim.Delay + max(forward.DefaultQueueSlack, lim.Delay/10))
+			qt := intent.Duration(lim.Delay + max(forward.DefaultQueueSlack, lim.Delay/10))
 			d.QueueTime = &qt
 		} else {
 			d.Mode, d.Delay, d.QueueBytes, d.QueueTime = "", nil, nil, nil

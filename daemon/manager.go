@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/owner"
@@ -37,16 +38,6 @@ const DefaultCoalesce = 0
 
 // DefaultTapQueues is the default of run --tap-queues.
 const DefaultTapQueues = 1
-
-// ConservativeSpec is what a port gets when its splice is found on the host
-// but neither the state file nor the plumbing says with which limits: the
-// first stage of the seeds' ladder, 10000 pps from the VM.
-func ConservativeSpec() Spec {
-	s := NewSpec()
-	pps := 10000.0
-	s.FromVM.PPS = &pps
-	return s
-}
 
 // Options configure a Manager.
 type Options struct {
@@ -112,7 +103,7 @@ type Manager struct {
 // Guarded by Manager.mu.
 type quarantine struct {
 	port    string
-	spec    Spec
+	spec    intent.Spec
 	since   time.Time
 	state   api.State // StateActive, StatePending or stateReleasing
 	expires time.Time // pending only
@@ -255,7 +246,7 @@ func (m *Manager) newQuarantineLocked(port string, req api.LimitRequest, origin 
 	if err != nil {
 		return nil, err
 	}
-	spec := NewSpec()
+	spec := intent.New()
 	if prof != nil {
 		if spec, err = spec.Apply(prof.Limits, false); err != nil {
 			return nil, usagef("profile %s: %v", prof.Name, err)
@@ -279,7 +270,7 @@ func (m *Manager) newQuarantineLocked(port string, req api.LimitRequest, origin 
 			return nil, err
 		}
 	}
-	if !q.spec.hasLimit() {
+	if !q.spec.HasLimit() {
 		return nil, usagef("quarantine %s: no limit given: name at least one limit (--pps, --bps, --syn-pps, --class, ... or a --to-vm- twin), or a profile", port)
 	}
 	return q, nil
@@ -382,7 +373,7 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 // applySpec makes spec q's intent and puts it into q's forwarder (both
 // directions or neither) and on the plumbing; if that fails the old spec
 // stays. For the ladder's changes. The caller holds no lock.
-func (m *Manager) applySpec(q *quarantine, spec Spec) error {
+func (m *Manager) applySpec(q *quarantine, spec intent.Spec) error {
 	o := m.lockOwner(q.port)
 	defer m.unlockOwner(o)
 	m.mu.Lock()

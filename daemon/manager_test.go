@@ -10,6 +10,7 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/daemon/hosttest"
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/forward/fakedev"
 	"github.com/shaperd/shaperd/splice/fakesplice"
@@ -210,13 +211,13 @@ func TestIntentRoundTrip(t *testing.T) {
 		{"to-vm-bps": "1gbit", "bypass": "none"},
 		{"pps": "2000", "mode": "shape", "delay": "200ms", "queue-bytes": "1mb", "to-vm-pps": "10", "to-vm-mode": "shape", "to-vm-queue-time": "1s"},
 	} {
-		spec, err := applyFlags(NewSpec(), req, false)
+		spec, err := applyFlags(intent.New(), req, false)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := ParseIntent(spec.Intent())
+		got, err := intent.Parse(spec.Intent())
 		if err != nil {
-			t.Fatalf("ParseIntent(%q): %v", spec.Intent(), err)
+			t.Fatalf("intent.Parse(%q): %v", spec.Intent(), err)
 		}
 		if got.Intent() != spec.Intent() {
 			t.Errorf("round trip: %q became %q", spec.Intent(), got.Intent())

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/owner"
 	"github.com/shaperd/shaperd/splice"
@@ -110,7 +111,7 @@ func (m *Manager) tSpliceLocked(tp *tenantPort) (splice.Splice, *forward.Forward
 func (m *Manager) wantLocked(port string) (owner.Want, *quarantine, *tenantPort) {
 	q := m.q[port]
 	tp := m.quotas.byPort[port]
-	var spec Spec
+	var spec intent.Spec
 	w := owner.Want{}
 	switch {
 	case q != nil && q.state != stateReleasing:
@@ -119,7 +120,7 @@ func (m *Manager) wantLocked(port string) (owner.Want, *quarantine, *tenantPort)
 	case q == nil && tp != nil:
 		// A tenant's splice fails open where the backend can: a dead
 		// forwarder should not cut a paying tenant off.
-		spec, w.Kind, w.Intent = NewSpec(), owner.Tenant, "tenant="+tp.t.cfg.Tenant
+		spec, w.Kind, w.Intent = intent.New(), owner.Tenant, "tenant="+tp.t.cfg.Tenant
 	default:
 		return w, nil, nil
 	}
@@ -127,15 +128,15 @@ func (m *Manager) wantLocked(port string) (owner.Want, *quarantine, *tenantPort)
 	w.Options = spliceOptions(spec)
 	w.Options.Queues = m.opt.TapQueues
 	w.FailFallback = spec.Fail == ""
-	w.Classify = spec.classifyConfig()
-	w.FromVM, w.ToVM = m.quotaPoliciesLocked(port, spec.fromVMPolicy(), dirPolicy(spec.ToVM))
-	w.Backstop[steer.FromVM] = backstopFor(spec.FromVM, w.FromVM)
-	w.Backstop[steer.ToVM] = backstopFor(spec.ToVM, w.ToVM)
+	w.Classify = spec.ClassifyConfig()
+	w.FromVM, w.ToVM = m.quotaPoliciesLocked(port, spec.FromVMPolicy(), intent.DirPolicy(spec.ToVM))
+	w.Backstop[steer.FromVM] = intent.BackstopFor(spec.FromVM, w.FromVM)
+	w.Backstop[steer.ToVM] = intent.BackstopFor(spec.ToVM, w.ToVM)
 	return w, q, tp
 }
 
 // spliceOptions are the splice options spec asks for.
-func spliceOptions(spec Spec) splice.Options {
+func spliceOptions(spec intent.Spec) splice.Options {
 	return splice.Options{BypassPorts: spec.BypassPorts, BypassOutbound: spec.BypassOutbound, FailOpen: spec.Fail != "closed"}
 }
 

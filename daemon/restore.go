@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/splice"
 	"github.com/shaperd/shaperd/statefile"
 )
@@ -126,10 +127,10 @@ func (m *Manager) restoreLocked() ([]string, error) {
 		if !inState {
 			since = now.UTC()
 			var err error
-			if spec, err = ParseIntent(f.intent); err == nil {
+			if spec, err = intent.Parse(f.intent); err == nil {
 				how = "plumbing"
 			} else {
-				spec, how = ConservativeSpec(), "conservative default"
+				spec, how = intent.Conservative(), "conservative default"
 				m.health.add(EventLimitsUnrecovered)
 				m.log.Warn("event: limits of an adopted splice could not be recovered; applying a conservative default",
 					"event", EventLimitsUnrecovered, "port", port, "intent", f.intent, "err", err, "limits", spec.Intent())

@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/intent"
 )
 
 // Validation of requests: what the daemon and the command line refuse
@@ -19,7 +20,7 @@ func CheckRequest(port string, f api.LimitFlags, forSet bool) error {
 	if err != nil {
 		return err
 	}
-	_, err = NewSpec().Apply(req, forSet)
+	_, err = intent.New().Apply(req, forSet)
 	return err
 }
 

@@ -1,8 +1,12 @@
-package daemon
+// Package intent is a quarantine's spec: what the operator asked for
+// (limits, bypass, guard, fail mode, profile and ladder stage), how it is
+// written down (the state file's JSON, the intent string kept on the
+// plumbing) and what it means for the forwarder (its policies), the
+// classifier, the guard and the kernel half's backstop. It does no I/O and
+// holds no lock: the daemon owns the specs.
+package intent
 
 import (
-	"errors"
-	"fmt"
 	"slices"
 	"strings"
 
@@ -11,20 +15,7 @@ import (
 	"github.com/shaperd/shaperd/units"
 )
 
-// ErrUsage marks an error in a request: nothing was changed, and the caller
-// should fix the request (the command line exits 2). It is api.ErrUsage:
-// requests are parsed at the edge, by package api.
-var ErrUsage = api.ErrUsage
-
 var usagef = api.Usagef
-
-// ErrNotFound means the request names a port that is not quarantined, or a
-// tenant that does not exist; nothing changed. See status or quota list.
-var ErrNotFound = errors.New("not found")
-
-func notFoundf(format string, args ...any) error {
-	return fmt.Errorf("%w: %s", ErrNotFound, fmt.Sprintf(format, args...))
-}
 
 // Defaults of the bypass and control budgets, per direction.
 const (
@@ -77,7 +68,7 @@ type Spec struct {
 
 // NewSpec returns a spec with the default bypass and control budgets and no
 // limits.
-func NewSpec() Spec {
+func New() Spec {
 	s := Spec{BypassPorts: slices.Clone(DefaultBypassPorts)}
 	for _, d := range []*DirSpec{&s.FromVM, &s.ToVM} {
 		bp, bb, cp := float64(DefaultBypassPPS), DefaultBypassBPS, float64(DefaultControlPPS)
@@ -89,7 +80,7 @@ func NewSpec() Spec {
 // hasLimit reports whether s limits anything beyond the bypass and control
 // budgets every quarantine has: an aggregate, a flood class, a frame size,
 // rule classes, or the guard.
-func (s Spec) hasLimit() bool {
+func (s Spec) HasLimit() bool {
 	return s.FromVM.HasLimit() || s.ToVM.HasLimit() || s.Guard
 }
 
@@ -158,19 +149,19 @@ func (s Spec) Validate() error {
 		if err := d.Classes.Err(); err != nil {
 			return usagef("%sclass: %v", x.prefix, err)
 		}
-		pol := dirPolicy(*d)
+		pol := DirPolicy(*d)
 		if err := pol.Validate(); err != nil {
 			return usagef("%s: %v", strings.TrimSuffix(x.prefix, "-"), err)
 		}
 	}
-	if err := s.classifyConfig().Validate(); err != nil {
+	if err := s.ClassifyConfig().Validate(); err != nil {
 		return usagef("%v", err)
 	}
 	if (s.GuardMAC != "" || s.GuardIP != "") && !s.Guard {
 		return usagef("--guard-mac and --guard-ip need --guard")
 	}
 	if s.Guard && s.GuardMAC != "" && s.GuardIP != "" {
-		if _, err := s.guard(); err != nil {
+		if _, err := s.NewGuard(); err != nil {
 			return usagef("%v", err)
 		}
 	}
@@ -179,3 +170,13 @@ func (s Spec) Validate() error {
 
 // Duration is a time.Duration that reads and writes as "200ms" in JSON.
 type Duration = api.Duration
+
+// Conservative is what a port gets when its splice is found on the host
+// but neither the state file nor the plumbing says with which limits: the
+// first stage of the seeds' ladder, 10000 pps from the VM.
+func Conservative() Spec {
+	s := New()
+	pps := 10000.0
+	s.FromVM.PPS = &pps
+	return s
+}
