@@ -83,7 +83,7 @@ func (m *Manager) notVMPort(port string) (string, error) {
 // nothing with dry_run (the port is only reported), and not beyond
 // max_auto automatic quarantines (the watch loop's and the alerts').
 func (m *Manager) Alert(port string, firing bool) (string, error) {
-	if err := checkPortName(port); err != nil {
+	if err := api.CheckPort(port); err != nil {
 		return "", err
 	}
 	outcome := ""

@@ -14,6 +14,7 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/daemon/intent"
+	"github.com/shaperd/shaperd/daemon/store"
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/owner"
@@ -25,8 +26,8 @@ import (
 // Quarantine states.
 const (
 	StateActive    = api.StateActive
-	StatePending   = api.StatePending       // the port is missing; applied when it appears
-	stateReleasing = api.State("releasing") // only in the state file, while a release runs
+	StatePending   = api.StatePending // the port is missing; applied when it appears
+	stateReleasing = store.Releasing  // only in the state file, while a release runs
 )
 
 // DefaultPendingTTL is how long a pending quarantine waits for its port.
@@ -179,7 +180,7 @@ var ErrClosed = errors.New("daemon: shutting down")
 // quarantine profile. Parse a request in the command line's words with
 // api.ParseRequest.
 func (m *Manager) Quarantine(port string, req api.LimitRequest, pending bool) (api.Quarantine, error) {
-	if err := checkPortName(port); err != nil {
+	if err := api.CheckPort(port); err != nil {
 		return api.Quarantine{}, err
 	}
 	return m.quarantine(port, req, pending, OriginManual, m.host.Now())
@@ -515,26 +516,4 @@ func (m *Manager) Close() error {
 	}
 	m.closeQuotas(m.host.Now(), meters)
 	return errors.Join(errs...)
-}
-
-func checkPortName(port string) error {
-	if port == "" {
-		return usagef("no port given")
-	}
-	if len(port) > 15 {
-		return usagef("port %q: interface names have at most 15 characters", port)
-	}
-	for _, r := range port {
-		if r <= ' ' || r == '/' || r == ':' || r > '~' {
-			return usagef("port %q: not a valid interface name", port)
-		}
-	}
-	if port == "." || port == ".." {
-		return usagef("port %q: not a valid interface name", port)
-	}
-	if port[0] == '-' {
-		// It would read as an option to the switch's tools.
-		return usagef("port %q: an interface name must not begin with -", port)
-	}
-	return nil
 }

@@ -11,6 +11,7 @@ import (
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/daemon/hosttest"
 	"github.com/shaperd/shaperd/daemon/intent"
+	"github.com/shaperd/shaperd/daemon/store"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/forward/fakedev"
 	"github.com/shaperd/shaperd/splice/fakesplice"
@@ -108,13 +109,13 @@ func TestRestoreAdoptsWithTheSameLimits(t *testing.T) {
 		from  string
 	}{
 		{"state file", func(string) {}, "state"},
-		{"state file deleted", func(dir string) { os.Remove(filepath.Join(dir, StateFile)) }, "plumbing"},
+		{"state file deleted", func(dir string) { os.Remove(filepath.Join(dir, store.StateFile)) }, "plumbing"},
 		{"state file corrupt", func(dir string) {
-			p := filepath.Join(dir, StateFile)
+			p := filepath.Join(dir, store.StateFile)
 			b, _ := os.ReadFile(p)
 			os.WriteFile(p, []byte(strings.Replace(string(b), "5000", "9999", 1)), 0o600)
 		}, "plumbing"},
-		{"state file garbage", func(dir string) { os.WriteFile(filepath.Join(dir, StateFile), []byte("{not json"), 0o600) }, "plumbing"},
+		{"state file garbage", func(dir string) { os.WriteFile(filepath.Join(dir, store.StateFile), []byte("{not json"), 0o600) }, "plumbing"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -144,7 +145,7 @@ func TestRestoreAdoptsWithTheSameLimits(t *testing.T) {
 				t.Errorf("a pending quarantine appeared from nowhere")
 			}
 			if tc.name == "state file corrupt" || tc.name == "state file garbage" {
-				if m, _ := filepath.Glob(filepath.Join(dir, StateFile+".corrupt-*")); len(m) != 1 {
+				if m, _ := filepath.Glob(filepath.Join(dir, store.StateFile+".corrupt-*")); len(m) != 1 {
 					t.Errorf("corrupt state file not set aside: %v", m)
 				}
 			}
@@ -163,7 +164,7 @@ func TestRestoreWithoutIntentUsesConservativeDefault(t *testing.T) {
 	if _, err := quarantineFlags(m1, "vm-1", api.LimitFlags{"pps": "5000"}, false); err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(filepath.Join(dir, StateFile))
+	os.Remove(filepath.Join(dir, store.StateFile))
 	sp, _ := fb.Adopt("vm-1")
 	sp.(interface{ SetIntent(string) error }).SetIntent("")
 	m2 := restart(t, dir, fb)
@@ -183,13 +184,13 @@ func TestRestoreRemovesOrphansOnlyWithATrustedState(t *testing.T) {
 	}
 	// vm-2 was released in the state file but its splice survived (a
 	// crash half way through a release).
-	saved, _, err := loadState(dir)
+	saved, _, err := store.LoadQuarantines(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := saved["vm-2"]
 	e.State = stateReleasing
-	saveState(dir, []savedEntry{saved["vm-1"], e}, time.Now())
+	store.SaveQuarantines(dir, []store.Quarantine{saved["vm-1"], e}, time.Now())
 	m2 := restart(t, dir, fb)
 	if fb.Spliced("vm-2") {
 		t.Error("half-released splice not removed")

@@ -20,7 +20,7 @@ package daemon
 // stays spliced while either wants it. Quota drops never feed the watch
 // loop or a ladder: quota enforcement never escalates.
 //
-// Persistence: the tenants' settings are in TenantsFile in the state
+// Persistence: the tenants' settings are in store.TenantsFile in the state
 // directory (checksummed, replaced atomically), their samples in one
 // quota.Store file each (quota-TENANT.json). Tick closes intervals and saves
 // a tenant's snapshot when its Account asks (an interval closed, or a burst
@@ -49,10 +49,6 @@ import (
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/quota"
 )
-
-// TenantsFile is the name of the tenants' settings file in the state
-// directory.
-const TenantsFile = "tenants.json"
 
 // QuotaRetry is how often a tenant port that could not be spliced is tried
 // again (a link event for the port tries at once).
@@ -143,7 +139,7 @@ func (m *Manager) AddTenant(name string, settings map[string]string) (api.QuotaT
 	}
 	exists := map[string]bool{}
 	for _, p := range cfg.Ports {
-		if err := checkPortName(p); err != nil {
+		if err := api.CheckPort(p); err != nil {
 			return api.QuotaTenant{}, err
 		}
 		exists[p] = m.host.PortExists(p)

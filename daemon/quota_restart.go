@@ -9,10 +9,10 @@ import (
 	"slices"
 	"time"
 
+	"github.com/shaperd/shaperd/daemon/store"
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/quota"
 	"github.com/shaperd/shaperd/splice"
-	"github.com/shaperd/shaperd/statefile"
 )
 
 // Quota tenants across a restart: the tenants file, the samples restored at
@@ -125,14 +125,14 @@ func (m *Manager) loadQuotasLocked(now time.Time) {
 		return
 	}
 	m.quotas.init()
-	saved, err := loadTenants(m.opt.StateDir)
+	saved, err := store.LoadTenants(m.opt.StateDir)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return
 	case err != nil:
 		m.log.Error("tenants file unusable: quota tenants are not restored; add them again", "dir", m.opt.StateDir, "err", err)
-		if errors.Is(err, ErrCorruptState) {
-			from := filepath.Join(m.opt.StateDir, TenantsFile)
+		if errors.Is(err, store.ErrCorrupt) {
+			from := filepath.Join(m.opt.StateDir, store.TenantsFile)
 			to := fmt.Sprintf("%s.corrupt-%s", from, now.UTC().Format("20060102T150405Z"))
 			if os.Rename(from, to) == nil {
 				m.log.Warn("corrupt tenants file set aside", "path", to)
@@ -292,54 +292,17 @@ func (m *Manager) unsplicedQuotaPortsLocked() []string {
 	return out
 }
 
-// The tenants file: the tenants' settings, in the command line's words,
-// checksummed and replaced atomically like the state file.
-type tenantsBody struct {
-	Version int           `json:"version"`
-	Written time.Time     `json:"written"`
-	Tenants []savedTenant `json:"tenants"`
-}
-
-type savedTenant struct {
-	Tenant   string            `json:"tenant"`
-	Settings map[string]string `json:"settings"`
-	Since    time.Time         `json:"since"`
-}
-
 // saveTenants writes the tenants file with the tenants as they are now.
 // The caller holds no lock.
 func (m *Manager) saveTenants() error {
 	m.saveMu.Lock()
 	defer m.saveMu.Unlock()
 	m.mu.Lock()
-	var entries []savedTenant
+	var entries []store.Tenant
 	for _, name := range m.tenantNamesLocked() {
 		t := m.quotas.tenants[name]
-		entries = append(entries, savedTenant{Tenant: name, Settings: t.cfg.Settings(), Since: t.since})
+		entries = append(entries, store.Tenant{Tenant: name, Settings: t.cfg.Settings(), Since: t.since})
 	}
 	m.mu.Unlock()
-	return saveTenants(m.opt.StateDir, entries, time.Now())
-}
-
-func saveTenants(dir string, entries []savedTenant, now time.Time) error {
-	if entries == nil {
-		entries = []savedTenant{}
-	}
-	return statefile.Write(filepath.Join(dir, TenantsFile), tenantsBody{Version: 1, Written: now.UTC(), Tenants: entries}, false)
-}
-
-// loadTenants reads the tenants file in dir: os.ErrNotExist if there is
-// none, ErrCorruptState if it cannot be trusted.
-func loadTenants(dir string) ([]savedTenant, error) {
-	var body tenantsBody
-	if err := statefile.Read(filepath.Join(dir, TenantsFile), &body); err != nil {
-		if errors.Is(err, statefile.ErrCorrupt) {
-			return nil, fmt.Errorf("%w: %s: %s", ErrCorruptState, TenantsFile, statefile.Reason(err))
-		}
-		return nil, err
-	}
-	if body.Version != 1 {
-		return nil, fmt.Errorf("%w: %s: version %d, want 1", ErrCorruptState, TenantsFile, body.Version)
-	}
-	return body.Tenants, nil
+	return store.SaveTenants(m.opt.StateDir, entries, time.Now())
 }

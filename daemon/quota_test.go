@@ -14,6 +14,7 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/daemon/hosttest"
+	"github.com/shaperd/shaperd/daemon/store"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/forward/fakedev"
 	"github.com/shaperd/shaperd/quota"
@@ -136,7 +137,7 @@ func TestQuotaAddRefusesBadRequestsWithNoSideEffect(t *testing.T) {
 	l := newQuotaLab(t, dir, fb, quotaT0)
 	l.add("other", settings("vm-2"))
 	splices, released := fb.Splices(), fb.Released()
-	tenantsBefore, _ := os.ReadFile(filepath.Join(dir, TenantsFile))
+	tenantsBefore, _ := os.ReadFile(filepath.Join(dir, store.TenantsFile))
 	for _, tc := range []struct {
 		name, tenant string
 		settings     map[string]string
@@ -168,7 +169,7 @@ func TestQuotaAddRefusesBadRequestsWithNoSideEffect(t *testing.T) {
 			if got := l.m.QuotaList().Tenants; len(got) != 1 || got[0].Tenant != "other" {
 				t.Errorf("tenants after a refused add: %+v", got)
 			}
-			if b, _ := os.ReadFile(filepath.Join(dir, TenantsFile)); string(b) != string(tenantsBefore) {
+			if b, _ := os.ReadFile(filepath.Join(dir, store.TenantsFile)); string(b) != string(tenantsBefore) {
 				t.Errorf("tenants file changed:\n%s", b)
 			}
 			if _, err := os.Stat(quota.Store{Dir: dir}.Path("acme")); !errors.Is(err, os.ErrNotExist) {
@@ -399,7 +400,7 @@ func TestQuotaRemove(t *testing.T) {
 	if _, err := os.Stat(samples); !errors.Is(err, os.ErrNotExist) {
 		t.Errorf("samples file after remove: %v", err)
 	}
-	saved, err := loadTenants(dir)
+	saved, err := store.LoadTenants(dir)
 	if err != nil || len(saved) != 0 {
 		t.Errorf("tenants file after remove: %+v, %v", saved, err)
 	}
@@ -429,7 +430,7 @@ func TestQuotaRestartKeepsSamples(t *testing.T) {
 		{"state files", func(string) {}},
 		// Without the quarantines' state file every splice found would be
 		// adopted as a quarantine: the tenants file claims its own.
-		{"quarantine state file deleted", func(dir string) { os.Remove(filepath.Join(dir, StateFile)) }},
+		{"quarantine state file deleted", func(dir string) { os.Remove(filepath.Join(dir, store.StateFile)) }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

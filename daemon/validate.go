@@ -13,7 +13,7 @@ import (
 // The command line calls it before it sends, so that a typo is reported as
 // such even when no daemon runs. A profile's name is the daemon's to check.
 func CheckRequest(port string, f api.LimitFlags, forSet bool) error {
-	if err := checkPortName(port); err != nil {
+	if err := api.CheckPort(port); err != nil {
 		return err
 	}
 	req, err := api.ParseRequest(f)

@@ -10,6 +10,7 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/daemon/hosttest"
+	"github.com/shaperd/shaperd/daemon/store"
 	"github.com/shaperd/shaperd/profile"
 	"github.com/shaperd/shaperd/splice/fakesplice"
 )
@@ -58,7 +59,7 @@ func TestFailedSaveIsReported(t *testing.T) {
 	fb := fakesplice.New("vm-1")
 	m := newTestManager(t, dir, fb)
 	// The state file's place is taken by a directory: every write fails.
-	if err := os.Mkdir(filepath.Join(dir, StateFile), 0o700); err != nil {
+	if err := os.Mkdir(filepath.Join(dir, store.StateFile), 0o700); err != nil {
 		t.Fatal(err)
 	}
 	q, err := quarantineFlags(m, "vm-1", api.LimitFlags{"pps": "100"}, false)
@@ -86,16 +87,16 @@ func TestBadStateEntriesAreLeftOut(t *testing.T) {
 		}
 	}
 	m.Close()
-	good, bad, err := loadState(dir)
+	good, bad, err := store.LoadQuarantines(dir)
 	if err != nil || len(good) != 3 || len(bad) != 0 {
 		t.Fatalf("the daemon's own file: %d good, bad %v, %v", len(good), bad, err)
 	}
 	e2, e3 := good["vm-2"], good["vm-3"]
 	e2.State = "frozen"
-	if err := saveState(dir, []savedEntry{good["vm-1"], e2, e3, e3}, time.Now()); err != nil {
+	if err := store.SaveQuarantines(dir, []store.Quarantine{good["vm-1"], e2, e3, e3}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	good, bad, err = loadState(dir)
+	good, bad, err = store.LoadQuarantines(dir)
 	if err != nil || len(good) != 1 || good["vm-1"].Port != "vm-1" || !strings.Contains(bad["vm-2"], "unknown state") || !strings.Contains(bad["vm-3"], "2 entries") {
 		t.Fatalf("loadState: good %v, bad %v, %v", good, bad, err)
 	}
