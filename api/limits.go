@@ -28,7 +28,8 @@ import (
 //     from_vm and to_vm); DirLimits.Apply makes a LimitRequest's change.
 //
 // A new limit is a field of DirLimits and of DirChange, a case of
-// parseDir and a line of DirLimits.Apply, all in this file.
+// DirChange.parse, a line of DirLimits.Apply and one of DirLimits.Flags,
+// all in this file; what it does to frames is the daemon's (its policy).
 
 // ErrUsage marks an error in a request: nothing was changed, and the caller
 // should fix the request (the command line exits 2).
@@ -535,6 +536,95 @@ func (d DirLimits) HasLimit() bool {
 	return d.PPS != nil || d.BPS != nil || d.SynPPS != nil || d.UDPPPS != nil || d.ICMPBPS != nil ||
 		d.MaxFrame != nil || d.BypassConnPerSource != nil || d.Classes.Len() > 0
 }
+
+// Flag is one limit in the command line's words: its flag's name without
+// the dashes, and its value ("pps", "5000").
+type Flag struct {
+	Name, Value string
+}
+
+// Flags returns d in the command line's words, only what differs from def
+// (the limits of a new quarantine), in a fixed order, each name prefixed
+// by prefix ("to-vm-" for the direction to the VM). ParseLimits of the
+// flags, applied to def, gives d back.
+func (d DirLimits) Flags(prefix string, def DirLimits) []Flag {
+	var out []Flag
+	add := func(k, v string) { out = append(out, Flag{k, v}) }
+	g, p := d, prefix
+	if g.PPS != nil {
+		add(p+"pps", strconv.FormatFloat(*g.PPS, 'g', -1, 64))
+	}
+	if g.BPS != nil {
+		add(p+"bps", g.BPS.String())
+	}
+	if g.Burst != nil {
+		add(p+"burst", strconv.Itoa(*g.Burst))
+	}
+	if g.BurstBytes != nil {
+		add(p+"burst-bytes", g.BurstBytes.String())
+	}
+	if g.Mode != "" {
+		add(p+"mode", string(g.Mode))
+	}
+	if g.Delay != nil {
+		add(p+"delay", g.Delay.String())
+	}
+	if g.QueueBytes != nil {
+		add(p+"queue-bytes", g.QueueBytes.String())
+	}
+	if g.QueueTime != nil {
+		add(p+"queue-time", g.QueueTime.String())
+	}
+	if !eqF(g.BypassPPS, def.BypassPPS) {
+		add(p+"bypass-pps", fmtF(g.BypassPPS))
+	}
+	if !eqR(g.BypassBPS, def.BypassBPS) {
+		v := "none"
+		if g.BypassBPS != nil {
+			v = g.BypassBPS.String()
+		}
+		add(p+"bypass-bps", v)
+	}
+	if !eqF(g.ControlPPS, def.ControlPPS) {
+		add(p+"control-pps", fmtF(g.ControlPPS))
+	}
+	if g.SynPPS != nil {
+		add(p+"syn-pps", fmtF(g.SynPPS))
+	}
+	if g.UDPPPS != nil {
+		add(p+"udp-pps", fmtF(g.UDPPPS))
+	}
+	if g.ICMPBPS != nil {
+		add(p+"icmp-bps", g.ICMPBPS.String())
+	}
+	if g.MaxFrame != nil {
+		add(p+"max-frame", g.MaxFrame.String())
+	}
+	if g.BypassConnPerSource != nil {
+		add(p+"bypass-conn-per-source", strconv.Itoa(*g.BypassConnPerSource))
+	}
+	if g.Backstop != nil {
+		add(p+"backstop", fmtF(g.Backstop))
+	}
+	if g.BackstopOff {
+		add(p+"backstop", "none")
+	}
+	if g.Classes.Len() > 0 {
+		add(p+"class", strings.Join(g.Classes.Lines(), "\n"))
+	}
+	return out
+}
+
+func fmtF(p *float64) string {
+	if p == nil {
+		return "none"
+	}
+	return strconv.FormatFloat(*p, 'g', -1, 64)
+}
+
+func eqF(a, b *float64) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
+
+func eqR[T comparable](a, b *T) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
 
 func optPPS(v string, none bool, flag string) (Opt[float64], error) {
 	if none {

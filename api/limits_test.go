@@ -93,3 +93,38 @@ func TestApply(t *testing.T) {
 		t.Errorf("an empty change changed %+v", got)
 	}
 }
+
+// Flags writes limits in the words ParseLimits reads: the round trip gives
+// the limits back, whatever differs from the defaults.
+func TestFlagsRoundTrip(t *testing.T) {
+	r, err := ParseLimits(LimitFlags{"pps": "2500.5", "bps": "16mbit", "burst": "30", "burst-bytes": "4kb", "mode": "shape", "delay": "200ms",
+		"queue-bytes": "1mb", "queue-time": "1s", "bypass-pps": "none", "bypass-bps": "1mbit", "control-pps": "50", "syn-pps": "200",
+		"udp-pps": "1000", "icmp-bps": "64kbit", "max-frame": "1400", "bypass-conn-per-source": "10", "backstop": "7000",
+		"class": "dns: udp dport 53 pps 1000\nssh-brute: tcp dport 22 syn per src pps 5"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bp, bb := 2000.0, units.Rate(100e6)
+	def := DirLimits{BypassPPS: &bp, BypassBPS: &bb}
+	d := def.Apply(r.FromVM)
+	flags := LimitFlags{}
+	for _, f := range d.Flags("to-vm-", def) {
+		flags[f.Name] = f.Value
+	}
+	if len(flags) != 18 {
+		t.Errorf("%d flags, want 18: %v", len(flags), flags)
+	}
+	back, err := ParseLimits(flags)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := def.Apply(back.ToVM)
+	a, _ := json.Marshal(d)
+	b, _ := json.Marshal(got)
+	if string(a) != string(b) {
+		t.Errorf("round trip:\n%s\n%s", a, b)
+	}
+	if (DirLimits{BackstopOff: true}).Flags("", DirLimits{})[0] != (Flag{"backstop", "none"}) {
+		t.Error("--backstop none lost")
+	}
+}

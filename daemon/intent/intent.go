@@ -13,7 +13,7 @@ import (
 // Intent is s in the command line's words, only what differs from a new
 // spec: "pps=5000 bps=16mbit to-vm-pps=500 fail=open". It is kept on the
 // plumbing (see splice.IntentRecorder) so a daemon without its state file
-// recovers the limits; ParseIntent reverses it.
+// recovers the limits; Parse reverses it.
 func (s Spec) Intent() string {
 	def := New()
 	var parts []string
@@ -22,68 +22,12 @@ func (s Spec) Intent() string {
 		prefix   string
 		got, def DirSpec
 	}{{"", s.FromVM, def.FromVM}, {"to-vm-", s.ToVM, def.ToVM}} {
-		g, p := d.got, d.prefix
-		if g.PPS != nil {
-			add(p+"pps", strconv.FormatFloat(*g.PPS, 'g', -1, 64))
-		}
-		if g.BPS != nil {
-			add(p+"bps", g.BPS.String())
-		}
-		if g.Burst != nil {
-			add(p+"burst", strconv.Itoa(*g.Burst))
-		}
-		if g.BurstBytes != nil {
-			add(p+"burst-bytes", g.BurstBytes.String())
-		}
-		if g.Mode != "" {
-			add(p+"mode", string(g.Mode))
-		}
-		if g.Delay != nil {
-			add(p+"delay", g.Delay.String())
-		}
-		if g.QueueBytes != nil {
-			add(p+"queue-bytes", g.QueueBytes.String())
-		}
-		if g.QueueTime != nil {
-			add(p+"queue-time", g.QueueTime.String())
-		}
-		if !eqF(g.BypassPPS, d.def.BypassPPS) {
-			add(p+"bypass-pps", fmtF(g.BypassPPS))
-		}
-		if !eqR(g.BypassBPS, d.def.BypassBPS) {
-			v := "none"
-			if g.BypassBPS != nil {
-				v = g.BypassBPS.String()
+		for _, f := range d.got.Flags(d.prefix, d.def) {
+			if f.Name == d.prefix+"class" {
+				// Rules have spaces: escaped, one rule per line.
+				f.Value = url.QueryEscape(f.Value)
 			}
-			add(p+"bypass-bps", v)
-		}
-		if !eqF(g.ControlPPS, d.def.ControlPPS) {
-			add(p+"control-pps", fmtF(g.ControlPPS))
-		}
-		if g.SynPPS != nil {
-			add(p+"syn-pps", fmtF(g.SynPPS))
-		}
-		if g.UDPPPS != nil {
-			add(p+"udp-pps", fmtF(g.UDPPPS))
-		}
-		if g.ICMPBPS != nil {
-			add(p+"icmp-bps", g.ICMPBPS.String())
-		}
-		if g.MaxFrame != nil {
-			add(p+"max-frame", g.MaxFrame.String())
-		}
-		if g.BypassConnPerSource != nil {
-			add(p+"bypass-conn-per-source", strconv.Itoa(*g.BypassConnPerSource))
-		}
-		if g.Backstop != nil {
-			add(p+"backstop", fmtF(g.Backstop))
-		}
-		if g.BackstopOff {
-			add(p+"backstop", "none")
-		}
-		if g.Classes.Len() > 0 {
-			// Rules have spaces: escaped, one rule per line.
-			add(p+"class", url.QueryEscape(strings.Join(g.Classes.Lines(), "\n")))
+			add(f.Name, f.Value)
 		}
 	}
 	if !slices.Equal(s.BypassPorts, def.BypassPorts) {
@@ -124,7 +68,7 @@ func (s Spec) Intent() string {
 	return strings.Join(parts, " ")
 }
 
-// ParseIntent turns an Intent back into a Spec.
+// Parse turns an Intent back into a Spec.
 func Parse(intent string) (Spec, error) {
 	flags := api.LimitFlags{}
 	for _, f := range strings.Fields(intent) {
@@ -162,14 +106,3 @@ func Parse(intent string) (Spec, error) {
 	s.Profile, s.Origin, s.Stage = meta["profile"], api.Origin(meta["origin"]), api.Stage(meta["stage"])
 	return s, nil
 }
-
-func fmtF(p *float64) string {
-	if p == nil {
-		return "none"
-	}
-	return strconv.FormatFloat(*p, 'g', -1, 64)
-}
-
-func eqF(a, b *float64) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
-
-func eqR[T comparable](a, b *T) bool { return (a == nil) == (b == nil) && (a == nil || *a == *b) }
