@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/host"
 	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/daemon/store"
 	"github.com/shaperd/shaperd/detect"
@@ -57,8 +58,8 @@ type Options struct {
 	// and the forwarder reads, one goroutine each (1 when zero; above 1
 	// the taps are multi-queue, see splice.Options).
 	TapQueues int
-	// Host is the machine; SystemHost when nil.
-	Host Host
+	// Host is the machine; host.System when nil.
+	Host host.Host
 }
 
 // Manager holds the quarantines of this host. Its methods are safe for
@@ -70,7 +71,7 @@ type Manager struct {
 	opt      Options
 
 	// host is the machine: the clock, links, taps, libvirt, hooks.
-	host Host
+	host host.Host
 
 	// mu guards the maps and the contributors' intent below, and the
 	// owners' plumbing fields. It is held only briefly: no exec, netlink
@@ -145,7 +146,7 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 		events:   Events{Transitions: map[string]uint64{}, Hooks: map[string]uint64{}, Alerts: map[string]uint64{}},
 	}
 	if m.host == nil {
-		m.host = SystemHost{}
+		m.host = host.System{}
 	}
 	m.env = owner.Env{
 		Backends:   backends,

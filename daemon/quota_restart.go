@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/daemon/store"
-	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/quota"
 	"github.com/shaperd/shaperd/splice"
 )
@@ -58,28 +57,6 @@ func (m *Manager) quotaMeters() map[string][]quota.PortMeter {
 		out[name] = pm
 	}
 	return out
-}
-
-// readPortMeters reads each port's ifindex and byte counters from sysfs;
-// a port that does not exist gets ifindex 0.
-func readPortMeters(ports []string) ([]quota.PortMeter, error) {
-	counters, err := detect.ReadCounters(ports)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]quota.PortMeter, 0, len(ports))
-	for _, p := range ports {
-		pm := quota.PortMeter{Name: p}
-		if c, ok := counters[p]; ok {
-			ifx, err := detect.ReadAttr(p, "ifindex")
-			if err != nil {
-				return nil, fmt.Errorf("ifindex of %s: %w", p, err)
-			}
-			pm.Ifindex, pm.FromVMBytes, pm.ToVMBytes = int(ifx), c.RxBytes, c.TxBytes
-		}
-		out = append(out, pm)
-	}
-	return out, nil
 }
 
 // unmeteredSince returns what passed the ports between a clean stop's

@@ -13,6 +13,7 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/daemon"
+	"github.com/shaperd/shaperd/daemon/host"
 	"github.com/shaperd/shaperd/daemon/hosttest"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/forward/fakedev"
@@ -36,7 +37,7 @@ func TestStatusAndMetricsDoNotWaitForSlowWork(t *testing.T) {
 	fb := fakesplice.New("vm-1", "vm-2", "vm-3")
 	fb.Delay = 5 * time.Second
 	// The real guard learning, with the hung virsh above.
-	h := &hosttest.Host{Exists: fb.Exists, Learn: daemon.SystemHost{}.LearnGuard,
+	h := &hosttest.Host{Exists: fb.Exists, Learn: host.System{}.LearnGuard,
 		Tap: func(string) (forward.Device, error) { return fakedev.New(4), nil }}
 	m := daemon.NewWithOptions(nil, daemon.Options{StateDir: t.TempDir(), PendingTTL: time.Hour, Host: h}, fb)
 	defer m.Close()

@@ -10,19 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// linkNames lists the links of the daemon's network namespace.
-func linkNames() ([]string, error) {
-	links, err := netlink.LinkList()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]string, len(links))
-	for i, l := range links {
-		out[i] = l.Attrs().Name
-	}
-	return out, nil
-}
-
 // ResubscribeDelay is how long WatchLinks waits before subscribing again
 // after the subscription failed.
 const ResubscribeDelay = time.Second
