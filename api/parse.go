@@ -113,13 +113,22 @@ func (d *DirChange) parse(name, v, flag string) error {
 	none := strings.EqualFold(v, "none")
 	var err error
 	switch name {
-	case "pps", "bypass-pps", "control-pps", "syn-pps", "udp-pps":
-		dst := map[string]*Opt[float64]{"pps": &d.PPS, "bypass-pps": &d.BypassPPS, "control-pps": &d.ControlPPS,
-			"syn-pps": &d.SynPPS, "udp-pps": &d.UDPPPS}[name]
-		*dst, err = optPPS(v, none, flag)
-	case "bps", "bypass-bps", "icmp-bps":
-		dst := map[string]*Opt[units.Rate]{"bps": &d.BPS, "bypass-bps": &d.BypassBPS, "icmp-bps": &d.ICMPBPS}[name]
-		*dst, err = optRate(v, none, flag)
+	case "pps":
+		d.PPS, err = optPPS(v, none, flag)
+	case "bypass-pps":
+		d.BypassPPS, err = optPPS(v, none, flag)
+	case "control-pps":
+		d.ControlPPS, err = optPPS(v, none, flag)
+	case "syn-pps":
+		d.SynPPS, err = optPPS(v, none, flag)
+	case "udp-pps":
+		d.UDPPPS, err = optPPS(v, none, flag)
+	case "bps":
+		d.BPS, err = optRate(v, none, flag)
+	case "bypass-bps":
+		d.BypassBPS, err = optRate(v, none, flag)
+	case "icmp-bps":
+		d.ICMPBPS, err = optRate(v, none, flag)
 	case "burst":
 		d.Burst, err = optCount(v, none, flag, "packets, at least 1, or none for the default (10 ms of --pps)")
 	case "bypass-conn-per-source":
