@@ -16,6 +16,7 @@ import (
 	"github.com/shaperd/shaperd/daemon/host"
 	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/daemon/store"
+	"github.com/shaperd/shaperd/daemon/tenants"
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/owner"
@@ -88,7 +89,7 @@ type Manager struct {
 	// snapMu orders the writes of the tenants' sample snapshots; snapDue
 	// holds those to write (guarded by mu).
 	snapMu  sync.Mutex
-	snapDue map[*tenant]quota.Snapshot
+	snapDue map[*tenants.Tenant]quota.Snapshot
 
 	profiles       profile.Set
 	watch          WatchConfig
@@ -98,7 +99,7 @@ type Manager struct {
 	lastLadderSave time.Time
 
 	// quotas are the percentile-quota tenants (quota.go).
-	quotas quotaSet
+	quotas tenants.Set
 }
 
 // quarantine is one port's quarantine: the intent that its owner applies.
@@ -293,7 +294,7 @@ func (m *Manager) reconcileTenant(o *owner.Port, now time.Time) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if tp, ok := m.quotas.byPort[o.Name()]; ok {
+	if tp, ok := m.quotas.Port(o.Name()); ok {
 		m.quotaRetryLaterLocked(tp, now, err)
 		return
 	}

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/daemon/intent"
+	"github.com/shaperd/shaperd/daemon/tenants"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/owner"
 	"github.com/shaperd/shaperd/splice"
@@ -68,7 +69,7 @@ func (m *Manager) ownerLocked(port string) *owner.Port {
 func (m *Manager) unlockOwner(o *owner.Port) {
 	m.mu.Lock()
 	_, q := m.q[o.Name()]
-	_, t := m.quotas.byPort[o.Name()]
+	_, t := m.quotas.Port(o.Name())
 	if !q && !t && m.owners[o.Name()] == o && o.Idle() {
 		delete(m.owners, o.Name())
 	}
@@ -97,8 +98,8 @@ func (m *Manager) qSpliceLocked(q *quarantine) (splice.Splice, *forward.Forwarde
 
 // tSpliceLocked returns the splice and forwarder a tenant port has of its
 // own (not its quarantine's). Caller holds m.mu.
-func (m *Manager) tSpliceLocked(tp *tenantPort) (splice.Splice, *forward.Forwarder) {
-	if o := m.owners[tp.port]; o != nil {
+func (m *Manager) tSpliceLocked(tp *tenants.Port) (splice.Splice, *forward.Forwarder) {
+	if o := m.owners[tp.Name]; o != nil {
 		if sp, fwd, k := o.State(); k == owner.Tenant {
 			return sp, fwd
 		}
@@ -108,9 +109,9 @@ func (m *Manager) tSpliceLocked(tp *tenantPort) (splice.Splice, *forward.Forward
 
 // wantLocked is what o's port should have now, and the contributors that
 // want it: at most one of q and tp.
-func (m *Manager) wantLocked(port string) (owner.Want, *quarantine, *tenantPort) {
+func (m *Manager) wantLocked(port string) (owner.Want, *quarantine, *tenants.Port) {
 	q := m.q[port]
-	tp := m.quotas.byPort[port]
+	tp, _ := m.quotas.Port(port)
 	var spec intent.Spec
 	w := owner.Want{}
 	switch {
@@ -120,7 +121,7 @@ func (m *Manager) wantLocked(port string) (owner.Want, *quarantine, *tenantPort)
 	case q == nil && tp != nil:
 		// A tenant's splice fails open where the backend can: a dead
 		// forwarder should not cut a paying tenant off.
-		spec, w.Kind, w.Intent = intent.New(), owner.Tenant, "tenant="+tp.t.cfg.Tenant
+		spec, w.Kind, w.Intent = intent.New(), owner.Tenant, "tenant="+tp.Tenant.Cfg.Tenant
 	default:
 		return w, nil, nil
 	}
@@ -188,8 +189,8 @@ func (m *Manager) reconcile(o *owner.Port) error {
 		}
 		m.log.Info("quarantined", "port", port, "backend", sp.Backend(), "vm_tap", sp.VMTap(), "net_tap", sp.NetTap(), "intent", w.Intent)
 	} else if tp != nil {
-		tp.lastErr = ""
-		m.log.Info("spliced for its quota tenant", "port", port, "tenant", tp.t.cfg.Tenant, "backend", sp.Backend(), "vm_tap", sp.VMTap(), "net_tap", sp.NetTap())
+		tp.LastErr = ""
+		m.log.Info("spliced for its quota tenant", "port", port, "tenant", tp.Tenant.Cfg.Tenant, "backend", sp.Backend(), "vm_tap", sp.VMTap(), "net_tap", sp.NetTap())
 	}
 	return nil
 }

@@ -46,7 +46,7 @@ func TestQuotaRestartKeepsSamples(t *testing.T) {
 			l := newQuotaLab(t, dir, fb, quotaT0)
 			l.m.Restore() // as the daemon starts: writes the state file
 			l.add("acme", settings("vm-1,vm-2"))
-			acct := l.m.quotas.tenants["acme"].acct
+			acct := acctOf(l.m, "acme")
 			admit := func(n int, at time.Time) { acct.Admit(quota.FromVM, n, false, at, 0) }
 			admit(30000, quotaT0)
 			l.m.Tick(quotaT0.Add(56 * time.Second)) // 10:11:01: closes 10:10, saves
@@ -145,7 +145,7 @@ func TestQuotaCleanStop(t *testing.T) {
 			l.m.Restore()
 			l.add("acme", settings("vm-1,vm-2"))
 			stop := quotaT0.Add(10 * time.Second) // 10:10:15, in the 10:10 interval
-			l.m.quotas.tenants["acme"].acct.Admit(quota.FromVM, 30000, false, stop, 0)
+			acctOf(l.m, "acme").Admit(quota.FromVM, 30000, false, stop, 0)
 			l.set(stop)
 			if tc.clean {
 				if err := l.m.Close(); err != nil {
@@ -231,7 +231,7 @@ func TestQuotaSaves(t *testing.T) {
 	dir := t.TempDir()
 	l := newQuotaLab(t, dir, fakesplice.New("vm-1"), quotaT0)
 	l.add("acme", settings("vm-1", "direction", "sum"))
-	acct := l.m.quotas.tenants["acme"].acct
+	acct := acctOf(l.m, "acme")
 	st := quota.Store{Dir: dir}
 	closed := func() int {
 		s, err := st.Load("acme")
@@ -265,4 +265,9 @@ func TestQuotaSaves(t *testing.T) {
 	if fi2, _ := os.Stat(p); !fi2.ModTime().Equal(fi.ModTime().Add(-time.Hour)) {
 		t.Errorf("a tick with nothing new rewrote the samples")
 	}
+}
+
+func acctOf(m *Manager, tenant string) *quota.Account {
+	t, _ := m.quotas.Tenant(tenant)
+	return t.Acct
 }
