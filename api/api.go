@@ -8,16 +8,12 @@ import "time"
 // Version is the control protocol's version, sent in every path.
 const Version = "v1"
 
-// LimitRequest names limits by their command-line flag without the leading
-// dashes ("pps", "to-vm-bps", "bypass-pps", ...) and gives each its value as
-// typed on the command line ("10000", "16mbit", "none"). The daemon parses
-// and validates them, so every client gets the same errors.
-type LimitRequest map[string]string
-
 // QuarantineRequest asks for a new quarantine of Port.
 type QuarantineRequest struct {
-	Port   string       `json:"port"`
-	Limits LimitRequest `json:"limits"`
+	Port string `json:"port"`
+	// Limits are in the command line's words; the daemon parses them with
+	// ParseRequest, so every client gets the same errors.
+	Limits LimitFlags `json:"limits"`
 	// Pending accepts a port that does not exist yet: the quarantine is
 	// applied when it appears.
 	Pending bool `json:"pending,omitempty"`
@@ -25,8 +21,8 @@ type QuarantineRequest struct {
 
 // SetRequest changes the named limits of an active quarantine in place.
 type SetRequest struct {
-	Port   string       `json:"port"`
-	Limits LimitRequest `json:"limits"`
+	Port   string     `json:"port"`
+	Limits LimitFlags `json:"limits"`
 }
 
 // ReleaseRequest ends the quarantine of Port.
@@ -144,6 +140,18 @@ const (
 	ModeShape  Mode = "shape"  // queued, released at the shaped rate after a delay
 )
 
+// Stage is where a quarantine is on its escalation ladder (package ladder
+// names the same rungs).
+type Stage string
+
+const (
+	StageManual    Stage = "manual"    // no ladder: limits set by hand, or a profile without one
+	Stage1         Stage = "stage1"    // shaped to the profile's target
+	Stage2         Stage = "stage2"    // a share of stage 1's budgets
+	Stage3         Stage = "stage3"    // blocked but for the bypass and control classes
+	StageProbation Stage = "probation" // a lower rung's limits while traffic stays calm
+)
+
 // Quarantine is one quarantined port.
 type Quarantine struct {
 	Port    string    `json:"port"`
@@ -166,7 +174,7 @@ type Quarantine struct {
 	// router port, limited toward the router while a member floods).
 	Origin Origin `json:"origin"`
 	// Stage is "manual", "stage1", "stage2", "stage3" or "probation".
-	Stage string `json:"stage"`
+	Stage Stage `json:"stage"`
 	// NextTransition is when the ladder next decides (RFC 3339); null when
 	// nothing is scheduled.
 	NextTransition *time.Time `json:"next_transition"`

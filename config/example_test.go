@@ -23,7 +23,7 @@ func TestShippedConfigs(t *testing.T) {
 	if len(c.Watch) != 1 || c.Watch[0] != "vm-*" || !q.UseLadder || q.Ladder.Stage1Duration != 5*time.Minute || q.Threshold.PPS != 50000 {
 		t.Fatalf("deploy/shaperd.yaml: watch %v, quarantine %+v", c.Watch, q)
 	}
-	if p := ps["police-10k"]; p.UseLadder || p.Limits["pps"] != "10000" {
+	if p := ps["police-10k"]; p.UseLadder || p.Limits.FromVM.PPS.Value == nil || *p.Limits.FromVM.PPS.Value != 10000 {
 		t.Fatalf("police-10k: %+v", p)
 	}
 	lab, err := Load(filepath.Join(root, "scripts", "netns", "lab.yaml"))

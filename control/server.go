@@ -240,7 +240,11 @@ func (s *Server) quarantine(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	q, err := s.m.Quarantine(req.Port, req.Limits, req.Pending)
+	lim, err := api.ParseRequest(req.Limits)
+	var q api.Quarantine
+	if err == nil {
+		q, err = s.m.Quarantine(req.Port, lim, req.Pending)
+	}
 	s.audit(r, "quarantine", req.Port, req.Limits, err)
 	if err != nil {
 		writeErr(w, err)
@@ -254,7 +258,11 @@ func (s *Server) set(w http.ResponseWriter, r *http.Request) {
 	if !decode(w, r, &req) {
 		return
 	}
-	q, err := s.m.Set(req.Port, req.Limits)
+	lim, err := api.ParseRequest(req.Limits)
+	var q api.Quarantine
+	if err == nil {
+		q, err = s.m.Set(req.Port, lim)
+	}
 	s.audit(r, "set", req.Port, req.Limits, err)
 	if err != nil {
 		writeErr(w, err)
@@ -350,7 +358,7 @@ func (s *Server) quotaReport(w http.ResponseWriter, r *http.Request) {
 
 // audit logs one change: who (the peer's uid), what, and its result; slog
 // adds when.
-func (s *Server) audit(r *http.Request, what, port string, limits api.LimitRequest, err error) {
+func (s *Server) audit(r *http.Request, what, port string, limits api.LimitFlags, err error) {
 	attrs := []any{"action", what, "port", port}
 	if limits != nil {
 		attrs = append(attrs, "limits", limits)

@@ -83,7 +83,7 @@ func (m *Manager) notVMPort(port string) (string, error) {
 // nothing with dry_run (the port is only reported), and not beyond
 // max_auto automatic quarantines (the watch loop's and the alerts').
 func (m *Manager) Alert(port string, firing bool) (string, error) {
-	if err := checkPortName(port); err != nil {
+	if err := api.CheckPort(port); err != nil {
 		return "", err
 	}
 	outcome := ""
@@ -127,7 +127,7 @@ func (m *Manager) Alert(port string, firing bool) (string, error) {
 			m.log.Warn("event: port flagged by an alert (dry run: not quarantined)", "event", "flagged", "port", port, "dry_run", true)
 			return outcome, nil
 		}
-		if _, err := m.quarantine(port, nil, false, OriginAlert, now); err != nil {
+		if _, err := m.quarantine(port, api.LimitRequest{}, false, OriginAlert, now); err != nil {
 			outcome = "failed"
 			return outcome, err
 		}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/profile"
@@ -26,7 +27,7 @@ const (
 )
 
 // StageManual is the stage of a quarantine with no ladder.
-const StageManual = string(ladder.Manual)
+const StageManual = api.StageManual
 
 // WatchConfig is the watch loop's configuration (the run flags --watch,
 // --exclude, --watch-interval, --flag-after, --max-auto, --dry-run).
@@ -181,7 +182,7 @@ func (m *Manager) Configure(profiles profile.Set, w WatchConfig) error {
 // flags.
 func CheckProfiles(profiles profile.Set) error {
 	for _, name := range slices.Sorted(maps.Keys(profiles)) {
-		if _, err := NewSpec().Apply(profiles[name].Limits, false); err != nil {
+		if _, err := intent.New().Apply(profiles[name].Limits, false); err != nil {
 			return fmt.Errorf("profiles.%s.limits: %s", name, strings.TrimPrefix(err.Error(), ErrUsage.Error()+": "))
 		}
 	}
@@ -354,7 +355,7 @@ type autoStart struct {
 // now: its owner applies it, or it goes back to prev.
 type specChange struct {
 	q    *quarantine
-	prev Spec
+	prev intent.Spec
 	what string // for the log: "ladder" or "avg_frame"
 }
 
@@ -403,7 +404,7 @@ func (m *Manager) do(act autoActions, now time.Time) {
 // applyIntent has q's owner apply q's spec, which changed from prev under
 // Manager.mu; if that fails the spec goes back to prev. A quarantine that
 // is not active gets it when it is. The caller holds no lock.
-func (m *Manager) applyIntent(q *quarantine, prev Spec) error {
+func (m *Manager) applyIntent(q *quarantine, prev intent.Spec) error {
 	o := m.lockOwner(q.port)
 	defer m.unlockOwner(o)
 	m.mu.Lock()
@@ -446,8 +447,8 @@ func (m *Manager) correlateLocked(now time.Time, act *autoActions) {
 			if !th.Above(r) {
 				continue
 			}
-			g, p := g, p
-			act.starts = append(act.starts, autoStart{port: g.Router, req: api.LimitRequest{"profile": q.prof.Name}, origin: OriginCorrelation,
+			g, p, name := g, p, q.prof.Name
+			act.starts = append(act.starts, autoStart{port: g.Router, req: api.LimitRequest{Profile: &name}, origin: OriginCorrelation,
 				failed: func(err error) {
 					m.log.Error("event: correlated quarantine of a router port failed", "event", "correlation_failed",
 						"group", g.Name, "router", g.Router, "member", p, "err", err)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/profile"
@@ -180,7 +181,7 @@ func TestWatchMaxAuto(t *testing.T) {
 	if err := m.Release("vm-1"); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Quarantine("vm-1", api.LimitRequest{"pps": "100"}, false); err != nil {
+	if _, err := quarantineFlags(m, "vm-1", api.LimitFlags{"pps": "100"}, false); err != nil {
 		t.Fatal(err)
 	}
 	l.pps["vm-3"] = 400_000
@@ -217,7 +218,7 @@ func TestLadderWalk(t *testing.T) {
 	l.run(3 * time.Second)
 	q := mustStatus(t, m, "vm-1")
 	since := q.Since
-	check := func(stage string, pps float64, bits uint64, delayMS float64, mode string) {
+	check := func(stage api.Stage, pps float64, bits uint64, delayMS float64, mode string) {
 		t.Helper()
 		q := mustStatus(t, m, "vm-1")
 		d := q.Directions.FromVM
@@ -235,10 +236,10 @@ func TestLadderWalk(t *testing.T) {
 			t.Fatalf("%s: %d bit/s, mode %s, delay %vms; want %d, %s, %v", stage, gotBits, d.Mode, d.Queue.DelayMS, bits, mode, delayMS)
 		}
 		// The kernel backstop follows each stage (issue 13): twice the
-		// budget, at least BackstopMinPPS for a blocking stage.
-		want := math.Max(BackstopFactor*math.Min(pps, float64(bits)/8/minFrame), BackstopMinPPS)
+		// budget, at least intent.BackstopMinPPS for a blocking stage.
+		want := math.Max(intent.BackstopFactor*math.Min(pps, float64(bits)/8/intent.MinFrame), intent.BackstopMinPPS)
 		if pps == 0 {
-			want = BackstopMinPPS
+			want = intent.BackstopMinPPS
 		}
 		if got := fb.Backstop("vm-1", steer.FromVM).Aggregate.PPS; got != want {
 			t.Fatalf("%s: kernel backstop %v pps, want %v", stage, got, want)
@@ -310,20 +311,20 @@ func TestSetLeavesTheLadder(t *testing.T) {
 	fb := fakesplice.New("vm-1")
 	m := newTestManager(t, t.TempDir(), fb)
 	configure(t, m, nil, watchVMs())
-	if _, err := m.Quarantine("vm-1", api.LimitRequest{"profile": "quarantine", "pps": "5"}, false); !errors.Is(err, ErrUsage) {
+	if _, err := quarantineFlags(m, "vm-1", api.LimitFlags{"profile": "quarantine", "pps": "5"}, false); !errors.Is(err, ErrUsage) {
 		t.Fatalf("--profile with --pps: %v", err)
 	}
 	if fb.Spliced("vm-1") {
 		t.Fatal("refused request spliced")
 	}
-	if _, err := m.Quarantine("vm-1", nil, false); err != nil {
+	if _, err := m.Quarantine("vm-1", api.LimitRequest{}, false); err != nil {
 		t.Fatal(err)
 	}
-	q, err := m.Set("vm-1", api.LimitRequest{"to-vm-pps": "50"})
+	q, err := setFlags(m, "vm-1", api.LimitFlags{"to-vm-pps": "50"})
 	if err != nil || q.Stage != "stage1" {
 		t.Fatalf("set on the other direction: stage %s, %v; want stage1", q.Stage, err)
 	}
-	q, err = m.Set("vm-1", api.LimitRequest{"pps": "50"})
+	q, err = setFlags(m, "vm-1", api.LimitFlags{"pps": "50"})
 	if err != nil || q.Stage != "manual" || q.NextTransition != nil || *q.Directions.FromVM.Limits.PPS != 50 {
 		t.Fatalf("set --pps: %+v, %v; want stage manual at 50 pps", q, err)
 	}
@@ -349,7 +350,7 @@ func TestAlerts(t *testing.T) {
 	if what, err := m.Alert("vm-1", false); err != nil || what != "probation" {
 		t.Fatalf("resolved: %s, %v", what, err)
 	}
-	if q := mustStatus(t, m, "vm-1"); q.Stage != string(ladder.Probation) {
+	if q := mustStatus(t, m, "vm-1"); q.Stage != api.Stage(ladder.Probation) {
 		t.Fatalf("stage after resolved: %s", q.Stage)
 	}
 	if what, _ := m.Alert("vm-1", false); what != "resolved_already_probation" {
@@ -361,7 +362,7 @@ func TestConfigureRejectsBadProfiles(t *testing.T) {
 	fb := fakesplice.New("vm-1")
 	m := newTestManager(t, t.TempDir(), fb)
 	bad := profile.Default()
-	bad.Limits = map[string]string{"pps": "lots"}
+	bad.Limits = api.LimitRequest{FromVM: api.DirChange{Burst: api.Some(10)}} // --burst without --pps
 	if err := m.Configure(profile.Set{profile.Quarantine: bad}, DefaultWatchConfig()); err == nil {
 		t.Fatal("bad limits accepted")
 	}
@@ -371,7 +372,7 @@ func TestConfigureRejectsBadProfiles(t *testing.T) {
 		t.Fatal("bad pattern accepted")
 	}
 	// Nothing changed: the default profile still quarantines.
-	if _, err := m.Quarantine("vm-1", nil, false); err != nil {
+	if _, err := m.Quarantine("vm-1", api.LimitRequest{}, false); err != nil {
 		t.Fatal(err)
 	}
 }

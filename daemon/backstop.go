@@ -8,116 +8,17 @@ package daemon
 // change (quarantine, set, the ladder's stages, a tenant's quota level).
 
 import (
-	"math"
-
 	"github.com/shaperd/shaperd/api"
-	"github.com/shaperd/shaperd/bucket"
-	"github.com/shaperd/shaperd/classify"
-	"github.com/shaperd/shaperd/forward"
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/splice"
 	"github.com/shaperd/shaperd/splice/steer"
 )
 
-const (
-	// BackstopFactor is how far above a budget its default ceiling is.
-	BackstopFactor = 2
-	// BackstopMinPPS is the least default ceiling, in packets per second:
-	// a budget of 0 (a class blocked) still lets this through to the
-	// forwarder, which counts and drops it.
-	BackstopMinPPS = 100
-	// BackstopBurstTime is the default ceilings' burst: this much of the
-	// ceiling's rate, at least BackstopMinBurst frames and twice the
-	// budget's own burst.
-	BackstopBurstTime = 0.05 // seconds
-	BackstopMinBurst  = 32
-	// minFrame is the smallest Ethernet frame (without FCS), for a byte
-	// budget's packet ceiling: the most frames it could admit.
-	minFrame = 60
-)
-
-// backstopFor returns direction d's backstop for the budgets p in force:
-//
-//   - the aggregate ceiling: d.Backstop if set, else BackstopFactor times
-//     the aggregate pps budget, else, with only a byte budget,
-//     BackstopFactor times what it admits in minimum-size frames; none
-//     without an aggregate budget;
-//   - each class with a budget of its own (tcp-syn, udp from --syn-pps and
-//     --udp-pps; icmp from --icmp-bps, in minimum-size frames) gets a
-//     ceiling of its own, BackstopFactor times that budget, so a flood of
-//     one class is dropped in the kernel before it can crowd out the VM's
-//     other traffic in the aggregate ceiling;
-//   - every ceiling at least BackstopMinPPS, with a burst of
-//     BackstopBurstTime of its rate (at least BackstopMinBurst, and twice
-//     the budget's own burst);
-//   - nothing at all with d.BackstopOff (--backstop none).
-//
-// Bypass and control candidates are never charged (see package steer).
-func backstopFor(d DirSpec, p forward.Policy) steer.Backstop {
-	var b steer.Backstop
-	if d.BackstopOff {
-		return b
-	}
-	if d.Backstop != nil {
-		b.Aggregate = ceiling(*d.Backstop, 0)
-	} else {
-		b.Aggregate = defaultCeiling(p.Aggregate)
-	}
-	for _, c := range []struct {
-		steer    steer.Class
-		classify classify.Class
-	}{{steer.ClassSyn, classify.TCPSyn}, {steer.ClassUDP, classify.UDP}, {steer.ClassICMP, classify.ICMP}} {
-		b.Classes[c.steer] = defaultCeiling(p.Classes[c.classify])
-	}
-	return b
-}
-
-// defaultCeiling is the default ceiling of one budget; none for no budget.
-func defaultCeiling(l bucket.Limits) steer.Ceiling {
-	e := l.Effective()
-	pps := math.Inf(1)
-	if l.PPS > 0 {
-		pps = l.PPS
-	}
-	if l.BytesPerSec > 0 {
-		pps = math.Min(pps, l.BytesPerSec/minFrame)
-	}
-	if l.Block {
-		pps = 0
-	}
-	if math.IsInf(pps, 1) {
-		return steer.Ceiling{}
-	}
-	return ceiling(math.Max(BackstopFactor*pps, BackstopMinPPS), 2*e.BurstPackets)
-}
-
-func ceiling(pps float64, budgetBurst int) steer.Ceiling {
-	burst := math.Max(math.Ceil(pps*BackstopBurstTime), math.Max(BackstopMinBurst, float64(budgetBurst)))
-	return steer.Ceiling{PPS: pps, Burst: burst}
-}
-
-// apiBackstop reports b as status shows it; nil when it limits nothing.
-func apiBackstop(b steer.Backstop) *api.Backstop {
-	out := &api.Backstop{Classes: map[string]float64{}}
-	if b.Aggregate.PPS > 0 {
-		pps, burst := b.Aggregate.PPS, b.Aggregate.Burst
-		out.PPS, out.Burst = &pps, &burst
-	}
-	for c := steer.Class(1); c < steer.NumClasses; c++ {
-		if b.Classes[c].PPS > 0 {
-			out.Classes[c.String()] = b.Classes[c].PPS
-		}
-	}
-	if out.PPS == nil && len(out.Classes) == 0 {
-		return nil
-	}
-	return out
-}
-
 // backstopStatus fills in what status says of q's backstop: the ceilings
 // its spec asks for (no I/O, under Manager.mu).
 func backstopStatus(q *quarantine, out *api.Quarantine) {
-	out.Directions.FromVM.Backstop = apiBackstop(backstopFor(q.spec.FromVM, q.spec.FromVM.policy()))
-	out.Directions.ToVM.Backstop = apiBackstop(backstopFor(q.spec.ToVM, q.spec.ToVM.policy()))
+	out.Directions.FromVM.Backstop = intent.APIBackstop(intent.BackstopFor(q.spec.FromVM, intent.DirPolicy(q.spec.FromVM)))
+	out.Directions.ToVM.Backstop = intent.APIBackstop(intent.BackstopFor(q.spec.ToVM, intent.DirPolicy(q.spec.ToVM)))
 	out.Directions.FromVM.KernelDrops, out.Directions.ToVM.KernelDrops = map[string]uint64{}, map[string]uint64{}
 	out.Directions.FromVM.KernelPassed, out.Directions.ToVM.KernelPassed = map[string]uint64{}, map[string]uint64{}
 }

@@ -6,14 +6,15 @@ import (
 	"testing"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/splice/fakesplice"
 	"github.com/shaperd/shaperd/splice/steer"
 )
 
 func TestBackstopFor(t *testing.T) {
-	spec := func(req api.LimitRequest) DirSpec {
+	spec := func(req api.LimitFlags) intent.DirSpec {
 		t.Helper()
-		s, err := NewSpec().Apply(req, false)
+		s, err := applyFlags(intent.New(), req, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -21,27 +22,27 @@ func TestBackstopFor(t *testing.T) {
 	}
 	tests := []struct {
 		name    string
-		req     api.LimitRequest
+		req     api.LimitFlags
 		agg     float64 // ceiling, pps; 0 none
 		burst   float64
 		classes map[steer.Class]float64
 	}{
-		{"no limits", api.LimitRequest{}, 0, 0, nil},
-		{"pps", api.LimitRequest{"pps": "5000"}, 10000, 500, nil},
-		{"pps with a big burst", api.LimitRequest{"pps": "5000", "burst": "400"}, 10000, 800, nil},
-		{"bytes only", api.LimitRequest{"bps": "16mbit"}, 2 * 2e6 / 60, math.Ceil(2 * 2e6 / 60 * 0.05), nil},
-		{"pps and bytes: the lower", api.LimitRequest{"pps": "50000", "bps": "16mbit"}, 2 * 2e6 / 60, math.Ceil(2 * 2e6 / 60 * 0.05), nil},
-		{"small pps: the floor", api.LimitRequest{"pps": "10"}, BackstopMinPPS, BackstopMinBurst, nil},
-		{"blocked", api.LimitRequest{"pps": "0"}, BackstopMinPPS, BackstopMinBurst, nil},
-		{"override", api.LimitRequest{"pps": "5000", "backstop": "7000"}, 7000, 350, nil},
-		{"override without budgets", api.LimitRequest{"backstop": "7000"}, 7000, 350, nil},
-		{"classes", api.LimitRequest{"pps": "5000", "syn-pps": "200", "udp-pps": "1000", "icmp-bps": "64kbit"}, 10000, 500,
-			map[steer.Class]float64{steer.ClassSyn: 400, steer.ClassUDP: 2000, steer.ClassICMP: math.Max(2*8000.0/60, BackstopMinPPS)}},
-		{"off", api.LimitRequest{"pps": "5000", "syn-pps": "200", "backstop": "none"}, 0, 0, nil},
+		{"no limits", api.LimitFlags{}, 0, 0, nil},
+		{"pps", api.LimitFlags{"pps": "5000"}, 10000, 500, nil},
+		{"pps with a big burst", api.LimitFlags{"pps": "5000", "burst": "400"}, 10000, 800, nil},
+		{"bytes only", api.LimitFlags{"bps": "16mbit"}, 2 * 2e6 / 60, math.Ceil(2 * 2e6 / 60 * 0.05), nil},
+		{"pps and bytes: the lower", api.LimitFlags{"pps": "50000", "bps": "16mbit"}, 2 * 2e6 / 60, math.Ceil(2 * 2e6 / 60 * 0.05), nil},
+		{"small pps: the floor", api.LimitFlags{"pps": "10"}, intent.BackstopMinPPS, intent.BackstopMinBurst, nil},
+		{"blocked", api.LimitFlags{"pps": "0"}, intent.BackstopMinPPS, intent.BackstopMinBurst, nil},
+		{"override", api.LimitFlags{"pps": "5000", "backstop": "7000"}, 7000, 350, nil},
+		{"override without budgets", api.LimitFlags{"backstop": "7000"}, 7000, 350, nil},
+		{"classes", api.LimitFlags{"pps": "5000", "syn-pps": "200", "udp-pps": "1000", "icmp-bps": "64kbit"}, 10000, 500,
+			map[steer.Class]float64{steer.ClassSyn: 400, steer.ClassUDP: 2000, steer.ClassICMP: math.Max(2*8000.0/60, intent.BackstopMinPPS)}},
+		{"off", api.LimitFlags{"pps": "5000", "syn-pps": "200", "backstop": "none"}, 0, 0, nil},
 	}
 	for _, tt := range tests {
 		d := spec(tt.req)
-		b := backstopFor(d, d.policy())
+		b := intent.BackstopFor(d, intent.DirPolicy(d))
 		if b.Aggregate.PPS != tt.agg || b.Aggregate.Burst != tt.burst {
 			t.Errorf("%s: aggregate %+v, want %v pps burst %v", tt.name, b.Aggregate, tt.agg, tt.burst)
 		}
@@ -55,21 +56,21 @@ func TestBackstopFor(t *testing.T) {
 
 func TestBackstopFlag(t *testing.T) {
 	for _, bad := range []string{"0", "-5", "0.5", "x", "NaN", "Inf"} {
-		_, err := NewSpec().Apply(api.LimitRequest{"backstop": bad}, false)
+		_, err := applyFlags(intent.New(), api.LimitFlags{"backstop": bad}, false)
 		if !errors.Is(err, ErrUsage) {
 			t.Errorf("--backstop %s: %v, want a usage error", bad, err)
 		}
 	}
 	// The intent keeps it, both ways, and brings it back.
-	for _, req := range []api.LimitRequest{
+	for _, req := range []api.LimitFlags{
 		{"pps": "5000", "backstop": "none", "to-vm-backstop": "9000"},
 		{"pps": "5000", "to-vm-backstop": "none"},
 	} {
-		s, err := NewSpec().Apply(req, false)
+		s, err := applyFlags(intent.New(), req, false)
 		if err != nil {
 			t.Fatal(err)
 		}
-		back, err := ParseIntent(s.Intent())
+		back, err := intent.Parse(s.Intent())
 		if err != nil {
 			t.Fatalf("%q: %v", s.Intent(), err)
 		}
@@ -78,7 +79,7 @@ func TestBackstopFlag(t *testing.T) {
 		}
 	}
 	// --backstop alone does not make a quarantine manual.
-	if HasLimitFlag(api.LimitRequest{"backstop": "none"}) {
+	if req, err := api.ParseRequest(api.LimitFlags{"backstop": "none"}); err != nil || req.HasLimit() {
 		t.Error("--backstop counted as a limit flag")
 	}
 }
@@ -88,7 +89,7 @@ func TestBackstopFlag(t *testing.T) {
 func TestBackstopFollowsSet(t *testing.T) {
 	fb := fakesplice.New("vm-1")
 	m := newTestManager(t, t.TempDir(), fb)
-	if _, err := m.Quarantine("vm-1", api.LimitRequest{"pps": "5000", "to-vm-pps": "1000", "syn-pps": "200"}, false); err != nil {
+	if _, err := quarantineFlags(m, "vm-1", api.LimitFlags{"pps": "5000", "to-vm-pps": "1000", "syn-pps": "200"}, false); err != nil {
 		t.Fatal(err)
 	}
 	check := func(from, to, syn float64) {
@@ -104,15 +105,15 @@ func TestBackstopFollowsSet(t *testing.T) {
 	}
 	check(10000, 2000, 400)
 	for _, x := range []struct {
-		req           api.LimitRequest
+		req           api.LimitFlags
 		from, to, syn float64
 	}{
-		{api.LimitRequest{"pps": "2000"}, 4000, 2000, 400},
-		{api.LimitRequest{"backstop": "3000"}, 3000, 2000, 400},
-		{api.LimitRequest{"backstop": "none", "to-vm-pps": "none"}, 0, 0, 0},
-		{api.LimitRequest{"backstop": "auto"}, 4000, 0, 400},
+		{api.LimitFlags{"pps": "2000"}, 4000, 2000, 400},
+		{api.LimitFlags{"backstop": "3000"}, 3000, 2000, 400},
+		{api.LimitFlags{"backstop": "none", "to-vm-pps": "none"}, 0, 0, 0},
+		{api.LimitFlags{"backstop": "auto"}, 4000, 0, 400},
 	} {
-		if _, err := m.Set("vm-1", x.req); err != nil {
+		if _, err := setFlags(m, "vm-1", x.req); err != nil {
 			t.Fatal(err)
 		}
 		check(x.from, x.to, x.syn)

@@ -16,7 +16,7 @@ import (
 func TestHeartbeat(t *testing.T) {
 	fb := fakesplice.New("vm-1")
 	m := newTestManager(t, t.TempDir(), fb)
-	if _, err := m.Quarantine("vm-1", api.LimitRequest{"pps": "5000"}, false); err != nil {
+	if _, err := quarantineFlags(m, "vm-1", api.LimitFlags{"pps": "5000"}, false); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -11,6 +11,7 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/classify"
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/ladder"
@@ -105,7 +106,7 @@ func (m *Manager) transitionLocked(q *quarantine, tr *ladder.Transition, act *au
 		act.releases = append(act.releases, q)
 		return
 	}
-	if err := m.applyLadderLocked(q, tr.Limits, string(tr.To), "ladder", act); err != nil {
+	if err := m.applyLadderLocked(q, tr.Limits, api.Stage(tr.To), "ladder", act); err != nil {
 		m.log.Error("ladder: cannot apply the new limits; the old ones stay", "port", q.port, "to", tr.To, "err", err)
 	}
 	if tr.RunOnBlockHook && len(q.prof.OnBlock) > 0 {
@@ -115,7 +116,7 @@ func (m *Manager) transitionLocked(q *quarantine, tr *ladder.Transition, act *au
 
 // applyLadderLocked puts the ladder's limits into q's spec; do has q's
 // owner apply them (into its forwarder, when q runs).
-func (m *Manager) applyLadderLocked(q *quarantine, lim ladder.Limits, stage, what string, act *autoActions) error {
+func (m *Manager) applyLadderLocked(q *quarantine, lim ladder.Limits, stage api.Stage, what string, act *autoActions) error {
 	spec := ladderSpec(q.spec, q.prof, lim)
 	spec.Stage = stage
 	if err := spec.Validate(); err != nil {
@@ -128,15 +129,15 @@ func (m *Manager) applyLadderLocked(q *quarantine, lim ladder.Limits, stage, wha
 
 // ladderSpec returns s with the ladder's limits on the threshold's
 // direction(s).
-func ladderSpec(s Spec, p profile.Profile, lim ladder.Limits) Spec {
-	var dirs []*DirSpec
+func ladderSpec(s intent.Spec, p profile.Profile, lim ladder.Limits) intent.Spec {
+	var dirs []*intent.DirSpec
 	switch p.Threshold.Direction {
 	case detect.ToVM:
-		dirs = []*DirSpec{&s.ToVM}
+		dirs = []*intent.DirSpec{&s.ToVM}
 	case detect.Either:
-		dirs = []*DirSpec{&s.FromVM, &s.ToVM}
+		dirs = []*intent.DirSpec{&s.FromVM, &s.ToVM}
 	default:
-		dirs = []*DirSpec{&s.FromVM}
+		dirs = []*intent.DirSpec{&s.FromVM}
 	}
 	for _, d := range dirs {
 		d.Burst, d.BurstBytes = nil, nil
@@ -154,7 +155,7 @@ func ladderSpec(s Spec, p profile.Profile, lim ladder.Limits) Spec {
 			d.BPS = &r
 		}
 		if p.Shape {
-			delay := Duration(lim.Delay)
+			delay := intent.Duration(lim.Delay)
 			d.Mode, d.Delay = "shape", &delay
 			// The queue's time bound follows the delay: a tenth more
 			// (at least forward.DefaultQueueSlack), the tolerance issue
@@ -162,7 +163,7 @@ func ladderSpec(s Spec, p profile.Profile, lim ladder.Limits) Spec {
 			// that bound, and a releaser woken a little late by a busy
 			// host must not find the head expired: that loses the
 			// slot, and the stage delivers less than its budget.
-			qt := Duration(lim.Delay + max(forward.DefaultQueueSlack, lim.Delay/10))
+			qt := intent.Duration(lim.Delay + max(forward.DefaultQueueSlack, lim.Delay/10))
 			d.QueueTime = &qt
 		} else {
 			d.Mode, d.Delay, d.QueueBytes, d.QueueTime = "", nil, nil, nil
@@ -195,34 +196,34 @@ func (m *Manager) runHook(port string, argv []string) {
 }
 
 // profileLocked resolves the profile a quarantine request names, if any:
-// "profile" in req, or the quarantine profile when req names no aggregate
-// limit. It returns req without "profile".
+// req.Profile, or the quarantine profile when req names no limit. It
+// returns req without Profile.
 func (m *Manager) profileLocked(req api.LimitRequest) (*profile.Profile, api.LimitRequest, error) {
-	req = maps.Clone(req)
-	if req == nil {
-		req = api.LimitRequest{}
+	named := req.Profile != nil
+	name := ""
+	if named {
+		name = *req.Profile
 	}
-	name, named := req["profile"]
-	delete(req, "profile")
-	if !named && !HasLimitFlag(req) {
+	req.Profile = nil
+	if !named && !req.HasLimit() {
 		name = profile.Quarantine
 	}
 	if name == "" {
 		if named {
-			return nil, nil, usagef("--profile needs a name")
+			return nil, req, usagef("--profile needs a name")
 		}
 		return nil, req, nil
 	}
 	p, ok := m.profiles[name]
 	if !ok {
-		return nil, nil, usagef("no profile %q (the config defines %s)", name, strings.Join(slices.Sorted(maps.Keys(m.profiles)), ", "))
+		return nil, req, usagef("no profile %q (the config defines %s)", name, strings.Join(slices.Sorted(maps.Keys(m.profiles)), ", "))
 	}
 	if p.UseLadder {
-		for _, f := range aggregateFlags {
-			for _, pre := range ladderPrefixes(p.Threshold.Direction) {
-				if _, ok := req[pre+f]; ok {
-					return nil, nil, usagef("--%s%s conflicts with profile %s, whose ladder sets those limits; omit it, or give limits without a profile",
-						pre, f, name)
+		for _, f := range api.AggregateFlags {
+			for _, d := range ladderDirs(&req, p.Threshold.Direction) {
+				if d.change.NamesAggregate(f) {
+					return nil, req, usagef("--%s%s conflicts with profile %s, whose ladder sets those limits; omit it, or give limits without a profile",
+						d.prefix, f, name)
 				}
 			}
 		}
@@ -230,14 +231,24 @@ func (m *Manager) profileLocked(req api.LimitRequest) (*profile.Profile, api.Lim
 	return &p, req, nil
 }
 
-func ladderPrefixes(d detect.Direction) []string {
+// ladderDir is a direction of req that a ladder limits, with its flags'
+// prefix.
+type ladderDir struct {
+	prefix string
+	change api.DirChange
+}
+
+// ladderDirs returns the directions of req a ladder on threshold direction
+// d limits.
+func ladderDirs(req *api.LimitRequest, d detect.Direction) []ladderDir {
+	from, to := ladderDir{"", req.FromVM}, ladderDir{"to-vm-", req.ToVM}
 	switch d {
 	case detect.ToVM:
-		return []string{"to-vm-"}
+		return []ladderDir{to}
 	case detect.Either:
-		return []string{"", "to-vm-"}
+		return []ladderDir{from, to}
 	}
-	return []string{""}
+	return []ladderDir{from}
 }
 
 // startLadderLocked starts q's ladder at stage 1 at now, with the average
@@ -257,7 +268,7 @@ func (m *Manager) startLadderLocked(q *quarantine, p profile.Profile, now time.T
 	}
 	tr := l.Start(now, avg)
 	spec := ladderSpec(q.spec, p, tr.Limits)
-	spec.Stage = string(tr.To)
+	spec.Stage = api.Stage(tr.To)
 	if err := spec.Validate(); err != nil {
 		return fmt.Errorf("profile %s: stage 1: %w", p.Name, err)
 	}

@@ -13,6 +13,10 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/host"
+	"github.com/shaperd/shaperd/daemon/intent"
+	"github.com/shaperd/shaperd/daemon/store"
+	"github.com/shaperd/shaperd/daemon/tenants"
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/owner"
@@ -24,8 +28,8 @@ import (
 // Quarantine states.
 const (
 	StateActive    = api.StateActive
-	StatePending   = api.StatePending       // the port is missing; applied when it appears
-	stateReleasing = api.State("releasing") // only in the state file, while a release runs
+	StatePending   = api.StatePending // the port is missing; applied when it appears
+	stateReleasing = store.Releasing  // only in the state file, while a release runs
 )
 
 // DefaultPendingTTL is how long a pending quarantine waits for its port.
@@ -37,16 +41,6 @@ const DefaultCoalesce = 0
 
 // DefaultTapQueues is the default of run --tap-queues.
 const DefaultTapQueues = 1
-
-// ConservativeSpec is what a port gets when its splice is found on the host
-// but neither the state file nor the plumbing says with which limits: the
-// first stage of the seeds' ladder, 10000 pps from the VM.
-func ConservativeSpec() Spec {
-	s := NewSpec()
-	pps := 10000.0
-	s.FromVM.PPS = &pps
-	return s
-}
 
 // Options configure a Manager.
 type Options struct {
@@ -65,8 +59,8 @@ type Options struct {
 	// and the forwarder reads, one goroutine each (1 when zero; above 1
 	// the taps are multi-queue, see splice.Options).
 	TapQueues int
-	// Host is the machine; SystemHost when nil.
-	Host Host
+	// Host is the machine; host.System when nil.
+	Host host.Host
 }
 
 // Manager holds the quarantines of this host. Its methods are safe for
@@ -78,7 +72,7 @@ type Manager struct {
 	opt      Options
 
 	// host is the machine: the clock, links, taps, libvirt, hooks.
-	host Host
+	host host.Host
 
 	// mu guards the maps and the contributors' intent below, and the
 	// owners' plumbing fields. It is held only briefly: no exec, netlink
@@ -95,7 +89,7 @@ type Manager struct {
 	// snapMu orders the writes of the tenants' sample snapshots; snapDue
 	// holds those to write (guarded by mu).
 	snapMu  sync.Mutex
-	snapDue map[*tenant]quota.Snapshot
+	snapDue map[*tenants.Tenant]quota.Snapshot
 
 	profiles       profile.Set
 	watch          WatchConfig
@@ -105,14 +99,14 @@ type Manager struct {
 	lastLadderSave time.Time
 
 	// quotas are the percentile-quota tenants (quota.go).
-	quotas quotaSet
+	quotas tenants.Set
 }
 
 // quarantine is one port's quarantine: the intent that its owner applies.
 // Guarded by Manager.mu.
 type quarantine struct {
 	port    string
-	spec    Spec
+	spec    intent.Spec
 	since   time.Time
 	state   api.State // StateActive, StatePending or stateReleasing
 	expires time.Time // pending only
@@ -153,7 +147,7 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 		events:   Events{Transitions: map[string]uint64{}, Hooks: map[string]uint64{}, Alerts: map[string]uint64{}},
 	}
 	if m.host == nil {
-		m.host = SystemHost{}
+		m.host = host.System{}
 	}
 	m.env = owner.Env{
 		Backends:   backends,
@@ -184,13 +178,11 @@ var ErrClosed = errors.New("daemon: shutting down")
 // later step fails. With pending, a port that does not exist yet is accepted
 // and spliced when it appears.
 //
-// req may name a profile ("profile"); with no aggregate limit and no
-// profile, it means the quarantine profile.
+// req may name a profile; with no limit and no profile, it means the
+// quarantine profile. Parse a request in the command line's words with
+// api.ParseRequest.
 func (m *Manager) Quarantine(port string, req api.LimitRequest, pending bool) (api.Quarantine, error) {
-	if err := checkPortName(port); err != nil {
-		return api.Quarantine{}, err
-	}
-	if err := refuseZeroRates(req); err != nil {
+	if err := api.CheckPort(port); err != nil {
 		return api.Quarantine{}, err
 	}
 	return m.quarantine(port, req, pending, OriginManual, m.host.Now())
@@ -257,7 +249,7 @@ func (m *Manager) newQuarantineLocked(port string, req api.LimitRequest, origin 
 	if err != nil {
 		return nil, err
 	}
-	spec := NewSpec()
+	spec := intent.New()
 	if prof != nil {
 		if spec, err = spec.Apply(prof.Limits, false); err != nil {
 			return nil, usagef("profile %s: %v", prof.Name, err)
@@ -281,7 +273,7 @@ func (m *Manager) newQuarantineLocked(port string, req api.LimitRequest, origin 
 			return nil, err
 		}
 	}
-	if !q.spec.hasLimit() {
+	if !q.spec.HasLimit() {
 		return nil, usagef("quarantine %s: no limit given: name at least one limit (--pps, --bps, --syn-pps, --class, ... or a --to-vm- twin), or a profile", port)
 	}
 	return q, nil
@@ -302,7 +294,7 @@ func (m *Manager) reconcileTenant(o *owner.Port, now time.Time) {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if tp, ok := m.quotas.byPort[o.Name()]; ok {
+	if tp, ok := m.quotas.Port(o.Name()); ok {
 		m.quotaRetryLaterLocked(tp, now, err)
 		return
 	}
@@ -327,11 +319,8 @@ func (m *Manager) Alive() bool {
 // Set changes the named limits of port's quarantine in place, without
 // re-splicing.
 func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error) {
-	if len(req) == 0 {
+	if req.IsZero() {
 		return api.Quarantine{}, usagef("set %s: nothing to change: name at least one limit flag", port)
-	}
-	if err := refuseZeroRates(req); err != nil {
-		return api.Quarantine{}, err
 	}
 	o := m.lockOwner(port)
 	defer m.unlockOwner(o)
@@ -341,7 +330,7 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 		m.mu.Unlock()
 		return api.Quarantine{}, notFoundf("%s is not quarantined: use quarantine first", port)
 	}
-	if _, ok := req["profile"]; ok {
+	if req.Profile != nil {
 		m.mu.Unlock()
 		return api.Quarantine{}, usagef("--profile cannot change in place: release the port and quarantine it again")
 	}
@@ -352,11 +341,9 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 	}
 	offLadder := false
 	if q.lad != nil {
-		for _, f := range aggregateFlags {
-			for _, pre := range ladderPrefixes(q.prof.Threshold.Direction) {
-				if _, ok := req[pre+f]; ok {
-					offLadder = true
-				}
+		for _, d := range ladderDirs(&req, q.prof.Threshold.Direction) {
+			if d.change.HasAggregate() {
+				offLadder = true
 			}
 		}
 	}
@@ -389,7 +376,7 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 // applySpec makes spec q's intent and puts it into q's forwarder (both
 // directions or neither) and on the plumbing; if that fails the old spec
 // stays. For the ladder's changes. The caller holds no lock.
-func (m *Manager) applySpec(q *quarantine, spec Spec) error {
+func (m *Manager) applySpec(q *quarantine, spec intent.Spec) error {
 	o := m.lockOwner(q.port)
 	defer m.unlockOwner(o)
 	m.mu.Lock()
@@ -531,26 +518,4 @@ func (m *Manager) Close() error {
 	}
 	m.closeQuotas(m.host.Now(), meters)
 	return errors.Join(errs...)
-}
-
-func checkPortName(port string) error {
-	if port == "" {
-		return usagef("no port given")
-	}
-	if len(port) > 15 {
-		return usagef("port %q: interface names have at most 15 characters", port)
-	}
-	for _, r := range port {
-		if r <= ' ' || r == '/' || r == ':' || r > '~' {
-			return usagef("port %q: not a valid interface name", port)
-		}
-	}
-	if port == "." || port == ".." {
-		return usagef("port %q: not a valid interface name", port)
-	}
-	if port[0] == '-' {
-		// It would read as an option to the switch's tools.
-		return usagef("port %q: an interface name must not begin with -", port)
-	}
-	return nil
 }

@@ -10,6 +10,8 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/daemon/hosttest"
+	"github.com/shaperd/shaperd/daemon/intent"
+	"github.com/shaperd/shaperd/daemon/store"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/forward/fakedev"
 	"github.com/shaperd/shaperd/splice/fakesplice"
@@ -39,11 +41,11 @@ func mustStatus(t *testing.T, m *Manager, port string) api.Quarantine {
 func TestPendingQuarantineFollowsThePort(t *testing.T) {
 	fb := fakesplice.New()
 	m := newTestManager(t, t.TempDir(), fb)
-	req := api.LimitRequest{"pps": "5000"}
-	if _, err := m.Quarantine("vm-7", req, false); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "--pending") {
+	req := api.LimitFlags{"pps": "5000"}
+	if _, err := quarantineFlags(m, "vm-7", req, false); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "--pending") {
 		t.Fatalf("quarantine of a missing port without --pending: %v", err)
 	}
-	q, err := m.Quarantine("vm-7", req, true)
+	q, err := quarantineFlags(m, "vm-7", req, true)
 	if err != nil || q.State != StatePending || q.Expires == nil {
 		t.Fatalf("quarantine --pending: %+v, %v", q, err)
 	}
@@ -81,7 +83,7 @@ func TestPendingQuarantineFollowsThePort(t *testing.T) {
 		t.Fatal("pending quarantine did not expire")
 	}
 	// Release of a pending quarantine is accepted.
-	if _, err := m.Quarantine("vm-8", req, true); err != nil {
+	if _, err := quarantineFlags(m, "vm-8", req, true); err != nil {
 		t.Fatal(err)
 	}
 	if err := m.Release("vm-8"); err != nil {
@@ -107,22 +109,22 @@ func TestRestoreAdoptsWithTheSameLimits(t *testing.T) {
 		from  string
 	}{
 		{"state file", func(string) {}, "state"},
-		{"state file deleted", func(dir string) { os.Remove(filepath.Join(dir, StateFile)) }, "plumbing"},
+		{"state file deleted", func(dir string) { os.Remove(filepath.Join(dir, store.StateFile)) }, "plumbing"},
 		{"state file corrupt", func(dir string) {
-			p := filepath.Join(dir, StateFile)
+			p := filepath.Join(dir, store.StateFile)
 			b, _ := os.ReadFile(p)
 			os.WriteFile(p, []byte(strings.Replace(string(b), "5000", "9999", 1)), 0o600)
 		}, "plumbing"},
-		{"state file garbage", func(dir string) { os.WriteFile(filepath.Join(dir, StateFile), []byte("{not json"), 0o600) }, "plumbing"},
+		{"state file garbage", func(dir string) { os.WriteFile(filepath.Join(dir, store.StateFile), []byte("{not json"), 0o600) }, "plumbing"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
 			fb := fakesplice.New("vm-1", "vm-2")
 			m1 := newTestManager(t, dir, fb)
-			if _, err := m1.Quarantine("vm-1", api.LimitRequest{"pps": "5000", "to-vm-bps": "16mbit", "bypass": "22"}, false); err != nil {
+			if _, err := quarantineFlags(m1, "vm-1", api.LimitFlags{"pps": "5000", "to-vm-bps": "16mbit", "bypass": "22"}, false); err != nil {
 				t.Fatal(err)
 			}
-			if _, err := m1.Quarantine("vm-9", api.LimitRequest{"pps": "100"}, true); err != nil {
+			if _, err := quarantineFlags(m1, "vm-9", api.LimitFlags{"pps": "100"}, true); err != nil {
 				t.Fatal(err)
 			}
 			tc.state(dir)
@@ -143,7 +145,7 @@ func TestRestoreAdoptsWithTheSameLimits(t *testing.T) {
 				t.Errorf("a pending quarantine appeared from nowhere")
 			}
 			if tc.name == "state file corrupt" || tc.name == "state file garbage" {
-				if m, _ := filepath.Glob(filepath.Join(dir, StateFile+".corrupt-*")); len(m) != 1 {
+				if m, _ := filepath.Glob(filepath.Join(dir, store.StateFile+".corrupt-*")); len(m) != 1 {
 					t.Errorf("corrupt state file not set aside: %v", m)
 				}
 			}
@@ -159,10 +161,10 @@ func TestRestoreWithoutIntentUsesConservativeDefault(t *testing.T) {
 	dir := t.TempDir()
 	fb := fakesplice.New("vm-1")
 	m1 := newTestManager(t, dir, fb)
-	if _, err := m1.Quarantine("vm-1", api.LimitRequest{"pps": "5000"}, false); err != nil {
+	if _, err := quarantineFlags(m1, "vm-1", api.LimitFlags{"pps": "5000"}, false); err != nil {
 		t.Fatal(err)
 	}
-	os.Remove(filepath.Join(dir, StateFile))
+	os.Remove(filepath.Join(dir, store.StateFile))
 	sp, _ := fb.Adopt("vm-1")
 	sp.(interface{ SetIntent(string) error }).SetIntent("")
 	m2 := restart(t, dir, fb)
@@ -176,19 +178,19 @@ func TestRestoreRemovesOrphansOnlyWithATrustedState(t *testing.T) {
 	fb := fakesplice.New("vm-1", "vm-2")
 	m1 := newTestManager(t, dir, fb)
 	for _, p := range []string{"vm-1", "vm-2"} {
-		if _, err := m1.Quarantine(p, api.LimitRequest{"pps": "5000"}, false); err != nil {
+		if _, err := quarantineFlags(m1, p, api.LimitFlags{"pps": "5000"}, false); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// vm-2 was released in the state file but its splice survived (a
 	// crash half way through a release).
-	saved, _, err := loadState(dir)
+	saved, _, err := store.LoadQuarantines(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	e := saved["vm-2"]
 	e.State = stateReleasing
-	saveState(dir, []savedEntry{saved["vm-1"], e}, time.Now())
+	store.SaveQuarantines(dir, []store.Quarantine{saved["vm-1"], e}, time.Now())
 	m2 := restart(t, dir, fb)
 	if fb.Spliced("vm-2") {
 		t.Error("half-released splice not removed")
@@ -202,7 +204,7 @@ func TestRestoreRemovesOrphansOnlyWithATrustedState(t *testing.T) {
 }
 
 func TestIntentRoundTrip(t *testing.T) {
-	for _, req := range []api.LimitRequest{
+	for _, req := range []api.LimitFlags{
 		{"pps": "5000"},
 		{"pps": "2500", "bps": "16mbit", "burst": "30", "burst-bytes": "4kb", "to-vm-pps": "100",
 			"bypass-pps": "none", "to-vm-bypass-bps": "1mbit", "control-pps": "50", "bypass": "22,2222",
@@ -210,13 +212,13 @@ func TestIntentRoundTrip(t *testing.T) {
 		{"to-vm-bps": "1gbit", "bypass": "none"},
 		{"pps": "2000", "mode": "shape", "delay": "200ms", "queue-bytes": "1mb", "to-vm-pps": "10", "to-vm-mode": "shape", "to-vm-queue-time": "1s"},
 	} {
-		spec, err := NewSpec().Apply(req, false)
+		spec, err := applyFlags(intent.New(), req, false)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got, err := ParseIntent(spec.Intent())
+		got, err := intent.Parse(spec.Intent())
 		if err != nil {
-			t.Fatalf("ParseIntent(%q): %v", spec.Intent(), err)
+			t.Fatalf("intent.Parse(%q): %v", spec.Intent(), err)
 		}
 		if got.Intent() != spec.Intent() {
 			t.Errorf("round trip: %q became %q", spec.Intent(), got.Intent())
@@ -233,7 +235,7 @@ func TestRestoreRefusesAnUntrustedStateDir(t *testing.T) {
 	dir := t.TempDir()
 	fb := fakesplice.New("vm-1")
 	m := newTestManager(t, dir, fb)
-	if _, err := m.Quarantine("vm-1", api.LimitRequest{"pps": "1"}, false); err != nil {
+	if _, err := quarantineFlags(m, "vm-1", api.LimitFlags{"pps": "1"}, false); err != nil {
 		t.Fatal(err)
 	}
 	m.Close()

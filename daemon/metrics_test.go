@@ -32,7 +32,7 @@ func TestMetricsSnapshotMatchesStatus(t *testing.T) {
 		t.Fatalf("no quarantines yet, snapshot has %d", len(got))
 	}
 	for _, p := range []string{"vm-2-00c9", "vm-1-00c9"} {
-		if _, err := m.Quarantine(p, api.LimitRequest{"pps": "10", "burst": "5"}, false); err != nil {
+		if _, err := quarantineFlags(m, p, api.LimitFlags{"pps": "10", "burst": "5"}, false); err != nil {
 			t.Fatal(err)
 		}
 	}

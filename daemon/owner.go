@@ -4,6 +4,8 @@ import (
 	"errors"
 	"time"
 
+	"github.com/shaperd/shaperd/daemon/intent"
+	"github.com/shaperd/shaperd/daemon/tenants"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/owner"
 	"github.com/shaperd/shaperd/splice"
@@ -67,7 +69,7 @@ func (m *Manager) ownerLocked(port string) *owner.Port {
 func (m *Manager) unlockOwner(o *owner.Port) {
 	m.mu.Lock()
 	_, q := m.q[o.Name()]
-	_, t := m.quotas.byPort[o.Name()]
+	_, t := m.quotas.Port(o.Name())
 	if !q && !t && m.owners[o.Name()] == o && o.Idle() {
 		delete(m.owners, o.Name())
 	}
@@ -96,8 +98,8 @@ func (m *Manager) qSpliceLocked(q *quarantine) (splice.Splice, *forward.Forwarde
 
 // tSpliceLocked returns the splice and forwarder a tenant port has of its
 // own (not its quarantine's). Caller holds m.mu.
-func (m *Manager) tSpliceLocked(tp *tenantPort) (splice.Splice, *forward.Forwarder) {
-	if o := m.owners[tp.port]; o != nil {
+func (m *Manager) tSpliceLocked(tp *tenants.Port) (splice.Splice, *forward.Forwarder) {
+	if o := m.owners[tp.Name]; o != nil {
 		if sp, fwd, k := o.State(); k == owner.Tenant {
 			return sp, fwd
 		}
@@ -107,10 +109,10 @@ func (m *Manager) tSpliceLocked(tp *tenantPort) (splice.Splice, *forward.Forward
 
 // wantLocked is what o's port should have now, and the contributors that
 // want it: at most one of q and tp.
-func (m *Manager) wantLocked(port string) (owner.Want, *quarantine, *tenantPort) {
+func (m *Manager) wantLocked(port string) (owner.Want, *quarantine, *tenants.Port) {
 	q := m.q[port]
-	tp := m.quotas.byPort[port]
-	var spec Spec
+	tp, _ := m.quotas.Port(port)
+	var spec intent.Spec
 	w := owner.Want{}
 	switch {
 	case q != nil && q.state != stateReleasing:
@@ -119,7 +121,7 @@ func (m *Manager) wantLocked(port string) (owner.Want, *quarantine, *tenantPort)
 	case q == nil && tp != nil:
 		// A tenant's splice fails open where the backend can: a dead
 		// forwarder should not cut a paying tenant off.
-		spec, w.Kind, w.Intent = NewSpec(), owner.Tenant, "tenant="+tp.t.cfg.Tenant
+		spec, w.Kind, w.Intent = intent.New(), owner.Tenant, "tenant="+tp.Tenant.Cfg.Tenant
 	default:
 		return w, nil, nil
 	}
@@ -127,15 +129,15 @@ func (m *Manager) wantLocked(port string) (owner.Want, *quarantine, *tenantPort)
 	w.Options = spliceOptions(spec)
 	w.Options.Queues = m.opt.TapQueues
 	w.FailFallback = spec.Fail == ""
-	w.Classify = spec.classifyConfig()
-	w.FromVM, w.ToVM = m.quotaPoliciesLocked(port, spec.fromVMPolicy(), spec.ToVM.policy())
-	w.Backstop[steer.FromVM] = backstopFor(spec.FromVM, w.FromVM)
-	w.Backstop[steer.ToVM] = backstopFor(spec.ToVM, w.ToVM)
+	w.Classify = spec.ClassifyConfig()
+	w.FromVM, w.ToVM = m.quotaPoliciesLocked(port, spec.FromVMPolicy(), intent.DirPolicy(spec.ToVM))
+	w.Backstop[steer.FromVM] = intent.BackstopFor(spec.FromVM, w.FromVM)
+	w.Backstop[steer.ToVM] = intent.BackstopFor(spec.ToVM, w.ToVM)
 	return w, q, tp
 }
 
 // spliceOptions are the splice options spec asks for.
-func spliceOptions(spec Spec) splice.Options {
+func spliceOptions(spec intent.Spec) splice.Options {
 	return splice.Options{BypassPorts: spec.BypassPorts, BypassOutbound: spec.BypassOutbound, FailOpen: spec.Fail != "closed"}
 }
 
@@ -187,8 +189,8 @@ func (m *Manager) reconcile(o *owner.Port) error {
 		}
 		m.log.Info("quarantined", "port", port, "backend", sp.Backend(), "vm_tap", sp.VMTap(), "net_tap", sp.NetTap(), "intent", w.Intent)
 	} else if tp != nil {
-		tp.lastErr = ""
-		m.log.Info("spliced for its quota tenant", "port", port, "tenant", tp.t.cfg.Tenant, "backend", sp.Backend(), "vm_tap", sp.VMTap(), "net_tap", sp.NetTap())
+		tp.LastErr = ""
+		m.log.Info("spliced for its quota tenant", "port", port, "tenant", tp.Tenant.Cfg.Tenant, "backend", sp.Backend(), "vm_tap", sp.VMTap(), "net_tap", sp.NetTap())
 	}
 	return nil
 }

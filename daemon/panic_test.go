@@ -41,7 +41,7 @@ func TestForwarderPanicIsContained(t *testing.T) {
 	m := NewWithOptions(nil, Options{StateDir: t.TempDir(), PendingTTL: time.Hour, Host: h}, fb)
 	t.Cleanup(func() { m.Close() })
 	for _, p := range []string{"vm-1", "vm-2"} {
-		if _, err := m.Quarantine(p, api.LimitRequest{"pps": "5000"}, false); err != nil {
+		if _, err := quarantineFlags(m, p, api.LimitFlags{"pps": "5000"}, false); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -20,7 +20,7 @@ package daemon
 // stays spliced while either wants it. Quota drops never feed the watch
 // loop or a ladder: quota enforcement never escalates.
 //
-// Persistence: the tenants' settings are in TenantsFile in the state
+// Persistence: the tenants' settings are in store.TenantsFile in the state
 // directory (checksummed, replaced atomically), their samples in one
 // quota.Store file each (quota-TENANT.json). Tick closes intervals and saves
 // a tenant's snapshot when its Account asks (an interval closed, or a burst
@@ -41,18 +41,13 @@ package daemon
 import (
 	"errors"
 	"fmt"
-	"slices"
-	"sort"
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/tenants"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/quota"
 )
-
-// TenantsFile is the name of the tenants' settings file in the state
-// directory.
-const TenantsFile = "tenants.json"
 
 // QuotaRetry is how often a tenant port that could not be spliced is tried
 // again (a link event for the port tries at once).
@@ -60,64 +55,6 @@ const QuotaRetry = 5 * time.Second
 
 // ErrNoTenant means the tenant named does not exist; see `quota list`.
 var ErrNoTenant = errors.New("no such tenant")
-
-// quotaSet is the Manager's tenants. The zero value is empty and usable.
-type quotaSet struct {
-	tenants map[string]*tenant     // by name
-	byPort  map[string]*tenantPort // by port
-	seeds   uint64                 // hooks handed out, for their seeds
-}
-
-func (qs *quotaSet) init() {
-	if qs.tenants == nil {
-		qs.tenants = map[string]*tenant{}
-		qs.byPort = map[string]*tenantPort{}
-	}
-}
-
-// tenant is one quota tenant.
-type tenant struct {
-	cfg   quota.Config
-	acct  *quota.Account
-	since time.Time
-	ports []*tenantPort // in cfg.Ports order
-
-	// saved is what the last snapshot written holds, so that a snapshot
-	// taken for another reason (metrics) is saved if it holds more.
-	saved []laneKey
-	// saveErr is the last save's error; the next tick tries again.
-	saveErr error
-	// startMeters are the ports' counters when the samples were restored
-	// at a start, until the forwarders run (see countStartGapLocked).
-	startMeters []quota.PortMeter
-}
-
-// laneKey is what a lane snapshot holds that a restart must not lose: its
-// period, how many intervals it closed, and whether the open one bursts.
-type laneKey struct {
-	period int64
-	closed int
-	burst  bool
-}
-
-func keyOf(s quota.Snapshot) []laneKey {
-	out := make([]laneKey, len(s.Lanes))
-	for i, l := range s.Lanes {
-		out[i] = laneKey{l.PeriodStart.UnixNano(), len(l.Samples), l.Burst}
-	}
-	return out
-}
-
-// tenantPort is one port of a tenant; its owner splices it for the tenant
-// while no quarantine has it.
-type tenantPort struct {
-	t    *tenant
-	port string
-	// retryAt is when a port that could not be spliced is tried again;
-	// lastErr is why, logged once per distinct error.
-	retryAt time.Time
-	lastErr string
-}
 
 func (m *Manager) quotaStore() (quota.Store, bool) {
 	return quota.Store{Dir: m.opt.StateDir}, m.opt.StateDir != ""
@@ -143,7 +80,7 @@ func (m *Manager) AddTenant(name string, settings map[string]string) (api.QuotaT
 	}
 	exists := map[string]bool{}
 	for _, p := range cfg.Ports {
-		if err := checkPortName(p); err != nil {
+		if err := api.CheckPort(p); err != nil {
 			return api.QuotaTenant{}, err
 		}
 		exists[p] = m.host.PortExists(p)
@@ -153,15 +90,14 @@ func (m *Manager) AddTenant(name string, settings map[string]string) (api.QuotaT
 		m.mu.Unlock()
 		return api.QuotaTenant{}, ErrClosed
 	}
-	m.quotas.init()
-	if _, ok := m.quotas.tenants[name]; ok {
+	if _, ok := m.quotas.Tenant(name); ok {
 		m.mu.Unlock()
 		return api.QuotaTenant{}, usagef("tenant %s exists: remove it first (shaperd quota remove %s)", name, name)
 	}
 	for _, p := range cfg.Ports {
-		if tp, ok := m.quotas.byPort[p]; ok {
+		if tp, ok := m.quotas.Port(p); ok {
 			m.mu.Unlock()
-			return api.QuotaTenant{}, usagef("%s belongs to tenant %s: a port is billed to one tenant", p, tp.t.cfg.Tenant)
+			return api.QuotaTenant{}, usagef("%s belongs to tenant %s: a port is billed to one tenant", p, tp.Tenant.Cfg.Tenant)
 		}
 		if !exists[p] {
 			m.mu.Unlock()
@@ -174,9 +110,9 @@ func (m *Manager) AddTenant(name string, settings map[string]string) (api.QuotaT
 		m.mu.Unlock()
 		return api.QuotaTenant{}, usagef("%v", err)
 	}
-	t := &tenant{cfg: cfg, acct: acct, since: now.UTC()}
+	t := &tenants.Tenant{Cfg: cfg, Acct: acct, Since: now.UTC()}
 	for _, p := range cfg.Ports {
-		t.ports = append(t.ports, &tenantPort{t: t, port: p})
+		t.Ports = append(t.Ports, &tenants.Port{Tenant: t, Name: p})
 	}
 	m.registerTenantLocked(t)
 	m.mu.Unlock()
@@ -209,7 +145,7 @@ func (m *Manager) AddTenant(name string, settings map[string]string) (api.QuotaT
 			return api.QuotaTenant{}, fmt.Errorf("quota add %s: %w", name, err)
 		}
 		m.mu.Lock()
-		t.saved = keyOf(acct.Snapshot(now))
+		t.Saved(acct.Snapshot(now))
 		m.mu.Unlock()
 	}
 	m.log.Info("quota tenant added", "tenant", name, "settings", settingsLine(cfg))
@@ -232,7 +168,7 @@ func (m *Manager) RemoveTenant(name string) error {
 		m.mu.Unlock()
 		return ErrClosed
 	}
-	t, ok := m.quotas.tenants[name]
+	t, ok := m.quotas.Tenant(name)
 	m.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("%w: %w %s (see shaperd quota list)", ErrNotFound, ErrNoTenant, name)
@@ -258,30 +194,21 @@ func (m *Manager) RemoveTenant(name string) error {
 	return nil
 }
 
-func (m *Manager) registerTenantLocked(t *tenant) {
-	m.quotas.init()
-	m.quotas.tenants[t.cfg.Tenant] = t
-	for _, tp := range t.ports {
-		m.quotas.byPort[tp.port] = tp
-	}
+func (m *Manager) registerTenantLocked(t *tenants.Tenant) {
+	m.quotas.Add(t)
 }
 
 // detachTenant unregisters t, and has the owner of each of its ports
 // revert the tenant's splice or take its hooks out of the quarantine's
 // forwarder. It carries on past errors and returns them all.
-func (m *Manager) detachTenant(t *tenant) error {
+func (m *Manager) detachTenant(t *tenants.Tenant) error {
 	m.mu.Lock()
-	delete(m.quotas.tenants, t.cfg.Tenant)
-	for _, tp := range t.ports {
-		if m.quotas.byPort[tp.port] == tp {
-			delete(m.quotas.byPort, tp.port)
-		}
-	}
+	m.quotas.Remove(t)
 	m.mu.Unlock()
 	var errs []error
-	for _, tp := range t.ports {
-		if err := m.reconcileOne(tp.port); err != nil && !errors.Is(err, ErrClosed) {
-			errs = append(errs, fmt.Errorf("%s: %w", tp.port, err))
+	for _, tp := range t.Ports {
+		if err := m.reconcileOne(tp.Name); err != nil && !errors.Is(err, ErrClosed) {
+			errs = append(errs, fmt.Errorf("%s: %w", tp.Name, err))
 		}
 	}
 	return errors.Join(errs...)
@@ -290,35 +217,34 @@ func (m *Manager) detachTenant(t *tenant) error {
 // quotaPoliciesLocked returns from and to with the hooks of port's tenant,
 // one per pipe, or unchanged if port belongs to no tenant.
 func (m *Manager) quotaPoliciesLocked(port string, from, to forward.Policy) (forward.Policy, forward.Policy) {
-	tp, ok := m.quotas.byPort[port]
+	tp, ok := m.quotas.Port(port)
 	if !ok {
 		return from, to
 	}
-	from.Quota = tp.t.acct.Hook(m.nextQuotaSeed())
-	to.Quota = tp.t.acct.Hook(m.nextQuotaSeed())
+	from.Quota = tp.Tenant.Acct.Hook(m.nextQuotaSeed())
+	to.Quota = tp.Tenant.Acct.Hook(m.nextQuotaSeed())
 	return from, to
 }
 
 // nextQuotaSeed seeds a hook's random source: distinct per pipe, and per
 // daemon start.
 func (m *Manager) nextQuotaSeed() uint64 {
-	m.quotas.seeds++
-	return uint64(m.started.UnixNano()) ^ m.quotas.seeds*0x9E3779B97F4A7C15
+	return m.quotas.NextSeed(m.started)
 }
 
 // quotaPortUnsplicedLocked reports whether tp wants a splice of the
 // tenant's own and has none.
-func (m *Manager) quotaPortUnsplicedLocked(tp *tenantPort) bool {
-	_, quarantined := m.q[tp.port]
+func (m *Manager) quotaPortUnsplicedLocked(tp *tenants.Port) bool {
+	_, quarantined := m.q[tp.Name]
 	_, fwd := m.tSpliceLocked(tp)
 	return fwd == nil && !quarantined
 }
 
-func (m *Manager) quotaRetryLaterLocked(tp *tenantPort, now time.Time, err error) {
-	tp.retryAt = now.Add(QuotaRetry)
-	if msg := err.Error(); msg != tp.lastErr {
-		tp.lastErr = msg
-		m.log.Warn("tenant port not spliced yet; its traffic is not metered; retrying", "port", tp.port, "tenant", tp.t.cfg.Tenant, "err", err)
+func (m *Manager) quotaRetryLaterLocked(tp *tenants.Port, now time.Time, err error) {
+	tp.RetryAt = now.Add(QuotaRetry)
+	if msg := err.Error(); msg != tp.LastErr {
+		tp.LastErr = msg
+		m.log.Warn("tenant port not spliced yet; its traffic is not metered; retrying", "port", tp.Name, "tenant", tp.Tenant.Cfg.Tenant, "err", err)
 	}
 }
 
@@ -328,13 +254,13 @@ func (m *Manager) quotaRetryLaterLocked(tp *tenantPort, now time.Time, err error
 func (m *Manager) tickQuotasLocked(now time.Time) []string {
 	var retry []string
 	for _, name := range m.tenantNamesLocked() {
-		t := m.quotas.tenants[name]
-		if _, save := t.acct.Tick(now); save || t.saveErr != nil {
-			m.saveSnapshotLocked(t, t.acct.Snapshot(now))
+		t, _ := m.quotas.Tenant(name)
+		if _, save := t.Acct.Tick(now); save || t.SaveErr != nil {
+			m.saveSnapshotLocked(t, t.Acct.Snapshot(now))
 		}
-		for _, tp := range t.ports {
-			if m.quotaPortUnsplicedLocked(tp) && !now.Before(tp.retryAt) {
-				retry = append(retry, tp.port)
+		for _, tp := range t.Ports {
+			if m.quotaPortUnsplicedLocked(tp) && !now.Before(tp.RetryAt) {
+				retry = append(retry, tp.Name)
 			}
 		}
 	}
@@ -342,12 +268,12 @@ func (m *Manager) tickQuotasLocked(now time.Time) []string {
 }
 
 // saveSnapshotLocked queues s, t's snapshot, for flushSnapshots to write.
-func (m *Manager) saveSnapshotLocked(t *tenant, s quota.Snapshot) {
+func (m *Manager) saveSnapshotLocked(t *tenants.Tenant, s quota.Snapshot) {
 	if _, ok := m.quotaStore(); !ok {
 		return
 	}
 	if m.snapDue == nil {
-		m.snapDue = map[*tenant]quota.Snapshot{}
+		m.snapDue = map[*tenants.Tenant]quota.Snapshot{}
 	}
 	m.snapDue[t] = s
 }
@@ -368,7 +294,8 @@ func (m *Manager) flushSnapshots() {
 	m.mu.Unlock()
 	for t, s := range due {
 		m.mu.Lock()
-		live := m.quotas.tenants[t.cfg.Tenant] == t
+		cur, _ := m.quotas.Tenant(t.Cfg.Tenant)
+		live := cur == t
 		m.mu.Unlock()
 		if !live {
 			continue
@@ -377,16 +304,16 @@ func (m *Manager) flushSnapshots() {
 		m.mu.Lock()
 		switch {
 		case err != nil:
-			if t.saveErr == nil {
-				m.log.Error("cannot save a tenant's samples; retrying at every tick", "tenant", t.cfg.Tenant, "err", err)
+			if t.SaveErr == nil {
+				m.log.Error("cannot save a tenant's samples; retrying at every tick", "tenant", t.Cfg.Tenant, "err", err)
 			}
-			t.saveErr = err
+			t.SaveErr = err
 		default:
-			if t.saveErr != nil {
-				m.log.Info("tenant's samples saved again", "tenant", t.cfg.Tenant)
+			if t.SaveErr != nil {
+				m.log.Info("tenant's samples saved again", "tenant", t.Cfg.Tenant)
 			}
-			t.saveErr = nil
-			t.saved = keyOf(s)
+			t.SaveErr = nil
+			t.Saved(s)
 		}
 		m.mu.Unlock()
 	}
@@ -395,19 +322,14 @@ func (m *Manager) flushSnapshots() {
 // snapshotLocked returns t's snapshot at now for reading (metrics). Taking
 // a snapshot clears the Account's note that something needs saving, so a
 // snapshot that holds more than the last one saved is saved here.
-func (m *Manager) snapshotLocked(t *tenant, now time.Time) quota.Snapshot {
-	s := t.acct.Snapshot(now)
-	if !slices.Equal(keyOf(s), t.saved) {
+func (m *Manager) snapshotLocked(t *tenants.Tenant, now time.Time) quota.Snapshot {
+	s := t.Acct.Snapshot(now)
+	if t.Unsaved(s) {
 		m.saveSnapshotLocked(t, s)
 	}
 	return s
 }
 
 func (m *Manager) tenantNamesLocked() []string {
-	names := make([]string, 0, len(m.quotas.tenants))
-	for n := range m.quotas.tenants {
-		names = append(names, n)
-	}
-	sort.Strings(names)
-	return names
+	return m.quotas.Names()
 }

@@ -9,10 +9,10 @@ import (
 	"slices"
 	"time"
 
-	"github.com/shaperd/shaperd/detect"
+	"github.com/shaperd/shaperd/daemon/store"
+	"github.com/shaperd/shaperd/daemon/tenants"
 	"github.com/shaperd/shaperd/quota"
 	"github.com/shaperd/shaperd/splice"
-	"github.com/shaperd/shaperd/statefile"
 )
 
 // Quota tenants across a restart: the tenants file, the samples restored at
@@ -28,8 +28,8 @@ import (
 func (m *Manager) closeQuotas(now time.Time, meters map[string][]quota.PortMeter) {
 	m.mu.Lock()
 	for _, name := range m.tenantNamesLocked() {
-		t := m.quotas.tenants[name]
-		s := t.acct.Snapshot(now)
+		t, _ := m.quotas.Tenant(name)
+		s := t.Acct.Snapshot(now)
 		if pm, ok := meters[name]; ok {
 			s.Clean = &quota.CleanStop{Ports: pm}
 		}
@@ -44,8 +44,8 @@ func (m *Manager) closeQuotas(now time.Time, meters map[string][]quota.PortMeter
 func (m *Manager) quotaMeters() map[string][]quota.PortMeter {
 	m.mu.Lock()
 	ports := map[string][]string{}
-	for name, t := range m.quotas.tenants {
-		ports[name] = t.cfg.Ports
+	for _, t := range m.quotas.All() {
+		ports[t.Cfg.Tenant] = t.Cfg.Ports
 	}
 	m.mu.Unlock()
 	out := map[string][]quota.PortMeter{}
@@ -58,28 +58,6 @@ func (m *Manager) quotaMeters() map[string][]quota.PortMeter {
 		out[name] = pm
 	}
 	return out
-}
-
-// readPortMeters reads each port's ifindex and byte counters from sysfs;
-// a port that does not exist gets ifindex 0.
-func readPortMeters(ports []string) ([]quota.PortMeter, error) {
-	counters, err := detect.ReadCounters(ports)
-	if err != nil {
-		return nil, err
-	}
-	out := make([]quota.PortMeter, 0, len(ports))
-	for _, p := range ports {
-		pm := quota.PortMeter{Name: p}
-		if c, ok := counters[p]; ok {
-			ifx, err := detect.ReadAttr(p, "ifindex")
-			if err != nil {
-				return nil, fmt.Errorf("ifindex of %s: %w", p, err)
-			}
-			pm.Ifindex, pm.FromVMBytes, pm.ToVMBytes = int(ifx), c.RxBytes, c.TxBytes
-		}
-		out = append(out, pm)
-	}
-	return out, nil
 }
 
 // unmeteredSince returns what passed the ports between a clean stop's
@@ -124,15 +102,14 @@ func (m *Manager) loadQuotasLocked(now time.Time) {
 	if !ok {
 		return
 	}
-	m.quotas.init()
-	saved, err := loadTenants(m.opt.StateDir)
+	saved, err := store.LoadTenants(m.opt.StateDir)
 	switch {
 	case errors.Is(err, os.ErrNotExist):
 		return
 	case err != nil:
 		m.log.Error("tenants file unusable: quota tenants are not restored; add them again", "dir", m.opt.StateDir, "err", err)
-		if errors.Is(err, ErrCorruptState) {
-			from := filepath.Join(m.opt.StateDir, TenantsFile)
+		if errors.Is(err, store.ErrCorrupt) {
+			from := filepath.Join(m.opt.StateDir, store.TenantsFile)
 			to := fmt.Sprintf("%s.corrupt-%s", from, now.UTC().Format("20060102T150405Z"))
 			if os.Rename(from, to) == nil {
 				m.log.Warn("corrupt tenants file set aside", "path", to)
@@ -146,10 +123,10 @@ func (m *Manager) loadQuotasLocked(now time.Time) {
 			m.log.Error("tenant in the tenants file has unusable settings; skipped", "tenant", e.Tenant, "err", err)
 			continue
 		}
-		if _, dup := m.quotas.tenants[cfg.Tenant]; dup {
+		if _, dup := m.quotas.Tenant(cfg.Tenant); dup {
 			continue
 		}
-		if p := slices.IndexFunc(cfg.Ports, func(p string) bool { _, taken := m.quotas.byPort[p]; return taken }); p >= 0 {
+		if p := slices.IndexFunc(cfg.Ports, func(p string) bool { _, taken := m.quotas.Port(p); return taken }); p >= 0 {
 			m.log.Error("tenant in the tenants file shares a port with another; skipped", "tenant", e.Tenant, "port", cfg.Ports[p])
 			continue
 		}
@@ -197,9 +174,9 @@ func (m *Manager) loadQuotasLocked(now time.Time) {
 				m.log.Error("cannot apply the careful default; the tenant starts afresh", "tenant", cfg.Tenant, "err", err)
 			}
 		}
-		t := &tenant{cfg: cfg, acct: acct, since: e.Since, startMeters: startMeters}
+		t := &tenants.Tenant{Cfg: cfg, Acct: acct, Since: e.Since, StartMeters: startMeters}
 		for _, p := range cfg.Ports {
-			t.ports = append(t.ports, &tenantPort{t: t, port: p})
+			t.Ports = append(t.Ports, &tenants.Port{Tenant: t, Name: p})
 		}
 		m.registerTenantLocked(t)
 		m.saveSnapshotLocked(t, acct.Snapshot(now))
@@ -214,23 +191,23 @@ func (m *Manager) loadQuotasLocked(now time.Time) {
 // the bill.)
 func (m *Manager) countStartGapLocked(now time.Time) {
 	for _, name := range m.tenantNamesLocked() {
-		t := m.quotas.tenants[name]
-		if t.startMeters == nil {
+		t, _ := m.quotas.Tenant(name)
+		if t.StartMeters == nil {
 			continue
 		}
-		pm, err := m.host.PortMeters(t.cfg.Ports)
+		pm, err := m.host.PortMeters(t.Cfg.Ports)
 		if err != nil {
 			m.log.Warn("cannot read a tenant's port counters after the start; what passed unmetered during it is not counted", "tenant", name, "err", err)
-			t.startMeters = nil
+			t.StartMeters = nil
 			continue
 		}
-		u, why := unmeteredSince(t.startMeters, pm)
-		t.startMeters = nil
+		u, why := unmeteredSince(t.StartMeters, pm)
+		t.StartMeters = nil
 		if u == nil {
 			m.log.Warn("what a tenant's ports passed during the start is unknown; not counted", "tenant", name, "why", why)
 			continue
 		}
-		t.acct.AddUnmetered(now, *u)
+		t.Acct.AddUnmetered(now, *u)
 		m.log.Debug("counted what passed while the tenant's forwarders started", "tenant", name, "from_vm_bytes", u.FromVM, "to_vm_bytes", u.ToVM)
 	}
 }
@@ -252,7 +229,7 @@ func restoreAtCommit(a *quota.Account, now time.Time) error {
 // its port is a tenant's and not in the quarantine state file; it reports
 // whether the port was a tenant's (and so is dealt with).
 func (m *Manager) adoptQuotaSpliceLocked(port string, a splice.Adopter) bool {
-	tp, ok := m.quotas.byPort[port]
+	tp, ok := m.quotas.Port(port)
 	if !ok {
 		return false
 	}
@@ -274,7 +251,7 @@ func (m *Manager) adoptQuotaSpliceLocked(port string, a splice.Adopter) bool {
 		m.log.Error("cannot restart the forwarder of an adopted tenant splice", "port", port, "err", err)
 		return true
 	}
-	m.log.Info("adopted tenant splice", "port", port, "tenant", tp.t.cfg.Tenant, "backend", sp.Backend())
+	m.log.Info("adopted tenant splice", "port", port, "tenant", tp.Tenant.Cfg.Tenant, "backend", sp.Backend())
 	return true
 }
 
@@ -282,28 +259,14 @@ func (m *Manager) adoptQuotaSpliceLocked(port string, a splice.Adopter) bool {
 // that no adopted splice or quarantine covers, for their owners to splice.
 func (m *Manager) unsplicedQuotaPortsLocked() []string {
 	var out []string
-	for _, name := range m.tenantNamesLocked() {
-		for _, tp := range m.quotas.tenants[name].ports {
+	for _, t := range m.quotas.All() {
+		for _, tp := range t.Ports {
 			if m.quotaPortUnsplicedLocked(tp) {
-				out = append(out, tp.port)
+				out = append(out, tp.Name)
 			}
 		}
 	}
 	return out
-}
-
-// The tenants file: the tenants' settings, in the command line's words,
-// checksummed and replaced atomically like the state file.
-type tenantsBody struct {
-	Version int           `json:"version"`
-	Written time.Time     `json:"written"`
-	Tenants []savedTenant `json:"tenants"`
-}
-
-type savedTenant struct {
-	Tenant   string            `json:"tenant"`
-	Settings map[string]string `json:"settings"`
-	Since    time.Time         `json:"since"`
 }
 
 // saveTenants writes the tenants file with the tenants as they are now.
@@ -312,34 +275,11 @@ func (m *Manager) saveTenants() error {
 	m.saveMu.Lock()
 	defer m.saveMu.Unlock()
 	m.mu.Lock()
-	var entries []savedTenant
+	var entries []store.Tenant
 	for _, name := range m.tenantNamesLocked() {
-		t := m.quotas.tenants[name]
-		entries = append(entries, savedTenant{Tenant: name, Settings: t.cfg.Settings(), Since: t.since})
+		t, _ := m.quotas.Tenant(name)
+		entries = append(entries, store.Tenant{Tenant: name, Settings: t.Cfg.Settings(), Since: t.Since})
 	}
 	m.mu.Unlock()
-	return saveTenants(m.opt.StateDir, entries, time.Now())
-}
-
-func saveTenants(dir string, entries []savedTenant, now time.Time) error {
-	if entries == nil {
-		entries = []savedTenant{}
-	}
-	return statefile.Write(filepath.Join(dir, TenantsFile), tenantsBody{Version: 1, Written: now.UTC(), Tenants: entries}, false)
-}
-
-// loadTenants reads the tenants file in dir: os.ErrNotExist if there is
-// none, ErrCorruptState if it cannot be trusted.
-func loadTenants(dir string) ([]savedTenant, error) {
-	var body tenantsBody
-	if err := statefile.Read(filepath.Join(dir, TenantsFile), &body); err != nil {
-		if errors.Is(err, statefile.ErrCorrupt) {
-			return nil, fmt.Errorf("%w: %s: %s", ErrCorruptState, TenantsFile, statefile.Reason(err))
-		}
-		return nil, err
-	}
-	if body.Version != 1 {
-		return nil, fmt.Errorf("%w: %s: version %d, want 1", ErrCorruptState, TenantsFile, body.Version)
-	}
-	return body.Tenants, nil
+	return store.SaveTenants(m.opt.StateDir, entries, time.Now())
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/tenants"
 	"github.com/shaperd/shaperd/quota"
 	"github.com/shaperd/shaperd/units"
 )
@@ -15,8 +16,8 @@ import (
 // What status, quota report/list and the metrics say of the quota tenants.
 
 // quotaPortStateLocked is a tenant port's api.QuotaPort state.
-func (m *Manager) quotaPortStateLocked(tp *tenantPort) string {
-	if q, ok := m.q[tp.port]; ok {
+func (m *Manager) quotaPortStateLocked(tp *tenants.Port) string {
+	if q, ok := m.q[tp.Name]; ok {
 		if _, fwd := m.qSpliceLocked(q); fwd != nil {
 			return api.QuotaPortQuarantined
 		}
@@ -28,10 +29,10 @@ func (m *Manager) quotaPortStateLocked(tp *tenantPort) string {
 	return api.QuotaPortWaiting
 }
 
-func (m *Manager) quotaPortsLocked(t *tenant) []api.QuotaPort {
-	out := make([]api.QuotaPort, 0, len(t.ports))
-	for _, tp := range t.ports {
-		out = append(out, api.QuotaPort{Port: tp.port, State: m.quotaPortStateLocked(tp)})
+func (m *Manager) quotaPortsLocked(t *tenants.Tenant) []api.QuotaPort {
+	out := make([]api.QuotaPort, 0, len(t.Ports))
+	for _, tp := range t.Ports {
+		out = append(out, api.QuotaPort{Port: tp.Name, State: m.quotaPortStateLocked(tp)})
 	}
 	return out
 }
@@ -55,10 +56,10 @@ func apiReport(r quota.Report) api.QuotaReport {
 
 // quotaStatusLocked is status's quotas array, sorted by tenant.
 func (m *Manager) quotaStatusLocked(now time.Time) []api.QuotaStatus {
-	out := make([]api.QuotaStatus, 0, len(m.quotas.tenants))
+	out := make([]api.QuotaStatus, 0, m.quotas.Len())
 	for _, name := range m.tenantNamesLocked() {
-		t := m.quotas.tenants[name]
-		out = append(out, api.QuotaStatus{QuotaReport: apiReport(t.acct.Report(now)), Ports: m.quotaPortsLocked(t)})
+		t, _ := m.quotas.Tenant(name)
+		out = append(out, api.QuotaStatus{QuotaReport: apiReport(t.Acct.Report(now)), Ports: m.quotaPortsLocked(t)})
 	}
 	return out
 }
@@ -69,9 +70,10 @@ func (m *Manager) TenantSplices() map[string]string {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	out := map[string]string{}
-	for port, tp := range m.quotas.byPort {
+	for _, port := range m.quotas.PortNames() {
+		tp, _ := m.quotas.Port(port)
 		if sp, _ := m.tSpliceLocked(tp); sp != nil {
-			out[port] = tp.t.cfg.Tenant
+			out[port] = tp.Tenant.Cfg.Tenant
 		}
 	}
 	return out
@@ -81,11 +83,11 @@ func (m *Manager) TenantSplices() map[string]string {
 func (m *Manager) QuotaReport(name string) (api.QuotaReport, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	t, ok := m.quotas.tenants[name]
+	t, ok := m.quotas.Tenant(name)
 	if !ok {
 		return api.QuotaReport{}, fmt.Errorf("%w: %w %s (see shaperd quota list)", ErrNotFound, ErrNoTenant, name)
 	}
-	return apiReport(t.acct.Report(m.host.Now())), nil
+	return apiReport(t.Acct.Report(m.host.Now())), nil
 }
 
 // QuotaList returns every tenant, sorted by name.
@@ -94,20 +96,20 @@ func (m *Manager) QuotaList() api.QuotaList {
 	defer m.mu.Unlock()
 	now := m.host.Now()
 	out := api.QuotaList{Tenants: []api.QuotaTenant{}}
-	for _, name := range m.tenantNamesLocked() {
-		out.Tenants = append(out.Tenants, m.tenantInfoLocked(m.quotas.tenants[name], now))
+	for _, t := range m.quotas.All() {
+		out.Tenants = append(out.Tenants, m.tenantInfoLocked(t, now))
 	}
 	return out
 }
 
-func (m *Manager) tenantInfoLocked(t *tenant, now time.Time) api.QuotaTenant {
-	r := t.acct.Report(now)
-	ps, pe := t.cfg.Period.Bounds(now)
+func (m *Manager) tenantInfoLocked(t *tenants.Tenant, now time.Time) api.QuotaTenant {
+	r := t.Acct.Report(now)
+	ps, pe := t.Cfg.Period.Bounds(now)
 	return api.QuotaTenant{
-		Tenant:             t.cfg.Tenant,
-		Settings:           t.cfg.Settings(),
+		Tenant:             t.Cfg.Tenant,
+		Settings:           t.Cfg.Settings(),
 		Ports:              m.quotaPortsLocked(t),
-		Since:              t.since,
+		Since:              t.Since,
 		PeriodStart:        ps,
 		PeriodEnd:          pe,
 		CommitBPS:          r.CommitBPS,
@@ -154,18 +156,18 @@ func (m *Manager) QuotaMetrics(now time.Time) []QuotaMetrics {
 	defer m.flushSnapshots()
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	out := make([]QuotaMetrics, 0, len(m.quotas.tenants))
+	out := make([]QuotaMetrics, 0, m.quotas.Len())
 	for _, name := range m.tenantNamesLocked() {
-		t := m.quotas.tenants[name]
+		t, _ := m.quotas.Tenant(name)
 		s := m.snapshotLocked(t, now)
-		r := apiReport(t.acct.Report(now))
+		r := apiReport(t.Acct.Report(now))
 		r.Samples = nil
 		qm := QuotaMetrics{Report: r, Ports: m.quotaPortsLocked(t),
-			FromVM: t.acct.Counters(quota.FromVM), ToVM: t.acct.Counters(quota.ToVM)}
-		qc := rateBytes(t.cfg.Commit, t.cfg.Interval)
+			FromVM: t.Acct.Counters(quota.FromVM), ToVM: t.Acct.Counters(quota.ToVM)}
+		qc := rateBytes(t.Cfg.Commit, t.Cfg.Interval)
 		qb := int64(-1)
-		if t.cfg.BurstCeiling != 0 {
-			qb = rateBytes(t.cfg.BurstCeiling, t.cfg.Interval)
+		if t.Cfg.BurstCeiling != 0 {
+			qb = rateBytes(t.Cfg.BurstCeiling, t.Cfg.Interval)
 		}
 		for _, l := range s.Lanes {
 			ql := QuotaLane{Name: l.Name, UsedBytes: l.Normal + l.Bypass, QuotaBytes: qc, Burst: l.Burst}

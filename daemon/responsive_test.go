@@ -13,6 +13,7 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/daemon"
+	"github.com/shaperd/shaperd/daemon/host"
 	"github.com/shaperd/shaperd/daemon/hosttest"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/forward/fakedev"
@@ -36,7 +37,7 @@ func TestStatusAndMetricsDoNotWaitForSlowWork(t *testing.T) {
 	fb := fakesplice.New("vm-1", "vm-2", "vm-3")
 	fb.Delay = 5 * time.Second
 	// The real guard learning, with the hung virsh above.
-	h := &hosttest.Host{Exists: fb.Exists, Learn: daemon.SystemHost{}.LearnGuard,
+	h := &hosttest.Host{Exists: fb.Exists, Learn: host.System{}.LearnGuard,
 		Tap: func(string) (forward.Device, error) { return fakedev.New(4), nil }}
 	m := daemon.NewWithOptions(nil, daemon.Options{StateDir: t.TempDir(), PendingTTL: time.Hour, Host: h}, fb)
 	defer m.Close()
@@ -46,20 +47,23 @@ func TestStatusAndMetricsDoNotWaitForSlowWork(t *testing.T) {
 	var wg sync.WaitGroup
 	var slowErr, guardErr, pendingErr error
 	var pendingTook time.Duration
+	pps1000 := api.LimitRequest{FromVM: api.DirChange{PPS: api.Some(1000.0)}}
+	guarded, on := pps1000, true
+	guarded.Guard = &on
 	wg.Add(3)
 	go func() {
 		defer wg.Done()
-		_, slowErr = m.Quarantine("vm-1", api.LimitRequest{"pps": "1000"}, false)
+		_, slowErr = m.Quarantine("vm-1", pps1000, false)
 	}()
 	go func() {
 		defer wg.Done()
-		_, guardErr = m.Quarantine("vm-2", api.LimitRequest{"pps": "1000", "guard": "true"}, false)
+		_, guardErr = m.Quarantine("vm-2", guarded, false)
 	}()
 	go func() {
 		defer wg.Done()
 		time.Sleep(100 * time.Millisecond)
 		start := time.Now()
-		_, pendingErr = m.Quarantine("vm-9", api.LimitRequest{"pps": "1000"}, true)
+		_, pendingErr = m.Quarantine("vm-9", pps1000, true)
 		pendingTook = time.Since(start)
 	}()
 

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/shaperd/shaperd/daemon/intent"
+	"github.com/shaperd/shaperd/daemon/store"
 	"github.com/shaperd/shaperd/splice"
 	"github.com/shaperd/shaperd/statefile"
 )
@@ -60,12 +62,12 @@ func (m *Manager) Restore() error {
 func (m *Manager) restoreLocked() ([]string, error) {
 	now := m.host.Now()
 	trusted := m.opt.StateDir != "" // without a state file, adopt everything found
-	saved := map[string]savedEntry{}
+	saved := map[string]store.Quarantine{}
 	suspect := map[string]bool{}
 	if m.opt.StateDir != "" {
 		var err error
 		var bad map[string]string
-		saved, bad, err = loadState(m.opt.StateDir)
+		saved, bad, err = store.LoadQuarantines(m.opt.StateDir)
 		for port, why := range bad {
 			// Its splice, if any, is adopted from the plumbing, not
 			// removed as an orphan.
@@ -73,14 +75,14 @@ func (m *Manager) restoreLocked() ([]string, error) {
 			m.log.Error("event: a state file entry cannot be right; ignored", "event", "state_entry_refused", "port", port, "why", why)
 		}
 		switch {
-		case errors.Is(err, ErrNoState):
+		case errors.Is(err, store.ErrNoState):
 			trusted = false
 			m.log.Info("no state file: adopting whatever splices are found", "dir", m.opt.StateDir)
 		case err != nil:
 			trusted = false
 			m.log.Error("state file unusable: rebuilding from the plumbing", "dir", m.opt.StateDir, "err", err)
-			if errors.Is(err, ErrCorruptState) {
-				if to, err := setAside(m.opt.StateDir, now); err == nil {
+			if errors.Is(err, store.ErrCorrupt) {
+				if to, err := store.SetAside(m.opt.StateDir, now); err == nil {
 					m.log.Warn("corrupt state file set aside", "path", to)
 				}
 			}
@@ -126,10 +128,10 @@ func (m *Manager) restoreLocked() ([]string, error) {
 		if !inState {
 			since = now.UTC()
 			var err error
-			if spec, err = ParseIntent(f.intent); err == nil {
+			if spec, err = intent.Parse(f.intent); err == nil {
 				how = "plumbing"
 			} else {
-				spec, how = ConservativeSpec(), "conservative default"
+				spec, how = intent.Conservative(), "conservative default"
 				m.health.add(EventLimitsUnrecovered)
 				m.log.Warn("event: limits of an adopted splice could not be recovered; applying a conservative default",
 					"event", EventLimitsUnrecovered, "port", port, "intent", f.intent, "err", err, "limits", spec.Intent())
@@ -261,12 +263,12 @@ func ReleaseOffline(log interface {
 		}
 	}
 	if stateDir != "" {
-		saved, bad, err := loadState(stateDir)
+		saved, bad, err := store.LoadQuarantines(stateDir)
 		for port, why := range bad {
 			log.Error("a state file entry cannot be right; dropped", "port", port, "why", why)
 		}
 		if err == nil {
-			var keep []savedEntry
+			var keep []store.Quarantine
 			for p, e := range saved {
 				if all || (len(ports) > 0 && contains(ports, p)) {
 					if e.State == StatePending {
@@ -277,7 +279,7 @@ func ReleaseOffline(log interface {
 				}
 				keep = append(keep, e)
 			}
-			if err := saveState(stateDir, keep, time.Now()); err != nil {
+			if err := store.SaveQuarantines(stateDir, keep, time.Now()); err != nil {
 				errs = append(errs, fmt.Errorf("update state file: %w", err))
 			}
 		}

@@ -8,21 +8,22 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/classify"
+	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/internal/version"
 	"github.com/shaperd/shaperd/splice"
 )
 
-func dirStatus(d DirSpec, s forward.DirStats, qs *forward.QueueStats) api.Direction {
+func dirStatus(d intent.DirSpec, s forward.DirStats, qs *forward.QueueStats) api.Direction {
 	var controlBurst *int
-	if b := d.policy().Classes[classify.Control].BurstPackets; b > 0 {
+	if b := intent.DirPolicy(d).Classes[classify.Control].BurstPackets; b > 0 {
 		controlBurst = &b
 	}
 	out := api.Direction{
-		Limits:        apiLimits(d.PPS, d.BPS, d.Burst, d.BurstBytes),
-		BypassLimits:  apiLimits(d.BypassPPS, d.BypassBPS, nil, nil),
-		ControlLimits: apiLimits(d.ControlPPS, nil, controlBurst, nil),
+		Limits:        intent.APILimits(d.PPS, d.BPS, d.Burst, d.BurstBytes),
+		BypassLimits:  intent.APILimits(d.BypassPPS, d.BypassBPS, nil, nil),
+		ControlLimits: intent.APILimits(d.ControlPPS, nil, controlBurst, nil),
 		Classes:       make(map[string]api.ClassStats, classify.NumClasses),
 		ReadErrors:    s.ReadErrors,
 		Panics:        s.Panics,

@@ -10,6 +10,7 @@ import (
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/daemon/hosttest"
+	"github.com/shaperd/shaperd/daemon/store"
 	"github.com/shaperd/shaperd/profile"
 	"github.com/shaperd/shaperd/splice/fakesplice"
 )
@@ -21,7 +22,7 @@ func TestRefusesHostileValues(t *testing.T) {
 	fb := fakesplice.New("vm-1", ".", "..", "-h", "--help")
 	m := newTestManager(t, t.TempDir(), fb)
 	for _, port := range []string{".", "..", "-h", "--help"} {
-		if _, err := m.Quarantine(port, api.LimitRequest{"pps": "100"}, false); !errors.Is(err, ErrUsage) {
+		if _, err := quarantineFlags(m, port, api.LimitFlags{"pps": "100"}, false); !errors.Is(err, ErrUsage) {
 			t.Errorf("quarantine %q: %v, want a usage error", port, err)
 		}
 	}
@@ -36,7 +37,7 @@ func TestRefusesHostileValues(t *testing.T) {
 		{"burst-bytes", "99999999999mb", "at most 1gb"},
 		{"queue-bytes", "2gb", "at most 1gb"},
 	} {
-		_, err := m.Quarantine("vm-1", api.LimitRequest{"pps": "100", c.flag: c.value}, false)
+		_, err := quarantineFlags(m, "vm-1", api.LimitFlags{"pps": "100", c.flag: c.value}, false)
 		if !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("--%s %s: %v, want a usage error saying %q", c.flag, c.value, err, c.want)
 		}
@@ -45,7 +46,7 @@ func TestRefusesHostileValues(t *testing.T) {
 		t.Errorf("%d splices made", fb.Splices())
 	}
 	// The largest values accepted are accepted.
-	if _, err := m.Quarantine("vm-1", api.LimitRequest{"pps": "10000000", "bps": "100gbit", "burst-bytes": "1gb"}, false); err != nil {
+	if _, err := quarantineFlags(m, "vm-1", api.LimitFlags{"pps": "10000000", "bps": "100gbit", "burst-bytes": "1gb"}, false); err != nil {
 		t.Errorf("the largest limits: %v", err)
 	}
 }
@@ -58,14 +59,14 @@ func TestFailedSaveIsReported(t *testing.T) {
 	fb := fakesplice.New("vm-1")
 	m := newTestManager(t, dir, fb)
 	// The state file's place is taken by a directory: every write fails.
-	if err := os.Mkdir(filepath.Join(dir, StateFile), 0o700); err != nil {
+	if err := os.Mkdir(filepath.Join(dir, store.StateFile), 0o700); err != nil {
 		t.Fatal(err)
 	}
-	q, err := m.Quarantine("vm-1", api.LimitRequest{"pps": "100"}, false)
+	q, err := quarantineFlags(m, "vm-1", api.LimitFlags{"pps": "100"}, false)
 	if err != nil || !fb.Spliced("vm-1") || len(q.Warnings) != 1 || !strings.Contains(q.Warnings[0], "state file could not be written") {
 		t.Fatalf("quarantine: %v, spliced %v, warnings %q", err, fb.Spliced("vm-1"), q.Warnings)
 	}
-	if q, err := m.Set("vm-1", api.LimitRequest{"pps": "200"}); err != nil || len(q.Warnings) != 1 {
+	if q, err := setFlags(m, "vm-1", api.LimitFlags{"pps": "200"}); err != nil || len(q.Warnings) != 1 {
 		t.Fatalf("set: %v, warnings %q", err, q.Warnings)
 	}
 	if err := m.Release("vm-1"); !errors.Is(err, ErrNotSaved) || fb.Spliced("vm-1") {
@@ -81,21 +82,21 @@ func TestBadStateEntriesAreLeftOut(t *testing.T) {
 	fb := fakesplice.New("vm-1", "vm-2", "vm-3")
 	m := newTestManager(t, dir, fb)
 	for _, p := range []string{"vm-1", "vm-2", "vm-3"} {
-		if _, err := m.Quarantine(p, api.LimitRequest{"pps": "100"}, false); err != nil {
+		if _, err := quarantineFlags(m, p, api.LimitFlags{"pps": "100"}, false); err != nil {
 			t.Fatal(err)
 		}
 	}
 	m.Close()
-	good, bad, err := loadState(dir)
+	good, bad, err := store.LoadQuarantines(dir)
 	if err != nil || len(good) != 3 || len(bad) != 0 {
 		t.Fatalf("the daemon's own file: %d good, bad %v, %v", len(good), bad, err)
 	}
 	e2, e3 := good["vm-2"], good["vm-3"]
 	e2.State = "frozen"
-	if err := saveState(dir, []savedEntry{good["vm-1"], e2, e3, e3}, time.Now()); err != nil {
+	if err := store.SaveQuarantines(dir, []store.Quarantine{good["vm-1"], e2, e3, e3}, time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	good, bad, err = loadState(dir)
+	good, bad, err = store.LoadQuarantines(dir)
 	if err != nil || len(good) != 1 || good["vm-1"].Port != "vm-1" || !strings.Contains(bad["vm-2"], "unknown state") || !strings.Contains(bad["vm-3"], "2 entries") {
 		t.Fatalf("loadState: good %v, bad %v, %v", good, bad, err)
 	}
@@ -154,22 +155,22 @@ func TestAlertObeysTheSafetySettings(t *testing.T) {
 func TestBlockIsExplicit(t *testing.T) {
 	fb := fakesplice.New("vm-1")
 	m := newTestManager(t, t.TempDir(), fb)
-	for _, req := range []api.LimitRequest{{"pps": "0"}, {"to-vm-pps": "0.0"}, {"bps": "0kbit"}, {"pps": "100", "to-vm-bps": "0"}} {
-		if _, err := m.Quarantine("vm-1", req, false); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "block") {
+	for _, req := range []api.LimitFlags{{"pps": "0"}, {"to-vm-pps": "0.0"}, {"bps": "0kbit"}, {"pps": "100", "to-vm-bps": "0"}} {
+		if _, err := quarantineFlags(m, "vm-1", req, false); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "block") {
 			t.Errorf("quarantine %v: %v, want a usage error naming --block", req, err)
 		}
 	}
 	if fb.Splices() != 0 {
 		t.Fatalf("%d splices", fb.Splices())
 	}
-	q, err := m.Quarantine("vm-1", api.LimitRequest{"block": "true"}, false)
+	q, err := quarantineFlags(m, "vm-1", api.LimitFlags{"block": "true"}, false)
 	if err != nil || q.Directions.FromVM.Limits.PPS == nil || *q.Directions.FromVM.Limits.PPS != 0 {
 		t.Fatalf("--block: %v, from_vm limits %+v", err, q.Directions.FromVM.Limits)
 	}
-	if _, err := m.Set("vm-1", api.LimitRequest{"pps": "0"}); !errors.Is(err, ErrUsage) {
+	if _, err := setFlags(m, "vm-1", api.LimitFlags{"pps": "0"}); !errors.Is(err, ErrUsage) {
 		t.Errorf("set --pps 0: %v", err)
 	}
-	if q, err := m.Set("vm-1", api.LimitRequest{"pps": "500"}); err != nil || *q.Directions.FromVM.Limits.PPS != 500 {
+	if q, err := setFlags(m, "vm-1", api.LimitFlags{"pps": "500"}); err != nil || *q.Directions.FromVM.Limits.PPS != 500 {
 		t.Errorf("set --pps 500 after --block: %v", err)
 	}
 }

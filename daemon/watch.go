@@ -10,19 +10,6 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// linkNames lists the links of the daemon's network namespace.
-func linkNames() ([]string, error) {
-	links, err := netlink.LinkList()
-	if err != nil {
-		return nil, err
-	}
-	out := make([]string, len(links))
-	for i, l := range links {
-		out[i] = l.Attrs().Name
-	}
-	return out, nil
-}
-
 // ResubscribeDelay is how long WatchLinks waits before subscribing again
 // after the subscription failed.
 const ResubscribeDelay = time.Second
@@ -129,7 +116,7 @@ func (m *Manager) resyncLinks() {
 	}
 	m.mu.Lock()
 	ports := m.portsLocked()
-	for p := range m.quotas.byPort {
+	for _, p := range m.quotas.PortNames() {
 		if _, ok := m.q[p]; !ok {
 			ports = append(ports, p)
 		}
@@ -153,7 +140,7 @@ func (m *Manager) PortGone(port string) {
 	defer m.unlockOwner(o)
 	m.mu.Lock()
 	q := m.q[port]
-	tp := m.quotas.byPort[port]
+	tp, _ := m.quotas.Port(port)
 	active := q != nil && q.state == StateActive
 	spliced := !o.Idle()
 	closed := m.closed
@@ -165,7 +152,7 @@ func (m *Manager) PortGone(port string) {
 	case active:
 		m.log.Warn("quarantined port disappeared: removing its splice; the quarantine is pending until the port returns", "port", port)
 	case tp != nil:
-		m.log.Warn("tenant port disappeared: removing its splice until it returns", "port", port, "tenant", tp.t.cfg.Tenant)
+		m.log.Warn("tenant port disappeared: removing its splice until it returns", "port", port, "tenant", tp.Tenant.Cfg.Tenant)
 	}
 	if err := m.reconcile(o); err != nil && !errors.Is(err, ErrClosed) {
 		m.log.Error("cleaning up after a vanished port", "port", port, "err", err)
@@ -181,7 +168,7 @@ func (m *Manager) PortGone(port string) {
 func (m *Manager) PortAppeared(port string) {
 	m.mu.Lock()
 	q := m.q[port]
-	_, tenant := m.quotas.byPort[port]
+	_, tenant := m.quotas.Port(port)
 	closed := m.closed
 	m.mu.Unlock()
 	if closed || (q == nil && !tenant) {
@@ -198,7 +185,7 @@ func (m *Manager) tryPort(port string, now time.Time) {
 	defer m.unlockOwner(o)
 	m.mu.Lock()
 	q := m.q[port]
-	tp := m.quotas.byPort[port]
+	tp, _ := m.quotas.Port(port)
 	pending := q != nil && q.state == StatePending
 	_, fwd, _ := o.State()
 	unspliced := q == nil && tp != nil && fwd == nil

@@ -59,11 +59,11 @@ func TestLinkWatchResubscribes(t *testing.T) {
 		}
 		return out, nil
 	}
-	req := api.LimitRequest{"pps": "5000"}
-	if _, err := m.Quarantine("vm-7", req, false); err != nil {
+	req := api.LimitFlags{"pps": "5000"}
+	if _, err := quarantineFlags(m, "vm-7", req, false); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m.Quarantine("vm-8", req, true); err != nil {
+	if _, err := quarantineFlags(m, "vm-8", req, true); err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())

@@ -277,7 +277,7 @@ func TestLadderOnLab(t *testing.T) {
 	l.bg(vm1, "probe", "server", "--listen", l.get("VM1_IP")+":22")
 	flood := l.bg(vm1, "flood", "--dst", l.get("EXT_IP"), "--size", "250", "--pps", "0", "--duration", "0")
 
-	stageRate := func(stage string, want float64) {
+	stageRate := func(stage api.Stage, want float64) {
 		t.Helper()
 		st, took, ok := d.waitFor(20*time.Second, func(st api.Status) bool {
 			q := quarantineOf(st, port1)

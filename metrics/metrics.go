@@ -209,7 +209,7 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		q := &pm.Status
 		states[q.State]++
 		ch <- prometheus.MustNewConstMetric(descInfo, prometheus.GaugeValue, 1, q.Port, q.Backend, string(q.State), string(q.Fail))
-		ch <- prometheus.MustNewConstMetric(descStage, prometheus.GaugeValue, 1, q.Port, q.Stage, q.Profile, string(q.Origin))
+		ch <- prometheus.MustNewConstMetric(descStage, prometheus.GaugeValue, 1, q.Port, string(q.Stage), q.Profile, string(q.Origin))
 		if q.NextTransition != nil {
 			ch <- prometheus.MustNewConstMetric(descNextTransition, prometheus.GaugeValue, float64(q.NextTransition.UnixNano())/1e9, q.Port)
 		}

@@ -39,6 +39,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/detect"
 	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/rules"
@@ -87,15 +88,16 @@ type Profile struct {
 	// OnBlock is the command run, with the port appended, when the ladder
 	// reaches stage 3; empty for none.
 	OnBlock []string
-	// Limits are quarantine flags (the names the command line uses), applied
-	// when the quarantine starts, before the ladder's own limits.
-	Limits map[string]string
+	// Limits are applied when the quarantine starts, before the ladder's
+	// own limits (the config writes them as quarantine flags, see
+	// api.ParseLimits).
+	Limits api.LimitRequest
 	// Correlate limits traffic to the group's router port when a member of
 	// the group is flagged and the flood shows on the router port too.
 	Correlate bool
 	// GuardLearn lets a quarantine with this profile find the VM's
 	// addresses for the guard in the bridge's and neighbour tables before
-	// the splice. (guard: true puts "guard" in Limits.)
+	// the splice. (guard: true sets Limits.Guard.)
 	GuardLearn bool
 }
 
@@ -104,7 +106,15 @@ type Profile struct {
 func Default() Profile {
 	cfg := ladder.DefaultConfig()
 	return Profile{Name: Quarantine, Threshold: cfg.Threshold, UseLadder: true, Ladder: cfg, Shape: true,
-		Limits: map[string]string{"guard": "true"}, GuardLearn: true}
+		Limits: api.LimitRequest{Guard: yes()}, GuardLearn: true}
+}
+
+func yes() *bool { b := true; return &b }
+
+// limitsError is err, an error of api.ParseLimits or api.ParseRules, as an
+// error of the key profiles.NAME.limits.
+func limitsError(name string, err error) error {
+	return fmt.Errorf("profiles.%s.limits: %s", name, strings.TrimPrefix(err.Error(), api.ErrUsage.Error()+": "))
 }
 
 // Build validates r and returns the profile called name. Errors name the key
@@ -196,16 +206,17 @@ func (r Raw) Build(name string) (Profile, error) {
 		}
 		p.OnBlock = slices.Clone(r.OnBlock)
 	}
-	guardOn := p.Limits["guard"] == "true"
-	p.Limits = maps.Clone(r.Limits)
-	if p.Limits == nil {
-		p.Limits = map[string]string{}
+	guardOn := p.Limits.Guard != nil && *p.Limits.Guard
+	lim, err := api.ParseLimits(r.Limits)
+	if err != nil {
+		return p, limitsError(name, err)
 	}
+	p.Limits = lim
 	if r.Guard != nil {
 		guardOn = *r.Guard
 	}
-	if _, ok := p.Limits["guard"]; !ok && guardOn {
-		p.Limits["guard"] = "true"
+	if p.Limits.Guard == nil && guardOn {
+		p.Limits.Guard = yes()
 	}
 	if r.GuardLearn != nil {
 		p.GuardLearn = *r.GuardLearn
@@ -216,13 +227,15 @@ func (r Raw) Build(name string) (Profile, error) {
 				return p, bad(fmt.Sprintf("classes[%d]", i), "%q: %v", c, err)
 			}
 		}
-		p.Limits["class"] = strings.Join(r.Classes, "\n")
+		rs, err := api.ParseRules(strings.Join(r.Classes, "\n"), "--class")
+		if err != nil {
+			return p, limitsError(name, err)
+		}
+		p.Limits.FromVM.Classes = api.Opt[api.Rules]{Set: true, Value: rs}
 	}
-	limits := len(p.Limits)
-	if _, ok := p.Limits["guard"]; ok {
-		limits--
-	}
-	if !p.UseLadder && limits == 0 {
+	named := p.Limits
+	named.Guard = nil
+	if !p.UseLadder && named.IsZero() {
 		return p, bad("limits", "a profile with ladder: false needs limits (for example pps: 10000)")
 	}
 	p.Correlate = r.Correlate

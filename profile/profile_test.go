@@ -19,7 +19,7 @@ func TestBuild(t *testing.T) {
 	}
 	if p.Threshold.PPS != 20000 || p.Threshold.BitsPerSecond != 100e6 || p.Threshold.Direction != detect.Either ||
 		p.Shape || p.Ladder.Delay1 != 0 || p.Ladder.TargetPPS != 5000 || p.Ladder.Stage1Duration != 30*time.Second ||
-		p.Ladder.ClearAfter != time.Minute || p.Ladder.Threshold != p.Threshold || p.Limits["to-vm-pps"] != "100" || len(p.OnBlock) != 1 {
+		p.Ladder.ClearAfter != time.Minute || p.Ladder.Threshold != p.Threshold || p.Limits.ToVM.PPS.Value == nil || *p.Limits.ToVM.PPS.Value != 100 || len(p.OnBlock) != 1 {
 		t.Fatalf("%+v", p)
 	}
 	d, err := Raw{}.Build("q")

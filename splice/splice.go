@@ -191,4 +191,4 @@ type Kernel interface {
 
 // ErrNoKernel means the splice holds no kernel half (it failed to adopt
 // one, or is released).
-var ErrNoKernel = errors.New("the splice holds no kernel half")
+var ErrNoKernel = steer.ErrNoKernel

@@ -51,9 +51,10 @@ var limitHelp = map[string]string{
 }
 
 // addLimitFlags registers every limit flag (and its --to-vm- twin) as a
-// string; the daemon parses them, so all clients share its errors.
+// string; package api parses them, on both sides of the socket, so all
+// clients share the daemon's errors.
 func addLimitFlags(fs *pflag.FlagSet) {
-	for _, name := range daemon.LimitFlagNames() {
+	for _, name := range api.LimitFlagNames() {
 		base := strings.TrimPrefix(name, "to-vm-")
 		help := limitHelp[base]
 		switch {
@@ -74,10 +75,11 @@ func addLimitFlags(fs *pflag.FlagSet) {
 	}
 }
 
-// limitRequest collects the limit flags given on the command line.
-func limitRequest(fs *pflag.FlagSet, extra ...string) api.LimitRequest {
-	req := api.LimitRequest{}
-	names := append(daemon.LimitFlagNames(), extra...)
+// limitFlags collects the limit flags given on the command line, in the
+// control socket's words.
+func limitFlags(fs *pflag.FlagSet, extra ...string) api.LimitFlags {
+	req := api.LimitFlags{}
+	names := append(api.LimitFlagNames(), extra...)
 	for _, n := range names {
 		if f := fs.Lookup(n); f != nil && f.Changed {
 			if a, ok := f.Value.(pflag.SliceValue); ok {
@@ -106,7 +108,7 @@ TCP connections TO the VM on the --bypass ports (default 22,3389) keep working
 with their own budget.` + unitsHelp,
 		Args: exactArgs("PORT"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := api.QuarantineRequest{Port: args[0], Limits: limitRequest(cmd.Flags(), "bypass", "bypass-outbound", "fail", "profile"), Pending: pending}
+			req := api.QuarantineRequest{Port: args[0], Limits: limitFlags(cmd.Flags(), "bypass", "bypass-outbound", "fail", "profile"), Pending: pending}
 			if err := daemon.CheckRequest(req.Port, req.Limits, false); err != nil {
 				return usageErr("%s", strings.TrimPrefix(err.Error(), "usage: "))
 			}
@@ -135,7 +137,7 @@ func newSetCmd(g *globals) *cobra.Command {
 		Long:  `Change only the limits named; 'none' clears one. A default burst follows its rate.` + unitsHelp,
 		Args:  exactArgs("PORT"),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			req := api.SetRequest{Port: args[0], Limits: limitRequest(cmd.Flags())}
+			req := api.SetRequest{Port: args[0], Limits: limitFlags(cmd.Flags())}
 			if len(req.Limits) == 0 {
 				return usageErr("set %s: nothing to change: name at least one limit flag (see 'shaperd set --help')", args[0])
 			}

@@ -268,7 +268,7 @@ func stageOf(q *api.Quarantine) string {
 	if q.Stage == "" {
 		return "manual"
 	}
-	return q.Stage
+	return string(q.Stage)
 }
 
 func row(port, state, stage, dir string, valid bool, r rates, note string) string {

@@ -1,4 +1,4 @@
-// Package hosttest is a fake daemon.Host for unit tests: fake taps, ports
+// Package hosttest is a fake host.Host for unit tests: fake taps, ports
 // that exist or not as the test says, a clock it sets, link events it sends,
 // and hooks it records. Every field is optional; set them before the
 // manager is made, or guard later changes yourself.
@@ -17,7 +17,7 @@ import (
 	"github.com/shaperd/shaperd/quota"
 )
 
-// Host implements daemon.Host with the functions given, and these
+// Host implements host.Host with the functions given, and these
 // defaults: the real clock; every port exists; taps are fakedev devices of
 // 16 frames; every port's meters are zero with ifindex 0 (gone); no links
 // and no link events; nothing learnt for a guard; hooks succeed and are

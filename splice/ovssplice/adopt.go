@@ -391,7 +391,7 @@ func (s *spliced) adopt() (repaired []string, err error) {
 		if err != nil {
 			return repaired, err
 		}
-		s.setHalf(h)
+		s.Hold(h)
 	} else if err := s.attachSteer(); err != nil {
 		return repaired, err
 	}

@@ -56,6 +56,7 @@ import (
 	"sync"
 
 	"github.com/shaperd/shaperd/splice"
+	"github.com/shaperd/shaperd/splice/steer"
 )
 
 // BackendName is what Name and Splice.Backend return.
@@ -397,10 +398,11 @@ type spliced struct {
 	portAdded    bool            // netTap (may) have joined the bridge
 	floodChanged bool            // the port (may) have been set no-flood
 	bundleSent   bool            // the flows and groups (may) exist
-	half         kernelHalf      // the kernel half, while this splice holds it; also guarded by hmu
-	hmu          sync.Mutex      // guards half for the kernel's callers (see kernel)
-	xdpID        uint32          // the id of its XDP program on the port, while attached
-	released     bool
+	// The kernel half, while this splice holds it; SetBackstop, Beat and
+	// KernelStats (splice.Kernel) are the slot's.
+	steer.Slot[kernelHalf]
+	xdpID    uint32 // the id of its XDP program on the port, while attached
+	released bool
 }
 
 var _ splice.Splice = (*spliced)(nil)

@@ -185,7 +185,7 @@ func (s *spliced) attachSteer() error {
 	if err != nil {
 		return err
 	}
-	s.setHalf(h)
+	s.Hold(h)
 	s.xdpID = id
 	return nil
 }
@@ -201,8 +201,7 @@ func (s *spliced) dropXDP() error {
 		}
 	}
 	s.xdpID = 0
-	if h := s.kernel(); h != nil {
-		s.setHalf(nil)
+	if h, ok := s.Take(); ok {
 		if err := h.Close(); err != nil {
 			s.b.log.Warn("closing the kernel half", "port", s.port, "err", err)
 		}
@@ -211,46 +210,3 @@ func (s *spliced) dropXDP() error {
 }
 
 var _ splice.Kernel = (*spliced)(nil)
-
-// SetBackstop sets direction d's backstop ceilings in the kernel half.
-func (s *spliced) SetBackstop(d steer.Dir, b steer.Backstop) error {
-	h := s.kernel()
-	if h == nil {
-		return splice.ErrNoKernel
-	}
-	return h.SetBackstop(d, b)
-}
-
-// Beat writes and arms the kernel half's heartbeat.
-func (s *spliced) Beat(now uint64, stale time.Duration) error {
-	h := s.kernel()
-	if h == nil {
-		return splice.ErrNoKernel
-	}
-	return h.Beat(now, stale)
-}
-
-// KernelStats reads the kernel half's counters.
-func (s *spliced) KernelStats() (steer.Stats, error) {
-	h := s.kernel()
-	if h == nil {
-		return steer.Stats{}, splice.ErrNoKernel
-	}
-	return h.Stats()
-}
-
-// kernel returns the kernel half, nil if the splice holds none. It takes
-// only hmu, never the backend's lock: the heartbeat must not wait for a
-// slow Splice or Release of another port.
-func (s *spliced) kernel() kernelHalf {
-	s.hmu.Lock()
-	defer s.hmu.Unlock()
-	return s.half
-}
-
-// setHalf sets the kernel half (nil: none).
-func (s *spliced) setHalf(h kernelHalf) {
-	s.hmu.Lock()
-	defer s.hmu.Unlock()
-	s.half = h
-}

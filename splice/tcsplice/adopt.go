@@ -231,8 +231,7 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 	s.portIndex = portL.Attrs().Index
 	s.portDetached = portL.Attrs().MasterIndex == 0
 	if err := s.repair(portL, na.Index); err != nil {
-		if h := s.kernel(); h != nil {
-			s.setHalf(nil)
+		if h, ok := s.Take(); ok {
 			h.Close()
 		}
 		return nil, fmt.Errorf("tcsplice: adopt %s: %w", port, err)
@@ -360,7 +359,7 @@ func (s *spliced) repair(portL netlink.Link, netIndex int) error {
 		if err != nil {
 			return err
 		}
-		s.setHalf(h)
+		s.Hold(h)
 		if !onNet {
 			if err := s.attachNetSteer(h); err != nil {
 				return err

@@ -122,8 +122,8 @@ func TestAdoptRecreatesMissingPieces(t *testing.T) {
 // queue, within milliseconds), so another daemon may adopt it.
 func daemonDies(t *testing.T, sp splice.Splice) {
 	t.Helper()
-	s := sp.(*spliced)
-	entry, err := s.half.Entry(steer.PortTC)
+	half, _ := sp.(*spliced).Half()
+	entry, err := half.Entry(steer.PortTC)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -132,7 +132,7 @@ func daemonDies(t *testing.T, sp splice.Splice) {
 		t.Fatal(err)
 	}
 	id, _ := info.ID()
-	s.half.Close()
+	half.Close()
 	for deadline := time.Now().Add(time.Second); ; time.Sleep(time.Millisecond) {
 		held, err := steer.Held(id)
 		if err != nil {

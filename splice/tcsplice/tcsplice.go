@@ -32,7 +32,6 @@ import (
 	"slices"
 	"strings"
 	"sync"
-	"time"
 
 	"github.com/shaperd/shaperd/splice"
 	"github.com/shaperd/shaperd/splice/steer"
@@ -295,19 +294,20 @@ type spliced struct {
 	warnings  []string
 
 	// Progress: set as objects are created, cleared as they are removed.
-	vmIndex      int         // ifindex of vmTap, the port filter's redirect target
-	vmMade       bool        // vmTap was created by this splice
-	netMade      bool        // netTap was created by this splice
-	prioIndex    int         // ifindex of prioTap, the steering filters' target
-	prioMade     bool        // prioTap was created by this splice
-	fbMade       bool        // the fallback pair was created by this splice
-	fbIndex      int         // ifindex of the fallback pair's peer (see fallback.go)
-	qdiscAdded   bool        // the port's ingress qdisc was added by this splice
-	filterAdded  bool        // the port's steering filter (the kernel half) may exist
-	half         *steer.Half // the kernel half, while this splice holds it; also guarded by hmu
-	hmu          sync.Mutex  // guards half for the kernel's callers (see kernel)
-	fdbMoved     bool        // the port's static FDB entries were (maybe) moved to netTap
-	portDetached bool        // the port was (maybe) taken out of its bridge
+	vmIndex     int  // ifindex of vmTap, the port filter's redirect target
+	vmMade      bool // vmTap was created by this splice
+	netMade     bool // netTap was created by this splice
+	prioIndex   int  // ifindex of prioTap, the steering filters' target
+	prioMade    bool // prioTap was created by this splice
+	fbMade      bool // the fallback pair was created by this splice
+	fbIndex     int  // ifindex of the fallback pair's peer (see fallback.go)
+	qdiscAdded  bool // the port's ingress qdisc was added by this splice
+	filterAdded bool // the port's steering filter (the kernel half) may exist
+	// The kernel half, while this splice holds it; SetBackstop, Beat and
+	// KernelStats (splice.Kernel) are the slot's.
+	steer.Slot[*steer.Half]
+	fdbMoved     bool // the port's static FDB entries were (maybe) moved to netTap
+	portDetached bool // the port was (maybe) taken out of its bridge
 	released     bool
 }
 
@@ -682,11 +682,12 @@ func (s *spliced) teardown() error {
 			errs = append(errs, err)
 		}
 	}
-	if h := s.kernel(); !s.filterAdded && !s.netMade && !s.fbMade && h != nil {
+	if !s.filterAdded && !s.netMade && !s.fbMade {
 		// Once its filters are gone: closing first would empty the
 		// liveness slots under frames still arriving.
-		s.setHalf(nil)
-		h.Close()
+		if h, ok := s.Take(); ok {
+			h.Close()
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -759,7 +760,7 @@ func (s *spliced) attachSteer() error {
 	if err != nil {
 		return err
 	}
-	s.setHalf(h)
+	s.Hold(h)
 	if err := s.attachNetSteer(h); err != nil {
 		return err
 	}
@@ -796,46 +797,3 @@ func (s *spliced) attachNetSteer(h *steer.Half) error {
 }
 
 var _ splice.Kernel = (*spliced)(nil)
-
-// SetBackstop sets direction d's backstop ceilings in the kernel half.
-func (s *spliced) SetBackstop(d steer.Dir, b steer.Backstop) error {
-	h := s.kernel()
-	if h == nil {
-		return splice.ErrNoKernel
-	}
-	return h.SetBackstop(d, b)
-}
-
-// Beat writes and arms the kernel half's heartbeat.
-func (s *spliced) Beat(now uint64, stale time.Duration) error {
-	h := s.kernel()
-	if h == nil {
-		return splice.ErrNoKernel
-	}
-	return h.Beat(now, stale)
-}
-
-// KernelStats reads the kernel half's counters.
-func (s *spliced) KernelStats() (steer.Stats, error) {
-	h := s.kernel()
-	if h == nil {
-		return steer.Stats{}, splice.ErrNoKernel
-	}
-	return h.Stats()
-}
-
-// kernel returns the kernel half, nil if the splice holds none. It takes
-// only hmu, never the backend's lock: the heartbeat must not wait for a
-// slow Splice or Release of another port.
-func (s *spliced) kernel() *steer.Half {
-	s.hmu.Lock()
-	defer s.hmu.Unlock()
-	return s.half
-}
-
-// setHalf sets the kernel half (nil: none).
-func (s *spliced) setHalf(h *steer.Half) {
-	s.hmu.Lock()
-	defer s.hmu.Unlock()
-	s.half = h
-}

@@ -1,4 +1,8 @@
-package daemon
+// Package host is everything the daemon needs of the machine it runs on,
+// behind one interface (Host): the clock, the links, the taps, the ports'
+// counters, libvirt and the hooks. System is the real machine; package
+// daemon/hosttest is a fake for unit tests.
+package host
 
 import (
 	"context"
@@ -13,7 +17,7 @@ import (
 )
 
 // Host is everything the daemon needs of the machine it runs on: the clock,
-// the links, the taps, libvirt and the hooks. SystemHost is the real one;
+// the links, the taps, libvirt and the hooks. System is the real one;
 // tests give Options.Host a fake. Every method must be safe for concurrent
 // use.
 type Host interface {
@@ -46,37 +50,37 @@ type Host interface {
 	LinkKind(name string) (string, error)
 }
 
-// SystemHost is the machine the daemon runs on. The zero value is ready.
-type SystemHost struct{}
+// System is the machine the daemon runs on. The zero value is ready.
+type System struct{}
 
-func (SystemHost) Now() time.Time { return time.Now() }
+func (System) Now() time.Time { return time.Now() }
 
-func (SystemHost) PortExists(name string) bool {
+func (System) PortExists(name string) bool {
 	_, err := netlink.LinkByName(name)
 	return err == nil
 }
 
-func (SystemHost) OpenTap(name string) (forward.Device, error) { return forward.OpenTap(name) }
+func (System) OpenTap(name string) (forward.Device, error) { return forward.OpenTap(name) }
 
-func (SystemHost) OpenTapQueues(name string, n int, offload bool) ([]forward.Device, error) {
+func (System) OpenTapQueues(name string, n int, offload bool) ([]forward.Device, error) {
 	return forward.OpenTapQueues(name, n, offload)
 }
 
-func (SystemHost) PortMeters(ports []string) ([]quota.PortMeter, error) {
+func (System) PortMeters(ports []string) ([]quota.PortMeter, error) {
 	return readPortMeters(ports)
 }
 
-func (SystemHost) Links() ([]string, error) { return linkNames() }
+func (System) Links() ([]string, error) { return linkNames() }
 
-func (SystemHost) SubscribeLinks(ch chan netlink.LinkUpdate, done chan struct{}, onErr func(error)) error {
+func (System) SubscribeLinks(ch chan netlink.LinkUpdate, done chan struct{}, onErr func(error)) error {
 	return netlink.LinkSubscribeWithOptions(ch, done, netlink.LinkSubscribeOptions{ErrorCallback: onErr})
 }
 
-func (SystemHost) LearnGuard(port string, bridge bool) (guard.Config, []string) {
+func (System) LearnGuard(port string, bridge bool) (guard.Config, []string) {
 	return learnGuard(port, bridge)
 }
 
-func (SystemHost) LinkKind(name string) (string, error) {
+func (System) LinkKind(name string) (string, error) {
 	l, err := netlink.LinkByName(name)
 	if err != nil {
 		return "", err
@@ -84,6 +88,6 @@ func (SystemHost) LinkKind(name string) (string, error) {
 	return l.Type(), nil
 }
 
-func (SystemHost) RunHook(ctx context.Context, argv []string) ([]byte, error) {
+func (System) RunHook(ctx context.Context, argv []string) ([]byte, error) {
 	return exec.CommandContext(ctx, argv[0], argv[1:]...).CombinedOutput()
 }

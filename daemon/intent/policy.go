@@ -1,8 +1,7 @@
-package daemon
+package intent
 
 import (
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/shaperd/shaperd/api"
@@ -10,7 +9,6 @@ import (
 	"github.com/shaperd/shaperd/classify"
 	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/guard"
-	"github.com/shaperd/shaperd/rules"
 	"github.com/shaperd/shaperd/units"
 )
 
@@ -18,15 +16,15 @@ import (
 // its guard, and the limits status shows.
 
 // fromVMPolicy is FromVM's policy with the guard.
-func (s Spec) fromVMPolicy() forward.Policy {
-	p := s.FromVM.policy()
-	p.Guard, _ = s.guard() // validated; nil when incomplete (prepareGuardLocked refuses that)
+func (s Spec) FromVMPolicy() forward.Policy {
+	p := DirPolicy(s.FromVM)
+	p.Guard, _ = s.NewGuard() // validated; nil when incomplete (prepareGuardLocked refuses that)
 	return p
 }
 
 // guard returns the guard of frames from the VM, nil without --guard. Its
 // addresses must be complete (prepareGuardLocked fills them in).
-func (s Spec) guard() (*guard.Guard, error) {
+func (s Spec) NewGuard() (*guard.Guard, error) {
 	if !s.Guard {
 		return nil, nil
 	}
@@ -41,7 +39,7 @@ func (s Spec) guard() (*guard.Guard, error) {
 	return guard.New(guard.Config{MACs: macs, IPs: ips})
 }
 
-func (s Spec) classifyConfig() classify.Config {
+func (s Spec) ClassifyConfig() classify.Config {
 	return classify.Config{BypassPorts: slices.Clone(s.BypassPorts), BypassOutbound: s.BypassOutbound}
 }
 
@@ -73,7 +71,7 @@ func limits(pps *float64, bps *units.Rate, burst *int, burstBytes *units.Size) b
 }
 
 // policy turns the intent of one direction into the forwarder's budgets.
-func (d DirSpec) policy() forward.Policy {
+func DirPolicy(d DirSpec) forward.Policy {
 	var p forward.Policy
 	p.Aggregate = limits(d.PPS, d.BPS, d.Burst, d.BurstBytes)
 	p.Classes[classify.Bypass] = limits(d.BypassPPS, d.BypassBPS, nil, nil)
@@ -104,16 +102,13 @@ func (d DirSpec) policy() forward.Policy {
 	if d.BypassConnPerSource != nil {
 		p.BypassConnPerSource = *d.BypassConnPerSource
 	}
-	if len(d.Classes) > 0 {
-		// Validated by Spec.Validate.
-		p.Rules, _ = rules.Parse(strings.Join(d.Classes, "\n"))
-	}
+	p.Rules = d.Classes.Set()
 	return p
 }
 
 // apiLimits reports a rate pair as status shows it: the rates as given and
 // the effective bursts (defaults filled in), null where unset.
-func apiLimits(pps *float64, bps *units.Rate, burst *int, burstBytes *units.Size) api.Limits {
+func APILimits(pps *float64, bps *units.Rate, burst *int, burstBytes *units.Size) api.Limits {
 	var out api.Limits
 	e := limits(pps, bps, burst, burstBytes).Effective()
 	if pps != nil {
