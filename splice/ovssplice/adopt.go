@@ -549,3 +549,24 @@ func (b *Backend) orphanTaps(port, nt string, removed *[]string, errs *[]error) 
 	_, err := b.ovs.ifaceBridge(port)
 	return err == nil
 }
+
+var _ splice.Claimer = (*Backend)(nil)
+
+// Claims reports whether link is a port of one of Open vSwitch's bridges
+// (false if Open vSwitch is not running), so that the tc backend leaves its
+// splice taps, which are on no Linux bridge, to this one.
+func (b *Backend) Claims(link string) (bool, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.running() {
+		return false, nil
+	}
+	switch _, err := b.ovs.ifaceBridge(link); {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, errNotInOVS):
+		return false, nil
+	default:
+		return false, fmt.Errorf("ovssplice: is %s an Open vSwitch port: %w", link, err)
+	}
+}
