@@ -96,10 +96,14 @@ const (
 	// EventForwarderPanic: a port's forwarder stopped after a contained
 	// panic.
 	EventForwarderPanic = "forwarder_panic"
+	// EventStateNotSaved: a write of the state file failed (a full or
+	// read-only state directory); status says so until one succeeds, and
+	// the daemon tries again every tick.
+	EventStateNotSaved = "state_not_saved"
 )
 
 // HealthEvents are the names of Events.Health.
-var HealthEvents = []string{EventLinkWatchLost, EventGuardOff, EventLimitsUnrecovered, EventWatchdogMissed, EventForwarderPanic}
+var HealthEvents = []string{EventLinkWatchLost, EventGuardOff, EventLimitsUnrecovered, EventWatchdogMissed, EventForwarderPanic, EventStateNotSaved}
 
 // healthEvents counts the health events; safe for concurrent use, and
 // never waits for the manager's lock.

@@ -248,8 +248,8 @@ func (m *Manager) Tick(now time.Time) {
 	}
 	m.mu.Unlock()
 	m.flushSnapshots()
-	if expired {
-		m.save()
+	if expired || m.notSaved.Load() != nil {
+		m.save() // a failed write is tried again every tick
 	}
 	for _, p := range retry {
 		m.tryPort(p, now)
