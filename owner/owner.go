@@ -360,6 +360,11 @@ func (p *Port) start(sp splice.Splice, w Want) (*forward.Forwarder, error) {
 	return fwd, nil
 }
 
+// Revert stops the forwarder and reverts the splice, whatever is left of
+// it (a tap deleted by hand): the next Apply splices again. The caller
+// holds the owner's lock.
+func (p *Port) Revert() error { return p.revert() }
+
 // revert stops the forwarder, then reverts the splice. The forwarder goes
 // first so nothing writes into taps that are being removed. A splice whose
 // release failed stays the owner's, for the next Apply to finish.
