@@ -83,12 +83,8 @@ func TestStateDirFault(t *testing.T) {
 			l.bg(ext, "sink", "--listen", l.get("EXT_IP")+":9", "--duration", "20s")
 			l.waitListening(ext, 9)
 			flood := l.bg(l.get("VM1_NS"), "flood", "--dst", l.get("EXT_IP"), "--size", "250", "--pps", "0", "--duration", "10s")
-			time.Sleep(time.Second)
-			got := l.rxRate(ext, "eth0", 3*time.Second)
-			t.Logf("while the state dir is %s: %.0f pps delivered of a max-rate flood (limit 5000)", fault, got)
-			if !within(got, 5000, 0.05) {
-				t.Errorf("delivered %.0f pps, want 5000 within 5%%", got)
-			}
+			time.Sleep(2 * time.Second) // the flood ramps up; the tap queue fills
+			l.checkRates(d, port1, 5000, 3*time.Second)
 			flood.cmd.Process.Signal(interrupt)
 			flood.wait(t, 10*time.Second)
 
