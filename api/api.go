@@ -103,6 +103,12 @@ type Daemon struct {
 	// caller's clock: on a loaded host the request itself may take
 	// seconds.
 	Now time.Time `json:"now"`
+	// StateNotSaved says, when not empty, that the daemon cannot write its
+	// state file (a full or read-only state directory): since when, and
+	// why. Quarantines stay in force, but a restart may not keep the
+	// latest changes. Empty again once a write succeeds (tried every
+	// tick).
+	StateNotSaved string `json:"state_not_saved,omitempty"`
 }
 
 // State is a quarantine's state.

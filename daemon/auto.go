@@ -97,10 +97,17 @@ const (
 	// EventForwarderPanic: a port's forwarder stopped after a contained
 	// panic.
 	EventForwarderPanic = "forwarder_panic"
+	// EventStateNotSaved: a write of the state file failed (a full or
+	// read-only state directory); status says so until one succeeds, and
+	// the daemon tries again every tick.
+	EventStateNotSaved = "state_not_saved"
+	// EventSpliceTapGone: a tap of a port's splice was deleted (by hand);
+	// the splice was made again, or the quarantine went pending.
+	EventSpliceTapGone = "splice_tap_gone"
 )
 
 // HealthEvents are the names of Events.Health.
-var HealthEvents = []string{EventLinkWatchLost, EventGuardOff, EventLimitsUnrecovered, EventWatchdogMissed, EventForwarderPanic}
+var HealthEvents = []string{EventLinkWatchLost, EventGuardOff, EventLimitsUnrecovered, EventWatchdogMissed, EventForwarderPanic, EventStateNotSaved, EventSpliceTapGone}
 
 // healthEvents counts the health events; safe for concurrent use, and
 // never waits for the manager's lock.

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"sort"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/shaperd/shaperd/api"
@@ -86,6 +87,9 @@ type Manager struct {
 	// saveMu orders the writes of the state file; each writes the intent
 	// as it is when the write starts.
 	saveMu sync.Mutex
+	// notSaved is why the last write of the state file failed and since
+	// when, for status; nil once a write succeeds (see save).
+	notSaved atomic.Pointer[string]
 	// snapMu orders the writes of the tenants' sample snapshots; snapDue
 	// holds those to write (guarded by mu).
 	snapMu  sync.Mutex

@@ -21,11 +21,28 @@ func (m *Manager) save() error {
 	m.mu.Lock()
 	entries := m.stateEntriesLocked()
 	m.mu.Unlock()
-	if err := store.SaveQuarantines(m.opt.StateDir, entries, time.Now()); err != nil {
-		m.log.Error("cannot write the state file", "dir", m.opt.StateDir, "err", err)
+	now := time.Now()
+	if err := store.SaveQuarantines(m.opt.StateDir, entries, now); err != nil {
+		m.health.add(EventStateNotSaved)
+		if p := m.notSaved.Load(); p == nil {
+			why := fmt.Sprintf("since %s: %v", now.UTC().Format(time.RFC3339), err)
+			m.notSaved.Store(&why)
+		}
+		m.log.Error("event: cannot write the state file; quarantines stay in force, but a restart may not keep them", "event", EventStateNotSaved, "dir", m.opt.StateDir, "err", err)
 		return fmt.Errorf("%w: %v", ErrNotSaved, err)
 	}
+	if m.notSaved.Swap(nil) != nil {
+		m.log.Info("the state file is written again", "dir", m.opt.StateDir)
+	}
 	return nil
+}
+
+// stateNotSaved is why the state file is not being written, "" if it is.
+func (m *Manager) stateNotSaved() string {
+	if p := m.notSaved.Load(); p != nil {
+		return *p
+	}
+	return ""
 }
 
 // ErrNotSaved means a change is in force but the state file could not be

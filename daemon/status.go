@@ -61,7 +61,7 @@ func (m *Manager) Status(port string) (api.Status, error) {
 	var sps []splice.Splice
 	st := api.Status{
 		Daemon: api.Daemon{PID: os.Getpid(), Version: version.Version(), Commit: version.Commit(), GoVersion: version.Go(),
-			Started: m.started.UTC(), Now: time.Now().UTC()},
+			Started: m.started.UTC(), Now: time.Now().UTC(), StateNotSaved: m.stateNotSaved()},
 		Quarantines: []api.Quarantine{},
 		Flagged:     m.flaggedLocked(),
 		Quotas:      m.quotaStatusLocked(m.host.Now()),

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
+	"github.com/shaperd/shaperd/splice"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -91,6 +93,10 @@ func (m *Manager) followLinks(ctx context.Context, ch chan netlink.LinkUpdate, d
 				continue
 			}
 			name := u.Link.Attrs().Name
+			if strings.HasPrefix(name, splice.TapPrefix) {
+				go m.SpliceTapGone(name)
+				continue
+			}
 			go func() {
 				if m.host.PortExists(name) {
 					return
@@ -160,6 +166,54 @@ func (m *Manager) PortGone(port string) {
 	if active {
 		m.save()
 	}
+}
+
+// SpliceTapGone is called when a link named as a splice tap disappears.
+// If it was a tap of a port's splice (deleted by hand: the daemon's own
+// releases leave no splice naming it, or one whose new tap exists), the
+// splice is reverted, what is left of it removed, and made again; if that
+// fails, the quarantine goes pending and every tick tries again. Either way
+// it is an event (splice_tap_gone).
+func (m *Manager) SpliceTapGone(tap string) {
+	port := ""
+	m.mu.Lock()
+	for p := range m.owners {
+		vm, nt := splice.TapNames(p)
+		if tap == vm || tap == nt || tap == splice.PriorityTapName(p) {
+			port = p
+		}
+	}
+	m.mu.Unlock()
+	if port == "" {
+		return
+	}
+	o := m.lockOwner(port)
+	defer m.unlockOwner(o)
+	sp, _, _ := o.State()
+	if sp == nil || (sp.VMTap() != tap && sp.NetTap() != tap && sp.PriorityTap() != tap) || m.host.PortExists(tap) {
+		return
+	}
+	m.health.add(EventSpliceTapGone)
+	m.log.Error("event: a tap of the port's splice was deleted; making the splice again", "event", EventSpliceTapGone, "port", port, "tap", tap)
+	err := o.Revert()
+	if err == nil {
+		err = m.reconcile(o)
+	}
+	if errors.Is(err, ErrClosed) {
+		return
+	}
+	if err != nil {
+		now := m.host.Now()
+		m.mu.Lock()
+		if q := m.q[port]; q != nil && q.state == StateActive {
+			m.makePendingLocked(q, now)
+		}
+		m.mu.Unlock()
+		m.log.Error("cannot make the splice again; the quarantine is pending, tried again every tick", "port", port, "err", err)
+		m.save()
+		return
+	}
+	m.log.Warn("splice made again after one of its taps was deleted", "port", port)
 }
 
 // PortAppeared is called when a link appears or changes: a pending
@@ -235,8 +289,8 @@ func (m *Manager) Tick(now time.Time) {
 	}
 	m.mu.Unlock()
 	m.flushSnapshots()
-	if expired {
-		m.save()
+	if expired || m.notSaved.Load() != nil {
+		m.save() // a failed write is tried again every tick
 	}
 	for _, p := range retry {
 		m.tryPort(p, now)

@@ -128,7 +128,7 @@ var (
 		"Alertmanager alerts received, by what they did (quarantined, probation, already_quarantined, unknown_port, ...).",
 		[]string{"outcome"}, nil)
 	descHealth = prometheus.NewDesc("shaperd_health_events_total",
-		"Events that say the daemon itself is not well, by name: link_watch_lost, guard_off, limits_unrecovered, watchdog_missed, forwarder_panic. Every name is there from the start, at 0.",
+		"Events that say the daemon itself is not well, by name: link_watch_lost, guard_off, limits_unrecovered, watchdog_missed, forwarder_panic, state_not_saved, splice_tap_gone. Every name is there from the start, at 0.",
 		[]string{"event"}, nil)
 	descWatched = prometheus.NewDesc("shaperd_watched_ports",
 		"Ports whose counters the watch loop read at its latest step.",

@@ -169,10 +169,18 @@ func (p *Port) Apply(w Want) (Outcome, bool, error) {
 }
 
 // Adopt takes over sp, a splice found on the host at the daemon's start,
-// and runs a forwarder on it as w asks. If the forwarder cannot start, sp
-// stays the owner's, for the next Apply to revert and make again. The
+// and runs a forwarder on it as w asks. If the forwarder cannot start, or
+// sp is a splice.Remnant (its bridge is gone), sp stays the owner's, for
+// the next Apply to revert and make again. The
 // caller holds the owner's lock.
 func (p *Port) Adopt(sp splice.Splice, w Want) error {
+	if r, ok := sp.(splice.Remnant); ok {
+		// Its taps lead nowhere: no forwarder. The next Apply releases it.
+		p.mu.Lock()
+		p.sp, p.kind = sp, w.Kind
+		p.mu.Unlock()
+		return fmt.Errorf("adopt %s: %s", p.name, r.Remnant())
+	}
 	fwd, err := p.start(sp, w)
 	if err != nil {
 		p.mu.Lock()
@@ -351,6 +359,11 @@ func (p *Port) start(sp splice.Splice, w Want) (*forward.Forwarder, error) {
 	}
 	return fwd, nil
 }
+
+// Revert stops the forwarder and reverts the splice, whatever is left of
+// it (a tap deleted by hand): the next Apply splices again. The caller
+// holds the owner's lock.
+func (p *Port) Revert() error { return p.revert() }
 
 // revert stops the forwarder, then reverts the splice. The forwarder goes
 // first so nothing writes into taps that are being removed. A splice whose

@@ -144,3 +144,30 @@ func TestStopAndAdopt(t *testing.T) {
 	_, fwd, _ := p2.State()
 	fwd.Close()
 }
+
+// remnant is a splice that can only be released (splice.Remnant).
+type remnant struct{ splice.Splice }
+
+func (remnant) Remnant() string { return "its bridge is gone" }
+
+// Adopt refuses a remnant (no forwarder runs on taps that lead nowhere)
+// and keeps it, for the next Apply to release it and splice again.
+func TestAdoptRemnant(t *testing.T) {
+	fb := fakesplice.New("vm-1")
+	p := New("vm-1", testEnv(fb))
+	p.Lock()
+	defer p.Unlock()
+	sp, err := fb.Splice("vm-1", splice.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Adopt(remnant{sp}, want(Quarantine, 1000)); err == nil {
+		t.Fatal("Adopt of a remnant succeeded")
+	}
+	if got, fwd, _ := p.State(); got == nil || fwd != nil {
+		t.Fatalf("after a refused remnant: splice %v, forwarder %v; want the remnant kept and no forwarder", got, fwd)
+	}
+	if out, _, err := p.Apply(want(Quarantine, 1000)); err != nil || out != Spliced || fb.Released() != 1 || fb.Splices() != 2 {
+		t.Fatalf("Apply after the remnant: %v %v; %d released, %d splices", out, err, fb.Released(), fb.Splices())
+	}
+}

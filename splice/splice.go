@@ -156,6 +156,31 @@ type OrphanRemover interface {
 	RemoveOrphans() ([]string, error)
 }
 
+// Remnant is a Splice an Adopter rebuilt only to be released: what is left
+// of a splice whose switch is gone (its bridge deleted while no daemon
+// ran). No forwarder can run on it; its Release removes the taps and the
+// port's programs, and logs what it removed.
+type Remnant interface {
+	// Remnant says why the splice can only be released.
+	Remnant() string
+}
+
+// Claimer is a Backend that can tell whether a link belongs to its switch
+// (an interface of an Open vSwitch bridge), so that another backend
+// leaves a splice whose taps it recognises, but whose net tap is on none of
+// its bridges, to it (see Deferrer).
+type Claimer interface {
+	// Claims reports whether link is known to the backend's switch:
+	// false when that switch is not running.
+	Claims(link string) (bool, error)
+}
+
+// Deferrer is a Backend that leaves links that a Claimer claims alone;
+// package backends gives each the backends before it.
+type Deferrer interface {
+	DeferTo(c ...Claimer)
+}
+
 // Found is a splice found on the host.
 type Found struct {
 	Port   string

@@ -243,6 +243,9 @@ func newStatusCmd(g *globals) *cobra.Command {
 			if asJSON {
 				return writeJSON(w, st)
 			}
+			if st.Daemon.StateNotSaved != "" {
+				fmt.Fprintln(w, "state not saved "+st.Daemon.StateNotSaved)
+			}
 			if len(st.Quarantines) == 0 {
 				fmt.Fprintln(w, "no quarantines")
 			}

@@ -19,11 +19,19 @@ var registry = []func(log *slog.Logger) splice.Backend{
 	func(log *slog.Logger) splice.Backend { return tcsplice.New(log) },
 }
 
-// New returns one of each backend, in order.
+// New returns one of each backend, in order; each that defers to others
+// (splice.Deferrer) is told of the claimers before it.
 func New(log *slog.Logger) []splice.Backend {
 	out := make([]splice.Backend, len(registry))
+	var claimers []splice.Claimer
 	for i, mk := range registry {
 		out[i] = mk(log)
+		if d, ok := out[i].(splice.Deferrer); ok {
+			d.DeferTo(claimers...)
+		}
+		if c, ok := out[i].(splice.Claimer); ok {
+			claimers = append(claimers, c)
+		}
 	}
 	return out
 }

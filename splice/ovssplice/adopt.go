@@ -114,6 +114,9 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 	}
 	b.log.Info("adopted", "port", port, "bridge", s.bridge, "cookie", fmt.Sprintf("%#x", s.plan.cookie), "slot", s.plan.slot,
 		"ofport", s.plan.port, "net_tap_ofport", s.plan.netTap, "fail_open", s.plan.failOpen, "port_present", s.portIndex != 0)
+	if s.portIndex != 0 {
+		b.trackLocked(s)
+	}
 	return s, nil
 }
 
@@ -334,49 +337,10 @@ func (s *spliced) adopt() (repaired []string, err error) {
 			return repaired, err
 		}
 	}
-	desc, err := s.b.ovs.ofctl("dump-ports-desc", s.bridge)
+	more, complete, err := s.repairOpenFlow(groups)
+	repaired = append(repaired, more...)
 	if err != nil {
-		return repaired, fmt.Errorf("read the OpenFlow config of %s's ports: %w", s.bridge, err)
-	}
-	for _, p := range []struct {
-		name string
-		want bool // must be no-flood
-	}{{s.netTap, true}, {s.port, !s.hadNoFlood}} {
-		if !p.want {
-			continue
-		}
-		flags, ok := parsePortConfig(desc, p.name)
-		if !ok {
-			return repaired, fmt.Errorf("ovs-ofctl dump-ports-desc %s shows no port %s", s.bridge, p.name)
-		}
-		if !slices.Contains(flags, "NO_FLOOD") {
-			if err := s.b.ovs.setFlood(s.bridge, p.name, false); err != nil {
-				return repaired, err
-			}
-			repaired = append(repaired, "no-flood on "+p.name)
-		}
-	}
-	flows, err := s.b.ovs.flows(s.bridge, s.plan.cookie)
-	if err != nil {
-		return repaired, fmt.Errorf("read the flows of %s: %w", s.bridge, err)
-	}
-	complete := s.plan.matches(flows, groups)
-	if !complete {
-		text, err := releaseBundle(s.plan.cookie, s.ownGroups(groups))
-		if err != nil {
-			return repaired, err
-		}
-		if err := s.b.ovs.bundle(s.bridge, text+s.plan.spliceBundle()); err != nil {
-			return repaired, fmt.Errorf("reinstall the flows and groups: %w", err)
-		}
-		repaired = append(repaired, fmt.Sprintf("flows and groups (%d flows of the cookie were there)", len(flows)))
-	}
-	if s.portWas != s.plan.port || s.netWas != s.plan.netTap {
-		kv := [][2]string{{idOFPort, strconv.Itoa(s.plan.port)}, {idNetOFPort, strconv.Itoa(s.plan.netTap)}}
-		if _, err := s.b.ovs.vsctl(setArgs(s.netTap, kv)...); err != nil {
-			return repaired, fmt.Errorf("record the port numbers on %s: %w", s.netTap, err)
-		}
-		s.portWas, s.netWas = s.plan.port, s.plan.netTap
+		return repaired, err
 	}
 	if replace != 0 {
 		s.xdpID = replace
@@ -399,6 +363,61 @@ func (s *spliced) adopt() (repaired []string, err error) {
 		return repaired, nil // just read: no need to read them again
 	}
 	return repaired, s.verify()
+}
+
+// repairOpenFlow puts back what ovs-vswitchd keeps only in memory: the
+// no-flood flags of the net tap and the port, and the flows and groups of
+// the splice's cookie when the bridge does not hold exactly them (one
+// bundle deletes what is left of them and adds them again); then it
+// records the port numbers if they changed. groups are the bridge's, as
+// read; s.plan.port and s.plan.netTap are the port numbers now. complete
+// reports that the flows and groups were all there.
+func (s *spliced) repairOpenFlow(groups map[uint32]string) (repaired []string, complete bool, err error) {
+	desc, err := s.b.ovs.ofctl("dump-ports-desc", s.bridge)
+	if err != nil {
+		return repaired, false, fmt.Errorf("read the OpenFlow config of %s's ports: %w", s.bridge, err)
+	}
+	for _, p := range []struct {
+		name string
+		want bool // must be no-flood
+	}{{s.netTap, true}, {s.port, !s.hadNoFlood}} {
+		if !p.want {
+			continue
+		}
+		flags, ok := parsePortConfig(desc, p.name)
+		if !ok {
+			return repaired, false, fmt.Errorf("ovs-ofctl dump-ports-desc %s shows no port %s", s.bridge, p.name)
+		}
+		if !slices.Contains(flags, "NO_FLOOD") {
+			if err := s.b.ovs.setFlood(s.bridge, p.name, false); err != nil {
+				return repaired, false, err
+			}
+			repaired = append(repaired, "no-flood on "+p.name)
+		}
+	}
+	flows, err := s.b.ovs.flows(s.bridge, s.plan.cookie)
+	if err != nil {
+		return repaired, false, fmt.Errorf("read the flows of %s: %w", s.bridge, err)
+	}
+	complete = s.plan.matches(flows, groups)
+	if !complete {
+		text, err := releaseBundle(s.plan.cookie, s.ownGroups(groups))
+		if err != nil {
+			return repaired, false, err
+		}
+		if err := s.b.ovs.bundle(s.bridge, text+s.plan.spliceBundle()); err != nil {
+			return repaired, false, fmt.Errorf("reinstall the flows and groups: %w", err)
+		}
+		repaired = append(repaired, fmt.Sprintf("flows and groups (%d flows of the cookie were there)", len(flows)))
+	}
+	if s.portWas != s.plan.port || s.netWas != s.plan.netTap {
+		kv := [][2]string{{idOFPort, strconv.Itoa(s.plan.port)}, {idNetOFPort, strconv.Itoa(s.plan.netTap)}}
+		if _, err := s.b.ovs.vsctl(setArgs(s.netTap, kv)...); err != nil {
+			return repaired, complete, fmt.Errorf("record the port numbers on %s: %w", s.netTap, err)
+		}
+		s.portWas, s.netWas = s.plan.port, s.plan.netTap
+	}
+	return repaired, complete, nil
 }
 
 // RemoveOrphans removes what shaperd's OVS splices leave behind that no
@@ -548,4 +567,25 @@ func (b *Backend) orphanTaps(port, nt string, removed *[]string, errs *[]error) 
 	}
 	_, err := b.ovs.ifaceBridge(port)
 	return err == nil
+}
+
+var _ splice.Claimer = (*Backend)(nil)
+
+// Claims reports whether link is a port of one of Open vSwitch's bridges
+// (false if Open vSwitch is not running), so that the tc backend leaves its
+// splice taps, which are on no Linux bridge, to this one.
+func (b *Backend) Claims(link string) (bool, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.running() {
+		return false, nil
+	}
+	switch _, err := b.ovs.ifaceBridge(link); {
+	case err == nil:
+		return true, nil
+	case errors.Is(err, errNotInOVS):
+		return false, nil
+	default:
+		return false, fmt.Errorf("ovssplice: is %s an Open vSwitch port: %w", link, err)
+	}
 }

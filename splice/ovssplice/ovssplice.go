@@ -99,13 +99,22 @@ type Backend struct {
 	// hook, if set (by tests), runs after each named step of Splice; an
 	// error it returns fails the splice at that point.
 	hook func(step string) error
+	// vswitchd returns the pid of the running ovs-vswitchd, "" if none
+	// (nil: restarts are not watched). live are the splices made or
+	// adopted and not released; watching, whether the watcher runs (see
+	// restart.go). Guarded by mu.
+	vswitchd func() string
+	live     map[*spliced]bool
+	watching bool
 }
 
 var _ splice.Backend = (*Backend)(nil)
 
 // New returns a Backend that runs the real OVS tools and logs to log (nil: discard).
 func New(log *slog.Logger) *Backend {
-	return newBackend(log, Exec, netlinkLinks{}, ovsRunning)
+	b := newBackend(log, Exec, netlinkLinks{}, ovsRunning)
+	b.vswitchd = vswitchdPID
+	return b
 }
 
 func newBackend(log *slog.Logger, run ExecFunc, l kernel, running func() bool) *Backend {
@@ -189,6 +198,7 @@ func (b *Backend) Splice(port string, opt splice.Options) (splice.Splice, error)
 	for _, w := range s.warnings {
 		b.log.Warn("splice warning", "port", port, "warning", w)
 	}
+	b.trackLocked(s)
 	return s, nil
 }
 
@@ -628,6 +638,7 @@ func (s *spliced) Release() error {
 		return fmt.Errorf("ovssplice: release %s: %w", s.port, err)
 	}
 	s.released = true
+	s.b.untrackLocked(s)
 	s.b.log.Info("released", "port", s.port, "bridge", s.bridge, "cookie", fmt.Sprintf("%#x", s.plan.cookie))
 	return nil
 }

@@ -143,9 +143,15 @@ func (b *Backend) Found() ([]splice.Found, error) {
 	return out, nil
 }
 
+// errOtherSwitch means the splice's net tap is a port of a switch another
+// backend runs: that backend adopts or releases it.
+var errOtherSwitch = errors.New("its backend adopts it")
+
 // Adopt rebuilds port's splice from the links: the VM and net taps must
 // exist (and carry this port's alias); the port itself may be gone, in which
-// case Release removes what is left.
+// case Release removes what is left. If the net tap is on no bridge (the
+// bridge was deleted) and no other backend claims it, Adopt returns a
+// splice.Remnant, which can only be released.
 func (b *Backend) Adopt(port string) (splice.Splice, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
@@ -179,9 +185,23 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 	_, hadQdisc, opt, intent, _ := parseAliasOpt(vmL.Attrs().Alias)
 
 	na := netL.Attrs()
+	if na.MasterIndex == 0 {
+		// The bridge was deleted while no daemon ran (a Linux bridge,
+		// or an OVS bridge, whose Interface rows went with it): what is
+		// left can only be released.
+		for _, c := range b.others {
+			switch ok, err := c.Claims(netName); {
+			case err != nil:
+				return nil, fmt.Errorf("tcsplice: adopt %s: %s is on no Linux bridge, and whether another switch holds it is unknown: %w", port, netName, err)
+			case ok:
+				return nil, fmt.Errorf("tcsplice: adopt %s: %s is a port of another switch; %w", port, netName, errOtherSwitch)
+			}
+		}
+		return &remnant{b: b, port: port, netTap: netName, hadQdisc: hadQdisc}, nil
+	}
 	master, err := netlink.LinkByIndex(na.MasterIndex)
-	if err != nil || na.MasterIndex == 0 {
-		return nil, fmt.Errorf("tcsplice: adopt %s: %s is on no bridge, so the port's bridge is unknown", port, netName)
+	if err != nil {
+		return nil, fmt.Errorf("tcsplice: adopt %s: the master of %s: %w", port, netName, err)
 	}
 	if _, ok := master.(*netlink.Bridge); !ok {
 		return nil, fmt.Errorf("tcsplice: adopt %s: %s's master %s is not a bridge", port, netName, master.Attrs().Name)

@@ -63,7 +63,17 @@ type Backend struct {
 	// hook, if set (by tests), runs after each named step of Splice; an
 	// error it returns fails the splice at that point.
 	hook func(step string) error
+	// others are the backends whose switch may hold a net tap that is on
+	// no Linux bridge (see DeferTo); set before use.
+	others []splice.Claimer
 }
+
+// DeferTo makes Adopt leave a splice whose net tap is on no Linux bridge
+// to the backend that claims the tap (an Open vSwitch bridge's port), rather
+// than take it for what is left of a splice whose bridge is gone.
+func (b *Backend) DeferTo(c ...splice.Claimer) { b.others = append(b.others, c...) }
+
+var _ splice.Deferrer = (*Backend)(nil)
 
 var _ splice.Backend = (*Backend)(nil)
 
