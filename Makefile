@@ -112,4 +112,5 @@ install: build
 	install -D -m 0644 deploy/systemd/shaperd.service $(DESTDIR)/etc/systemd/system/shaperd.service
 	install -D -m 0644 deploy/systemd/shaperd-release.service $(DESTDIR)/etc/systemd/system/shaperd-release.service
 	install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/shaperd/README.md
+	install -d $(DESTDIR)$(PREFIX)/share/doc/shaperd/docs && install -m 0644 docs/*.md $(DESTDIR)$(PREFIX)/share/doc/shaperd/docs/
 	test -e $(DESTDIR)/etc/shaperd/shaperd.yaml || install -D -m 0640 deploy/shaperd.yaml $(DESTDIR)/etc/shaperd/shaperd.yaml

@@ -69,7 +69,7 @@ type Device interface {
 type Reason uint8
 
 // Drop reasons. Keep the strings stable: they are part of the status JSON and
-// of the metrics, and the README lists them.
+// of the metrics, and docs/metrics.md lists them.
 const (
 	ReasonClassBudget     Reason = iota // the frame's class budget refused it
 	ReasonAggregateBudget               // the port aggregate refused it

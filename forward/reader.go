@@ -38,7 +38,7 @@ const (
 	// with a yield every 5 ms, make bench-smoke (250-byte frames at max
 	// load, --pps 5000, Linux bridge) delivered 4650-4894 pps in police
 	// mode and 4658-4781 in shape mode over four runs; without it, the
-	// limit (see the README). sysmon's preemption, every 10 ms, remains.
+	// limit (see docs/measurements.md). sysmon's preemption, every 10 ms, remains.
 	yieldEvery = 5 * time.Millisecond
 )
 

@@ -7,7 +7,7 @@
 // stops, equal to what `shaperd status --json` prints.
 //
 // Names start with shaperd_; counters end in _total; units are in the name
-// (bytes, seconds, packets_per_second, ratio). The README lists them all.
+// (bytes, seconds, packets_per_second, ratio). docs/metrics.md lists them all.
 package metrics
 
 import (

@@ -5,7 +5,7 @@
 # the unit run (no root, no SHAPERD_NETNS) must pass in the integration run;
 # a test skipped in the integration run is a failure. The only exceptions are
 # listed in ALLOWED below, each with the reason: keep that list and the
-# README's table of skippable tests the same.
+# table of skippable tests in docs/development.md the same.
 set -euo pipefail
 [[ $# -eq 2 ]] || { echo "usage: $0 UNIT_LOG INTEGRATION_LOG" >&2; exit 2; }
 

@@ -47,7 +47,7 @@ var limitHelp = map[string]string{
 	"guard":                  "anti-spoofing guard on frames from the VM: only its MAC and IPs, pinned ARP and ND, no DHCP server replies or router advertisements",
 	"guard-mac":              "the VM's MAC address(es) for --guard, comma-separated (default: learnt by the profile, if it allows)",
 	"guard-ip":               "the VM's addresses or prefixes for --guard, comma-separated",
-	"backstop":               "kernel pre-policer ceiling in packets per second, none (off) or auto (default: twice the budgets, see README)",
+	"backstop":               "kernel pre-policer ceiling in packets per second, none (off) or auto (default: twice the budgets, see docs/architecture.md)",
 }
 
 // addLimitFlags registers every limit flag (and its --to-vm- twin) as a
