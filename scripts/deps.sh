@@ -61,7 +61,6 @@ if [ ${#need[@]} -gt 0 ]; then
 		if [ -d /run/systemd/system ]; then
 			systemctl disable --now "$pkg.service" >/dev/null 2>&1 || true
 		elif [ -x "/etc/init.d/$pkg" ]; then
-			"/etc/init.d/$pkg" stop >/dev/null 2>&1 || true
 			update-rc.d "$pkg" disable >/dev/null 2>&1 || true
 		fi
 	done
