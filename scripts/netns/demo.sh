@@ -16,7 +16,7 @@ export LAB_PROBE=${LAB_PROBE:-$BIN/probe}
 export LAB
 FLOOD_SECONDS=${DEMO_SECONDS:-26}
 # The timeline picture and the samples it was drawn from (JSON); redraw
-# with: bin/demoview svg --samples bin/demo-samples.json --svg FILE
+# with: bin/demoview svg --samples bin/demo-timeline-samples.json --svg FILE
 SVG=${DEMO_SVG:-$BIN/demo-timeline.svg}
 SAMPLES=${DEMO_SAMPLES:-${SVG%.svg}-samples.json}
 SOCK=/tmp/shaperd-$LAB.sock
