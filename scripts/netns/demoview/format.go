@@ -15,7 +15,7 @@ const header = "     t  stage        offered  delivered  ssh probe        drops/
 // second, the probe's outcomes and the drop reasons that moved, largest
 // first, e.g.
 //
-//	+5s  stage1          312k      10.0k  ok 10/10  0.4ms  backstop=290k queue_time=5.0k
+//	+5s  stage1          312k      10.0k  ok 10/10  0.4ms  backstop=290k  queue_time=5.0k
 func line(s Sample) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%+5ds  %-10s %9s %10s  %-15s", s.Tick, s.Stage, rate(s.Offered), rate(s.Delivered), probeCol(s))
