@@ -4,9 +4,11 @@
 # durations in seconds). VM 1 floods at full speed: shaperd flags and
 # quarantines it with no operator action, shapes it to 10000 pps, escalates
 # (2500 pps, then blocked but for ssh), and once the flood stops walks it
-# through probation to release. A live view shows each second; then
-# everything is cleaned up. Run as root from the repository root after
-# `make build tools`.
+# through probation to release. The view (bin/demoview) prints one line a
+# second (stage, offered and delivered pps, an ssh-like probe, the drops that
+# moved) and ends with a timeline picture, $DEMO_SVG (bin/demo-timeline.svg);
+# then everything else is cleaned up. Run as root from the repository root
+# after `make build tools`. docs/demo.md explains the output.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 BIN=${BIN:-$PWD/bin}
