@@ -2,14 +2,17 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"encoding/xml"
 	"errors"
 	"io"
 	"math"
+	"net"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // element is one parsed SVG element: its name, attributes and text.
@@ -247,5 +250,82 @@ func TestDrops(t *testing.T) {
 	}
 	if st.quarantine("vm-2-00c9") != nil || st.flagged("vm-1-00c9") != nil {
 		t.Error("found a port that is not there")
+	}
+}
+
+// TestProber runs the probe against an echo server, a server that never
+// answers, and an address nobody listens on.
+func TestProber(t *testing.T) {
+	serve := func(echo bool) string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				t.Cleanup(func() { c.Close() })
+				if echo {
+					go io.Copy(c, c)
+				} else {
+					go io.Copy(io.Discard, c)
+				}
+			}
+		}()
+		return ln.Addr().String()
+	}
+	closed := func() string {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := ln.Addr().String()
+		ln.Close()
+		return addr
+	}
+	for _, c := range []struct {
+		name     string
+		addr     string
+		answered bool // some answered, none lost; else all lost after the timeout
+	}{
+		{"echo", serve(true), true},
+		{"silent", serve(false), false},
+		{"refused", closed(), false},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			p := newProber(c.addr)
+			p.interval = 20 * time.Millisecond
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { p.run(ctx); close(done) }()
+			time.Sleep(300 * time.Millisecond)
+			cancel()
+			<-done
+			time.Sleep(50 * time.Millisecond) // the last echoes
+			now := time.Now()
+			w := p.take(now)
+			if c.answered {
+				if w.Answered < 5 || w.Lost != 0 || w.MaxRTT <= 0 {
+					t.Fatalf("echo server: %+v, want at least 5 answered, none lost", w)
+				}
+				return
+			}
+			if w.Answered != 0 || w.Lost != 0 {
+				t.Fatalf("before the timeout: %+v, want nothing answered and nothing lost yet", w)
+			}
+			if w := p.take(now.Add(2 * p.timeout)); w.Lost < 5 || w.Answered != 0 {
+				t.Fatalf("after the timeout: %+v, want every message lost", w)
+			}
+			p.mu.Lock()
+			tot := p.total
+			p.mu.Unlock()
+			if tot.Lost < 5 || tot.Answered != 0 {
+				t.Fatalf("totals %+v", tot)
+			}
+		})
 	}
 }
