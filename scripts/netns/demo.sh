@@ -26,7 +26,12 @@ STATE=$(mktemp -d /tmp/shaperd-$LAB.XXXX)
 pids=()
 
 cleanup() {
+	local rc=$?
 	set +e
+	if [[ $rc -ne 0 && -s $STATE/daemon.log ]]; then
+		echo "demo: failed (exit $rc); the daemon's last log lines:"
+		tail -n 15 "$STATE/daemon.log" | sed 's/^/   /'
+	fi
 	for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done
 	wait 2>/dev/null
 	scripts/netns/lab.sh down >/dev/null 2>&1

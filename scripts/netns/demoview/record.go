@@ -137,6 +137,7 @@ func record(ctx context.Context, o options) (*Record, error) {
 	defer stopProbe()
 	pr := newProber(o.probe)
 	go pr.run(pctx)
+	defer finishProbe(rec, pr) // the totals, on every return
 
 	fmt.Printf("== each second: the port's ladder stage, the frames per second the VM offers and the external host\n")
 	fmt.Printf("   receives, the ssh-like probe to %s (echoes back/lost, slowest), and the drops that moved\n", o.probe)
@@ -301,10 +302,10 @@ func record(ctx context.Context, o options) (*Record, error) {
 			break
 		}
 		if now.Sub(start) > o.max {
-			return finishProbe(rec, pr, now), fmt.Errorf("%s not released within --max %v", o.port, o.max)
+			return rec, fmt.Errorf("%s not released within --max %v", o.port, o.max)
 		}
 	}
-	finishProbe(rec, pr, time.Now())
+	finishProbe(rec, pr)
 	fmt.Println(summary(rec))
 	return rec, nil
 }
@@ -335,13 +336,13 @@ func stageStart(stage, prevStage string, q *quarantine, st status, port string, 
 	return rel(prevAt.Add(now.Sub(prevAt) / 2))
 }
 
-func finishProbe(rec *Record, pr *prober, now time.Time) *Record {
+// finishProbe copies the probe's totals into rec.
+func finishProbe(rec *Record, pr *prober) {
 	pr.mu.Lock()
 	t := pr.total
 	pr.mu.Unlock()
 	rec.Probe.Answered, rec.Probe.Lost = t.Answered, t.Lost
 	rec.Probe.MaxMS = math.Round(float64(t.MaxRTT)/1e4) / 100
-	return rec
 }
 
 func ptr[T any](v T) *T { return &v }
