@@ -233,7 +233,7 @@ func record(ctx context.Context, o options) (*Record, error) {
 		}
 
 		if i > 0 {
-			s.StageSince = prevSamples(rec).StageSince
+			s.StageSince = lastSample(rec).StageSince
 			if s.Stage != prev.stage {
 				s.StageSince = stageStart(s.Stage, prev.stage, q, st, o.port, prev.at, now, prev.next, rel)
 			}
@@ -310,8 +310,8 @@ func record(ctx context.Context, o options) (*Record, error) {
 	return rec, nil
 }
 
-// prevSamples returns the last recorded sample.
-func prevSamples(rec *Record) Sample { return rec.Samples[len(rec.Samples)-1] }
+// lastSample returns the last recorded sample.
+func lastSample(rec *Record) Sample { return rec.Samples[len(rec.Samples)-1] }
 
 // stageStart estimates when the port entered stage, seen at now and not at
 // prevAt (see Sample.StageSince).
