@@ -25,6 +25,7 @@ tools:
 	$(GO) build -o $(BIN)/sink ./scripts/netns/sink
 	$(GO) build -o $(BIN)/probe ./scripts/netns/probe
 	$(GO) build -o $(BIN)/craft ./scripts/netns/craft
+	$(GO) build -o $(BIN)/demoview ./scripts/netns/demoview
 
 # All tests: unit tests with -race, every benchmark once (so benchmark code
 # cannot rot), then the netns integration tests one at a time against a daemon
