@@ -54,7 +54,8 @@ const (
 // without instance allowed or not) with exclude [vm-x*]. Beyond not
 // panicking:
 //   - the webhook accepts (200) exactly the bodies Parse accepts, with
-//     the right token, and answers one outcome per alert;
+//     the right token, and answers one outcome per alert, as many
+//     "quarantined" as there are new quarantines;
 //   - nothing is quarantined by a refused request (401, 400, 413);
 //   - every port quarantined was named, by its interface, port or device
 //     label, in a firing alert whose instance label names this host (or
@@ -133,6 +134,15 @@ func FuzzWebhook(f *testing.F) {
 			var res alerts.Result
 			if err := json.Unmarshal(rec.Body.Bytes(), &res); err != nil || len(res.Alerts) != len(msg.Alerts) {
 				t.Fatalf("%d alerts, answer %s (%v)", len(msg.Alerts), rec.Body, err)
+			}
+			n := 0
+			for _, o := range res.Alerts {
+				if o.Outcome == "quarantined" {
+					n++
+				}
+			}
+			if n != len(quarantined) {
+				t.Fatalf("the answer says %d quarantined, the status %v: %s", n, quarantined, rec.Body)
 			}
 		}
 		if rec.Code != http.StatusOK && len(quarantined) > 0 {
