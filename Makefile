@@ -103,6 +103,12 @@ fuzz:
 	$(GO) test -run='^$$' -fuzz='^FuzzStep$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./forward/
 	$(GO) test -run='^$$' -fuzz='^FuzzReadSnapshot$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./quota/
 	$(GO) test -run='^$$' -fuzz='^FuzzRestore$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./quota/
+	$(GO) test -run='^$$' -fuzz='^FuzzLoad$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./config/
+	$(GO) test -run='^$$' -fuzz='^FuzzRequest$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./control/
+	$(GO) test -run='^$$' -fuzz='^FuzzWebhook$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./alerts/
+	$(GO) test -run='^$$' -fuzz='^FuzzDecode$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./statefile/
+	$(GO) test -run='^$$' -fuzz='^FuzzStateEntry$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./daemon/
+	$(GO) test -run='^$$' -fuzz='^FuzzParseIntent$$' -fuzztime=$(or $(FUZZTIME),10m) -parallel=1 ./daemon/
 
 clean:
 	rm -rf $(BIN)
