@@ -89,7 +89,7 @@ func FuzzWebhook(f *testing.F) {
 		if err := m.Configure(profile.Set{profile.Quarantine: profile.Default()}, w); err != nil {
 			t.Fatal(err)
 		}
-		if _, err := m.Quarantine("vm-3", nil, false); err != nil {
+		if _, err := m.Quarantine("vm-3", api.LimitRequest{}, false); err != nil {
 			t.Fatal(err)
 		}
 		h := &alerts.Handler{Token: fuzzToken, Instance: "hv1", Aliases: []string{"hv1.example.net", "192.0.2.1"},

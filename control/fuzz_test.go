@@ -53,7 +53,7 @@ func FuzzRequest(f *testing.F) {
 		back := fakesplice.New("vm-1", "vm-2", "vm-3")
 		m := daemon.NewWithOptions(nil, daemon.Options{Host: &hosttest.Host{Exists: func(p string) bool { return p != "vm-9" }}}, back)
 		defer m.Close()
-		if _, err := m.Quarantine("vm-1", api.LimitRequest{"pps": "1000"}, false); err != nil {
+		if _, err := m.Quarantine("vm-1", api.LimitRequest{FromVM: api.DirChange{PPS: api.Some(1000.0)}}, false); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := m.AddTenant("t1", map[string]string{"ports": "vm-3", "commit": "10mbit"}); err != nil {

@@ -11,7 +11,7 @@ import (
 	"unicode"
 
 	"github.com/shaperd/shaperd/api"
-	"github.com/shaperd/shaperd/daemon"
+	dintent "github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/internal/fuzzcorpus"
 	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/statefile"
@@ -29,7 +29,7 @@ type stateEntry struct {
 	Port    string        `json:"port"`
 	State   api.State     `json:"state"`
 	Backend string        `json:"backend,omitempty"`
-	Spec    daemon.Spec   `json:"spec"`
+	Spec    dintent.Spec  `json:"spec"`
 	Since   time.Time     `json:"since"`
 	Expires time.Time     `json:"expires,omitzero"`
 	Ladder  *ladder.State `json:"ladder,omitempty"`
@@ -89,7 +89,7 @@ func FuzzStateEntry(f *testing.F) {
 		if err != nil {
 			t.Fatalf("a valid spec does not encode: %v", err)
 		}
-		var s2 daemon.Spec
+		var s2 dintent.Spec
 		if err := json.Unmarshal(b, &s2); err != nil {
 			t.Fatalf("a valid spec's JSON does not decode: %v\n%s", err, b)
 		}
@@ -111,7 +111,7 @@ func FuzzStateEntry(f *testing.F) {
 // TestFuzzCorpusParseIntent).
 func FuzzParseIntent(f *testing.F) {
 	f.Fuzz(func(t *testing.T, intent string) {
-		s, err := daemon.ParseIntent(intent)
+		s, err := dintent.Parse(intent)
 		if err != nil {
 			return
 		}
@@ -125,13 +125,13 @@ func FuzzParseIntent(f *testing.F) {
 // checkIntent checks that s's intent reads back to a valid spec whose
 // intent reads back to itself. (The first reading may change the intent:
 // a class rule is written back in its canonical form.)
-func checkIntent(t *testing.T, s daemon.Spec) {
+func checkIntent(t *testing.T, s dintent.Spec) {
 	t.Helper()
 	if knownIntentGap(s) != "" {
 		return // not t.Skip: make skips holds a skipped unit test to pass elsewhere
 	}
 	in := s.Intent()
-	s2, err := daemon.ParseIntent(in)
+	s2, err := dintent.Parse(in)
 	if err != nil {
 		if strings.Contains(err.Error(), "names no limit") {
 			return // a spec of defaults only: the plumbing's intent is empty
@@ -142,7 +142,7 @@ func checkIntent(t *testing.T, s daemon.Spec) {
 		t.Fatalf("the intent %q parses to a spec that does not validate: %v", in, err)
 	}
 	in2 := s2.Intent()
-	s3, err := daemon.ParseIntent(in2)
+	s3, err := dintent.Parse(in2)
 	if err != nil {
 		t.Fatalf("intent %q parses to a spec of intent %q, which does not parse: %v", in, in2, err)
 	}
@@ -158,13 +158,13 @@ func checkIntent(t *testing.T, s daemon.Spec) {
 // the space-separated intent as it is). Only a hand-written state file
 // holds such a spec: the daemon's own come from the flags and profile
 // names, which refuse both.
-func knownIntentGap(s daemon.Spec) string {
-	for _, d := range []daemon.DirSpec{s.FromVM, s.ToVM} {
+func knownIntentGap(s dintent.Spec) string {
+	for _, d := range []dintent.DirSpec{s.FromVM, s.ToVM} {
 		if d.Backstop != nil && *d.Backstop < 1 {
 			return "known gap: Validate accepts a backstop below 1"
 		}
 	}
-	for _, v := range []string{s.Profile, string(s.Origin), s.Stage, s.GuardMAC, s.GuardIP} {
+	for _, v := range []string{s.Profile, string(s.Origin), string(s.Stage), s.GuardMAC, s.GuardIP} {
 		if strings.ContainsFunc(v, unicode.IsSpace) {
 			return "known gap: Validate accepts white space in a field the intent writes as it is"
 		}

@@ -3,8 +3,6 @@ package integration
 import (
 	"bufio"
 	"fmt"
-	"github.com/shaperd/shaperd/classify"
-	"github.com/shaperd/shaperd/forward"
 	"io"
 	"net"
 	"net/http"
@@ -15,6 +13,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/shaperd/shaperd/classify"
+	"github.com/shaperd/shaperd/forward"
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
