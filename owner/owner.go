@@ -169,17 +169,22 @@ func (p *Port) Apply(w Want) (Outcome, bool, error) {
 }
 
 // Adopt takes over sp, a splice found on the host at the daemon's start,
-// and runs a forwarder on it as w asks. If the forwarder cannot start, or
-// sp is a splice.Remnant (its bridge is gone), sp stays the owner's, for
-// the next Apply to revert and make again. The
+// and runs a forwarder on it as w asks. If the forwarder cannot start, sp
+// stays the owner's, for the next Apply to revert and make again. A
+// splice.Remnant (a splice made only in part, or whose bridge is gone)
+// runs no forwarder: Adopt releases it and returns an error. The
 // caller holds the owner's lock.
 func (p *Port) Adopt(sp splice.Splice, w Want) error {
 	if r, ok := sp.(splice.Remnant); ok {
-		// Its taps lead nowhere: no forwarder. The next Apply releases it.
-		p.mu.Lock()
-		p.sp, p.kind = sp, w.Kind
-		p.mu.Unlock()
-		return fmt.Errorf("adopt %s: %s", p.name, r.Remnant())
+		// Its taps lead nowhere: no forwarder; what is left goes.
+		err := fmt.Errorf("adopt %s: %s", p.name, r.Remnant())
+		if rerr := sp.Release(); rerr != nil {
+			p.mu.Lock()
+			p.sp, p.kind = sp, w.Kind // for the next Apply to release
+			p.mu.Unlock()
+			return errors.Join(err, rerr)
+		}
+		return fmt.Errorf("%w; released what was left of it", err)
 	}
 	fwd, err := p.start(sp, w)
 	if err != nil {

@@ -151,7 +151,7 @@ type remnant struct{ splice.Splice }
 func (remnant) Remnant() string { return "its bridge is gone" }
 
 // Adopt refuses a remnant (no forwarder runs on taps that lead nowhere)
-// and keeps it, for the next Apply to release it and splice again.
+// and releases it; the next Apply splices again.
 func TestAdoptRemnant(t *testing.T) {
 	fb := fakesplice.New("vm-1")
 	p := New("vm-1", testEnv(fb))
@@ -164,8 +164,8 @@ func TestAdoptRemnant(t *testing.T) {
 	if err := p.Adopt(remnant{sp}, want(Quarantine, 1000)); err == nil {
 		t.Fatal("Adopt of a remnant succeeded")
 	}
-	if got, fwd, _ := p.State(); got == nil || fwd != nil {
-		t.Fatalf("after a refused remnant: splice %v, forwarder %v; want the remnant kept and no forwarder", got, fwd)
+	if got, fwd, _ := p.State(); got != nil || fwd != nil || fb.Released() != 1 {
+		t.Fatalf("after a refused remnant: splice %v, forwarder %v, %d released; want it released and nothing held", got, fwd, fb.Released())
 	}
 	if out, _, err := p.Apply(want(Quarantine, 1000)); err != nil || out != Spliced || fb.Released() != 1 || fb.Splices() != 2 {
 		t.Fatalf("Apply after the remnant: %v %v; %d released, %d splices", out, err, fb.Released(), fb.Splices())

@@ -143,6 +143,21 @@ func (b *Backend) Found() ([]splice.Found, error) {
 	return out, nil
 }
 
+// claimed returns errOtherSwitch if another backend's switch holds link
+// (one of port's splice links, or the port), so that backend adopts or
+// releases the splice.
+func (b *Backend) claimed(port, link string) error {
+	for _, c := range b.others {
+		switch ok, err := c.Claims(link); {
+		case err != nil:
+			return fmt.Errorf("tcsplice: adopt %s: whether another switch holds %s is unknown: %w", port, link, err)
+		case ok:
+			return fmt.Errorf("tcsplice: adopt %s: %s is a port of another switch; %w", port, link, errOtherSwitch)
+		}
+	}
+	return nil
+}
+
 // errOtherSwitch means the splice's net tap is a port of a switch another
 // backend runs: that backend adopts or releases it.
 var errOtherSwitch = errors.New("its backend adopts it")
@@ -150,7 +165,8 @@ var errOtherSwitch = errors.New("its backend adopts it")
 // Adopt rebuilds port's splice from the links: the VM and net taps must
 // exist (and carry this port's alias); the port itself may be gone, in which
 // case Release removes what is left. If the net tap is on no bridge (the
-// bridge was deleted) and no other backend claims it, Adopt returns a
+// bridge was deleted, or the splice was cut short before it joined one) and
+// no other backend claims it, or the net tap is missing, Adopt returns a
 // splice.Remnant, which can only be released.
 func (b *Backend) Adopt(port string) (splice.Splice, error) {
 	b.mu.Lock()
@@ -175,6 +191,15 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 	if err != nil {
 		return nil, err
 	}
+	if vmL != nil && netL == nil {
+		// A splice cut short after its first tap (the daemon killed
+		// in Splice): what is left can only be released.
+		if err := b.claimed(port, port); err != nil {
+			return nil, err
+		}
+		_, hadQdisc, _, _, _ := parseAliasOpt(vmL.Attrs().Alias)
+		return &remnant{b: b, port: port, netTap: netName, hadQdisc: hadQdisc}, nil
+	}
 	if vmL == nil || netL == nil {
 		return nil, fmt.Errorf("tcsplice: %s: %w (taps %s present: %v, %s present: %v)", port, splice.ErrNotSpliced, vmName, vmL != nil, netName, netL != nil)
 	}
@@ -189,13 +214,8 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 		// The bridge was deleted while no daemon ran (a Linux bridge,
 		// or an OVS bridge, whose Interface rows went with it): what is
 		// left can only be released.
-		for _, c := range b.others {
-			switch ok, err := c.Claims(netName); {
-			case err != nil:
-				return nil, fmt.Errorf("tcsplice: adopt %s: %s is on no Linux bridge, and whether another switch holds it is unknown: %w", port, netName, err)
-			case ok:
-				return nil, fmt.Errorf("tcsplice: adopt %s: %s is a port of another switch; %w", port, netName, errOtherSwitch)
-			}
+		if err := b.claimed(port, netName); err != nil {
+			return nil, err
 		}
 		return &remnant{b: b, port: port, netTap: netName, hadQdisc: hadQdisc}, nil
 	}

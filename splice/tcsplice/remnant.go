@@ -50,7 +50,10 @@ func (r *remnant) Warnings() []string  { return []string{r.Remnant()} }
 
 // Remnant says why the splice can only be released.
 func (r *remnant) Remnant() string {
-	return fmt.Sprintf("%s is on no bridge: the bridge %s was spliced out of is gone, so the splice can only be released (the port stays on no bridge)", r.netTap, r.port)
+	if l, err := linkOrNil(r.netTap); err == nil && l == nil {
+		return fmt.Sprintf("%s is missing: the splice of %s was cut short, so it can only be released", r.netTap, r.port)
+	}
+	return fmt.Sprintf("%s is on no bridge: the bridge %s was spliced out of is gone (or the splice was cut short), so the splice can only be released", r.netTap, r.port)
 }
 
 // Release removes, in this order, the kernel half's filter or XDP program
@@ -66,6 +69,7 @@ func (r *remnant) Release() error {
 	}
 	var removed []string
 	var errs []error
+	why := r.Remnant()
 	port, err := linkOrNil(r.port)
 	if err != nil {
 		return fmt.Errorf("tcsplice: release %s: look up the port: %w", r.port, err)
@@ -99,12 +103,12 @@ func (r *remnant) Release() error {
 	}
 	if err := errors.Join(errs...); err != nil {
 		if len(removed) > 0 {
-			r.b.log.Warn("released part of what is left of a splice whose bridge is gone", "port", r.port, "removed", removed)
+			r.b.log.Warn("released part of what is left of a splice that cannot be adopted", "port", r.port, "why", why, "removed", removed)
 		}
 		return fmt.Errorf("tcsplice: release %s: %w", r.port, err)
 	}
 	r.released = true
-	r.b.log.Warn("released what was left of a splice whose bridge is gone; the port stays on no bridge", "port", r.port, "removed", removed)
+	r.b.log.Warn("released what was left of a splice that cannot be adopted", "port", r.port, "why", why, "removed", removed)
 	return nil
 }
 
