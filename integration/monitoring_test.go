@@ -183,8 +183,8 @@ scrape_configs:
 	})
 	took := time.Since(start)
 	if !ok {
-		t.Fatalf("flood not quarantined within 10 s through node_exporter, Prometheus and Alertmanager: %+v\nalerts: %v\nAlertmanager log:\n%s",
-			st, prom.query(`ALERTS`), amLog)
+		t.Fatalf("flood not quarantined within 10 s through node_exporter, Prometheus and Alertmanager: %+v\nalerts: %v\nrate: %v\n%s rx_packets: %d since the flood's start\nflood: %s%s\nAlertmanager log:\n%s",
+			st, prom.query(`ALERTS`), prom.query(`irate(node_network_receive_packets_total[1m])`), port1, l.counter(hv, port1, "rx_packets")-base, flood.out, flood.err, amLog)
 	}
 	t.Logf("flood from %s quarantined through the monitoring chain %v after it started", port1, took.Round(time.Millisecond))
 	if at, ok := <-firstFrames; ok {
