@@ -171,7 +171,7 @@ func TestFuzzCorpus(t *testing.T) {
 // and Check now refuse the file with an error, for every list key.
 func TestLoadTagWithoutValue(t *testing.T) {
 	dir := t.TempDir()
-	for _, text := range []string{"watch: !!seq\n", "exclude: &a !x\n", "instance_aliases: !x\n0", "profiles:\n  quarantine:\n    on_block: !!seq\n"} {
+	for _, text := range []string{"watch: !!seq\n", "exclude: &a !x\n", "instance_aliases: !x\n0", "profiles:\n  quarantine:\n    on_block: !!seq\n", "groups:\n  a:\n    router: r\n    members: !!seq\n"} {
 		p := filepath.Join(dir, "c.yaml")
 		if err := os.WriteFile(p, []byte(text), 0o600); err != nil {
 			t.Fatal(err)
