@@ -43,7 +43,7 @@ func Check(path string) []Problem {
 		return []Problem{{Msg: err.Error()}}
 	}
 	var c Config
-	if err := yaml.UnmarshalWithOptions(data, &c, yaml.Strict()); err != nil {
+	if err := decode(data, &c); err != nil {
 		return []Problem{parseProblem(err)}
 	}
 	var errs []error

@@ -119,13 +119,29 @@ func Load(path string) (Config, error) {
 	if err != nil {
 		return c, fmt.Errorf("config: %w", err)
 	}
-	if err := yaml.UnmarshalWithOptions(data, &c, yaml.Strict()); err != nil {
+	if err := decode(data, &c); err != nil {
 		return Config{}, fmt.Errorf("config %s: %s", path, redact(strings.TrimSpace(yaml.FormatError(err, false, false))))
 	}
 	if err := c.Validate(); err != nil {
 		return Config{}, fmt.Errorf("config %s: %w", path, err)
 	}
 	return c, nil
+}
+
+// decode is yaml.UnmarshalWithOptions(data, c, yaml.Strict()), except that
+// a panic of the YAML library is an error: goccy/go-yaml v1.19.2
+// dereferences nil on a list key whose value is only a tag ("watch:
+// !!seq", found by FuzzLoad), and a config file, which SIGHUP reads again,
+// must not take the daemon down. This is the one place the library
+// decodes; the recover covers nothing of shaperd's own.
+func decode(data []byte, c *Config) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			*c = Config{}
+			err = fmt.Errorf("the YAML library failed on this file (%v): look for a tag (!) or an anchor (&) without a value", r)
+		}
+	}()
+	return yaml.UnmarshalWithOptions(data, c, yaml.Strict())
 }
 
 // quoted matches a double-quoted string in a parser's message.
