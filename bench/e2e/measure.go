@@ -193,6 +193,12 @@ func (h *harness) runCell(ctx context.Context, sys system, l *lab, size int, loa
 		return fail(err)
 	}
 	defer probe.stop(syscall.SIGKILL, time.Second)
+	// The window starts once the probe can be interrupted with a result:
+	// on a loaded machine its start can take seconds, and an interrupt
+	// before it handles one kills it with nothing printed.
+	if err := waitReady(ctx, map[*proc]string{probe: "probe: client running"}, 10*time.Second); err != nil {
+		return fail(err)
+	}
 	ping, err := h.startPing(l)
 	if err != nil {
 		return fail(err)

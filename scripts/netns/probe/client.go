@@ -80,6 +80,9 @@ func runClient(args []string) error {
 		<-sig
 		stop.Store(true)
 	}()
+	// From here an interrupt ends the run with a result: say so, for a
+	// caller that must not stop it before (the bench's waitReady).
+	fmt.Fprintln(os.Stderr, "probe: client running")
 	d := net.Dialer{Timeout: cfg.connectTimeout}
 	r := measure(cfg, func() (net.Conn, error) { return d.Dial("tcp", ap.String()) }, &stop)
 	return report(r, *js)
