@@ -2,6 +2,7 @@ package api
 
 import (
 	"encoding/json"
+	"fmt"
 	"slices"
 	"strings"
 
@@ -78,6 +79,14 @@ func (r *Rules) UnmarshalJSON(b []byte) error {
 		return err
 	}
 	r.lines, r.set, r.err = lines, nil, nil
+	for i, line := range lines {
+		// Each entry is one rule, as --class takes it: a blank line or a
+		// comment would vanish from the intent the plumbing keeps.
+		if _, err := rules.ParseRule(line); err != nil {
+			r.err = fmt.Errorf("rule %d %q: %v", i+1, line, err)
+			return nil
+		}
+	}
 	s, err := rules.Parse(strings.Join(lines, "\n"))
 	if err != nil {
 		r.err = err

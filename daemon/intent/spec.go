@@ -9,6 +9,7 @@ package intent
 import (
 	"slices"
 	"strings"
+	"unicode"
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/bucket"
@@ -149,6 +150,9 @@ func (s Spec) Validate() error {
 		if err := d.Classes.Err(); err != nil {
 			return usagef("%sclass: %v", x.prefix, err)
 		}
+		if d.Backstop != nil && !(*d.Backstop >= 1) {
+			return usagef("%sbackstop %v: want at least 1 packet per second, or none", x.prefix, *d.Backstop)
+		}
 		pol := DirPolicy(*d)
 		if err := pol.Validate(); err != nil {
 			return usagef("%s: %v", strings.TrimSuffix(x.prefix, "-"), err)
@@ -156,6 +160,13 @@ func (s Spec) Validate() error {
 	}
 	if err := s.ClassifyConfig().Validate(); err != nil {
 		return usagef("%v", err)
+	}
+	// The intent kept on the plumbing is space-separated words, written
+	// as these are: a space in one could not be read back.
+	for _, f := range []struct{ name, v string }{{"profile", s.Profile}, {"origin", string(s.Origin)}, {"stage", string(s.Stage)}, {"--guard-mac", s.GuardMAC}, {"--guard-ip", s.GuardIP}} {
+		if strings.ContainsFunc(f.v, unicode.IsSpace) {
+			return usagef("%s %q: no white space allowed", f.name, f.v)
+		}
 	}
 	if (s.GuardMAC != "" || s.GuardIP != "") && !s.Guard {
 		return usagef("--guard-mac and --guard-ip need --guard")
