@@ -206,13 +206,13 @@ func (l Limits) tracksUDP() bool {
 type Reason uint32
 
 const (
-	ReasonPPSFromVM       Reason = 1 // over PPSFromVM
-	ReasonPPSToVM         Reason = 2 // over PPSToVM
-	ReasonNewTCPFromVM    Reason = 3 // over NewTCPFromVM
-	ReasonNewTCPToVM      Reason = 4 // over NewTCPToVM
-	ReasonNewUDPFromVM    Reason = 5 // over NewUDPFromVM
-	ReasonNewUDPToVM      Reason = 6 // over NewUDPToVM
-	ReasonPerSourceToVM   Reason = 7 // over NewPerSourceToVM
+	ReasonPPSFromVM     Reason = 1 // over PPSFromVM
+	ReasonPPSToVM       Reason = 2 // over PPSToVM
+	ReasonNewTCPFromVM  Reason = 3 // over NewTCPFromVM
+	ReasonNewTCPToVM    Reason = 4 // over NewTCPToVM
+	ReasonNewUDPFromVM  Reason = 5 // over NewUDPFromVM
+	ReasonNewUDPToVM    Reason = 6 // over NewUDPToVM
+	ReasonPerSourceToVM Reason = 7 // over NewPerSourceToVM
 )
 
 // Reasons lists every reason, in a stable order (for metrics that start
