@@ -234,8 +234,12 @@ func TestBaselineBruteForce(t *testing.T) {
 	drops := mustStats(t, m)[port][baseline.ReasonPerSourceToVM]
 	t.Logf("flood sent %d SYNs in %.1fs (%.0f/s); vm1 received %d; dropped %d (counter); second source %d/%d connections, %d SYNs received",
 		fs.Sent, fs.Seconds, fs.PPS, passed, drops.Packets, ps.Completed, ps.Sent, passed2)
-	if fs.Sent < uint64(0.9*200*dur.Seconds()) {
-		t.Fatalf("the flood sent %d SYNs, want about %d: the test did not brute-force", fs.Sent, int(200*dur.Seconds()))
+	// The generator paces 200/s; on a loaded shared host it falls behind
+	// and forgives debt over 1 s (one run at load 6-10 sent 148/s). The
+	// check below is about the limiter, which needs only a flood far
+	// above its 10/min: at least 100/s, 600 times the limit.
+	if fs.Sent < uint64(100*dur.Seconds()) {
+		t.Fatalf("the flood sent %d SYNs in %v, want at least %d (it was asked for 200/s): the test did not brute-force", fs.Sent, dur, int(100*dur.Seconds()))
 	}
 	lo, hi := uint64(10+math.Floor(fs.Seconds/6)-1), uint64(10+math.Ceil(fs.Seconds/6)+1)
 	if passed < lo || passed > hi {
