@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	daemonpkg "github.com/shaperd/shaperd/daemon"
+
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 
@@ -147,7 +149,7 @@ scrape_configs:
 		}
 		rate := prom.query(fmt.Sprintf(`irate(node_network_receive_packets_total{device=%q}[1m])`, port1))
 		health := prom.query(`shaperd_health_events_total == 0`)
-		return len(up) == 2 && len(rate) == 1 && len(health) == 5, fmt.Sprintf("up %v, %s rate %v, health %v", up, port1, rate, health)
+		return len(up) == 2 && len(rate) == 1 && len(health) == len(daemonpkg.HealthEvents), fmt.Sprintf("up %v, %s rate %v, health %v", up, port1, rate, health)
 	})
 	if n := prom.ruleCount(); n != 8 {
 		t.Fatalf("Prometheus loaded %d rules from %s; want 8", n, rulesFile)
