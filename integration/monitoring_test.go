@@ -151,8 +151,10 @@ scrape_configs:
 		health := prom.query(`shaperd_health_events_total == 0`)
 		return len(up) == 2 && len(rate) == 1 && len(health) == len(daemonpkg.HealthEvents), fmt.Sprintf("up %v, %s rate %v, health %v", up, port1, rate, health)
 	})
-	if n := prom.ruleCount(); n != 8 {
-		t.Fatalf("Prometheus loaded %d rules from %s; want 8", n, rulesFile)
+	// Every rule of the shipped file is loaded: the flood rule and one per
+	// health event, the stage-3 and the tap-queue rules.
+	if n, want := prom.ruleCount(), 1+len(daemonpkg.HealthEvents)+2; n != want {
+		t.Fatalf("Prometheus loaded %d rules from %s; want %d", n, rulesFile, want)
 	}
 	if a := prom.query(`ALERTS`); len(a) != 0 {
 		t.Fatalf("alerts before the flood: %v", a)
