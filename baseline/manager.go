@@ -1,0 +1,441 @@
+package baseline
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/mdlayher/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// DefaultFlowTimeout is how long a UDP flow is remembered after its last
+// packet (the kernel conntrack's UDP default is 30 s too).
+const DefaultFlowTimeout = 30 * time.Second
+
+// Options configure a Manager. The zero value is usable.
+type Options struct {
+	// NetNS is an open file descriptor of the network namespace to manage;
+	// 0 means the caller's.
+	NetNS int
+	// FlowTimeout is how long a UDP flow is remembered after its last
+	// packet; 0 means DefaultFlowTimeout. It is fixed when the table is
+	// created; a table adopted with another timeout keeps its own.
+	FlowTimeout time.Duration
+	// Logger receives one line per change; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Counter is a count of dropped frames and their bytes (as the bridge saw
+// them, without the Ethernet header).
+type Counter struct {
+	Packets, Bytes uint64
+}
+
+// Manager keeps the table TableName equal to the last desired set of
+// ports given to Apply. It holds no state of its own between calls: every
+// Apply reads the kernel's table and changes only the difference, so a new
+// Manager (after a daemon restart) adopts an existing table instead of
+// duplicating it, and counters survive both restarts and limit changes.
+//
+// A Manager is safe for concurrent use; calls are serialized.
+type Manager struct {
+	mu          sync.Mutex
+	opts        Options
+	table       *nftables.Table
+	log         *slog.Logger
+	flowTimeout time.Duration
+}
+
+// New returns a Manager; it changes nothing in the kernel.
+func New(opts Options) (*Manager, error) {
+	if opts.FlowTimeout < 0 {
+		return nil, fmt.Errorf("baseline: flow timeout %v is negative", opts.FlowTimeout)
+	}
+	ft := opts.FlowTimeout
+	if ft == 0 {
+		ft = DefaultFlowTimeout
+	}
+	if ft < time.Second {
+		return nil, fmt.Errorf("baseline: flow timeout %v: use at least 1s", ft)
+	}
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Manager{opts: opts, log: log, flowTimeout: ft,
+		table: &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}}, nil
+}
+
+func (m *Manager) conn() (*nftables.Conn, error) {
+	var o []nftables.ConnOption
+	if m.opts.NetNS != 0 {
+		o = append(o, nftables.WithNetNSFd(m.opts.NetNS))
+	}
+	c, err := nftables.New(o...)
+	if err != nil {
+		return nil, fmt.Errorf("baseline: netlink: %w", err)
+	}
+	return c, nil
+}
+
+// ErrInvalid is wrapped by Apply's validation errors: nothing was changed;
+// fix the named port's setting.
+var ErrInvalid = errors.New("invalid baseline")
+
+// Validate checks a desired set without touching the kernel.
+func Validate(desired map[string]Limits) error {
+	names := sortedKeys(desired)
+	for _, port := range names {
+		if err := validPort(port); err != nil {
+			return fmt.Errorf("%w: port %q: %v", ErrInvalid, port, err)
+		}
+		if err := desired[port].Validate(); err != nil {
+			return fmt.Errorf("%w: port %s: %v", ErrInvalid, port, err)
+		}
+	}
+	return nil
+}
+
+func validPort(n string) error {
+	if n == "" || len(n) > 15 {
+		return errors.New("an interface name has 1 to 15 characters")
+	}
+	if strings.ContainsAny(n, "/ \t\n\x00:") || n == "." || n == ".." {
+		return errors.New("not a valid interface name")
+	}
+	return nil
+}
+
+// state is what Apply found in the kernel.
+type state struct {
+	exists   bool
+	complete bool                // the skeleton is all there
+	chains   map[string]bool     // chain names
+	sets     map[string]bool     // set names
+	from, to map[string]string   // port -> chain its vmap element jumps to
+	drops    map[string][][]byte // port -> keys of its counter elements
+}
+
+func (m *Manager) read(c *nftables.Conn) (*state, error) {
+	st := &state{chains: map[string]bool{}, sets: map[string]bool{}, from: map[string]string{},
+		to: map[string]string{}, drops: map[string][][]byte{}}
+	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyBridge); err != nil {
+		if errors.Is(err, unix.ENOENT) || isNotFound(err) {
+			return st, nil
+		}
+		return nil, fmt.Errorf("baseline: list table: %w", err)
+	}
+	st.exists = true
+	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyBridge)
+	if err != nil {
+		return nil, fmt.Errorf("baseline: list chains: %w", err)
+	}
+	for _, ch := range chains {
+		if ch.Table.Name == TableName {
+			st.chains[ch.Name] = true
+		}
+	}
+	sets, err := c.GetSets(m.table)
+	if err != nil {
+		return nil, fmt.Errorf("baseline: list sets: %w", err)
+	}
+	byName := map[string]*nftables.Set{}
+	for _, s := range sets {
+		st.sets[s.Name] = true
+		byName[s.Name] = s
+	}
+	st.complete = st.chains[chainFrom] && st.chains[chainTo]
+	for _, n := range []string{mapFrom, mapTo, setFlows4, setFlows6, setDrops} {
+		st.complete = st.complete && st.sets[n]
+	}
+	if !st.complete {
+		return st, nil
+	}
+	for _, x := range []struct {
+		name string
+		into map[string]string
+	}{{mapFrom, st.from}, {mapTo, st.to}} {
+		els, err := c.GetSetElements(byName[x.name])
+		if err != nil {
+			return nil, fmt.Errorf("baseline: list %s: %w", x.name, err)
+		}
+		for _, e := range els {
+			x.into[portOf(e.Key)] = verdictChain(e.Val)
+		}
+	}
+	els, err := c.GetSetElements(byName[setDrops])
+	if err != nil {
+		return nil, fmt.Errorf("baseline: list %s: %w", setDrops, err)
+	}
+	for _, e := range els {
+		if len(e.Key) >= 16 {
+			p := portOf(e.Key[:16])
+			st.drops[p] = append(st.drops[p], e.Key)
+		}
+	}
+	return st, nil
+}
+
+func isNotFound(err error) bool {
+	var oe *netlink.OpError
+	return errors.As(err, &oe) && errors.Is(oe.Err, unix.ENOENT)
+}
+
+func portOf(key []byte) string {
+	if i := strings.IndexByte(string(key), 0); i >= 0 {
+		key = key[:i]
+	}
+	return string(key)
+}
+
+// verdictChain is the chain a vmap element's verdict jumps to ("" if none).
+func verdictChain(val []byte) string {
+	ad, err := netlink.NewAttributeDecoder(val)
+	if err != nil {
+		return ""
+	}
+	for ad.Next() {
+		if ad.Type() == unix.NFTA_VERDICT_CHAIN {
+			return strings.TrimRight(string(ad.Bytes()), "\x00")
+		}
+	}
+	return ""
+}
+
+// Apply makes the kernel's baseline equal to desired (port name -> limits)
+// in one netlink transaction: every change lands or none does. Ports are
+// matched by name at packet time, so a port named here that does not exist
+// yet is covered from the moment it appears, with no further call. An empty
+// desired set removes the table. Invalid input returns an error wrapping
+// ErrInvalid and changes nothing.
+func (m *Manager) Apply(desired map[string]Limits) error {
+	if err := Validate(desired); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, err := m.conn()
+	if err != nil {
+		return err
+	}
+	defer c.CloseLasting()
+	st, err := m.read(c)
+	if err != nil {
+		return err
+	}
+	if len(desired) == 0 {
+		if !st.exists {
+			return nil
+		}
+		c.DelTable(m.table)
+		if err := c.Flush(); err != nil {
+			return fmt.Errorf("baseline: remove table: %w", err)
+		}
+		m.log.Info("baseline: table removed", "table", TableName)
+		return nil
+	}
+
+	sk := newSkeleton(m.table, m.flowTimeout)
+	if st.exists && !st.complete {
+		// Not a table this version built (or one left half-made by hand):
+		// replace it, in the same transaction.
+		m.log.Warn("baseline: existing table is incomplete; replacing it", "table", TableName)
+		c.DelTable(m.table)
+		st = &state{chains: map[string]bool{}, sets: map[string]bool{}, from: map[string]string{}, to: map[string]string{}, drops: map[string][][]byte{}}
+	}
+	if !st.exists || !st.complete {
+		if err := sk.add(c); err != nil {
+			return fmt.Errorf("baseline: %w", err)
+		}
+	}
+
+	// Profiles: one per distinct Limits value.
+	profiles := map[string]*profile{}
+	want := map[direction]map[string]string{fromVM: {}, toVM: {}} // port -> chain
+	for _, port := range sortedKeys(desired) {
+		p := newProfile(desired[port])
+		if q, ok := profiles[p.id]; ok {
+			p = q
+		} else {
+			profiles[p.id] = p
+			if !st.chains[p.chainName(fromVM)] && !st.chains[p.chainName(toVM)] {
+				if err := p.add(c, sk); err != nil {
+					return fmt.Errorf("baseline: %w", err)
+				}
+			}
+		}
+		for _, d := range []direction{fromVM, toVM} {
+			if p.needs(d) {
+				want[d][port] = p.chainName(d)
+			}
+		}
+	}
+
+	// Port elements: delete what differs, add what is missing.
+	var changed []string
+	for _, x := range []struct {
+		d   direction
+		set *nftables.Set
+		has map[string]string
+	}{{fromVM, sk.mapFrom, st.from}, {toVM, sk.mapTo, st.to}} {
+		var del, add []nftables.SetElement
+		for port, ch := range x.has {
+			if want[x.d][port] != ch {
+				del = append(del, nftables.SetElement{Key: ifname(port)})
+			}
+		}
+		for _, port := range sortedKeys(want[x.d]) {
+			ch := want[x.d][port]
+			if x.has[port] != ch {
+				add = append(add, nftables.SetElement{Key: ifname(port), VerdictData: jump(ch)})
+				changed = append(changed, port)
+			}
+		}
+		if len(del) > 0 {
+			if err := c.SetDeleteElements(x.set, del); err != nil {
+				return fmt.Errorf("baseline: %w", err)
+			}
+		}
+		if len(add) > 0 {
+			if err := c.SetAddElements(x.set, add); err != nil {
+				return fmt.Errorf("baseline: %w", err)
+			}
+		}
+	}
+	// Counters of ports no longer named go with them.
+	var gone []string
+	for port, keys := range st.drops {
+		if _, ok := desired[port]; ok {
+			continue
+		}
+		gone = append(gone, port)
+		els := make([]nftables.SetElement, len(keys))
+		for i, k := range keys {
+			els[i] = nftables.SetElement{Key: k}
+		}
+		if err := c.SetDeleteElements(sk.drops, els); err != nil {
+			return fmt.Errorf("baseline: %w", err)
+		}
+	}
+	// Profiles no longer used: their chains (with their rules), then their
+	// meters.
+	for name := range st.chains {
+		if name == chainFrom || name == chainTo {
+			continue
+		}
+		if id, ok := profileOfChain(name); !ok || profiles[id] == nil {
+			c.DelChain(&nftables.Chain{Table: m.table, Name: name})
+		}
+	}
+	for name := range st.sets {
+		if id, ok := profileOfSet(name); ok && profiles[id] == nil {
+			c.DelSet(&nftables.Set{Table: m.table, Name: name})
+		}
+	}
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("baseline: apply: %w", err)
+	}
+	if len(changed) > 0 || len(gone) > 0 || !st.exists {
+		m.log.Info("baseline: applied", "ports", len(desired), "profiles", len(profiles), "changed", len(changed), "removed_counters", len(gone))
+	}
+	return nil
+}
+
+func jump(chain string) *expr.Verdict {
+	return &expr.Verdict{Kind: expr.VerdictJump, Chain: chain}
+}
+
+func profileOfChain(name string) (string, bool) {
+	if !strings.HasPrefix(name, "p") {
+		return "", false
+	}
+	for _, s := range []string{"_out", "_in"} {
+		if strings.HasSuffix(name, s) {
+			return strings.TrimSuffix(name[1:], s), true
+		}
+	}
+	return "", false
+}
+
+func profileOfSet(name string) (string, bool) {
+	if !strings.HasPrefix(name, "p") {
+		return "", false
+	}
+	id, _, ok := strings.Cut(name[1:], "_")
+	return id, ok
+}
+
+// Stats reads the drop counters: port -> reason -> dropped frames and
+// bytes, for every port that has dropped anything (a port absent from the
+// result dropped nothing). Counters start when a port is first named and
+// survive limit changes and restarts; they go when the port is removed.
+func (m *Manager) Stats() (map[string]map[Reason]Counter, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, err := m.conn()
+	if err != nil {
+		return nil, err
+	}
+	defer c.CloseLasting()
+	out := map[string]map[Reason]Counter{}
+	els, err := c.GetSetElements(&nftables.Set{Table: m.table, Name: setDrops, KeyType: mustConcat(nftables.TypeIFName, nftables.TypeMark)})
+	if err != nil {
+		if isNotFound(err) || errors.Is(err, unix.ENOENT) {
+			return out, nil
+		}
+		return nil, fmt.Errorf("baseline: read counters: %w", err)
+	}
+	for _, e := range els {
+		if len(e.Key) < 20 || e.Counter == nil {
+			continue
+		}
+		port := portOf(e.Key[:16])
+		r := Reason(binaryutil.NativeEndian.Uint32(e.Key[16:20]))
+		if out[port] == nil {
+			out[port] = map[Reason]Counter{}
+		}
+		out[port][r] = Counter{Packets: e.Counter.Packets, Bytes: e.Counter.Bytes}
+	}
+	return out, nil
+}
+
+// Installed lists the ports the kernel's table covers now, sorted (what a
+// restarted daemon finds before its first Apply).
+func (m *Manager) Installed() ([]string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, err := m.conn()
+	if err != nil {
+		return nil, err
+	}
+	defer c.CloseLasting()
+	st, err := m.read(c)
+	if err != nil {
+		return nil, err
+	}
+	seen := map[string]bool{}
+	for p := range st.from {
+		seen[p] = true
+	}
+	for p := range st.to {
+		seen[p] = true
+	}
+	return sortedKeys(seen), nil
+}
+
+func sortedKeys[V any](m map[string]V) []string {
+	k := make([]string, 0, len(m))
+	for n := range m {
+		k = append(k, n)
+	}
+	sort.Strings(k)
+	return k
+}
