@@ -112,7 +112,10 @@ func position(n ast.Node, path string) (line, col int) {
 				return line, col
 			}
 			n, path = seq.Values[i], rest
-			if tk := n.GetToken(); tk != nil {
+			if mn, ok := n.(*ast.MappingNode); ok && len(mn.Values) > 0 {
+				tk := mn.Values[0].Key.GetToken() // the entry's first key
+				line, col = tk.Position.Line, tk.Position.Column
+			} else if tk := n.GetToken(); tk != nil {
 				line, col = tk.Position.Line, tk.Position.Column
 			}
 			continue

@@ -27,7 +27,7 @@ A bare N is per second, except --to-vm-new-conn-per-source's, per minute.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			port := args[0]
 			if remove {
-				if cmd.Flags().NFlag() > 1+boolInt(asJSON) {
+				if l != (api.BaselineLimits{}) {
 					return usageErr("baseline --remove %s: give no limit with --remove", port)
 				}
 				res, err := g.client().BaselineRemove(port)
@@ -73,11 +73,4 @@ A bare N is per second, except --to-vm-new-conn-per-source's, per minute.`,
 	f.StringVar(&l.ToVMPPS, "to-vm-pps", "", "packets per second to the VM, any protocol")
 	f.BoolVar(&asJSON, "json", false, "print the answer as JSON")
 	return cmd
-}
-
-func boolInt(b bool) int {
-	if b {
-		return 1
-	}
-	return 0
 }
