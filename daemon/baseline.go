@@ -6,6 +6,7 @@ import (
 	"os"
 	"path"
 	"sort"
+	"strings"
 
 	"github.com/shaperd/shaperd/api"
 	"github.com/shaperd/shaperd/baseline"
@@ -64,8 +65,12 @@ func CheckBaselineRules(rules []BaselineRule) error {
 	return errors.Join(errs...)
 }
 
-// ruleFor is the first rule whose pattern matches port, or -1.
+// ruleFor is the first rule whose pattern matches port, or -1. A splice's
+// own links (shq...) match no pattern: they carry their port's baseline.
 func (b *baselines) ruleFor(port string) int {
+	if strings.HasPrefix(port, splice.TapPrefix) {
+		return -1
+	}
 	for i, r := range b.rules {
 		if ok, _ := path.Match(r.Pattern, port); ok {
 			return i

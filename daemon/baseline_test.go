@@ -86,16 +86,18 @@ func withSplice(ports ...string) []string {
 }
 
 func TestBaselineConfigFollowsPorts(t *testing.T) {
-	links := []string{"vm-1", "vm-2", "eth0"}
+	_, nt := splice.TapNames("vm-0")
+	links := []string{"vm-1", "vm-2", "eth0", nt}
 	m, fb := newBaselineManager(t, t.TempDir(), &links)
 	rules := []BaselineRule{
 		{Pattern: "vm-1", Limits: api.BaselineLimits{PPS: "1000"}},
 		{Pattern: "vm-*", Limits: api.BaselineLimits{ToVMNewConnPerSource: "10/min"}},
+		{Pattern: "*", Limits: api.BaselineLimits{PPS: "7"}}, // not a splice's taps
 	}
 	if err := m.RestoreBaselines(rules); err != nil {
 		t.Fatal(err)
 	}
-	if got, want := fb.ports(), withSplice("vm-1", "vm-2"); !slices.Equal(got, want) {
+	if got, want := fb.ports(), withSplice("eth0", "vm-1", "vm-2"); !slices.Equal(got, want) {
 		t.Fatalf("applied %v, want %v", got, want)
 	}
 	// The first matching rule applies.
@@ -108,7 +110,7 @@ func TestBaselineConfigFollowsPorts(t *testing.T) {
 	// A port appears, then goes.
 	links = append(links, "vm-3")
 	m.PortAppeared("vm-3")
-	if got, want := fb.ports(), withSplice("vm-1", "vm-2", "vm-3"); !slices.Equal(got, want) {
+	if got, want := fb.ports(), withSplice("eth0", "vm-1", "vm-2", "vm-3"); !slices.Equal(got, want) {
 		t.Fatalf("after vm-3 appeared: %v, want %v", got, want)
 	}
 	n := fb.applies
@@ -119,14 +121,14 @@ func TestBaselineConfigFollowsPorts(t *testing.T) {
 	}
 	links = links[:len(links)-1]
 	m.PortGone("vm-3")
-	if got, want := fb.ports(), withSplice("vm-1", "vm-2"); !slices.Equal(got, want) {
+	if got, want := fb.ports(), withSplice("eth0", "vm-1", "vm-2"); !slices.Equal(got, want) {
 		t.Fatalf("after vm-3 went: %v, want %v", got, want)
 	}
 	st, err := m.Status("")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(st.Baselines) != 2 || st.Baselines[0].Port != "vm-1" || st.Baselines[0].Origin != api.BaselineFromConfig || st.Baselines[0].Pattern != "vm-1" {
+	if len(st.Baselines) != 3 || st.Baselines[1].Port != "vm-1" || st.Baselines[1].Origin != api.BaselineFromConfig || st.Baselines[1].Pattern != "vm-1" {
 		t.Fatalf("status baselines: %+v", st.Baselines)
 	}
 	// Removing the rules removes everything.
