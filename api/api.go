@@ -70,6 +70,8 @@ type Status struct {
 	// ports are not listed under quarantines unless they are quarantined
 	// too.
 	Quotas []QuotaStatus `json:"quotas"`
+	// Baselines are the ports with kernel baseline limits, sorted by port.
+	Baselines []Baseline `json:"baselines"`
 }
 
 // Flagged is a watched port the watch loop flagged.
@@ -376,4 +378,59 @@ type QuotaTenant struct {
 // QuotaList is every tenant, sorted by name.
 type QuotaList struct {
 	Tenants []QuotaTenant `json:"tenants"`
+}
+
+// BaselineLimits are a port's baseline limits in the command line's words
+// (the config's keys are the same with '_' for '-'). Each is a count with
+// an optional unit and burst: "100", "100/s", "10/min", "10/min:5". A bare
+// count is per second, except ToVMNewConnPerSource's, per minute. The
+// burst defaults to the count (one period's worth). Empty: no limit.
+type BaselineLimits struct {
+	// NewConnRate limits the new TCP connections and new UDP flows the VM
+	// opens (each counted against its own bucket).
+	NewConnRate string `json:"new_conn_rate,omitempty" yaml:"new_conn_rate"`
+	// ToVMNewConnRate limits new TCP connections and new UDP flows towards
+	// the VM, all sources together.
+	ToVMNewConnRate string `json:"to_vm_new_conn_rate,omitempty" yaml:"to_vm_new_conn_rate"`
+	// ToVMNewConnPerSource limits them per remote source address.
+	ToVMNewConnPerSource string `json:"to_vm_new_conn_per_source,omitempty" yaml:"to_vm_new_conn_per_source"`
+	// PPS and ToVMPPS are packet-rate ceilings from and to the VM.
+	PPS     string `json:"pps,omitempty" yaml:"pps"`
+	ToVMPPS string `json:"to_vm_pps,omitempty" yaml:"to_vm_pps"`
+}
+
+// BaselineRequest sets (or, with Remove, removes) the baseline of one
+// exact port name.
+type BaselineRequest struct {
+	Port   string         `json:"port"`
+	Limits BaselineLimits `json:"limits"`
+	Remove bool           `json:"remove,omitempty"`
+}
+
+// Baseline origins.
+const (
+	BaselineFromConfig = "config"
+	BaselineFromCLI    = "cli"
+)
+
+// Baseline is one port's kernel baseline as status reports it.
+type Baseline struct {
+	Port   string         `json:"port"`
+	Limits BaselineLimits `json:"limits"`
+	// Origin is "config" (a baselines: pattern, named in Pattern) or
+	// "cli" (shaperd baseline PORT).
+	Origin  string `json:"origin"`
+	Pattern string `json:"pattern,omitempty"`
+	// Drops are the frames dropped, by reason (every reason, 0 included),
+	// counted on the port and, while it is quarantined, on its splice's
+	// net tap.
+	Drops map[string]uint64 `json:"drops"`
+	// Warnings, in an answer to a change: it is in force, but see why.
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// BaselineRemoved answers a baseline removal.
+type BaselineRemoved struct {
+	Port     string   `json:"port"`
+	Warnings []string `json:"warnings,omitempty"`
 }

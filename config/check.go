@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/goccy/go-yaml"
@@ -103,6 +104,22 @@ func parseProblem(err error) Problem {
 // that the document holds, or 0, 0.
 func position(n ast.Node, path string) (line, col int) {
 	for path != "" {
+		if seq, ok := n.(*ast.SequenceNode); ok {
+			// A list's entry: path goes on with its index.
+			idx, rest, _ := strings.Cut(path, ".")
+			i, err := strconv.Atoi(idx)
+			if err != nil || i < 0 || i >= len(seq.Values) {
+				return line, col
+			}
+			n, path = seq.Values[i], rest
+			if mn, ok := n.(*ast.MappingNode); ok && len(mn.Values) > 0 {
+				tk := mn.Values[0].Key.GetToken() // the entry's first key
+				line, col = tk.Position.Line, tk.Position.Column
+			} else if tk := n.GetToken(); tk != nil {
+				line, col = tk.Position.Line, tk.Position.Column
+			}
+			continue
+		}
 		mv := lookup(n, path)
 		if mv == nil {
 			return line, col

@@ -85,3 +85,35 @@ func TestCheckShippedConfig(t *testing.T) {
 		t.Errorf("a missing file: %s, want one problem", problems(got))
 	}
 }
+
+// A baselines entry's problem is reported at its key, inside the list.
+func TestCheckBaselines(t *testing.T) {
+	p := writeFile(t, `baselines:
+  - port: "vm-*"
+    to_vm_new_conn_per_source: 10/min
+    pps: 50000
+  - port: "tap[x"
+    new_conn_rate: 10/week
+  - port: web
+  - pps: 5
+`)
+	want := []string{
+		`5:5: baselines.1.port "tap[x": malformed pattern`,
+		`6:5: baselines.1.new_conn_rate "10/week": unit "week"`,
+		`7:5: baselines.2: no limit given: set at least one of new_conn_rate`,
+		`8:5: baselines.3: no port`,
+	}
+	got := Check(p)
+	if len(got) != len(want) {
+		t.Fatalf("%d problems, want %d:\n%s", len(got), len(want), problems(got))
+	}
+	for i, w := range want {
+		if s := got[i].String(); !strings.HasPrefix(s, w) {
+			t.Errorf("problem %d: %q, want it to start with %q", i, s, w)
+		}
+	}
+	c, err := Load(writeFile(t, "baselines:\n  - port: vm-*\n    to_vm_new_conn_per_source: 10/min\n"))
+	if err != nil || len(c.Baselines) != 1 || c.Baselines[0].Port != "vm-*" || c.Baselines[0].ToVMNewConnPerSource != "10/min" {
+		t.Fatalf("load: %+v, %v", c.Baselines, err)
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"maps"
 	"net"
 	"os"
+	"path"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -18,6 +19,8 @@ import (
 
 	"github.com/goccy/go-yaml"
 
+	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/baseline"
 	"github.com/shaperd/shaperd/internal/smallfile"
 	"github.com/shaperd/shaperd/profile"
 )
@@ -98,6 +101,19 @@ type Config struct {
 	Profiles map[string]profile.Raw `yaml:"profiles"`
 	// Groups name the router port of a tenant's VMs, for correlation.
 	Groups map[string]Group `yaml:"groups"`
+	// Baselines are kernel baseline limits (nftables, no splice) for every
+	// port whose name matches a pattern, installed when it appears and
+	// removed when it goes; the first matching entry applies, and a
+	// baseline set by the command line for an exact name wins over all.
+	Baselines []Baseline `yaml:"baselines"`
+}
+
+// Baseline is one entry of baselines: a port pattern (a glob, as watch)
+// and its limits, with the keys of the baseline command's flags ('_' for
+// '-').
+type Baseline struct {
+	Port               string `yaml:"port"`
+	api.BaselineLimits `yaml:",inline"`
 }
 
 // Group is a tenant's set of VM ports and the router port their traffic
@@ -268,7 +284,31 @@ func (c Config) Validate() error {
 			errs = append(errs, fmt.Errorf("groups.%s: want a router port and at least one member pattern", name))
 		}
 	}
+	errs = append(errs, c.validateBaselines()...)
 	return errors.Join(errs...)
+}
+
+// validateBaselines checks baselines; each error starts with the path of
+// the key to fix (baselines.N.port, baselines.N.pps).
+func (c Config) validateBaselines() []error {
+	var errs []error
+	for i, b := range c.Baselines {
+		if b.Port == "" {
+			errs = append(errs, fmt.Errorf("baselines.%d: no port: give a port pattern such as vm-*", i))
+		} else if _, err := path.Match(b.Port, ""); err != nil || strings.ContainsAny(b.Port, "/ \t\n") {
+			errs = append(errs, fmt.Errorf("baselines.%d.port %q: malformed pattern; use a glob such as vm-*", i, b.Port))
+		}
+		_, err := baseline.ParseLimits(b.BaselineLimits)
+		var fe *baseline.FlagError
+		switch {
+		case err == nil:
+		case errors.As(err, &fe):
+			errs = append(errs, fmt.Errorf("baselines.%d.%s %v", i, strings.ReplaceAll(fe.Flag, "-", "_"), fe.Err))
+		default:
+			errs = append(errs, fmt.Errorf("baselines.%d: %v", i, strings.ReplaceAll(strings.ReplaceAll(err.Error(), "--", ""), "-", "_")))
+		}
+	}
+	return errs
 }
 
 // ProfileSet returns the validated profiles; Load has checked them.

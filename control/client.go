@@ -121,6 +121,20 @@ func (c *Client) Release(req api.ReleaseRequest) (api.ReleaseResult, error) {
 	return res, err
 }
 
+// Baseline sets the baseline of one port.
+func (c *Client) Baseline(port string, limits api.BaselineLimits) (api.Baseline, error) {
+	var b api.Baseline
+	err := c.do(http.MethodPost, "/v1/baseline", api.BaselineRequest{Port: port, Limits: limits}, &b)
+	return b, err
+}
+
+// BaselineRemove removes the command line's baseline of one port.
+func (c *Client) BaselineRemove(port string) (api.BaselineRemoved, error) {
+	var res api.BaselineRemoved
+	err := c.do(http.MethodPost, "/v1/baseline/remove", api.BaselineRequest{Port: port, Remove: true}, &res)
+	return res, err
+}
+
 // QuotaAdd adds a percentile-quota tenant.
 func (c *Client) QuotaAdd(req api.QuotaAddRequest) (api.QuotaTenant, error) {
 	var t api.QuotaTenant

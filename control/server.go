@@ -121,6 +121,8 @@ func ListenOptions(path string, m *daemon.Manager, log *slog.Logger, opt Options
 	mux.HandleFunc("POST /v1/quarantine", s.quarantine)
 	mux.HandleFunc("POST /v1/set", s.set)
 	mux.HandleFunc("POST /v1/release", s.release)
+	mux.HandleFunc("POST /v1/baseline", s.baseline)
+	mux.HandleFunc("POST /v1/baseline/remove", s.baselineRemove)
 	mux.HandleFunc("POST /v1/quota/add", s.quotaAdd)
 	mux.HandleFunc("POST /v1/quota/remove", s.quotaRemove)
 	mux.HandleFunc("GET /v1/quota/list", s.quotaList)
@@ -311,6 +313,47 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 		if kept := s.m.TenantSplices(); len(kept) > 0 {
 			res.Kept = kept
 		}
+	}
+	writeJSON(w, http.StatusOK, res)
+}
+
+// baseline sets the command line's baseline of one port.
+func (s *Server) baseline(w http.ResponseWriter, r *http.Request) {
+	var req api.BaselineRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	if req.Remove {
+		writeErr(w, fmt.Errorf("%w: remove with POST /v1/baseline/remove", daemon.ErrUsage))
+		return
+	}
+	b, err := s.m.SetBaseline(req.Port, req.Limits)
+	s.auditAttrs(r, []any{"action", "baseline", "port", req.Port, "limits", req.Limits}, err)
+	if errors.Is(err, daemon.ErrNotSaved) {
+		b.Warnings, err = []string{err.Error()}, nil
+	}
+	if err != nil {
+		writeErr(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, b)
+}
+
+// baselineRemove removes the command line's baseline of one port.
+func (s *Server) baselineRemove(w http.ResponseWriter, r *http.Request) {
+	var req api.BaselineRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	err := s.m.RemoveBaseline(req.Port)
+	s.auditAttrs(r, []any{"action", "baseline-remove", "port", req.Port}, err)
+	res := api.BaselineRemoved{Port: req.Port}
+	if errors.Is(err, daemon.ErrNotSaved) {
+		res.Warnings, err = []string{err.Error()}, nil
+	}
+	if err != nil {
+		writeErr(w, err)
+		return
 	}
 	writeJSON(w, http.StatusOK, res)
 }

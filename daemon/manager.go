@@ -62,6 +62,9 @@ type Options struct {
 	TapQueues int
 	// Host is the machine; host.System when nil.
 	Host host.Host
+	// Baseline is the kernel baseline engine (*baseline.Manager); nil
+	// refuses baselines.
+	Baseline Baseliner
 }
 
 // Manager holds the quarantines of this host. Its methods are safe for
@@ -104,6 +107,13 @@ type Manager struct {
 
 	// quotas are the percentile-quota tenants (quota.go).
 	quotas tenants.Set
+
+	// bl is the desired kernel baseline (baseline.go), guarded by mu;
+	// blMu serialises its applications (netlink, never under mu) and
+	// blSaveMu the writes of its file.
+	bl       baselines
+	blMu     sync.Mutex
+	blSaveMu sync.Mutex
 }
 
 // quarantine is one port's quarantine: the intent that its owner applies.
@@ -149,6 +159,7 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 		q:        make(map[string]*quarantine),
 		owners:   make(map[string]*owner.Port),
 		events:   Events{Transitions: map[string]uint64{}, Hooks: map[string]uint64{}, Alerts: map[string]uint64{}},
+		bl:       baselines{cli: map[string]baselineEntry{}, present: map[string]bool{}},
 	}
 	if m.host == nil {
 		m.host = host.System{}

@@ -82,6 +82,10 @@ func (m *Manager) Status(port string) (api.Status, error) {
 	}
 	m.mu.Unlock()
 	m.flushSnapshots()
+	var err error
+	if st.Baselines, err = m.BaselineStatus(port); err != nil {
+		m.log.Warn("status: cannot read the baseline's counters", "err", err)
+	}
 	for i := range st.Quarantines {
 		addOutside(&st.Quarantines[i], sps[i])
 	}

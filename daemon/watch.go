@@ -116,6 +116,7 @@ func (m *Manager) resyncLinks() {
 		m.log.Error("link watch: cannot list the links to check the ports", "err", err)
 		return
 	}
+	m.resyncBaselines(names)
 	exists := make(map[string]bool, len(names))
 	for _, n := range names {
 		exists[n] = true
@@ -142,6 +143,7 @@ func (m *Manager) resyncLinks() {
 // restart) until it is released or expires. A tenant's splice is torn down
 // until the port returns.
 func (m *Manager) PortGone(port string) {
+	m.baselinePortEvent(port, false)
 	o := m.lockOwner(port)
 	defer m.unlockOwner(o)
 	m.mu.Lock()
@@ -220,6 +222,7 @@ func (m *Manager) SpliceTapGone(tap string) {
 // quarantine of that port is applied if the port can be spliced now, and a
 // tenant port nothing splices is spliced for its tenant.
 func (m *Manager) PortAppeared(port string) {
+	m.baselinePortEvent(port, true)
 	m.mu.Lock()
 	q := m.q[port]
 	_, tenant := m.quotas.Port(port)

@@ -130,6 +130,9 @@ var (
 	descHealth = prometheus.NewDesc("shaperd_health_events_total",
 		"Events that say the daemon itself is not well, by name: link_watch_lost, guard_off, limits_unrecovered, watchdog_missed, forwarder_panic, state_not_saved, splice_tap_gone. Every name is there from the start, at 0.",
 		[]string{"event"}, nil)
+	descBaselineDrops = prometheus.NewDesc("shaperd_baseline_drops_total",
+		"Frames the kernel baseline (nftables) dropped on a port, by reason; a quarantined port's splice counts under the port. Every reason is present from the start at 0.",
+		[]string{"port", "reason"}, nil)
 	descWatched = prometheus.NewDesc("shaperd_watched_ports",
 		"Ports whose counters the watch loop read at its latest step.",
 		nil, nil)
@@ -192,7 +195,7 @@ func NewCollector(src Source, now func() time.Time) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFrames, descBytes, descDrops, descReadErrors, descPanics, descTapDrops, descKernelDrops, descKernelPassed, descBackstop, descFill,
 		descLimitPackets, descLimitBytes, descInfo, descSince, descCount, descBuild,
-		descStage, descNextTransition, descTransitions, descFlags, descAuto, descHooks, descAlerts, descHealth, descWatched,
+		descStage, descNextTransition, descTransitions, descFlags, descAuto, descHooks, descAlerts, descHealth, descWatched, descBaselineDrops,
 		descQuotaCommit, descQuotaPercentile, descQuotaProjected, descQuotaBurstUsed, descQuotaBurstLeft,
 		descQuotaUsed, descQuotaLimit, descQuotaBursting, descQuotaPackets, descQuotaBytes, descQuotaPort} {
 		ch <- d
@@ -251,6 +254,23 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, q := range c.src.QuotaMetrics(c.now()) {
 		collectQuota(ch, &q)
 	}
+	if bs, ok := c.src.(BaselineSource); ok {
+		// A failed read of the kernel's counters leaves the series out
+		// (rather than reporting 0s that would look like resets).
+		if list, err := bs.BaselineStatus(""); err == nil {
+			for _, b := range list {
+				for _, r := range sortedKeys(b.Drops) {
+					ch <- prometheus.MustNewConstMetric(descBaselineDrops, prometheus.CounterValue, float64(b.Drops[r]), b.Port, r)
+				}
+			}
+		}
+	}
+}
+
+// BaselineSource is a Source that has kernel baselines: *daemon.Manager.
+// The collector asks it at scrape time (a netlink read of the counters).
+type BaselineSource interface {
+	BaselineStatus(port string) ([]api.Baseline, error)
 }
 
 func collectQuota(ch chan<- prometheus.Metric, q *daemon.QuotaMetrics) {

@@ -18,6 +18,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/shaperd/shaperd/alerts"
+	"github.com/shaperd/shaperd/baseline"
 	"github.com/shaperd/shaperd/config"
 	"github.com/shaperd/shaperd/control"
 	"github.com/shaperd/shaperd/daemon"
@@ -202,7 +203,12 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 
 	ttl, _ := time.ParseDuration(cfg.PendingTTL)    // validated
 	coalesce, _ := time.ParseDuration(cfg.Coalesce) // validated
+	bl, err := baseline.New(baseline.Options{Logger: log})
+	if err != nil {
+		return &exitError{code: 1, err: err}
+	}
 	m := daemon.NewWithOptions(log, daemon.Options{
+		Baseline:      bl,
 		StateDir:      cfg.StateDir,
 		PendingTTL:    ttl,
 		ForwarderNice: *cfg.ForwarderNice,
@@ -278,6 +284,12 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 	if err := m.Restore(); err != nil {
 		unbind()
 		return &exitError{code: 1, err: err}
+	}
+	// The baseline after the quarantines: a spliced port's net tap is
+	// named with its port's limits. A kernel that refuses it leaves the
+	// daemon running (quarantines do not need it) and says so.
+	if err := m.RestoreBaselines(baselineRules(cfg)); err != nil {
+		log.Error("baseline: not applied at start", "err", err)
 	}
 	go func() {
 		t := time.NewTicker(500 * time.Millisecond)
@@ -381,6 +393,9 @@ func reload(log *slog.Logger, level *slog.LevelVar, running config.Config, path 
 	}
 	if err == nil {
 		err = m.Configure(c.ProfileSet(), watchConfig(c))
+		if err == nil {
+			err = m.ConfigureBaselines(baselineRules(c))
+		}
 	}
 	if err != nil {
 		log.Error("SIGHUP: config not reloaded; the running config stays", "err", err)
@@ -411,6 +426,15 @@ func reload(log *slog.Logger, level *slog.LevelVar, running config.Config, path 
 		restart = append(restart, "alerts_addr/alerts_cert/alerts_key/instance_name/instance_aliases")
 	}
 	log.Info("SIGHUP: config reloaded", "path", path, "log_level", level.Level().String(), "need_restart", restart)
+}
+
+// baselineRules is the config's baselines (validated).
+func baselineRules(cfg config.Config) []daemon.BaselineRule {
+	var out []daemon.BaselineRule
+	for _, b := range cfg.Baselines {
+		out = append(out, daemon.BaselineRule{Pattern: b.Port, Limits: b.BaselineLimits})
+	}
+	return out
 }
 
 // watchConfig is the watch loop's part of cfg (validated).

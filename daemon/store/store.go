@@ -167,3 +167,44 @@ func LoadTenants(dir string) ([]Tenant, error) {
 	}
 	return body.Tenants, nil
 }
+
+// BaselinesFile is the name of the command line's baselines file in the
+// state directory.
+const BaselinesFile = "baselines.json"
+
+type baselinesBody struct {
+	Version   int        `json:"version"`
+	Written   time.Time  `json:"written"`
+	Baselines []Baseline `json:"baselines"`
+}
+
+// Baseline is one baseline set by the command line (shaperd baseline
+// PORT), in the command line's words.
+type Baseline struct {
+	Port   string             `json:"port"`
+	Limits api.BaselineLimits `json:"limits"`
+}
+
+// SaveBaselines replaces the baselines file in dir atomically.
+func SaveBaselines(dir string, entries []Baseline, now time.Time) error {
+	if entries == nil {
+		entries = []Baseline{}
+	}
+	return statefile.Write(filepath.Join(dir, BaselinesFile), baselinesBody{Version: 1, Written: now.UTC(), Baselines: entries}, false)
+}
+
+// LoadBaselines reads the baselines file in dir: os.ErrNotExist if there
+// is none, ErrCorrupt if it cannot be trusted.
+func LoadBaselines(dir string) ([]Baseline, error) {
+	var body baselinesBody
+	if err := statefile.Read(filepath.Join(dir, BaselinesFile), &body); err != nil {
+		if errors.Is(err, statefile.ErrCorrupt) {
+			return nil, fmt.Errorf("%w: %s: %s", ErrCorrupt, BaselinesFile, statefile.Reason(err))
+		}
+		return nil, err
+	}
+	if body.Version != 1 {
+		return nil, fmt.Errorf("%w: %s: version %d, want 1", ErrCorrupt, BaselinesFile, body.Version)
+	}
+	return body.Baselines, nil
+}
