@@ -56,7 +56,7 @@ NETNS_PKGS = $(shell grep -rl --include='*_test.go' '"github.com/shaperd/shaperd
 
 integration:
 	@mkdir -p $(BIN)
-	flock $(NETNS_LOCK) env SHAPERD_NETNS=1 SHAPERD_BIN=$(CURDIR)/$(BIN) $(GO) test -p 1 -count=1 -timeout 20m -v $(NETNS_PKGS) 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
+	flock $(NETNS_LOCK) env SHAPERD_NETNS=1 SHAPERD_BIN=$(CURDIR)/$(BIN) $(GO) test -p 1 -count=1 -timeout 30m -v $(NETNS_PKGS) 2>&1 | tee $(BIN)/integration.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|panic|\s+\S+_test.go)' ; exit $${PIPESTATUS[0]}
 
 skips:
 	scripts/checkskips.sh $(BIN)/unit.log $(BIN)/integration.log
