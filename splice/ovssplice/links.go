@@ -3,12 +3,12 @@ package ovssplice
 import (
 	"errors"
 	"fmt"
-	"os"
 	"slices"
 	"strings"
 
 	"github.com/shaperd/shaperd/splice"
 	"github.com/shaperd/shaperd/splice/steer"
+	"github.com/shaperd/shaperd/splice/tapdev"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -86,40 +86,14 @@ func (netlinkLinks) lookup(name string) (linkInfo, bool, error) {
 // createTap creates a tap of exactly IFF_TAP|IFF_NO_PI, persistent, which
 // a forwarder re-attaches to with the same flags (songgao/water with
 // Persist: true). IFF_TUN_EXCL makes creation fail rather than attach if the
-// name was taken since validation. Its MAC stays the kernel's random,
-// locally administered one: OVS never picks such an address for the bridge,
-// so the bridge's MAC and datapath id do not change.
+// name was taken since validation. The tap carries alias from the instant
+// it persists (tapdev): a daemon killed here leaves no tap a restart cannot
+// recognise. Its MAC stays the kernel's random, locally administered one:
+// OVS never picks such an address for the bridge, so the bridge's MAC and
+// datapath id do not change.
 func (netlinkLinks) createTap(name string, mtu int, alias string) error {
-	tap := &netlink.Tuntap{
-		LinkAttrs: netlink.LinkAttrs{Name: name},
-		Mode:      netlink.TUNTAP_MODE_TAP,
-		Flags:     netlink.TUNTAP_NO_PI | netlink.TUNTAP_TUN_EXCL,
-	}
-	if err := netlink.LinkAdd(tap); err != nil {
-		return fmt.Errorf("create tap %s: %w", name, err)
-	}
-	link, err := netlink.LinkByName(name)
-	if err != nil {
-		return fmt.Errorf("look up new tap %s: %w", name, err)
-	}
-	// Before it goes up: no link-local address, DAD or MLD of the host's
-	// own on the tap, which the forwarder would take for the VM's frames.
-	if err := os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("disable ipv6 on %s: %w", name, err)
-	}
-	if err := netlink.LinkSetMTU(link, mtu); err != nil {
-		return fmt.Errorf("set mtu of %s: %w", name, err)
-	}
-	if err := netlink.LinkSetTxQLen(link, tapTxQLen); err != nil {
-		return fmt.Errorf("set txqueuelen of %s: %w", name, err)
-	}
-	if err := netlink.LinkSetAlias(link, alias); err != nil {
-		return fmt.Errorf("set alias of %s: %w", name, err)
-	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return fmt.Errorf("set %s up: %w", name, err)
-	}
-	return nil
+	_, err := tapdev.Create(tapdev.Spec{Name: name, Alias: alias, MTU: mtu, TxQLen: tapTxQLen})
+	return err
 }
 
 func (netlinkLinks) deleteTap(name string) error {

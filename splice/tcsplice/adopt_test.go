@@ -117,6 +117,34 @@ func TestAdoptRecreatesMissingPieces(t *testing.T) {
 	requireSame(t, "after releasing the repaired splice", before, l.snapshot())
 }
 
+// TestAdoptFallbackCutShort: a daemon killed in createFallback, after the
+// pair was made and before its aliases were set, leaves a pair of the
+// splice's names with no alias. A new daemon adopts the splice (taking the
+// pair over), and its Release restores the host exactly.
+func TestAdoptFallbackCutShort(t *testing.T) {
+	l := newLab(t, labOpts{})
+	before := l.snapshot()
+	first := New(testLogger(t))
+	sp, err := first.Splice(portName, splice.Options{BypassPorts: []uint16{22}, FailOpen: true})
+	if err != nil {
+		t.Fatalf("Splice: %v", err)
+	}
+	daemonDies(t, sp)
+	f, g := splice.FallbackNames(portName)
+	for _, n := range []string{f, g} {
+		l.cmd("ip", "-n", l.ns, "link", "set", "dev", n, "alias", "")
+	}
+	b := New(testLogger(t))
+	ad, err := b.Adopt(portName)
+	if err != nil {
+		t.Fatalf("Adopt of a splice whose fallback pair has no alias: %v", err)
+	}
+	if err := ad.Release(); err != nil {
+		t.Fatalf("Release: %v", err)
+	}
+	requireSame(t, "after releasing the adopted splice", before, l.snapshot())
+}
+
 // daemonDies does to sp's kernel half what the death of its daemon does:
 // its handles close, and the kernel empties the liveness slot (from a work
 // queue, within milliseconds), so another daemon may adopt it.

@@ -118,8 +118,18 @@ func (s *spliced) findFallback() (ok bool, err error) {
 		return false, nil
 	}
 	for _, l := range []netlink.Link{fl, gl} {
-		if l.Type() != "veth" || l.Attrs().Alias != aliasPrefix+s.port {
-			return false, fmt.Errorf("%s exists but is not %s's fallback pair (a %s with alias %q)", l.Attrs().Name, s.port, l.Type(), l.Attrs().Alias)
+		if a := l.Attrs().Alias; l.Type() != "veth" || a != aliasPrefix+s.port && a != "" {
+			return false, fmt.Errorf("%s exists but is not %s's fallback pair (a %s with alias %q)", l.Attrs().Name, s.port, l.Type(), a)
+		}
+	}
+	// A pair of the splice's names with no alias was cut short in
+	// createFallback (the pair is made in one step, its aliases after):
+	// the names are the splice's own, so it is taken over and labelled.
+	for _, l := range []netlink.Link{fl, gl} {
+		if l.Attrs().Alias == "" {
+			if err := netlink.LinkSetAlias(l, aliasPrefix+s.port); err != nil {
+				return false, fmt.Errorf("label %s, a fallback pair cut short: %w", l.Attrs().Name, err)
+			}
 		}
 	}
 	s.fbMade, s.fbIndex = true, gl.Attrs().Index

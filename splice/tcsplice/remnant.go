@@ -91,7 +91,9 @@ func (r *remnant) Release() error {
 		if l == nil {
 			continue
 		}
-		if l.Type() != t.kind || !ownAlias(l.Attrs().Alias, r.port) {
+		// A fallback pair with no alias was cut short in createFallback
+		// (see findFallback); its names are the splice's own.
+		if a := l.Attrs().Alias; l.Type() != t.kind || !ownAlias(a, r.port) && !(t.kind == "veth" && a == "") {
 			errs = append(errs, fmt.Errorf("%s is a %s with alias %q, not %s's splice link; leaving it", t.name, l.Type(), l.Attrs().Alias, r.port))
 			continue
 		}

@@ -35,6 +35,7 @@ import (
 
 	"github.com/shaperd/shaperd/splice"
 	"github.com/shaperd/shaperd/splice/steer"
+	"github.com/shaperd/shaperd/splice/tapdev"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 )
@@ -472,48 +473,16 @@ func (s *spliced) build() error {
 // vnet header), plus IFF_MULTI_QUEUE when multi, which a forwarder
 // re-attaches to with the same flags (songgao/water with Persist: true,
 // forward.OpenTapQueues). IFF_TUN_EXCL makes creation fail rather than
-// attach if the name was taken since validation; the kernel does not keep
-// it among the device's flags. *made is set once the tap exists.
+// attach if the name was taken since validation. The tap carries the
+// port's alias from the instant it persists (tapdev), so a daemon killed
+// here leaves nothing a restart cannot recognise. *made is set once the
+// tap exists; on error none is left.
 func (s *spliced) createTap(name string, mac net.HardwareAddr, multi bool, made *bool) (netlink.Link, error) {
-	flags := netlink.TUNTAP_NO_PI | netlink.TUNTAP_TUN_EXCL
-	if multi {
-		flags |= netlink.TUNTAP_MULTI_QUEUE
-	}
-	tap := &netlink.Tuntap{
-		LinkAttrs: netlink.LinkAttrs{Name: name},
-		Mode:      netlink.TUNTAP_MODE_TAP,
-		Flags:     flags,
-	}
-	if err := netlink.LinkAdd(tap); err != nil {
-		return nil, fmt.Errorf("create tap %s: %w", name, err)
+	link, err := tapdev.Create(tapdev.Spec{Name: name, Alias: aliasPrefix + s.port, MAC: mac, MTU: s.mtu, TxQLen: tapTxQLen, MultiQueue: multi})
+	if err != nil {
+		return nil, err
 	}
 	*made = true
-	link, err := netlink.LinkByName(name)
-	if err != nil {
-		return nil, fmt.Errorf("look up new tap %s: %w", name, err)
-	}
-	// Before it goes up: no link-local address, DAD or MLD of the host's
-	// own on the tap, which the forwarder would take for the VM's frames.
-	if err := disableIPv6(name); err != nil {
-		return link, err
-	}
-	if mac != nil {
-		if err := netlink.LinkSetHardwareAddr(link, mac); err != nil {
-			return link, fmt.Errorf("set mac of %s: %w", name, err)
-		}
-	}
-	if err := netlink.LinkSetMTU(link, s.mtu); err != nil {
-		return link, fmt.Errorf("set mtu of %s: %w", name, err)
-	}
-	if err := netlink.LinkSetTxQLen(link, tapTxQLen); err != nil {
-		return link, fmt.Errorf("set txqueuelen of %s: %w", name, err)
-	}
-	if err := netlink.LinkSetAlias(link, aliasPrefix+s.port); err != nil {
-		return link, fmt.Errorf("set alias of %s: %w", name, err)
-	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return link, fmt.Errorf("set %s up: %w", name, err)
-	}
 	return link, nil
 }
 
@@ -667,31 +636,33 @@ func (s *spliced) teardown() error {
 		}
 	}
 
-	for _, t := range []struct {
-		name string
-		made *bool
-	}{{s.netTap, &s.netMade}, {s.prioTap, &s.prioMade}, {s.vmTap, &s.vmMade}} {
-		if !*t.made {
-			continue
+	delTap := func(name string, made *bool) {
+		if !*made {
+			return
 		}
-		l, err := s.ourTap(t.name)
+		l, err := s.ourTap(name)
 		if err != nil {
 			errs = append(errs, err)
-			continue
+			return
 		}
 		if l != nil {
 			if err := netlink.LinkDel(l); err != nil {
-				errs = append(errs, fmt.Errorf("delete %s: %w", t.name, err))
-				continue
+				errs = append(errs, fmt.Errorf("delete %s: %w", name, err))
+				return
 			}
 		}
-		*t.made = false
+		*made = false
 	}
+	delTap(s.netTap, &s.netMade)
+	delTap(s.prioTap, &s.prioMade)
 	if s.fbMade {
 		if err := s.deleteFallback(); err != nil {
 			errs = append(errs, err)
 		}
 	}
+	// The VM tap last: it is the splice's record (Found lists a splice by
+	// it), so a daemon killed part way leaves the rest findable.
+	delTap(s.vmTap, &s.vmMade)
 	if !s.filterAdded && !s.netMade && !s.fbMade {
 		// Once its filters are gone: closing first would empty the
 		// liveness slots under frames still arriving.
