@@ -7,7 +7,7 @@
 // killed there leaves a tap a restarted daemon cannot tell from someone
 // else's, so it can neither adopt nor remove it. Create closes that window:
 // the tap is made non-persistent, held by this process's file, configured
-// (alias included) and brought up, and only then made persistent. Until
+// (alias included), and only then made persistent (and brought up). Until
 // that last ioctl the kernel deletes the tap when the file closes, which a
 // kill does.
 package tapdev
@@ -33,8 +33,9 @@ type Spec struct {
 	MultiQueue bool             // IFF_MULTI_QUEUE
 }
 
-// Create makes the tap of s, configured and up, and persistent last. On
-// error no tap is left (closing the creating file deletes it). IPv6 is
+// Create makes the tap of s, configured and with its alias, then
+// persistent, then up. On error no tap is left: before it is persistent,
+// closing the creating file deletes it; after, Create does. IPv6 is
 // disabled on it before it goes up: no link-local address, DAD or MLD of the
 // host's own, which a forwarder would take for the VM's frames.
 func Create(s Spec) (netlink.Link, error) {
@@ -55,11 +56,7 @@ func Create(s Spec) (netlink.Link, error) {
 	if err := netlink.LinkAdd(tap); err != nil {
 		return nil, fmt.Errorf("create tap %s: %w", s.Name, err)
 	}
-	defer func() {
-		for _, f := range tap.Fds {
-			f.Close()
-		}
-	}()
+	defer closeAll(tap.Fds) // a second Close is harmless
 	if len(tap.Fds) != 1 {
 		return nil, fmt.Errorf("create tap %s: %d files from the kernel, want 1", s.Name, len(tap.Fds))
 	}
@@ -71,7 +68,27 @@ func Create(s Spec) (netlink.Link, error) {
 	if err := persist(tap.Fds[0]); err != nil {
 		return nil, fmt.Errorf("make tap %s persistent: %w", s.Name, err)
 	}
+	// Up only once no file holds it: brought up while attached, the tap
+	// would show a carrier that its detaching takes away again, and the
+	// link's operational state would settle a moment later (linkwatch).
+	closeAll(tap.Fds)
+	if err := netlink.LinkSetUp(link); err != nil {
+		if derr := netlink.LinkDel(link); derr != nil {
+			return nil, fmt.Errorf("set %s up: %w (and deleting it: %v)", s.Name, err, derr)
+		}
+		return nil, fmt.Errorf("set %s up: %w", s.Name, err)
+	}
+	// Read back what a restarted daemon will see.
+	if link, err = netlink.LinkByName(s.Name); err != nil {
+		return nil, fmt.Errorf("look up tap %s: %w", s.Name, err)
+	}
 	return link, nil
+}
+
+func closeAll(fs []*os.File) {
+	for _, f := range fs {
+		f.Close()
+	}
 }
 
 // beforePersist runs between configuring a tap and making it persistent;
@@ -104,13 +121,6 @@ func configure(s Spec) (netlink.Link, error) {
 	}
 	if err := netlink.LinkSetAlias(link, s.Alias); err != nil {
 		return nil, fmt.Errorf("set alias of %s: %w", s.Name, err)
-	}
-	if err := netlink.LinkSetUp(link); err != nil {
-		return nil, fmt.Errorf("set %s up: %w", s.Name, err)
-	}
-	// Read back what a restarted daemon will see.
-	if link, err = netlink.LinkByName(s.Name); err != nil {
-		return nil, fmt.Errorf("look up tap %s: %w", s.Name, err)
 	}
 	return link, nil
 }
