@@ -131,15 +131,20 @@ func TestQuotaLab(t *testing.T) {
 	// full speed, then crosses the soft zone (its last 0.5 MB: about
 	// 2900 soft drops expected, more or less 640, as the drop
 	// probability nears 1), then is capped (about 5100 cap drops). The
-	// comparison is made over two whole intervals, read at their
+	// comparison is made over three whole intervals, read at their
 	// boundaries: the flood's first and last intervals are partial, and
-	// over them it once went the other way (soft 16133, cap 14699).
-	p := flood(5000, 8*time.Second)
+	// over them it once went the other way (soft 16133, cap 14699). The
+	// soft count has a long tail (the last frames before the cap each wait
+	// for a pass at a drop probability near 1): in 20 000 intervals of the
+	// quota package's own arithmetic at this load, two whole intervals
+	// had more soft than cap drops 0.32% of the time (CI run r16 hit it:
+	// soft 9858, cap 6182), three 0.05%.
+	p := flood(5000, 10*time.Second)
 	time.Sleep(500 * time.Millisecond)
 	untilPhase(20*time.Millisecond, 200*time.Millisecond)
 	w0 := l.quotaCounts("acme")
 	rx0, r0 := l.counterAt(ext, "eth0", "rx_packets")
-	time.Sleep(3 * time.Second)
+	time.Sleep(5 * time.Second)
 	untilPhase(20*time.Millisecond, 200*time.Millisecond)
 	whole := diffCounts(w0, l.quotaCounts("acme"))
 	rx1, r1 := l.counterAt(ext, "eth0", "rx_packets")
@@ -147,9 +152,9 @@ func TestQuotaLab(t *testing.T) {
 	p.wait(t, 15*time.Second)
 	c2 := l.quotaCounts("acme")
 	hard := diffCounts(c1, c2)
-	t.Logf("at 5x the commit: %v; over two whole intervals: %v; the external host received %.0f pps (the commit is 1000 pps of these frames)", hard, whole, rx)
+	t.Logf("at 5x the commit: %v; over three whole intervals: %v; the external host received %.0f pps (the commit is 1000 pps of these frames)", hard, whole, rx)
 	if hard["cap_drop"] == 0 || hard["soft_drop"] == 0 || whole["cap_drop"] < whole["soft_drop"] {
-		t.Errorf("at 5x the commit: %v, over two whole intervals %v; want cap drops, more than soft drops in whole intervals", hard, whole)
+		t.Errorf("at 5x the commit: %v, over three whole intervals %v; want cap drops, more than soft drops in whole intervals", hard, whole)
 	}
 	if rx > 1050 || rx < 850 {
 		t.Errorf("the external host received %.0f pps through the quota, want about 1000 (8 Mbit/s of 1000-byte frames)", rx)
