@@ -21,7 +21,7 @@ func offer(budgets []*Budget, offerPPS float64, d time.Duration, group int, size
 	gap := float64(group) / offerPPS * float64(time.Second) // ns between groups
 	k := 0
 	for g := 0; g < groups; g++ {
-		now := at(t0, time.Duration(float64(g) * gap))
+		now := at(t0, time.Duration(float64(g)*gap))
 		for range group {
 			n := sizes[k%len(sizes)]
 			k++
