@@ -114,6 +114,12 @@ func (a autoManager) Update(f func(auto.Txn)) error {
 	return nil
 }
 
+func (a autoManager) View(f func(auto.Txn)) {
+	a.m.mu.Lock()
+	defer a.m.mu.Unlock()
+	f(txn{a.m})
+}
+
 func (a autoManager) Now() time.Time              { return a.m.host.Now() }
 func (a autoManager) Links() ([]string, error)    { return a.m.host.Links() }
 func (a autoManager) PortExists(port string) bool { return a.m.host.PortExists(port) }

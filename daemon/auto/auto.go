@@ -199,7 +199,7 @@ func (e *Engine) Events() Events {
 // wants: the watched ones, and every quarantined one on a ladder.
 func (e *Engine) WatchPorts(m Manager, names []string) []string {
 	var out []string
-	m.Update(func(tx Txn) {
+	m.View(func(tx Txn) {
 		e.mu.Lock()
 		defer e.mu.Unlock()
 		out = e.matcher.Filter(nil, names)

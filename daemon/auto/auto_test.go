@@ -90,6 +90,14 @@ func (f *fake) Update(fn func(Txn)) error {
 	return nil
 }
 
+func (f *fake) View(fn func(Txn)) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.locked.Store(true)
+	defer f.locked.Store(false)
+	fn(fakeTxn{f})
+}
+
 func (f *fake) Now() time.Time              { return f.now }
 func (f *fake) Links() ([]string, error)    { return nil, nil }
 func (f *fake) PortExists(port string) bool { return f.ports[port] }

@@ -17,6 +17,9 @@ type Manager interface {
 	// must not block, and must call nothing of the Manager but tx. After
 	// Close, Update runs nothing and returns the manager's ErrClosed.
 	Update(f func(tx Txn)) error
+	// View runs f under the manager's lock, after Close too; f only
+	// reads.
+	View(f func(tx Txn))
 	// Now reads the clock.
 	Now() time.Time
 	// Links lists the network interfaces of the host.
