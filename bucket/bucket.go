@@ -194,10 +194,12 @@ func (t *tokenBucket) advance(now int64) {
 }
 
 // take charges n tokens at now if the bucket holds them, and reports
-// whether it did; a bucket without them is left unchanged.
+// whether it did; a bucket without them is left unchanged. As
+// x/time/rate's AllowN, it lets a deficit shorter than a nanosecond's
+// worth of tokens pass (float rounding), and never more than the depth.
 func (t *tokenBucket) take(now int64, n int) bool {
 	tok := t.at(now) - float64(n)
-	if tok < 0 {
+	if float64(n) > t.burst || (tok < 0 && time.Duration(float64(time.Second)*(-tok/t.perSec)) > 0) {
 		return false
 	}
 	t.tokens, t.last = tok, max(now, t.last)
