@@ -7,8 +7,11 @@ import (
 	"time"
 )
 
-// t0 is the manual clock's start: any fixed time will do.
-var t0 = time.Unix(1_700_000_000, 0)
+// t0 is the manual clock's start, in ns: any fixed time will do.
+var t0 = time.Unix(1_700_000_000, 0).UnixNano()
+
+// at returns the time d after t, both in ns.
+func at(t int64, d time.Duration) int64 { return t + int64(d) }
 
 // offer drives budgets with frames offered at offerPPS for d of simulated
 // time, in groups of group frames sent at the same instant (group 1: evenly
@@ -18,7 +21,7 @@ func offer(budgets []*Budget, offerPPS float64, d time.Duration, group int, size
 	gap := float64(group) / offerPPS * float64(time.Second) // ns between groups
 	k := 0
 	for g := 0; g < groups; g++ {
-		now := t0.Add(time.Duration(float64(g) * gap))
+		now := at(t0, time.Duration(float64(g)*gap))
 		for range group {
 			n := sizes[k%len(sizes)]
 			k++

@@ -17,7 +17,7 @@ func TestZeroAllocs(t *testing.T) {
 	unlimited := newB(Limits{})
 
 	now := t0
-	step := func() time.Time { now = now.Add(time.Microsecond); return now }
+	step := func() int64 { now = at(now, time.Microsecond); return now }
 	for _, tt := range []struct {
 		name string
 		f    func()
@@ -25,6 +25,9 @@ func TestZeroAllocs(t *testing.T) {
 		{"Fits", func() { agg.Fits(step(), 1500) }},
 		{"Fits/unlimited", func() { unlimited.Fits(step(), 1500) }},
 		{"Take", func() { agg.Take(step(), 1500) }},
+		{"FitsN/refused", func() { tight.FitsN(step(), 2, 3000) }},
+		{"TakeN", func() { agg.TakeN(step(), 4, 6000) }},
+		{"SetLimits", func() { _ = port.SetLimits(Limits{PPS: 1e5, BytesPerSec: 1e7}, step()) }},
 		{"Fill", func() { agg.Fill(step()) }},
 		{"Admit/1", func() { Admit(step(), 1500, agg) }},
 		{"Admit/2", func() { Admit(step(), 1500, agg, class) }},
@@ -76,7 +79,7 @@ func BenchmarkAdmit(b *testing.B) {
 			b.ReportAllocs()
 			b.ResetTimer()
 			for i := 0; i < b.N; i++ {
-				now = now.Add(time.Nanosecond)
+				now = at(now, time.Nanosecond)
 				var r int
 				if bm.budgets == 1 {
 					r = Admit(now, frame, agg)

@@ -2,9 +2,13 @@
 // VM's traffic on the forwarding hot path.
 //
 // A Budget is two token buckets, one in packets and one in bytes, that must
-// both admit a frame. It is built on golang.org/x/time/rate with time passed
-// in by the caller, never read from the clock, so that tests run on a manual
-// clock. Checking and charging a frame allocates nothing.
+// both admit a frame. Time is passed in by the caller as integer monotonic
+// nanoseconds, never read from the clock, so that tests run on a manual
+// clock and the hot path does no time.Time arithmetic. The tokens refill
+// as golang.org/x/time/rate's do (which this package was first built on):
+// a float count of tokens, refilled by the elapsed time times the rate,
+// capped at the depth (reference_test.go holds it to x/time/rate, decision
+// for decision). Checking and charging a frame allocates nothing.
 package bucket
 
 import (
@@ -12,8 +16,6 @@ import (
 	"fmt"
 	"math"
 	"time"
-
-	"golang.org/x/time/rate"
 )
 
 // MaxFrame is the largest Ethernet frame shaperd forwards, in bytes: 1500
@@ -145,11 +147,12 @@ func (l Limits) Unlimited() bool {
 // A Budget has one owner, the forwarding goroutine of one direction of one
 // port, and is not safe for concurrent use: Fits followed by Take is only
 // all-or-nothing if nobody else charges in between, and SetLimits must not
-// race with either. (The rate.Limiters inside lock for themselves; that
-// makes a Budget memory-safe, not correct, under sharing.) To change limits
-// from the control plane, hand the new Limits to the owner.
+// race with either. To change limits from the control plane, hand the new
+// Limits to the owner.
 //
-// Times are the caller's clock readings. A time earlier than one already
+// Times are the caller's monotonic clock in nanoseconds (the forwarder's:
+// ns since its pipe's epoch); any origin will do, as long as one Budget
+// always gets readings of the same clock. A time earlier than one already
 // used counts as that earlier-used time, so a clock that steps back neither
 // refills nor drains the buckets twice.
 //
@@ -157,15 +160,73 @@ func (l Limits) Unlimited() bool {
 type Budget struct {
 	limits Limits
 	block  bool
-	pkts   *rate.Limiter // nil: no packet limit; tokens are packets
-	bytes  *rate.Limiter // nil: no byte limit; tokens are bytes
-	last   time.Time     // latest time charged or configured at
+	pkts   tokenBucket // rate 0: no packet limit; tokens are packets
+	bytes  tokenBucket // rate 0: no byte limit; tokens are bytes
+	last   int64       // latest time charged or configured at, ns
 }
 
-// New returns a Budget enforcing l, with both buckets full at now, or an
-// error from l.Validate.
-func New(l Limits, now time.Time) (*Budget, error) {
-	b := new(Budget)
+// tokenBucket is one bucket: tokens at time last (ns), refilled at perSec
+// tokens per second up to burst. A rate of 0 means no bucket.
+type tokenBucket struct {
+	perSec float64 // tokens per second; 0: no bucket
+	burst  float64 // depth, tokens
+	tokens float64 // at last; may be above burst after a smaller SetLimits, cut at the next reading
+	last   int64   // ns
+}
+
+func (t *tokenBucket) on() bool { return t.perSec > 0 }
+
+// at returns the tokens at now (not before last): refilled, capped at the
+// depth.
+func (t *tokenBucket) at(now int64) float64 {
+	tok := t.tokens
+	if d := now - t.last; d > 0 {
+		tok += time.Duration(d).Seconds() * t.perSec // as x/time/rate computes it
+	}
+	return min(tok, t.burst)
+}
+
+// advance moves the bucket to now, refilled at its current rate.
+func (t *tokenBucket) advance(now int64) {
+	if now < t.last {
+		now = t.last
+	}
+	t.tokens, t.last = t.at(now), now
+}
+
+// take charges n tokens at now if the bucket holds them, and reports
+// whether it did; a bucket without them is left unchanged. As
+// x/time/rate's AllowN, it lets a deficit shorter than a nanosecond's
+// worth of tokens pass (float rounding), and never more than the depth.
+func (t *tokenBucket) take(now int64, n int) bool {
+	tok := t.at(now) - float64(n)
+	if float64(n) > t.burst || (tok < 0 && time.Duration(float64(time.Second)*(-tok/t.perSec)) > 0) {
+		return false
+	}
+	t.tokens, t.last = tok, max(now, t.last)
+	return true
+}
+
+// set reconfigures the bucket at now to perSec and burst: it keeps its
+// tokens (refilled at the old rate up to now), cut at the new depth at the
+// next reading; one that had no rate starts full; perSec 0 removes it.
+func (t *tokenBucket) set(perSec float64, burst int, now int64) {
+	switch {
+	case perSec == 0:
+		*t = tokenBucket{}
+		return
+	case !t.on():
+		*t = tokenBucket{perSec: perSec, burst: float64(burst), tokens: float64(burst), last: now}
+		return
+	}
+	t.advance(now)
+	t.perSec, t.burst = perSec, float64(burst)
+}
+
+// New returns a Budget enforcing l, with both buckets full at now (ns), or
+// an error from l.Validate.
+func New(l Limits, now int64) (*Budget, error) {
+	b := &Budget{last: now}
 	if err := b.SetLimits(l, now); err != nil {
 		return nil, err
 	}
@@ -176,101 +237,82 @@ func New(l Limits, now time.Time) (*Budget, error) {
 // (see Limits.Effective).
 func (b *Budget) Limits() Limits { return b.limits }
 
-// SetLimits changes the limits in place at now, effective for the next
+// SetLimits changes the limits in place at now (ns), effective for the next
 // frame. Each bucket keeps its current tokens (refilled at the old rate up
 // to now), capped at its new depth; a bucket that had no rate before starts
 // full; a dimension whose rate becomes 0 stops counting. On a validation
 // error b is unchanged.
-func (b *Budget) SetLimits(l Limits, now time.Time) error {
+func (b *Budget) SetLimits(l Limits, now int64) error {
 	if err := l.Validate(); err != nil {
 		return err
 	}
 	now = b.clamp(now)
 	e := l.Effective()
-	b.pkts = setLimiter(b.pkts, e.PPS, e.BurstPackets, now)
-	b.bytes = setLimiter(b.bytes, e.BytesPerSec, e.BurstBytes, now)
+	b.pkts.set(e.PPS, e.BurstPackets, now)
+	b.bytes.set(e.BytesPerSec, e.BurstBytes, now)
 	b.limits = l
 	b.block = l.Block
 	b.last = now
 	return nil
 }
 
-// setLimiter returns lim reconfigured to perSec and burst at now, a new full
-// limiter if lim is nil, or nil if perSec is 0.
-func setLimiter(lim *rate.Limiter, perSec float64, burst int, now time.Time) *rate.Limiter {
-	if perSec == 0 {
-		return nil
-	}
-	if lim == nil {
-		// A new Limiter holds burst tokens; advancing to now keeps it full.
-		return rate.NewLimiter(rate.Limit(perSec), burst)
-	}
-	lim.SetLimitAt(now, rate.Limit(perSec)) // refill at the old rate up to now
-	lim.SetBurstAt(now, burst)              // tokens above the new depth are cut at the next use
-	return lim
-}
-
 // clamp returns now, or the latest time b has used if now is earlier.
-func (b *Budget) clamp(now time.Time) time.Time {
-	if now.Before(b.last) {
-		return b.last
-	}
-	return now
-}
+func (b *Budget) clamp(now int64) int64 { return max(now, b.last) }
 
-// Fits reports whether a frame of n bytes would be admitted at now: the
-// budget is not blocked, the packet bucket holds at least one packet and
-// the byte bucket at least n bytes. It charges nothing. A frame larger
+// Fits reports whether a frame of n bytes would be admitted at now (ns):
+// the budget is not blocked, the packet bucket holds at least one packet
+// and the byte bucket at least n bytes. It charges nothing. A frame larger
 // than the byte bucket's depth never fits.
-func (b *Budget) Fits(now time.Time, n int) bool { return b.FitsN(now, 1, n) }
+func (b *Budget) Fits(now int64, n int) bool { return b.FitsN(now, 1, n) }
 
 // FitsN is Fits for k frames of n bytes in all (a GSO segment that the
 // kernel will send as k frames): the packet bucket must hold k packets.
-func (b *Budget) FitsN(now time.Time, k, n int) bool {
+func (b *Budget) FitsN(now int64, k, n int) bool {
 	if b.block {
 		return false
 	}
 	now = b.clamp(now)
-	if b.pkts != nil && b.pkts.TokensAt(now) < float64(k) {
+	if b.pkts.on() && b.pkts.at(now) < float64(k) {
 		return false
 	}
-	if b.bytes != nil && n > 0 && b.bytes.TokensAt(now) < float64(n) {
+	if b.bytes.on() && n > 0 && b.bytes.at(now) < float64(n) {
 		return false
 	}
 	return true
 }
 
-// Take charges one packet and n bytes at now. Call it only after Fits
+// Take charges one packet and n bytes at now (ns). Call it only after Fits
 // returned true at the same now for every budget the frame needs (or use
 // Admit, which does both). Take on a frame that does not fit charges the
 // buckets that have room and not the others; a blocked budget charges
 // nothing.
-func (b *Budget) Take(now time.Time, n int) { b.TakeN(now, 1, n) }
+func (b *Budget) Take(now int64, n int) { b.TakeN(now, 1, n) }
 
 // TakeN is Take for k frames of n bytes in all (see FitsN).
-func (b *Budget) TakeN(now time.Time, k, n int) {
+func (b *Budget) TakeN(now int64, k, n int) {
 	if b.block {
 		return
 	}
 	now = b.clamp(now)
 	b.last = now
-	if b.pkts != nil {
-		b.pkts.AllowN(now, k)
+	if b.pkts.on() {
+		b.pkts.take(now, k)
 	}
-	if b.bytes != nil && n > 0 {
-		b.bytes.AllowN(now, n)
+	if b.bytes.on() && n > 0 {
+		b.bytes.take(now, n)
 	}
 }
 
-// Admit checks every non-nil budget at now and, only if all of them admit
-// a frame of n bytes, charges all of them. It returns -1 when the frame is
-// admitted, else the index in budgets of the first budget that refused; a
-// refused frame is charged to no budget. With no non-nil budgets it admits.
-// It allocates nothing, and it keeps no reference to budgets.
+// Admit checks every non-nil budget at now (ns) and, only if all of them
+// admit a frame of n bytes, charges all of them. It returns -1 when the
+// frame is admitted, else the index in budgets of the first budget that
+// refused; a refused frame is charged to no budget. With no non-nil
+// budgets it admits. It allocates nothing, and it keeps no reference to
+// budgets.
 //
 // The usual call is Admit(now, len(frame), aggregate, class), with the
 // caller's own goroutine owning every budget.
-func Admit(now time.Time, n int, budgets ...*Budget) int {
+func Admit(now int64, n int, budgets ...*Budget) int {
 	for i, b := range budgets {
 		if b != nil && !b.Fits(now, n) {
 			return i
@@ -284,18 +326,18 @@ func Admit(now time.Time, n int, budgets ...*Budget) int {
 	return -1
 }
 
-// Fill returns how full each bucket is at now, as a fraction from 0
+// Fill returns how full each bucket is at now (ns), as a fraction from 0
 // (empty) to 1 (full), for metrics. A dimension without a rate reports 1.
 // Block does not change the fill.
-func (b *Budget) Fill(now time.Time) (packets, bytes float64) {
+func (b *Budget) Fill(now int64) (packets, bytes float64) {
 	now = b.clamp(now)
-	return fill(b.pkts, now), fill(b.bytes, now)
+	return fill(&b.pkts, now), fill(&b.bytes, now)
 }
 
-func fill(lim *rate.Limiter, now time.Time) float64 {
-	if lim == nil {
+func fill(t *tokenBucket, now int64) float64 {
+	if !t.on() {
 		return 1
 	}
-	f := lim.TokensAt(now) / float64(lim.Burst())
+	f := t.at(now) / t.burst
 	return min(max(f, 0), 1)
 }

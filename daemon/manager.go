@@ -14,14 +14,12 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/daemon/auto"
 	"github.com/shaperd/shaperd/daemon/host"
 	"github.com/shaperd/shaperd/daemon/intent"
 	"github.com/shaperd/shaperd/daemon/store"
 	"github.com/shaperd/shaperd/daemon/tenants"
-	"github.com/shaperd/shaperd/detect"
-	"github.com/shaperd/shaperd/ladder"
 	"github.com/shaperd/shaperd/owner"
-	"github.com/shaperd/shaperd/profile"
 	"github.com/shaperd/shaperd/quota"
 	"github.com/shaperd/shaperd/splice"
 )
@@ -98,12 +96,9 @@ type Manager struct {
 	snapMu  sync.Mutex
 	snapDue map[*tenants.Tenant]quota.Snapshot
 
-	profiles       profile.Set
-	watch          WatchConfig
-	matcher        *detect.Matcher
-	tracker        *detect.Tracker
-	events         Events
-	lastLadderSave time.Time
+	// auto is the automatic side (daemon/auto): the watch loop, the
+	// ladders, the alerts, and the profiles.
+	auto *auto.Engine
 
 	// quotas are the percentile-quota tenants (quota.go).
 	quotas tenants.Set
@@ -128,11 +123,7 @@ type quarantine struct {
 	// the state file leave the quarantine out until it succeeds.
 	starting bool
 
-	lad  *ladder.Ladder  // nil without a ladder
-	prof profile.Profile // the ladder's profile
-	// avgFrom is when the forwarder started measuring the average frame
-	// size for a ladder that has none; zero when not measuring.
-	avgFrom time.Time
+	esc *auto.Escalation // the ladder; nil without one
 }
 
 // New returns a Manager that splices with the first of backends that handles
@@ -158,7 +149,7 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 		host:     opt.Host,
 		q:        make(map[string]*quarantine),
 		owners:   make(map[string]*owner.Port),
-		events:   Events{Transitions: map[string]uint64{}, Hooks: map[string]uint64{}, Alerts: map[string]uint64{}},
+		auto:     auto.New(log),
 		bl:       baselines{cli: map[string]baselineEntry{}, present: map[string]bool{}},
 	}
 	if m.host == nil {
@@ -175,9 +166,6 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 		Log:        log,
 		Stopped:    m.forwarderStopped,
 		Usage:      usageErr,
-	}
-	if err := m.Configure(profile.Set{profile.Quarantine: profile.Default()}, DefaultWatchConfig()); err != nil {
-		panic(err) // the defaults are valid
 	}
 	return m
 }
@@ -284,7 +272,7 @@ func (m *Manager) newQuarantineLocked(port string, req api.LimitRequest, origin 
 	}
 	q := &quarantine{port: port, spec: spec, since: now.UTC()}
 	if prof != nil && prof.UseLadder {
-		if err := m.startLadderLocked(q, *prof, now); err != nil {
+		if q.spec, q.esc, err = m.auto.StartLadder(port, q.spec, *prof, now); err != nil {
 			return nil, err
 		}
 	}
@@ -354,14 +342,7 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 		m.mu.Unlock()
 		return api.Quarantine{}, err
 	}
-	offLadder := false
-	if q.lad != nil {
-		for _, d := range ladderDirs(&req, q.prof.Threshold.Direction) {
-			if d.change.HasAggregate() {
-				offLadder = true
-			}
-		}
-	}
+	offLadder := auto.LeavesLadder(&req, q.esc)
 	if offLadder {
 		spec.Stage = ""
 	}
@@ -378,8 +359,8 @@ func (m *Manager) Set(port string, req api.LimitRequest) (api.Quarantine, error)
 	}
 	if offLadder {
 		m.mu.Lock()
-		m.log.Warn("event: limits set by hand; the port leaves its ladder", "event", "ladder_stopped", "port", port, "stage", q.lad.Stage())
-		q.lad, q.avgFrom = nil, time.Time{}
+		m.log.Warn("event: limits set by hand; the port leaves its ladder", "event", "ladder_stopped", "port", port, "stage", q.esc.Ladder.Stage())
+		q.esc = nil
 		m.mu.Unlock()
 	}
 	serr := m.save()

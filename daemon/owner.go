@@ -183,9 +183,8 @@ func (m *Manager) reconcile(o *owner.Port) error {
 	sp, _, _ := o.State()
 	if q != nil {
 		q.state, q.expires, q.starting = StateActive, time.Time{}, false
-		q.avgFrom = time.Time{}
-		if q.lad != nil && q.lad.AvgFrame() == 0 {
-			q.avgFrom = now
+		if q.esc != nil {
+			q.esc.Spliced(now)
 		}
 		m.log.Info("quarantined", "port", port, "backend", sp.Backend(), "vm_tap", sp.VMTap(), "net_tap", sp.NetTap(), "intent", w.Intent)
 	} else if tp != nil {

@@ -138,7 +138,7 @@ func (m *Manager) restoreLocked() ([]string, error) {
 			}
 		}
 		q := &quarantine{port: port, spec: spec, since: since}
-		m.resumeLadderLocked(q, e.Ladder, now)
+		q.spec, q.esc = m.auto.ResumeLadder(port, q.spec, e.Ladder, now)
 		sp, err := f.b.Adopt(port)
 		if err != nil {
 			m.log.Error("cannot adopt a splice found on the host; leaving it untouched", "port", port, "err", err)
@@ -162,8 +162,8 @@ func (m *Manager) restoreLocked() ([]string, error) {
 			m.log.Error("cannot restart the forwarder of an adopted splice", "port", port, "err", err)
 			continue
 		}
-		if q.lad != nil && q.lad.AvgFrame() == 0 {
-			q.avgFrom = m.host.Now()
+		if q.esc != nil && q.esc.Ladder.AvgFrame() == 0 {
+			q.esc.AvgFrom = m.host.Now()
 		}
 		m.log.Info("adopted splice", "port", port, "backend", sp.Backend(), "limits_from", how, "intent", spec.Intent())
 	}
@@ -173,7 +173,7 @@ func (m *Manager) restoreLocked() ([]string, error) {
 			continue
 		}
 		q := &quarantine{port: port, spec: e.Spec, since: e.Since}
-		m.resumeLadderLocked(q, e.Ladder, now)
+		q.spec, q.esc = m.auto.ResumeLadder(port, q.spec, e.Ladder, now)
 		m.makePendingLocked(q, now)
 		if e.State == StatePending && !e.Expires.IsZero() {
 			q.expires = e.Expires

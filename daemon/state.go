@@ -69,8 +69,8 @@ func (m *Manager) stateEntriesLocked() []store.Quarantine {
 			continue
 		}
 		e := store.Quarantine{Port: q.port, State: q.state, Spec: q.spec, Since: q.since, Expires: q.expires}
-		if q.lad != nil {
-			st := q.lad.State()
+		if q.esc != nil {
+			st := q.esc.Ladder.State()
 			e.Ladder = &st
 		}
 		if sp, _ := m.qSpliceLocked(q); sp != nil {

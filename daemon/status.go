@@ -63,7 +63,7 @@ func (m *Manager) Status(port string) (api.Status, error) {
 		Daemon: api.Daemon{PID: os.Getpid(), Version: version.Version(), Commit: version.Commit(), GoVersion: version.Go(),
 			Started: m.started.UTC(), Now: time.Now().UTC(), StateNotSaved: m.stateNotSaved()},
 		Quarantines: []api.Quarantine{},
-		Flagged:     m.flaggedLocked(),
+		Flagged:     m.auto.Flagged(txn{m}),
 		Quotas:      m.quotaStatusLocked(m.host.Now()),
 	}
 	if port != "" {
@@ -132,8 +132,8 @@ func (m *Manager) statusLocked(q *quarantine) (api.Quarantine, splice.Splice) {
 	if out.Stage == "" {
 		out.Stage = StageManual
 	}
-	if q.lad != nil {
-		if t := q.lad.NextTransition(); !t.IsZero() {
+	if q.esc != nil {
+		if t := q.esc.Ladder.NextTransition(); !t.IsZero() {
 			t = t.UTC()
 			out.NextTransition = &t
 		}

@@ -110,13 +110,13 @@ func (p *Pipe) applyRulesLocked(pol *Policy, now time.Time) error {
 			if prev != nil && prev.budget != nil {
 				r.budget = prev.budget
 				if prevCl.Limits != cl.Limits {
-					if err := r.budget.SetLimits(cl.Limits, now); err != nil {
+					if err := r.budget.SetLimits(cl.Limits, t); err != nil {
 						return err
 					}
 				}
 			} else {
 				var err error
-				if r.budget, err = bucket.New(cl.Limits, now); err != nil {
+				if r.budget, err = bucket.New(cl.Limits, t); err != nil {
 					return err
 				}
 			}
@@ -244,7 +244,7 @@ func keyAddr(f *classify.Frame, per rules.Per) netip.Addr {
 // later stages admit the frame too. It fills in d, which the caller zeroed.
 // (d is a pointer, not a result: the per-frame copies of a decision cost
 // about a tenth of a frame's time.) Caller holds mu.
-func (p *Pipe) classesLocked(d *decision, c classify.Class, f *classify.Frame, w cost, now time.Time) {
+func (p *Pipe) classesLocked(d *decision, c classify.Class, f *classify.Frame, w cost, t int64) {
 	set := p.current.Rules
 	shape := p.sh.mode == Shape
 	d.rule, d.bclass = -1, builtinBudget(c)
@@ -262,11 +262,11 @@ func (p *Pipe) classesLocked(d *decision, c classify.Class, f *classify.Frame, w
 				return
 			}
 			fits, over := true, Reason(0)
-			if r.budget != nil && !r.budget.FitsN(now, w.pkts, w.bytes) {
+			if r.budget != nil && !r.budget.FitsN(t, w.pkts, w.bytes) {
 				fits, over = false, ReasonClassBudget
 			}
 			if fits && r.keys != nil {
-				d.t = p.nanos(now)
+				d.t = t
 				d.ref = r.keys.Lookup(keyAddr(f, cl.Per), d.t)
 				if !r.keys.FitsN(d.ref, d.t, w.pkts, w.bytes) {
 					fits, over = false, ReasonDestBudget
@@ -292,7 +292,7 @@ func (p *Pipe) classesLocked(d *decision, c classify.Class, f *classify.Frame, w
 					continue chain
 				}
 				d.rule, d.rc, d.name = -1, nil, ""
-				p.builtinLocked(d, b, w, now, shape)
+				p.builtinLocked(d, b, w, t, shape)
 				return
 			default:
 				d.dropped, d.reason = true, over
@@ -300,19 +300,19 @@ func (p *Pipe) classesLocked(d *decision, c classify.Class, f *classify.Frame, w
 			}
 		}
 	}
-	p.builtinLocked(d, d.bclass, w, now, shape)
+	p.builtinLocked(d, d.bclass, w, t, shape)
 }
 
 // builtinLocked decides a frame by the budget of built-in class b: in
 // shape mode that budget is charged when the frame leaves the queue.
-func (p *Pipe) builtinLocked(d *decision, b classify.Class, w cost, now time.Time, shape bool) {
+func (p *Pipe) builtinLocked(d *decision, b classify.Class, w cost, t int64, shape bool) {
 	d.bclass = b
 	if shape {
 		d.deferred = true
 		return
 	}
 	if bb := p.class[b]; bb != nil {
-		if !bb.FitsN(now, w.pkts, w.bytes) {
+		if !bb.FitsN(t, w.pkts, w.bytes) {
 			d.dropped, d.reason = true, ReasonClassBudget
 			return
 		}
@@ -324,24 +324,24 @@ func (p *Pipe) builtinLocked(d *decision, b classify.Class, w cost, now time.Tim
 // police mode: the aggregate and the quota must admit it too, and then
 // every budget is charged, or none. It reports whether the frame passes,
 // and why not. Caller holds mu.
-func (p *Pipe) finishLocked(d *decision, w cost, now time.Time) (Reason, bool) {
-	if p.agg != nil && !p.agg.FitsN(now, w.pkts, w.bytes) {
+func (p *Pipe) finishLocked(d *decision, w cost, now time.Time, t int64) (Reason, bool) {
+	if p.agg != nil && !p.agg.FitsN(t, w.pkts, w.bytes) {
 		return ReasonAggregateBudget, false
 	}
 	if q := p.current.Quota; q != nil && !q.Admit(now, p.dir, w.bytes, false) {
 		return ReasonQuota, false
 	}
-	p.takeLocked(d, w, now)
+	p.takeLocked(d, w, t)
 	if p.agg != nil {
-		p.agg.TakeN(now, w.pkts, w.bytes)
+		p.agg.TakeN(t, w.pkts, w.bytes)
 	}
 	return 0, true
 }
 
 // takeLocked charges what a police-mode decision checked.
-func (p *Pipe) takeLocked(d *decision, w cost, now time.Time) {
+func (p *Pipe) takeLocked(d *decision, w cost, t int64) {
 	if d.budget != nil {
-		d.budget.TakeN(now, w.pkts, w.bytes)
+		d.budget.TakeN(t, w.pkts, w.bytes)
 	}
 	if d.keys != nil {
 		d.keys.TakeN(d.ref, d.t, w.pkts, w.bytes)
@@ -352,24 +352,22 @@ func (p *Pipe) takeLocked(d *decision, w cost, now time.Time) {
 // own budget and, for a new bypass connection, the per-source limit; the
 // quota counts it but cannot refuse it. It reports whether the frame
 // passes, and why not. Caller holds mu.
-func (p *Pipe) priorityLocked(c classify.Class, f *classify.Frame, w cost, now time.Time) (Reason, bool) {
+func (p *Pipe) priorityLocked(c classify.Class, f *classify.Frame, w cost, now time.Time, t int64) (Reason, bool) {
 	b := p.class[c]
 	if c == classify.Control {
-		if b != nil && !b.FitsN(now, w.pkts, w.bytes) {
+		if b != nil && !b.FitsN(t, w.pkts, w.bytes) {
 			return ReasonControlBudget, false
 		}
 	} else {
 		var ref hashlimit.Ref
-		var t int64
 		newConn := p.bypassConn != nil && f.IsTCPSyn()
 		if newConn {
-			t = p.nanos(now)
 			ref = p.bypassConn.Lookup(f.SrcIP, t)
 			if !p.bypassConn.Fits(ref, t, w.bytes) {
 				return ReasonBypassConn, false
 			}
 		}
-		if b != nil && !b.FitsN(now, w.pkts, w.bytes) {
+		if b != nil && !b.FitsN(t, w.pkts, w.bytes) {
 			return ReasonBypassBudget, false
 		}
 		if newConn {
@@ -377,7 +375,7 @@ func (p *Pipe) priorityLocked(c classify.Class, f *classify.Frame, w cost, now t
 		}
 	}
 	if b != nil {
-		b.TakeN(now, w.pkts, w.bytes)
+		b.TakeN(t, w.pkts, w.bytes)
 	}
 	if q := p.current.Quota; q != nil {
 		q.Admit(now, p.dir, w.bytes, true)

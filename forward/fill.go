@@ -38,18 +38,19 @@ func (p *Pipe) Fill(now time.Time) DirFill {
 	var f DirFill
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	f.Aggregate = budgetFill(p.agg, now)
+	t := p.nanos(now)
+	f.Aggregate = budgetFill(p.agg, t)
 	for c, b := range p.class {
-		f.Classes[c] = budgetFill(b, now)
+		f.Classes[c] = budgetFill(b, t)
 	}
 	return f
 }
 
-func budgetFill(b *bucket.Budget, now time.Time) BudgetFill {
+func budgetFill(b *bucket.Budget, t int64) BudgetFill {
 	if b == nil {
 		return BudgetFill{}
 	}
 	l := b.Limits()
-	pk, by := b.Fill(now)
+	pk, by := b.Fill(t)
 	return BudgetFill{Packets: pk, Bytes: by, PacketsLimited: l.PPS > 0, BytesLimited: l.BytesPerSec > 0}
 }

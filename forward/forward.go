@@ -460,11 +460,11 @@ func NewPipe(dir classify.Direction, ins []Input, out Device, p Policy, now time
 func (p *Pipe) apply(pol *Policy, now time.Time) error {
 	var err error
 	if p.agg == nil {
-		if p.agg, err = bucket.New(pol.Aggregate, now); err != nil {
+		if p.agg, err = bucket.New(pol.Aggregate, p.nanos(now)); err != nil {
 			return err
 		}
 	} else if p.current.Aggregate != pol.Aggregate {
-		if err = p.agg.SetLimits(pol.Aggregate, now); err != nil {
+		if err = p.agg.SetLimits(pol.Aggregate, p.nanos(now)); err != nil {
 			return err
 		}
 	}
@@ -474,11 +474,11 @@ func (p *Pipe) apply(pol *Policy, now time.Time) error {
 		case l.Unlimited():
 			p.class[c] = nil
 		case p.class[c] == nil:
-			if p.class[c], err = bucket.New(l, now); err != nil {
+			if p.class[c], err = bucket.New(l, p.nanos(now)); err != nil {
 				return err
 			}
 		case p.current.Classes[c] != l:
-			if err = p.class[c].SetLimits(l, now); err != nil {
+			if err = p.class[c].SetLimits(l, p.nanos(now)); err != nil {
 				return err
 			}
 		}
@@ -541,7 +541,8 @@ func (p *Pipe) step(cls *classify.Classifier, frame, hdr []byte, w cost, now tim
 	// pipe's: monotonic nanoseconds since its epoch, as the shape queue's
 	// and the per-address tables'. A wall clock stepped by NTP would age
 	// the table's entries at once, or keep them for hours.
-	c := cls.Classify(frame, p.nanos(now))
+	t := p.nanos(now)
+	c := cls.Classify(frame, t)
 	f := cls.Frame()
 	p.lockFor(cls)
 	p.syncPolicyLocked(now)
@@ -558,7 +559,7 @@ func (p *Pipe) step(cls *classify.Classifier, frame, hdr []byte, w cost, now tim
 	}
 	// Steps 2 and 3: control and bypass, never queued.
 	if c == classify.Control || c == classify.Bypass {
-		r, ok := p.priorityLocked(c, f, w, now)
+		r, ok := p.priorityLocked(c, f, w, now, t)
 		p.unlockFor()
 		if ok {
 			return p.pass(c, nil, "", w)
@@ -571,7 +572,7 @@ func (p *Pipe) step(cls *classify.Classifier, frame, hdr []byte, w cost, now tim
 		return p.drop(c, nil, "", ReasonFrameSize, w)
 	}
 	var d decision
-	p.classesLocked(&d, c, f, w, now)
+	p.classesLocked(&d, c, f, w, t)
 	if d.dropped {
 		p.unlockFor()
 		return p.drop(c, d.rc, d.name, d.reason, w)
@@ -583,7 +584,7 @@ func (p *Pipe) step(cls *classify.Classifier, frame, hdr []byte, w cost, now tim
 		var wake bool
 		act, r, wake = p.shapeLocked(desc, frame, hdr, now)
 		if act != Drop && !d.deferred {
-			p.takeLocked(&d, w, now) // a police-mode class charges on arrival
+			p.takeLocked(&d, w, t) // a police-mode class charges on arrival
 		}
 		p.unlockFor()
 		if wake {
@@ -595,7 +596,7 @@ func (p *Pipe) step(cls *classify.Classifier, frame, hdr []byte, w cost, now tim
 	} else {
 		// Steps 5 and 6.
 		var ok bool
-		if r, ok = p.finishLocked(&d, w, now); !ok {
+		if r, ok = p.finishLocked(&d, w, now, t); !ok {
 			act = Drop
 		}
 		p.unlockFor()

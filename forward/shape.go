@@ -371,7 +371,7 @@ func (p *Pipe) shapeLocked(d qdesc, frame, hdr []byte, now time.Time) (act Actio
 	}
 	q := &p.q
 	if p.sh.delay == 0 && q.count == 0 && p.inflight == 0 {
-		switch r, ok := p.admitDescLocked(d, now, now); {
+		switch r, ok := p.admitDescLocked(d, t, now); {
 		case ok:
 			p.vclock = max(p.vclock, t)
 			return Pass, 0, false
@@ -400,7 +400,7 @@ func (p *Pipe) shapeLocked(d qdesc, frame, hdr []byte, now time.Time) (act Actio
 // hold its tokens at bt (the budgets' time, see takeDueLocked), and the
 // quota admit it at now; then both budgets are charged. It reports whether
 // the frame passes, and why not. Caller holds mu.
-func (p *Pipe) admitDescLocked(d qdesc, bt, now time.Time) (Reason, bool) {
+func (p *Pipe) admitDescLocked(d qdesc, bt int64, now time.Time) (Reason, bool) {
 	class, agg := p.budgetsFor(d)
 	w := d.cost()
 	if class != nil && !class.FitsN(bt, w.pkts, w.bytes) {
@@ -481,20 +481,20 @@ func hopeless(b *bucket.Budget, w cost) bool {
 // at the computed time finds the tokens there despite rounding.
 const waitMargin = time.Microsecond
 
-// waitLocked returns how long from now until the budgets of a queued
+// waitLocked returns how long from t (ns since the epoch) until the budgets of a queued
 // frame hold the tokens for it. Caller holds mu.
-func (p *Pipe) waitLocked(d qdesc, now time.Time) time.Duration {
+func (p *Pipe) waitLocked(d qdesc, t int64) time.Duration {
 	class, agg := p.budgetsFor(d)
-	return max(tokenWait(class, d.cost(), now), tokenWait(agg, d.cost(), now)) + waitMargin
+	return max(tokenWait(class, d.cost(), t), tokenWait(agg, d.cost(), t)) + waitMargin
 }
 
-// tokenWait returns how long until b holds what w costs.
-func tokenWait(b *bucket.Budget, w cost, now time.Time) time.Duration {
+// tokenWait returns how long from t (ns) until b holds what w costs.
+func tokenWait(b *bucket.Budget, w cost, t int64) time.Duration {
 	if b == nil {
 		return 0
 	}
 	l := b.Limits().Effective()
-	pk, by := b.Fill(now)
+	pk, by := b.Fill(t)
 	var s float64
 	if l.PPS > 0 {
 		if need := float64(w.pkts) - pk*float64(l.BurstPackets); need > 0 {
@@ -659,12 +659,12 @@ func (p *Pipe) takeDueLocked(now time.Time, b *batch) time.Time {
 		// would not have charged it earlier, nor before the frame it
 		// released last.
 		vt := max(p.vclock, floor, d.at+p.sh.delay)
-		r, ok := p.admitDescLocked(d, p.epoch.Add(time.Duration(vt)), now)
+		r, ok := p.admitDescLocked(d, vt, now)
 		if !ok && r != ReasonQuota {
 			// When would the tokens have been there? If that has
 			// passed, the on-time releaser would have released the
 			// frame then.
-			w := int64(p.waitLocked(d, p.epoch.Add(time.Duration(vt))))
+			w := int64(p.waitLocked(d, vt))
 			if vt+w > t {
 				// Wake when the tokens are there, or to drop
 				// the frame when it expires, whichever comes
@@ -673,7 +673,7 @@ func (p *Pipe) takeDueLocked(now time.Time, b *batch) time.Time {
 				return p.epoch.Add(time.Duration(due))
 			}
 			vt += w
-			r, ok = p.admitDescLocked(d, p.epoch.Add(time.Duration(vt)), now)
+			r, ok = p.admitDescLocked(d, vt, now)
 		}
 		switch {
 		case ok:
