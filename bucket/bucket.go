@@ -2,13 +2,12 @@
 // VM's traffic on the forwarding hot path.
 //
 // A Budget is two token buckets, one in packets and one in bytes, that must
-// both admit a frame. Time is passed in by the caller as integer monotonic
-// nanoseconds, never read from the clock, so that tests run on a manual
-// clock and the hot path does no time.Time arithmetic. The tokens refill
-// as golang.org/x/time/rate's do (which this package was first built on):
-// a float count of tokens, refilled by the elapsed time times the rate,
-// capped at the depth (reference_test.go holds it to x/time/rate, decision
-// for decision). Checking and charging a frame allocates nothing.
+// both admit a frame, each a golang.org/x/time/rate Limiter. Time is passed
+// in by the caller as integer monotonic nanoseconds (the forwarder's one
+// clock), never read from the clock, so that tests run on a manual clock;
+// the Limiters get it as a time.Time built from those nanoseconds, which
+// costs no clock reading and no allocation. Checking and charging a frame
+// allocates nothing.
 package bucket
 
 import (
@@ -16,6 +15,8 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"golang.org/x/time/rate"
 )
 
 // MaxFrame is the largest Ethernet frame shaperd forwards, in bytes: 1500
@@ -160,68 +161,15 @@ func (l Limits) Unlimited() bool {
 type Budget struct {
 	limits Limits
 	block  bool
-	pkts   tokenBucket // rate 0: no packet limit; tokens are packets
-	bytes  tokenBucket // rate 0: no byte limit; tokens are bytes
-	last   int64       // latest time charged or configured at, ns
+	pkts   *rate.Limiter // nil: no packet limit; tokens are packets
+	bytes  *rate.Limiter // nil: no byte limit; tokens are bytes
+	last   int64         // latest time charged or configured at, ns
 }
 
-// tokenBucket is one bucket: tokens at time last (ns), refilled at perSec
-// tokens per second up to burst. A rate of 0 means no bucket.
-type tokenBucket struct {
-	perSec float64 // tokens per second; 0: no bucket
-	burst  float64 // depth, tokens
-	tokens float64 // at last; may be above burst after a smaller SetLimits, cut at the next reading
-	last   int64   // ns
-}
-
-func (t *tokenBucket) on() bool { return t.perSec > 0 }
-
-// at returns the tokens at now (not before last): refilled, capped at the
-// depth.
-func (t *tokenBucket) at(now int64) float64 {
-	tok := t.tokens
-	if d := now - t.last; d > 0 {
-		tok += time.Duration(d).Seconds() * t.perSec // as x/time/rate computes it
-	}
-	return min(tok, t.burst)
-}
-
-// advance moves the bucket to now, refilled at its current rate.
-func (t *tokenBucket) advance(now int64) {
-	if now < t.last {
-		now = t.last
-	}
-	t.tokens, t.last = t.at(now), now
-}
-
-// take charges n tokens at now if the bucket holds them, and reports
-// whether it did; a bucket without them is left unchanged. As
-// x/time/rate's AllowN, it lets a deficit shorter than a nanosecond's
-// worth of tokens pass (float rounding), and never more than the depth.
-func (t *tokenBucket) take(now int64, n int) bool {
-	tok := t.at(now) - float64(n)
-	if float64(n) > t.burst || (tok < 0 && time.Duration(float64(time.Second)*(-tok/t.perSec)) > 0) {
-		return false
-	}
-	t.tokens, t.last = tok, max(now, t.last)
-	return true
-}
-
-// set reconfigures the bucket at now to perSec and burst: it keeps its
-// tokens (refilled at the old rate up to now), cut at the new depth at the
-// next reading; one that had no rate starts full; perSec 0 removes it.
-func (t *tokenBucket) set(perSec float64, burst int, now int64) {
-	switch {
-	case perSec == 0:
-		*t = tokenBucket{}
-		return
-	case !t.on():
-		*t = tokenBucket{perSec: perSec, burst: float64(burst), tokens: float64(burst), last: now}
-		return
-	}
-	t.advance(now)
-	t.perSec, t.burst = perSec, float64(burst)
-}
+// stamp is the caller's nanosecond reading as the time.Time x/time/rate
+// takes: only differences between readings matter to a Limiter, and
+// time.Unix builds one without reading a clock or allocating.
+func stamp(ns int64) time.Time { return time.Unix(0, ns) }
 
 // New returns a Budget enforcing l, with both buckets full at now (ns), or
 // an error from l.Validate.
@@ -248,12 +196,27 @@ func (b *Budget) SetLimits(l Limits, now int64) error {
 	}
 	now = b.clamp(now)
 	e := l.Effective()
-	b.pkts.set(e.PPS, e.BurstPackets, now)
-	b.bytes.set(e.BytesPerSec, e.BurstBytes, now)
+	b.pkts = setLimiter(b.pkts, e.PPS, e.BurstPackets, now)
+	b.bytes = setLimiter(b.bytes, e.BytesPerSec, e.BurstBytes, now)
 	b.limits = l
 	b.block = l.Block
 	b.last = now
 	return nil
+}
+
+// setLimiter returns lim reconfigured to perSec and burst at now, a new full
+// limiter if lim is nil, or nil if perSec is 0.
+func setLimiter(lim *rate.Limiter, perSec float64, burst int, now int64) *rate.Limiter {
+	if perSec == 0 {
+		return nil
+	}
+	if lim == nil {
+		// A new Limiter holds burst tokens; advancing to now keeps it full.
+		return rate.NewLimiter(rate.Limit(perSec), burst)
+	}
+	lim.SetLimitAt(stamp(now), rate.Limit(perSec)) // refill at the old rate up to now
+	lim.SetBurstAt(stamp(now), burst)              // tokens above the new depth are cut at the next use
+	return lim
 }
 
 // clamp returns now, or the latest time b has used if now is earlier.
@@ -271,11 +234,11 @@ func (b *Budget) FitsN(now int64, k, n int) bool {
 	if b.block {
 		return false
 	}
-	now = b.clamp(now)
-	if b.pkts.on() && b.pkts.at(now) < float64(k) {
+	t := stamp(b.clamp(now))
+	if b.pkts != nil && b.pkts.TokensAt(t) < float64(k) {
 		return false
 	}
-	if b.bytes.on() && n > 0 && b.bytes.at(now) < float64(n) {
+	if b.bytes != nil && n > 0 && b.bytes.TokensAt(t) < float64(n) {
 		return false
 	}
 	return true
@@ -295,11 +258,11 @@ func (b *Budget) TakeN(now int64, k, n int) {
 	}
 	now = b.clamp(now)
 	b.last = now
-	if b.pkts.on() {
-		b.pkts.take(now, k)
+	if b.pkts != nil {
+		b.pkts.AllowN(stamp(now), k)
 	}
-	if b.bytes.on() && n > 0 {
-		b.bytes.take(now, n)
+	if b.bytes != nil && n > 0 {
+		b.bytes.AllowN(stamp(now), n)
 	}
 }
 
@@ -330,14 +293,14 @@ func Admit(now int64, n int, budgets ...*Budget) int {
 // (empty) to 1 (full), for metrics. A dimension without a rate reports 1.
 // Block does not change the fill.
 func (b *Budget) Fill(now int64) (packets, bytes float64) {
-	now = b.clamp(now)
-	return fill(&b.pkts, now), fill(&b.bytes, now)
+	t := stamp(b.clamp(now))
+	return fill(b.pkts, t), fill(b.bytes, t)
 }
 
-func fill(t *tokenBucket, now int64) float64 {
-	if !t.on() {
+func fill(lim *rate.Limiter, t time.Time) float64 {
+	if lim == nil {
 		return 1
 	}
-	f := t.at(now) / t.burst
+	f := lim.TokensAt(t) / float64(lim.Burst())
 	return min(max(f, 0), 1)
 }

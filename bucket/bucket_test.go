@@ -21,11 +21,11 @@ func mustNew(t *testing.T, l Limits, now int64) *Budget {
 // dimension without a bucket. It reads the buckets without charging.
 func tokens(b *Budget, now int64) (pkts, bytes float64) {
 	pkts, bytes = -1, -1
-	if b.pkts.on() {
-		pkts = b.pkts.at(now)
+	if b.pkts != nil {
+		pkts = b.pkts.TokensAt(stamp(now))
 	}
-	if b.bytes.on() {
-		bytes = b.bytes.at(now)
+	if b.bytes != nil {
+		bytes = b.bytes.TokensAt(stamp(now))
 	}
 	return pkts, bytes
 }
