@@ -53,6 +53,9 @@ func (m *Matcher) Match(port string) bool {
 	return matchAny(m.watch, port) && !matchAny(m.exclude, port)
 }
 
+// Watches reports whether m can match any port: it has a --watch pattern.
+func (m *Matcher) Watches() bool { return m != nil && len(m.watch) > 0 }
+
 // Filter appends to dst the names that Match and returns the result.
 func (m *Matcher) Filter(dst, names []string) []string {
 	for _, n := range names {

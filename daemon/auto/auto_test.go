@@ -36,6 +36,7 @@ type fake struct {
 	callMu sync.Mutex
 	calls  []string
 	saves  int
+	lists  atomic.Int32 // Links calls
 }
 
 type fakeQ struct {
@@ -99,7 +100,7 @@ func (f *fake) View(fn func(Txn)) {
 }
 
 func (f *fake) Now() time.Time              { return f.now }
-func (f *fake) Links() ([]string, error)    { return nil, nil }
+func (f *fake) Links() ([]string, error)    { f.lists.Add(1); return nil, nil }
 func (f *fake) PortExists(port string) bool { return f.ports[port] }
 
 func (f *fake) VMPort(port string) error {
@@ -352,5 +353,31 @@ func TestLadderMeasuresTheAverageFrame(t *testing.T) {
 	}
 	if !found {
 		t.Errorf("calls %q; want the new spec applied", f.Calls())
+	}
+}
+
+// RunWatch lists the host's links (a netlink dump of every link, splice
+// taps included) only when a --watch pattern or a group needs the names:
+// with none, the watch loop of a host with 100 idle quarantines cost 2.7%
+// of a core, three quarters of it that dump.
+func TestRunWatchListsLinksOnlyWhenNeeded(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		watch []string
+		want  bool
+	}{{"nothing watched", nil, false}, {"a pattern", []string{"vm-*"}, true}} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := DefaultConfig()
+			c.Interval = 5 * time.Millisecond
+			c.Watch = tc.watch
+			e := newEngine(t, c)
+			f := newFake(t)
+			ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+			defer cancel()
+			e.RunWatch(ctx, f)
+			if n := f.lists.Load(); (n > 0) != tc.want {
+				t.Errorf("%d link listings in 100 ms of 5 ms ticks; want some: %v", n, tc.want)
+			}
+		})
 	}
 }
