@@ -83,8 +83,24 @@ func (c *Client) StatusWithoutSamples(port string) (api.Status, error) {
 	return c.status(port, false)
 }
 
+// StatusJSON is Status as the daemon wrote it (indented JSON), checked to
+// be JSON and not decoded: `status --json` prints it as it comes, which on
+// a host with 100 quarantines (1.7 MB) saves decoding and encoding it
+// again. samples false leaves the quota samples out.
+func (c *Client) StatusJSON(port string, samples bool) ([]byte, error) {
+	var raw json.RawMessage
+	err := c.do(http.MethodGet, statusPath(port, samples), nil, &raw)
+	return raw, err
+}
+
 func (c *Client) status(port string, samples bool) (api.Status, error) {
 	var st api.Status
+	err := c.do(http.MethodGet, statusPath(port, samples), nil, &st)
+	return st, err
+}
+
+// statusPath is the status request's path and query.
+func statusPath(port string, samples bool) string {
 	v := url.Values{}
 	if port != "" {
 		v.Set("port", port)
@@ -96,8 +112,7 @@ func (c *Client) status(port string, samples bool) (api.Status, error) {
 	if len(v) > 0 {
 		q = "?" + v.Encode()
 	}
-	err := c.do(http.MethodGet, "/v1/status"+q, nil, &st)
-	return st, err
+	return "/v1/status" + q
 }
 
 // Quarantine asks for a quarantine.

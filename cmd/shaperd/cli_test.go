@@ -179,6 +179,15 @@ func TestStatusJSONShape(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &st) != nil || len(st.Quarantines) != 2 {
 		t.Fatalf("status --json: %d, %s", code, out)
 	}
+	// Printed as the daemon wrote it, it is byte for byte what decoding it
+	// and encoding it again printed before.
+	var again bytes.Buffer
+	if err := writeJSON(&again, st); err != nil {
+		t.Fatal(err)
+	}
+	if out != again.String() {
+		t.Errorf("status --json differs from its decoded and re-encoded form:\n%q\n---\n%q", out, again.String())
+	}
 }
 
 func TestDaemonNotRunning(t *testing.T) {
