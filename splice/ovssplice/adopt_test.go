@@ -323,7 +323,7 @@ func TestAdoptRefusals(t *testing.T) {
 		{"someone else's XDP program", func(_ *fakeOVS, k *fakeKernel) { k.links["vm-1"].xdpName = "xdp_lb" }, "not shaperd's"},
 		{"cookie not ours", func(o *fakeOVS, _ *fakeKernel) { o.ports[nt].ids[idCookie] = "0x1234" }, idCookie},
 		{"cookie without generation", func(o *fakeOVS, _ *fakeKernel) { o.ports[nt].ids[idCookie] = "0x5351000000000000" }, idCookie},
-		{"slot out of range", func(o *fakeOVS, _ *fakeKernel) { o.ports[nt].ids[idSlot] = "31" }, idSlot},
+		{"slot out of range", func(o *fakeOVS, _ *fakeKernel) { o.ports[nt].ids[idSlot] = "128" }, idSlot},
 		{"groups not the slot's", func(o *fakeOVS, _ *fakeKernel) { o.ports[nt].ids[idGroups] = "7,8" }, idGroups},
 		{"fail mode", func(o *fakeOVS, _ *fakeKernel) { o.ports[nt].ids[idFail] = "maybe" }, idFail},
 		{"no MAC", func(o *fakeOVS, _ *fakeKernel) { o.ports[nt].ids[idMACs] = "" }, idMACs},

@@ -425,7 +425,7 @@ func isOurs(cookie uint64) bool { return cookie&CookieMask == CookieTag }
 func isGeneration(cookie uint64) bool { return isOurs(cookie) && cookie != CookieTag }
 
 var (
-	markMatch = regexp.MustCompile(markReg + `=0/(0x[0-9a-f]+)`)
+	markMatch = regexp.MustCompile(`\breg(1[2-5])=0/(0x[0-9a-f]+)`)
 	groupID   = regexp.MustCompile(`group_id=(\d+)`)
 )
 
@@ -437,10 +437,11 @@ func slotsInUse(flows []flowEntry) map[uint]bool {
 			continue
 		}
 		for _, m := range markMatch.FindAllStringSubmatch(f.text, -1) {
-			v, _ := strconv.ParseUint(m[1], 0, 32)
+			reg, _ := strconv.Atoi(m[1])
+			v, _ := strconv.ParseUint(m[2], 0, 32)
 			for b := uint(0); b < 32; b++ {
 				if v&(1<<b) != 0 {
-					used[b] = true
+					used[uint(reg-markRegFirst)*32+b] = true
 				}
 			}
 		}
@@ -451,10 +452,12 @@ func slotsInUse(flows []flowEntry) map[uint]bool {
 // usesMarkReg reports whether a flow of someone else's matches or sets the
 // register shaperd marks frames with.
 func usesMarkReg(f flowEntry) bool {
-	t := strings.ToLower(f.text)
-	return strings.Contains(t, markReg+"=") || strings.Contains(t, strings.ToLower(markNXM)+"[") ||
-		strings.Contains(t, "->"+markReg) || strings.Contains(t, "xreg6") || strings.Contains(t, "xxreg3")
+	return markRegUse.MatchString(strings.ToLower(f.text))
 }
+
+// markRegUse finds a match on, or a load into, one of the mark registers
+// (reg12-reg15) or the wider registers made of them (xreg6, xreg7, xxreg3).
+var markRegUse = regexp.MustCompile(`\b(reg1[2-5]|xreg[67]|xxreg3)(=|\[|\b)|nxm_nx_(reg1[2-5]|xxreg3|xreg[67])\b`)
 
 // parseGroups returns the group ids in dump-groups output, with each
 // group's description line.

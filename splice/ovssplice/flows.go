@@ -27,16 +27,22 @@ const (
 	numGroups          = 2
 )
 
-// The register whose bits mark frames a splice has already dealt with: bit
-// slot is set on a frame that re-enters the pipeline as if from the splice's
-// port (or that had its multicast copy made), so the splice's flows do not
-// match it again while every other flow, including other splices', does.
-// One bit per splice: at most maxSlots splices per bridge.
+// The registers whose bits mark frames a splice has already dealt with:
+// the splice's bit is set on a frame that re-enters the pipeline as if from
+// the splice's port (or that had its multicast copy made), so the splice's
+// flows do not match it again while every other flow, including other
+// splices', does. One bit per splice, so that a frame can carry the marks of
+// several: slot s is bit s%32 of register 12+s/32, the four registers
+// reg12-reg15 (xxreg3) hold maxSlots splices per bridge. Slots 0-30 are
+// the bits of reg12 that the backend used before it took four registers.
 const (
-	markReg  = "reg12"
-	markNXM  = "NXM_NX_REG12"
-	maxSlots = 31
+	markRegFirst = 12
+	markRegs     = 4
+	maxSlots     = 32 * markRegs
 )
+
+// markReg is the register holding slot's bit, and the bit.
+func markReg(slot uint) (reg int, bit uint) { return markRegFirst + int(slot/32), slot % 32 }
 
 // Priorities in table 0, above a pipeline's usual ones.
 const (
@@ -49,7 +55,7 @@ const (
 // plan is everything the bundle text of one splice depends on.
 type plan struct {
 	cookie   uint64
-	slot     uint               // bit of markReg, 0..maxSlots-1
+	slot     uint               // its mark bit (markReg), 0..maxSlots-1
 	port     int                // the OpenFlow port number of the VM's port
 	netTap   int                // the OpenFlow port number of the net tap
 	macs     []net.HardwareAddr // the VM's unicast MACs
@@ -67,10 +73,16 @@ func (p plan) groups() []uint32 {
 }
 
 // mark is the match on the splice's mark bit being clear.
-func (p plan) mark() string { return fmt.Sprintf("%s=0/%#x", markReg, uint32(1)<<p.slot) }
+func (p plan) mark() string {
+	reg, bit := markReg(p.slot)
+	return fmt.Sprintf("reg%d=0/%#x", reg, uint32(1)<<bit)
+}
 
 // setMark is the action setting the splice's mark bit.
-func (p plan) setMark() string { return fmt.Sprintf("load:1->%s[%d]", markNXM, p.slot) }
+func (p plan) setMark() string {
+	reg, bit := markReg(p.slot)
+	return fmt.Sprintf("load:1->NXM_NX_REG%d[%d]", reg, bit)
+}
 
 // ffGroup is a fast-failover group whose first bucket, live while the
 // forwarder holds the net tap (the taps are persistent: they lose carrier

@@ -72,7 +72,7 @@ const (
 	idPort        = "shaperd-port"         // the VM's port
 	idRole        = "shaperd-role"         // "net": the tap in the bridge
 	idCookie      = "shaperd-cookie"       // the flows' cookie, 0x...
-	idSlot        = "shaperd-slot"         // the mark bit in reg12
+	idSlot        = "shaperd-slot"         // the mark bit (markReg)
 	idGroups      = "shaperd-groups"       // the group ids, comma-separated
 	idFail        = "shaperd-fail"         // open or closed
 	idOFPort      = "shaperd-port-ofport"  // the port's OpenFlow number at splice time
@@ -318,7 +318,7 @@ func (s *spliced) choose(flows []flowEntry, groups map[uint32]string) error {
 			continue
 		}
 		if usesMarkReg(f) {
-			return fmt.Errorf("ovssplice: bridge %s has a flow that uses %s, which the OVS backend needs for its marks: %q", s.bridge, markReg, f.text)
+			return fmt.Errorf("ovssplice: bridge %s has a flow that uses reg12-reg15, which the OVS backend needs for its marks: %q", s.bridge, f.text)
 		}
 		if f.table == 0 && f.priority >= prioMulticast {
 			high++

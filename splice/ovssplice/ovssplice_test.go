@@ -420,13 +420,34 @@ func TestParsers(t *testing.T) {
 	if used := slotsInUse(flows); !used[2] || len(used) != 1 {
 		t.Errorf("slotsInUse = %v, want {2}", used)
 	}
+	// Slots past 31 are bits of reg13-reg15.
+	for _, tc := range []struct {
+		slot          uint
+		mark, setMark string
+	}{
+		{0, "reg12=0/0x1", "load:1->NXM_NX_REG12[0]"},
+		{31, "reg12=0/0x80000000", "load:1->NXM_NX_REG12[31]"},
+		{40, "reg13=0/0x100", "load:1->NXM_NX_REG13[8]"},
+		{maxSlots - 1, "reg15=0/0x80000000", "load:1->NXM_NX_REG15[31]"},
+	} {
+		p := plan{slot: tc.slot, cookie: 0x5351339d821ad332}
+		if p.mark() != tc.mark || p.setMark() != tc.setMark {
+			t.Errorf("slot %d: mark %q, setMark %q; want %q, %q", tc.slot, p.mark(), p.setMark(), tc.mark, tc.setMark)
+		}
+		if used := slotsInUse([]flowEntry{{cookie: p.cookie, text: "priority=64980," + p.mark() + ",in_port=1 actions=drop"}}); !used[tc.slot] || len(used) != 1 {
+			t.Errorf("slot %d: slotsInUse of its flow = %v", tc.slot, used)
+		}
+	}
 	for text, want := range map[string]bool{
 		"priority=5,reg12=0x1 actions=drop":                    true,
 		"priority=5 actions=load:0x1->NXM_NX_REG12[4]":         true,
 		"priority=5 actions=set_field:0x1->reg12":              true,
 		"priority=5,xreg6=0x1 actions=drop":                    true,
 		"priority=5,reg1=0x1 actions=load:1->reg2[3]":          false,
-		"priority=5,reg13=0x1 actions=NORMAL":                  false,
+		"priority=5,reg13=0x1 actions=NORMAL":                  true,
+		"priority=5 actions=load:0x1->NXM_NX_REG15[0]":         true,
+		"priority=5,xxreg3=0x1 actions=drop":                   true,
+		"priority=5,reg11=0x1,reg16=0x2 actions=NORMAL":        false,
 		"priority=5 actions=move:NXM_NX_REG1[]->NXM_NX_REG2[]": false,
 	} {
 		if got := usesMarkReg(flowEntry{text: text}); got != want {
