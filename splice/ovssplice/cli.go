@@ -159,6 +159,29 @@ func (c cli) ifaceBridge(name string) (string, error) {
 	return strings.TrimSpace(string(out)), nil
 }
 
+// named returns those of names that name a Port or an Interface row of
+// the database, asked in one ovs-vsctl call (one find per table and name):
+// a splice checks its three tap names before it starts.
+func (c cli) named(names []string) ([]string, error) {
+	args := []string{"--bare"}
+	for _, n := range names {
+		for _, table := range []string{"Port", "Interface"} {
+			args = append(args, "--", "--columns=name", "find", table, "name="+strconv.Quote(n))
+		}
+	}
+	out, err := c.vsctl(args...)
+	if err != nil {
+		return nil, err
+	}
+	var found []string
+	for _, f := range strings.Fields(string(out)) {
+		if slices.Contains(names, f) && !slices.Contains(found, f) {
+			found = append(found, f)
+		}
+	}
+	return found, nil
+}
+
 // ofport returns the OpenFlow port number ovs-vswitchd gives the port name
 // on bridge (the library's DumpPort): an error if it has none, with the
 // Interface row's error column if it says why.

@@ -158,6 +158,20 @@ func (o *fakeOVS) vsctl(a []string) ([]byte, error) {
 		a = a[1:]
 	}
 	switch {
+	case len(a) > 1 && a[0] == "--bare" && a[1] == "--":
+		// One find per table and name, each
+		// "-- --columns=name find TABLE name=\"N\"".
+		var out strings.Builder
+		for i := 1; i < len(a); i += 5 {
+			if i+4 >= len(a) || a[i] != "--" || a[i+1] != "--columns=name" || a[i+2] != "find" || (a[i+3] != "Port" && a[i+3] != "Interface") || !strings.HasPrefix(a[i+4], "name=") {
+				return nil, fmt.Errorf("fake ovs: unexpected find %q", a[i:])
+			}
+			n := unquote(strings.TrimPrefix(a[i+4], "name="))
+			if _, ok := o.ports[n]; ok {
+				out.WriteString(n + "\n\n")
+			}
+		}
+		return []byte(out.String()), nil
 	case len(a) == 1 && a[0] == "list-br":
 		return []byte("br0\n"), nil
 	case len(a) == 2 && a[0] == "port-to-br":

@@ -95,7 +95,7 @@ type Backend struct {
 	running func() bool   // whether OVS can be asked at all (cheap)
 	cookie  func() uint64 // a new generation cookie
 
-	mu sync.Mutex // serialises Splice and Release, which check, then change, the bridge
+	mu sync.Mutex // guards what follows; Release holds it throughout, Splice only to choose a slot (see Splice)
 	// hook, if set (by tests), runs after each named step of Splice; an
 	// error it returns fails the splice at that point.
 	hook func(step string) error
@@ -106,6 +106,10 @@ type Backend struct {
 	vswitchd func() string
 	live     map[*spliced]bool
 	watching bool
+	// pending are the splices whose slot is chosen and that are not live
+	// yet; splicing, the ports a Splice call is working on.
+	pending  map[*spliced]bool
+	splicing map[string]bool
 }
 
 var _ splice.Backend = (*Backend)(nil)
@@ -176,16 +180,37 @@ func isTap(l linkInfo) bool { return l.kind == "tuntap" && strings.HasPrefix(l.a
 // validates and records everything it needs before changing anything, and on
 // any failure reverts what it did (see Release).
 func (b *Backend) Splice(port string, opt splice.Options) (splice.Splice, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-
-	s, err := b.prepare(port, opt)
+	// Only the choice of the slot and cookie runs under b.mu: the reads
+	// before it and the build after it run the OVS tools, about 0.5 s a
+	// splice on a bridge of 100 ports, and splices of different ports
+	// overlap (the daemon runs at most one change per port at a time).
+	// A slot chosen and not yet in the bridge's flows is held in
+	// b.pending until the splice is live or rolled back.
+	if !b.claim(port) {
+		return nil, fmt.Errorf("ovssplice: port %s is being spliced: %w", port, splice.ErrSpliced)
+	}
+	defer b.unclaim(port)
+	s, flows, groups, err := b.prepare(port, opt)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.build(); err != nil {
+	b.mu.Lock()
+	err = s.choose(flows, groups, b.slotsTakenLocked(s.bridge))
+	if err == nil {
+		b.pendingLocked(s, true)
+	}
+	b.mu.Unlock()
+	if err != nil {
+		return nil, err
+	}
+	err = s.build()
+	if err != nil {
 		err = fmt.Errorf("ovssplice: splice %s: %w", port, err)
-		if rerr := s.teardown(); rerr != nil {
+		rerr := s.teardown()
+		b.mu.Lock()
+		b.pendingLocked(s, false)
+		b.mu.Unlock()
+		if rerr != nil {
 			b.log.Error("rollback failed", "port", port, "err", rerr)
 			return nil, errors.Join(err, fmt.Errorf("ovssplice: rollback of %s incomplete: %w", port, rerr))
 		}
@@ -198,21 +223,74 @@ func (b *Backend) Splice(port string, opt splice.Options) (splice.Splice, error)
 	for _, w := range s.warnings {
 		b.log.Warn("splice warning", "port", port, "warning", w)
 	}
+	b.mu.Lock()
+	b.pendingLocked(s, false)
 	b.trackLocked(s)
+	b.mu.Unlock()
 	return s, nil
 }
 
-// prepare validates port and records what the splice needs; no side effects.
-func (b *Backend) prepare(port string, opt splice.Options) (*spliced, error) {
+// claim marks port as being spliced, reporting false if it already is.
+func (b *Backend) claim(port string) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.splicing[port] {
+		return false
+	}
+	if b.splicing == nil {
+		b.splicing = map[string]bool{}
+	}
+	b.splicing[port] = true
+	return true
+}
+
+func (b *Backend) unclaim(port string) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	delete(b.splicing, port)
+}
+
+// pendingLocked adds s to, or removes it from, the splices whose slot is
+// chosen and not yet live. The caller holds b.mu.
+func (b *Backend) pendingLocked(s *spliced, on bool) {
+	if !on {
+		delete(b.pending, s)
+		return
+	}
+	if b.pending == nil {
+		b.pending = map[*spliced]bool{}
+	}
+	b.pending[s] = true
+}
+
+// slotsTakenLocked are the slots on bridge of the splices this backend
+// made or adopted and has not released, and of those being made: a slot
+// whose flows a dump taken before they went in would not show. The caller
+// holds b.mu.
+func (b *Backend) slotsTakenLocked(bridge string) map[uint]bool {
+	taken := map[uint]bool{}
+	for _, set := range []map[*spliced]bool{b.live, b.pending} {
+		for s := range set {
+			if s.bridge == bridge {
+				taken[s.plan.slot] = true
+			}
+		}
+	}
+	return taken
+}
+
+// prepare validates port and records what the splice needs, with the
+// bridge's flows and groups for choose; no side effects.
+func (b *Backend) prepare(port string, opt splice.Options) (*spliced, []flowEntry, map[uint32]string, error) {
 	l, ok, err := b.links.lookup(port)
 	if err != nil {
-		return nil, fmt.Errorf("ovssplice: %w", err)
+		return nil, nil, nil, fmt.Errorf("ovssplice: %w", err)
 	}
 	if !ok {
-		return nil, fmt.Errorf("ovssplice: port %s: %w", port, splice.ErrNoPort)
+		return nil, nil, nil, fmt.Errorf("ovssplice: port %s: %w", port, splice.ErrNoPort)
 	}
 	if isTap(l) {
-		return nil, fmt.Errorf("ovssplice: %s is a splice tap (%q), not a VM port", port, l.alias)
+		return nil, nil, nil, fmt.Errorf("ovssplice: %s is a splice tap (%q), not a VM port", port, l.alias)
 	}
 	vm, nt := splice.TapNames(port)
 	s := &spliced{
@@ -229,47 +307,44 @@ func (b *Backend) prepare(port string, opt splice.Options) (*spliced, error) {
 	}
 	s.plan.failOpen = opt.FailOpen
 	if err := s.checkNoTaps(); err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	br, err := b.ovs.ifaceBridge(port)
 	if errors.Is(err, errNotInOVS) {
-		return nil, fmt.Errorf("ovssplice: port %s is %w: %w", port, err, splice.ErrNotBridged)
+		return nil, nil, nil, fmt.Errorf("ovssplice: port %s is %w: %w", port, err, splice.ErrNotBridged)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("ovssplice: look up the bridge of %s: %w", port, err)
+		return nil, nil, nil, fmt.Errorf("ovssplice: look up the bridge of %s: %w", port, err)
 	}
 	s.bridge = br
 	if s.plan.port, err = b.ovs.ofport(br, port); err != nil {
-		return nil, fmt.Errorf("ovssplice: %w", err)
+		return nil, nil, nil, fmt.Errorf("ovssplice: %w", err)
 	}
 	if err := s.checkPortRow(); err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	flags, err := b.ovs.portConfig(br, port)
 	if err != nil {
-		return nil, fmt.Errorf("ovssplice: read the OpenFlow config of %s: %w", port, err)
+		return nil, nil, nil, fmt.Errorf("ovssplice: read the OpenFlow config of %s: %w", port, err)
 	}
 	s.hadNoFlood = slices.Contains(flags, "NO_FLOOD")
 
 	flows, err := b.ovs.flows(br, 0)
 	if err != nil {
-		return nil, fmt.Errorf("ovssplice: read the flows of %s: %w", br, err)
+		return nil, nil, nil, fmt.Errorf("ovssplice: read the flows of %s: %w", br, err)
 	}
 	groups, err := b.ovs.groups(br)
 	if err != nil {
-		return nil, fmt.Errorf("ovssplice: read the groups of %s: %w", br, err)
-	}
-	if err := s.choose(flows, groups); err != nil {
-		return nil, err
+		return nil, nil, nil, fmt.Errorf("ovssplice: read the groups of %s: %w", br, err)
 	}
 	if s.plan.macs, err = s.vmMACs(); err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
-	return s, nil
+	return s, flows, groups, nil
 }
 
-// checkNoTaps returns ErrSpliced if a link or an OVS interface with one of
-// the splice's tap names exists.
+// checkNoTaps returns ErrSpliced if a link or an OVS port or interface
+// with one of the splice's tap names exists.
 func (s *spliced) checkNoTaps() error {
 	for _, name := range s.taps() {
 		l, ok, err := s.b.links.lookup(name)
@@ -279,9 +354,14 @@ func (s *spliced) checkNoTaps() error {
 		if ok {
 			return fmt.Errorf("ovssplice: port %s: %s exists (%s, alias %q): %w", s.port, name, l.kind, l.alias, splice.ErrSpliced)
 		}
-		if br, err := s.b.ovs.ifaceBridge(name); err == nil {
-			return fmt.Errorf("ovssplice: port %s: bridge %s has an interface %s: %w", s.port, br, name, splice.ErrSpliced)
-		}
+	}
+	found, err := s.b.ovs.named(s.taps())
+	if err != nil {
+		return fmt.Errorf("ovssplice: look for the splice's taps in OVS: %w", err)
+	}
+	if len(found) > 0 {
+		br, _ := s.b.ovs.ifaceBridge(found[0])
+		return fmt.Errorf("ovssplice: port %s: bridge %q has an interface %s: %w", s.port, br, found[0], splice.ErrSpliced)
 	}
 	return nil
 }
@@ -310,8 +390,9 @@ func (s *spliced) checkPortRow() error {
 }
 
 // choose picks the splice's slot (its mark bit and group ids) and cookie,
-// and collects warnings about the bridge's flows.
-func (s *spliced) choose(flows []flowEntry, groups map[uint32]string) error {
+// and collects warnings about the bridge's flows. A slot in taken, or
+// used by the flows or groups, is not free.
+func (s *spliced) choose(flows []flowEntry, groups map[uint32]string, taken map[uint]bool) error {
 	high := 0
 	for _, f := range flows {
 		if isOurs(f.cookie) {
@@ -331,7 +412,7 @@ func (s *spliced) choose(flows []flowEntry, groups map[uint32]string) error {
 	s.plan.slot = maxSlots
 	for slot := uint(0); slot < maxSlots; slot++ {
 		p := plan{slot: slot}
-		if used[slot] || slices.ContainsFunc(p.groups(), func(g uint32) bool { _, ok := groups[g]; return ok }) {
+		if used[slot] || taken[slot] || slices.ContainsFunc(p.groups(), func(g uint32) bool { _, ok := groups[g]; return ok }) {
 			continue
 		}
 		s.plan.slot = slot

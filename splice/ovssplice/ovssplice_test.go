@@ -7,6 +7,8 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/shaperd/shaperd/splice"
@@ -457,5 +459,91 @@ func TestParsers(t *testing.T) {
 	gs := parseGroups([]byte("OFPST_GROUP_DESC reply (OF1.4) (xid=0x2):\n group_id=1397817344,type=ff,bucket=watch_port:7,actions=drop\n group_id=7,type=all,bucket=actions=output:2\n"))
 	if len(gs) != 2 || !strings.Contains(gs[1397817344], "watch_port:7,") {
 		t.Errorf("parseGroups = %v", gs)
+	}
+}
+
+// TestConcurrentSplices: splices of different ports overlap (only the
+// choice of a slot is serialised): 40 at once all succeed, each with a
+// slot and groups of its own, past the 31 one register held; releasing
+// them all restores the bridge.
+func TestConcurrentSplices(t *testing.T) {
+	b, o, k := newTestBackend(t)
+	var next atomic.Uint64
+	b.cookie = func() uint64 { return testCookie + next.Add(1) }
+	var ports []string
+	for i := range 40 {
+		p := fmt.Sprintf("vmc-%d", i)
+		o.mu.Lock()
+		o.addPort(p).ids["attached-mac"] = fmt.Sprintf("02:c6:12:00:02:%02x", i)
+		o.mu.Unlock()
+		k.mu.Lock()
+		k.add(p, "veth", "")
+		k.mu.Unlock()
+		ports = append(ports, p)
+	}
+	before := state(o, k)
+	sps := make([]splice.Splice, len(ports))
+	var wg sync.WaitGroup
+	for i, p := range ports {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sp, err := b.Splice(p, opts)
+			if err != nil {
+				t.Errorf("Splice %s: %v", p, err)
+				return
+			}
+			sps[i] = sp
+		}()
+	}
+	wg.Wait()
+	if t.Failed() {
+		return
+	}
+	slots := map[uint]string{}
+	for i, sp := range sps {
+		s := sp.(*spliced)
+		if other, dup := slots[s.plan.slot]; dup {
+			t.Errorf("%s and %s share slot %d", ports[i], other, s.plan.slot)
+		}
+		slots[s.plan.slot] = ports[i]
+	}
+	if len(b.pending) != 0 || len(b.splicing) != 0 || len(b.live) != len(ports) {
+		t.Errorf("after the splices: %d pending, %d splicing, %d live", len(b.pending), len(b.splicing), len(b.live))
+	}
+	for _, sp := range sps {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := sp.Release(); err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if after := state(o, k); after != before {
+		t.Errorf("after releasing every splice the bridge differs:\n%s\n---\n%s", before, after)
+	}
+}
+
+// TestTapNameTakenInOVS: a port of the database named as one of the
+// splice's taps (with no link of that name) refuses the splice before any
+// change.
+func TestTapNameTakenInOVS(t *testing.T) {
+	for _, name := range []string{splice.PriorityTapName("vm-1"), "net"} {
+		b, o, k := newTestBackend(t)
+		if name == "net" {
+			_, name = splice.TapNames("vm-1")
+		}
+		o.mu.Lock()
+		o.addPort(name)
+		o.mu.Unlock()
+		before := state(o, k)
+		if _, err := b.Splice("vm-1", opts); !errors.Is(err, splice.ErrSpliced) || !strings.Contains(err.Error(), name) {
+			t.Errorf("%s in OVS: Splice: %v, want ErrSpliced naming it", name, err)
+		}
+		if after := state(o, k); after != before {
+			t.Errorf("%s in OVS: the refused splice changed:\n%s\n---\n%s", name, before, after)
+		}
 	}
 }
