@@ -4,15 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
-	"github.com/google/nftables/expr"
-	"github.com/mdlayher/netlink"
+	"github.com/shaperd/shaperd/internal/nftutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -92,7 +90,7 @@ var ErrInvalid = errors.New("invalid baseline")
 
 // Validate checks a desired set without touching the kernel.
 func Validate(desired map[string]Limits) error {
-	names := sortedKeys(desired)
+	names := nftutil.SortedKeys(desired)
 	for _, port := range names {
 		if err := validPort(port); err != nil {
 			return fmt.Errorf("%w: port %q: %v", ErrInvalid, port, err)
@@ -128,7 +126,7 @@ func (m *Manager) read(c *nftables.Conn) (*state, error) {
 	st := &state{chains: map[string]bool{}, sets: map[string]bool{}, from: map[string]string{},
 		to: map[string]string{}, drops: map[string][][]byte{}}
 	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyBridge); err != nil {
-		if errors.Is(err, unix.ENOENT) || isNotFound(err) {
+		if errors.Is(err, unix.ENOENT) || nftutil.IsNotFound(err) {
 			return st, nil
 		}
 		return nil, fmt.Errorf("baseline: list table: %w", err)
@@ -168,7 +166,7 @@ func (m *Manager) read(c *nftables.Conn) (*state, error) {
 			return nil, fmt.Errorf("baseline: list %s: %w", x.name, err)
 		}
 		for _, e := range els {
-			x.into[portOf(e.Key)] = verdictChain(e.Val)
+			x.into[nftutil.PortOf(e.Key)] = nftutil.VerdictChain(e.Val)
 		}
 	}
 	els, err := c.GetSetElements(byName[setDrops])
@@ -177,37 +175,11 @@ func (m *Manager) read(c *nftables.Conn) (*state, error) {
 	}
 	for _, e := range els {
 		if len(e.Key) >= 16 {
-			p := portOf(e.Key[:16])
+			p := nftutil.PortOf(e.Key[:16])
 			st.drops[p] = append(st.drops[p], e.Key)
 		}
 	}
 	return st, nil
-}
-
-func isNotFound(err error) bool {
-	var oe *netlink.OpError
-	return errors.As(err, &oe) && errors.Is(oe.Err, unix.ENOENT)
-}
-
-func portOf(key []byte) string {
-	if i := strings.IndexByte(string(key), 0); i >= 0 {
-		key = key[:i]
-	}
-	return string(key)
-}
-
-// verdictChain is the chain a vmap element's verdict jumps to ("" if none).
-func verdictChain(val []byte) string {
-	ad, err := netlink.NewAttributeDecoder(val)
-	if err != nil {
-		return ""
-	}
-	for ad.Next() {
-		if ad.Type() == unix.NFTA_VERDICT_CHAIN {
-			return strings.TrimRight(string(ad.Bytes()), "\x00")
-		}
-	}
-	return ""
 }
 
 // Apply makes the kernel's baseline equal to desired (port name -> limits)
@@ -260,7 +232,7 @@ func (m *Manager) Apply(desired map[string]Limits) error {
 	// Profiles: one per distinct Limits value.
 	profiles := map[string]*profile{}
 	want := map[direction]map[string]string{fromVM: {}, toVM: {}} // port -> chain
-	for _, port := range sortedKeys(desired) {
+	for _, port := range nftutil.SortedKeys(desired) {
 		p := newProfile(desired[port])
 		if q, ok := profiles[p.id]; ok {
 			p = q
@@ -289,13 +261,13 @@ func (m *Manager) Apply(desired map[string]Limits) error {
 		var del, add []nftables.SetElement
 		for port, ch := range x.has {
 			if want[x.d][port] != ch {
-				del = append(del, nftables.SetElement{Key: ifname(port)})
+				del = append(del, nftables.SetElement{Key: nftutil.IfName(port)})
 			}
 		}
-		for _, port := range sortedKeys(want[x.d]) {
+		for _, port := range nftutil.SortedKeys(want[x.d]) {
 			ch := want[x.d][port]
 			if x.has[port] != ch {
-				add = append(add, nftables.SetElement{Key: ifname(port), VerdictData: jump(ch)})
+				add = append(add, nftables.SetElement{Key: nftutil.IfName(port), VerdictData: nftutil.Jump(ch)})
 				changed = append(changed, port)
 			}
 		}
@@ -349,10 +321,6 @@ func (m *Manager) Apply(desired map[string]Limits) error {
 	return nil
 }
 
-func jump(chain string) *expr.Verdict {
-	return &expr.Verdict{Kind: expr.VerdictJump, Chain: chain}
-}
-
 func profileOfChain(name string) (string, bool) {
 	if !strings.HasPrefix(name, "p") {
 		return "", false
@@ -388,7 +356,7 @@ func (m *Manager) Stats() (map[string]map[Reason]Counter, error) {
 	out := map[string]map[Reason]Counter{}
 	els, err := c.GetSetElements(&nftables.Set{Table: m.table, Name: setDrops, KeyType: mustConcat(nftables.TypeIFName, nftables.TypeMark)})
 	if err != nil {
-		if isNotFound(err) || errors.Is(err, unix.ENOENT) {
+		if nftutil.IsNotFound(err) || errors.Is(err, unix.ENOENT) {
 			return out, nil
 		}
 		return nil, fmt.Errorf("baseline: read counters: %w", err)
@@ -397,7 +365,7 @@ func (m *Manager) Stats() (map[string]map[Reason]Counter, error) {
 		if len(e.Key) < 20 || e.Counter == nil {
 			continue
 		}
-		port := portOf(e.Key[:16])
+		port := nftutil.PortOf(e.Key[:16])
 		r := Reason(binaryutil.NativeEndian.Uint32(e.Key[16:20]))
 		if out[port] == nil {
 			out[port] = map[Reason]Counter{}
@@ -428,14 +396,5 @@ func (m *Manager) Installed() ([]string, error) {
 	for p := range st.to {
 		seen[p] = true
 	}
-	return sortedKeys(seen), nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	k := make([]string, 0, len(m))
-	for n := range m {
-		k = append(k, n)
-	}
-	sort.Strings(k)
-	return k
+	return nftutil.SortedKeys(seen), nil
 }
