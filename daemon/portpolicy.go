@@ -68,7 +68,7 @@ func (m *Manager) checkPolicyPort(cmd, port string) error {
 	}
 	kind, err := m.host.LinkKind(port)
 	if err != nil {
-		return usagef("%s %s: %v: no such port on this host", cmd, port, ErrUnknownPort)
+		return usagef("%s %s: no such port on this host", cmd, port)
 	}
 	if kind != "veth" && kind != "tuntap" {
 		return usagef("%s %s: not a VM port: a %s, not a veth or a tap", cmd, port, kind)
