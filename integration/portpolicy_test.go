@@ -344,3 +344,155 @@ func TestGuardPortNftables(t *testing.T) {
 		t.Fatalf("after remove the ruleset differs:\n--- before\n%s\n--- after\n%s", before, after)
 	}
 }
+
+// try runs a lab tool in ns and returns its error (nil: exit 0).
+func (l *lab) try(ns, tool string, args ...string) error {
+	out, err := inNS(ns, append([]string{l.bin + "/" + tool}, args...)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%v: %s", err, strings.TrimSpace(string(out)))
+	}
+	return nil
+}
+
+// icmpEcho4 is an ICMP echo request frame from srcMAC, src to dst (at
+// dstMAC).
+func icmpEcho4(t *testing.T, srcMAC, dstMAC net.HardwareAddr, src, dst string) []byte {
+	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolICMPv4, SrcIP: ipOf(src), DstIP: ipOf(dst)}
+	ic := &layers.ICMPv4{TypeCode: layers.CreateICMPv4TypeCode(layers.ICMPv4TypeEchoRequest, 0), Id: 0x5a5a, Seq: 1}
+	return ppSerialize(t, &layers.Ethernet{SrcMAC: srcMAC, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv4}, ip, ic, gopacket.Payload("shaperd-lab-isolate"))
+}
+
+// TestIsolatePortNftables: shaperd isolate on a Linux bridge port, the
+// seed's gw_mgmt policy, end to end. VM 1 is isolated with the external
+// host's address as the management network. Before: VM 1 reaches the
+// external host (TCP, ping) and UDP crosses both ways (frames with a
+// multicast source MAC never do: the Linux bridge drops them itself). Isolated: the external host connects into VM 1 (TCP
+// echo: new in, established both ways) and pings it (ARP afresh both
+// ways); VM 1 cannot connect or ping out; the second external host, outside
+// the allowed network, cannot connect in; UDP, IPv6 and multicast-source
+// frames are dropped both ways; status counts the drops. kill -9 and a
+// restart adopt the table (same ruleset) and the policy holds; removing
+// it leaves `nft list ruleset` as before and VM 1 connects out again.
+func TestIsolatePortNftables(t *testing.T) {
+	l := newLab(t, "bridge")
+	hv, vm1, ext, ext2, port := l.get("HV_NS"), l.get("VM1_NS"), l.get("EXT_NS"), l.get("EXT2_NS"), l.get("VM1_PORT")
+	vmIP, extIP, vmIP6, extIP6 := l.get("VM1_IP"), l.get("EXT_IP"), l.get("VM1_IP6"), l.get("EXT_IP6")
+	vmMAC, _ := net.ParseMAC(l.get("VM1_MAC"))
+	extMAC, _ := net.ParseMAC(l.get("EXT_MAC"))
+	mcast, _ := net.ParseMAC("03:00:5e:00:00:01")
+	l.bg(vm1, "probe", "server", "--listen", vmIP+":22")
+	l.bg(ext, "probe", "server", "--listen", extIP+":22")
+	for _, ns := range []string{vm1, ext} {
+		deadline := time.Now().Add(5 * time.Second)
+		for !strings.Contains(l.sh(ns, "ss -Hltn"), ":22 ") {
+			if time.Now().After(deadline) {
+				t.Fatalf("nothing listens on TCP port 22 in %s after 5 s", ns)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	l.nftCount(ext, "eth0", map[string]string{"udp9": "ip saddr " + vmIP + " udp dport 9", "mcast": "ether saddr 03:00:5e:00:00:01"})
+	l.nftCount(vm1, "eth0", map[string]string{"udp9": "ip saddr " + extIP + " udp dport 9", "mcast": "ether saddr 03:00:5e:00:00:01"})
+
+	connect := func(from, to string) error {
+		return l.try(from, "probe", "client", "--connect", to+":22", "--count", "3", "--interval", "20ms", "--timeout", "1s", "--connect-timeout", "2s")
+	}
+	ping := func(from, to string) error {
+		return l.try(from, "probe", "ping", "--dst", to, "--count", "2", "--interval", "50ms", "--timeout", "500ms")
+	}
+	// traffic sends UDP and multicast-source frames both ways and returns
+	// how many of each arrived at the external host and at VM 1.
+	traffic := func() (udpOut, udpIn, mcOut, mcIn uint64) {
+		u0, u1, m0, m1 := l.count(ext, "udp9"), l.count(vm1, "udp9"), l.count(ext, "mcast"), l.count(vm1, "mcast")
+		l.sendFrames(vm1, "eth0", 10, udp4(t, vmMAC, vmIP, extIP, 40000, 9), icmpEcho4(t, mcast, extMAC, vmIP, extIP))
+		l.sendFrames(ext, "eth0", 10, udp4(t, extMAC, extIP, vmIP, 40000, 9), icmpEcho4(t, mcast, vmMAC, extIP, vmIP))
+		time.Sleep(300 * time.Millisecond)
+		return l.count(ext, "udp9") - u0, l.count(vm1, "udp9") - u1, l.count(ext, "mcast") - m0, l.count(vm1, "mcast") - m1
+	}
+
+	before := l.ruleset(hv)
+	dir := t.TempDir()
+	d := l.startDaemonIn(dir)
+
+	// The control.
+	if err := connect(vm1, extIP); err != nil {
+		t.Fatalf("before isolation VM 1 cannot connect out: %v", err)
+	}
+	if err := ping(vm1, extIP6); err != nil {
+		t.Fatalf("before isolation VM 1 cannot ping6 out: %v", err)
+	}
+	// A Linux bridge drops a frame with a multicast source MAC itself,
+	// before any hook (br_handle_frame): none cross even without the
+	// isolation; the rule is there for the seed's parity, and the check
+	// below that none cross holds either way.
+	if uo, ui, mo, mi := traffic(); uo != 10 || ui != 10 || mo != 0 || mi != 0 {
+		t.Fatalf("before isolation: UDP %d out %d in, multicast-source %d out %d in; want 10, 10, 0, 0", uo, ui, mo, mi)
+	}
+
+	d.must("isolate", port, "--allow-from", extIP+"/32")
+	_, isos := d.policies()
+	if len(isos) != 1 || isos[0].Port != port || isos[0].AllowFrom != extIP+"/32" {
+		t.Fatalf("status isolations: %+v", isos)
+	}
+
+	checkIsolated := func(phase string) {
+		t.Helper()
+		l.sh(vm1, "ip neigh flush dev eth0")
+		l.sh(ext, "ip neigh flush dev eth0")
+		if err := connect(ext, vmIP); err != nil {
+			t.Errorf("%s: the allowed network cannot connect into VM 1 (new in, established both ways): %v", phase, err)
+		}
+		if err := ping(ext, vmIP); err != nil {
+			t.Errorf("%s: the allowed network cannot ping VM 1: %v", phase, err)
+		}
+		if err := connect(vm1, extIP); err == nil {
+			t.Errorf("%s: VM 1 connected out to the allowed network: new connections from the VM must be dropped", phase)
+		}
+		if err := ping(vm1, extIP); err == nil {
+			t.Errorf("%s: VM 1 pinged out", phase)
+		}
+		if err := connect(ext2, vmIP); err == nil {
+			t.Errorf("%s: a host outside the allowed network connected into VM 1", phase)
+		}
+		if err := ping(ext, vmIP6); err == nil {
+			t.Errorf("%s: IPv6 reached VM 1", phase)
+		}
+		if err := ping(vm1, extIP6); err == nil {
+			t.Errorf("%s: IPv6 left VM 1", phase)
+		}
+		if uo, ui, mo, mi := traffic(); uo+ui+mo+mi != 0 {
+			t.Errorf("%s: UDP %d out %d in, multicast-source %d out %d in crossed; want none", phase, uo, ui, mo, mi)
+		}
+		_, isos := d.policies()
+		if len(isos) != 1 {
+			t.Fatalf("%s: status isolations %+v", phase, isos)
+		}
+		dr := isos[0].Drops
+		t.Logf("%s: drops %v", phase, dr)
+		for _, r := range []string{"isolate_new_from_vm", "isolate_not_allowed", "isolate_udp", "isolate_not_ipv4"} {
+			if dr[r] == 0 {
+				t.Errorf("%s: status counts no %s drop", phase, r)
+			}
+		}
+	}
+	checkIsolated("isolated")
+	installed := noCounters(l.ruleset(hv))
+
+	d.kill9()
+	d = l.startDaemonIn(dir)
+	if got := noCounters(l.ruleset(hv)); got != installed {
+		t.Fatalf("after kill -9 and a restart the ruleset differs:\n--- before\n%s\n--- after\n%s", installed, got)
+	}
+	checkIsolated("after a restart")
+
+	d.must("isolate", "--remove", port)
+	if _, isos := d.policies(); len(isos) != 0 {
+		t.Fatalf("after remove: %+v", isos)
+	}
+	if after := l.ruleset(hv); after != before {
+		t.Fatalf("after remove the ruleset differs:\n--- before\n%s\n--- after\n%s", before, after)
+	}
+	if err := connect(vm1, extIP); err != nil {
+		t.Fatalf("after remove VM 1 cannot connect out: %v", err)
+	}
+}
