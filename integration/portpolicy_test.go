@@ -138,7 +138,8 @@ func guardFrames(t *testing.T) []ppFrame {
 		{"dhcp-offer", "udp sport 67 udp dport 68", "guard_dhcp", func(v ppVM) []byte { return udp4(t, v.mac, v.ip4.String(), d4, 67, 68) }},
 		{"dhcpv6-reply", "udp sport 547 udp dport 546", "guard_dhcp", func(v ppVM) []byte { return udp6(t, v.mac, v.ip6.String(), d6, 547, 546) }},
 		{"arp-claim", "arp saddr ip 198.18.0.100 arp daddr ip " + d4, "guard_arp", func(v ppVM) []byte { return arpFrame(t, v.mac, v.mac, 2, "198.18.0.100", d4) }},
-		{"arp-other-sha", "arp saddr ether " + ppOther, "guard_arp", func(v ppVM) []byte { return arpFrame(t, v.mac, other, 1, v.ip4.String(), "198.18.0.79") }},
+		{"arp-other-sha", "arp saddr ether " + ppOther + " arp daddr ip 198.18.0.79", "guard_arp", func(v ppVM) []byte { return arpFrame(t, v.mac, other, 1, v.ip4.String(), "198.18.0.79") }},
+		{"arp-probe-other-sha", "arp saddr ip 0.0.0.0 arp daddr ip 198.18.0.80", "guard_arp", func(v ppVM) []byte { return arpFrame(t, v.mac, other, 1, "0.0.0.0", "198.18.0.80") }},
 		{"na-claim", "icmpv6 type nd-neighbor-advert " + ndTarget("2001:2::100") + " ip6 daddr " + d6, "guard_nd", func(v ppVM) []byte {
 			return icmp6Frame(t, v.mac, v.ip6.String(), d6, 136, ndBody(0x20, "2001:2::100", 2, v.mac), false)
 		}},
@@ -224,8 +225,8 @@ func (l *lab) badInput(d *daemon, ns string, want int, cmds ...[]string) {
 // allowed kinds arrive n times more and the dropped ones not at all, each
 // counted under its reason in status. Bad input is refused with exit 2
 // (3 for removing nothing) and changes nothing; kill -9 and a restart
-// adopt the table (the ruleset is the same) and the guard still holds;
-// removing it leaves `nft list ruleset` as it was.
+// adopt the table (the ruleset is the same) and the guard still holds,
+// and so it does while the port is quarantined (behind the splice); removing it leaves `nft list ruleset` as it was.
 func TestGuardPortNftables(t *testing.T) {
 	l := newLab(t, "bridge")
 	hv, vm1, ext, port := l.get("HV_NS"), l.get("VM1_NS"), l.get("EXT_NS"), l.get("VM1_PORT")
@@ -297,6 +298,16 @@ func TestGuardPortNftables(t *testing.T) {
 		t.Fatalf("ruleset after guard:\n%s", installed)
 	}
 
+	// budgeted reports whether a kind is one a quarantine's forwarder
+	// polices on its own class budget (ARP, neighbour discovery, ICMPv6:
+	// the control class, 200 pps burst 20, far below the rate sent), so
+	// that behind a splice it arrives, or is counted as a guard drop, at
+	// most n times rather than exactly. Every drop count is then bounded
+	// the same way, since one reason covers several classes.
+	quarantined := false
+	budgeted := func(f ppFrame) bool {
+		return quarantined && (f.reason != "" || strings.HasPrefix(f.name, "arp") || f.name == "ns" || f.name == "ns-dad" || f.name == "na")
+	}
 	check := func(phase string, base map[string]uint64, baseDrops map[string]uint64) (map[string]uint64, map[string]uint64) {
 		t.Helper()
 		l.sendFrames(vm1, "eth0", n, built...)
@@ -310,7 +321,7 @@ func TestGuardPortNftables(t *testing.T) {
 				want = 0
 				wantDrops[f.reason] += n
 			}
-			if got != want {
+			if got != want && !(budgeted(f) && got <= want && (want == 0 || got > 0)) {
 				t.Errorf("%s: %s arrived %d times, want %d (reason %q)", phase, f.name, got, want, f.reason)
 			}
 		}
@@ -319,7 +330,11 @@ func TestGuardPortNftables(t *testing.T) {
 			t.Fatalf("%s: status guards %+v", phase, gs)
 		}
 		for r, w := range wantDrops {
-			if got := gs[0].Drops[r] - baseDrops[r]; got != w {
+			got := gs[0].Drops[r] - baseDrops[r]
+			if budgeted(ppFrame{reason: r}) && got > 0 && got <= w {
+				continue
+			}
+			if got != w {
 				t.Errorf("%s: status counts %d %s drops, want %d", phase, got, r, w)
 			}
 		}
@@ -334,7 +349,14 @@ func TestGuardPortNftables(t *testing.T) {
 	if got := noCounters(l.ruleset(hv)); got != installed {
 		t.Fatalf("after kill -9 and a restart the ruleset differs:\n--- before\n%s\n--- after\n%s", installed, got)
 	}
-	check("after a restart", c1, d1)
+	c2, d2 := check("after a restart", c1, d1)
+
+	// Quarantined: the splice's net tap takes the port's place in the
+	// bridge, and carries its guard.
+	d.must("quarantine", port, "--pps", "100000")
+	quarantined = true
+	check("quarantined", c2, d2)
+	d.must("release", port)
 
 	d.must("guard", "--remove", port)
 	if gs, _ := d.policies(); len(gs) != 0 {
