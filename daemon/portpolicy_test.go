@@ -92,8 +92,14 @@ func TestPortPolicySetRemoveRestore(t *testing.T) {
 		name string
 		do   func() error
 	}{
-		{"bad mac", func() error { _, err := m.SetGuard(api.GuardRequest{Port: "vm-1", MAC: "zz", IP: "198.18.0.11"}); return err }},
-		{"unknown port", func() error { _, err := m.SetGuard(api.GuardRequest{Port: "nosuch", MAC: "02:c6:12:00:00:11", IP: "198.18.0.11"}); return err }},
+		{"bad mac", func() error {
+			_, err := m.SetGuard(api.GuardRequest{Port: "vm-1", MAC: "zz", IP: "198.18.0.11"})
+			return err
+		}},
+		{"unknown port", func() error {
+			_, err := m.SetGuard(api.GuardRequest{Port: "nosuch", MAC: "02:c6:12:00:00:11", IP: "198.18.0.11"})
+			return err
+		}},
 		{"bridge", func() error { _, err := m.SetIsolate("br0", "198.18.0.0/24"); return err }},
 		{"not bridged", func() error { _, err := m.SetIsolate("vm-ovs", "198.18.0.0/24"); return err }},
 		{"splice link", func() error { _, err := m.SetIsolate("shq12345678n", "198.18.0.0/24"); return err }},
