@@ -57,32 +57,15 @@ func New(opts Options) (*Manager, error) {
 	if opts.FlowTimeout < 0 {
 		return nil, fmt.Errorf("baseline: flow timeout %v is negative", opts.FlowTimeout)
 	}
-	ft := opts.FlowTimeout
-	if ft == 0 {
-		ft = DefaultFlowTimeout
-	}
-	if ft < time.Second {
-		return nil, fmt.Errorf("baseline: flow timeout %v: use at least 1s", ft)
-	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.Default()
+	ft, log, err := nftutil.Defaults("baseline", opts.FlowTimeout, DefaultFlowTimeout, opts.Logger)
+	if err != nil {
+		return nil, err
 	}
 	return &Manager{opts: opts, log: log, flowTimeout: ft,
 		table: &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}}, nil
 }
 
-func (m *Manager) conn() (*nftables.Conn, error) {
-	var o []nftables.ConnOption
-	if m.opts.NetNS != 0 {
-		o = append(o, nftables.WithNetNSFd(m.opts.NetNS))
-	}
-	c, err := nftables.New(o...)
-	if err != nil {
-		return nil, fmt.Errorf("baseline: netlink: %w", err)
-	}
-	return c, nil
-}
+func (m *Manager) conn() (*nftables.Conn, error) { return nftutil.Conn("baseline", m.opts.NetNS) }
 
 // ErrInvalid is wrapped by Apply's validation errors: nothing was changed;
 // fix the named port's setting.
@@ -125,30 +108,17 @@ type state struct {
 func (m *Manager) read(c *nftables.Conn) (*state, error) {
 	st := &state{chains: map[string]bool{}, sets: map[string]bool{}, from: map[string]string{},
 		to: map[string]string{}, drops: map[string][][]byte{}}
-	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyBridge); err != nil {
-		if errors.Is(err, unix.ENOENT) || nftutil.IsNotFound(err) {
-			return st, nil
-		}
-		return nil, fmt.Errorf("baseline: list table: %w", err)
-	}
-	st.exists = true
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyBridge)
+	t, err := nftutil.ReadTable(c, m.table)
 	if err != nil {
-		return nil, fmt.Errorf("baseline: list chains: %w", err)
+		return nil, fmt.Errorf("baseline: %w", err)
 	}
-	for _, ch := range chains {
-		if ch.Table.Name == TableName {
-			st.chains[ch.Name] = true
-		}
+	if !t.Exists {
+		return st, nil
 	}
-	sets, err := c.GetSets(m.table)
-	if err != nil {
-		return nil, fmt.Errorf("baseline: list sets: %w", err)
-	}
-	byName := map[string]*nftables.Set{}
-	for _, s := range sets {
-		st.sets[s.Name] = true
-		byName[s.Name] = s
+	byName := t.Sets
+	st.exists, st.chains = true, t.Chains
+	for n := range byName {
+		st.sets[n] = true
 	}
 	st.complete = st.chains[chainFrom] && st.chains[chainTo]
 	for _, n := range []string{mapFrom, mapTo, setFlows4, setFlows6, setDrops} {
@@ -157,17 +127,11 @@ func (m *Manager) read(c *nftables.Conn) (*state, error) {
 	if !st.complete {
 		return st, nil
 	}
-	for _, x := range []struct {
-		name string
-		into map[string]string
-	}{{mapFrom, st.from}, {mapTo, st.to}} {
-		els, err := c.GetSetElements(byName[x.name])
-		if err != nil {
-			return nil, fmt.Errorf("baseline: list %s: %w", x.name, err)
-		}
-		for _, e := range els {
-			x.into[nftutil.PortOf(e.Key)] = nftutil.VerdictChain(e.Val)
-		}
+	if st.from, err = nftutil.VMap(c, byName[mapFrom]); err != nil {
+		return nil, fmt.Errorf("baseline: %w", err)
+	}
+	if st.to, err = nftutil.VMap(c, byName[mapTo]); err != nil {
+		return nil, fmt.Errorf("baseline: %w", err)
 	}
 	els, err := c.GetSetElements(byName[setDrops])
 	if err != nil {
@@ -258,29 +222,11 @@ func (m *Manager) Apply(desired map[string]Limits) error {
 		set *nftables.Set
 		has map[string]string
 	}{{fromVM, sk.mapFrom, st.from}, {toVM, sk.mapTo, st.to}} {
-		var del, add []nftables.SetElement
-		for port, ch := range x.has {
-			if want[x.d][port] != ch {
-				del = append(del, nftables.SetElement{Key: nftutil.IfName(port)})
-			}
+		ch, err := nftutil.SyncVMap(c, x.set, x.has, want[x.d])
+		if err != nil {
+			return fmt.Errorf("baseline: %w", err)
 		}
-		for _, port := range nftutil.SortedKeys(want[x.d]) {
-			ch := want[x.d][port]
-			if x.has[port] != ch {
-				add = append(add, nftables.SetElement{Key: nftutil.IfName(port), VerdictData: nftutil.Jump(ch)})
-				changed = append(changed, port)
-			}
-		}
-		if len(del) > 0 {
-			if err := c.SetDeleteElements(x.set, del); err != nil {
-				return fmt.Errorf("baseline: %w", err)
-			}
-		}
-		if len(add) > 0 {
-			if err := c.SetAddElements(x.set, add); err != nil {
-				return fmt.Errorf("baseline: %w", err)
-			}
-		}
+		changed = append(changed, ch...)
 	}
 	// Counters of ports no longer named go with them.
 	var gone []string

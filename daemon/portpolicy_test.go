@@ -27,16 +27,7 @@ type fakePolicer struct {
 	stats   map[string]map[string]uint64
 }
 
-func (f *fakePolicer) notUnderMu() {
-	if f.m == nil {
-		return
-	}
-	if !f.m.mu.TryLock() {
-		f.t.Errorf("portpolicy called with Manager.mu held")
-		return
-	}
-	f.m.mu.Unlock()
-}
+func (f *fakePolicer) notUnderMu() { assertNotUnderMu(f.t, f.m, "portpolicy") }
 
 func (f *fakePolicer) Apply(d map[string]portpolicy.Policy) error {
 	f.notUnderMu()

@@ -45,32 +45,15 @@ type Manager struct {
 
 // New returns a Manager; it changes nothing in the kernel.
 func New(opts Options) (*Manager, error) {
-	ft := opts.FlowTimeout
-	if ft == 0 {
-		ft = DefaultFlowTimeout
-	}
-	if ft < time.Second {
-		return nil, fmt.Errorf("portpolicy: flow timeout %v: use at least 1s", ft)
-	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.Default()
+	ft, log, err := nftutil.Defaults("portpolicy", opts.FlowTimeout, DefaultFlowTimeout, opts.Logger)
+	if err != nil {
+		return nil, err
 	}
 	return &Manager{opts: opts, log: log, flowTimeout: ft,
 		table: &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}}, nil
 }
 
-func (m *Manager) conn() (*nftables.Conn, error) {
-	var o []nftables.ConnOption
-	if m.opts.NetNS != 0 {
-		o = append(o, nftables.WithNetNSFd(m.opts.NetNS))
-	}
-	c, err := nftables.New(o...)
-	if err != nil {
-		return nil, fmt.Errorf("portpolicy: netlink: %w", err)
-	}
-	return c, nil
-}
+func (m *Manager) conn() (*nftables.Conn, error) { return nftutil.Conn("portpolicy", m.opts.NetNS) }
 
 // Validate checks a desired set without touching the kernel.
 func Validate(desired map[string]Policy) error {
@@ -100,45 +83,29 @@ func emptyState() *state {
 
 func (m *Manager) read(c *nftables.Conn) (*state, error) {
 	st := emptyState()
-	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyBridge); err != nil {
-		if nftutil.IsNotFound(err) {
-			return st, nil
-		}
-		return nil, fmt.Errorf("portpolicy: list table: %w", err)
+	t, err := nftutil.ReadTable(c, m.table)
+	if err != nil || !t.Exists {
+		return st, wrap(err)
 	}
-	st.exists = true
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyBridge)
-	if err != nil {
-		return nil, fmt.Errorf("portpolicy: list chains: %w", err)
-	}
-	for _, ch := range chains {
-		if ch.Table.Name == TableName {
-			st.chains[ch.Name] = true
-		}
-	}
-	sets, err := c.GetSets(m.table)
-	if err != nil {
-		return nil, fmt.Errorf("portpolicy: list sets: %w", err)
-	}
-	byName := map[string]*nftables.Set{}
-	for _, s := range sets {
-		byName[s.Name] = s
-	}
-	st.complete = st.chains[chainFrom] && st.chains[chainTo] && byName[setFlows] != nil
+	st.exists, st.chains = true, t.Chains
+	st.complete = t.Chains[chainFrom] && t.Chains[chainTo] && t.Sets[setFlows] != nil
 	for i, name := range mapNames() {
-		if byName[name] == nil {
+		if t.Sets[name] == nil {
 			st.complete = false
 			continue
 		}
-		els, err := c.GetSetElements(byName[name])
-		if err != nil {
-			return nil, fmt.Errorf("portpolicy: list %s: %w", name, err)
-		}
-		for _, e := range els {
-			st.ports[i][nftutil.PortOf(e.Key)] = nftutil.VerdictChain(e.Val)
+		if st.ports[i], err = nftutil.VMap(c, t.Sets[name]); err != nil {
+			return nil, wrap(err)
 		}
 	}
 	return st, nil
+}
+
+func wrap(err error) error {
+	if err != nil {
+		return fmt.Errorf("portpolicy: %w", err)
+	}
+	return nil
 }
 
 // chainsOf names the chains of one port's policy, per map (guard, isolate
@@ -164,6 +131,12 @@ func (m *Manager) Apply(desired map[string]Policy) error {
 	if err := Validate(desired); err != nil {
 		return err
 	}
+	return m.withState(func(c *nftables.Conn, st *state) error { return m.apply(c, st, desired) })
+}
+
+// withState runs f, serialized, with a connection and the kernel's table
+// as it is.
+func (m *Manager) withState(f func(*nftables.Conn, *state) error) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	c, err := m.conn()
@@ -175,6 +148,10 @@ func (m *Manager) Apply(desired map[string]Policy) error {
 	if err != nil {
 		return err
 	}
+	return f(c, st)
+}
+
+func (m *Manager) apply(c *nftables.Conn, st *state, desired map[string]Policy) error {
 	if len(desired) == 0 {
 		if !st.exists {
 			return nil
@@ -225,26 +202,14 @@ func (m *Manager) Apply(desired map[string]Policy) error {
 	sets := [3]*nftables.Set{sk.guard, sk.isoOut, sk.isoIn}
 	changed := 0
 	for i := range sets {
-		var del, add []nftables.SetElement
-		for port, ch := range st.ports[i] {
-			if want[i][port] != ch {
-				del = append(del, nftables.SetElement{Key: nftutil.IfName(port)})
-			}
+		ch, err := nftutil.SyncVMap(c, sets[i], st.ports[i], want[i])
+		if err != nil {
+			return wrap(err)
 		}
-		for _, port := range nftutil.SortedKeys(want[i]) {
-			if ch := want[i][port]; st.ports[i][port] != ch {
-				add = append(add, nftables.SetElement{Key: nftutil.IfName(port), VerdictData: nftutil.Jump(ch)})
-			}
-		}
-		changed += len(del) + len(add)
-		if len(del) > 0 {
-			if err := c.SetDeleteElements(sets[i], del); err != nil {
-				return fmt.Errorf("portpolicy: %w", err)
-			}
-		}
-		if len(add) > 0 {
-			if err := c.SetAddElements(sets[i], add); err != nil {
-				return fmt.Errorf("portpolicy: %w", err)
+		changed += len(ch)
+		for port := range st.ports[i] {
+			if want[i][port] == "" {
+				changed++
 			}
 		}
 	}
@@ -267,62 +232,46 @@ func (m *Manager) Apply(desired map[string]Policy) error {
 // every port with a policy (a reason absent from a port's map dropped
 // nothing). A changed policy starts its counters at 0.
 func (m *Manager) Stats() (map[string]map[string]uint64, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	c, err := m.conn()
-	if err != nil {
-		return nil, err
-	}
-	defer c.CloseLasting()
-	st, err := m.read(c)
-	if err != nil || !st.complete {
-		return map[string]map[string]uint64{}, err
-	}
 	out := map[string]map[string]uint64{}
-	for i := range st.ports {
-		for port, ch := range st.ports[i] {
-			rules, err := c.GetRules(m.table, &nftables.Chain{Table: m.table, Name: ch})
-			if err != nil {
-				return nil, fmt.Errorf("portpolicy: rules of %s: %w", ch, err)
-			}
-			if out[port] == nil {
-				out[port] = map[string]uint64{}
-			}
-			for _, r := range rules {
-				reason, ok := userdata.GetString(r.UserData, userdata.TypeComment)
-				if !ok {
-					continue
+	err := m.withState(func(c *nftables.Conn, st *state) error {
+		if !st.complete {
+			return nil
+		}
+		for i := range st.ports {
+			for port, ch := range st.ports[i] {
+				rules, err := c.GetRules(m.table, &nftables.Chain{Table: m.table, Name: ch})
+				if err != nil {
+					return fmt.Errorf("portpolicy: rules of %s: %w", ch, err)
 				}
-				for _, e := range r.Exprs {
-					if ctr, ok := e.(*expr.Counter); ok {
-						out[port][reason] += ctr.Packets
+				if out[port] == nil {
+					out[port] = map[string]uint64{}
+				}
+				for _, r := range rules {
+					reason, ok := userdata.GetString(r.UserData, userdata.TypeComment)
+					for _, e := range r.Exprs {
+						if ctr, isCtr := e.(*expr.Counter); ok && isCtr {
+							out[port][reason] += ctr.Packets
+						}
 					}
 				}
 			}
 		}
-	}
-	return out, nil
+		return nil
+	})
+	return out, err
 }
 
 // Installed lists the ports the kernel's table covers now (any map),
 // sorted.
 func (m *Manager) Installed() ([]string, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	c, err := m.conn()
-	if err != nil {
-		return nil, err
-	}
-	defer c.CloseLasting()
-	st, err := m.read(c)
-	if err != nil {
-		return nil, err
-	}
 	seen := map[string]bool{}
-	for i := range st.ports {
-		for p := range st.ports[i] {
-			seen[p] = true
+	err := m.withState(func(_ *nftables.Conn, st *state) error {
+		for i := range st.ports {
+			for p := range st.ports[i] {
+				seen[p] = true
+			}
 		}
-	}
-	return nftutil.SortedKeys(seen), nil
+		return nil
+	})
+	return nftutil.SortedKeys(seen), err
 }
