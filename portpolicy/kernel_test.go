@@ -96,11 +96,16 @@ func TestKernelApplyAdoptRemove(t *testing.T) {
 		t.Fatalf("after the change:\n%s", changed)
 	}
 
+	// A flow of each isolated port, as traffic would leave them; removing
+	// vm-2's isolation removes its flow and keeps vm-3's.
+	for _, p := range []string{"vm-2", "vm-3"} {
+		nftIn(t, ns, "add", "element", "bridge", TableName, setFlows, `{ "`+p+`" . 198.18.0.11 . 198.18.0.100 . 22 . 40000 }`)
+	}
 	delete(desired, "vm-2")
 	if err := m.Apply(desired); err != nil {
 		t.Fatal(err)
 	}
-	if got := nftIn(t, ns, "list", "ruleset"); strings.Contains(got, `"vm-2"`) || strings.Count(got, "\tchain ") != 6 {
+	if got := nftIn(t, ns, "list", "ruleset"); strings.Contains(got, `"vm-2"`) || !strings.Contains(got, `"vm-3" . 198.18.0.11`) || strings.Count(got, "\tchain ") != 6 {
 		t.Fatalf("after removing vm-2:\n%s", got)
 	}
 	if err := m.Apply(nil); err != nil {

@@ -3,6 +3,7 @@ package portpolicy
 import (
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -213,6 +214,17 @@ func (m *Manager) apply(c *nftables.Conn, st *state, desired map[string]Policy) 
 			}
 		}
 	}
+	// The flows of ports whose isolation goes, so that what stays is what
+	// the remaining ports made.
+	var gone []string
+	for port := range st.ports[1] {
+		if want[1][port] == "" {
+			gone = append(gone, port)
+		}
+	}
+	if err := m.forgetFlows(c, sk.flows, gone); err != nil {
+		return err
+	}
 	for name := range st.chains {
 		if !wantChain[name] {
 			c.DelChain(&nftables.Chain{Table: m.table, Name: name})
@@ -274,4 +286,25 @@ func (m *Manager) Installed() ([]string, error) {
 		return nil
 	})
 	return nftutil.SortedKeys(seen), err
+}
+
+// forgetFlows queues the deletion of every flow of the named ports.
+func (m *Manager) forgetFlows(c *nftables.Conn, flows *nftables.Set, ports []string) error {
+	if len(ports) == 0 {
+		return nil
+	}
+	els, err := c.GetSetElements(flows)
+	if err != nil {
+		return fmt.Errorf("portpolicy: list %s: %w", setFlows, err)
+	}
+	var del []nftables.SetElement
+	for _, e := range els {
+		if len(e.Key) >= 16 && slices.Contains(ports, nftutil.PortOf(e.Key[:16])) {
+			del = append(del, nftables.SetElement{Key: e.Key})
+		}
+	}
+	if len(del) == 0 {
+		return nil
+	}
+	return wrap(c.SetDeleteElements(flows, del))
 }

@@ -23,7 +23,7 @@ const (
 	mapGuard  = "guard_ports"
 	mapIsoOut = "isolate_from_ports"
 	mapIsoIn  = "isolate_to_ports"
-	setFlows  = "flows" // isolation: port index . VM addr . remote addr . VM port . remote port
+	setFlows  = "flows" // isolation: port name . VM addr . remote addr . VM port . remote port
 
 	flowSize = 65536
 )
@@ -50,7 +50,7 @@ var (
 	IsolateReasons = []string{ReasonIsoMulticast, ReasonIsoNotIPv4, ReasonIsoUDP, ReasonIsoNewFromVM, ReasonIsoNotAllowed}
 )
 
-// reg32 is the first 32-bit register (NFT_REG32_00): a flow key is five
+// reg32 is the first 32-bit register (NFT_REG32_00): a flow key is eight
 // of them.
 const reg32 = 8
 
@@ -95,7 +95,7 @@ func newSkeleton(t *nftables.Table, flowTimeout time.Duration) *skeleton {
 		isoOut: vmap(mapIsoOut),
 		isoIn:  vmap(mapIsoIn),
 		flows: &nftables.Set{Table: t, Name: setFlows, Dynamic: true, HasTimeout: true, Timeout: flowTimeout, Size: flowSize, Concatenation: true,
-			KeyType: nftables.MustConcatSetType(nftables.TypeIFIndex, nftables.TypeIPAddr, nftables.TypeIPAddr, nftables.TypeInetService, nftables.TypeInetService)},
+			KeyType: nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr, nftables.TypeIPAddr, nftables.TypeInetService, nftables.TypeInetService)},
 	}
 }
 
@@ -279,17 +279,18 @@ func addGuard6(b *chain, g Guard) {
 	}
 }
 
-// flowKey loads the canonical flow key into reg32..reg32+4: port index,
+// flowKey loads the canonical flow key into reg32..reg32+7: port name
+// (four registers),
 // VM address, remote address, VM port, remote port (both the ICMP
 // identifier for ICMP), so that a flow and its replies share one key. The
 // protocol is not in it (a concatenation holds at most five fields): a
 // flow opened by TCP lets the VM answer with any protocol whose first four
 // bytes carry the same two numbers.
 func flowKey(toVM, icmp bool) []expr.Any {
-	idx := &expr.Meta{Key: expr.MetaKeyIIF, Register: reg32}
+	idx := &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32}
 	vmAddr, remAddr, vmPort, remPort := uint32(12), uint32(16), uint32(0), uint32(2)
 	if toVM {
-		idx.Key = expr.MetaKeyOIF
+		idx.Key = expr.MetaKeyOIFNAME
 		vmAddr, remAddr, vmPort, remPort = 16, 12, 2, 0
 	}
 	if icmp {
@@ -298,10 +299,10 @@ func flowKey(toVM, icmp bool) []expr.Any {
 	nh, th := expr.PayloadBaseNetworkHeader, expr.PayloadBaseTransportHeader
 	return []expr.Any{
 		idx,
-		&expr.Payload{DestRegister: reg32 + 1, Base: nh, Offset: vmAddr, Len: 4},
-		&expr.Payload{DestRegister: reg32 + 2, Base: nh, Offset: remAddr, Len: 4},
-		&expr.Payload{DestRegister: reg32 + 3, Base: th, Offset: vmPort, Len: 2},
-		&expr.Payload{DestRegister: reg32 + 4, Base: th, Offset: remPort, Len: 2},
+		&expr.Payload{DestRegister: reg32 + 4, Base: nh, Offset: vmAddr, Len: 4},
+		&expr.Payload{DestRegister: reg32 + 5, Base: nh, Offset: remAddr, Len: 4},
+		&expr.Payload{DestRegister: reg32 + 6, Base: th, Offset: vmPort, Len: 2},
+		&expr.Payload{DestRegister: reg32 + 7, Base: th, Offset: remPort, Len: 2},
 	}
 }
 
