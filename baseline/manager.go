@@ -168,15 +168,7 @@ func (m *Manager) Apply(desired map[string]Limits) error {
 		return err
 	}
 	if len(desired) == 0 {
-		if !st.exists {
-			return nil
-		}
-		c.DelTable(m.table)
-		if err := c.Flush(); err != nil {
-			return fmt.Errorf("baseline: remove table: %w", err)
-		}
-		m.log.Info("baseline: table removed", "table", TableName)
-		return nil
+		return nftutil.RemoveTable(c, m.table, st.exists, m.log, "baseline")
 	}
 
 	sk := newSkeleton(m.table, m.flowTimeout)

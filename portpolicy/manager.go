@@ -154,15 +154,7 @@ func (m *Manager) withState(f func(*nftables.Conn, *state) error) error {
 
 func (m *Manager) apply(c *nftables.Conn, st *state, desired map[string]Policy) error {
 	if len(desired) == 0 {
-		if !st.exists {
-			return nil
-		}
-		c.DelTable(m.table)
-		if err := c.Flush(); err != nil {
-			return fmt.Errorf("portpolicy: remove table: %w", err)
-		}
-		m.log.Info("portpolicy: table removed", "table", TableName)
-		return nil
+		return nftutil.RemoveTable(c, m.table, st.exists, m.log, "portpolicy")
 	}
 	sk := newSkeleton(m.table, m.flowTimeout)
 	if st.exists && !st.complete {

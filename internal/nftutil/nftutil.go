@@ -183,3 +183,17 @@ func Defaults(what string, timeout, def time.Duration, log *slog.Logger) (time.D
 	}
 	return timeout, log, nil
 }
+
+// RemoveTable deletes table t, if it exists, in a transaction of its own,
+// and logs it; what names the engine.
+func RemoveTable(c *nftables.Conn, t *nftables.Table, exists bool, log *slog.Logger, what string) error {
+	if !exists {
+		return nil
+	}
+	c.DelTable(t)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("%s: remove table: %w", what, err)
+	}
+	log.Info(what+": table removed", "table", t.Name)
+	return nil
+}
