@@ -150,6 +150,19 @@ func (m *Manager) changePolicy(change func() (undo func(), err error)) error {
 	return nil
 }
 
+// setEntry sets mp[port] to v and returns how to undo it.
+func setEntry[V any](mp map[string]V, port string, v V) (undo func()) {
+	old, had := mp[port]
+	mp[port] = v
+	return func() {
+		if had {
+			mp[port] = old
+		} else {
+			delete(mp, port)
+		}
+	}
+}
+
 // SetGuard sets the port guard of port (replacing one it has). Addresses
 // not given are learned as a quarantine's guard learns them (libvirt, the
 // bridge's and the neighbour tables); what cannot be learned must be given.
@@ -186,15 +199,7 @@ func (m *Manager) SetGuard(req api.GuardRequest) (api.Guard, error) {
 		return api.Guard{}, usagef("guard %s: %v", req.Port, err)
 	}
 	err = m.changePolicy(func() (func(), error) {
-		old, had := m.pp.guards[req.Port]
-		m.pp.guards[req.Port] = guardEntry{addr: addr, guard: g}
-		return func() {
-			if had {
-				m.pp.guards[req.Port] = old
-			} else {
-				delete(m.pp.guards, req.Port)
-			}
-		}, nil
+		return setEntry(m.pp.guards, req.Port, guardEntry{addr: addr, guard: g}), nil
 	})
 	out := guardStatus(req.Port, guardEntry{addr: addr, guard: g}, nil)
 	if err == nil || errors.Is(err, ErrNotSaved) {
@@ -215,17 +220,7 @@ func (m *Manager) SetIsolate(port, allowFrom string) (api.Isolation, error) {
 	if err != nil {
 		return api.Isolation{}, usagef("isolate %s: %v", port, err)
 	}
-	err = m.changePolicy(func() (func(), error) {
-		old, had := m.pp.isolations[port]
-		m.pp.isolations[port] = iso
-		return func() {
-			if had {
-				m.pp.isolations[port] = old
-			} else {
-				delete(m.pp.isolations, port)
-			}
-		}, nil
-	})
+	err = m.changePolicy(func() (func(), error) { return setEntry(m.pp.isolations, port, iso), nil })
 	if err == nil || errors.Is(err, ErrNotSaved) {
 		m.log.Info("isolation set", "port", port, "allow_from", iso.AllowFrom.String())
 	}
