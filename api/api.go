@@ -72,6 +72,11 @@ type Status struct {
 	Quotas []QuotaStatus `json:"quotas"`
 	// Baselines are the ports with kernel baseline limits, sorted by port.
 	Baselines []Baseline `json:"baselines"`
+	// Guards are the ports with a kernel port guard (shaperd guard),
+	// Isolations those with a one-way isolation (shaperd isolate), sorted
+	// by port.
+	Guards     []Guard     `json:"guards"`
+	Isolations []Isolation `json:"isolations"`
 }
 
 // Flagged is a watched port the watch loop flagged.
@@ -431,6 +436,52 @@ type Baseline struct {
 
 // BaselineRemoved answers a baseline removal.
 type BaselineRemoved struct {
+	Port     string   `json:"port"`
+	Warnings []string `json:"warnings,omitempty"`
+}
+
+// GuardRequest sets (or, with Remove, removes) the kernel port guard of one
+// port, in the command line's words: MAC and IP empty mean "learn them".
+type GuardRequest struct {
+	Port   string `json:"port"`
+	MAC    string `json:"mac,omitempty"`
+	IP     string `json:"ip,omitempty"`
+	IPv6   string `json:"ipv6,omitempty"`
+	Remove bool   `json:"remove,omitempty"`
+}
+
+// Guard is one port's kernel port guard as status reports it.
+type Guard struct {
+	Port string `json:"port"`
+	MAC  string `json:"mac"`
+	IP   string `json:"ip"` // IPv4 addresses, comma-separated
+	IPv6 string `json:"ipv6,omitempty"`
+	// LearnedFrom says where the addresses came from when they were not
+	// given (libvirt, the bridge's tables); empty when given.
+	LearnedFrom []string `json:"learned_from,omitempty"`
+	// Drops are the frames dropped, by reason (every reason, 0 included).
+	Drops    map[string]uint64 `json:"drops"`
+	Warnings []string          `json:"warnings,omitempty"`
+}
+
+// IsolateRequest sets (or, with Remove, removes) the one-way isolation of
+// one port.
+type IsolateRequest struct {
+	Port      string `json:"port"`
+	AllowFrom string `json:"allow_from,omitempty"`
+	Remove    bool   `json:"remove,omitempty"`
+}
+
+// Isolation is one port's one-way isolation as status reports it.
+type Isolation struct {
+	Port      string            `json:"port"`
+	AllowFrom string            `json:"allow_from"`
+	Drops     map[string]uint64 `json:"drops"`
+	Warnings  []string          `json:"warnings,omitempty"`
+}
+
+// Removed answers the removal of a port's setting (guard, isolation).
+type Removed struct {
 	Port     string   `json:"port"`
 	Warnings []string `json:"warnings,omitempty"`
 }

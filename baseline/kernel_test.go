@@ -1,10 +1,7 @@
 package baseline
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -22,24 +19,8 @@ type testNS struct {
 func newTestNS(t *testing.T) *testNS {
 	t.Helper()
 	netnstest.Require(t, "ip", "nft")
-	b := make([]byte, 3)
-	rand.Read(b)
-	name := "blt" + hex.EncodeToString(b)
-	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
-		t.Fatalf("ip netns add: %v\n%s", err, out)
-	}
-	f, err := os.Open("/run/netns/" + name)
-	if err != nil {
-		exec.Command("ip", "netns", "delete", name).Run()
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		f.Close()
-		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
-			t.Errorf("ip netns delete %s: %v\n%s", name, err, out)
-		}
-	})
-	return &testNS{name: name, fd: int(f.Fd())}
+	name, fd := netnstest.Namespace(t, "blt")
+	return &testNS{name: name, fd: fd}
 }
 
 func (n *testNS) ruleset(t *testing.T) string {

@@ -4,15 +4,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"sort"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
-	"github.com/google/nftables/expr"
-	"github.com/mdlayher/netlink"
+	"github.com/shaperd/shaperd/internal/nftutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -59,32 +57,15 @@ func New(opts Options) (*Manager, error) {
 	if opts.FlowTimeout < 0 {
 		return nil, fmt.Errorf("baseline: flow timeout %v is negative", opts.FlowTimeout)
 	}
-	ft := opts.FlowTimeout
-	if ft == 0 {
-		ft = DefaultFlowTimeout
-	}
-	if ft < time.Second {
-		return nil, fmt.Errorf("baseline: flow timeout %v: use at least 1s", ft)
-	}
-	log := opts.Logger
-	if log == nil {
-		log = slog.Default()
+	ft, log, err := nftutil.Defaults("baseline", opts.FlowTimeout, DefaultFlowTimeout, opts.Logger)
+	if err != nil {
+		return nil, err
 	}
 	return &Manager{opts: opts, log: log, flowTimeout: ft,
 		table: &nftables.Table{Name: TableName, Family: nftables.TableFamilyBridge}}, nil
 }
 
-func (m *Manager) conn() (*nftables.Conn, error) {
-	var o []nftables.ConnOption
-	if m.opts.NetNS != 0 {
-		o = append(o, nftables.WithNetNSFd(m.opts.NetNS))
-	}
-	c, err := nftables.New(o...)
-	if err != nil {
-		return nil, fmt.Errorf("baseline: netlink: %w", err)
-	}
-	return c, nil
-}
+func (m *Manager) conn() (*nftables.Conn, error) { return nftutil.Conn("baseline", m.opts.NetNS) }
 
 // ErrInvalid is wrapped by Apply's validation errors: nothing was changed;
 // fix the named port's setting.
@@ -92,7 +73,7 @@ var ErrInvalid = errors.New("invalid baseline")
 
 // Validate checks a desired set without touching the kernel.
 func Validate(desired map[string]Limits) error {
-	names := sortedKeys(desired)
+	names := nftutil.SortedKeys(desired)
 	for _, port := range names {
 		if err := validPort(port); err != nil {
 			return fmt.Errorf("%w: port %q: %v", ErrInvalid, port, err)
@@ -127,30 +108,17 @@ type state struct {
 func (m *Manager) read(c *nftables.Conn) (*state, error) {
 	st := &state{chains: map[string]bool{}, sets: map[string]bool{}, from: map[string]string{},
 		to: map[string]string{}, drops: map[string][][]byte{}}
-	if _, err := c.ListTableOfFamily(TableName, nftables.TableFamilyBridge); err != nil {
-		if errors.Is(err, unix.ENOENT) || isNotFound(err) {
-			return st, nil
-		}
-		return nil, fmt.Errorf("baseline: list table: %w", err)
-	}
-	st.exists = true
-	chains, err := c.ListChainsOfTableFamily(nftables.TableFamilyBridge)
+	t, err := nftutil.ReadTable(c, m.table)
 	if err != nil {
-		return nil, fmt.Errorf("baseline: list chains: %w", err)
+		return nil, fmt.Errorf("baseline: %w", err)
 	}
-	for _, ch := range chains {
-		if ch.Table.Name == TableName {
-			st.chains[ch.Name] = true
-		}
+	if !t.Exists {
+		return st, nil
 	}
-	sets, err := c.GetSets(m.table)
-	if err != nil {
-		return nil, fmt.Errorf("baseline: list sets: %w", err)
-	}
-	byName := map[string]*nftables.Set{}
-	for _, s := range sets {
-		st.sets[s.Name] = true
-		byName[s.Name] = s
+	byName := t.Sets
+	st.exists, st.chains = true, t.Chains
+	for n := range byName {
+		st.sets[n] = true
 	}
 	st.complete = st.chains[chainFrom] && st.chains[chainTo]
 	for _, n := range []string{mapFrom, mapTo, setFlows4, setFlows6, setDrops} {
@@ -159,17 +127,11 @@ func (m *Manager) read(c *nftables.Conn) (*state, error) {
 	if !st.complete {
 		return st, nil
 	}
-	for _, x := range []struct {
-		name string
-		into map[string]string
-	}{{mapFrom, st.from}, {mapTo, st.to}} {
-		els, err := c.GetSetElements(byName[x.name])
-		if err != nil {
-			return nil, fmt.Errorf("baseline: list %s: %w", x.name, err)
-		}
-		for _, e := range els {
-			x.into[portOf(e.Key)] = verdictChain(e.Val)
-		}
+	if st.from, err = nftutil.VMap(c, byName[mapFrom]); err != nil {
+		return nil, fmt.Errorf("baseline: %w", err)
+	}
+	if st.to, err = nftutil.VMap(c, byName[mapTo]); err != nil {
+		return nil, fmt.Errorf("baseline: %w", err)
 	}
 	els, err := c.GetSetElements(byName[setDrops])
 	if err != nil {
@@ -177,37 +139,11 @@ func (m *Manager) read(c *nftables.Conn) (*state, error) {
 	}
 	for _, e := range els {
 		if len(e.Key) >= 16 {
-			p := portOf(e.Key[:16])
+			p := nftutil.PortOf(e.Key[:16])
 			st.drops[p] = append(st.drops[p], e.Key)
 		}
 	}
 	return st, nil
-}
-
-func isNotFound(err error) bool {
-	var oe *netlink.OpError
-	return errors.As(err, &oe) && errors.Is(oe.Err, unix.ENOENT)
-}
-
-func portOf(key []byte) string {
-	if i := strings.IndexByte(string(key), 0); i >= 0 {
-		key = key[:i]
-	}
-	return string(key)
-}
-
-// verdictChain is the chain a vmap element's verdict jumps to ("" if none).
-func verdictChain(val []byte) string {
-	ad, err := netlink.NewAttributeDecoder(val)
-	if err != nil {
-		return ""
-	}
-	for ad.Next() {
-		if ad.Type() == unix.NFTA_VERDICT_CHAIN {
-			return strings.TrimRight(string(ad.Bytes()), "\x00")
-		}
-	}
-	return ""
 }
 
 // Apply makes the kernel's baseline equal to desired (port name -> limits)
@@ -232,15 +168,7 @@ func (m *Manager) Apply(desired map[string]Limits) error {
 		return err
 	}
 	if len(desired) == 0 {
-		if !st.exists {
-			return nil
-		}
-		c.DelTable(m.table)
-		if err := c.Flush(); err != nil {
-			return fmt.Errorf("baseline: remove table: %w", err)
-		}
-		m.log.Info("baseline: table removed", "table", TableName)
-		return nil
+		return nftutil.RemoveTable(c, m.table, st.exists, m.log, "baseline")
 	}
 
 	sk := newSkeleton(m.table, m.flowTimeout)
@@ -260,7 +188,7 @@ func (m *Manager) Apply(desired map[string]Limits) error {
 	// Profiles: one per distinct Limits value.
 	profiles := map[string]*profile{}
 	want := map[direction]map[string]string{fromVM: {}, toVM: {}} // port -> chain
-	for _, port := range sortedKeys(desired) {
+	for _, port := range nftutil.SortedKeys(desired) {
 		p := newProfile(desired[port])
 		if q, ok := profiles[p.id]; ok {
 			p = q
@@ -286,29 +214,11 @@ func (m *Manager) Apply(desired map[string]Limits) error {
 		set *nftables.Set
 		has map[string]string
 	}{{fromVM, sk.mapFrom, st.from}, {toVM, sk.mapTo, st.to}} {
-		var del, add []nftables.SetElement
-		for port, ch := range x.has {
-			if want[x.d][port] != ch {
-				del = append(del, nftables.SetElement{Key: ifname(port)})
-			}
+		ch, err := nftutil.SyncVMap(c, x.set, x.has, want[x.d])
+		if err != nil {
+			return fmt.Errorf("baseline: %w", err)
 		}
-		for _, port := range sortedKeys(want[x.d]) {
-			ch := want[x.d][port]
-			if x.has[port] != ch {
-				add = append(add, nftables.SetElement{Key: ifname(port), VerdictData: jump(ch)})
-				changed = append(changed, port)
-			}
-		}
-		if len(del) > 0 {
-			if err := c.SetDeleteElements(x.set, del); err != nil {
-				return fmt.Errorf("baseline: %w", err)
-			}
-		}
-		if len(add) > 0 {
-			if err := c.SetAddElements(x.set, add); err != nil {
-				return fmt.Errorf("baseline: %w", err)
-			}
-		}
+		changed = append(changed, ch...)
 	}
 	// Counters of ports no longer named go with them.
 	var gone []string
@@ -349,10 +259,6 @@ func (m *Manager) Apply(desired map[string]Limits) error {
 	return nil
 }
 
-func jump(chain string) *expr.Verdict {
-	return &expr.Verdict{Kind: expr.VerdictJump, Chain: chain}
-}
-
 func profileOfChain(name string) (string, bool) {
 	if !strings.HasPrefix(name, "p") {
 		return "", false
@@ -388,7 +294,7 @@ func (m *Manager) Stats() (map[string]map[Reason]Counter, error) {
 	out := map[string]map[Reason]Counter{}
 	els, err := c.GetSetElements(&nftables.Set{Table: m.table, Name: setDrops, KeyType: mustConcat(nftables.TypeIFName, nftables.TypeMark)})
 	if err != nil {
-		if isNotFound(err) || errors.Is(err, unix.ENOENT) {
+		if nftutil.IsNotFound(err) || errors.Is(err, unix.ENOENT) {
 			return out, nil
 		}
 		return nil, fmt.Errorf("baseline: read counters: %w", err)
@@ -397,7 +303,7 @@ func (m *Manager) Stats() (map[string]map[Reason]Counter, error) {
 		if len(e.Key) < 20 || e.Counter == nil {
 			continue
 		}
-		port := portOf(e.Key[:16])
+		port := nftutil.PortOf(e.Key[:16])
 		r := Reason(binaryutil.NativeEndian.Uint32(e.Key[16:20]))
 		if out[port] == nil {
 			out[port] = map[Reason]Counter{}
@@ -428,14 +334,5 @@ func (m *Manager) Installed() ([]string, error) {
 	for p := range st.to {
 		seen[p] = true
 	}
-	return sortedKeys(seen), nil
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	k := make([]string, 0, len(m))
-	for n := range m {
-		k = append(k, n)
-	}
-	sort.Strings(k)
-	return k
+	return nftutil.SortedKeys(seen), nil
 }

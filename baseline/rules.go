@@ -66,13 +66,6 @@ func (d direction) portName(reg uint32) *expr.Meta {
 	return &expr.Meta{Key: expr.MetaKeyOIFNAME, Register: reg}
 }
 
-// ifname is a port name as the kernel compares it: 16 bytes, NUL padded.
-func ifname(n string) []byte {
-	b := make([]byte, 16)
-	copy(b, n)
-	return b
-}
-
 func mustConcat(t ...nftables.SetDatatype) nftables.SetDatatype {
 	return nftables.MustConcatSetType(t...)
 }

@@ -150,6 +150,34 @@ func (c *Client) BaselineRemove(port string) (api.BaselineRemoved, error) {
 	return res, err
 }
 
+// Guard sets the kernel port guard of one port (req.Remove must be false).
+func (c *Client) Guard(req api.GuardRequest) (api.Guard, error) {
+	var g api.Guard
+	err := c.do(http.MethodPost, "/v1/guard", req, &g)
+	return g, err
+}
+
+// GuardRemove removes the port guard of one port.
+func (c *Client) GuardRemove(port string) (api.Removed, error) {
+	var res api.Removed
+	err := c.do(http.MethodPost, "/v1/guard/remove", api.GuardRequest{Port: port, Remove: true}, &res)
+	return res, err
+}
+
+// Isolate sets the one-way isolation of one port.
+func (c *Client) Isolate(port, allowFrom string) (api.Isolation, error) {
+	var i api.Isolation
+	err := c.do(http.MethodPost, "/v1/isolate", api.IsolateRequest{Port: port, AllowFrom: allowFrom}, &i)
+	return i, err
+}
+
+// IsolateRemove removes the one-way isolation of one port.
+func (c *Client) IsolateRemove(port string) (api.Removed, error) {
+	var res api.Removed
+	err := c.do(http.MethodPost, "/v1/isolate/remove", api.IsolateRequest{Port: port, Remove: true}, &res)
+	return res, err
+}
+
 // QuotaAdd adds a percentile-quota tenant.
 func (c *Client) QuotaAdd(req api.QuotaAddRequest) (api.QuotaTenant, error) {
 	var t api.QuotaTenant

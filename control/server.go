@@ -121,8 +121,7 @@ func ListenOptions(path string, m *daemon.Manager, log *slog.Logger, opt Options
 	mux.HandleFunc("POST /v1/quarantine", s.quarantine)
 	mux.HandleFunc("POST /v1/set", s.set)
 	mux.HandleFunc("POST /v1/release", s.release)
-	mux.HandleFunc("POST /v1/baseline", s.baseline)
-	mux.HandleFunc("POST /v1/baseline/remove", s.baselineRemove)
+	s.portHandlers(mux)
 	mux.HandleFunc("POST /v1/quota/add", s.quotaAdd)
 	mux.HandleFunc("POST /v1/quota/remove", s.quotaRemove)
 	mux.HandleFunc("GET /v1/quota/list", s.quotaList)
@@ -317,45 +316,84 @@ func (s *Server) release(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, res)
 }
 
-// baseline sets the command line's baseline of one port.
-func (s *Server) baseline(w http.ResponseWriter, r *http.Request) {
-	var req api.BaselineRequest
-	if !decode(w, r, &req) {
-		return
+// portChange is the handler of a POST that changes one port's kernel
+// setting (baseline, guard, isolate, and their removals): it decodes the
+// request, refuses a removal sent to a setting's endpoint (removal names
+// that endpoint, "" on a removal's own), runs do, audits the change as
+// action with attrs, and answers with do's result, where a change in force
+// but not saved (daemon.ErrNotSaved) is a warning, not a failure.
+func portChange[Req, Res any](s *Server, action string, removal func(Req) string, attrs func(Req) []any,
+	do func(Req) (Res, error), warn func(*Res, []string)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		var req Req
+		if !decode(w, r, &req) {
+			return
+		}
+		if at := removal(req); at != "" {
+			writeErr(w, fmt.Errorf("%w: remove with POST %s", daemon.ErrUsage, at))
+			return
+		}
+		res, err := do(req)
+		s.auditAttrs(r, append([]any{"action", action}, attrs(req)...), err)
+		if errors.Is(err, daemon.ErrNotSaved) {
+			warn(&res, []string{err.Error()})
+			err = nil
+		}
+		if err != nil {
+			writeErr(w, err)
+			return
+		}
+		writeJSON(w, http.StatusOK, res)
 	}
-	if req.Remove {
-		writeErr(w, fmt.Errorf("%w: remove with POST /v1/baseline/remove", daemon.ErrUsage))
-		return
-	}
-	b, err := s.m.SetBaseline(req.Port, req.Limits)
-	s.auditAttrs(r, []any{"action", "baseline", "port", req.Port, "limits", req.Limits}, err)
-	if errors.Is(err, daemon.ErrNotSaved) {
-		b.Warnings, err = []string{err.Error()}, nil
-	}
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, b)
 }
 
-// baselineRemove removes the command line's baseline of one port.
-func (s *Server) baselineRemove(w http.ResponseWriter, r *http.Request) {
-	var req api.BaselineRequest
-	if !decode(w, r, &req) {
-		return
+func noRemoval[Req any](Req) string { return "" }
+
+// portHandlers are the handlers of the per-port kernel settings.
+func (s *Server) portHandlers(mux *http.ServeMux) {
+	bl := func(req api.BaselineRequest) []any { return []any{"port", req.Port, "limits", req.Limits} }
+	blPort := func(req api.BaselineRequest) []any { return []any{"port", req.Port} }
+	mux.HandleFunc("POST /v1/baseline", portChange(s, "baseline",
+		func(req api.BaselineRequest) string { return removeAt(req.Remove, "/v1/baseline/remove") }, bl,
+		func(req api.BaselineRequest) (api.Baseline, error) { return s.m.SetBaseline(req.Port, req.Limits) },
+		func(b *api.Baseline, w []string) { b.Warnings = w }))
+	mux.HandleFunc("POST /v1/baseline/remove", portChange(s, "baseline-remove", noRemoval[api.BaselineRequest], blPort,
+		func(req api.BaselineRequest) (api.BaselineRemoved, error) {
+			return api.BaselineRemoved{Port: req.Port}, s.m.RemoveBaseline(req.Port)
+		},
+		func(b *api.BaselineRemoved, w []string) { b.Warnings = w }))
+
+	gd := func(req api.GuardRequest) []any {
+		return []any{"port", req.Port, "mac", req.MAC, "ip", req.IP, "ipv6", req.IPv6}
 	}
-	err := s.m.RemoveBaseline(req.Port)
-	s.auditAttrs(r, []any{"action", "baseline-remove", "port", req.Port}, err)
-	res := api.BaselineRemoved{Port: req.Port}
-	if errors.Is(err, daemon.ErrNotSaved) {
-		res.Warnings, err = []string{err.Error()}, nil
+	gdPort := func(req api.GuardRequest) []any { return []any{"port", req.Port} }
+	mux.HandleFunc("POST /v1/guard", portChange(s, "guard",
+		func(req api.GuardRequest) string { return removeAt(req.Remove, "/v1/guard/remove") }, gd,
+		s.m.SetGuard, func(g *api.Guard, w []string) { g.Warnings = w }))
+	mux.HandleFunc("POST /v1/guard/remove", portChange(s, "guard-remove", noRemoval[api.GuardRequest], gdPort,
+		func(req api.GuardRequest) (api.Removed, error) {
+			return api.Removed{Port: req.Port}, s.m.RemoveGuard(req.Port)
+		},
+		func(res *api.Removed, w []string) { res.Warnings = w }))
+
+	iso := func(req api.IsolateRequest) []any { return []any{"port", req.Port, "allow_from", req.AllowFrom} }
+	isoPort := func(req api.IsolateRequest) []any { return []any{"port", req.Port} }
+	mux.HandleFunc("POST /v1/isolate", portChange(s, "isolate",
+		func(req api.IsolateRequest) string { return removeAt(req.Remove, "/v1/isolate/remove") }, iso,
+		func(req api.IsolateRequest) (api.Isolation, error) { return s.m.SetIsolate(req.Port, req.AllowFrom) },
+		func(i *api.Isolation, w []string) { i.Warnings = w }))
+	mux.HandleFunc("POST /v1/isolate/remove", portChange(s, "isolate-remove", noRemoval[api.IsolateRequest], isoPort,
+		func(req api.IsolateRequest) (api.Removed, error) {
+			return api.Removed{Port: req.Port}, s.m.RemoveIsolate(req.Port)
+		},
+		func(res *api.Removed, w []string) { res.Warnings = w }))
+}
+
+func removeAt(remove bool, path string) string {
+	if remove {
+		return path
 	}
-	if err != nil {
-		writeErr(w, err)
-		return
-	}
-	writeJSON(w, http.StatusOK, res)
+	return ""
 }
 
 func (s *Server) quotaAdd(w http.ResponseWriter, r *http.Request) {

@@ -125,9 +125,9 @@ func (m *Manager) setBaselineRules(rules []BaselineRule) error {
 func (m *Manager) baselineDesiredLocked() map[string]baseline.Limits {
 	out := map[string]baseline.Limits{}
 	add := func(port string, l baseline.Limits) {
-		_, nt := splice.TapNames(port)
-		fb, _ := splice.FallbackNames(port)
-		out[port], out[nt], out[fb] = l, l, l
+		for _, n := range bridgeSides(port) {
+			out[n] = l
+		}
 	}
 	for p := range m.bl.present {
 		if i := m.bl.ruleFor(p); i >= 0 {
@@ -367,9 +367,7 @@ func (m *Manager) BaselineStatus(port string) ([]api.Baseline, error) {
 		if err != nil {
 			continue
 		}
-		_, nt := splice.TapNames(out[i].Port)
-		fb, _ := splice.FallbackNames(out[i].Port)
-		for _, name := range []string{out[i].Port, nt, fb} {
+		for _, name := range bridgeSides(out[i].Port) {
 			for r, c := range stats[name] {
 				out[i].Drops[r.String()] += c.Packets
 			}

@@ -29,12 +29,19 @@ type fakeBaseline struct {
 	stats   map[string]map[baseline.Reason]baseline.Counter
 }
 
-func (f *fakeBaseline) underLock() {
-	if f.m != nil && f.m.mu.TryLock() {
-		f.m.mu.Unlock()
-	} else if f.m != nil {
-		f.t.Errorf("baseline called with Manager.mu held")
+func (f *fakeBaseline) underLock() { assertNotUnderMu(f.t, f.m, "baseline") }
+
+// assertNotUnderMu fails t if m.mu is held when an engine (what) is
+// called: its netlink work must never hold up a status read.
+func assertNotUnderMu(t *testing.T, m *Manager, what string) {
+	if m == nil {
+		return
 	}
+	if !m.mu.TryLock() {
+		t.Errorf("%s called with Manager.mu held", what)
+		return
+	}
+	m.mu.Unlock()
 }
 
 func (f *fakeBaseline) Apply(d map[string]baseline.Limits) error {

@@ -20,6 +20,7 @@ import (
 	"github.com/shaperd/shaperd/daemon/store"
 	"github.com/shaperd/shaperd/daemon/tenants"
 	"github.com/shaperd/shaperd/owner"
+	"github.com/shaperd/shaperd/portpolicy"
 	"github.com/shaperd/shaperd/quota"
 	"github.com/shaperd/shaperd/splice"
 )
@@ -63,6 +64,9 @@ type Options struct {
 	// Baseline is the kernel baseline engine (*baseline.Manager); nil
 	// refuses baselines.
 	Baseline Baseliner
+	// PortPolicy is the kernel guard and isolation engine
+	// (*portpolicy.Manager); nil refuses guard and isolate.
+	PortPolicy PortPolicer
 }
 
 // Manager holds the quarantines of this host. Its methods are safe for
@@ -109,6 +113,13 @@ type Manager struct {
 	bl       baselines
 	blMu     sync.Mutex
 	blSaveMu sync.Mutex
+
+	// pp are the port guards and isolations (portpolicy.go), guarded by
+	// mu; ppMu serialises their applications and ppSaveMu the writes of
+	// their file.
+	pp       portPolicies
+	ppMu     sync.Mutex
+	ppSaveMu sync.Mutex
 }
 
 // quarantine is one port's quarantine: the intent that its owner applies.
@@ -151,6 +162,7 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 		owners:   make(map[string]*owner.Port),
 		auto:     auto.New(log),
 		bl:       baselines{cli: map[string]baselineEntry{}, present: map[string]bool{}},
+		pp:       portPolicies{guards: map[string]guardEntry{}, isolations: map[string]portpolicy.Isolate{}},
 	}
 	if m.host == nil {
 		m.host = host.System{}

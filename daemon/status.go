@@ -86,6 +86,9 @@ func (m *Manager) Status(port string) (api.Status, error) {
 	if st.Baselines, err = m.BaselineStatus(port); err != nil {
 		m.log.Warn("status: cannot read the baseline's counters", "err", err)
 	}
+	if st.Guards, st.Isolations, err = m.PolicyStatus(port); err != nil {
+		m.log.Warn("status: cannot read the guards' and isolations' counters", "err", err)
+	}
 	for i := range st.Quarantines {
 		addOutside(&st.Quarantines[i], sps[i])
 	}

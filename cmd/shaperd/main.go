@@ -91,7 +91,7 @@ other commands talk to it over its control socket.`,
 	})
 	root.Version = versionLine()
 	root.SetVersionTemplate("{{.Version}}\n")
-	root.AddCommand(newRunCmd(g), newQuarantineCmd(g), newSetCmd(g), newReleaseCmd(g), newBaselineCmd(g), newStatusCmd(g), newTopCmd(g), newQuotaCmd(g), newVersionCmd(), newCheckConfigCmd(), newManCmd())
+	root.AddCommand(newRunCmd(g), newQuarantineCmd(g), newSetCmd(g), newReleaseCmd(g), newBaselineCmd(g), newGuardCmd(g), newIsolateCmd(g), newStatusCmd(g), newTopCmd(g), newQuotaCmd(g), newVersionCmd(), newCheckConfigCmd(), newManCmd())
 	addPortCompletion(root, g)
 	return root
 }

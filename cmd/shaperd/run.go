@@ -24,6 +24,7 @@ import (
 	"github.com/shaperd/shaperd/daemon"
 	"github.com/shaperd/shaperd/internal/version"
 	"github.com/shaperd/shaperd/metrics"
+	"github.com/shaperd/shaperd/portpolicy"
 	"github.com/shaperd/shaperd/splice/backends"
 )
 
@@ -207,8 +208,13 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 	if err != nil {
 		return &exitError{code: 1, err: err}
 	}
+	pp, err := portpolicy.New(portpolicy.Options{Logger: log})
+	if err != nil {
+		return &exitError{code: 1, err: err}
+	}
 	m := daemon.NewWithOptions(log, daemon.Options{
 		Baseline:      bl,
+		PortPolicy:    pp,
 		StateDir:      cfg.StateDir,
 		PendingTTL:    ttl,
 		ForwarderNice: *cfg.ForwarderNice,
@@ -290,6 +296,10 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 	// daemon running (quarantines do not need it) and says so.
 	if err := m.RestoreBaselines(baselineRules(cfg)); err != nil {
 		log.Error("baseline: not applied at start", "err", err)
+	}
+	// The guards and isolations likewise (adopted, not duplicated).
+	if err := m.RestorePortPolicies(); err != nil {
+		log.Error("guard and isolate: not applied at start", "err", err)
 	}
 	go func() {
 		t := time.NewTicker(500 * time.Millisecond)

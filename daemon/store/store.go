@@ -156,14 +156,8 @@ func SaveTenants(dir string, entries []Tenant, now time.Time) error {
 // none, ErrCorrupt if it cannot be trusted.
 func LoadTenants(dir string) ([]Tenant, error) {
 	var body tenantsBody
-	if err := statefile.Read(filepath.Join(dir, TenantsFile), &body); err != nil {
-		if errors.Is(err, statefile.ErrCorrupt) {
-			return nil, fmt.Errorf("%w: %s: %s", ErrCorrupt, TenantsFile, statefile.Reason(err))
-		}
+	if err := readVersion1(dir, TenantsFile, &body, &body.Version); err != nil {
 		return nil, err
-	}
-	if body.Version != 1 {
-		return nil, fmt.Errorf("%w: %s: version %d, want 1", ErrCorrupt, TenantsFile, body.Version)
 	}
 	return body.Tenants, nil
 }
@@ -197,14 +191,70 @@ func SaveBaselines(dir string, entries []Baseline, now time.Time) error {
 // is none, ErrCorrupt if it cannot be trusted.
 func LoadBaselines(dir string) ([]Baseline, error) {
 	var body baselinesBody
-	if err := statefile.Read(filepath.Join(dir, BaselinesFile), &body); err != nil {
-		if errors.Is(err, statefile.ErrCorrupt) {
-			return nil, fmt.Errorf("%w: %s: %s", ErrCorrupt, BaselinesFile, statefile.Reason(err))
-		}
+	if err := readVersion1(dir, BaselinesFile, &body, &body.Version); err != nil {
 		return nil, err
 	}
-	if body.Version != 1 {
-		return nil, fmt.Errorf("%w: %s: version %d, want 1", ErrCorrupt, BaselinesFile, body.Version)
-	}
 	return body.Baselines, nil
+}
+
+// PortPoliciesFile is the name of the guards' and isolations' file in the
+// state directory.
+const PortPoliciesFile = "portpolicies.json"
+
+type portPoliciesBody struct {
+	Version  int          `json:"version"`
+	Written  time.Time    `json:"written"`
+	Policies []PortPolicy `json:"policies"`
+}
+
+// PortPolicy is one port's guard and/or isolation (shaperd guard, shaperd
+// isolate), in the command line's words, with the addresses a guard
+// learned.
+type PortPolicy struct {
+	Port      string     `json:"port"`
+	Guard     *GuardAddr `json:"guard,omitempty"`
+	AllowFrom string     `json:"allow_from,omitempty"`
+}
+
+// GuardAddr is a guard's addresses and where they were learned (empty:
+// given).
+type GuardAddr struct {
+	MAC         string   `json:"mac"`
+	IP          string   `json:"ip"`
+	IPv6        string   `json:"ipv6,omitempty"`
+	LearnedFrom []string `json:"learned_from,omitempty"`
+}
+
+// SavePortPolicies replaces the port policies file in dir atomically.
+func SavePortPolicies(dir string, entries []PortPolicy, now time.Time) error {
+	if entries == nil {
+		entries = []PortPolicy{}
+	}
+	return statefile.Write(filepath.Join(dir, PortPoliciesFile), portPoliciesBody{Version: 1, Written: now.UTC(), Policies: entries}, false)
+}
+
+// LoadPortPolicies reads the port policies file in dir: os.ErrNotExist if
+// there is none, ErrCorrupt if it cannot be trusted.
+func LoadPortPolicies(dir string) ([]PortPolicy, error) {
+	var body portPoliciesBody
+	if err := readVersion1(dir, PortPoliciesFile, &body, &body.Version); err != nil {
+		return nil, err
+	}
+	return body.Policies, nil
+}
+
+// readVersion1 reads file in dir into body, whose version field is
+// version: os.ErrNotExist if there is none, ErrCorrupt if it cannot be
+// trusted or is not version 1.
+func readVersion1(dir, file string, body any, version *int) error {
+	if err := statefile.Read(filepath.Join(dir, file), body); err != nil {
+		if errors.Is(err, statefile.ErrCorrupt) {
+			return fmt.Errorf("%w: %s: %s", ErrCorrupt, file, statefile.Reason(err))
+		}
+		return err
+	}
+	if *version != 1 {
+		return fmt.Errorf("%w: %s: version %d, want 1", ErrCorrupt, file, *version)
+	}
+	return nil
 }

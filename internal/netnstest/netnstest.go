@@ -8,6 +8,8 @@
 package netnstest
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"os"
 	"os/exec"
 	"testing"
@@ -31,4 +33,30 @@ func Require(t testing.TB, tools ...string) {
 			t.Fatalf("SHAPERD_NETNS=1 but %s is not on PATH: install it (scripts/deps.sh does)", tool)
 		}
 	}
+}
+
+// Namespace makes a named network namespace (prefix and random hex,
+// at most 15 characters), removed at t's cleanup, after Require(t, "ip").
+// It returns the name and an open file descriptor of it, closed at cleanup.
+func Namespace(t testing.TB, prefix string) (string, int) {
+	t.Helper()
+	Require(t, "ip")
+	b := make([]byte, 3)
+	rand.Read(b)
+	name := prefix + hex.EncodeToString(b)
+	if out, err := exec.Command("ip", "netns", "add", name).CombinedOutput(); err != nil {
+		t.Fatalf("ip netns add %s: %v\n%s", name, err, out)
+	}
+	f, err := os.Open("/run/netns/" + name)
+	if err != nil {
+		exec.Command("ip", "netns", "delete", name).Run()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		f.Close()
+		if out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput(); err != nil {
+			t.Errorf("ip netns delete %s: %v\n%s", name, err, out)
+		}
+	})
+	return name, int(f.Fd())
 }
