@@ -24,7 +24,7 @@ func TestScale100Ports(t *testing.T) {
 	for _, tc := range []struct {
 		mode  string
 		bound time.Duration
-	}{{"bridge", 10 * time.Second}} {
+	}{{"bridge", 10 * time.Second}, {"ovs", 30 * time.Second}} {
 		t.Run(tc.mode, func(t *testing.T) { testScale(t, tc.mode, tc.bound) })
 	}
 }

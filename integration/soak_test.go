@@ -13,12 +13,12 @@ import (
 	"time"
 )
 
-// soakDuration is how long TestSoakRotatingFloods runs: 60 s in make
+// soakDuration is how long TestSoakRotatingFloods runs: 50 s in make
 // test, SHAPERD_SOAK (a Go duration, such as 30m) for `make soak`.
 func soakDuration(t *testing.T) time.Duration {
 	v := os.Getenv("SHAPERD_SOAK")
 	if v == "" {
-		return 60 * time.Second
+		return 50 * time.Second
 	}
 	d, err := time.ParseDuration(v)
 	if err != nil || d < time.Minute {
@@ -30,7 +30,7 @@ func soakDuration(t *testing.T) time.Duration {
 // TestSoakRotatingFloods: ten ports quarantined on the Linux bridge (the
 // lab's two VMs and eight more, each in a namespace of its own), a
 // max-rate flood of 250-byte frames moving from port to port (10 s on each,
-// 3 s in runs under 10 minutes). After the warm-up (the first full
+// 2 s in runs under 10 minutes). After the warm-up (the first full
 // rotation: every port has had its flood) the daemon's RSS and
 // goroutine count stay within 5% of where they were, every counter of
 // the metrics only grows, and the daemon logs nothing above INFO.
@@ -72,7 +72,7 @@ func TestSoakRotatingFloods(t *testing.T) {
 	// after which every port has had its flood (and its buffers).
 	step := 10 * time.Second
 	if dur < 10*time.Minute {
-		step = 3 * time.Second
+		step = 2 * time.Second
 	}
 	start := time.Now()
 	var warm time.Duration
