@@ -36,13 +36,21 @@ func TestKill9Random(t *testing.T) {
 		l.sh(hv, fmt.Sprintf("ip link add %s type veth peer name vmkp-%d && ip link set vmkp-%d up && ip link set %s master %s up", p, i, i, p, br))
 		ports = append(ports, p)
 	}
+	l.kill9Rounds(t, ports, 20, l.checkConsistent)
+}
+
+// kill9Rounds quarantines, sets and releases ports at random and kills the
+// daemon at a random instant in each of rounds bursts, checking the host
+// with check after each restart; then it releases everything and compares
+// the host with how it was before the first quarantine.
+func (l *lab) kill9Rounds(t *testing.T, ports []string, rounds int, check func(*testing.T, int, *daemon, []string, map[string]map[float64]bool)) {
 	dir := t.TempDir()
 	d := l.startDaemonIn(dir)
 	before := l.snapshot()
 	rng := rand.New(rand.NewPCG(17, uint64(time.Now().UnixNano())))
 	asked := map[string]map[float64]bool{} // port -> every --pps asked of it
 	var worst time.Duration
-	for round := range 20 {
+	for round := range rounds {
 		// A burst: each port gets one command, in parallel.
 		var wg sync.WaitGroup
 		for _, p := range ports {
@@ -73,9 +81,9 @@ func TestKill9Random(t *testing.T) {
 		if took := time.Since(start); took > worst {
 			worst = took
 		}
-		l.checkConsistent(t, round, d, ports, asked)
+		check(t, round, d, ports, asked)
 	}
-	t.Logf("20 kills; the slowest restart answered after %v", worst.Round(time.Millisecond))
+	t.Logf("%d kills; the slowest restart answered after %v", rounds, worst.Round(time.Millisecond))
 	if code, out, errs := d.cli("release", "--all"); code != 0 && code != 3 {
 		t.Fatalf("release --all: exit %d %s%s", code, out, errs)
 	}
