@@ -96,11 +96,12 @@ bench-smoke: deps build tools
 # TestSoakRotatingFloods for SOAK (default 30m) instead of the 50 s it runs
 # in make test: max-rate floods rotating across 10 quarantined ports, RSS
 # and goroutines within 5% after the warm-up, counters monotonic, nothing
-# logged above INFO (docs/scale.md); and TestKill9RandomOVS (the soak build
-# tag): kill -9 at 20 random instants on an OVS bridge (docs/faults.md).
+# logged above INFO (docs/scale.md); and, under the soak build tag,
+# TestKill9RandomOVS (kill -9 at 20 random instants on an OVS bridge,
+# docs/faults.md) and TestScale100PortsOVS (100 OVS ports, docs/scale.md).
 SOAK ?= 30m
 soak: deps build tools
-	flock $(NETNS_LOCK) env SHAPERD_NETNS=1 SHAPERD_BIN=$(CURDIR)/$(BIN) SHAPERD_SOAK=$(SOAK) $(GO) test -tags soak -count=1 -timeout 0 -v -run '^(TestSoakRotatingFloods|TestKill9RandomOVS)$$' ./integration/
+	flock $(NETNS_LOCK) env SHAPERD_NETNS=1 SHAPERD_BIN=$(CURDIR)/$(BIN) SHAPERD_SOAK=$(SOAK) $(GO) test -tags soak -count=1 -timeout 0 -v -run '^(TestSoakRotatingFloods|TestKill9RandomOVS|TestScale100PortsOVS)$$' ./integration/
 
 lint:
 	gofmt -l . | (! grep .)
