@@ -7,15 +7,11 @@ package integration
 // soak (the soak build tag), with the long soak.
 
 import (
-	"encoding/json"
 	"fmt"
 	"regexp"
-	"sort"
-	"strings"
 	"testing"
 
 	"github.com/shaperd/shaperd/api"
-	"github.com/shaperd/shaperd/splice"
 )
 
 // TestKill9RandomOVS is TestKill9Random on an OVS bridge: ten ports, 20
@@ -41,54 +37,24 @@ func TestKill9RandomOVS(t *testing.T) {
 
 var spliceCookie = regexp.MustCompile(`cookie=(0x5351[0-9a-f]{12})`)
 
-// checkConsistentOVS is checkConsistent for an OVS bridge.
+// checkConsistentOVS is kill9Check on an OVS bridge: a quarantined port
+// has the splice's XDP program, any other none; the bridge holds the flows
+// of as many splice cookies as there are quarantines.
 func (l *lab) checkConsistentOVS(t *testing.T, round int, d *daemon, ports []string, asked map[string]map[float64]bool) {
 	t.Helper()
-	var st api.Status
-	if err := json.Unmarshal([]byte(d.must("status", "--json")), &st); err != nil {
-		t.Fatal(err)
-	}
-	q := map[string]api.Quarantine{}
-	for _, x := range st.Quarantines {
-		q[x.Port] = x
-	}
-	links := l.spliceLinks()
-	sort.Strings(links)
-	var want, summary []string
-	for _, p := range ports {
-		vm, nt := splice.TapNames(p)
-		x, quarantined := q[p]
-		xdp := l.portHasXDP(p)
-		if quarantined {
-			summary = append(summary, p+"="+string(x.State))
-			if x.State != "active" {
-				t.Errorf("round %d: %s is %s after the restart, want active (its port is there)", round, p, x.State)
-				continue
-			}
-			if pps := x.Directions.FromVM.Limits.PPS; pps == nil || !asked[p][*pps] {
-				t.Errorf("round %d: %s quarantined with %v pps, never asked for", round, p, x.Directions.FromVM.Limits.PPS)
-			}
-			if !xdp {
-				t.Errorf("round %d: %s quarantined but no XDP program on the port", round, p)
-			}
-			want = append(want, vm, nt, splice.PriorityTapName(p))
-		} else if xdp {
-			t.Errorf("round %d: %s not quarantined but an XDP program is on the port", round, p)
+	l.kill9Check(t, round, d, ports, asked, func(p string, quarantined bool) string {
+		if xdp := l.portHasXDP(p); xdp != quarantined {
+			return fmt.Sprintf("XDP program on the port: %v", xdp)
 		}
-	}
-	sort.Strings(want)
-	if strings.Join(links, " ") != strings.Join(want, " ") {
-		t.Errorf("round %d: splice links %v, want %v (those of the quarantines)", round, links, want)
-	}
-	cookies := map[string]bool{}
-	for _, m := range spliceCookie.FindAllStringSubmatch(l.sh(l.get("HV_NS"), "ovs-ofctl dump-flows "+l.get("OVS_BRIDGE")+" --no-stats"), -1) {
-		cookies[m[1]] = true
-	}
-	if len(cookies) != len(st.Quarantines) {
-		t.Errorf("round %d: flows of %d splice cookies on the bridge for %d quarantines", round, len(cookies), len(st.Quarantines))
-	}
-	t.Logf("round %d: %d quarantined %v", round, len(summary), summary)
-	if t.Failed() {
-		t.Fatalf("daemon log:\n%s", d.logBuf.String())
-	}
+		return ""
+	}, func(st api.Status) string {
+		cookies := map[string]bool{}
+		for _, m := range spliceCookie.FindAllStringSubmatch(l.sh(l.get("HV_NS"), "ovs-ofctl dump-flows "+l.get("OVS_BRIDGE")+" --no-stats"), -1) {
+			cookies[m[1]] = true
+		}
+		if len(cookies) != len(st.Quarantines) {
+			return fmt.Sprintf("flows of %d splice cookies on the bridge for %d quarantines", len(cookies), len(st.Quarantines))
+		}
+		return ""
+	})
 }

@@ -92,10 +92,14 @@ func (l *lab) kill9Rounds(t *testing.T, ports []string, rounds int, check func(*
 	}
 }
 
-// checkConsistent checks the host against the restarted daemon's status.
-func (l *lab) checkConsistent(t *testing.T, round int, d *daemon, ports []string, asked map[string]map[float64]bool) {
+// kill9Check checks the host against the restarted daemon's status after
+// a round: each port is active with a --pps it was asked for or not
+// quarantined, and plumbed as its state says (portOK: "" if so, else what
+// is wrong); no splice link is left that no quarantine names; and extra,
+// if not nil, holds for the whole status.
+func (l *lab) kill9Check(t *testing.T, round int, d *daemon, ports []string, asked map[string]map[float64]bool,
+	portOK func(port string, quarantined bool) string, extra func(api.Status) string) {
 	t.Helper()
-	hv := l.get("HV_NS")
 	var st api.Status
 	if err := json.Unmarshal([]byte(d.must("status", "--json")), &st); err != nil {
 		t.Fatal(err)
@@ -106,15 +110,10 @@ func (l *lab) checkConsistent(t *testing.T, round int, d *daemon, ports []string
 	}
 	links := l.spliceLinks()
 	sort.Strings(links)
-	var want []string
-	members := l.sh(hv, "bridge link show")
-	var summary []string
+	var want, summary []string
 	for _, p := range ports {
 		vm, nt := splice.TapNames(p)
 		x, quarantined := q[p]
-		filters, _ := inNS(hv, "tc", "filter", "show", "dev", p, "ingress").CombinedOutput()
-		steering := strings.Contains(string(filters), "shq_tc_port")
-		member := regexp.MustCompile(`(?m)^\d+: ` + regexp.QuoteMeta(p) + `@\S+ .*master ` + l.get("BRIDGE")).MatchString(members)
 		if quarantined {
 			summary = append(summary, p+"="+string(x.State))
 			if x.State != "active" {
@@ -124,20 +123,41 @@ func (l *lab) checkConsistent(t *testing.T, round int, d *daemon, ports []string
 			if pps := x.Directions.FromVM.Limits.PPS; pps == nil || !asked[p][*pps] {
 				t.Errorf("round %d: %s quarantined with %v pps, never asked for", round, p, x.Directions.FromVM.Limits.PPS)
 			}
-			if !steering || member {
-				t.Errorf("round %d: %s quarantined but steering filter %v, still in the bridge %v", round, p, steering, member)
-			}
 			want = append(want, vm, nt, splice.PriorityTapName(p))
-		} else if steering || !member {
-			t.Errorf("round %d: %s not quarantined but steering filter %v, in the bridge %v", round, p, steering, member)
+		}
+		if bad := portOK(p, quarantined); bad != "" {
+			t.Errorf("round %d: %s (quarantined: %v): %s", round, p, quarantined, bad)
 		}
 	}
 	sort.Strings(want)
 	if strings.Join(links, " ") != strings.Join(want, " ") {
 		t.Errorf("round %d: splice links %v, want %v (those of the quarantines)", round, links, want)
 	}
+	if extra != nil {
+		if bad := extra(st); bad != "" {
+			t.Errorf("round %d: %s", round, bad)
+		}
+	}
 	t.Logf("round %d: %d quarantined %v", round, len(summary), summary)
 	if t.Failed() {
 		t.Fatalf("daemon log:\n%s", d.logBuf.String())
 	}
+}
+
+// checkConsistent is kill9Check on a Linux bridge: a quarantined port has
+// its steering filter and is out of the bridge; any other is a member
+// with no filter.
+func (l *lab) checkConsistent(t *testing.T, round int, d *daemon, ports []string, asked map[string]map[float64]bool) {
+	t.Helper()
+	hv := l.get("HV_NS")
+	members := l.sh(hv, "bridge link show")
+	l.kill9Check(t, round, d, ports, asked, func(p string, quarantined bool) string {
+		filters, _ := inNS(hv, "tc", "filter", "show", "dev", p, "ingress").CombinedOutput()
+		steering := strings.Contains(string(filters), "shq_tc_port")
+		member := regexp.MustCompile(`(?m)^\d+: ` + regexp.QuoteMeta(p) + `@\S+ .*master ` + l.get("BRIDGE")).MatchString(members)
+		if steering != quarantined || member == quarantined {
+			return fmt.Sprintf("steering filter %v, in the bridge %v", steering, member)
+		}
+		return ""
+	}, nil)
 }
