@@ -1,8 +1,10 @@
 package forward
 
 import (
+	"errors"
 	"log/slog"
 	"runtime"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -83,6 +85,9 @@ type reader struct {
 	// sleeps counts the sleeps of a coalescing reader, yields the
 	// yields (for tests).
 	sleeps, yields int
+	// idles counts the times it let go of its batch for want of frames
+	// (for tests, which read it while the reader waits).
+	idles atomic.Int32
 }
 
 func newReader(dev Device, coalesce time.Duration, locked bool) *reader {
@@ -113,7 +118,7 @@ func (r *reader) read() (int, time.Time, error) {
 		unix.Nanosleep(&r.ts, nil)
 		r.sleeps++
 	}
-	n, err := r.dev.Read(r.bufs, r.sizes[:len(r.bufs)], VnetHdrLen)
+	n, err := r.readBatch()
 	now := time.Now()
 	if n == len(r.bufs) {
 		r.full = now
@@ -131,6 +136,39 @@ func (r *reader) read() (int, time.Time, error) {
 	}
 	return n, now, err
 }
+
+// readBatch reads into every buffer. A reader holding more than one waits
+// at most shrinkAfter for the first frame, if its device can (an
+// IdleReader): an input that a flood left quiet lets go of the buffers
+// the flood made it add, rather than keeping them until its next frame,
+// which may never come (a port whose flood stopped; a queue that the next
+// flood's flows do not hash to). Without this, a daemon's heap holds the
+// batch of every input that ever had a flood, up to MaxReadBatch buffers
+// each: a soak of floods rotating over ten ports found its RSS 35% higher
+// after 7 minutes.
+func (r *reader) readBatch() (int, error) {
+	if len(r.bufs) > 1 {
+		if ir, ok := r.dev.(IdleReader); ok {
+			n, err := ir.ReadIdle(r.bufs, r.sizes[:len(r.bufs)], VnetHdrLen, shrinkAfter)
+			if err != ErrIdle {
+				return n, err
+			}
+			r.shrink(0)
+			r.idles.Add(1)
+		}
+	}
+	return r.dev.Read(r.bufs, r.sizes[:len(r.bufs)], VnetHdrLen)
+}
+
+// IdleReader is a Device whose Read can give up when no frame comes
+// within idle, returning ErrIdle and no frame. It returns early if a frame
+// comes; an interrupted wait may start idle again.
+type IdleReader interface {
+	ReadIdle(bufs [][]byte, sizes []int, offset int, idle time.Duration) (int, error)
+}
+
+// ErrIdle is what an IdleReader's ReadIdle returns when no frame came.
+var ErrIdle = errors.New("forward: no frame within the idle time")
 
 // shrinkAfter is how long a reader keeps the buffers a flood made it add
 // after its last full batch: then the next read lets go of those it did

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/songgao/water"
 	"golang.org/x/sys/unix"
@@ -239,6 +240,18 @@ func newTap(name string, fd int) (*tap, error) {
 // Read reads a batch (see Device). Errors other than a closed device are
 // the system call's errno.
 func (t *tap) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	return t.read(bufs, sizes, offset, -1)
+}
+
+// ReadIdle is Read, except that it returns ErrIdle if no frame came
+// within idle (see IdleReader).
+func (t *tap) ReadIdle(bufs [][]byte, sizes []int, offset int, idle time.Duration) (int, error) {
+	return t.read(bufs, sizes, offset, max(int(idle/time.Millisecond), 1))
+}
+
+// read reads a batch, waiting up to timeout milliseconds for its first
+// frame (-1: for ever).
+func (t *tap) read(bufs [][]byte, sizes []int, offset, timeout int) (int, error) {
 	t.mu.RLock()
 	defer t.mu.RUnlock()
 	n := 0
@@ -247,7 +260,7 @@ func (t *tap) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 			break
 		}
 		if t.drained {
-			if err := t.wait(); err != nil {
+			if err := t.wait(timeout); err != nil {
 				return n, err
 			}
 			t.drained = false
@@ -288,11 +301,14 @@ func (t *tap) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
 	return n, nil
 }
 
-// wait blocks in poll until the tap has a frame or Close was called.
-func (t *tap) wait() error {
+// wait blocks in poll until the tap has a frame or Close was called, or
+// for timeout milliseconds (-1: no limit; then it returns ErrIdle). An
+// interrupted poll starts its timeout again: it is a bound on idleness,
+// not a deadline.
+func (t *tap) wait(timeout int) error {
 	for {
 		t.pfd[0].Revents, t.pfd[1].Revents = 0, 0
-		_, err := unix.Poll(t.pfd[:], -1)
+		k, err := unix.Poll(t.pfd[:], timeout)
 		switch {
 		case err == unix.EINTR:
 			continue
@@ -300,6 +316,8 @@ func (t *tap) wait() error {
 			return err
 		case t.pfd[1].Revents != 0 || t.closing.Load():
 			return os.ErrClosed
+		case k == 0:
+			return ErrIdle
 		}
 		// POLLERR (the tap's device is gone) is left to read to report.
 		return nil

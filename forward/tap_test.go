@@ -263,3 +263,51 @@ func TestTapOffloadHeader(t *testing.T) {
 		}
 	})
 }
+
+// A reader that a flood made add buffers lets go of them when its tap has
+// been quiet for shrinkAfter, while it waits, not at its next frame, which
+// may never come; a pause shorter than that keeps them.
+func TestReaderLetsGoWhenQuiet(t *testing.T) {
+	inTapLab(t, func(l *tapLab) {
+		r := newReader(l.dev, 0, false)
+		send := func(n int) {
+			for i := range n {
+				if _, err := unix.Write(l.sock, testFrame(i, 60)); err != nil {
+					t.Fatal(err)
+				}
+			}
+		}
+		// readAll reads n frames, which may come in several batches.
+		readAll := func(n int) {
+			for got := 0; got < n; {
+				k, _, err := r.read()
+				if err != nil {
+					t.Fatal(err)
+				}
+				got += k
+			}
+		}
+		// A flood: whole batches queued before each read.
+		for len(r.bufs) < MaxReadBatch {
+			send(len(r.bufs))
+			readAll(len(r.bufs))
+		}
+		// A pause of a third of shrinkAfter: the batch stays.
+		go func() { time.Sleep(shrinkAfter / 3); send(1) }()
+		readAll(1)
+		if len(r.bufs) != MaxReadBatch || r.idles.Load() != 0 {
+			t.Fatalf("after a pause of %v: %d buffers, %d idles; want %d, 0", shrinkAfter/3, len(r.bufs), r.idles.Load(), MaxReadBatch)
+		}
+		// Quiet for longer than shrinkAfter: let go while waiting.
+		released := make(chan int32, 1)
+		go func() {
+			time.Sleep(shrinkAfter * 3 / 2)
+			released <- r.idles.Load() // read while the reader waits in poll
+			send(1)
+		}()
+		readAll(1)
+		if n := <-released; n != 1 || len(r.bufs) != 1 {
+			t.Fatalf("quiet for %v: %d idles before the next frame, %d buffers after it; want 1, 1", shrinkAfter*3/2, n, len(r.bufs))
+		}
+	})
+}

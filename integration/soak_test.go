@@ -98,6 +98,7 @@ func TestSoakRotatingFloods(t *testing.T) {
 				warm, logFrom = el, len(d.logBuf.String())
 			}
 			samples = append(samples, sampleAt{el, int(rssKB(t, pid)), l.goroutines(metricsAddr)})
+			t.Logf("%v %s", el.Round(time.Second), memBreakdown(t, pid, m))
 		}
 	}
 	if len(samples) < 5 {
@@ -154,6 +155,33 @@ func checkMonotonic(t *testing.T, prev, cur scraped) {
 			}
 		}
 	}
+}
+
+// memBreakdown says where the daemon's memory is: the kernel's view
+// (anonymous and file-backed RSS, threads) and the Go runtime's (heap in
+// use, heap held but free, stacks, the next GC's goal), in MB.
+func memBreakdown(t *testing.T, pid int, m scraped) string {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := map[string]string{}
+	for _, line := range strings.Split(string(b), "\n") {
+		if k, v, ok := strings.Cut(line, ":"); ok {
+			kv[k] = strings.TrimSpace(v)
+		}
+	}
+	g := func(name string) float64 {
+		if s := m[name]; len(s) == 1 {
+			return s[0].value / (1 << 20)
+		}
+		return -1
+	}
+	return fmt.Sprintf("RSS %s (anon %s, file %s), threads %s; go: heap in use %.1f, idle %.1f, released %.1f, stacks %.1f, sys %.1f, next GC %.1f MB",
+		kv["VmRSS"], kv["RssAnon"], kv["RssFile"], kv["Threads"],
+		g("go_memstats_heap_inuse_bytes"), g("go_memstats_heap_idle_bytes"), g("go_memstats_heap_released_bytes"),
+		g("go_memstats_stack_inuse_bytes"), g("go_memstats_sys_bytes"), g("go_memstats_next_gc_bytes"))
 }
 
 func abs(x float64) float64 {
