@@ -284,6 +284,50 @@ func TestReaderShrinksAfterAFlood(t *testing.T) {
 	}
 }
 
+// counted is an input Device that returns n frames per Read (at most as
+// many as it is given buffers), without allocating.
+type counted struct{ n int }
+
+func (d *counted) Read(bufs [][]byte, sizes []int, offset int) (int, error) {
+	k := min(d.n, len(bufs))
+	for i := range k {
+		sizes[i] = 60
+	}
+	return k, nil
+}
+func (d *counted) Write(bufs [][]byte, _ int) (int, error) { return len(bufs), nil }
+func (d *counted) Close() error                            { return nil }
+
+// A flood's batch shrinks and grows again many times; it grows into the
+// buffers its shrink set aside, allocating nothing.
+func TestReaderRegrowsIntoSpares(t *testing.T) {
+	dev := &counted{n: MaxReadBatch}
+	r := newReader(dev, 0, false)
+	grow := func() {
+		for len(r.bufs) < MaxReadBatch {
+			if _, _, err := r.read(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	grow()
+	cycle := func() {
+		dev.n = 1
+		r.full = r.full.Add(-shrinkAfter)
+		if k, _, _ := r.read(); k != 1 || len(r.bufs) != 1 {
+			t.Fatalf("read %d frames, %d buffers, a second after the last full batch; want 1, 1", k, len(r.bufs))
+		}
+		dev.n = MaxReadBatch
+		grow()
+	}
+	if a := testing.AllocsPerRun(20, cycle); a != 0 {
+		t.Errorf("%v allocations to shrink to 1 buffer and grow back to %d, want 0", a, MaxReadBatch)
+	}
+	if len(r.spare) != 0 {
+		t.Errorf("%d spares with the batch at its size, want 0", len(r.spare))
+	}
+}
+
 // TestReaderYieldsOnlyUnlocked: a reader yields to the scheduler every
 // yieldEvery, unless its goroutine is locked to its thread, where a yield
 // costs two thread wake-ups (see yieldEvery).

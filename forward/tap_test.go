@@ -306,8 +306,8 @@ func TestReaderLetsGoWhenQuiet(t *testing.T) {
 			send(1)
 		}()
 		readAll(1)
-		if n := <-released; n != 1 || len(r.bufs) != 1 {
-			t.Fatalf("quiet for %v: %d idles before the next frame, %d buffers after it; want 1, 1", shrinkAfter*3/2, n, len(r.bufs))
+		if n := <-released; n != 1 || len(r.bufs) != 1 || len(r.spare) != 0 {
+			t.Fatalf("quiet for %v: %d idles before the next frame, %d buffers and %d spares after it; want 1, 1, 0", shrinkAfter*3/2, n, len(r.bufs), len(r.spare))
 		}
 	})
 }
