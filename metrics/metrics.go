@@ -178,8 +178,9 @@ var (
 // Collector is a prometheus.Collector over a Source. It keeps no state
 // between scrapes. Safe for concurrent use if the Source is.
 type Collector struct {
-	src Source
-	now func() time.Time
+	src    Source
+	now    func() time.Time
+	series seriesCache
 }
 
 // NewCollector returns a collector reading src; now is the clock used for
@@ -204,6 +205,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
+	c.series.begin()
+	defer c.series.end()
 	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, version.Version(), version.Commit(), version.Go())
 	// Known states always appear, so that dashboards and alerts see 0
 	// rather than no data.
@@ -219,11 +222,11 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		if !q.Since.IsZero() {
 			ch <- prometheus.MustNewConstMetric(descSince, prometheus.GaugeValue, float64(q.Since.UnixNano())/1e9, q.Port)
 		}
-		collectDir(ch, q.Port, dirFromVM, &q.Directions.FromVM)
-		collectDir(ch, q.Port, dirToVM, &q.Directions.ToVM)
+		c.series.collectDir(ch, q.Port, dirFromVM, &q.Directions.FromVM)
+		c.series.collectDir(ch, q.Port, dirToVM, &q.Directions.ToVM)
 		if pm.Running {
-			collectFill(ch, q.Port, dirFromVM, &pm.FromVMFill)
-			collectFill(ch, q.Port, dirToVM, &pm.ToVMFill)
+			c.series.collectFill(ch, q.Port, dirFromVM, &pm.FromVMFill)
+			c.series.collectFill(ch, q.Port, dirToVM, &pm.ToVMFill)
 		}
 	}
 	for _, s := range sortedKeys(states) {
@@ -318,9 +321,9 @@ func collectQuota(ch chan<- prometheus.Metric, q *daemon.QuotaMetrics) {
 	}
 }
 
-func collectDir(ch chan<- prometheus.Metric, port, dir string, d *api.Direction) {
+func (sc *seriesCache) collectDir(ch chan<- prometheus.Metric, port, dir string, d *api.Direction) {
 	counter := func(desc *prometheus.Desc, v uint64, labels ...string) {
-		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), labels...)
+		ch <- sc.metric(desc, prometheus.CounterValue, float64(v), labels...)
 	}
 	for _, class := range sortedKeys(d.Classes) {
 		cs := d.Classes[class]
@@ -343,10 +346,10 @@ func collectDir(ch chan<- prometheus.Metric, port, dir string, d *api.Direction)
 	}
 	if b := d.Backstop; b != nil {
 		if b.PPS != nil {
-			ch <- prometheus.MustNewConstMetric(descBackstop, prometheus.GaugeValue, *b.PPS, port, dir, "aggregate")
+			ch <- sc.metric(descBackstop, prometheus.GaugeValue, *b.PPS, port, dir, "aggregate")
 		}
 		for _, c := range sortedKeys(b.Classes) {
-			ch <- prometheus.MustNewConstMetric(descBackstop, prometheus.GaugeValue, b.Classes[c], port, dir, c)
+			ch <- sc.metric(descBackstop, prometheus.GaugeValue, b.Classes[c], port, dir, c)
 		}
 	}
 	for _, b := range []struct {
@@ -354,21 +357,21 @@ func collectDir(ch chan<- prometheus.Metric, port, dir string, d *api.Direction)
 		l    api.Limits
 	}{{"aggregate", d.Limits}, {classify.Bypass.String(), d.BypassLimits}, {classify.Control.String(), d.ControlLimits}} {
 		if b.l.PPS != nil {
-			ch <- prometheus.MustNewConstMetric(descLimitPackets, prometheus.GaugeValue, *b.l.PPS, port, dir, b.name)
+			ch <- sc.metric(descLimitPackets, prometheus.GaugeValue, *b.l.PPS, port, dir, b.name)
 		}
 		if b.l.BitsPerSecond != nil {
-			ch <- prometheus.MustNewConstMetric(descLimitBytes, prometheus.GaugeValue, float64(*b.l.BitsPerSecond)/8, port, dir, b.name)
+			ch <- sc.metric(descLimitBytes, prometheus.GaugeValue, float64(*b.l.BitsPerSecond)/8, port, dir, b.name)
 		}
 	}
 }
 
-func collectFill(ch chan<- prometheus.Metric, port, dir string, f *forward.DirFill) {
+func (sc *seriesCache) collectFill(ch chan<- prometheus.Metric, port, dir string, f *forward.DirFill) {
 	one := func(budget string, b forward.BudgetFill) {
 		if b.PacketsLimited {
-			ch <- prometheus.MustNewConstMetric(descFill, prometheus.GaugeValue, b.Packets, port, dir, budget, "packets")
+			ch <- sc.metric(descFill, prometheus.GaugeValue, b.Packets, port, dir, budget, "packets")
 		}
 		if b.BytesLimited {
-			ch <- prometheus.MustNewConstMetric(descFill, prometheus.GaugeValue, b.Bytes, port, dir, budget, "bytes")
+			ch <- sc.metric(descFill, prometheus.GaugeValue, b.Bytes, port, dir, budget, "bytes")
 		}
 	}
 	one("aggregate", f.Aggregate)
