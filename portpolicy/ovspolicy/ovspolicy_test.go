@@ -231,7 +231,7 @@ func TestIsolateRules(t *testing.T) {
 // ovs-ofctl (parse-flows, no switch needed), when it is installed.
 func TestFlowsParse(t *testing.T) {
 	if _, err := exec.LookPath("ovs-ofctl"); err != nil {
-		t.Skip("ovs-ofctl not installed (scripts/deps.sh installs it)")
+		t.Fatal("ovs-ofctl not found: install openvswitch-switch (scripts/deps.sh does)")
 	}
 	g, iso := testGuard(t, "2001:2::/64"), testIsolate(t, "198.18.0.0/24")
 	p := Port{Name: "vm1", OFPort: 3, MACs: []net.HardwareAddr{vmMAC}}
