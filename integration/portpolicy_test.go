@@ -199,6 +199,34 @@ func (d *daemon) policies() ([]api.Guard, []api.Isolation) {
 	return st.Guards, st.Isolations
 }
 
+// ppMetrics is where the port policy tests' daemons serve /metrics (in
+// the lab's hypervisor namespace).
+const ppMetrics = "127.0.0.1:9750"
+
+// metricsMatch checks that /metrics has family's drops of port, every
+// reason, equal to drops (status's), retrying for a second while they
+// move (a VM's own neighbour discovery may add a drop in between).
+func (l *lab) metricsMatch(phase, family, port string, drops func() map[string]uint64) {
+	l.t.Helper()
+	var bad []string
+	for deadline := time.Now().Add(time.Second); ; time.Sleep(100 * time.Millisecond) {
+		want := drops()
+		m := l.scrape(ppMetrics)
+		bad = bad[:0]
+		for r, w := range want {
+			if got := m.value(l.t, family, "port", port, "reason", r); got != float64(w) {
+				bad = append(bad, fmt.Sprintf("%s: /metrics %s{port=%q,reason=%q} %.0f, status %d", phase, family, port, r, got, w))
+			}
+		}
+		if len(bad) == 0 || time.Now().After(deadline) {
+			break
+		}
+	}
+	for _, b := range bad {
+		l.t.Error(b)
+	}
+}
+
 // policyState is what a port policy changes on the lab's hypervisor: the
 // nftables ruleset and, on an OVS lab, the bridge's flows (without
 // counters, sorted).
@@ -279,7 +307,7 @@ func runGuardScenario(t *testing.T, mode string) {
 	const n = 10
 	before := l.policyState()
 	dir := t.TempDir()
-	d := l.startDaemonIn(dir)
+	d := l.startDaemonIn(dir, "--metrics-addr", ppMetrics)
 
 	// The control: without a guard, every kind crosses the bridge n times.
 	l.sendFrames(vm1, "eth0", n, built...)
@@ -379,13 +407,14 @@ func runGuardScenario(t *testing.T, mode string) {
 			t.Error(b)
 		}
 		t.Logf("%s: drops %v", phase, gs[0].Drops)
+		l.metricsMatch(phase, "shaperd_guard_drops_total", port, func() map[string]uint64 { gs, _ := d.policies(); return gs[0].Drops })
 		return c, gs[0].Drops
 	}
 	c1, d1 := check("guarded", c0, map[string]uint64{})
 
 	// kill -9 and a restart: adopted, not duplicated, still in force.
 	d.kill9()
-	d = l.startDaemonIn(dir)
+	d = l.startDaemonIn(dir, "--metrics-addr", ppMetrics)
 	if got := noCounters(l.policyState()); got != installed {
 		t.Fatalf("after kill -9 and a restart the ruleset or the flows differ:\n--- before\n%s\n--- after\n%s", installed, got)
 	}
@@ -487,7 +516,7 @@ func runIsolateScenario(t *testing.T, mode string) {
 
 	before := l.policyState()
 	dir := t.TempDir()
-	d := l.startDaemonIn(dir)
+	d := l.startDaemonIn(dir, "--metrics-addr", ppMetrics)
 
 	// The control.
 	if err := connect(vm1, extIP); err != nil {
@@ -566,6 +595,7 @@ func runIsolateScenario(t *testing.T, mode string) {
 				t.Errorf("%s: status counts no %s drop", phase, r)
 			}
 		}
+		l.metricsMatch(phase, "shaperd_isolate_drops_total", port, func() map[string]uint64 { _, is := d.policies(); return is[0].Drops })
 	}
 	checkIsolated("isolated")
 	installed := noCounters(l.policyState())
@@ -574,7 +604,7 @@ func runIsolateScenario(t *testing.T, mode string) {
 	}
 
 	d.kill9()
-	d = l.startDaemonIn(dir)
+	d = l.startDaemonIn(dir, "--metrics-addr", ppMetrics)
 	if got := noCounters(l.policyState()); got != installed {
 		t.Fatalf("after kill -9 and a restart the ruleset or the flows differ:\n--- before\n%s\n--- after\n%s", installed, got)
 	}
