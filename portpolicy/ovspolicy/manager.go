@@ -37,8 +37,8 @@ type Manager struct {
 	run ovssplice.ExecFunc
 	log *slog.Logger
 	// owners maps a policy cookie (reason 0) to its port and kind, as the
-	// last Apply installed it; bridges are the bridges it used. Guarded by
-	// mu.
+	// last Apply installed it; bridges are the bridges those are on, which
+	// Stats reads. Guarded by mu.
 	owners  map[uint64]owner
 	bridges []string
 }
@@ -196,7 +196,7 @@ func (m *Manager) Apply(desired map[string]portpolicy.Policy) error {
 		m.log.Info("ovspolicy: applied", "bridge", br, "changes", strings.Count(texts[br], "\n"))
 	}
 	if len(errs) == 0 {
-		m.owners, m.bridges = owners, bridges
+		m.owners, m.bridges = owners, nftutil.SortedKeys(want)
 	}
 	return errors.Join(errs...)
 }
