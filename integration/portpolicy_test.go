@@ -338,6 +338,10 @@ func runGuardScenario(t *testing.T, mode string) {
 		[]string{"isolate", "br0", "--allow-from", "198.18.0.0/24"},
 	)
 	l.badInput(d, 3, []string{"guard", "--remove", port}, []string{"isolate", "--remove", port})
+	if mode == "ovs" {
+		// The baseline's nftables bridge rules do not see an OVS port.
+		l.badInput(d, 2, []string{"baseline", port, "--pps", "1000"})
+	}
 
 	d.must("guard", port, "--mac", l.get("VM1_MAC"), "--ip", "198.18.0.11", "--ipv6", "2001:2::11/128")
 	gs, _ := d.policies()
