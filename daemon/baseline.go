@@ -174,6 +174,9 @@ func (m *Manager) SetBaseline(port string, spec api.BaselineLimits) (api.Baselin
 	if err != nil {
 		return api.Baseline{}, usagef("baseline %s: %v", port, err)
 	}
+	if m.onOVS(port) {
+		return api.Baseline{}, usagef("baseline %s: an Open vSwitch port: the baseline is nftables bridge rules, which do not see OVS ports (docs/baseline.md); nothing changed", port)
+	}
 	m.mu.Lock()
 	old, had := m.bl.cli[port]
 	m.bl.cli[port] = baselineEntry{spec: spec, limits: l}

@@ -15,6 +15,7 @@ import (
 	"github.com/shaperd/shaperd/daemon/hosttest"
 	"github.com/shaperd/shaperd/daemon/store"
 	"github.com/shaperd/shaperd/splice"
+	"github.com/shaperd/shaperd/splice/fakesplice"
 )
 
 // fakeBaseline records what the daemon applies, and checks that no Apply
@@ -283,5 +284,28 @@ func TestCheckBaselineRules(t *testing.T) {
 	defer m.Close()
 	if err := m.ConfigureBaselines([]BaselineRule{{Pattern: "vm-*", Limits: api.BaselineLimits{PPS: "1"}}}); !errors.Is(err, ErrNoBaseline) {
 		t.Fatalf("rules without an engine: %v", err)
+	}
+}
+
+// TestBaselineRefusesOVSPort: the baseline's nftables bridge rules do not
+// see Open vSwitch ports: a baseline on one is a usage error that applies
+// nothing; a Linux bridge port (or one that does not exist yet) is
+// accepted.
+func TestBaselineRefusesOVSPort(t *testing.T) {
+	fb := &fakeBaseline{t: t}
+	m := NewWithOptions(nil, Options{StateDir: t.TempDir(), Host: &hosttest.Host{}, Baseline: fb},
+		fakesplice.New("vm-1"), ovsFake{fakesplice.New("vm-ovs")})
+	fb.m = m
+	t.Cleanup(func() { m.Close() })
+	if _, err := m.SetBaseline("vm-ovs", api.BaselineLimits{PPS: "1000"}); !errors.Is(err, ErrUsage) || !strings.Contains(err.Error(), "Open vSwitch") {
+		t.Fatalf("baseline on an OVS port: %v, want ErrUsage naming Open vSwitch", err)
+	}
+	if fb.applies != 0 {
+		t.Fatalf("a refused baseline applied %d times", fb.applies)
+	}
+	for _, port := range []string{"vm-1", "vm-later"} {
+		if _, err := m.SetBaseline(port, api.BaselineLimits{PPS: "1000"}); err != nil {
+			t.Fatalf("baseline on %s: %v", port, err)
+		}
 	}
 }

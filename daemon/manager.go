@@ -67,6 +67,9 @@ type Options struct {
 	// PortPolicy is the kernel guard and isolation engine
 	// (*portpolicy.Manager); nil refuses guard and isolate.
 	PortPolicy PortPolicer
+	// OVSPortPolicy is the same for Open vSwitch ports
+	// (*ovspolicy.Manager: OpenFlow flows); nil refuses them.
+	OVSPortPolicy OVSPortPolicer
 }
 
 // Manager holds the quarantines of this host. Its methods are safe for
@@ -162,7 +165,7 @@ func NewWithOptions(log *slog.Logger, opt Options, backends ...splice.Backend) *
 		owners:   make(map[string]*owner.Port),
 		auto:     auto.New(log),
 		bl:       baselines{cli: map[string]baselineEntry{}, present: map[string]bool{}},
-		pp:       portPolicies{guards: map[string]guardEntry{}, isolations: map[string]portpolicy.Isolate{}},
+		pp:       portPolicies{guards: map[string]guardEntry{}, isolations: map[string]portpolicy.Isolate{}, ovs: map[string]bool{}},
 	}
 	if m.host == nil {
 		m.host = host.System{}

@@ -21,6 +21,16 @@ type PortPolicer interface {
 	Stats() (map[string]map[string]uint64, error)
 }
 
+// OVSPortPolicer is a PortPolicer for Open vSwitch ports
+// (*ovspolicy.Manager, or a fake in tests): its desired set holds OVS ports
+// only, under their own names. Check says, changing nothing, whether a
+// policy can be installed on a port (an error wrapping
+// portpolicy.ErrInvalid if not: no OpenFlow port, no MAC known).
+type OVSPortPolicer interface {
+	PortPolicer
+	Check(port string, p portpolicy.Policy) error
+}
+
 // ErrNoPortPolicy means the daemon runs without a port policy engine.
 var ErrNoPortPolicy = errors.New("guard and isolate: not available in this daemon")
 
@@ -29,6 +39,11 @@ var ErrNoPortPolicy = errors.New("guard and isolate: not available in this daemo
 type portPolicies struct {
 	guards     map[string]guardEntry
 	isolations map[string]portpolicy.Isolate
+	// ovs are the ports above that are Open vSwitch ports: their policies
+	// go to Options.OVSPortPolicy. ovsApplied: the last OVS set applied
+	// was not empty (so an empty one must be applied to remove it).
+	ovs        map[string]bool
+	ovsApplied bool
 }
 
 type guardEntry struct {
@@ -48,47 +63,82 @@ func bridgeSides(port string) []string {
 	return []string{port, nt, fb}
 }
 
+// onOVS reports whether port is an Open vSwitch port (the OVS backend
+// handles it; a spliced OVS port stays in its bridge).
+func (m *Manager) onOVS(port string) bool {
+	for _, b := range m.backends {
+		if b.Name() == "ovs" {
+			ok, _ := b.Handles(port)
+			return ok
+		}
+	}
+	return false
+}
+
 // checkPolicyPort refuses, as a usage error, a port that guard or isolate
 // cannot protect: no such link, a splice's own link, not a veth or a tap,
-// or not on a Linux bridge (the rules are nftables bridge rules: an Open
-// vSwitch port would not see them). A quarantined port is accepted: its
-// splice stands in for it in the bridge.
-func (m *Manager) checkPolicyPort(cmd, port string) error {
+// or on no bridge; and an Open vSwitch port when the daemon has no OpenFlow
+// engine (see also checkOVS). A quarantined port is accepted: its
+// splice stands in for it in the bridge. It reports whether the port is
+// an Open vSwitch port (its policy is then OpenFlow flows, else nftables
+// bridge rules).
+func (m *Manager) checkPolicyPort(cmd, port string) (ovs bool, err error) {
 	if err := api.CheckPort(port); err != nil {
-		return err
+		return false, err
 	}
 	if strings.HasPrefix(port, splice.TapPrefix) {
-		return usagef("%s %s: a splice's own link, not a VM port", cmd, port)
+		return false, usagef("%s %s: a splice's own link, not a VM port", cmd, port)
+	}
+	kind, kerr := m.host.LinkKind(port)
+	if kerr == nil && (kind == "veth" || kind == "tuntap") && m.onOVS(port) {
+		if m.opt.OVSPortPolicy == nil {
+			return true, usagef("%s %s: an Open vSwitch port: this daemon has no OpenFlow port policy engine", cmd, port)
+		}
+		return true, nil
 	}
 	m.mu.Lock()
 	_, quarantined := m.q[port]
 	m.mu.Unlock()
 	if quarantined {
-		return nil
+		return false, nil
 	}
-	kind, err := m.host.LinkKind(port)
-	if err != nil {
-		return usagef("%s %s: no such port on this host", cmd, port)
+	if kerr != nil {
+		return false, usagef("%s %s: no such port on this host", cmd, port)
 	}
 	if kind != "veth" && kind != "tuntap" {
-		return usagef("%s %s: not a VM port: a %s, not a veth or a tap", cmd, port, kind)
+		return false, usagef("%s %s: not a VM port: a %s, not a veth or a tap", cmd, port, kind)
 	}
 	for _, b := range m.backends {
 		if ok, _ := b.Handles(port); ok {
-			if b.Name() == "ovs" {
-				return usagef("%s %s: an Open vSwitch port: guard and isolate are nftables bridge rules, for Linux bridge ports only in this version", cmd, port)
-			}
-			return nil
+			return false, nil
 		}
 	}
-	return usagef("%s %s: not a VM port: on no bridge", cmd, port)
+	return false, usagef("%s %s: not a VM port: on no bridge", cmd, port)
 }
 
-// policyDesiredLocked is the set to apply: every port's guard and
-// isolation under each of its bridgeSides.
-func (m *Manager) policyDesiredLocked() map[string]portpolicy.Policy {
-	out := map[string]portpolicy.Policy{}
+// checkOVS refuses, as a usage error, a policy that cannot be installed on
+// an Open vSwitch port (OVSPortPolicer.Check: no OpenFlow port number, no
+// VM MAC known for an isolation); nothing is changed.
+func (m *Manager) checkOVS(cmd, port string, pol portpolicy.Policy) error {
+	if err := m.opt.OVSPortPolicy.Check(port, pol); err != nil {
+		return usagef("%s %s: %v", cmd, port, err)
+	}
+	return nil
+}
+
+// policyDesiredLocked is the set to apply: every Linux bridge port's guard
+// and isolation under each of its bridgeSides (nft), and every Open vSwitch
+// port's under its own name (ovs: a splice sends the VM's frames back into
+// the bridge as if from the port).
+func (m *Manager) policyDesiredLocked() (nft, ovs map[string]portpolicy.Policy) {
+	out, ovs := map[string]portpolicy.Policy{}, map[string]portpolicy.Policy{}
 	set := func(port string, f func(*portpolicy.Policy)) {
+		if m.pp.ovs[port] {
+			p := ovs[port]
+			f(&p)
+			ovs[port] = p
+			return
+		}
 		for _, n := range bridgeSides(port) {
 			p := out[n]
 			f(&p)
@@ -103,7 +153,7 @@ func (m *Manager) policyDesiredLocked() map[string]portpolicy.Policy {
 		i := iso
 		set(port, func(p *portpolicy.Policy) { p.Isolate = &i })
 	}
-	return out
+	return out, ovs
 }
 
 // applyPolicies makes the kernel's port policies equal to the desired set
@@ -116,13 +166,44 @@ func (m *Manager) applyPolicies() error {
 	m.ppMu.Lock()
 	defer m.ppMu.Unlock()
 	m.mu.Lock()
-	desired := m.policyDesiredLocked()
+	desired, ovs := m.policyDesiredLocked()
+	ovsHad := m.pp.ovsApplied
 	m.mu.Unlock()
 	if err := m.opt.PortPolicy.Apply(desired); err != nil {
 		m.log.Error("portpolicy: cannot apply", "err", err)
 		return err
 	}
+	if m.opt.OVSPortPolicy == nil || (len(ovs) == 0 && !ovsHad) {
+		return nil
+	}
+	if err := m.opt.OVSPortPolicy.Apply(ovs); err != nil {
+		m.log.Error("portpolicy: cannot apply the OpenFlow port policies", "err", err)
+		return err
+	}
+	m.mu.Lock()
+	m.pp.ovsApplied = len(ovs) > 0
+	m.mu.Unlock()
 	return nil
+}
+
+// policyStats reads the drop counters of both engines, without
+// Manager.mu.
+func (m *Manager) policyStats() (map[string]map[string]uint64, error) {
+	stats, err := m.opt.PortPolicy.Stats()
+	m.mu.Lock()
+	ovsHad := m.pp.ovsApplied
+	m.mu.Unlock()
+	if m.opt.OVSPortPolicy == nil || !ovsHad {
+		return stats, err
+	}
+	os, oerr := m.opt.OVSPortPolicy.Stats()
+	if stats == nil {
+		stats = map[string]map[string]uint64{}
+	}
+	for port, rs := range os {
+		stats[port] = rs
+	}
+	return stats, errors.Join(err, oerr)
 }
 
 // changePolicy makes one change to the desired set: change runs under
@@ -170,7 +251,8 @@ func (m *Manager) SetGuard(req api.GuardRequest) (api.Guard, error) {
 	if m.opt.PortPolicy == nil {
 		return api.Guard{}, ErrNoPortPolicy
 	}
-	if err := m.checkPolicyPort("guard", req.Port); err != nil {
+	ovs, err := m.checkPolicyPort("guard", req.Port)
+	if err != nil {
 		return api.Guard{}, err
 	}
 	addr := store.GuardAddr{MAC: req.MAC, IP: req.IP, IPv6: req.IPv6}
@@ -198,8 +280,15 @@ func (m *Manager) SetGuard(req api.GuardRequest) (api.Guard, error) {
 	if err != nil {
 		return api.Guard{}, usagef("guard %s: %v", req.Port, err)
 	}
+	if ovs {
+		if err := m.checkOVS("guard", req.Port, portpolicy.Policy{Guard: &g}); err != nil {
+			return api.Guard{}, err
+		}
+	}
 	err = m.changePolicy(func() (func(), error) {
-		return setEntry(m.pp.guards, req.Port, guardEntry{addr: addr, guard: g}), nil
+		undoOVS := setEntry(m.pp.ovs, req.Port, ovs)
+		undo := setEntry(m.pp.guards, req.Port, guardEntry{addr: addr, guard: g})
+		return func() { undo(); undoOVS() }, nil
 	})
 	out := guardStatus(req.Port, guardEntry{addr: addr, guard: g}, nil)
 	if err == nil || errors.Is(err, ErrNotSaved) {
@@ -213,14 +302,24 @@ func (m *Manager) SetIsolate(port, allowFrom string) (api.Isolation, error) {
 	if m.opt.PortPolicy == nil {
 		return api.Isolation{}, ErrNoPortPolicy
 	}
-	if err := m.checkPolicyPort("isolate", port); err != nil {
+	ovs, err := m.checkPolicyPort("isolate", port)
+	if err != nil {
 		return api.Isolation{}, err
 	}
 	iso, err := portpolicy.ParseIsolate(allowFrom)
 	if err != nil {
 		return api.Isolation{}, usagef("isolate %s: %v", port, err)
 	}
-	err = m.changePolicy(func() (func(), error) { return setEntry(m.pp.isolations, port, iso), nil })
+	if ovs {
+		if err := m.checkOVS("isolate", port, portpolicy.Policy{Isolate: &iso}); err != nil {
+			return api.Isolation{}, err
+		}
+	}
+	err = m.changePolicy(func() (func(), error) {
+		undoOVS := setEntry(m.pp.ovs, port, ovs)
+		undo := setEntry(m.pp.isolations, port, iso)
+		return func() { undo(); undoOVS() }, nil
+	})
 	if err == nil || errors.Is(err, ErrNotSaved) {
 		m.log.Info("isolation set", "port", port, "allow_from", iso.AllowFrom.String())
 	}
@@ -318,8 +417,13 @@ func (m *Manager) RestorePortPolicies() error {
 		m.log.Error("port policies file unreadable: guards and isolations are not restored", "err", err)
 		return nil
 	}
+	ovs := map[string]bool{}
+	for _, e := range entries {
+		ovs[e.Port] = m.onOVS(e.Port)
+	}
 	m.mu.Lock()
 	for _, e := range entries {
+		m.pp.ovs[e.Port] = ovs[e.Port]
 		if e.Guard != nil {
 			g, err := portpolicy.ParseGuard(e.Guard.MAC, e.Guard.IP, e.Guard.IPv6)
 			if err != nil {
@@ -406,7 +510,7 @@ func (m *Manager) PolicyStatus(port string) ([]api.Guard, []api.Isolation, error
 	if len(gs)+len(is) == 0 {
 		return guards, isos, nil
 	}
-	stats, err := m.opt.PortPolicy.Stats()
+	stats, err := m.policyStats()
 	for p, e := range gs {
 		guards = append(guards, guardStatus(p, e, stats))
 	}

@@ -164,3 +164,94 @@ func TestPortPolicySetRemoveRestore(t *testing.T) {
 		t.Fatalf("after removing everything: %v", fp2.applied)
 	}
 }
+
+// ovsFake is a fake splice backend that calls itself "ovs".
+type ovsFake struct{ *fakesplice.Backend }
+
+func (ovsFake) Name() string { return "ovs" }
+
+// fakeOVSPolicer is a fakePolicer with Check.
+type fakeOVSPolicer struct {
+	fakePolicer
+	checkErr error
+	checks   int
+}
+
+func (f *fakeOVSPolicer) Check(port string, p portpolicy.Policy) error {
+	f.notUnderMu()
+	f.checks++
+	return f.checkErr
+}
+
+// TestPortPolicyOVSRouted: an Open vSwitch port's guard and isolation go
+// to the OpenFlow engine under the port's own name (not to nftables, not
+// under its splice's names); one the engine cannot install (Check) is a
+// usage error before any Apply; without an OpenFlow engine an OVS port is
+// refused; a restart routes it again; its drops show in status; removing
+// it applies an empty OpenFlow set.
+func TestPortPolicyOVSRouted(t *testing.T) {
+	dir := t.TempDir()
+	fp := &fakePolicer{t: t}
+	fo := &fakeOVSPolicer{fakePolicer: fakePolicer{t: t}}
+	h := &hosttest.Host{Kind: func(n string) (string, error) { return "veth", nil }}
+	newM := func(ovs OVSPortPolicer) *Manager {
+		m := NewWithOptions(nil, Options{StateDir: dir, Host: h, PortPolicy: fp, OVSPortPolicy: ovs},
+			fakesplice.New("vm-1"), ovsFake{fakesplice.New("vm-ovs")})
+		fp.m, fo.m = m, m
+		t.Cleanup(func() { m.Close() })
+		return m
+	}
+	m := newM(fo)
+	fo.checkErr = errors.New("no MAC")
+	if _, err := m.SetIsolate("vm-ovs", "198.18.0.0/24"); !errors.Is(err, ErrUsage) || fo.applies+fp.applies != 0 {
+		t.Fatalf("SetIsolate refused by Check: %v, %d applies", err, fo.applies+fp.applies)
+	}
+	fo.checkErr = nil
+	if _, err := m.SetGuard(api.GuardRequest{Port: "vm-ovs", MAC: "02:c6:12:00:00:11", IP: "198.18.0.11"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.SetIsolate("vm-ovs", "198.18.0.0/24"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m.SetIsolate("vm-1", "198.18.1.0/24"); err != nil {
+		t.Fatal(err)
+	}
+	if p, ok := fo.applied["vm-ovs"]; !ok || len(fo.applied) != 1 || p.Guard == nil || p.Isolate == nil {
+		t.Fatalf("OpenFlow engine applied %+v", fo.applied)
+	}
+	if _, ok := fp.applied["vm-ovs"]; ok || fp.applied["vm-1"].Isolate == nil {
+		t.Fatalf("nftables engine applied %+v", fp.applied)
+	}
+	fo.stats = map[string]map[string]uint64{"vm-ovs": {"guard_ip": 4, "isolate_udp": 2}}
+	gs, isos, err := m.PolicyStatus("vm-ovs")
+	if err != nil || len(gs) != 1 || gs[0].Drops["guard_ip"] != 4 || len(isos) != 1 || isos[0].Drops["isolate_udp"] != 2 {
+		t.Fatalf("status: %+v %+v %v", gs, isos, err)
+	}
+
+	// A restart routes it again, in one Apply each.
+	m.Close()
+	fo2 := &fakeOVSPolicer{fakePolicer: fakePolicer{t: t}}
+	m2 := newM(fo2)
+	if err := m2.RestorePortPolicies(); err != nil {
+		t.Fatal(err)
+	}
+	if fo2.applies != 1 || len(fo2.applied) != 1 || fo2.applied["vm-ovs"].Guard == nil {
+		t.Fatalf("restored: %d applies, %+v", fo2.applies, fo2.applied)
+	}
+	if err := m2.RemoveGuard("vm-ovs"); err != nil {
+		t.Fatal(err)
+	}
+	if err := m2.RemoveIsolate("vm-ovs"); err != nil {
+		t.Fatal(err)
+	}
+	if len(fo2.applied) != 0 {
+		t.Fatalf("after removal the OpenFlow engine has %+v", fo2.applied)
+	}
+
+	// Without an OpenFlow engine, an OVS port is refused.
+	m2.Close()
+	m3 := newM(nil)
+	if _, err := m3.SetGuard(api.GuardRequest{Port: "vm-ovs", MAC: "02:c6:12:00:00:11", IP: "198.18.0.11"}); !errors.Is(err, ErrUsage) {
+		t.Fatalf("no OpenFlow engine: %v", err)
+	}
+}

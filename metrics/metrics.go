@@ -133,6 +133,12 @@ var (
 	descBaselineDrops = prometheus.NewDesc("shaperd_baseline_drops_total",
 		"Frames the kernel baseline (nftables) dropped on a port, by reason; a quarantined port's splice counts under the port. Every reason is present from the start at 0.",
 		[]string{"port", "reason"}, nil)
+	descGuardDrops = prometheus.NewDesc("shaperd_guard_drops_total",
+		"Frames a kernel port guard (shaperd guard: nftables on a Linux bridge, OpenFlow flows on Open vSwitch) dropped from the VM, by reason; a quarantined port's splice counts under the port. Every reason is present from the start at 0.",
+		[]string{"port", "reason"}, nil)
+	descIsolateDrops = prometheus.NewDesc("shaperd_isolate_drops_total",
+		"Frames a one-way isolation (shaperd isolate) dropped to or from the VM, by reason; a quarantined port's splice counts under the port. Every reason is present from the start at 0.",
+		[]string{"port", "reason"}, nil)
 	descWatched = prometheus.NewDesc("shaperd_watched_ports",
 		"Ports whose counters the watch loop read at its latest step.",
 		nil, nil)
@@ -196,7 +202,7 @@ func NewCollector(src Source, now func() time.Time) *Collector {
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descFrames, descBytes, descDrops, descReadErrors, descPanics, descTapDrops, descKernelDrops, descKernelPassed, descBackstop, descFill,
 		descLimitPackets, descLimitBytes, descInfo, descSince, descCount, descBuild,
-		descStage, descNextTransition, descTransitions, descFlags, descAuto, descHooks, descAlerts, descHealth, descWatched, descBaselineDrops,
+		descStage, descNextTransition, descTransitions, descFlags, descAuto, descHooks, descAlerts, descHealth, descWatched, descBaselineDrops, descGuardDrops, descIsolateDrops,
 		descQuotaCommit, descQuotaPercentile, descQuotaProjected, descQuotaBurstUsed, descQuotaBurstLeft,
 		descQuotaUsed, descQuotaLimit, descQuotaBursting, descQuotaPackets, descQuotaBytes, descQuotaPort} {
 		ch <- d
@@ -268,6 +274,28 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
+	if ps, ok := c.src.(PolicySource); ok {
+		// As above: a failed read leaves the series out.
+		if gs, isos, err := ps.PolicyStatus(""); err == nil {
+			for _, g := range gs {
+				for _, r := range sortedKeys(g.Drops) {
+					ch <- prometheus.MustNewConstMetric(descGuardDrops, prometheus.CounterValue, float64(g.Drops[r]), g.Port, r)
+				}
+			}
+			for _, i := range isos {
+				for _, r := range sortedKeys(i.Drops) {
+					ch <- prometheus.MustNewConstMetric(descIsolateDrops, prometheus.CounterValue, float64(i.Drops[r]), i.Port, r)
+				}
+			}
+		}
+	}
+}
+
+// PolicySource is a Source that has port guards and isolations:
+// *daemon.Manager. The collector asks it at scrape time (a netlink read, or
+// an ovs-ofctl dump-flows, of the counters).
+type PolicySource interface {
+	PolicyStatus(port string) ([]api.Guard, []api.Isolation, error)
 }
 
 // BaselineSource is a Source that has kernel baselines: *daemon.Manager.

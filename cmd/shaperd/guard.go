@@ -31,10 +31,11 @@ func newGuardCmd(g *globals) *cobra.Command {
 	var req api.GuardRequest
 	cmd := &cobra.Command{
 		Use:   "guard PORT [--mac M --ip A[,A...]] [--ipv6 PREFIX] | guard --remove PORT",
-		Short: "Set or remove the kernel port guard (nftables) of one VM port",
+		Short: "Set or remove the kernel port guard (nftables, or OpenFlow on OVS) of one VM port",
 		Long: `Install the permanent anti-spoofing guard of a router's public port (seed
-001's publicrouter.of) on one VM port of a Linux bridge, without a splice, or
-remove it with --remove. From the VM it allows the DHCP client, ARP from its
+001's publicrouter.of) on one VM port of a Linux bridge (nftables) or of an
+Open vSwitch bridge (OpenFlow flows), without a splice, or remove it with
+--remove. From the VM it allows the DHCP client, ARP from its
 MAC for its addresses (or 0.0.0.0), IPv4 from its pinned addresses and, with
 --ipv6, IPv6 from that prefix and its link-local address with the neighbour
 discovery they need; it drops rogue DHCP server replies, neighbour discovery
@@ -95,8 +96,8 @@ func newIsolateCmd(g *globals) *cobra.Command {
 	var allow string
 	cmd := &cobra.Command{
 		Use:   "isolate PORT --allow-from CIDR | isolate --remove PORT",
-		Short: "Set or remove the one-way isolation (nftables) of one VM port",
-		Long: `Isolate one VM port of a Linux bridge the way seed 001 isolates a management
+		Short: "Set or remove the one-way isolation (nftables, or OpenFlow ct() on OVS) of one VM port",
+		Long: `Isolate one VM port of a Linux or Open vSwitch bridge the way seed 001 isolates a management
 leg (gw_mgmt): new connections from CIDR into the VM are allowed, the VM may
 answer on them and open nothing (new connections from the VM are dropped),
 ARP passes both ways, and frames with a multicast source MAC, UDP, IPv6 and

@@ -25,6 +25,7 @@ import (
 	"github.com/shaperd/shaperd/internal/version"
 	"github.com/shaperd/shaperd/metrics"
 	"github.com/shaperd/shaperd/portpolicy"
+	"github.com/shaperd/shaperd/portpolicy/ovspolicy"
 	"github.com/shaperd/shaperd/splice/backends"
 )
 
@@ -215,6 +216,7 @@ func runDaemon(cfg config.Config, cfgPath string, levelFromFlag bool, overlay fu
 	m := daemon.NewWithOptions(log, daemon.Options{
 		Baseline:      bl,
 		PortPolicy:    pp,
+		OVSPortPolicy: ovspolicy.New(ovspolicy.Options{Logger: log}),
 		StateDir:      cfg.StateDir,
 		PendingTTL:    ttl,
 		ForwarderNice: *cfg.ForwarderNice,

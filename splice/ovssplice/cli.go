@@ -369,8 +369,10 @@ func parsePortConfig(out []byte, port string) ([]string, bool) {
 	return nil, false
 }
 
-// learnedMACs parses `ovs-appctl fdb/show` and returns the unicast MACs
-// learned on OpenFlow port ofport.
+// LearnedMACs parses `ovs-appctl fdb/show` and returns the unicast MACs
+// learned on OpenFlow port ofport (package portpolicy/ovspolicy uses it too).
+func LearnedMACs(out []byte, ofport int) []net.HardwareAddr { return learnedMACs(out, ofport) }
+
 func learnedMACs(out []byte, ofport int) []net.HardwareAddr {
 	var macs []net.HardwareAddr
 	sc := bufio.NewScanner(bytes.NewReader(out))

@@ -16,6 +16,10 @@ import (
 const (
 	CookieTag  uint64 = 0x5351 << 48 // "SQ"
 	CookieMask uint64 = 0xffff << 48
+	// PolicyCookieTag tags the flows of the port guards and isolations
+	// (package portpolicy/ovspolicy): above the splice's priorities on
+	// purpose, so Splice does not warn about them.
+	PolicyCookieTag uint64 = 0x5350 << 48 // "SP"
 )
 
 // Group ids: groupBase | slot<<2 | k, with k one of the group kinds below.

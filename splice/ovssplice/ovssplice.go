@@ -401,7 +401,7 @@ func (s *spliced) choose(flows []flowEntry, groups map[uint32]string, taken map[
 		if usesMarkReg(f) {
 			return fmt.Errorf("ovssplice: bridge %s has a flow that uses reg12-reg15, which the OVS backend needs for its marks: %q", s.bridge, f.text)
 		}
-		if f.table == 0 && f.priority >= prioMulticast {
+		if f.table == 0 && f.priority >= prioMulticast && f.cookie&CookieMask != PolicyCookieTag {
 			high++
 		}
 	}

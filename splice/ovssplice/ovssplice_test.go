@@ -547,3 +547,23 @@ func TestTapNameTakenInOVS(t *testing.T) {
 		}
 	}
 }
+
+// TestChooseWarnsOfHighFlows: a flow of someone else's at the splice's
+// priorities or above is warned about; the port policies' flows
+// (PolicyCookieTag), above them on purpose, are not.
+func TestChooseWarnsOfHighFlows(t *testing.T) {
+	b := &Backend{cookie: randomCookie}
+	for _, c := range []struct {
+		cookie uint64
+		warn   bool
+	}{{0x1234, true}, {PolicyCookieTag | 0xabcdef00, false}} {
+		s := &spliced{b: b, bridge: "br0"}
+		fs := []flowEntry{{cookie: c.cookie, priority: 65500, text: "priority=65500,in_port=3 actions=drop"}}
+		if err := s.choose(fs, map[uint32]string{}, map[uint]bool{}); err != nil {
+			t.Fatal(err)
+		}
+		if got := len(s.warnings) > 0; got != c.warn {
+			t.Errorf("cookie %#x: warnings %q, want a warning: %v", c.cookie, s.warnings, c.warn)
+		}
+	}
+}

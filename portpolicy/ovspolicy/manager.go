@@ -1,0 +1,297 @@
+package ovspolicy
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/shaperd/shaperd/internal/nftutil"
+	"github.com/shaperd/shaperd/portpolicy"
+	"github.com/shaperd/shaperd/splice/ovssplice"
+)
+
+// Options configure a Manager.
+type Options struct {
+	// Run runs the OVS tools; nil means ovssplice.Exec (the real ones,
+	// which find the daemons through OVS_RUNDIR).
+	Run ovssplice.ExecFunc
+	// Logger receives one line per change; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Manager keeps the OVS flows of the port policies equal to the last
+// desired set given to Apply. Like portpolicy.Manager it reads what the
+// bridges hold on every Apply and changes only the difference, so a new
+// Manager (after a daemon restart) adopts the flows instead of duplicating
+// them. Safe for concurrent use; calls are serialised.
+type Manager struct {
+	mu  sync.Mutex
+	run ovssplice.ExecFunc
+	log *slog.Logger
+	// owners maps a policy cookie (reason 0) to its port and kind, as the
+	// last Apply installed it; bridges are the bridges those are on, which
+	// Stats reads. Guarded by mu.
+	owners  map[uint64]owner
+	bridges []string
+}
+
+type owner struct {
+	port string
+	kind kind
+}
+
+// New returns a Manager; it changes nothing.
+func New(opts Options) *Manager {
+	m := &Manager{run: opts.Run, log: opts.Logger, owners: map[uint64]owner{}}
+	if m.run == nil {
+		m.run = ovssplice.Exec
+	}
+	if m.log == nil {
+		m.log = slog.Default()
+	}
+	return m
+}
+
+const timeout = "--timeout=10"
+
+func (m *Manager) vsctl(args ...string) ([]byte, error) {
+	return m.run(nil, "ovs-vsctl", append([]string{timeout}, args...)...)
+}
+
+// Locate returns port's bridge and where its flows go: its OpenFlow
+// number and, with macs, the VM's MACs (external_ids:attached-mac, as
+// libvirt and OpenStack set it, and what the bridge learned on the port).
+// An error wraps portpolicy.ErrInvalid when the port cannot have flows:
+// not an OVS port, no OpenFlow number, no MAC known.
+func (m *Manager) Locate(port string, macs bool) (string, Port, error) {
+	p := Port{Name: port}
+	out, err := m.vsctl("port-to-br", port, "--", "get", "Interface", port, "ofport",
+		"--", "--if-exists", "get", "Interface", port, "external_ids:attached-mac")
+	if err != nil {
+		return "", p, fmt.Errorf("%w: %s is not a port of an Open vSwitch bridge (%v)", portpolicy.ErrInvalid, port, err)
+	}
+	f := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
+	if len(f) < 2 {
+		return "", p, fmt.Errorf("ovspolicy: ovs-vsctl about %s: unexpected answer %q", port, out)
+	}
+	br := strings.TrimSpace(f[0])
+	if p.OFPort, err = strconv.Atoi(strings.TrimSpace(f[1])); err != nil || p.OFPort <= 0 || p.OFPort >= 0xff00 {
+		return "", p, fmt.Errorf("%w: %s has no OpenFlow port number on %s (%q)", portpolicy.ErrInvalid, port, br, strings.TrimSpace(f[1]))
+	}
+	if !macs {
+		return br, p, nil
+	}
+	if len(f) > 2 {
+		if mac, err := net.ParseMAC(strings.Trim(strings.TrimSpace(f[2]), `"`)); err == nil && mac[0]&1 == 0 {
+			p.MACs = append(p.MACs, mac)
+		}
+	}
+	if fdb, err := m.run(nil, "ovs-appctl", timeout, "fdb/show", br); err == nil {
+		for _, mac := range ovssplice.LearnedMACs(fdb, p.OFPort) {
+			if !slices.ContainsFunc(p.MACs, func(x net.HardwareAddr) bool { return bytes.Equal(x, mac) }) {
+				p.MACs = append(p.MACs, mac)
+			}
+		}
+	}
+	if len(p.MACs) == 0 {
+		return "", p, fmt.Errorf("%w: cannot tell the MAC address of the VM on %s (frames to the VM are matched by it): the interface has no external_ids:attached-mac and bridge %s has learned none on it; set attached-mac, or retry once the VM has sent a frame", portpolicy.ErrInvalid, port, br)
+	}
+	slices.SortFunc(p.MACs, func(a, b net.HardwareAddr) int { return bytes.Compare(a, b) })
+	return br, p, nil
+}
+
+// Apply makes the flows of the port policies equal to desired (port name
+// -> policy; OVS ports only): for every bridge, one bundle deletes the
+// flows of policies that went or changed (by their cookie) and adds those
+// of new or changed ones, all or nothing. A port that is not (or no longer)
+// an OVS port is skipped with a warning. Invalid input returns an error
+// wrapping portpolicy.ErrInvalid and changes nothing.
+func (m *Manager) Apply(desired map[string]portpolicy.Policy) error {
+	if err := portpolicy.Validate(desired); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	want := map[string]map[uint64][]string{} // bridge -> policy cookie -> flows
+	owners := map[uint64]owner{}
+	for _, port := range nftutil.SortedKeys(desired) {
+		pol := desired[port]
+		br, p, err := m.Locate(port, pol.Isolate != nil)
+		if err != nil {
+			m.log.Warn("ovspolicy: port skipped", "port", port, "err", err)
+			continue
+		}
+		if want[br] == nil {
+			want[br] = map[uint64][]string{}
+		}
+		for _, k := range []kind{kindGuard, kindIsolate} {
+			if (k == kindGuard && pol.Guard == nil) || (k == kindIsolate && pol.Isolate == nil) {
+				continue
+			}
+			c, lines := policyFlows(p, k, pol)
+			want[br][c] = lines
+			owners[c] = owner{port, k}
+		}
+	}
+	out, err := m.vsctl("list-br")
+	if err != nil {
+		return fmt.Errorf("ovspolicy: list bridges: %w", err)
+	}
+	bridges := strings.Fields(string(out))
+	// Read every bridge first: a refusal changes nothing anywhere.
+	texts := map[string]string{}
+	for _, br := range bridges {
+		fs, err := m.flows(br, false)
+		if err != nil {
+			return err
+		}
+		have := map[uint64]int{}
+		for _, f := range fs {
+			if f.cookie&CookieMask == CookieTag {
+				have[f.cookie&policyMask]++
+			}
+		}
+		var del, add []string
+		for c, n := range have {
+			if len(want[br][c]) != n {
+				del = append(del, fmt.Sprintf("flow delete cookie=%#x/%#x", c, policyMask))
+			}
+		}
+		for c, lines := range want[br] {
+			if have[c] != len(lines) {
+				add = append(add, lines...)
+			}
+		}
+		if len(add) > 0 {
+			for _, f := range fs {
+				if f.cookie&CookieMask != CookieTag && markUse.MatchString(strings.ToLower(f.text)) {
+					return fmt.Errorf("%w: bridge %s has a flow that uses reg%d, which the port policies mark frames with: %q", portpolicy.ErrInvalid, br, MarkReg, f.text)
+				}
+			}
+		}
+		if len(del)+len(add) > 0 {
+			slices.Sort(del)
+			texts[br] = strings.Join(append(del, add...), "\n") + "\n"
+		}
+	}
+	for br := range want {
+		if !slices.Contains(bridges, br) {
+			return fmt.Errorf("ovspolicy: bridge %s is not in the bridge list", br)
+		}
+	}
+	var errs []error
+	for _, br := range nftutil.SortedKeys(texts) {
+		if _, err := m.run([]byte(texts[br]), "ovs-ofctl", timeout, "-O", "OpenFlow14", "bundle", br, "-"); err != nil {
+			errs = append(errs, fmt.Errorf("ovspolicy: apply on %s (nothing changed there): %w", br, err))
+			continue
+		}
+		m.log.Info("ovspolicy: applied", "bridge", br, "changes", strings.Count(texts[br], "\n"))
+	}
+	if len(errs) == 0 {
+		m.owners, m.bridges = owners, nftutil.SortedKeys(want)
+	}
+	return errors.Join(errs...)
+}
+
+// markUse finds a match on, or a load into, MarkReg or the wider registers
+// holding it (xreg5, xxreg2).
+var markUse = regexp.MustCompile(fmt.Sprintf(`\b(reg%d|xreg5|xxreg2)(=|\[|\b)|nxm_nx_(reg%d|xreg5|xxreg2)\b`, MarkReg, MarkReg))
+
+// Stats reads the drop counters (the n_packets of the drop flows): port ->
+// reason -> dropped frames, for the ports of the last Apply. A changed
+// policy starts its counters at 0.
+func (m *Manager) Stats() (map[string]map[string]uint64, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := map[string]map[string]uint64{}
+	if len(m.owners) == 0 {
+		return out, nil
+	}
+	var errs []error
+	for _, br := range m.bridges {
+		fs, err := m.flows(br, true)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		for _, f := range fs {
+			o, ok := m.owners[f.cookie&policyMask]
+			if !ok || f.cookie&CookieMask != CookieTag {
+				continue
+			}
+			if out[o.port] == nil {
+				out[o.port] = map[string]uint64{}
+			}
+			if r := o.kind.reasonOf(f.cookie &^ policyMask); r != "" {
+				out[o.port][r] += f.packets
+			}
+		}
+	}
+	return out, errors.Join(errs...)
+}
+
+// flow is one line of dump-flows: its cookie, n_packets, and text.
+type flow struct {
+	cookie, packets uint64
+	text            string
+}
+
+var (
+	cookieField  = regexp.MustCompile(`(?:^|[ ,])cookie=(0x[0-9a-f]+)`)
+	packetsField = regexp.MustCompile(`(?:^|[ ,])n_packets=(\d+)`)
+)
+
+// flows dumps bridge's flows (ours only, with stats, if ours).
+func (m *Manager) flows(br string, ours bool) ([]flow, error) {
+	args := []string{timeout, "dump-flows", br}
+	if ours {
+		args = append(args, fmt.Sprintf("cookie=%#x/%#x", CookieTag, CookieMask))
+	} else {
+		args = append(args, "--no-stats")
+	}
+	out, err := m.run(nil, "ovs-ofctl", args...)
+	if err != nil {
+		return nil, fmt.Errorf("ovspolicy: read the flows of %s: %w", br, err)
+	}
+	return parseFlows(out), nil
+}
+
+func parseFlows(out []byte) []flow {
+	var fs []flow
+	sc := bufio.NewScanner(bytes.NewReader(out))
+	sc.Buffer(nil, 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "NXST_") || strings.HasPrefix(line, "OFPST_") {
+			continue
+		}
+		f := flow{text: line}
+		head, _, _ := strings.Cut(line, "actions=")
+		if m := cookieField.FindStringSubmatch(head); m != nil {
+			f.cookie, _ = strconv.ParseUint(m[1], 0, 64)
+		}
+		if m := packetsField.FindStringSubmatch(head); m != nil {
+			f.packets, _ = strconv.ParseUint(m[1], 10, 64)
+		}
+		fs = append(fs, f)
+	}
+	return fs
+}
+
+// Check reports, changing nothing, whether pol can be installed on port:
+// an error wrapping portpolicy.ErrInvalid says why not (see Locate).
+func (m *Manager) Check(port string, pol portpolicy.Policy) error {
+	if err := pol.Validate(); err != nil {
+		return err
+	}
+	_, _, err := m.Locate(port, pol.Isolate != nil)
+	return err
+}

@@ -1,0 +1,349 @@
+package ovspolicy
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os/exec"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/shaperd/shaperd/portpolicy"
+)
+
+var vmMAC, _ = net.ParseMAC("52:54:00:00:00:11")
+
+func testGuard(t *testing.T, ipv6 string) portpolicy.Guard {
+	g, err := portpolicy.ParseGuard(vmMAC.String(), "198.18.0.11", ipv6)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return g
+}
+
+func testIsolate(t *testing.T, cidr string) portpolicy.Isolate {
+	i, err := portpolicy.ParseIsolate(cidr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return i
+}
+
+// fakeOVS is one bridge, br0, holding flows as "cookie=0x..,priority=..,
+// match actions=..." lines, with n_packets per line; ports by name.
+type fakeOVS struct {
+	t       *testing.T
+	ports   map[string]int    // name -> ofport
+	macs    map[string]string // name -> attached-mac
+	flows   []string          // as bundles added them (without "flow add ")
+	packets map[string]uint64 // flow -> n_packets
+	bundles []string
+	calls   []string
+}
+
+func newFake(t *testing.T) *fakeOVS {
+	return &fakeOVS{t: t, ports: map[string]int{"vm1": 3, "vm2": 4}, macs: map[string]string{"vm1": vmMAC.String()}, packets: map[string]uint64{}}
+}
+
+var cookieRe = regexp.MustCompile(`cookie=(0x[0-9a-f]+)`)
+
+func cookieOf(line string) uint64 {
+	m := cookieRe.FindStringSubmatch(line)
+	if m == nil {
+		return 0
+	}
+	c, _ := strconv.ParseUint(m[1], 0, 64)
+	return c
+}
+
+func (f *fakeOVS) run(stdin []byte, name string, args ...string) ([]byte, error) {
+	f.calls = append(f.calls, name+" "+strings.Join(args, " "))
+	args = slices.DeleteFunc(slices.Clone(args), func(a string) bool { return strings.HasPrefix(a, "--timeout=") })
+	switch {
+	case name == "ovs-vsctl" && args[0] == "list-br":
+		return []byte("br0\n"), nil
+	case name == "ovs-vsctl" && args[0] == "port-to-br":
+		n, ok := f.ports[args[1]]
+		if !ok {
+			return nil, fmt.Errorf("ovs-vsctl: no port named %s", args[1])
+		}
+		out := fmt.Sprintf("br0\n%d\n", n)
+		if m := f.macs[args[1]]; m != "" {
+			out += strconv.Quote(m) + "\n"
+		} else {
+			out += "\n"
+		}
+		return []byte(out), nil
+	case name == "ovs-appctl":
+		return []byte(" port  VLAN  MAC                Age\n"), nil
+	case name == "ovs-ofctl" && args[0] == "dump-flows":
+		var b strings.Builder
+		b.WriteString("NXST_FLOW reply (xid=0x4):\n")
+		for _, fl := range f.flows {
+			if slices.Contains(args, "--no-stats") {
+				fmt.Fprintf(&b, " %s\n", fl)
+			} else if cookieOf(fl)&CookieMask == CookieTag {
+				fmt.Fprintf(&b, " %s, duration=1s, table=0, n_packets=%d, n_bytes=0, %s\n", fl[:strings.Index(fl, ",")], f.packets[fl], fl[strings.Index(fl, ",")+1:])
+			}
+		}
+		return []byte(b.String()), nil
+	case name == "ovs-ofctl" && slices.Contains(args, "bundle"):
+		f.bundles = append(f.bundles, string(stdin))
+		flows := slices.Clone(f.flows)
+		for _, line := range strings.Split(strings.TrimSpace(string(stdin)), "\n") {
+			switch {
+			case strings.HasPrefix(line, "flow delete "):
+				var c, m uint64
+				if _, err := fmt.Sscanf(strings.TrimPrefix(line, "flow delete "), "cookie=%v/%v", &c, &m); err != nil {
+					return nil, fmt.Errorf("bad delete %q: %v", line, err)
+				}
+				flows = slices.DeleteFunc(flows, func(fl string) bool { return cookieOf(fl)&m == c })
+			case strings.HasPrefix(line, "flow add "):
+				fl := strings.TrimPrefix(strings.TrimPrefix(line, "flow add "), "table=0,")
+				flows = append(flows, fl)
+			default:
+				return nil, fmt.Errorf("bad bundle line %q", line)
+			}
+		}
+		f.flows = flows
+		return nil, nil
+	}
+	return nil, fmt.Errorf("fake: unexpected %s %v", name, args)
+}
+
+func newTestManager(f *fakeOVS) *Manager {
+	return New(Options{Run: f.run, Logger: slog.New(slog.DiscardHandler)})
+}
+
+// TestGuardRulesOrder: the guard's flows, in priority order, say what
+// docs/guard.md's table says; every flow is the port's, unmarked.
+func TestGuardRulesOrder(t *testing.T) {
+	g := testGuard(t, "2001:2::11/128")
+	p := Port{Name: "vm1", OFPort: 3}
+	c, lines := policyFlows(p, kindGuard, portpolicy.Policy{Guard: &g})
+	if c&CookieMask != CookieTag || c&0xff != 0 {
+		t.Fatalf("cookie %#x", c)
+	}
+	prio := 65536
+	var got []string
+	for _, l := range lines {
+		if !strings.Contains(l, ",in_port=3,reg11=0/0x1") {
+			t.Errorf("not keyed on the port and its mark: %s", l)
+		}
+		pr := regexp.MustCompile(`priority=(\d+)`).FindStringSubmatch(l)
+		n, _ := strconv.Atoi(pr[1])
+		if n >= prio || n <= 65000 {
+			t.Errorf("priority %d after %d (or below the splice's): %s", n, prio, l)
+		}
+		prio = n
+		if cookieOf(l)&policyMask != c {
+			t.Errorf("cookie of %s is not the policy's %#x", l, c)
+		}
+		r := kindGuard.reasonOf(cookieOf(l) & 0xff)
+		act := l[strings.Index(l, "actions=")+len("actions="):]
+		if (r == "") != (act == "load:1->NXM_NX_REG11[0],resubmit(,0)") || (r != "" && act != "drop") {
+			t.Errorf("reason %q with actions %s", r, act)
+		}
+		got = append(got, fmt.Sprintf("%s %s", r, l[strings.Index(l, "reg11=0/0x1")+len("reg11=0/0x1"):strings.Index(l, ",actions=")]))
+	}
+	want := []string{
+		"guard_dhcp ,udp,vlan_tci=0x0000/0x1000,dl_src=52:54:00:00:00:11,tp_src=67",
+		" ,udp,vlan_tci=0x0000/0x1000,dl_src=52:54:00:00:00:11,nw_src=0.0.0.0,tp_src=68,tp_dst=67",
+		" ,arp,vlan_tci=0x0000/0x1000,dl_src=52:54:00:00:00:11,arp_sha=52:54:00:00:00:11,arp_spa=0.0.0.0",
+		" ,arp,vlan_tci=0x0000/0x1000,dl_src=52:54:00:00:00:11,arp_sha=52:54:00:00:00:11,arp_spa=198.18.0.11",
+		"guard_arp ,arp,vlan_tci=0x0000/0x1000,dl_src=52:54:00:00:00:11",
+		" ,ip,vlan_tci=0x0000/0x1000,dl_src=52:54:00:00:00:11,nw_src=198.18.0.11",
+	}
+	for _, typ := range []int{134, 137, 146, 147, 151, 152, 153} {
+		want = append(want, fmt.Sprintf("guard_ra ,icmp6,vlan_tci=0x0000/0x1000,dl_src=52:54:00:00:00:11,icmp_type=%d", typ))
+	}
+	if !slices.Equal(got[:len(want)], want) {
+		t.Errorf("first flows:\n%s\nwant\n%s", strings.Join(got[:len(want)], "\n"), strings.Join(want, "\n"))
+	}
+	tail := []string{"guard_ip ,dl_src=52:54:00:00:00:11", "guard_mac "}
+	if !slices.Equal(got[len(got)-2:], tail) {
+		t.Errorf("last flows %q, want %q", got[len(got)-2:], tail)
+	}
+	// Neighbour discovery: from the prefix and the link-local address,
+	// with no option or the VM's own; then every other NS and NA dropped.
+	for _, w := range []string{
+		"icmp_type=135,icmp_code=0,ipv6_src=2001:2::11/128,nd_sll=00:00:00:00:00:00",
+		"icmp_type=135,icmp_code=0,ipv6_src=fe80::5054:ff:fe00:11/128,nd_sll=52:54:00:00:00:11",
+		"icmp_type=135,icmp_code=0,ipv6_src=::,nd_target=2001:2::11/128,nd_sll=00:00:00:00:00:00",
+		"icmp_type=136,icmp_code=0,ipv6_src=2001:2::11/128,nd_target=fe80::5054:ff:fe00:11/128,nd_tll=52:54:00:00:00:11",
+	} {
+		i := slices.IndexFunc(got, func(s string) bool { return strings.HasSuffix(s, w) })
+		j := slices.Index(got, "guard_nd ,icmp6,vlan_tci=0x0000/0x1000,dl_src=52:54:00:00:00:11,icmp_type=135")
+		if i < 0 || j < 0 || i > j || !strings.HasPrefix(got[i], " ") {
+			t.Errorf("no allowing flow %s before the ND drop (%d, %d)", w, i, j)
+		}
+	}
+	// Without --ipv6, no IPv6 flow at all: IPv6 is guard_ip.
+	g4 := testGuard(t, "")
+	_, lines4 := policyFlows(p, kindGuard, portpolicy.Policy{Guard: &g4})
+	if len(lines4) != 8 || slices.ContainsFunc(lines4, func(s string) bool { return strings.Contains(s, "ipv6") || strings.Contains(s, "icmp6") }) {
+		t.Errorf("IPv4-only guard: %d flows:\n%s", len(lines4), strings.Join(lines4, "\n"))
+	}
+}
+
+// TestIsolateRules: the seed's gw_mgmt flows, from the VM keyed on its
+// port, to it on its MACs, through conntrack in Zone.
+func TestIsolateRules(t *testing.T) {
+	iso := testIsolate(t, "198.18.0.0/24")
+	mac2, _ := net.ParseMAC("52:54:00:00:00:12")
+	p := Port{Name: "vm1", OFPort: 3, MACs: []net.HardwareAddr{vmMAC, mac2}}
+	_, lines := policyFlows(p, kindIsolate, portpolicy.Policy{Isolate: &iso})
+	if len(lines) != 7+2*8 {
+		t.Fatalf("%d flows, want 7 from the VM and 8 to each of its 2 MACs:\n%s", len(lines), strings.Join(lines, "\n"))
+	}
+	for _, w := range []string{
+		"priority=65397,in_port=3,reg11=0/0x2,ip,vlan_tci=0x0000/0x1000,ct_state=-trk,actions=ct(zone=21328,table=0)",
+		"priority=65396,in_port=3,reg11=0/0x2,ip,vlan_tci=0x0000/0x1000,ct_state=+trk+est,actions=load:1->NXM_NX_REG11[1],resubmit(,0)",
+		"priority=65395,in_port=3,reg11=0/0x2,ip,vlan_tci=0x0000/0x1000,actions=drop",
+		"priority=65296,dl_dst=52:54:00:00:00:12,reg11=0/0x4,ip,vlan_tci=0x0000/0x1000,nw_src=198.18.0.0/24,ct_state=+trk+new,actions=ct(commit,zone=21328),load:1->NXM_NX_REG11[2],resubmit(,0)",
+		"priority=65294,dl_dst=52:54:00:00:00:11,reg11=0/0x4,ip,vlan_tci=0x0000/0x1000,actions=drop",
+		"priority=65293,dl_dst=52:54:00:00:00:11,reg11=0/0x4,actions=drop",
+	} {
+		if !slices.ContainsFunc(lines, func(s string) bool { return strings.HasSuffix(s, w) }) {
+			t.Errorf("no flow ending %s in:\n%s", w, strings.Join(lines, "\n"))
+		}
+	}
+	for _, l := range lines {
+		r := kindIsolate.reasonOf(cookieOf(l) & 0xff)
+		switch {
+		case strings.HasSuffix(l, "priority=65395,in_port=3,reg11=0/0x2,ip,vlan_tci=0x0000/0x1000,actions=drop"):
+			if r != portpolicy.ReasonIsoNewFromVM {
+				t.Errorf("%s: reason %q", l, r)
+			}
+		case strings.HasSuffix(l, "reg11=0/0x4,ip,vlan_tci=0x0000/0x1000,actions=drop"):
+			if r != portpolicy.ReasonIsoNotAllowed {
+				t.Errorf("%s: reason %q", l, r)
+			}
+		}
+	}
+}
+
+// TestFlowsParse: every flow a guard and an isolation make is accepted by
+// ovs-ofctl (parse-flows, no switch needed), when it is installed.
+func TestFlowsParse(t *testing.T) {
+	if _, err := exec.LookPath("ovs-ofctl"); err != nil {
+		t.Fatal("ovs-ofctl not found: install openvswitch-switch (scripts/deps.sh does)")
+	}
+	g, iso := testGuard(t, "2001:2::/64"), testIsolate(t, "198.18.0.0/24")
+	p := Port{Name: "vm1", OFPort: 3, MACs: []net.HardwareAddr{vmMAC}}
+	_, a := policyFlows(p, kindGuard, portpolicy.Policy{Guard: &g})
+	_, b := policyFlows(p, kindIsolate, portpolicy.Policy{Isolate: &iso})
+	var in []string
+	for _, l := range append(a, b...) {
+		in = append(in, strings.TrimPrefix(l, "flow add "))
+	}
+	cmd := exec.Command("ovs-ofctl", "-O", "OpenFlow14", "parse-flows", "/dev/stdin")
+	cmd.Stdin = strings.NewReader(strings.Join(in, "\n") + "\n")
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("ovs-ofctl parse-flows: %v\n%s", err, out)
+	}
+}
+
+// TestApplyAdoptChangeRemove: Apply installs in one bundle; a new Manager
+// given the same set changes nothing (adoption after a restart); a changed
+// policy swaps its flows in one bundle; Stats maps the drop flows'
+// n_packets to the port and reason; removing everything leaves the flows
+// as they were before; bad input and a port that cannot have flows change
+// nothing.
+func TestApplyAdoptChangeRemove(t *testing.T) {
+	f := newFake(t)
+	foreign := "cookie=0x1234,priority=100,in_port=3,dl_src=02:66:66:66:66:66 actions=drop"
+	f.flows = []string{foreign, "priority=0 actions=NORMAL"}
+	before := slices.Clone(f.flows)
+	m := newTestManager(f)
+	g, iso := testGuard(t, ""), testIsolate(t, "198.18.0.0/24")
+	want := map[string]portpolicy.Policy{"vm1": {Guard: &g, Isolate: &iso}}
+	if err := m.Apply(want); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.bundles) != 1 || len(f.flows) != 2+8+7+8 {
+		t.Fatalf("%d bundles, %d flows:\n%s", len(f.bundles), len(f.flows), strings.Join(f.flows, "\n"))
+	}
+	installed := slices.Clone(f.flows)
+
+	m2 := newTestManager(f)
+	if err := m2.Apply(want); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.bundles) != 1 || !slices.Equal(f.flows, installed) {
+		t.Fatalf("a new Manager changed the flows (%d bundles)", len(f.bundles))
+	}
+
+	// Drops: the guard's guard_mac flow and the isolation's UDP flow.
+	for _, fl := range f.flows {
+		switch {
+		case strings.HasSuffix(fl, "reg11=0/0x1,actions=drop"):
+			f.packets[fl] = 7
+		case strings.Contains(fl, "in_port=3,reg11=0/0x2,udp,"):
+			f.packets[fl] = 5
+		case strings.Contains(fl, "reg11=0/0x4,udp,"):
+			f.packets[fl] = 2
+		}
+	}
+	st, err := m2.Stats()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st["vm1"][portpolicy.ReasonGuardMAC] != 7 || st["vm1"][portpolicy.ReasonIsoUDP] != 7 || len(st) != 1 {
+		t.Errorf("stats %v, want guard_mac 7 and isolate_udp 5+2", st)
+	}
+
+	// Bad input, an unknown port, a port without a MAC for an isolation:
+	// nothing changes.
+	iso0 := portpolicy.Isolate{AllowFrom: netip.MustParsePrefix("0.0.0.0/0")}
+	if err := m2.Apply(map[string]portpolicy.Policy{"vm1": {Isolate: &iso0}}); err == nil {
+		t.Error("a /0 isolation was applied")
+	}
+	if err := m2.Check("nosuch0", portpolicy.Policy{Guard: &g}); err == nil {
+		t.Error("Check accepted a port OVS does not know")
+	}
+	if err := m2.Check("vm2", portpolicy.Policy{Isolate: &iso}); err == nil || !strings.Contains(err.Error(), "attached-mac") {
+		t.Errorf("Check of an isolation on a port with no known MAC: %v", err)
+	}
+	if err := m2.Check("vm2", portpolicy.Policy{Guard: &g}); err != nil {
+		t.Errorf("Check of a guard on vm2: %v", err)
+	}
+	if len(f.bundles) != 1 {
+		t.Fatalf("bad input sent a bundle")
+	}
+
+	// A changed guard: its old flows go and the new ones come in one
+	// bundle; the isolation's stay.
+	g2 := testGuard(t, "2001:2::/64")
+	if err := m2.Apply(map[string]portpolicy.Policy{"vm1": {Guard: &g2, Isolate: &iso}}); err != nil {
+		t.Fatal(err)
+	}
+	if len(f.bundles) != 2 || strings.Count(f.bundles[1], "flow delete") != 1 || strings.Contains(f.bundles[1], "reg11=0/0x2") {
+		t.Fatalf("change bundle:\n%s", f.bundles[1])
+	}
+
+	// A foreign flow using reg11: a new policy is refused, nothing changes.
+	f.flows = append(f.flows, "cookie=0x99,priority=5,reg11=0x1 actions=NORMAL")
+	g3 := testGuard(t, "")
+	if err := m2.Apply(map[string]portpolicy.Policy{"vm1": {Guard: &g2, Isolate: &iso}, "vm2": {Guard: &g3}}); err == nil || !strings.Contains(err.Error(), "reg11") {
+		t.Errorf("a bridge whose flows use reg11: %v", err)
+	}
+	if len(f.bundles) != 2 {
+		t.Fatalf("a refused Apply sent a bundle")
+	}
+	f.flows = f.flows[:len(f.flows)-1]
+
+	if err := m2.Apply(map[string]portpolicy.Policy{}); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(f.flows, before) {
+		t.Fatalf("after removing everything:\n%s\nwant\n%s", strings.Join(f.flows, "\n"), strings.Join(before, "\n"))
+	}
+	if strings.Contains(f.bundles[len(f.bundles)-1], "flow add") {
+		t.Errorf("removal bundle adds flows:\n%s", f.bundles[len(f.bundles)-1])
+	}
+}
