@@ -11,12 +11,13 @@ import (
 	"time"
 )
 
-// TestOVSVswitchdRestartLive: two ports quarantined, ovs-vswitchd
-// restarted: within 2 s of its start the bridge holds exactly the flows,
-// groups and port flags it held while spliced (no flow or group doubled or
-// missing), each splice was repaired by one bundle, both quarantines stay
-// active, the forwarder polices at the limit again, and releasing both
-// restores the bridge.
+// TestOVSVswitchdRestartLive: two ports quarantined, the second also
+// guarded, ovs-vswitchd restarted: within 2 s of its start the bridge
+// holds exactly the flows, groups and port flags it held while spliced
+// (the guard's flows included; no flow or group doubled or missing), each
+// splice was repaired by one bundle, both quarantines stay active, the
+// forwarder polices at the limit again, and releasing both and removing
+// the guard restores the bridge.
 func TestOVSVswitchdRestartLive(t *testing.T) {
 	l := newLab(t, "ovs")
 	port1, port2 := l.get("VM1_PORT"), l.get("VM2_PORT")
@@ -24,7 +25,11 @@ func TestOVSVswitchdRestartLive(t *testing.T) {
 	before := l.stableSnapshot(port1)
 	d.must("quarantine", port1, "--pps", "5000", "--to-vm-bps", "16mbit")
 	d.must("quarantine", port2, "--pps", "1000")
+	d.must("guard", port2, "--mac", l.get("VM2_MAC"), "--ip", l.get("VM2_IP"))
 	spliced := l.ovsSnapshot()
+	if !strings.Contains(spliced, "cookie=0x5350") {
+		t.Fatalf("no flow of the guard's (cookie 0x5350...) on the bridge:\n%s", spliced)
+	}
 	flows := strings.Count(spliced, "cookie=0x5351")
 
 	l.restartVswitchd()
@@ -59,8 +64,12 @@ func TestOVSVswitchdRestartLive(t *testing.T) {
 	}
 	l.checkPoliced(d, port1)
 
+	if !regexp.MustCompile(`port policies' flows put back after the restart of ovs-vswitchd`).MatchString(log) {
+		t.Errorf("the guard's flows were not put back by the daemon:\n%s", log)
+	}
 	d.must("release", port1)
 	d.must("release", port2)
+	d.must("guard", "--remove", port2)
 	if after := l.stableSnapshot(port1); after != before {
 		t.Errorf("release after the restart left the host changed:\n%s", diffLines(before, after))
 	}

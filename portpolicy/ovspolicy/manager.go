@@ -6,12 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"regexp"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/shaperd/shaperd/internal/nftutil"
 	"github.com/shaperd/shaperd/portpolicy"
@@ -25,7 +27,16 @@ type Options struct {
 	Run ovssplice.ExecFunc
 	// Logger receives one line per change; nil means slog.Default().
 	Logger *slog.Logger
+	// Vswitchd returns the running ovs-vswitchd's pid ("" if none); nil
+	// means ovssplice.VswitchdPID. A new pid is a restart, which loses
+	// every flow: the Manager then applies its last set again.
+	Vswitchd func() string
 }
+
+// VswitchdPoll is how often a Manager with policies reads ovs-vswitchd's
+// pid: the policies' flows are back within about this, and the time of one
+// bundle, of a restart.
+const VswitchdPoll = 200 * time.Millisecond
 
 // Manager keeps the OVS flows of the port policies equal to the last
 // desired set given to Apply. Like portpolicy.Manager it reads what the
@@ -41,6 +52,15 @@ type Manager struct {
 	// Stats reads. Guarded by mu.
 	owners  map[uint64]owner
 	bridges []string
+	// desired is the set of the last Apply that succeeded; watching
+	// says the restart watcher runs (while desired is not empty).
+	desired  map[string]portpolicy.Policy
+	watching bool
+	vswitchd func() string
+	// last and base keep the drop counters monotonic across a restart
+	// of ovs-vswitchd, which starts the flows' n_packets at 0 again: per
+	// drop cookie, the last count read and what earlier flows counted.
+	last, base map[uint64]uint64
 }
 
 type owner struct {
@@ -50,9 +70,13 @@ type owner struct {
 
 // New returns a Manager; it changes nothing.
 func New(opts Options) *Manager {
-	m := &Manager{run: opts.Run, log: opts.Logger, owners: map[uint64]owner{}}
+	m := &Manager{run: opts.Run, log: opts.Logger, owners: map[uint64]owner{}, vswitchd: opts.Vswitchd,
+		last: map[uint64]uint64{}, base: map[uint64]uint64{}}
 	if m.run == nil {
 		m.run = ovssplice.Exec
+	}
+	if m.vswitchd == nil {
+		m.vswitchd = ovssplice.VswitchdPID
 	}
 	if m.log == nil {
 		m.log = slog.Default()
@@ -120,6 +144,53 @@ func (m *Manager) Apply(desired map[string]portpolicy.Policy) error {
 	}
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	if err := m.applyLocked(desired); err != nil {
+		return err
+	}
+	m.desired = maps.Clone(desired)
+	if len(m.desired) > 0 && !m.watching {
+		if pid := m.vswitchd(); pid != "" {
+			m.watching = true
+			go m.watchVswitchd(pid)
+		}
+	}
+	return nil
+}
+
+// watchVswitchd applies the last set again after each restart of
+// ovs-vswitchd (a new pid), trying every poll until it succeeds; it ends
+// when the set is empty.
+func (m *Manager) watchVswitchd(last string) {
+	dirty := false
+	for {
+		time.Sleep(VswitchdPoll)
+		pid := m.vswitchd()
+		if pid != last && pid != "" {
+			m.log.Warn("ovspolicy: ovs-vswitchd restarted: putting back the port policies' flows", "pid", pid, "was", last)
+			dirty = true
+		}
+		last = pid
+		m.mu.Lock()
+		if len(m.desired) == 0 {
+			m.watching = false
+			m.mu.Unlock()
+			return
+		}
+		if dirty && pid != "" {
+			start := time.Now()
+			if err := m.applyLocked(m.desired); err != nil {
+				m.log.Debug("ovspolicy: flows not put back yet after the restart of ovs-vswitchd; trying again", "err", err)
+			} else {
+				dirty = false
+				m.log.Warn("ovspolicy: port policies' flows put back after the restart of ovs-vswitchd", "took", time.Since(start).Round(time.Millisecond))
+			}
+		}
+		m.mu.Unlock()
+	}
+}
+
+// applyLocked is Apply, with m.mu held and desired valid.
+func (m *Manager) applyLocked(desired map[string]portpolicy.Policy) error {
 	want := map[string]map[uint64][]string{} // bridge -> policy cookie -> flows
 	owners := map[uint64]owner{}
 	for _, port := range nftutil.SortedKeys(desired) {
@@ -197,6 +268,9 @@ func (m *Manager) Apply(desired map[string]portpolicy.Policy) error {
 	}
 	if len(errs) == 0 {
 		m.owners, m.bridges = owners, nftutil.SortedKeys(want)
+		for _, counts := range []map[uint64]uint64{m.last, m.base} {
+			maps.DeleteFunc(counts, func(c, _ uint64) bool { _, ok := owners[c&policyMask]; return !ok })
+		}
 	}
 	return errors.Join(errs...)
 }
@@ -207,7 +281,8 @@ var markUse = regexp.MustCompile(fmt.Sprintf(`\b(reg%d|xreg5|xxreg2)(=|\[|\b)|nx
 
 // Stats reads the drop counters (the n_packets of the drop flows): port ->
 // reason -> dropped frames, for the ports of the last Apply. A changed
-// policy starts its counters at 0.
+// policy starts its counters at 0; a restart of ovs-vswitchd does not
+// (what its flows had counted is kept, see Manager.base).
 func (m *Manager) Stats() (map[string]map[string]uint64, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -216,6 +291,7 @@ func (m *Manager) Stats() (map[string]map[string]uint64, error) {
 		return out, nil
 	}
 	var errs []error
+	counts := map[uint64]uint64{} // cookie -> n_packets of its flows
 	for _, br := range m.bridges {
 		fs, err := m.flows(br, true)
 		if err != nil {
@@ -223,16 +299,31 @@ func (m *Manager) Stats() (map[string]map[string]uint64, error) {
 			continue
 		}
 		for _, f := range fs {
-			o, ok := m.owners[f.cookie&policyMask]
-			if !ok || f.cookie&CookieMask != CookieTag {
-				continue
+			if _, ok := m.owners[f.cookie&policyMask]; ok && f.cookie&CookieMask == CookieTag {
+				counts[f.cookie] += f.packets
 			}
-			if out[o.port] == nil {
-				out[o.port] = map[string]uint64{}
-			}
-			if r := o.kind.reasonOf(f.cookie &^ policyMask); r != "" {
-				out[o.port][r] += f.packets
-			}
+		}
+	}
+	// A cookie read before and not now (a restarted ovs-vswitchd that
+	// has not got its flows back yet, a bridge not read) keeps its last
+	// count; when its flows come back counting from 0, what they had
+	// counted goes into its base.
+	for c := range m.last {
+		if _, ok := counts[c]; !ok {
+			counts[c] = m.last[c]
+		}
+	}
+	for c, n := range counts {
+		if n < m.last[c] {
+			m.base[c] += m.last[c]
+		}
+		m.last[c] = n
+		o := m.owners[c&policyMask]
+		if out[o.port] == nil {
+			out[o.port] = map[string]uint64{}
+		}
+		if r := o.kind.reasonOf(c &^ policyMask); r != "" {
+			out[o.port][r] += m.base[c] + n
 		}
 	}
 	return out, errors.Join(errs...)

@@ -10,7 +10,10 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/shaperd/shaperd/portpolicy"
 )
@@ -36,6 +39,7 @@ func testIsolate(t *testing.T, cidr string) portpolicy.Isolate {
 // fakeOVS is one bridge, br0, holding flows as "cookie=0x..,priority=..,
 // match actions=..." lines, with n_packets per line; ports by name.
 type fakeOVS struct {
+	mu      sync.Mutex // held by run: a Manager's restart watcher calls it too
 	t       *testing.T
 	ports   map[string]int    // name -> ofport
 	macs    map[string]string // name -> attached-mac
@@ -61,6 +65,8 @@ func cookieOf(line string) uint64 {
 }
 
 func (f *fakeOVS) run(stdin []byte, name string, args ...string) ([]byte, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
 	f.calls = append(f.calls, name+" "+strings.Join(args, " "))
 	args = slices.DeleteFunc(slices.Clone(args), func(a string) bool { return strings.HasPrefix(a, "--timeout=") })
 	switch {
@@ -115,8 +121,87 @@ func (f *fakeOVS) run(stdin []byte, name string, args ...string) ([]byte, error)
 	return nil, fmt.Errorf("fake: unexpected %s %v", name, args)
 }
 
+// newTestManager returns a Manager on f with no ovs-vswitchd to watch.
 func newTestManager(f *fakeOVS) *Manager {
-	return New(Options{Run: f.run, Logger: slog.New(slog.DiscardHandler)})
+	return New(Options{Run: f.run, Logger: slog.New(slog.DiscardHandler), Vswitchd: func() string { return "" }})
+}
+
+// After a restart of ovs-vswitchd (a new pid; every flow gone) the
+// Manager puts its policies' flows back by itself, and their drop
+// counters go on from where they were instead of starting again at 0;
+// with no policy left, it stops watching.
+func TestVswitchdRestartPutsFlowsBack(t *testing.T) {
+	f := newFake(t)
+	bridgeOwn := "priority=0 actions=NORMAL"
+	f.flows = []string{bridgeOwn}
+	var pid atomic.Value
+	pid.Store("100")
+	m := New(Options{Run: f.run, Logger: slog.New(slog.DiscardHandler), Vswitchd: func() string { return pid.Load().(string) }})
+	g := testGuard(t, "")
+	if err := m.Apply(map[string]portpolicy.Policy{"vm1": {Guard: &g}}); err != nil {
+		t.Fatal(err)
+	}
+	// dropMAC sets the n_packets of the guard's guard_mac flow; it
+	// reports whether that flow is there.
+	dropMAC := func(n uint64) bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for _, fl := range f.flows {
+			if strings.HasSuffix(fl, "reg11=0/0x1,actions=drop") {
+				f.packets[fl] = n
+				return true
+			}
+		}
+		return false
+	}
+	stat := func() uint64 {
+		st, err := m.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st["vm1"][portpolicy.ReasonGuardMAC]
+	}
+	if !dropMAC(7) || stat() != 7 {
+		t.Fatalf("guard_mac %d before the restart, want 7", stat())
+	}
+	installed := func() []string { f.mu.Lock(); defer f.mu.Unlock(); return slices.Clone(f.flows) }()
+
+	f.mu.Lock()
+	f.flows, f.packets = []string{bridgeOwn}, map[string]uint64{}
+	f.mu.Unlock()
+	pid.Store("200")
+	if n := stat(); n != 7 {
+		t.Errorf("guard_mac %d with the flows gone, want 7 (the last count)", n)
+	}
+	start := time.Now()
+	for !dropMAC(3) {
+		if time.Since(start) > 2*time.Second {
+			t.Fatalf("the guard's flows are not back 2 s after the restart")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Logf("flows back %v after the restart", time.Since(start).Round(time.Millisecond))
+	if got := func() []string { f.mu.Lock(); defer f.mu.Unlock(); return slices.Clone(f.flows) }(); !slices.Equal(got, installed) {
+		t.Errorf("flows after the restart:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(installed, "\n"))
+	}
+	if n := stat(); n != 10 {
+		t.Errorf("guard_mac %d after the restart and 3 more drops, want 10", n)
+	}
+
+	if err := m.Apply(map[string]portpolicy.Policy{}); err != nil {
+		t.Fatal(err)
+	}
+	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
+		m.mu.Lock()
+		w := m.watching
+		m.mu.Unlock()
+		if !w {
+			break
+		}
+		if time.Since(start) > time.Second {
+			t.Fatal("still watching ovs-vswitchd a second after the last policy went")
+		}
+	}
 }
 
 // TestGuardRulesOrder: the guard's flows, in priority order, say what

@@ -117,7 +117,7 @@ var _ splice.Backend = (*Backend)(nil)
 // New returns a Backend that runs the real OVS tools and logs to log (nil: discard).
 func New(log *slog.Logger) *Backend {
 	b := newBackend(log, Exec, netlinkLinks{}, ovsRunning)
-	b.vswitchd = vswitchdPID
+	b.vswitchd = VswitchdPID
 	return b
 }
 

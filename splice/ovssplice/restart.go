@@ -25,10 +25,11 @@ import (
 // small file read, five times a second.
 const vswitchdPoll = 200 * time.Millisecond
 
-// vswitchdPID returns the pid of the running ovs-vswitchd from its pidfile
+// VswitchdPID returns the pid of the running ovs-vswitchd from its pidfile
 // in OVS_RUNDIR (default /var/run/openvswitch), "" if there is none or
-// that process is gone.
-func vswitchdPID() string {
+// that process is gone. A new pid means a restart, which loses every
+// flow (the port policies watch it too).
+func VswitchdPID() string {
 	dir := os.Getenv("OVS_RUNDIR")
 	if dir == "" {
 		dir = "/var/run/openvswitch"
