@@ -92,13 +92,13 @@ bench-smoke: deps build tools
 	$(GO) test -run='^$$' -bench='^$$' $(BENCH_PKGS) >/dev/null
 	flock $(NETNS_LOCK) $(BIN)/bench-e2e -go $(GO) -smoke -out $(BENCH_SMOKE_OUT) $(BENCH_FLAGS)
 
-# make soak: the long robustness runs, outside make test's time.
-# TestSoakRotatingFloods for SOAK (default 30m) instead of the 50 s it runs
-# in make test: max-rate floods rotating across 10 quarantined ports, RSS
+# make soak: the long robustness runs, outside make test's time, all under
+# the soak build tag. TestSoakRotatingFloods for SOAK (default 30m, at
+# least 10m): max-rate floods rotating across 10 quarantined ports, RSS
 # and goroutines within 5% after the warm-up, counters monotonic, nothing
-# logged above INFO (docs/scale.md); and, under the soak build tag,
-# TestKill9RandomOVS (kill -9 at 20 random instants on an OVS bridge,
-# docs/faults.md) and TestScale100PortsOVS (100 OVS ports, docs/scale.md).
+# logged above INFO (docs/scale.md); TestKill9RandomOVS (kill -9 at 20
+# random instants on an OVS bridge, docs/faults.md) and TestScale100PortsOVS
+# (100 OVS ports, docs/scale.md).
 SOAK ?= 30m
 soak: deps build tools
 	flock $(NETNS_LOCK) env SHAPERD_NETNS=1 SHAPERD_BIN=$(CURDIR)/$(BIN) SHAPERD_SOAK=$(SOAK) $(GO) test -tags soak -count=1 -timeout 0 -v -run '^(TestSoakRotatingFloods|TestKill9RandomOVS|TestScale100PortsOVS)$$' ./integration/
