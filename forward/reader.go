@@ -146,8 +146,8 @@ func (r *reader) read() (int, time.Time, error) {
 // which may never come (a port whose flood stopped; a queue that the next
 // flood's flows do not hash to). Without this, a daemon's heap holds the
 // batch of every input that ever had a flood, up to MaxReadBatch buffers
-// each: a soak of floods rotating over ten ports found its RSS 35% higher
-// after 7 minutes.
+// each (1.1 MB): in a soak of floods rotating over ten ports, 11.5 MB of
+// its 27 MB of live heap.
 func (r *reader) readBatch() (int, error) {
 	if len(r.bufs) > 1 || len(r.spare) > 0 {
 		if ir, ok := r.dev.(IdleReader); ok {
