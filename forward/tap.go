@@ -301,10 +301,10 @@ func (t *tap) read(bufs [][]byte, sizes []int, offset, timeout int) (int, error)
 	return n, nil
 }
 
-// wait blocks in poll until the tap has a frame or Close was called, or
-// for timeout milliseconds (-1: no limit; then it returns ErrIdle). An
-// interrupted poll starts its timeout again: it is a bound on idleness,
-// not a deadline.
+// wait blocks in poll until the tap has a frame or Close was called, for
+// at most timeout milliseconds (-1: no limit), after which it returns
+// ErrIdle. An interrupted poll starts its timeout again: it is a bound on
+// idleness, not a deadline.
 func (t *tap) wait(timeout int) error {
 	for {
 		t.pfd[0].Revents, t.pfd[1].Revents = 0, 0
