@@ -211,30 +211,8 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 
 // Collect implements prometheus.Collector.
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
-	c.series.begin()
-	defer c.series.end()
 	ch <- prometheus.MustNewConstMetric(descBuild, prometheus.GaugeValue, 1, version.Version(), version.Commit(), version.Go())
-	// Known states always appear, so that dashboards and alerts see 0
-	// rather than no data.
-	states := map[api.State]int{api.StateActive: 0, api.StatePending: 0}
-	for _, pm := range c.src.MetricsSnapshot(c.now()) {
-		q := &pm.Status
-		states[q.State]++
-		ch <- prometheus.MustNewConstMetric(descInfo, prometheus.GaugeValue, 1, q.Port, q.Backend, string(q.State), string(q.Fail))
-		ch <- prometheus.MustNewConstMetric(descStage, prometheus.GaugeValue, 1, q.Port, string(q.Stage), q.Profile, string(q.Origin))
-		if q.NextTransition != nil {
-			ch <- prometheus.MustNewConstMetric(descNextTransition, prometheus.GaugeValue, float64(q.NextTransition.UnixNano())/1e9, q.Port)
-		}
-		if !q.Since.IsZero() {
-			ch <- prometheus.MustNewConstMetric(descSince, prometheus.GaugeValue, float64(q.Since.UnixNano())/1e9, q.Port)
-		}
-		c.series.collectDir(ch, q.Port, dirFromVM, &q.Directions.FromVM)
-		c.series.collectDir(ch, q.Port, dirToVM, &q.Directions.ToVM)
-		if pm.Running {
-			c.series.collectFill(ch, q.Port, dirFromVM, &pm.FromVMFill)
-			c.series.collectFill(ch, q.Port, dirToVM, &pm.ToVMFill)
-		}
-	}
+	states := c.collectPorts(ch)
 	for _, s := range sortedKeys(states) {
 		ch <- prometheus.MustNewConstMetric(descCount, prometheus.GaugeValue, float64(states[s]), string(s))
 	}
@@ -302,6 +280,37 @@ type PolicySource interface {
 // The collector asks it at scrape time (a netlink read of the counters).
 type BaselineSource interface {
 	BaselineStatus(port string) ([]api.Baseline, error)
+}
+
+// collectPorts sends the per-port series of every quarantine, with the
+// series cache taken only for them (not over the baseline's and the port
+// policies' reads of the kernel below), and returns the count of ports in
+// each state.
+func (c *Collector) collectPorts(ch chan<- prometheus.Metric) map[api.State]int {
+	c.series.begin()
+	defer c.series.end()
+	// Known states always appear, so that dashboards and alerts see 0
+	// rather than no data.
+	states := map[api.State]int{api.StateActive: 0, api.StatePending: 0}
+	for _, pm := range c.src.MetricsSnapshot(c.now()) {
+		q := &pm.Status
+		states[q.State]++
+		ch <- prometheus.MustNewConstMetric(descInfo, prometheus.GaugeValue, 1, q.Port, q.Backend, string(q.State), string(q.Fail))
+		ch <- prometheus.MustNewConstMetric(descStage, prometheus.GaugeValue, 1, q.Port, string(q.Stage), q.Profile, string(q.Origin))
+		if q.NextTransition != nil {
+			ch <- prometheus.MustNewConstMetric(descNextTransition, prometheus.GaugeValue, float64(q.NextTransition.UnixNano())/1e9, q.Port)
+		}
+		if !q.Since.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descSince, prometheus.GaugeValue, float64(q.Since.UnixNano())/1e9, q.Port)
+		}
+		c.series.collectDir(ch, q.Port, dirFromVM, &q.Directions.FromVM)
+		c.series.collectDir(ch, q.Port, dirToVM, &q.Directions.ToVM)
+		if pm.Running {
+			c.series.collectFill(ch, q.Port, dirFromVM, &pm.FromVMFill)
+			c.series.collectFill(ch, q.Port, dirToVM, &pm.ToVMFill)
+		}
+	}
+	return states
 }
 
 func collectQuota(ch chan<- prometheus.Metric, q *daemon.QuotaMetrics) {
