@@ -375,6 +375,11 @@ type Pipe struct {
 	// unlocks mu on its way out (see Forwarder.runInput).
 	holder    atomic.Pointer[classify.Classifier]
 	heartbeat atomic.Int64 // unix ns of the owner's last loop iteration; 0 before start
+	// nap is overloadNap of the current policy, in ns: how long a pacing
+	// input pauses after a batch the aggregate refused a frame of.
+	nap atomic.Int64
+	// naps counts its inputs' naps (for tests).
+	naps atomic.Int64
 
 	// nice is the scheduling priority of the input goroutines' threads; 0
 	// leaves it alone.
@@ -395,6 +400,10 @@ type input struct {
 	out      Device  // where its passed frames go
 	gso      gsoRole // which budgets decide whether it may read GSO segments
 	gsoOn    bool    // its device was told it may (under mu)
+	// pace lets it nap while the port aggregate refuses frames (see
+	// overloadNap): set for the VM tap's queues when bypass and control
+	// frames have a priority tap of their own.
+	pace bool
 }
 
 // Input pairs a device with its own classifier for NewPipe. The classifier
@@ -412,6 +421,10 @@ type Input struct {
 	// gso says whether Dev may be handed GSO segments, and under which
 	// budgets (New sets it; NewPipe's callers get none).
 	gso gsoRole
+	// pace lets the input nap while the aggregate refuses frames (see
+	// overloadNap). New sets it for the VM tap when a priority tap
+	// carries bypass and control frames; NewPipe's callers get none.
+	pace bool
 }
 
 // NewPipe returns a Pipe for one direction with at least one input.
@@ -443,7 +456,7 @@ func NewPipe(dir classify.Direction, ins []Input, out Device, p Policy, now time
 		if o == nil {
 			o = out
 		}
-		pp.ins = append(pp.ins, input{dev: in.Dev, cls: in.Cls, coalesce: in.Coalesce, out: o, gso: in.gso})
+		pp.ins = append(pp.ins, input{dev: in.Dev, cls: in.Cls, coalesce: in.Coalesce, out: o, gso: in.gso, pace: in.pace})
 	}
 	pol := p
 	if err := pp.apply(&pol, now); err != nil {
@@ -487,6 +500,7 @@ func (p *Pipe) apply(pol *Policy, now time.Time) error {
 		return err
 	}
 	p.applyShapingLocked(pol)
+	p.nap.Store(int64(overloadNap(pol)))
 	p.current = pol
 	p.applyGSOLocked()
 	return nil
@@ -718,16 +732,24 @@ func (p *Pipe) run(i int) error {
 			time.Sleep(time.Millisecond)
 			continue
 		}
-		if err := p.forwardBatch(in.cls, in.out, r, k, now); err != nil {
+		over, err := p.forwardBatch(in.cls, in.out, r, k, now)
+		if err != nil {
 			return nil // out was closed
+		}
+		if over && in.pace && k < len(r.bufs) {
+			if d := time.Duration(p.nap.Load()); d > 0 {
+				p.naps.Add(1)
+				r.nap(d)
+			}
 		}
 	}
 }
 
 // forwardBatch decides the k frames of r's last batch, read at now, and
-// writes those it passes to out. It returns an error only when out is
-// closed. It does not allocate.
-func (p *Pipe) forwardBatch(cls *classify.Classifier, out Device, r *reader, k int, now time.Time) error {
+// writes those it passes to out. It reports whether the port aggregate
+// refused one of them (see overloadNap), and returns an error only when out
+// is closed. It does not allocate.
+func (p *Pipe) forwardBatch(cls *classify.Classifier, out Device, r *reader, k int, now time.Time) (over bool, _ error) {
 	for j := range k {
 		r.cur = j
 		f, hdr := r.frame(j), r.hdr(j)
@@ -735,12 +757,13 @@ func (p *Pipe) forwardBatch(cls *classify.Classifier, out Device, r *reader, k i
 		v := p.step(cls, f, hdr, w, now)
 		p.releaseDue(now)
 		if v.Action != Pass {
+			over = over || v.Reason == ReasonAggregateBudget
 			continue // dropped, or queued for the releaser
 		}
 		r.one[0] = r.withHdr(j)
 		if _, err := out.Write(r.one[:], VnetHdrLen); err != nil {
 			if isClosed(err) {
-				return err
+				return over, err
 			}
 			p.writeFailed(v.Class, v.rc, w)
 			if p.logEvery.ok(now) {
@@ -748,7 +771,7 @@ func (p *Pipe) forwardBatch(cls *classify.Classifier, out Device, r *reader, k i
 			}
 		}
 	}
-	return nil
+	return over, nil
 }
 
 // Heartbeat returns when the pipe's goroutine last read or tried to read a
@@ -841,7 +864,12 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 		}
 		return c
 	}
-	fromIns := []Input{{Dev: d.VM, Cls: newCls(classify.FromVM), Coalesce: cfg.Coalesce, gso: gsoOthers}}
+	// The VM tap's inputs may nap while the aggregate refuses frames
+	// only if bypass and control frames do not wait with them: when they
+	// have a tap of their own. The net tap carries them to the VM, so its
+	// inputs never nap.
+	pace := d.Priority != nil
+	fromIns := []Input{{Dev: d.VM, Cls: newCls(classify.FromVM), Coalesce: cfg.Coalesce, gso: gsoOthers, pace: pace}}
 	if d.Priority != nil {
 		fromIns = append(fromIns, Input{Dev: d.Priority, Cls: newCls(classify.FromVM)})
 	}
@@ -853,7 +881,7 @@ func New(cfg Config, d Devices) (*Forwarder, error) {
 		return nil
 	}
 	for i, q := range d.VMQueues {
-		fromIns = append(fromIns, Input{Dev: q, Cls: newCls(classify.FromVM), Coalesce: cfg.Coalesce, Out: pair(d.NetQueues, i), gso: gsoOthers})
+		fromIns = append(fromIns, Input{Dev: q, Cls: newCls(classify.FromVM), Coalesce: cfg.Coalesce, Out: pair(d.NetQueues, i), gso: gsoOthers, pace: pace})
 	}
 	for i, q := range d.NetQueues {
 		toIns = append(toIns, Input{Dev: q, Cls: newCls(classify.ToVM), Coalesce: cfg.Coalesce, Out: pair(d.VMQueues, i), gso: gsoAll})

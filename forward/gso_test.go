@@ -154,7 +154,7 @@ func TestForwardGSOZeroAllocs(t *testing.T) {
 	step := func() {
 		k, _, _ := r.read()
 		now = now.Add(time.Millisecond)
-		if err := from.forwardBatch(from.ins[0].cls, from.out, r, k, now); err != nil {
+		if _, err := from.forwardBatch(from.ins[0].cls, from.out, r, k, now); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -8,7 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gopacket/gopacket/layers"
 	"github.com/shaperd/shaperd/bucket"
+	"github.com/shaperd/shaperd/classify"
 	"github.com/shaperd/shaperd/forward/fakedev"
 )
 
@@ -51,7 +53,7 @@ func TestForwardBatchZeroAllocs(t *testing.T) {
 				t.Fatal(err)
 			}
 			now = now.Add(100 * time.Microsecond)
-			if err := from.forwardBatch(cls, from.out, r, k, now); err != nil {
+			if _, err := from.forwardBatch(cls, from.out, r, k, now); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -348,5 +350,96 @@ func TestReaderYieldsOnlyUnlocked(t *testing.T) {
 		case !locked && r.yields < 2:
 			t.Errorf("an unlocked reader yielded %d times in %v, want one every %v", r.yields, 4*yieldEvery, yieldEvery)
 		}
+	}
+}
+
+// The aggregate's nap: at most MaxOverloadNap, at most half the time its
+// emptiest bucket takes to fill, none in shape mode or below
+// minOverloadNap.
+func TestOverloadNap(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		pol  Policy
+		want time.Duration
+	}{
+		{"default burst", Policy{Aggregate: bucket.Limits{PPS: 5000}}, MaxOverloadNap},
+		{"burst of 1 ms", Policy{Aggregate: bucket.Limits{PPS: 5000, BurstPackets: 5}}, 500 * time.Microsecond},
+		{"byte bucket fills first", Policy{Aggregate: bucket.Limits{PPS: 5000, BytesPerSec: 1e6, BurstBytes: 2000}}, time.Millisecond},
+		{"fills in 80 µs", Policy{Aggregate: bucket.Limits{PPS: 25000, BurstPackets: 2}}, 0},
+		{"shape", Policy{Mode: Shape, Delay: time.Millisecond, Aggregate: bucket.Limits{PPS: 5000}}, 0},
+		{"blocked", Policy{Aggregate: bucket.Limits{Block: true}}, MaxOverloadNap},
+	} {
+		if got := overloadNap(&tc.pol); got != tc.want {
+			t.Errorf("%s: nap %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+// Under overload only the VM tap's inputs nap, and only when bypass and
+// control frames have a priority tap: not the priority tap's own input,
+// not the net tap's (it carries bypass frames to the VM), not without a
+// priority tap, and not for a class budget's refusals.
+func TestOnlyTheVMTapNaps(t *testing.T) {
+	flood := udpFlood(t)
+	toVM := frame(t, false, &layers.UDP{SrcPort: 9, DstPort: 40000}, 200, 0)
+	over := Policy{Aggregate: bucket.Limits{PPS: 1, BurstPackets: 3}}
+	classOver := Policy{Classes: [classify.NumClasses]bucket.Limits{classify.UDP: {PPS: 1, BurstPackets: 3}}}
+	for _, tc := range []struct {
+		name          string
+		pol           Policy
+		priority      bool
+		into          string // vm, priority or net
+		class         classify.Class
+		napsFrom, any bool
+	}{
+		{"aggregate refuses from the VM", over, true, "vm", classify.UDP, true, true},
+		{"no priority tap", over, false, "vm", classify.UDP, false, false},
+		{"the priority tap's input", over, true, "priority", classify.UDP, false, false},
+		{"the net tap's input", over, true, "net", classify.UDP, false, false},
+		{"a class budget refuses", classOver, true, "vm", classify.UDP, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			vm, nt, prio := fakedev.New(256), fakedev.New(256), fakedev.New(256)
+			d := Devices{VM: vm, Net: nt}
+			if tc.priority {
+				d.Priority = prio
+			}
+			f, err := New(Config{FromVM: tc.pol, ToVM: tc.pol}, d)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer f.Close()
+			in, fr, p := vm, flood, f.FromVM
+			switch tc.into {
+			case "priority":
+				in = prio
+			case "net":
+				in, fr, p = nt, toVM, f.ToVM
+			}
+			const frames = 100
+			for range frames {
+				in.Inject(fr)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for {
+				s := p.Stats().Classes[tc.class]
+				if s.PassedPackets+s.DroppedPackets == frames {
+					break
+				}
+				if time.Now().After(deadline) {
+					t.Fatalf("frames not decided: %+v", s)
+				}
+				time.Sleep(time.Millisecond)
+			}
+			// The last batch's nap, if any, is counted before its read.
+			time.Sleep(10 * time.Millisecond)
+			naps := f.FromVM.naps.Load() + f.ToVM.naps.Load()
+			if tc.napsFrom && f.FromVM.naps.Load() == 0 {
+				t.Errorf("the VM tap's input never napped under overload")
+			}
+			if !tc.any && naps != 0 {
+				t.Errorf("%d naps, want none", naps)
+			}
+		})
 	}
 }
