@@ -3,13 +3,13 @@ package integration
 import (
 	"fmt"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/shaperd/shaperd/api"
+	"github.com/shaperd/shaperd/internal/cpuquota"
 )
 
 // What a flood costs the host (issue 13): under a max-rate flood from the
@@ -39,52 +39,19 @@ func procCPU(t *testing.T, pid int) time.Duration {
 	return time.Duration(ticks) * 10 * time.Millisecond
 }
 
-// cpuQuota puts pid (every thread) in a new cgroup limited to share of
-// one CPU, with the cpu controller: cpu.cfs_quota_us on cgroup v1 (these
-// machines), cpu.max on v2. The cgroup goes at cleanup, the process back to
-// the root first.
+// cpuQuota confines pid (every thread) to share of one CPU until the
+// test's cleanup (see package cpuquota).
 func cpuQuota(t *testing.T, pid int, share float64) {
 	t.Helper()
-	const period = 100000 // µs
-	quota := strconv.Itoa(int(share * period))
-	name := "shaperd-test-" + randName(6)
-	var dir, root string
-	var limit [][2]string
-	if _, err := os.Stat("/sys/fs/cgroup/cgroup.controllers"); err == nil {
-		root = "/sys/fs/cgroup"
-		dir = filepath.Join(root, name)
-		// The cpu controller must be on for the root's children.
-		if err := os.WriteFile(filepath.Join(root, "cgroup.subtree_control"), []byte("+cpu"), 0o644); err != nil {
-			t.Fatalf("cgroup v2: cannot enable the cpu controller: %v", err)
-		}
-		limit = [][2]string{{"cpu.max", quota + " " + strconv.Itoa(period)}}
-	} else {
-		root = "/sys/fs/cgroup/cpu"
-		dir = filepath.Join(root, name)
-		limit = [][2]string{{"cpu.cfs_period_us", strconv.Itoa(period)}, {"cpu.cfs_quota_us", quota}}
-	}
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		t.Fatalf("the cgroup cpu controller: %v", err)
+	g, err := cpuquota.Confine(pid, share, "shaperd-test-"+randName(6))
+	if err != nil {
+		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		os.WriteFile(filepath.Join(root, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644)
-		// The process may have exited: its threads leave on their own.
-		for range 50 {
-			if err := os.Remove(dir); err == nil {
-				return
-			}
-			time.Sleep(100 * time.Millisecond)
+		if err := g.Remove(); err != nil {
+			t.Error(err)
 		}
-		t.Errorf("cgroup %s: not removed", dir)
 	})
-	for _, kv := range limit {
-		if err := os.WriteFile(filepath.Join(dir, kv[0]), []byte(kv[1]), 0o644); err != nil {
-			t.Fatalf("%s: %v", kv[0], err)
-		}
-	}
-	if err := os.WriteFile(filepath.Join(dir, "cgroup.procs"), []byte(strconv.Itoa(pid)), 0o644); err != nil {
-		t.Fatalf("move the daemon into %s: %v", dir, err)
-	}
 }
 
 // floodWindow is one measurement under the flood: the daemon's CPU as a

@@ -12,6 +12,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/shaperd/shaperd/internal/cpuquota"
 )
 
 // system is one row of the comparison: a way to police (or not) the frames
@@ -24,6 +26,9 @@ type system struct {
 	// policed systems are configured to the run's limit; byBytes ones
 	// count bytes, configured to limit × frame bytes per second.
 	policed, byBytes bool
+	// ungated rows show what goes wrong without a feature: the smoke run
+	// reports them and holds them to nothing.
+	ungated bool
 	// check says, before any lab work, whether this tree or machine offers
 	// the system: nil, an unavailableError (the row keeps the reason), or
 	// another error (the row fails).
@@ -70,6 +75,11 @@ func systems() []system {
 		{key: "shaperd-police", title: "shaperd police, Linux bridge", lab: "bridge", policed: true, setup: shaperdPolice, check: needShaperd},
 		{key: "shaperd-police-ovs", title: "shaperd police, OVS", lab: "ovs", policed: true, setup: shaperdPolice, check: needShaperd},
 		{key: "shaperd-shape", title: "shaperd shape, 200 ms delay", lab: "bridge", policed: true, setup: shaperdShape, check: needShaperd},
+		// Issue 13: a host that gives the daemon little CPU.
+		{key: "shaperd-police-cpu20", title: "shaperd police, Linux bridge, daemon confined to 20% of a core", lab: "bridge", policed: true, setup: shaperdConfined(), check: needShaperd},
+		{key: "shaperd-police-ovs-cpu20", title: "shaperd police, OVS, daemon confined to 20% of a core", lab: "ovs", policed: true, setup: shaperdConfined(), check: needShaperd},
+		{key: "shaperd-police-cpu20-nobackstop", title: "shaperd police, Linux bridge, confined to 20% of a core, --backstop none (what the backstop prevents)", lab: "bridge", policed: true, ungated: true,
+			setup: shaperdConfined("--backstop", "none"), check: needShaperd},
 	}, barePairSystems()...)
 }
 
@@ -240,6 +250,30 @@ func shaperdPolice(ctx context.Context, c cellEnv) (*installed, error) {
 // shaperd offers in place of netem + tbf.
 func shaperdShape(ctx context.Context, c cellEnv) (*installed, error) {
 	return shaperdQuarantine(ctx, c, "--mode", "shape", "--delay", "200ms")
+}
+
+// confinedShare is the share of one core the confined rows give the daemon
+// (cgroup cpu controller, see package cpuquota).
+const confinedShare = 0.2
+
+// shaperdConfined is shaperd police with extra quarantine flags and the
+// daemon confined to confinedShare of one core, from before the warm-up
+// to the end of the measurement.
+func shaperdConfined(extra ...string) func(context.Context, cellEnv) (*installed, error) {
+	return func(ctx context.Context, c cellEnv) (*installed, error) {
+		in, err := shaperdQuarantine(ctx, c, extra...)
+		if err != nil {
+			return nil, err
+		}
+		g, err := cpuquota.Confine(in.pid, confinedShare, "shbench-"+randHex(6))
+		if err != nil {
+			return nil, errors.Join(err, in.teardown())
+		}
+		in.config += fmt.Sprintf("; the daemon confined to %.0f%% of one core (cgroup %s)", confinedShare*100, g.Dir())
+		release := in.teardown
+		in.teardown = func() error { return errors.Join(g.Remove(), release()) }
+		return in, nil
+	}
 }
 
 // shaperdQuarantine runs a daemon in the lab's hypervisor namespace and
