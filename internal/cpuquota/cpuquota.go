@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -20,13 +21,23 @@ const Period = 100 * time.Millisecond
 
 // Group is a cgroup holding one confined process.
 type Group struct {
-	root, dir string
-	pid       int
+	root   string // the controller's root
+	parent string // where pid was, and goes back to
+	dir    string
+	pid    int
 }
 
-// Confine creates the cgroup name under the cpu controller's root, limits
-// it to share (0 < share <= 1) of one CPU and moves every thread of pid
-// into it. On error nothing is left behind.
+// Confine creates the cgroup name, limits it to share (0 < share <= 1) of
+// one CPU and moves every thread of pid into it. On error nothing is left
+// behind.
+//
+// On cgroup v1 the group is a child of pid's own cpu cgroup, so that the
+// process keeps its weight against its siblings and the quota only adds a
+// ceiling (a group under the root would compete with the rest of the
+// machine at the default weight: a CI job that runs in a weighted group
+// of its own would starve the confined process). On v2, where a cgroup
+// with processes cannot have children with controllers, it is a child of
+// the root.
 func Confine(pid int, share float64, name string) (*Group, error) {
 	if !(share > 0 && share <= 1) {
 		return nil, fmt.Errorf("cpuquota: share %v: want more than 0 and at most 1", share)
@@ -44,9 +55,17 @@ func Confine(pid int, share float64, name string) (*Group, error) {
 		limit = [][2]string{{"cpu.max", quota + " " + strconv.FormatInt(period, 10)}}
 	} else {
 		g.root = "/sys/fs/cgroup/cpu"
+		parent, err := v1Parent(pid)
+		if err != nil {
+			return nil, err
+		}
+		g.parent = filepath.Join(g.root, parent)
 		limit = [][2]string{{"cpu.cfs_period_us", strconv.FormatInt(period, 10)}, {"cpu.cfs_quota_us", quota}}
 	}
-	g.dir = filepath.Join(g.root, name)
+	if g.parent == "" {
+		g.parent = g.root
+	}
+	g.dir = filepath.Join(g.parent, name)
 	if err := os.Mkdir(g.dir, 0o755); err != nil {
 		return nil, fmt.Errorf("cpuquota: the cgroup cpu controller: %w", err)
 	}
@@ -64,11 +83,11 @@ func Confine(pid int, share float64, name string) (*Group, error) {
 // Dir is the cgroup's directory.
 func (g *Group) Dir() string { return g.dir }
 
-// Remove moves the process back to the root cgroup and removes the group,
+// Remove moves the process back to the cgroup it was in and removes the group,
 // waiting up to 5 s for threads that are leaving (the process may have
 // exited).
 func (g *Group) Remove() error {
-	os.WriteFile(filepath.Join(g.root, "cgroup.procs"), []byte(strconv.Itoa(g.pid)), 0o644)
+	os.WriteFile(filepath.Join(g.parent, "cgroup.procs"), []byte(strconv.Itoa(g.pid)), 0o644)
 	var err error
 	for range 50 {
 		if err = os.Remove(g.dir); err == nil || os.IsNotExist(err) {
@@ -77,4 +96,26 @@ func (g *Group) Remove() error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return fmt.Errorf("cpuquota: cgroup %s not removed: %w", g.dir, err)
+}
+
+// v1Parent returns pid's cgroup in the v1 cpu hierarchy ("/" for the root),
+// from /proc/PID/cgroup: lines "ID:CONTROLLERS:PATH", the cpu controller
+// alone or mounted with cpuacct ("cpu,cpuacct").
+func v1Parent(pid int) (string, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cgroup", pid))
+	if err != nil {
+		return "", fmt.Errorf("cpuquota: %w", err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.SplitN(line, ":", 3)
+		if len(f) != 3 {
+			continue
+		}
+		for _, c := range strings.Split(f[1], ",") {
+			if c == "cpu" {
+				return f[2], nil
+			}
+		}
+	}
+	return "", fmt.Errorf("cpuquota: process %d is in no cgroup of the cpu controller", pid)
 }
