@@ -707,9 +707,28 @@ func runIsolateScenario(t *testing.T, mode string) {
 		t.Logf("released: the state as before the quarantine in %v", time.Since(start).Round(time.Millisecond))
 	}
 
+	// The isolation's connections (conntrack zone 21328 of the
+	// userspace datapath) go with the last isolation.
+	conns := func() int {
+		if mode != "ovs" {
+			return 0
+		}
+		return len(sortedLines(l.sh(l.get("HV_NS"), "ovs-appctl dpctl/dump-conntrack zone=21328")))
+	}
+	if mode == "ovs" {
+		if err := connect(ext, vmIP); err != nil {
+			t.Errorf("before remove: the allowed network cannot connect into VM 1: %v", err)
+		}
+		if n := conns(); n == 0 {
+			t.Errorf("before remove: no connection in conntrack zone 21328")
+		}
+	}
 	d.must("isolate", "--remove", port)
 	if _, isos := d.policies(); len(isos) != 0 {
 		t.Fatalf("after remove: %+v", isos)
+	}
+	if n := conns(); n != 0 {
+		t.Errorf("after remove: %d connections left in conntrack zone 21328:\n%s", n, l.sh(l.get("HV_NS"), "ovs-appctl dpctl/dump-conntrack zone=21328"))
 	}
 	if after := l.policyState(); after != before {
 		t.Fatalf("after remove the ruleset or the flows differ:\n--- before\n%s\n--- after\n%s", before, after)

@@ -1,7 +1,6 @@
 package ovspolicy
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -161,8 +160,9 @@ func (m *Manager) active() bool {
 }
 
 // reapply applies the last set again: the watcher calls it after a restart
-// of ovs-vswitchd, and when the splices changed. It reports success.
-func (m *Manager) reapply() bool {
+// of ovs-vswitchd (restarted), and when the splices changed. It reports
+// success.
+func (m *Manager) reapply(restarted bool) bool {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if len(m.desired) == 0 {
@@ -170,10 +170,12 @@ func (m *Manager) reapply() bool {
 	}
 	start := time.Now()
 	if err := m.applyLocked(m.desired); err != nil {
-		m.log.Debug("ovspolicy: flows not put back yet; trying again", "err", err)
+		m.log.Debug("ovspolicy: port policies' flows not put back yet; trying again", "err", err)
 		return false
 	}
-	m.log.Debug("ovspolicy: port policies' flows checked", "took", time.Since(start).Round(time.Millisecond))
+	if restarted {
+		m.log.Warn("ovspolicy: port policies' flows put back after the restart of ovs-vswitchd", "took", time.Since(start).Round(time.Millisecond))
+	}
 	return true
 }
 
@@ -242,8 +244,8 @@ func (m *Manager) applyLocked(desired map[string]portpolicy.Policy) error {
 		}
 		have := map[uint64]int{}
 		for _, f := range fs {
-			if f.cookie&CookieMask == CookieTag {
-				have[f.cookie&policyMask]++
+			if f.Cookie&CookieMask == CookieTag {
+				have[f.Cookie&policyMask]++
 			}
 		}
 		var del, add []string
@@ -259,11 +261,11 @@ func (m *Manager) applyLocked(desired map[string]portpolicy.Policy) error {
 		}
 		if len(add) > 0 {
 			for _, f := range fs {
-				if f.cookie&CookieMask != CookieTag && markUse.MatchString(strings.ToLower(f.text)) {
-					return fmt.Errorf("%w: bridge %s has a flow that uses reg%d, which the port policies mark frames with: %q", portpolicy.ErrInvalid, br, MarkReg, f.text)
+				if f.Cookie&CookieMask != CookieTag && markUse.MatchString(strings.ToLower(f.Text)) {
+					return fmt.Errorf("%w: bridge %s has a flow that uses reg%d, which the port policies mark frames with: %q", portpolicy.ErrInvalid, br, MarkReg, f.Text)
 				}
-				if f.cookie&CookieMask != CookieTag && f.table == DeliverTable && len(isolated[br]) > 0 {
-					return fmt.Errorf("%w: bridge %s has a flow in table %d, where the isolations deliver multicast and broadcast frames: %q", portpolicy.ErrInvalid, br, DeliverTable, f.text)
+				if f.Cookie&CookieMask != CookieTag && f.Table == DeliverTable && len(isolated[br]) > 0 {
+					return fmt.Errorf("%w: bridge %s has a flow in table %d, where the isolations deliver multicast and broadcast frames: %q", portpolicy.ErrInvalid, br, DeliverTable, f.Text)
 				}
 			}
 		}
@@ -295,6 +297,12 @@ func (m *Manager) applyLocked(desired map[string]portpolicy.Policy) error {
 	}
 	if err := m.floodBackLocked(isolated, recorded, splices); err != nil {
 		errs = append(errs, err)
+	}
+	if len(recorded) > 0 && len(isolated) == 0 {
+		// The last isolation went: its connections go too.
+		if err := m.flushZone(); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if len(errs) == 0 {
 		m.owners, m.bridges = owners, nftutil.SortedKeys(want)
@@ -365,6 +373,27 @@ func (m *Manager) floodBackLocked(isolated map[string]map[string]int, recorded m
 	return errors.Join(errs...)
 }
 
+// flushZone removes the isolations' conntrack entries (zone Zone) from
+// every datapath. Entries carry no port, and the isolation does not know
+// the VM's addresses to flush by tuple, so this is done only when no port
+// is isolated any more; until then a removed isolation's entries age out
+// (docs/guard.md).
+func (m *Manager) flushZone() error {
+	out, err := m.run(nil, "ovs-appctl", timeout, "dpctl/dump-dps")
+	if err != nil {
+		return fmt.Errorf("ovspolicy: list the datapaths to flush conntrack zone %d: %w", Zone, err)
+	}
+	var errs []error
+	for _, dp := range strings.Fields(string(out)) {
+		if _, err := m.run(nil, "ovs-appctl", timeout, "dpctl/flush-conntrack", dp, fmt.Sprintf("zone=%d", Zone)); err != nil {
+			errs = append(errs, fmt.Errorf("ovspolicy: flush conntrack zone %d of %s: %w", Zone, dp, err))
+			continue
+		}
+		m.log.Info("ovspolicy: the isolations' connections flushed", "datapath", dp, "zone", Zone)
+	}
+	return errors.Join(errs...)
+}
+
 // markUse finds a match on, or a load into, MarkReg or the wider registers
 // holding it (xreg5, xxreg2).
 var markUse = regexp.MustCompile(fmt.Sprintf(`\b(reg%d|xreg5|xxreg2)(=|\[|\b)|nxm_nx_(reg%d|xreg5|xxreg2)\b`, MarkReg, MarkReg))
@@ -389,8 +418,8 @@ func (m *Manager) Stats() (map[string]map[string]uint64, error) {
 			continue
 		}
 		for _, f := range fs {
-			if _, ok := m.owners[f.cookie&policyMask]; ok && f.cookie&CookieMask == CookieTag {
-				counts[f.cookie] += f.packets
+			if _, ok := m.owners[f.Cookie&policyMask]; ok && f.Cookie&CookieMask == CookieTag {
+				counts[f.Cookie] += f.Packets
 			}
 		}
 	}
@@ -419,21 +448,8 @@ func (m *Manager) Stats() (map[string]map[string]uint64, error) {
 	return out, errors.Join(errs...)
 }
 
-// flow is one line of dump-flows: its cookie, table, n_packets, and text.
-type flow struct {
-	cookie, packets uint64
-	table           int
-	text            string
-}
-
-var (
-	cookieField  = regexp.MustCompile(`(?:^|[ ,])cookie=(0x[0-9a-f]+)`)
-	packetsField = regexp.MustCompile(`(?:^|[ ,])n_packets=(\d+)`)
-	tableField   = regexp.MustCompile(`(?:^|[ ,])table=(\d+)`)
-)
-
 // flows dumps bridge's flows (ours only, with stats, if ours).
-func (m *Manager) flows(br string, ours bool) ([]flow, error) {
+func (m *Manager) flows(br string, ours bool) ([]ovssplice.Flow, error) {
 	args := []string{timeout, "dump-flows", br}
 	if ours {
 		args = append(args, fmt.Sprintf("cookie=%#x/%#x", CookieTag, CookieMask))
@@ -444,32 +460,7 @@ func (m *Manager) flows(br string, ours bool) ([]flow, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ovspolicy: read the flows of %s: %w", br, err)
 	}
-	return parseFlows(out), nil
-}
-
-func parseFlows(out []byte) []flow {
-	var fs []flow
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "NXST_") || strings.HasPrefix(line, "OFPST_") {
-			continue
-		}
-		f := flow{text: line}
-		head, _, _ := strings.Cut(line, "actions=")
-		if m := cookieField.FindStringSubmatch(head); m != nil {
-			f.cookie, _ = strconv.ParseUint(m[1], 0, 64)
-		}
-		if m := packetsField.FindStringSubmatch(head); m != nil {
-			f.packets, _ = strconv.ParseUint(m[1], 10, 64)
-		}
-		if m := tableField.FindStringSubmatch(head); m != nil {
-			f.table, _ = strconv.Atoi(m[1])
-		}
-		fs = append(fs, f)
-	}
-	return fs
+	return ovssplice.ParseFlows(out), nil
 }
 
 // Check reports, changing nothing, whether pol can be installed on port:

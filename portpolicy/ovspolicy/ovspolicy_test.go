@@ -127,6 +127,10 @@ func (f *fakeOVS) run(stdin []byte, name string, args ...string) ([]byte, error)
 	case name == "ovs-ofctl" && args[0] == "mod-port":
 		f.noFlood[args[2]] = args[3] == "no-flood"
 		return nil, nil
+	case name == "ovs-appctl" && args[0] == "dpctl/dump-dps":
+		return []byte("netdev@ovs-netdev\n"), nil
+	case name == "ovs-appctl" && args[0] == "dpctl/flush-conntrack":
+		return nil, nil
 	case name == "ovs-appctl":
 		return []byte(" port  VLAN  MAC                Age\n"), nil
 	case name == "ovs-ofctl" && args[0] == "dump-flows":
@@ -516,6 +520,11 @@ func TestApplyAdoptChangeRemove(t *testing.T) {
 	}
 	if f.noFlood["vm1"] || len(f.ids) != 0 {
 		t.Errorf("after removing everything: no-flood %v, external_ids %v", f.noFlood, f.ids)
+	}
+	// The last isolation gone, its conntrack zone is flushed, once.
+	flush := "ovs-appctl dpctl/flush-conntrack netdev@ovs-netdev zone=21328"
+	if n := slices.Index(f.calls, "ovs-appctl --timeout=10 "+flush[len("ovs-appctl "):]); n < 0 {
+		t.Errorf("no %q after the last isolation went; calls:\n%s", flush, strings.Join(f.calls, "\n"))
 	}
 	// A port no-flood before its isolation stays so after it.
 	f.noFlood["vm1"] = true

@@ -279,7 +279,7 @@ func (b *Backend) slotsTakenLocked(bridge string) map[uint]bool {
 
 // prepare validates port and records what the splice needs, with the
 // bridge's flows and groups for choose; no side effects.
-func (b *Backend) prepare(port string, opt splice.Options) (*spliced, []flowEntry, map[uint32]string, error) {
+func (b *Backend) prepare(port string, opt splice.Options) (*spliced, []Flow, map[uint32]string, error) {
 	l, ok, err := b.links.lookup(port)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("ovssplice: %w", err)
@@ -397,16 +397,16 @@ func (s *spliced) checkPortRow() error {
 // choose picks the splice's slot (its mark bit and group ids) and cookie,
 // and collects warnings about the bridge's flows. A slot in taken, or
 // used by the flows or groups, is not free.
-func (s *spliced) choose(flows []flowEntry, groups map[uint32]string, taken map[uint]bool) error {
+func (s *spliced) choose(flows []Flow, groups map[uint32]string, taken map[uint]bool) error {
 	high := 0
 	for _, f := range flows {
-		if isOurs(f.cookie) {
+		if isOurs(f.Cookie) {
 			continue
 		}
 		if usesMarkReg(f) {
-			return fmt.Errorf("ovssplice: bridge %s has a flow that uses reg12-reg15, which the OVS backend needs for its marks: %q", s.bridge, f.text)
+			return fmt.Errorf("ovssplice: bridge %s has a flow that uses reg12-reg15, which the OVS backend needs for its marks: %q", s.bridge, f.Text)
 		}
-		if f.table == 0 && f.priority >= prioMulticast && f.cookie&CookieMask != PolicyCookieTag {
+		if f.Table == 0 && f.Priority >= prioMulticast && f.Cookie&CookieMask != PolicyCookieTag {
 			high++
 		}
 	}
@@ -428,7 +428,7 @@ func (s *spliced) choose(flows []flowEntry, groups map[uint32]string, taken map[
 	}
 	for {
 		c := s.b.cookie()
-		if !slices.ContainsFunc(flows, func(f flowEntry) bool { return f.cookie == c }) {
+		if !slices.ContainsFunc(flows, func(f Flow) bool { return f.Cookie == c }) {
 			s.plan.cookie = c
 			return nil
 		}

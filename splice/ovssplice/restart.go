@@ -79,7 +79,7 @@ func (b *Backend) active() bool {
 }
 
 // repairAll repairs every live splice; it reports whether all are whole.
-func (b *Backend) repairAll() bool {
+func (b *Backend) repairAll(bool) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	ok := true

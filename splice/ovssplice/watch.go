@@ -16,8 +16,9 @@ const VswitchdPoll = 200 * time.Millisecond
 // flows, groups and no-flood flags ovs-vswitchd keeps only in memory.
 // While any client is active it reads the pid every poll; after a restart
 // (a new pid) it calls every client's repair, in the order they
-// registered (the splices first, whose marks the policies read), and calls
-// again every poll a repair that reports failure until it succeeds. A
+// registered (none depends on another's: the policies read the splices'
+// marks from the database, which a restart keeps), and calls again every
+// poll a repair that reports failure until it succeeds. A
 // client may also ask that the others be called (Others): the splices do
 // when one starts or ends. It stops when no client is active. Safe for
 // concurrent use.
@@ -38,8 +39,10 @@ type WatchClient struct {
 	w      *Watcher
 	name   string
 	active func() bool
-	repair func() bool
-	dirty  bool // guarded by w.mu: repair is due
+	repair func(restarted bool) bool
+	// dirty: repair is due; restarted: for a restart of ovs-vswitchd
+	// (not only another client's change). Guarded by w.mu.
+	dirty, restarted bool
 }
 
 // NewWatcher returns a Watcher of the ovs-vswitchd whose pid pid returns
@@ -65,11 +68,11 @@ func DefaultWatcher(log *slog.Logger) *Watcher {
 }
 
 // Register adds a client: active reports whether it has anything in
-// ovs-vswitchd to watch, repair puts back what a restart took (or what
-// another client's change needs) and reports whether it is whole. Neither
+// ovs-vswitchd to watch, repair puts back what a restart took (restarted)
+// or what another client's change needs, and reports whether it is whole. Neither
 // is called with the Watcher's lock held, so both may take the client's
 // own locks; the client may hold them while it calls Start or Others.
-func (w *Watcher) Register(name string, active, repair func() bool) *WatchClient {
+func (w *Watcher) Register(name string, active func() bool, repair func(restarted bool) bool) *WatchClient {
 	c := &WatchClient{w: w, name: name, active: active, repair: repair}
 	w.mu.Lock()
 	w.clients = append(w.clients, c)
@@ -147,7 +150,7 @@ func (w *Watcher) run(last string) {
 		if pid != last && pid != "" {
 			w.log.Warn("ovs-vswitchd restarted: putting back the splices' and port policies' flows, groups and no-flood flags", "pid", pid, "was", last)
 			for _, c := range clients {
-				c.dirty = true
+				c.dirty, c.restarted = true, true
 			}
 		}
 		var due []*WatchClient
@@ -160,11 +163,12 @@ func (w *Watcher) run(last string) {
 		last = pid
 		for _, c := range due {
 			w.mu.Lock()
-			c.dirty = false // a call asked for during the repair sets it again
+			restarted := c.restarted
+			c.dirty, c.restarted = false, false // a call asked for during the repair sets them again
 			w.mu.Unlock()
-			if !c.repair() {
+			if !c.repair(restarted) {
 				w.mu.Lock()
-				c.dirty = true
+				c.dirty, c.restarted = true, c.restarted || restarted
 				w.mu.Unlock()
 			}
 		}
