@@ -665,6 +665,20 @@ func runIsolateScenario(t *testing.T, mode string) {
 		l.metricsMatch(phase, "shaperd_isolate_drops_total", port, func() map[string]uint64 { _, is := d.policies(); return is[0].Drops })
 	}
 	checkIsolated("isolated")
+	if mode == "ovs" {
+		// No-flood, the port gets no frame to its MAC that the bridge has
+		// forgotten: the isolation pins the VM's MAC to the port. The
+		// bridge forgets what it learned (fdb/flush, as when it ages
+		// out); the external host, its neighbour entry still fresh,
+		// connects at once, before VM 1 has sent anything.
+		hv := l.get("HV_NS")
+		t.Logf("isolated: MAC table:\n%s", l.sh(hv, "ovs-appctl fdb/show br0"))
+		l.sh(hv, "ovs-appctl fdb/flush br0")
+		t.Logf("isolated: MAC table after fdb/flush:\n%s", l.sh(hv, "ovs-appctl fdb/show br0"))
+		if err := connect(ext, vmIP); err != nil {
+			t.Errorf("isolated, the bridge's MAC table flushed: the allowed network cannot connect into VM 1: %v", err)
+		}
+	}
 	installed := noCounters(l.policyState())
 	if mode == "ovs" && (strings.Contains(installed, "shaperd_portpolicy") || !strings.Contains(installed, "ct(commit,zone=")) {
 		t.Fatalf("after isolate, want the isolation's ct() flows and no nftables table:\n%s", installed)

@@ -93,6 +93,9 @@ type Port struct {
 	// if none): the isolation keeps the splice's copies of multicast
 	// frames from the VM.
 	Splice *ovssplice.Spliced
+	// VLAN is the port's access VLAN (its tag; 0 if none), under which
+	// an isolation pins the VM's MACs in the bridge's MAC table.
+	VLAN int
 }
 
 // rule is one flow: a drop reason ("" for a flow that passes), a match and

@@ -94,15 +94,19 @@ func (m *Manager) vsctl(args ...string) ([]byte, error) {
 // not an OVS port, no OpenFlow number, no MAC known.
 func (m *Manager) Locate(port string, macs bool) (string, Port, error) {
 	p := Port{Name: port}
-	out, err := m.vsctl("port-to-br", port, "--", "get", "Interface", port, "ofport",
+	out, err := m.vsctl("port-to-br", port, "--", "get", "Interface", port, "ofport", "--", "get", "Port", port, "tag",
 		"--", "--if-exists", "get", "Interface", port, "external_ids:attached-mac")
 	if err != nil {
 		return "", p, fmt.Errorf("%w: %s is not a port of an Open vSwitch bridge (%v)", portpolicy.ErrInvalid, port, err)
 	}
 	f := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
-	if len(f) < 2 {
+	if len(f) < 3 {
 		return "", p, fmt.Errorf("ovspolicy: ovs-vsctl about %s: unexpected answer %q", port, out)
 	}
+	if tag := strings.TrimSpace(f[2]); tag != "[]" {
+		p.VLAN, _ = strconv.Atoi(tag)
+	}
+	f = append(f[:2], f[3:]...)
 	br := strings.TrimSpace(f[0])
 	if p.OFPort, err = strconv.Atoi(strings.TrimSpace(f[1])); err != nil || p.OFPort <= 0 || p.OFPort >= 0xff00 {
 		return "", p, fmt.Errorf("%w: %s has no OpenFlow port number on %s (%q)", portpolicy.ErrInvalid, port, br, strings.TrimSpace(f[1]))
@@ -183,7 +187,7 @@ func (m *Manager) reapply(restarted bool) bool {
 func (m *Manager) applyLocked(desired map[string]portpolicy.Policy) error {
 	want := map[string]map[uint64][]string{} // bridge -> policy cookie -> flows
 	owners := map[uint64]owner{}
-	isolated := map[string]map[string]int{} // bridge -> isolated port -> OpenFlow number
+	isolated := map[string]map[string]Port{} // bridge -> isolated port
 	// The splices (an isolated port's needs a flow) and the ports whose
 	// isolation keeps them no-flood, as recorded.
 	recorded, err := ovssplice.IsolatedPorts(m.run)
@@ -213,9 +217,9 @@ func (m *Manager) applyLocked(desired map[string]portpolicy.Policy) error {
 				want[br][c] = []string{line}
 			}
 			if isolated[br] == nil {
-				isolated[br] = map[string]int{}
+				isolated[br] = map[string]Port{}
 			}
-			isolated[br][port] = p.OFPort
+			isolated[br][port] = p
 		}
 		for _, k := range []kind{kindGuard, kindIsolate} {
 			if (k == kindGuard && pol.Guard == nil) || (k == kindIsolate && pol.Isolate == nil) {
@@ -227,7 +231,12 @@ func (m *Manager) applyLocked(desired map[string]portpolicy.Policy) error {
 		}
 	}
 	for br, ports := range isolated {
-		c, line := fanOut(slices.Sorted(maps.Values(ports)))
+		var ofports []int
+		for _, p := range ports {
+			ofports = append(ofports, p.OFPort)
+		}
+		slices.Sort(ofports)
+		c, line := fanOut(ofports)
 		want[br][c] = []string{line}
 	}
 	out, err := m.vsctl("list-br")
@@ -318,7 +327,7 @@ func (m *Manager) applyLocked(desired map[string]portpolicy.Policy) error {
 // the ports that have the record; splices: a spliced port's own flag is
 // the one its splice found). See ovssplice's policy.go for how the flag
 // is shared with the splices.
-func (m *Manager) noFloodLocked(isolated map[string]map[string]int, recorded map[string]bool, splices map[string]ovssplice.Spliced) error {
+func (m *Manager) noFloodLocked(isolated map[string]map[string]Port, recorded map[string]bool, splices map[string]ovssplice.Spliced) error {
 	for _, br := range nftutil.SortedKeys(isolated) {
 		desc, err := m.run(nil, "ovs-ofctl", timeout, "dump-ports-desc", br)
 		if err != nil {
@@ -344,6 +353,14 @@ func (m *Manager) noFloodLocked(isolated map[string]map[string]int, recorded map
 					return fmt.Errorf("ovspolicy: make %s no-flood: %w", port, err)
 				}
 			}
+			// NORMAL must not forget the VM's MACs: a frame to a MAC it
+			// has forgotten is flooded, and no longer to this port.
+			p := isolated[br][port]
+			for _, mac := range p.MACs {
+				if _, err := m.run(nil, "ovs-appctl", timeout, "fdb/add", br, port, strconv.Itoa(p.VLAN), mac.String()); err != nil {
+					m.log.Warn("ovspolicy: cannot pin the VM's MAC to its port; frames to it are lost once the bridge forgets it", "port", port, "mac", mac, "err", err)
+				}
+			}
 		}
 	}
 	return nil
@@ -352,18 +369,24 @@ func (m *Manager) noFloodLocked(isolated map[string]map[string]int, recorded map
 // floodBackLocked gives the ports that are no longer isolated their
 // flooding back (unless they were no-flood before, or a splice keeps them
 // so: its release restores it), and removes the record.
-func (m *Manager) floodBackLocked(isolated map[string]map[string]int, recorded map[string]bool, splices map[string]ovssplice.Spliced) error {
+func (m *Manager) floodBackLocked(isolated map[string]map[string]Port, recorded map[string]bool, splices map[string]ovssplice.Spliced) error {
 	var errs []error
 	for _, port := range nftutil.SortedKeys(recorded) {
-		if slices.ContainsFunc(slices.Collect(maps.Values(isolated)), func(ps map[string]int) bool { _, ok := ps[port]; return ok }) {
+		if slices.ContainsFunc(slices.Collect(maps.Values(isolated)), func(ps map[string]Port) bool { _, ok := ps[port]; return ok }) {
 			continue
 		}
-		if _, spliced := splices[port]; !recorded[port] && !spliced {
-			if out, err := m.vsctl("port-to-br", port); err == nil && len(strings.Fields(string(out))) > 0 {
-				if _, err := m.run(nil, "ovs-ofctl", timeout, "mod-port", strings.Fields(string(out))[0], port, "flood"); err != nil {
-					errs = append(errs, fmt.Errorf("ovspolicy: give %s its flooding back: %w", port, err))
-					continue
-				}
+		br, p, err := m.Locate(port, true)
+		if err == nil {
+			// The MACs pinned at isolate time, learned again from
+			// the VM's next frame.
+			for _, mac := range p.MACs {
+				m.run(nil, "ovs-appctl", timeout, "fdb/del", br, strconv.Itoa(p.VLAN), mac.String())
+			}
+		}
+		if _, spliced := splices[port]; !recorded[port] && !spliced && br != "" {
+			if _, err := m.run(nil, "ovs-ofctl", timeout, "mod-port", br, port, "flood"); err != nil {
+				errs = append(errs, fmt.Errorf("ovspolicy: give %s its flooding back: %w", port, err))
+				continue
 			}
 		}
 		if _, err := m.vsctl("--if-exists", "remove", "Interface", port, "external_ids", ovssplice.IsolateNoFloodID); err != nil {
@@ -373,19 +396,26 @@ func (m *Manager) floodBackLocked(isolated map[string]map[string]int, recorded m
 	return errors.Join(errs...)
 }
 
-// flushZone removes the isolations' conntrack entries (zone Zone) from
-// every datapath. Entries carry no port, and the isolation does not know
-// the VM's addresses to flush by tuple, so this is done only when no port
-// is isolated any more; until then a removed isolation's entries age out
-// (docs/guard.md).
+// flushZone removes the isolations' conntrack entries (zone Zone).
+// Entries carry no port, and the isolation does not know the VM's
+// addresses to flush by tuple, so this is done only when no port is
+// isolated any more; until then a removed isolation's entries age out
+// (docs/guard.md). With one datapath (the userspace one, say) ovs-appctl
+// finds it; with several, each is named (`dpctl/dump-dps`).
 func (m *Manager) flushZone() error {
-	out, err := m.run(nil, "ovs-appctl", timeout, "dpctl/dump-dps")
-	if err != nil {
-		return fmt.Errorf("ovspolicy: list the datapaths to flush conntrack zone %d: %w", Zone, err)
+	zone := fmt.Sprintf("zone=%d", Zone)
+	_, err := m.run(nil, "ovs-appctl", timeout, "dpctl/flush-conntrack", zone)
+	if err == nil {
+		m.log.Info("ovspolicy: the isolations' connections flushed", "zone", Zone)
+		return nil
+	}
+	out, lerr := m.run(nil, "ovs-appctl", timeout, "dpctl/dump-dps")
+	if lerr != nil || len(strings.Fields(string(out))) < 2 {
+		return fmt.Errorf("ovspolicy: flush conntrack zone %d: %w", Zone, err)
 	}
 	var errs []error
 	for _, dp := range strings.Fields(string(out)) {
-		if _, err := m.run(nil, "ovs-appctl", timeout, "dpctl/flush-conntrack", dp, fmt.Sprintf("zone=%d", Zone)); err != nil {
+		if _, err := m.run(nil, "ovs-appctl", timeout, "dpctl/flush-conntrack", dp, zone); err != nil {
 			errs = append(errs, fmt.Errorf("ovspolicy: flush conntrack zone %d of %s: %w", Zone, dp, err))
 			continue
 		}

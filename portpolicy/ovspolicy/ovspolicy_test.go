@@ -51,6 +51,7 @@ type fakeOVS struct {
 	calls   []string
 	noFlood map[string]bool              // name -> the port is no-flood
 	ids     map[string]map[string]string // name -> external_ids
+	static  map[string]bool              // MAC -> pinned (fdb/add)
 }
 
 func newFake(t *testing.T) *fakeOVS {
@@ -82,7 +83,7 @@ func (f *fakeOVS) run(stdin []byte, name string, args ...string) ([]byte, error)
 		if !ok {
 			return nil, fmt.Errorf("ovs-vsctl: no port named %s", args[1])
 		}
-		out := fmt.Sprintf("br0\n%d\n", n)
+		out := fmt.Sprintf("br0\n%d\n[]\n", n)
 		if m := f.macs[args[1]]; m != "" {
 			out += strconv.Quote(m) + "\n"
 		} else {
@@ -126,6 +127,12 @@ func (f *fakeOVS) run(stdin []byte, name string, args ...string) ([]byte, error)
 		return []byte(b.String()), nil
 	case name == "ovs-ofctl" && args[0] == "mod-port":
 		f.noFlood[args[2]] = args[3] == "no-flood"
+		return nil, nil
+	case name == "ovs-appctl" && (args[0] == "fdb/add" || args[0] == "fdb/del"):
+		if f.static == nil {
+			f.static = map[string]bool{}
+		}
+		f.static[args[len(args)-1]] = args[0] == "fdb/add"
 		return nil, nil
 	case name == "ovs-appctl" && args[0] == "dpctl/dump-dps":
 		return []byte("netdev@ovs-netdev\n"), nil
@@ -430,8 +437,8 @@ func TestApplyAdoptChangeRemove(t *testing.T) {
 		t.Fatalf("%d bundles, %d flows:\n%s", len(f.bundles), len(f.flows), strings.Join(f.flows, "\n"))
 	}
 	// The isolated port is no-flood, its own flag recorded.
-	if !f.noFlood["vm1"] || f.ids["vm1"][ovssplice.IsolateNoFloodID] != "false" || f.noFlood["vm2"] {
-		t.Fatalf("after isolate: no-flood %v, external_ids %v", f.noFlood, f.ids)
+	if !f.noFlood["vm1"] || f.ids["vm1"][ovssplice.IsolateNoFloodID] != "false" || f.noFlood["vm2"] || !f.static[vmMAC.String()] {
+		t.Fatalf("after isolate: no-flood %v, external_ids %v, MACs pinned %v", f.noFlood, f.ids, f.static)
 	}
 	installed := slices.Clone(f.flows)
 
@@ -518,11 +525,11 @@ func TestApplyAdoptChangeRemove(t *testing.T) {
 	if !slices.Equal(f.flows, before) {
 		t.Fatalf("after removing everything:\n%s\nwant\n%s", strings.Join(f.flows, "\n"), strings.Join(before, "\n"))
 	}
-	if f.noFlood["vm1"] || len(f.ids) != 0 {
-		t.Errorf("after removing everything: no-flood %v, external_ids %v", f.noFlood, f.ids)
+	if f.noFlood["vm1"] || len(f.ids) != 0 || f.static[vmMAC.String()] {
+		t.Errorf("after removing everything: no-flood %v, external_ids %v, MACs pinned %v", f.noFlood, f.ids, f.static)
 	}
 	// The last isolation gone, its conntrack zone is flushed, once.
-	flush := "ovs-appctl dpctl/flush-conntrack netdev@ovs-netdev zone=21328"
+	flush := "ovs-appctl dpctl/flush-conntrack zone=21328"
 	if n := slices.Index(f.calls, "ovs-appctl --timeout=10 "+flush[len("ovs-appctl "):]); n < 0 {
 		t.Errorf("no %q after the last isolation went; calls:\n%s", flush, strings.Join(f.calls, "\n"))
 	}

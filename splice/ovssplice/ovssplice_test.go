@@ -567,3 +567,73 @@ func TestChooseWarnsOfHighFlows(t *testing.T) {
 		}
 	}
 }
+
+// TestNoFloodSharedWithIsolation: the port's no-flood flag is shared with
+// an isolation (see policy.go), played here by hand as package
+// portpolicy/ovspolicy does it: whichever goes last restores the flag, to
+// what it was before either.
+func TestNoFloodSharedWithIsolation(t *testing.T) {
+	isolate := func(o *fakeOVS, was string) {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		o.ports["vm-1"].ids[IsolateNoFloodID] = was
+		o.ports["vm-1"].noFlood = true
+	}
+	unisolate := func(o *fakeOVS, restore bool) {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		delete(o.ports["vm-1"].ids, IsolateNoFloodID)
+		if restore {
+			o.ports["vm-1"].noFlood = false
+		}
+	}
+	noFlood := func(o *fakeOVS) bool { o.mu.Lock(); defer o.mu.Unlock(); return o.ports["vm-1"].noFlood }
+	_, nt := splice.TapNames("vm-1")
+	for _, tc := range []struct {
+		name         string
+		isolateFirst bool
+		releaseFirst bool
+	}{
+		{"isolate, splice, release, unisolate", true, true},
+		{"isolate, splice, unisolate, release", true, false},
+		{"splice, isolate, release, unisolate", false, true},
+		{"splice, isolate, unisolate, release", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, o, _ := newTestBackend(t)
+			if tc.isolateFirst {
+				isolate(o, "false")
+			}
+			sp, err := b.Splice("vm-1", opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.isolateFirst {
+				isolate(o, o.ports[nt].ids[idPortNoFlood]) // as the isolation reads the splice's record
+			}
+			if got := o.ports[nt].ids[idPortNoFlood]; got != "false" {
+				t.Errorf("the splice recorded the port's flag as %q, want %q (flooding before both)", got, "false")
+			}
+			if tc.releaseFirst {
+				if err := sp.Release(); err != nil {
+					t.Fatal(err)
+				}
+				if !noFlood(o) {
+					t.Errorf("released while isolated: the port floods")
+				}
+				unisolate(o, true) // no splice left: the isolation restores
+			} else {
+				unisolate(o, false) // a splice is live: the isolation leaves the flag
+				if !noFlood(o) {
+					t.Errorf("isolation removed while spliced: the port floods")
+				}
+				if err := sp.Release(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if noFlood(o) {
+				t.Errorf("after both ended the port is no-flood")
+			}
+		})
+	}
+}
