@@ -12,9 +12,10 @@ import (
 )
 
 // TestOVSVswitchdRestartLive: two ports quarantined, the second also
-// guarded, ovs-vswitchd restarted: within 2 s of its start the bridge
+// guarded and isolated, ovs-vswitchd restarted: within 2 s of its start the bridge
 // holds exactly the flows, groups and port flags it held while spliced
-// (the guard's flows included; no flow or group doubled or missing), each
+// (the guard's and the isolation's flows included, and the isolated port
+// no-flood; no flow or group doubled or missing), each
 // splice was repaired by one bundle, both quarantines stay active, the
 // forwarder polices at the limit again, and releasing both and removing
 // the guard restores the bridge.
@@ -26,7 +27,11 @@ func TestOVSVswitchdRestartLive(t *testing.T) {
 	d.must("quarantine", port1, "--pps", "5000", "--to-vm-bps", "16mbit")
 	d.must("quarantine", port2, "--pps", "1000")
 	d.must("guard", port2, "--mac", l.get("VM2_MAC"), "--ip", l.get("VM2_IP"))
+	d.must("isolate", port2, "--allow-from", l.get("EXT_IP")+"/32")
 	spliced := l.ovsSnapshot()
+	if !strings.Contains(spliced, "table=83") || !strings.Contains(spliced, "priority=64965,") {
+		t.Fatalf("no flows of the isolation's (table 83, and the one for its splice at 64965) on the bridge:\n%s", spliced)
+	}
 	if !strings.Contains(spliced, "cookie=0x5350") {
 		t.Fatalf("no flow of the guard's (cookie 0x5350...) on the bridge:\n%s", spliced)
 	}
@@ -70,6 +75,7 @@ func TestOVSVswitchdRestartLive(t *testing.T) {
 	d.must("release", port1)
 	d.must("release", port2)
 	d.must("guard", "--remove", port2)
+	d.must("isolate", "--remove", port2)
 	if after := l.stableSnapshot(port1); after != before {
 		t.Errorf("release after the restart left the host changed:\n%s", diffLines(before, after))
 	}

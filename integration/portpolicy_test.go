@@ -229,12 +229,16 @@ func (l *lab) metricsMatch(phase, family, port string, drops func() map[string]u
 
 // policyState is what a port policy changes on the lab's hypervisor: the
 // nftables ruleset and, on an OVS lab, the bridge's flows (without
-// counters, sorted).
+// counters, sorted), its ports' OpenFlow descriptions (the no-flood
+// flags) and the Interface rows' numbers and external_ids.
 func (l *lab) policyState() string {
 	l.t.Helper()
 	s := l.ruleset(l.get("HV_NS"))
 	if br := l.get("OVS_BRIDGE"); br != "" {
-		s += "\n--- flows of " + br + "\n" + strings.Join(sortedLines(l.sh(l.get("HV_NS"), "ovs-ofctl dump-flows "+br+" --no-stats")), "\n")
+		hv := l.get("HV_NS")
+		s += "\n--- flows of " + br + "\n" + strings.Join(sortedLines(l.sh(hv, "ovs-ofctl dump-flows "+br+" --no-stats")), "\n")
+		s += "\n--- ports of " + br + "\n" + l.sh(hv, "ovs-ofctl dump-ports-desc "+br)
+		s += "\n--- interfaces\n" + strings.Join(sortedLines(l.sh(hv, "ovs-vsctl --format=csv --columns=name,ofport,external_ids,other_config list Interface")), "\n")
 	}
 	return s
 }
@@ -457,6 +461,21 @@ func icmpEcho4(t *testing.T, srcMAC, dstMAC net.HardwareAddr, src, dst string) [
 	return ppSerialize(t, &layers.Ethernet{SrcMAC: srcMAC, DstMAC: dstMAC, EthernetType: layers.EthernetTypeIPv4}, ip, ic, gopacket.Payload("shaperd-lab-isolate"))
 }
 
+// withDst returns frame with its destination MAC set to dst.
+func withDst(frame []byte, dst net.HardwareAddr) []byte {
+	copy(frame[:6], dst)
+	return frame
+}
+
+// tcpSyn4 is a TCP SYN frame from srcMAC, src:sport to dst:dport
+// (broadcast destination MAC).
+func tcpSyn4(t *testing.T, srcMAC net.HardwareAddr, src, dst string, sport, dport uint16) []byte {
+	ip := &layers.IPv4{Version: 4, IHL: 5, TTL: 64, Protocol: layers.IPProtocolTCP, SrcIP: ipOf(src), DstIP: ipOf(dst)}
+	tc := &layers.TCP{SrcPort: layers.TCPPort(sport), DstPort: layers.TCPPort(dport), SYN: true, Seq: 1, Window: 1024}
+	tc.SetNetworkLayerForChecksum(ip)
+	return ppSerialize(t, &layers.Ethernet{SrcMAC: srcMAC, DstMAC: bcast, EthernetType: layers.EthernetTypeIPv4}, ip, tc)
+}
+
 // TestIsolatePortNftables: shaperd isolate on a Linux bridge port, the
 // seed's gw_mgmt policy, end to end. VM 1 is isolated with the external
 // host's address as the management network. Before: VM 1 reaches the
@@ -496,7 +515,23 @@ func runIsolateScenario(t *testing.T, mode string) {
 		}
 	}
 	l.nftCount(ext, "eth0", map[string]string{"udp9": "ip saddr " + vmIP + " udp dport 9", "mcast": "ether saddr 03:00:5e:00:00:01"})
-	l.nftCount(vm1, "eth0", map[string]string{"udp9": "ip saddr " + extIP + " udp dport 9", "mcast": "ether saddr 03:00:5e:00:00:01"})
+	// Toward VM 1, besides UDP to its MAC: what a bridge floods (a
+	// broadcast and a multicast UDP datagram, an IPv6 multicast one) and a
+	// TCP SYN to its address from outside the allowed network with a
+	// broadcast destination MAC. Each has a counter of its own.
+	ext2IP := l.get("EXT2_IP")
+	ext2MAC := mustMAC(t, l.get("EXT2_MAC"))
+	flooded := map[string]string{
+		"bc4": "ip saddr " + extIP + " udp dport 10",
+		"mc4": "ip saddr " + extIP + " udp dport 11",
+		"mc6": "ip6 saddr " + extIP6 + " udp dport 12",
+		"syn": "ip saddr " + ext2IP + " tcp dport 23",
+	}
+	vmCounters := map[string]string{"udp9": "ip saddr " + extIP + " udp dport 9", "mcast": "ether saddr 03:00:5e:00:00:01"}
+	for k, v := range flooded {
+		vmCounters[k] = v
+	}
+	l.nftCount(vm1, "eth0", vmCounters)
 
 	connect := func(from, to string) error {
 		return l.try(from, "probe", "client", "--connect", to+":22", "--count", "3", "--interval", "20ms", "--timeout", "1s", "--connect-timeout", "2s")
@@ -509,6 +544,28 @@ func runIsolateScenario(t *testing.T, mode string) {
 	udpToVM := udp4(t, extMAC, extIP, vmIP, 40000, 9)
 	if mode == "ovs" {
 		copy(udpToVM[:6], vmMAC)
+	}
+	floodFrames := [][]byte{
+		withDst(udp4(t, extMAC, extIP, "255.255.255.255", 40000, 10), bcast),
+		withDst(udp4(t, extMAC, extIP, "224.0.0.251", 40000, 11), mustMAC(t, "01:00:5e:00:00:fb")),
+		withDst(udp6(t, extMAC, extIP6, "ff02::1", 40000, 12), mustMAC(t, "33:33:00:00:00:01")),
+	}
+	syn := withDst(tcpSyn4(t, ext2MAC, ext2IP, vmIP, 40000, 23), bcast)
+	// flood sends those (10 of each) and returns how many of each
+	// arrived at VM 1.
+	flood := func() map[string]uint64 {
+		was := map[string]uint64{}
+		for k := range flooded {
+			was[k] = l.count(vm1, k)
+		}
+		l.sendFrames(ext, "eth0", 10, floodFrames...)
+		l.sendFrames(ext2, "eth0", 10, syn)
+		time.Sleep(300 * time.Millisecond)
+		got := map[string]uint64{}
+		for k := range flooded {
+			got[k] = l.count(vm1, k) - was[k]
+		}
+		return got
 	}
 	traffic := func() (udpOut, udpIn, mcOut, mcIn uint64) {
 		u0, u1, m0, m1 := l.count(ext, "udp9"), l.count(vm1, "udp9"), l.count(ext, "mcast"), l.count(vm1, "mcast")
@@ -540,6 +597,9 @@ func runIsolateScenario(t *testing.T, mode string) {
 	}
 	if uo, ui, mo, mi := traffic(); uo != 10 || ui != 10 || mo != wantMC || mi != wantMC {
 		t.Fatalf("before isolation: UDP %d out %d in, multicast-source %d out %d in; want 10, 10, %d, %d", uo, ui, mo, mi, wantMC, wantMC)
+	}
+	if got := flood(); got["bc4"] != 10 || got["mc4"] != 10 || got["mc6"] != 10 || got["syn"] != 10 {
+		t.Fatalf("before isolation: of 10 each, flooded toward VM 1 arrived %v; want all", got)
 	}
 
 	d.must("isolate", port, "--allow-from", extIP+"/32")
@@ -576,6 +636,9 @@ func runIsolateScenario(t *testing.T, mode string) {
 		if uo, ui, mo, mi := traffic(); uo+ui+mo+mi != 0 {
 			t.Errorf("%s: UDP %d out %d in, multicast-source %d out %d in crossed; want none", phase, uo, ui, mo, mi)
 		}
+		if got := flood(); got["bc4"]+got["mc4"]+got["mc6"]+got["syn"] != 0 {
+			t.Errorf("%s: of 10 each, flooded toward VM 1 arrived %v; want none", phase, got)
+		}
 		// OVS moves its datapath's counters to the flows every half
 		// second or so: wait for them.
 		reasons := []string{"isolate_new_from_vm", "isolate_not_allowed", "isolate_udp", "isolate_not_ipv4"}
@@ -602,6 +665,20 @@ func runIsolateScenario(t *testing.T, mode string) {
 		l.metricsMatch(phase, "shaperd_isolate_drops_total", port, func() map[string]uint64 { _, is := d.policies(); return is[0].Drops })
 	}
 	checkIsolated("isolated")
+	if mode == "ovs" {
+		// No-flood, the port gets no frame to its MAC that the bridge has
+		// forgotten: the isolation pins the VM's MAC to the port. The
+		// bridge forgets what it learned (fdb/flush, as when it ages
+		// out); the external host, its neighbour entry still fresh,
+		// connects at once, before VM 1 has sent anything.
+		hv := l.get("HV_NS")
+		t.Logf("isolated: MAC table:\n%s", l.sh(hv, "ovs-appctl fdb/show br0"))
+		l.sh(hv, "ovs-appctl fdb/flush br0")
+		t.Logf("isolated: MAC table after fdb/flush:\n%s", l.sh(hv, "ovs-appctl fdb/show br0"))
+		if err := connect(ext, vmIP); err != nil {
+			t.Errorf("isolated, the bridge's MAC table flushed: the allowed network cannot connect into VM 1: %v", err)
+		}
+	}
 	installed := noCounters(l.policyState())
 	if mode == "ovs" && (strings.Contains(installed, "shaperd_portpolicy") || !strings.Contains(installed, "ct(commit,zone=")) {
 		t.Fatalf("after isolate, want the isolation's ct() flows and no nftables table:\n%s", installed)
@@ -617,17 +694,55 @@ func runIsolateScenario(t *testing.T, mode string) {
 		// Quarantined: the splice steers the frames to the VM's MAC into
 		// the forwarder after the isolation's flows, and sends the VM's
 		// back as if from the port, into them.
+		// The isolation adds a flow that keeps the splice's copies of
+		// multicast frames from the VM (the isolation delivers what it
+		// lets in), and takes it away after the release: each within
+		// a moment of the splice's change.
 		d.must("quarantine", port, "--pps", "100000")
+		start := time.Now()
+		for !strings.Contains(l.sh(l.get("HV_NS"), "ovs-ofctl dump-flows br0 --no-stats"), "priority=64965,") {
+			if time.Since(start) > 2*time.Second {
+				t.Fatalf("quarantined: no flow of the isolation's for the splice after 2 s")
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+		t.Logf("quarantined: the isolation's flow for the splice in %v", time.Since(start).Round(time.Millisecond))
 		checkIsolated("quarantined")
 		d.must("release", port)
-		if got := noCounters(l.policyState()); got != installed {
-			t.Fatalf("after the quarantine the ruleset or the flows differ:\n--- before\n%s\n--- after\n%s", installed, got)
+		start = time.Now()
+		got := noCounters(l.policyState())
+		for got != installed && time.Since(start) < 2*time.Second {
+			time.Sleep(10 * time.Millisecond)
+			got = noCounters(l.policyState())
 		}
+		if got != installed {
+			t.Fatalf("2 s after the release the ruleset, flows, ports or rows differ:\n--- before\n%s\n--- after\n%s", installed, got)
+		}
+		t.Logf("released: the state as before the quarantine in %v", time.Since(start).Round(time.Millisecond))
 	}
 
+	// The isolation's connections (conntrack zone 21328 of the
+	// userspace datapath) go with the last isolation.
+	conns := func() int {
+		if mode != "ovs" {
+			return 0
+		}
+		return len(sortedLines(l.sh(l.get("HV_NS"), "ovs-appctl dpctl/dump-conntrack zone=21328")))
+	}
+	if mode == "ovs" {
+		if err := connect(ext, vmIP); err != nil {
+			t.Errorf("before remove: the allowed network cannot connect into VM 1: %v", err)
+		}
+		if n := conns(); n == 0 {
+			t.Errorf("before remove: no connection in conntrack zone 21328")
+		}
+	}
 	d.must("isolate", "--remove", port)
 	if _, isos := d.policies(); len(isos) != 0 {
 		t.Fatalf("after remove: %+v", isos)
+	}
+	if n := conns(); n != 0 {
+		t.Errorf("after remove: %d connections left in conntrack zone 21328:\n%s", n, l.sh(l.get("HV_NS"), "ovs-appctl dpctl/dump-conntrack zone=21328"))
 	}
 	if after := l.policyState(); after != before {
 		t.Fatalf("after remove the ruleset or the flows differ:\n--- before\n%s\n--- after\n%s", before, after)

@@ -41,7 +41,21 @@ const (
 	prioGuard   = 65500 // downwards, one per rule
 	prioIsoFrom = 65400
 	prioIsoTo   = 65300
+	prioIsoMany = 65200 // the bridge's fan-out of multicast and broadcast to its isolated ports
+	// prioIsoSpliced keeps a splice's copy of every multicast frame from
+	// an isolated VM: just above the splice's flow that makes it, below
+	// its flows from the VM and to the VM's MACs.
+	prioIsoSpliced = ovssplice.MulticastPriority + 5
 )
+
+// DeliverTable is the table where an isolated port's flows decide which
+// multicast and broadcast frames reach the VM (one flow per rule, keyed on
+// the port's number in the upper half of MarkReg; see isolateRules).
+// A bridge with a flow of someone else's in it is refused.
+const DeliverTable = 0x53
+
+// deliverPrio is the priority of the first rule in DeliverTable.
+const deliverPrio = 100
 
 // MarkReg is the register whose bits mark a frame that passed a policy, so
 // that the policy's flows let it by when it re-enters table 0
@@ -54,7 +68,12 @@ const (
 	bitGuard   = 0
 	bitIsoFrom = 1
 	bitIsoTo   = 2
+	bitIsoMany = 3 // the frame went through the fan-out
 )
+
+// portField is the part of MarkReg that holds the isolated port a copy of
+// a multicast frame is for, in DeliverTable.
+const portField = "NXM_NX_REG11[16..31]"
 
 // Zone is the conntrack zone of the isolations' ct() flows.
 const Zone = 0x5350
@@ -70,6 +89,13 @@ type Port struct {
 	Name   string
 	OFPort int
 	MACs   []net.HardwareAddr
+	// Splice is the splice on the port, for an isolation (its mark; nil
+	// if none): the isolation keeps the splice's copies of multicast
+	// frames from the VM.
+	Splice *ovssplice.Spliced
+	// VLAN is the port's access VLAN (its tag; 0 if none), under which
+	// an isolation pins the VM's MACs in the bridge's MAC table.
+	VLAN int
 }
 
 // rule is one flow: a drop reason ("" for a flow that passes), a match and
@@ -223,9 +249,51 @@ func isolateRules(iso portpolicy.Isolate) (out, in []rule) {
 	return out, in
 }
 
-// flowLine renders one "flow add" line of a bundle.
-func flowLine(cookie uint64, prio int, match, actions string) string {
-	s := fmt.Sprintf("flow add table=0,cookie=%#x,priority=%d", cookie, prio)
+// deliverRules are an isolation's rules for a copy of a multicast or
+// broadcast frame (any frame whose destination MAC has the group bit) for
+// the VM, first match first: the port is no-flood while isolated, so
+// NORMAL sends it none, and these flows send it those the isolation lets
+// in: ARP. The rest is dropped for the port under the reason the same
+// frame to its MAC would have: IPv4 to a group or broadcast address is not
+// a connection into the VM (isolate_not_allowed, even from the allowed
+// network). The VM's own frames come back to it never.
+func deliverRules(ofport int) []rule {
+	return []rule{
+		{"", fmt.Sprintf("in_port=%d", ofport), "drop"},
+		{portpolicy.ReasonIsoMulticast, "dl_src=01:00:00:00:00:00/01:00:00:00:00:00", "drop"},
+		{"", "arp," + noVLAN, fmt.Sprintf("output:%d", ofport)},
+		{portpolicy.ReasonIsoUDP, "udp," + noVLAN, "drop"},
+		{portpolicy.ReasonIsoNotAllowed, "ip," + noVLAN, "drop"},
+		{portpolicy.ReasonIsoNotIPv4, "", "drop"},
+	}
+}
+
+const groupDst = "dl_dst=01:00:00:00:00:00/01:00:00:00:00:00"
+
+// fanOut is the flow of a bridge with isolated ports (their OpenFlow
+// numbers, sorted) that sends a copy of every multicast and broadcast
+// frame through each port's rules in DeliverTable, then on through table
+// 0 (the bridge's own flows, NORMAL), marked so that it is not copied
+// again. Its cookie is the tag and a hash of the ports.
+func fanOut(ports []int) (uint64, string) {
+	var acts []string
+	for _, p := range ports {
+		acts = append(acts, fmt.Sprintf("clone(load:%d->%s,resubmit(,%d))", p, portField, DeliverTable))
+	}
+	acts = append(acts, pass(bitIsoMany))
+	h := sha256.Sum256(fmt.Appendf(nil, "fan-out\x00%v", ports))
+	id := binary.BigEndian.Uint64(h[:8]) & (1<<40 - 1)
+	if id == 0 {
+		id = 1
+	}
+	c := CookieTag | id<<8
+	return c, flowLine(c, 0, prioIsoMany, groupDst+","+mark(bitIsoMany), strings.Join(acts, ","))
+}
+
+// flowLine renders one "flow add" line of a bundle, in table 0 (or table
+// if it is not 0).
+func flowLine(cookie uint64, table, prio int, match, actions string) string {
+	s := fmt.Sprintf("flow add table=%d,cookie=%#x,priority=%d", table, cookie, prio)
 	if match != "" {
 		s += "," + match
 	}
@@ -237,15 +305,16 @@ func flowLine(cookie uint64, prio int, match, actions string) string {
 func policyFlows(p Port, k kind, pol portpolicy.Policy) (uint64, []string) {
 	var lines []string
 	var what string
-	emit := func(cookie uint64, prio int, head string, rs []rule) {
+	emitIn := func(table int, cookie uint64, prio int, head string, rs []rule) {
 		for i, r := range rs {
 			m := head
 			if r.match != "" {
 				m += "," + r.match
 			}
-			lines = append(lines, flowLine(cookie|k.reasonIndex(r.reason), prio-i, m, r.actions))
+			lines = append(lines, flowLine(cookie|k.reasonIndex(r.reason), table, prio-i, m, r.actions))
 		}
 	}
+	emit := func(cookie uint64, prio int, head string, rs []rule) { emitIn(0, cookie, prio, head, rs) }
 	if k == kindGuard {
 		what = pol.Guard.String()
 		c := policyCookie(p, k, what)
@@ -259,5 +328,22 @@ func policyFlows(p Port, k kind, pol portpolicy.Policy) (uint64, []string) {
 	for _, mac := range p.MACs {
 		emit(c, prioIsoTo, fmt.Sprintf("dl_dst=%s,%s", mac, mark(bitIsoTo)), in)
 	}
+	emitIn(DeliverTable, c, deliverPrio, fmt.Sprintf("reg%d=%#x/0xffff0000", MarkReg, p.OFPort<<16), deliverRules(p.OFPort))
 	return c, lines
+}
+
+// splicedFlow is the flow an isolated port needs while it is spliced, with
+// a cookie of its own (tag, a hash of the port and the splice's mark), so
+// that the isolation's flows and counters stay as they are when a splice
+// comes or goes. The splice copies every multicast frame to the VM through
+// its forwarder unless the splice's mark is set: this sets it (the fan-out
+// has delivered to the port what the isolation lets in).
+func splicedFlow(p Port) (uint64, string) {
+	h := sha256.Sum256(fmt.Appendf(nil, "spliced\x00%s\x00%d\x00%s", p.Name, p.OFPort, p.Splice.Mark))
+	id := binary.BigEndian.Uint64(h[:8]) & (1<<40 - 1)
+	if id == 0 {
+		id = 1
+	}
+	c := CookieTag | id<<8
+	return c, flowLine(c, 0, prioIsoSpliced, groupDst+","+p.Splice.Mark, p.Splice.SetMark+",resubmit(,0)")
 }

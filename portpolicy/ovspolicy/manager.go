@@ -1,7 +1,6 @@
 package ovspolicy
 
 import (
-	"bufio"
 	"bytes"
 	"errors"
 	"fmt"
@@ -27,16 +26,13 @@ type Options struct {
 	Run ovssplice.ExecFunc
 	// Logger receives one line per change; nil means slog.Default().
 	Logger *slog.Logger
-	// Vswitchd returns the running ovs-vswitchd's pid ("" if none); nil
-	// means ovssplice.VswitchdPID. A new pid is a restart, which loses
-	// every flow: the Manager then applies its last set again.
-	Vswitchd func() string
+	// Watcher watches ovs-vswitchd: a new pid is a restart, which loses
+	// every flow and no-flood flag, and the Manager then applies its last
+	// set again; so it does when the splices change (an isolated port's
+	// splice needs a flow of the isolation's). nil means
+	// ovssplice.DefaultWatcher, the one the OVS splice backend uses.
+	Watcher *ovssplice.Watcher
 }
-
-// VswitchdPoll is how often a Manager with policies reads ovs-vswitchd's
-// pid: the policies' flows are back within about this, and the time of one
-// bundle, of a restart.
-const VswitchdPoll = 200 * time.Millisecond
 
 // Manager keeps the OVS flows of the port policies equal to the last
 // desired set given to Apply. Like portpolicy.Manager it reads what the
@@ -52,11 +48,10 @@ type Manager struct {
 	// Stats reads. Guarded by mu.
 	owners  map[uint64]owner
 	bridges []string
-	// desired is the set of the last Apply that succeeded; watching
-	// says the restart watcher runs (while desired is not empty).
-	desired  map[string]portpolicy.Policy
-	watching bool
-	vswitchd func() string
+	// desired is the set of the last Apply that succeeded; the watcher
+	// puts it back after a restart of ovs-vswitchd while it is not empty.
+	desired map[string]portpolicy.Policy
+	watch   *ovssplice.WatchClient
 	// last and base keep the drop counters monotonic across a restart
 	// of ovs-vswitchd, which starts the flows' n_packets at 0 again: per
 	// drop cookie, the last count read and what earlier flows counted.
@@ -70,17 +65,19 @@ type owner struct {
 
 // New returns a Manager; it changes nothing.
 func New(opts Options) *Manager {
-	m := &Manager{run: opts.Run, log: opts.Logger, owners: map[uint64]owner{}, vswitchd: opts.Vswitchd,
+	m := &Manager{run: opts.Run, log: opts.Logger, owners: map[uint64]owner{},
 		last: map[uint64]uint64{}, base: map[uint64]uint64{}}
 	if m.run == nil {
 		m.run = ovssplice.Exec
 	}
-	if m.vswitchd == nil {
-		m.vswitchd = ovssplice.VswitchdPID
-	}
 	if m.log == nil {
 		m.log = slog.Default()
 	}
+	w := opts.Watcher
+	if w == nil {
+		w = ovssplice.DefaultWatcher(m.log)
+	}
+	m.watch = w.Register("port policies", m.active, m.reapply)
 	return m
 }
 
@@ -97,15 +94,19 @@ func (m *Manager) vsctl(args ...string) ([]byte, error) {
 // not an OVS port, no OpenFlow number, no MAC known.
 func (m *Manager) Locate(port string, macs bool) (string, Port, error) {
 	p := Port{Name: port}
-	out, err := m.vsctl("port-to-br", port, "--", "get", "Interface", port, "ofport",
+	out, err := m.vsctl("port-to-br", port, "--", "get", "Interface", port, "ofport", "--", "get", "Port", port, "tag",
 		"--", "--if-exists", "get", "Interface", port, "external_ids:attached-mac")
 	if err != nil {
 		return "", p, fmt.Errorf("%w: %s is not a port of an Open vSwitch bridge (%v)", portpolicy.ErrInvalid, port, err)
 	}
 	f := strings.Split(strings.TrimRight(string(out), "\n"), "\n")
-	if len(f) < 2 {
+	if len(f) < 3 {
 		return "", p, fmt.Errorf("ovspolicy: ovs-vsctl about %s: unexpected answer %q", port, out)
 	}
+	if tag := strings.TrimSpace(f[2]); tag != "[]" {
+		p.VLAN, _ = strconv.Atoi(tag)
+	}
+	f = append(f[:2], f[3:]...)
 	br := strings.TrimSpace(f[0])
 	if p.OFPort, err = strconv.Atoi(strings.TrimSpace(f[1])); err != nil || p.OFPort <= 0 || p.OFPort >= 0xff00 {
 		return "", p, fmt.Errorf("%w: %s has no OpenFlow port number on %s (%q)", portpolicy.ErrInvalid, port, br, strings.TrimSpace(f[1]))
@@ -148,51 +149,57 @@ func (m *Manager) Apply(desired map[string]portpolicy.Policy) error {
 		return err
 	}
 	m.desired = maps.Clone(desired)
-	if len(m.desired) > 0 && !m.watching {
-		if pid := m.vswitchd(); pid != "" {
-			m.watching = true
-			go m.watchVswitchd(pid)
-		}
+	if len(m.desired) > 0 {
+		m.watch.Start()
 	}
 	return nil
 }
 
-// watchVswitchd applies the last set again after each restart of
-// ovs-vswitchd (a new pid), trying every poll until it succeeds; it ends
-// when the set is empty.
-func (m *Manager) watchVswitchd(last string) {
-	dirty := false
-	for {
-		time.Sleep(VswitchdPoll)
-		pid := m.vswitchd()
-		if pid != last && pid != "" {
-			m.log.Warn("ovspolicy: ovs-vswitchd restarted: putting back the port policies' flows", "pid", pid, "was", last)
-			dirty = true
-		}
-		last = pid
-		m.mu.Lock()
-		if len(m.desired) == 0 {
-			m.watching = false
-			m.mu.Unlock()
-			return
-		}
-		if dirty && pid != "" {
-			start := time.Now()
-			if err := m.applyLocked(m.desired); err != nil {
-				m.log.Debug("ovspolicy: flows not put back yet after the restart of ovs-vswitchd; trying again", "err", err)
-			} else {
-				dirty = false
-				m.log.Warn("ovspolicy: port policies' flows put back after the restart of ovs-vswitchd", "took", time.Since(start).Round(time.Millisecond))
-			}
-		}
-		m.mu.Unlock()
+// active reports whether the Manager has policies (the watcher's
+// question).
+func (m *Manager) active() bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return len(m.desired) > 0
+}
+
+// reapply applies the last set again: the watcher calls it after a restart
+// of ovs-vswitchd (restarted), and when the splices changed. It reports
+// success.
+func (m *Manager) reapply(restarted bool) bool {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if len(m.desired) == 0 {
+		return true
 	}
+	start := time.Now()
+	if err := m.applyLocked(m.desired); err != nil {
+		m.log.Debug("ovspolicy: port policies' flows not put back yet; trying again", "err", err)
+		return false
+	}
+	if restarted {
+		m.log.Warn("ovspolicy: port policies' flows put back after the restart of ovs-vswitchd", "took", time.Since(start).Round(time.Millisecond))
+	}
+	return true
 }
 
 // applyLocked is Apply, with m.mu held and desired valid.
 func (m *Manager) applyLocked(desired map[string]portpolicy.Policy) error {
 	want := map[string]map[uint64][]string{} // bridge -> policy cookie -> flows
 	owners := map[uint64]owner{}
+	isolated := map[string]map[string]Port{} // bridge -> isolated port
+	// The splices (an isolated port's needs a flow) and the ports whose
+	// isolation keeps them no-flood, as recorded.
+	recorded, err := ovssplice.IsolatedPorts(m.run)
+	if err != nil {
+		return err
+	}
+	var splices map[string]ovssplice.Spliced
+	if slices.ContainsFunc(slices.Collect(maps.Values(desired)), func(p portpolicy.Policy) bool { return p.Isolate != nil }) || len(recorded) > 0 {
+		if splices, err = ovssplice.Splices(m.run); err != nil {
+			return err
+		}
+	}
 	for _, port := range nftutil.SortedKeys(desired) {
 		pol := desired[port]
 		br, p, err := m.Locate(port, pol.Isolate != nil)
@@ -203,6 +210,17 @@ func (m *Manager) applyLocked(desired map[string]portpolicy.Policy) error {
 		if want[br] == nil {
 			want[br] = map[uint64][]string{}
 		}
+		if pol.Isolate != nil {
+			if sp, ok := splices[port]; ok {
+				p.Splice = &sp
+				c, line := splicedFlow(p)
+				want[br][c] = []string{line}
+			}
+			if isolated[br] == nil {
+				isolated[br] = map[string]Port{}
+			}
+			isolated[br][port] = p
+		}
 		for _, k := range []kind{kindGuard, kindIsolate} {
 			if (k == kindGuard && pol.Guard == nil) || (k == kindIsolate && pol.Isolate == nil) {
 				continue
@@ -211,6 +229,15 @@ func (m *Manager) applyLocked(desired map[string]portpolicy.Policy) error {
 			want[br][c] = lines
 			owners[c] = owner{port, k}
 		}
+	}
+	for br, ports := range isolated {
+		var ofports []int
+		for _, p := range ports {
+			ofports = append(ofports, p.OFPort)
+		}
+		slices.Sort(ofports)
+		c, line := fanOut(ofports)
+		want[br][c] = []string{line}
 	}
 	out, err := m.vsctl("list-br")
 	if err != nil {
@@ -226,8 +253,8 @@ func (m *Manager) applyLocked(desired map[string]portpolicy.Policy) error {
 		}
 		have := map[uint64]int{}
 		for _, f := range fs {
-			if f.cookie&CookieMask == CookieTag {
-				have[f.cookie&policyMask]++
+			if f.Cookie&CookieMask == CookieTag {
+				have[f.Cookie&policyMask]++
 			}
 		}
 		var del, add []string
@@ -243,8 +270,11 @@ func (m *Manager) applyLocked(desired map[string]portpolicy.Policy) error {
 		}
 		if len(add) > 0 {
 			for _, f := range fs {
-				if f.cookie&CookieMask != CookieTag && markUse.MatchString(strings.ToLower(f.text)) {
-					return fmt.Errorf("%w: bridge %s has a flow that uses reg%d, which the port policies mark frames with: %q", portpolicy.ErrInvalid, br, MarkReg, f.text)
+				if f.Cookie&CookieMask != CookieTag && markUse.MatchString(strings.ToLower(f.Text)) {
+					return fmt.Errorf("%w: bridge %s has a flow that uses reg%d, which the port policies mark frames with: %q", portpolicy.ErrInvalid, br, MarkReg, f.Text)
+				}
+				if f.Cookie&CookieMask != CookieTag && f.Table == DeliverTable && len(isolated[br]) > 0 {
+					return fmt.Errorf("%w: bridge %s has a flow in table %d, where the isolations deliver multicast and broadcast frames: %q", portpolicy.ErrInvalid, br, DeliverTable, f.Text)
 				}
 			}
 		}
@@ -258,6 +288,11 @@ func (m *Manager) applyLocked(desired map[string]portpolicy.Policy) error {
 			return fmt.Errorf("ovspolicy: bridge %s is not in the bridge list", br)
 		}
 	}
+	// An isolated port is no-flood before its flows deliver to it (for a
+	// moment the VM misses broadcasts rather than get them twice).
+	if err := m.noFloodLocked(isolated, recorded, splices); err != nil {
+		return err
+	}
 	var errs []error
 	for _, br := range nftutil.SortedKeys(texts) {
 		if _, err := m.run([]byte(texts[br]), "ovs-ofctl", timeout, "-O", "OpenFlow14", "bundle", br, "-"); err != nil {
@@ -266,11 +301,125 @@ func (m *Manager) applyLocked(desired map[string]portpolicy.Policy) error {
 		}
 		m.log.Info("ovspolicy: applied", "bridge", br, "changes", strings.Count(texts[br], "\n"))
 	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
+	}
+	if err := m.floodBackLocked(isolated, recorded, splices); err != nil {
+		errs = append(errs, err)
+	}
+	if len(recorded) > 0 && len(isolated) == 0 {
+		// The last isolation went: its connections go too.
+		if err := m.flushZone(); err != nil {
+			errs = append(errs, err)
+		}
+	}
 	if len(errs) == 0 {
 		m.owners, m.bridges = owners, nftutil.SortedKeys(want)
 		for _, counts := range []map[uint64]uint64{m.last, m.base} {
 			maps.DeleteFunc(counts, func(c, _ uint64) bool { _, ok := owners[c&policyMask]; return !ok })
 		}
+	}
+	return errors.Join(errs...)
+}
+
+// noFloodLocked makes every isolated port (bridge -> port -> number)
+// no-flood, first recording in its Interface row whether it was (recorded:
+// the ports that have the record; splices: a spliced port's own flag is
+// the one its splice found). See ovssplice's policy.go for how the flag
+// is shared with the splices.
+func (m *Manager) noFloodLocked(isolated map[string]map[string]Port, recorded map[string]bool, splices map[string]ovssplice.Spliced) error {
+	for _, br := range nftutil.SortedKeys(isolated) {
+		desc, err := m.run(nil, "ovs-ofctl", timeout, "dump-ports-desc", br)
+		if err != nil {
+			return fmt.Errorf("ovspolicy: read the ports of %s: %w", br, err)
+		}
+		for _, port := range nftutil.SortedKeys(isolated[br]) {
+			noFlood, ok := ovssplice.PortNoFlood(desc, port)
+			if !ok {
+				return fmt.Errorf("ovspolicy: ovs-ofctl dump-ports-desc %s shows no port %s", br, port)
+			}
+			if _, ok := recorded[port]; !ok {
+				was := noFlood
+				if sp, ok := splices[port]; ok {
+					was = sp.PortNoFlood
+				}
+				if _, err := m.vsctl("set", "Interface", port, fmt.Sprintf("external_ids:%s=%t", ovssplice.IsolateNoFloodID, was)); err != nil {
+					return fmt.Errorf("ovspolicy: record the flooding of %s: %w", port, err)
+				}
+				recorded[port] = was
+			}
+			if !noFlood {
+				if _, err := m.run(nil, "ovs-ofctl", timeout, "mod-port", br, port, "no-flood"); err != nil {
+					return fmt.Errorf("ovspolicy: make %s no-flood: %w", port, err)
+				}
+			}
+			// NORMAL must not forget the VM's MACs: a frame to a MAC it
+			// has forgotten is flooded, and no longer to this port.
+			p := isolated[br][port]
+			for _, mac := range p.MACs {
+				if _, err := m.run(nil, "ovs-appctl", timeout, "fdb/add", br, port, strconv.Itoa(p.VLAN), mac.String()); err != nil {
+					m.log.Warn("ovspolicy: cannot pin the VM's MAC to its port; frames to it are lost once the bridge forgets it", "port", port, "mac", mac, "err", err)
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// floodBackLocked gives the ports that are no longer isolated their
+// flooding back (unless they were no-flood before, or a splice keeps them
+// so: its release restores it), and removes the record.
+func (m *Manager) floodBackLocked(isolated map[string]map[string]Port, recorded map[string]bool, splices map[string]ovssplice.Spliced) error {
+	var errs []error
+	for _, port := range nftutil.SortedKeys(recorded) {
+		if slices.ContainsFunc(slices.Collect(maps.Values(isolated)), func(ps map[string]Port) bool { _, ok := ps[port]; return ok }) {
+			continue
+		}
+		br, p, err := m.Locate(port, true)
+		if err == nil {
+			// The MACs pinned at isolate time, learned again from
+			// the VM's next frame.
+			for _, mac := range p.MACs {
+				m.run(nil, "ovs-appctl", timeout, "fdb/del", br, strconv.Itoa(p.VLAN), mac.String())
+			}
+		}
+		if _, spliced := splices[port]; !recorded[port] && !spliced && br != "" {
+			if _, err := m.run(nil, "ovs-ofctl", timeout, "mod-port", br, port, "flood"); err != nil {
+				errs = append(errs, fmt.Errorf("ovspolicy: give %s its flooding back: %w", port, err))
+				continue
+			}
+		}
+		if _, err := m.vsctl("--if-exists", "remove", "Interface", port, "external_ids", ovssplice.IsolateNoFloodID); err != nil {
+			errs = append(errs, fmt.Errorf("ovspolicy: remove the flooding record of %s: %w", port, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// flushZone removes the isolations' conntrack entries (zone Zone).
+// Entries carry no port, and the isolation does not know the VM's
+// addresses to flush by tuple, so this is done only when no port is
+// isolated any more; until then a removed isolation's entries age out
+// (docs/guard.md). With one datapath (the userspace one, say) ovs-appctl
+// finds it; with several, each is named (`dpctl/dump-dps`).
+func (m *Manager) flushZone() error {
+	zone := fmt.Sprintf("zone=%d", Zone)
+	_, err := m.run(nil, "ovs-appctl", timeout, "dpctl/flush-conntrack", zone)
+	if err == nil {
+		m.log.Info("ovspolicy: the isolations' connections flushed", "zone", Zone)
+		return nil
+	}
+	out, lerr := m.run(nil, "ovs-appctl", timeout, "dpctl/dump-dps")
+	if lerr != nil || len(strings.Fields(string(out))) < 2 {
+		return fmt.Errorf("ovspolicy: flush conntrack zone %d: %w", Zone, err)
+	}
+	var errs []error
+	for _, dp := range strings.Fields(string(out)) {
+		if _, err := m.run(nil, "ovs-appctl", timeout, "dpctl/flush-conntrack", dp, zone); err != nil {
+			errs = append(errs, fmt.Errorf("ovspolicy: flush conntrack zone %d of %s: %w", Zone, dp, err))
+			continue
+		}
+		m.log.Info("ovspolicy: the isolations' connections flushed", "datapath", dp, "zone", Zone)
 	}
 	return errors.Join(errs...)
 }
@@ -299,8 +448,8 @@ func (m *Manager) Stats() (map[string]map[string]uint64, error) {
 			continue
 		}
 		for _, f := range fs {
-			if _, ok := m.owners[f.cookie&policyMask]; ok && f.cookie&CookieMask == CookieTag {
-				counts[f.cookie] += f.packets
+			if _, ok := m.owners[f.Cookie&policyMask]; ok && f.Cookie&CookieMask == CookieTag {
+				counts[f.Cookie] += f.Packets
 			}
 		}
 	}
@@ -329,19 +478,8 @@ func (m *Manager) Stats() (map[string]map[string]uint64, error) {
 	return out, errors.Join(errs...)
 }
 
-// flow is one line of dump-flows: its cookie, n_packets, and text.
-type flow struct {
-	cookie, packets uint64
-	text            string
-}
-
-var (
-	cookieField  = regexp.MustCompile(`(?:^|[ ,])cookie=(0x[0-9a-f]+)`)
-	packetsField = regexp.MustCompile(`(?:^|[ ,])n_packets=(\d+)`)
-)
-
 // flows dumps bridge's flows (ours only, with stats, if ours).
-func (m *Manager) flows(br string, ours bool) ([]flow, error) {
+func (m *Manager) flows(br string, ours bool) ([]ovssplice.Flow, error) {
 	args := []string{timeout, "dump-flows", br}
 	if ours {
 		args = append(args, fmt.Sprintf("cookie=%#x/%#x", CookieTag, CookieMask))
@@ -352,29 +490,7 @@ func (m *Manager) flows(br string, ours bool) ([]flow, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ovspolicy: read the flows of %s: %w", br, err)
 	}
-	return parseFlows(out), nil
-}
-
-func parseFlows(out []byte) []flow {
-	var fs []flow
-	sc := bufio.NewScanner(bytes.NewReader(out))
-	sc.Buffer(nil, 1<<20)
-	for sc.Scan() {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "NXST_") || strings.HasPrefix(line, "OFPST_") {
-			continue
-		}
-		f := flow{text: line}
-		head, _, _ := strings.Cut(line, "actions=")
-		if m := cookieField.FindStringSubmatch(head); m != nil {
-			f.cookie, _ = strconv.ParseUint(m[1], 0, 64)
-		}
-		if m := packetsField.FindStringSubmatch(head); m != nil {
-			f.packets, _ = strconv.ParseUint(m[1], 10, 64)
-		}
-		fs = append(fs, f)
-	}
-	return fs
+	return ovssplice.ParseFlows(out), nil
 }
 
 // Check reports, changing nothing, whether pol can be installed on port:

@@ -3,6 +3,7 @@ package ovspolicy
 import (
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
 	"os/exec"
@@ -16,6 +17,7 @@ import (
 	"time"
 
 	"github.com/shaperd/shaperd/portpolicy"
+	"github.com/shaperd/shaperd/splice/ovssplice"
 )
 
 var vmMAC, _ = net.ParseMAC("52:54:00:00:00:11")
@@ -47,10 +49,14 @@ type fakeOVS struct {
 	packets map[string]uint64 // flow -> n_packets
 	bundles []string
 	calls   []string
+	noFlood map[string]bool              // name -> the port is no-flood
+	ids     map[string]map[string]string // name -> external_ids
+	static  map[string]bool              // MAC -> pinned (fdb/add)
 }
 
 func newFake(t *testing.T) *fakeOVS {
-	return &fakeOVS{t: t, ports: map[string]int{"vm1": 3, "vm2": 4}, macs: map[string]string{"vm1": vmMAC.String()}, packets: map[string]uint64{}}
+	return &fakeOVS{t: t, ports: map[string]int{"vm1": 3, "vm2": 4}, macs: map[string]string{"vm1": vmMAC.String()}, packets: map[string]uint64{},
+		noFlood: map[string]bool{}, ids: map[string]map[string]string{}}
 }
 
 var cookieRe = regexp.MustCompile(`cookie=(0x[0-9a-f]+)`)
@@ -77,13 +83,61 @@ func (f *fakeOVS) run(stdin []byte, name string, args ...string) ([]byte, error)
 		if !ok {
 			return nil, fmt.Errorf("ovs-vsctl: no port named %s", args[1])
 		}
-		out := fmt.Sprintf("br0\n%d\n", n)
+		out := fmt.Sprintf("br0\n%d\n[]\n", n)
 		if m := f.macs[args[1]]; m != "" {
 			out += strconv.Quote(m) + "\n"
 		} else {
 			out += "\n"
 		}
 		return []byte(out), nil
+	case name == "ovs-vsctl" && slices.Equal(args, []string{"--format=json", "--columns=name,external_ids", "list", "Interface"}):
+		var rows []string
+		for _, n := range slices.Sorted(maps.Keys(f.ports)) {
+			var kvs []string
+			for _, k := range slices.Sorted(maps.Keys(f.ids[n])) {
+				kvs = append(kvs, fmt.Sprintf("[%q,%q]", k, f.ids[n][k]))
+			}
+			rows = append(rows, fmt.Sprintf(`[%q,["map",[%s]]]`, n, strings.Join(kvs, ",")))
+		}
+		return []byte(`{"data":[` + strings.Join(rows, ",") + `],"headings":["name","external_ids"]}`), nil
+	case name == "ovs-vsctl" && args[0] == "--format=json" && slices.Contains(args, "find"):
+		return []byte(`{"data":[],"headings":["name","external_ids"]}`), nil
+	case name == "ovs-vsctl" && args[0] == "set" && args[1] == "Interface":
+		k, v, _ := strings.Cut(strings.TrimPrefix(args[3], "external_ids:"), "=")
+		if f.ids[args[2]] == nil {
+			f.ids[args[2]] = map[string]string{}
+		}
+		f.ids[args[2]][k] = v
+		return nil, nil
+	case name == "ovs-vsctl" && args[0] == "--if-exists" && args[1] == "remove":
+		delete(f.ids[args[3]], args[5])
+		if len(f.ids[args[3]]) == 0 {
+			delete(f.ids, args[3])
+		}
+		return nil, nil
+	case name == "ovs-ofctl" && args[0] == "dump-ports-desc":
+		var b strings.Builder
+		for _, n := range slices.Sorted(maps.Keys(f.ports)) {
+			cfg := "0"
+			if f.noFlood[n] {
+				cfg = "NO_FLOOD"
+			}
+			fmt.Fprintf(&b, " %d(%s): addr:aa:bb:cc:dd:ee:%02x\n     config:     %s\n     state:      LIVE\n", f.ports[n], n, f.ports[n], cfg)
+		}
+		return []byte(b.String()), nil
+	case name == "ovs-ofctl" && args[0] == "mod-port":
+		f.noFlood[args[2]] = args[3] == "no-flood"
+		return nil, nil
+	case name == "ovs-appctl" && (args[0] == "fdb/add" || args[0] == "fdb/del"):
+		if f.static == nil {
+			f.static = map[string]bool{}
+		}
+		f.static[args[len(args)-1]] = args[0] == "fdb/add"
+		return nil, nil
+	case name == "ovs-appctl" && args[0] == "dpctl/dump-dps":
+		return []byte("netdev@ovs-netdev\n"), nil
+	case name == "ovs-appctl" && args[0] == "dpctl/flush-conntrack":
+		return nil, nil
 	case name == "ovs-appctl":
 		return []byte(" port  VLAN  MAC                Age\n"), nil
 	case name == "ovs-ofctl" && args[0] == "dump-flows":
@@ -123,7 +177,7 @@ func (f *fakeOVS) run(stdin []byte, name string, args ...string) ([]byte, error)
 
 // newTestManager returns a Manager on f with no ovs-vswitchd to watch.
 func newTestManager(f *fakeOVS) *Manager {
-	return New(Options{Run: f.run, Logger: slog.New(slog.DiscardHandler), Vswitchd: func() string { return "" }})
+	return New(Options{Run: f.run, Logger: slog.New(slog.DiscardHandler), Watcher: ovssplice.NewWatcher(func() string { return "" }, ovssplice.VswitchdPoll, nil)})
 }
 
 // After a restart of ovs-vswitchd (a new pid; every flow gone) the
@@ -136,7 +190,8 @@ func TestVswitchdRestartPutsFlowsBack(t *testing.T) {
 	f.flows = []string{bridgeOwn}
 	var pid atomic.Value
 	pid.Store("100")
-	m := New(Options{Run: f.run, Logger: slog.New(slog.DiscardHandler), Vswitchd: func() string { return pid.Load().(string) }})
+	w := ovssplice.NewWatcher(func() string { return pid.Load().(string) }, ovssplice.VswitchdPoll, nil)
+	m := New(Options{Run: f.run, Logger: slog.New(slog.DiscardHandler), Watcher: w})
 	g := testGuard(t, "")
 	if err := m.Apply(map[string]portpolicy.Policy{"vm1": {Guard: &g}}); err != nil {
 		t.Fatal(err)
@@ -192,10 +247,7 @@ func TestVswitchdRestartPutsFlowsBack(t *testing.T) {
 		t.Fatal(err)
 	}
 	for start := time.Now(); ; time.Sleep(10 * time.Millisecond) {
-		m.mu.Lock()
-		w := m.watching
-		m.mu.Unlock()
-		if !w {
+		if !w.Running() {
 			break
 		}
 		if time.Since(start) > time.Second {
@@ -282,10 +334,14 @@ func TestIsolateRules(t *testing.T) {
 	mac2, _ := net.ParseMAC("52:54:00:00:00:12")
 	p := Port{Name: "vm1", OFPort: 3, MACs: []net.HardwareAddr{vmMAC, mac2}}
 	_, lines := policyFlows(p, kindIsolate, portpolicy.Policy{Isolate: &iso})
-	if len(lines) != 7+2*8 {
-		t.Fatalf("%d flows, want 7 from the VM and 8 to each of its 2 MACs:\n%s", len(lines), strings.Join(lines, "\n"))
+	if len(lines) != 7+2*8+6 {
+		t.Fatalf("%d flows, want 7 from the VM, 8 to each of its 2 MACs and 6 for the multicast copies:\n%s", len(lines), strings.Join(lines, "\n"))
 	}
 	for _, w := range []string{
+		"priority=100,reg11=0x30000/0xffff0000,in_port=3,actions=drop",
+		"priority=98,reg11=0x30000/0xffff0000,arp,vlan_tci=0x0000/0x1000,actions=output:3",
+		"priority=96,reg11=0x30000/0xffff0000,ip,vlan_tci=0x0000/0x1000,actions=drop",
+		"priority=95,reg11=0x30000/0xffff0000,actions=drop",
 		"priority=65397,in_port=3,reg11=0/0x2,ip,vlan_tci=0x0000/0x1000,ct_state=-trk,actions=ct(zone=21328,table=0)",
 		"priority=65396,in_port=3,reg11=0/0x2,ip,vlan_tci=0x0000/0x1000,ct_state=+trk+est,actions=load:1->NXM_NX_REG11[1],resubmit(,0)",
 		"priority=65395,in_port=3,reg11=0/0x2,ip,vlan_tci=0x0000/0x1000,actions=drop",
@@ -304,11 +360,35 @@ func TestIsolateRules(t *testing.T) {
 			if r != portpolicy.ReasonIsoNewFromVM {
 				t.Errorf("%s: reason %q", l, r)
 			}
-		case strings.HasSuffix(l, "reg11=0/0x4,ip,vlan_tci=0x0000/0x1000,actions=drop"):
+		case strings.HasSuffix(l, "reg11=0/0x4,ip,vlan_tci=0x0000/0x1000,actions=drop"),
+			strings.HasSuffix(l, "reg11=0x30000/0xffff0000,ip,vlan_tci=0x0000/0x1000,actions=drop"):
 			if r != portpolicy.ReasonIsoNotAllowed {
 				t.Errorf("%s: reason %q", l, r)
 			}
+		case strings.HasSuffix(l, "reg11=0x30000/0xffff0000,udp,vlan_tci=0x0000/0x1000,actions=drop"):
+			if r != portpolicy.ReasonIsoUDP {
+				t.Errorf("%s: reason %q", l, r)
+			}
+		case strings.Contains(l, "output:3"), strings.Contains(l, "in_port=3,actions=drop"):
+			if r != "" {
+				t.Errorf("%s: reason %q, want none", l, r)
+			}
 		}
+	}
+	// Spliced, one more flow, of its own cookie, keeps the splice's
+	// multicast copies; the isolation's flows stay as they are.
+	p.Splice = &ovssplice.Spliced{Mark: "reg12=0/0x4", SetMark: "load:1->NXM_NX_REG12[2]"}
+	c1, _ := policyFlows(Port{Name: "vm1", OFPort: 3, MACs: p.MACs}, kindIsolate, portpolicy.Policy{Isolate: &iso})
+	c2, spliced := policyFlows(p, kindIsolate, portpolicy.Policy{Isolate: &iso})
+	if c1 != c2 || !slices.Equal(spliced, lines) {
+		t.Errorf("a splice changed the isolation's flows")
+	}
+	if c3, f := splicedFlow(p); c3 == c1 || c3&CookieMask != CookieTag || !strings.HasSuffix(f, "priority=64965,dl_dst=01:00:00:00:00:00/01:00:00:00:00:00,reg12=0/0x4,actions=load:1->NXM_NX_REG12[2],resubmit(,0)") {
+		t.Errorf("spliced: %#x %s", c3, f)
+	}
+	c, fan := fanOut([]int{3, 4})
+	if c&CookieMask != CookieTag || !strings.HasSuffix(fan, "priority=65200,dl_dst=01:00:00:00:00:00/01:00:00:00:00:00,reg11=0/0x8,actions=clone(load:3->NXM_NX_REG11[16..31],resubmit(,83)),clone(load:4->NXM_NX_REG11[16..31],resubmit(,83)),load:1->NXM_NX_REG11[3],resubmit(,0)") {
+		t.Errorf("fan-out %#x %s", c, fan)
 	}
 }
 
@@ -321,9 +401,12 @@ func TestFlowsParse(t *testing.T) {
 	g, iso := testGuard(t, "2001:2::/64"), testIsolate(t, "198.18.0.0/24")
 	p := Port{Name: "vm1", OFPort: 3, MACs: []net.HardwareAddr{vmMAC}}
 	_, a := policyFlows(p, kindGuard, portpolicy.Policy{Guard: &g})
+	p.Splice = &ovssplice.Spliced{Mark: "reg12=0/0x4", SetMark: "load:1->NXM_NX_REG12[2]"}
 	_, b := policyFlows(p, kindIsolate, portpolicy.Policy{Isolate: &iso})
+	_, fan := fanOut([]int{3, 4})
+	_, sp := splicedFlow(p)
 	var in []string
-	for _, l := range append(a, b...) {
+	for _, l := range append(append(a, b...), fan, sp) {
 		in = append(in, strings.TrimPrefix(l, "flow add "))
 	}
 	cmd := exec.Command("ovs-ofctl", "-O", "OpenFlow14", "parse-flows", "/dev/stdin")
@@ -350,8 +433,12 @@ func TestApplyAdoptChangeRemove(t *testing.T) {
 	if err := m.Apply(want); err != nil {
 		t.Fatal(err)
 	}
-	if len(f.bundles) != 1 || len(f.flows) != 2+8+7+8 {
+	if len(f.bundles) != 1 || len(f.flows) != 2+8+7+8+6+1 {
 		t.Fatalf("%d bundles, %d flows:\n%s", len(f.bundles), len(f.flows), strings.Join(f.flows, "\n"))
+	}
+	// The isolated port is no-flood, its own flag recorded.
+	if !f.noFlood["vm1"] || f.ids["vm1"][ovssplice.IsolateNoFloodID] != "false" || f.noFlood["vm2"] || !f.static[vmMAC.String()] {
+		t.Fatalf("after isolate: no-flood %v, external_ids %v, MACs pinned %v", f.noFlood, f.ids, f.static)
 	}
 	installed := slices.Clone(f.flows)
 
@@ -421,12 +508,44 @@ func TestApplyAdoptChangeRemove(t *testing.T) {
 		t.Fatalf("a refused Apply sent a bundle")
 	}
 	f.flows = f.flows[:len(f.flows)-1]
+	// A foreign flow in the isolations' table: a new isolation is refused.
+	f.flows = append(f.flows, "table=83,cookie=0x98,priority=5,ip actions=NORMAL")
+	f.macs["vm2"] = "52:54:00:00:00:22"
+	if err := m2.Apply(map[string]portpolicy.Policy{"vm1": {Guard: &g2, Isolate: &iso}, "vm2": {Isolate: &iso}}); err == nil || !strings.Contains(err.Error(), "table 83") {
+		t.Errorf("a bridge with a flow in table 83: %v", err)
+	}
+	if len(f.bundles) != 2 {
+		t.Fatalf("a refused Apply sent a bundle")
+	}
+	f.flows = f.flows[:len(f.flows)-1]
 
 	if err := m2.Apply(map[string]portpolicy.Policy{}); err != nil {
 		t.Fatal(err)
 	}
 	if !slices.Equal(f.flows, before) {
 		t.Fatalf("after removing everything:\n%s\nwant\n%s", strings.Join(f.flows, "\n"), strings.Join(before, "\n"))
+	}
+	if f.noFlood["vm1"] || len(f.ids) != 0 || f.static[vmMAC.String()] {
+		t.Errorf("after removing everything: no-flood %v, external_ids %v, MACs pinned %v", f.noFlood, f.ids, f.static)
+	}
+	// The last isolation gone, its conntrack zone is flushed, once.
+	flush := "ovs-appctl dpctl/flush-conntrack zone=21328"
+	if n := slices.Index(f.calls, "ovs-appctl --timeout=10 "+flush[len("ovs-appctl "):]); n < 0 {
+		t.Errorf("no %q after the last isolation went; calls:\n%s", flush, strings.Join(f.calls, "\n"))
+	}
+	// A port no-flood before its isolation stays so after it.
+	f.noFlood["vm1"] = true
+	if err := m2.Apply(want); err != nil {
+		t.Fatal(err)
+	}
+	if f.ids["vm1"][ovssplice.IsolateNoFloodID] != "true" {
+		t.Errorf("external_ids %v, want the port's no-flood recorded", f.ids)
+	}
+	if err := m2.Apply(map[string]portpolicy.Policy{}); err != nil {
+		t.Fatal(err)
+	}
+	if !f.noFlood["vm1"] || len(f.ids) != 0 {
+		t.Errorf("a port no-flood before: no-flood %v, external_ids %v after the isolation", f.noFlood, f.ids)
 	}
 	if strings.Contains(f.bundles[len(f.bundles)-1], "flow add") {
 		t.Errorf("removal bundle adds flows:\n%s", f.bundles[len(f.bundles)-1])

@@ -472,13 +472,13 @@ func (b *Backend) RemoveOrphans() ([]string, error) {
 		stale := map[uint64]bool{}
 		for _, f := range fs {
 			switch {
-			case !isOurs(f.cookie):
-				for _, m := range groupAction.FindAllStringSubmatch(f.text, -1) {
+			case !isOurs(f.Cookie):
+				for _, m := range groupAction.FindAllStringSubmatch(f.Text, -1) {
 					n, _ := strconv.ParseUint(m[1], 10, 32)
 					used[uint32(n)] = true
 				}
-			case isGeneration(f.cookie) && !cookies[f.cookie]:
-				stale[f.cookie] = true
+			case isGeneration(f.Cookie) && !cookies[f.Cookie]:
+				stale[f.Cookie] = true
 			}
 		}
 		for _, c := range slices.Sorted(maps.Keys(stale)) {

@@ -580,7 +580,7 @@ func TestSetIntentRefusals(t *testing.T) {
 // (reordered matches, hex load values, no table=0).
 func TestPlanMatches(t *testing.T) {
 	p := plan{cookie: testCookie, slot: 3, port: 1, netTap: 7, failOpen: true, macs: mustMACs("02:c6:12:00:00:11")}
-	flows := parseFlows([]byte(`OFPST_FLOW reply (OF1.4) (xid=0x2):
+	flows := ParseFlows([]byte(`OFPST_FLOW reply (OF1.4) (xid=0x2):
  cookie=0x535100000000abcd, priority=65000,in_port=7 actions=load:0x1->NXM_OF_IN_PORT[],load:0x1->NXM_NX_REG12[3],resubmit(,0)
  cookie=0x535100000000abcd, priority=64960,reg12=0/0x8,dl_dst=01:00:00:00:00:00/01:00:00:00:00:00 actions=group:1397817357,load:0x1->NXM_NX_REG12[3],resubmit(,0)
  cookie=0x535100000000abcd, priority=64970,reg12=0/0x8,dl_dst=02:c6:12:00:00:11 actions=group:1397817357

@@ -231,7 +231,7 @@ func (c cli) bridges() ([]string, error) {
 
 // flows returns bridge's flows (all, or with cookie exactly cookie if it
 // is not 0), without counters.
-func (c cli) flows(bridge string, cookie uint64) ([]flowEntry, error) {
+func (c cli) flows(bridge string, cookie uint64) ([]Flow, error) {
 	args := []string{"dump-flows", bridge}
 	if cookie != 0 {
 		args = append(args, fmt.Sprintf("cookie=%#x/-1", cookie))
@@ -240,7 +240,7 @@ func (c cli) flows(bridge string, cookie uint64) ([]flowEntry, error) {
 	if err != nil {
 		return nil, err
 	}
-	return parseFlows(out), nil
+	return ParseFlows(out), nil
 }
 
 // groups returns bridge's groups by id, each with its description line.
@@ -400,24 +400,28 @@ func addMAC(macs []net.HardwareAddr, mac net.HardwareAddr) []net.HardwareAddr {
 	return append(macs, mac)
 }
 
-// flowEntry is one line of `ovs-ofctl dump-flows --no-stats`.
-type flowEntry struct {
-	cookie   uint64
-	table    int
-	priority int
-	text     string // the whole line, trimmed
+// Flow is one line of `ovs-ofctl dump-flows`: its cookie, table,
+// priority, n_packets (0 with --no-stats) and the whole line, trimmed.
+// Package portpolicy/ovspolicy reads its flows with ParseFlows too.
+type Flow struct {
+	Cookie          uint64
+	Table, Priority int
+	Packets         uint64
+	Text            string
 }
 
 var (
 	cookieField   = regexp.MustCompile(`(?:^|[ ,])cookie=(0x[0-9a-f]+)`)
 	tableField    = regexp.MustCompile(`(?:^|[ ,])table=(\d+)`)
 	priorityField = regexp.MustCompile(`(?:^|[ ,])priority=(\d+)`)
+	packetsField  = regexp.MustCompile(`(?:^|[ ,])n_packets=(\d+)`)
 )
 
-// parseFlows parses dump-flows output; a missing cookie is 0, a missing
-// table 0 and a missing priority OpenFlow's default, 32768.
-func parseFlows(out []byte) []flowEntry {
-	var fs []flowEntry
+// ParseFlows parses dump-flows output; a missing cookie is 0, a missing
+// table 0 and a missing priority OpenFlow's default, 32768. Reply headers
+// and empty lines are skipped.
+func ParseFlows(out []byte) []Flow {
+	var fs []Flow
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	sc.Buffer(nil, 1<<20)
 	for sc.Scan() {
@@ -426,15 +430,18 @@ func parseFlows(out []byte) []flowEntry {
 			continue
 		}
 		head, _, _ := strings.Cut(line, "actions=")
-		f := flowEntry{priority: 32768, text: line}
+		f := Flow{Priority: 32768, Text: line}
 		if m := cookieField.FindStringSubmatch(head); m != nil {
-			f.cookie, _ = strconv.ParseUint(m[1], 0, 64)
+			f.Cookie, _ = strconv.ParseUint(m[1], 0, 64)
 		}
 		if m := tableField.FindStringSubmatch(head); m != nil {
-			f.table, _ = strconv.Atoi(m[1])
+			f.Table, _ = strconv.Atoi(m[1])
 		}
 		if m := priorityField.FindStringSubmatch(head); m != nil {
-			f.priority, _ = strconv.Atoi(m[1])
+			f.Priority, _ = strconv.Atoi(m[1])
+		}
+		if m := packetsField.FindStringSubmatch(head); m != nil {
+			f.Packets, _ = strconv.ParseUint(m[1], 10, 64)
 		}
 		fs = append(fs, f)
 	}
@@ -455,13 +462,13 @@ var (
 )
 
 // slotsInUse returns the mark bits that shaperd flows on the bridge match on.
-func slotsInUse(flows []flowEntry) map[uint]bool {
+func slotsInUse(flows []Flow) map[uint]bool {
 	used := map[uint]bool{}
 	for _, f := range flows {
-		if !isOurs(f.cookie) {
+		if !isOurs(f.Cookie) {
 			continue
 		}
-		for _, m := range markMatch.FindAllStringSubmatch(f.text, -1) {
+		for _, m := range markMatch.FindAllStringSubmatch(f.Text, -1) {
 			reg, _ := strconv.Atoi(m[1])
 			v, _ := strconv.ParseUint(m[2], 0, 32)
 			for b := uint(0); b < 32; b++ {
@@ -476,8 +483,8 @@ func slotsInUse(flows []flowEntry) map[uint]bool {
 
 // usesMarkReg reports whether a flow of someone else's matches or sets the
 // register shaperd marks frames with.
-func usesMarkReg(f flowEntry) bool {
-	return markRegUse.MatchString(strings.ToLower(f.text))
+func usesMarkReg(f Flow) bool {
+	return markRegUse.MatchString(strings.ToLower(f.Text))
 }
 
 // markRegUse finds a match on, or a load into, one of the mark registers

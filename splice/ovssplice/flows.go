@@ -196,7 +196,7 @@ func normGroup(line string) string {
 
 // matches reports whether flows (the bridge's with the plan's cookie) and
 // groups (all of the bridge's) are exactly what spliceBundle installs.
-func (p plan) matches(flows []flowEntry, groups map[uint32]string) bool {
+func (p plan) matches(flows []Flow, groups map[uint32]string) bool {
 	var want, have []string
 	wantGroups := map[uint32]string{}
 	for _, line := range strings.Split(strings.TrimSpace(p.spliceBundle()), "\n") {
@@ -208,7 +208,7 @@ func (p plan) matches(flows []flowEntry, groups map[uint32]string) bool {
 		}
 	}
 	for _, f := range flows {
-		have = append(have, normFlow(f.text))
+		have = append(have, normFlow(f.Text))
 	}
 	slices.Sort(want)
 	slices.Sort(have)

@@ -99,13 +99,11 @@ type Backend struct {
 	// hook, if set (by tests), runs after each named step of Splice; an
 	// error it returns fails the splice at that point.
 	hook func(step string) error
-	// vswitchd returns the pid of the running ovs-vswitchd, "" if none
-	// (nil: restarts are not watched). live are the splices made or
-	// adopted and not released; watching, whether the watcher runs (see
-	// restart.go). Guarded by mu.
-	vswitchd func() string
-	live     map[*spliced]bool
-	watching bool
+	// watch is the backend's client of the ovs-vswitchd Watcher (nil:
+	// restarts are not watched; see restart.go). live are the splices
+	// made or adopted and not released. Guarded by mu.
+	watch *WatchClient
+	live  map[*spliced]bool
 	// pending are the splices whose slot is chosen and that are not live
 	// yet; splicing, the ports a Splice call is working on.
 	pending  map[*spliced]bool
@@ -117,7 +115,7 @@ var _ splice.Backend = (*Backend)(nil)
 // New returns a Backend that runs the real OVS tools and logs to log (nil: discard).
 func New(log *slog.Logger) *Backend {
 	b := newBackend(log, Exec, netlinkLinks{}, ovsRunning)
-	b.vswitchd = VswitchdPID
+	b.watch = DefaultWatcher(log).Register("splices", b.active, b.repairAll)
 	return b
 }
 
@@ -281,7 +279,7 @@ func (b *Backend) slotsTakenLocked(bridge string) map[uint]bool {
 
 // prepare validates port and records what the splice needs, with the
 // bridge's flows and groups for choose; no side effects.
-func (b *Backend) prepare(port string, opt splice.Options) (*spliced, []flowEntry, map[uint32]string, error) {
+func (b *Backend) prepare(port string, opt splice.Options) (*spliced, []Flow, map[uint32]string, error) {
 	l, ok, err := b.links.lookup(port)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("ovssplice: %w", err)
@@ -328,6 +326,13 @@ func (b *Backend) prepare(port string, opt splice.Options) (*spliced, []flowEntr
 		return nil, nil, nil, fmt.Errorf("ovssplice: read the OpenFlow config of %s: %w", port, err)
 	}
 	s.hadNoFlood = slices.Contains(flags, "NO_FLOOD")
+	// An isolated port is no-flood for its isolation: its own flag is
+	// the one the isolation recorded (see policy.go).
+	if was, isolated, err := b.ovs.isolatedFlag(port); err != nil {
+		return nil, nil, nil, fmt.Errorf("ovssplice: %w", err)
+	} else if isolated {
+		s.hadNoFlood = was
+	}
 
 	flows, err := b.ovs.flows(br, 0)
 	if err != nil {
@@ -392,16 +397,16 @@ func (s *spliced) checkPortRow() error {
 // choose picks the splice's slot (its mark bit and group ids) and cookie,
 // and collects warnings about the bridge's flows. A slot in taken, or
 // used by the flows or groups, is not free.
-func (s *spliced) choose(flows []flowEntry, groups map[uint32]string, taken map[uint]bool) error {
+func (s *spliced) choose(flows []Flow, groups map[uint32]string, taken map[uint]bool) error {
 	high := 0
 	for _, f := range flows {
-		if isOurs(f.cookie) {
+		if isOurs(f.Cookie) {
 			continue
 		}
 		if usesMarkReg(f) {
-			return fmt.Errorf("ovssplice: bridge %s has a flow that uses reg12-reg15, which the OVS backend needs for its marks: %q", s.bridge, f.text)
+			return fmt.Errorf("ovssplice: bridge %s has a flow that uses reg12-reg15, which the OVS backend needs for its marks: %q", s.bridge, f.Text)
 		}
-		if f.table == 0 && f.priority >= prioMulticast && f.cookie&CookieMask != PolicyCookieTag {
+		if f.Table == 0 && f.Priority >= prioMulticast && f.Cookie&CookieMask != PolicyCookieTag {
 			high++
 		}
 	}
@@ -423,7 +428,7 @@ func (s *spliced) choose(flows []flowEntry, groups map[uint32]string, taken map[
 	}
 	for {
 		c := s.b.cookie()
-		if !slices.ContainsFunc(flows, func(f flowEntry) bool { return f.cookie == c }) {
+		if !slices.ContainsFunc(flows, func(f Flow) bool { return f.Cookie == c }) {
 			s.plan.cookie = c
 			return nil
 		}
@@ -768,6 +773,16 @@ func (s *spliced) teardown() error {
 			log.Info("port left the bridge while spliced; no flooding to restore", "ofport", n, "was", s.plan.port)
 			s.floodChanged = false
 		default:
+			// An isolation keeps the port no-flood: it restores the
+			// flag when it goes (see policy.go).
+			if _, isolated, err := s.b.ovs.isolatedFlag(s.port); err != nil {
+				errs = append(errs, err)
+				break
+			} else if isolated {
+				log.Info("port isolated: left no-flood for its isolation")
+				s.floodChanged = false
+				break
+			}
 			if err := s.b.ovs.setFlood(s.bridge, s.port, true); err != nil {
 				errs = append(errs, fmt.Errorf("restore flooding on %s: %w", s.port, err))
 			} else {

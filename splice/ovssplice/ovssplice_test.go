@@ -410,14 +410,14 @@ func TestParsers(t *testing.T) {
 	if got := macList(learnedMACs(fdb, 1)); got != "02:c6:12:00:00:11" {
 		t.Errorf("learnedMACs = %s", got)
 	}
-	flows := parseFlows([]byte(`OFPST_FLOW reply (OF1.4) (xid=0x2):
+	flows := ParseFlows([]byte(`OFPST_FLOW reply (OF1.4) (xid=0x2):
  cookie=0x5351339d821ad332, priority=65000,in_port=6 actions=load:0x1->NXM_OF_IN_PORT[],load:0x1->NXM_NX_REG12[0],resubmit(,0)
  cookie=0x5351339d821ad333, priority=64980,reg12=0/0x4,in_port=1 actions=group:1397817352
  cookie=0x1234, table=1, priority=10 actions=drop
  actions=NORMAL
 `))
-	if len(flows) != 4 || flows[0].cookie != 0x5351339d821ad332 || flows[2].table != 1 || flows[2].priority != 10 || flows[3].priority != 32768 || flows[3].cookie != 0 {
-		t.Errorf("parseFlows = %+v", flows)
+	if len(flows) != 4 || flows[0].Cookie != 0x5351339d821ad332 || flows[2].Table != 1 || flows[2].Priority != 10 || flows[3].Priority != 32768 || flows[3].Cookie != 0 {
+		t.Errorf("ParseFlows = %+v", flows)
 	}
 	if used := slotsInUse(flows); !used[2] || len(used) != 1 {
 		t.Errorf("slotsInUse = %v, want {2}", used)
@@ -436,7 +436,7 @@ func TestParsers(t *testing.T) {
 		if p.mark() != tc.mark || p.setMark() != tc.setMark {
 			t.Errorf("slot %d: mark %q, setMark %q; want %q, %q", tc.slot, p.mark(), p.setMark(), tc.mark, tc.setMark)
 		}
-		if used := slotsInUse([]flowEntry{{cookie: p.cookie, text: "priority=64980," + p.mark() + ",in_port=1 actions=drop"}}); !used[tc.slot] || len(used) != 1 {
+		if used := slotsInUse([]Flow{{Cookie: p.cookie, Text: "priority=64980," + p.mark() + ",in_port=1 actions=drop"}}); !used[tc.slot] || len(used) != 1 {
 			t.Errorf("slot %d: slotsInUse of its flow = %v", tc.slot, used)
 		}
 	}
@@ -452,7 +452,7 @@ func TestParsers(t *testing.T) {
 		"priority=5,reg11=0x1,reg16=0x2 actions=NORMAL":        false,
 		"priority=5 actions=move:NXM_NX_REG1[]->NXM_NX_REG2[]": false,
 	} {
-		if got := usesMarkReg(flowEntry{text: text}); got != want {
+		if got := usesMarkReg(Flow{Text: text}); got != want {
 			t.Errorf("usesMarkReg(%q) = %v, want %v", text, got, want)
 		}
 	}
@@ -558,12 +558,82 @@ func TestChooseWarnsOfHighFlows(t *testing.T) {
 		warn   bool
 	}{{0x1234, true}, {PolicyCookieTag | 0xabcdef00, false}} {
 		s := &spliced{b: b, bridge: "br0"}
-		fs := []flowEntry{{cookie: c.cookie, priority: 65500, text: "priority=65500,in_port=3 actions=drop"}}
+		fs := []Flow{{Cookie: c.cookie, Priority: 65500, Text: "priority=65500,in_port=3 actions=drop"}}
 		if err := s.choose(fs, map[uint32]string{}, map[uint]bool{}); err != nil {
 			t.Fatal(err)
 		}
 		if got := len(s.warnings) > 0; got != c.warn {
 			t.Errorf("cookie %#x: warnings %q, want a warning: %v", c.cookie, s.warnings, c.warn)
 		}
+	}
+}
+
+// TestNoFloodSharedWithIsolation: the port's no-flood flag is shared with
+// an isolation (see policy.go), played here by hand as package
+// portpolicy/ovspolicy does it: whichever goes last restores the flag, to
+// what it was before either.
+func TestNoFloodSharedWithIsolation(t *testing.T) {
+	isolate := func(o *fakeOVS, was string) {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		o.ports["vm-1"].ids[IsolateNoFloodID] = was
+		o.ports["vm-1"].noFlood = true
+	}
+	unisolate := func(o *fakeOVS, restore bool) {
+		o.mu.Lock()
+		defer o.mu.Unlock()
+		delete(o.ports["vm-1"].ids, IsolateNoFloodID)
+		if restore {
+			o.ports["vm-1"].noFlood = false
+		}
+	}
+	noFlood := func(o *fakeOVS) bool { o.mu.Lock(); defer o.mu.Unlock(); return o.ports["vm-1"].noFlood }
+	_, nt := splice.TapNames("vm-1")
+	for _, tc := range []struct {
+		name         string
+		isolateFirst bool
+		releaseFirst bool
+	}{
+		{"isolate, splice, release, unisolate", true, true},
+		{"isolate, splice, unisolate, release", true, false},
+		{"splice, isolate, release, unisolate", false, true},
+		{"splice, isolate, unisolate, release", false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, o, _ := newTestBackend(t)
+			if tc.isolateFirst {
+				isolate(o, "false")
+			}
+			sp, err := b.Splice("vm-1", opts)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !tc.isolateFirst {
+				isolate(o, o.ports[nt].ids[idPortNoFlood]) // as the isolation reads the splice's record
+			}
+			if got := o.ports[nt].ids[idPortNoFlood]; got != "false" {
+				t.Errorf("the splice recorded the port's flag as %q, want %q (flooding before both)", got, "false")
+			}
+			if tc.releaseFirst {
+				if err := sp.Release(); err != nil {
+					t.Fatal(err)
+				}
+				if !noFlood(o) {
+					t.Errorf("released while isolated: the port floods")
+				}
+				unisolate(o, true) // no splice left: the isolation restores
+			} else {
+				unisolate(o, false) // a splice is live: the isolation leaves the flag
+				if !noFlood(o) {
+					t.Errorf("isolation removed while spliced: the port floods")
+				}
+				if err := sp.Release(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if noFlood(o) {
+				t.Errorf("after both ended the port is no-flood")
+			}
+		})
 	}
 }

@@ -21,10 +21,6 @@ import (
 	"time"
 )
 
-// vswitchdPoll is how often the pidfile is read while splices are live: a
-// small file read, five times a second.
-const vswitchdPoll = 200 * time.Millisecond
-
 // VswitchdPID returns the pid of the running ovs-vswitchd from its pidfile
 // in OVS_RUNDIR (default /var/run/openvswitch), "" if there is none or
 // that process is gone. A new pid means a restart, which loses every
@@ -46,51 +42,44 @@ func VswitchdPID() string {
 	return s
 }
 
-// trackLocked counts s among the live splices and starts the watcher if
-// it is not running. The caller holds b.mu.
+// trackLocked counts s among the live splices and makes sure the
+// watcher runs. The caller holds b.mu.
 func (b *Backend) trackLocked(s *spliced) {
 	if b.live == nil {
 		b.live = map[*spliced]bool{}
 	}
 	b.live[s] = true
-	if !b.watching && b.vswitchd != nil {
-		b.watching = true
-		go b.watchVswitchd(b.vswitchd())
+	if b.watch != nil {
+		b.watch.Start()
+	}
+	b.changed()
+}
+
+// untrackLocked forgets s; the watcher stops once nothing it serves is
+// live. The caller holds b.mu.
+func (b *Backend) untrackLocked(s *spliced) {
+	delete(b.live, s)
+	b.changed()
+}
+
+// changed tells the watcher's other clients (the port policies, which
+// keep a splice's multicast copies from an isolated VM) that the splices
+// changed.
+func (b *Backend) changed() {
+	if b.watch != nil {
+		b.watch.Others()
 	}
 }
 
-// untrackLocked forgets s; the watcher stops once no splice is live. The
-// caller holds b.mu.
-func (b *Backend) untrackLocked(s *spliced) { delete(b.live, s) }
-
-// watchVswitchd polls ovs-vswitchd's pid, first seen as last, until no
-// splice is live; after a change to a running process it repairs every
-// live splice (see repairLive).
-func (b *Backend) watchVswitchd(last string) {
-	dirty := false
-	for {
-		time.Sleep(vswitchdPoll)
-		b.mu.Lock()
-		if len(b.live) == 0 {
-			b.watching = false
-			b.mu.Unlock()
-			return
-		}
-		b.mu.Unlock()
-		pid := b.vswitchd()
-		if pid != last && pid != "" {
-			b.log.Warn("ovs-vswitchd restarted: putting back the splices' flows, groups and no-flood flags", "pid", pid, "was", last)
-			dirty = true
-		}
-		last = pid
-		if dirty && pid != "" {
-			dirty = !b.repairAll()
-		}
-	}
+// active reports whether any splice is live (the watcher's question).
+func (b *Backend) active() bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.live) > 0
 }
 
 // repairAll repairs every live splice; it reports whether all are whole.
-func (b *Backend) repairAll() bool {
+func (b *Backend) repairAll(bool) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	ok := true
