@@ -85,8 +85,9 @@ const (
 const (
 	// MaxOverloadNap bounds an input's nap under overload. At the
 	// backstop's default rate for --pps 5000 (10 kpps), a nap gathers
-	// about 20 frames: two reads, one wake-up, instead of 20 wake-ups.
-	MaxOverloadNap = 2 * time.Millisecond
+	// about 40 frames: one wake-up instead of 40. The default burst (10
+	// ms) allows it: the nap is at most half the buckets' fill time.
+	MaxOverloadNap = 4 * time.Millisecond
 	// minOverloadNap: an aggregate whose buckets fill faster than twice
 	// this (an operator's small --burst) makes no input nap.
 	minOverloadNap = 50 * time.Microsecond
