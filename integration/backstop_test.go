@@ -93,7 +93,8 @@ func TestBackstopFollowsSet(t *testing.T) {
 // VM at the generator's maximum costs a legitimate TCP exchange of 1000
 // messages per second from the VM (12 s, 11 of them under the flood) at
 // most 5%: the SYN class has a kernel ceiling of its own. The same run with
-// --backstop none is logged.
+// --backstop none is logged. And so for the other single-class flood the
+// generator makes: UDP at its maximum with --udp-pps 200.
 func TestBackstopSynFlood(t *testing.T) {
 	for _, mode := range []string{"bridge", "ovs"} {
 		t.Run(mode, func(t *testing.T) {
@@ -102,28 +103,32 @@ func TestBackstopSynFlood(t *testing.T) {
 			d := l.startDaemon()
 			l.bg(ext, "probe", "server", "--listen", l.get("EXT_IP")+":8080")
 			time.Sleep(300 * time.Millisecond)
-			run := func(extra ...string) probeSummary {
+			run := func(proto, class string, extra ...string) probeSummary {
 				t.Helper()
-				d.must(append([]string{"quarantine", port, "--pps", "5000", "--syn-pps", "200", "--fail", "closed"}, extra...)...)
+				d.must(append([]string{"quarantine", port, "--pps", "5000", "--" + class + "-pps", "200", "--fail", "closed"}, extra...)...)
 				defer d.must("release", port)
 				// The exchange's connection opens before the flood: its
 				// SYN would be one in the flood's class.
 				legit := l.bg(vm1, "probe", "client", "--connect", l.get("EXT_IP")+":8080", "--count", "12000",
 					"--interval", "1ms", "--size", "200", "--timeout", "1s", "--json")
 				time.Sleep(time.Second)
-				flood := l.bg(vm1, "flood", "--dst", l.get("EXT_IP"), "--proto", "syn", "--dport", "80", "--pps", "0", "--duration", "11s")
+				flood := l.bg(vm1, "flood", "--dst", l.get("EXT_IP"), "--proto", proto, "--dport", "80", "--pps", "0", "--duration", "11s")
 				legit.wait(t, 30*time.Second)
 				flood.wait(t, 20*time.Second)
 				q := d.status(port)
 				s := legit.summary(t)
-				t.Logf("quarantine %v: legitimate TCP, 1000 msg/s from the VM beside a max-rate SYN flood: %d of %d round trips within 1 s (p99 %.1f ms); kernel drops %v; tcp-syn passed by the forwarder %d",
-					extra, s.Completed, s.Sent, s.P99MS, q.Directions.FromVM.KernelDrops, q.Directions.FromVM.Classes["tcp-syn"].PassedPackets)
+				name := map[string]string{"syn": "tcp-syn", "udp": "udp"}[class]
+				t.Logf("quarantine --%s-pps 200 %v: legitimate TCP, 1000 msg/s from the VM beside a max-rate %s flood: %d of %d round trips within 1 s (p99 %.1f ms); kernel drops %v; %s passed by the forwarder %d",
+					class, extra, proto, s.Completed, s.Sent, s.P99MS, q.Directions.FromVM.KernelDrops, name, q.Directions.FromVM.Classes[name].PassedPackets)
 				return s
 			}
-			if s := run(); float64(s.Completed) < 0.95*12000 {
-				t.Errorf("with the backstop: %d of 12000 legitimate round trips completed, want at least 95%%", s.Completed)
+			if s := run("syn", "syn"); float64(s.Completed) < 0.95*12000 {
+				t.Errorf("SYN flood, with the backstop: %d of 12000 legitimate round trips completed, want at least 95%%", s.Completed)
 			}
-			run("--backstop", "none")
+			run("syn", "syn", "--backstop", "none")
+			if s := run("udp", "udp"); float64(s.Completed) < 0.95*12000 {
+				t.Errorf("UDP flood, with the backstop: %d of 12000 legitimate round trips completed, want at least 95%%", s.Completed)
+			}
 		})
 	}
 }
