@@ -68,7 +68,7 @@ func TestUnitCapabilities(t *testing.T) {
 			d.must("quarantine", port, "--pps", "5000", "--fail", "open")
 			policed := func(d *daemon, what string) {
 				t.Helper()
-				l.bg(vm1, "flood", "--dst", l.get("EXT_IP"), "--dport", "9", "--proto", "udp", "--size", "250", "--pps", "20000", "--duration", "5s")
+				flood := l.bg(vm1, "flood", "--dst", l.get("EXT_IP"), "--dport", "9", "--proto", "udp", "--size", "250", "--pps", "20000", "--duration", "5s")
 				time.Sleep(1500 * time.Millisecond)
 				q0, t0 := d.statusAt(port)
 				time.Sleep(2 * time.Second)
@@ -79,7 +79,7 @@ func TestUnitCapabilities(t *testing.T) {
 				if !within(kernel, 10000, 0.05) || !within(fwd, 5000, 0.05) {
 					t.Errorf("%s: kernel %.0f pps, forwarder %.0f pps; want 10000 and 5000 within 5%%", what, kernel, fwd)
 				}
-				time.Sleep(2 * time.Second) // the flood ends
+				flood.wait(t, 10*time.Second) // the flood ends
 			}
 			policed(d, "with the unit's capabilities")
 			checkNoPermissionWarnings(t, d)

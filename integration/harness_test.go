@@ -10,6 +10,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,26 +65,28 @@ func newLab(t *testing.T, mode string) *lab {
 		ovsDir = t.TempDir()
 		labEnv = append(labEnv, "LAB_OVS_DIR="+ovsDir, "LAB_PROBE="+filepath.Join(bin, "probe"))
 	}
-	run := func(args ...string) (string, error) {
+	// run returns the script's standard output, and its standard output
+	// and error together for a message.
+	run := func(args ...string) (string, string, error) {
 		cmd := exec.Command(script, args...)
 		cmd.Env = append(os.Environ(), labEnv...)
-		out, err := cmd.CombinedOutput()
-		return string(out), err
+		var stdout, both bytes.Buffer
+		cmd.Stdout, cmd.Stderr = io.MultiWriter(&stdout, &both), &both
+		err := cmd.Run()
+		return stdout.String(), both.String(), err
 	}
 	t.Cleanup(func() {
-		if out, err := run("down", mode); err != nil {
-			t.Errorf("lab down: %v\n%s", err, out)
+		if _, all, err := run("down", mode); err != nil {
+			t.Errorf("lab down: %v\n%s", err, all)
 		}
 		if ovsDir != "" {
 			checkOVSStopped(t, ovsDir)
 		}
 	})
-	if out, err := run("up", mode); err != nil {
-		t.Fatalf("lab up: %v\n%s", err, out)
-	}
-	out, err := run("env", mode)
+	// up prints the lab's env assignments, as env does.
+	out, all, err := run("up", mode)
 	if err != nil {
-		t.Fatalf("lab env: %v\n%s", err, out)
+		t.Fatalf("lab up: %v\n%s", err, all)
 	}
 	l := &lab{t: t, bin: bin, env: map[string]string{}}
 	for _, line := range strings.Split(out, "\n") {
@@ -94,7 +97,7 @@ func newLab(t *testing.T, mode string) *lab {
 	}
 	for _, k := range []string{"HV_NS", "VM1_NS", "EXT_NS", "VM1_PORT", "VM1_IP", "EXT_IP"} {
 		if l.env[k] == "" {
-			t.Fatalf("lab env lacks %s:\n%s", k, out)
+			t.Fatalf("lab up's env lacks %s:\n%s", k, out)
 		}
 	}
 	if mode == "ovs" {

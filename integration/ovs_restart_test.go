@@ -282,7 +282,7 @@ func (l *lab) restartVswitchd() {
 		l.t.Fatal(err)
 	}
 	deadline := time.Now().Add(10 * time.Second)
-	for syscall.Kill(pid, 0) == nil {
+	for !exited(pid) {
 		if time.Now().After(deadline) {
 			l.t.Fatalf("ovs-vswitchd %d did not exit within 10 s of SIGTERM", pid)
 		}
@@ -293,6 +293,22 @@ func (l *lab) restartVswitchd() {
 		l.t.Fatalf("start ovs-vswitchd again: %v\n%s", err, out)
 	}
 	l.t.Logf("restarted ovs-vswitchd (was pid %d)", pid)
+}
+
+// exited reports whether process pid has exited: it is gone, or a zombie.
+// ovs-vswitchd runs detached, a child of init, which reaps it up to seconds
+// later on some machines; a zombie has closed all its descriptors.
+func exited(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return true
+	}
+	// The state follows the command name in parentheses.
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 && i+2 < len(s) {
+		return s[i+2] == 'Z' || s[i+2] == 'X'
+	}
+	return false
 }
 
 // stableSnapshot is what a restart of ovs-vswitchd leaves comparable: the

@@ -11,9 +11,10 @@ import (
 // advertises: lab.sh's refusals, a lab built and torn down, and what each
 // tool promises on it.
 func TestLabSelftest(t *testing.T) {
-	binDir(t) // the netns gate
+	bin := binDir(t) // the netns gate
 	cmd := exec.Command(filepath.Join(repoRoot(), "scripts/netns/selftest.sh"))
-	cmd.Env = append(cmd.Environ(), "LAB=it"+randName(4))
+	// The tools make tools built, not built again.
+	cmd.Env = append(cmd.Environ(), "LAB=it"+randName(4), "SHAPERD_BIN="+bin)
 	out, err := cmd.CombinedOutput()
 	t.Logf("selftest.sh:\n%s", out)
 	if err != nil {

@@ -84,8 +84,17 @@ mac_of() { case $1 in vm1) echo 02:c6:12:00:00:11 ;; vm2) echo 02:c6:12:00:00:12
 
 ns_exists() { [[ -e /run/netns/$1 ]] || ip netns list | awk '{print $1}' | grep -qxF -- "$1"; }
 
-# sysctl_ns NS KEY VALUE: write /proc/sys inside NS (net.* is per namespace).
-sysctl_ns() { ip netns exec "$1" sh -c "echo $3 > /proc/sys/${2//.//}"; }
+# sysctl_ns NS KEY VALUE [KEY VALUE ...]: write /proc/sys inside NS (net.*
+# is per namespace), all in one process; it fails at the first failed write.
+sysctl_ns() {
+	local ns=$1 script="set -e;"
+	shift
+	while (($# >= 2)); do
+		script+=" echo $2 > /proc/sys/${1//.//};"
+		shift 2
+	done
+	ip netns exec "$ns" sh -c "$script"
+}
 
 # ---------------------------------------------------------------- down
 # Remove exactly this lab's namespaces; processes still inside them (tools a
@@ -201,55 +210,64 @@ setup_ns() { # setup_ns NS: create, lo up, no IPv6 DAD or RA noise
 	ip netns add "$ns"
 	created+=("$ns")
 	ip -n "$ns" link set lo up
-	local k
+	local k kv=()
 	for k in all default; do
-		sysctl_ns "$ns" net.ipv6.conf.$k.accept_dad 0
-		sysctl_ns "$ns" net.ipv6.conf.$k.accept_ra 0
-		sysctl_ns "$ns" net.ipv6.conf.$k.router_solicitations 0
+		kv+=(net.ipv6.conf.$k.accept_dad 0 net.ipv6.conf.$k.accept_ra 0 net.ipv6.conf.$k.router_solicitations 0)
 	done
+	sysctl_ns "$ns" "${kv[@]}"
 }
 
-# port_frames: the frames every hypervisor port has seen so far, summed.
+# port_frames: the frames every hypervisor port has seen so far, summed,
+# read by one process in the hypervisor namespace.
 port_frames() {
-	local g f sum=0 d
+	local g files=()
 	for g in $GUESTS; do
-		d=/sys/class/net/$(port_of "$g")/statistics
-		for f in rx_packets tx_packets; do
-			sum=$((sum + $(ip netns exec "$HV_NS" cat "$d/$f")))
-		done
+		files+=("/sys/class/net/$(port_of "$g")/statistics/rx_packets" "/sys/class/net/$(port_of "$g")/statistics/tx_packets")
 	done
-	echo "$sum"
+	ip netns exec "$HV_NS" awk '{ sum += $1 } END { print sum }' "${files[@]}"
 }
 
 # settle: wait until the lab stops changing by itself, so that nothing is
 # measured or snapshotted while it does. The bridge gains carrier, and its
 # ports reach the forwarding state, a moment after they come up; and the
-# guests' kernels send IPv6 multicast listener reports (MLD) for a second
-# or two after link-up. Quiet means no frame on any port for 1.5 s; give up
+# guests' kernels send IPv6 multicast listener reports (MLD) after link-up
+# (within 10 ms, see bring_up; a second or two by default). Quiet means no frame on any port for 1.5 s; give up
 # after 15 s.
 settle() {
-	local g i state last now quiet=0
+	local g i state last now since deadline t
 	if [[ $mode == bridge ]]; then
+		# One process reads br0's carrier and each port's STP state:
+		# "1 3 3 3 3" is carrier and every port forwarding (reading the
+		# carrier of a bridge without it fails).
+		local files=(/sys/class/net/br0/carrier) want=1
+		for g in $GUESTS; do
+			files+=("/sys/class/net/$(port_of "$g")/brport/state")
+			want+=" 3"
+		done
 		for i in $(seq 100); do
-			state=$(ip netns exec "$HV_NS" cat /sys/class/net/br0/carrier 2>/dev/null || echo 0)
-			for g in $GUESTS; do
-				[[ $(ip netns exec "$HV_NS" cat "/sys/class/net/$(port_of "$g")/brport/state") == 3 ]] || state=0
-			done
-			[[ $state == 1 ]] && break
+			state=$(ip netns exec "$HV_NS" cat "${files[@]}" 2>/dev/null | tr '\n' ' ' || true)
+			[[ $state == "$want " ]] && break
 			sleep 0.1
 		done
-		[[ $state == 1 ]] || die "the bridge br0 has no carrier, or a port is not forwarding, 10 s after up"
+		[[ $state == "$want " ]] || die "the bridge br0 has no carrier, or a port is not forwarding, 10 s after up"
 	fi
+	# Quiet is timed by the clock (microseconds: EPOCHREALTIME without its
+	# locale's decimal separator), not by counting polls: a reading (a
+	# process) takes time too. Conservatively: from after the reading that
+	# saw the last change to before the reading that still sees no other.
 	last=$(port_frames)
-	for i in $(seq 150); do
+	since=${EPOCHREALTIME//[^0-9]/}
+	deadline=$((since + 15000000))
+	while :; do
 		sleep 0.1
+		t=${EPOCHREALTIME//[^0-9]/}
 		now=$(port_frames)
-		if [[ $now == "$last" ]]; then
-			quiet=$((quiet + 1))
-			[[ $quiet -ge 15 ]] && return 0
-		else
-			quiet=0 last=$now
+		if [[ $now != "$last" ]]; then
+			last=$now since=${EPOCHREALTIME//[^0-9]/}
+		elif ((t - since >= 1500000)); then
+			return 0
 		fi
+		((t < deadline)) || break
 	done
 	die "the lab is not quiet: its ports still see frames 15 s after up"
 }
@@ -277,8 +295,7 @@ bring_up() {
 	log "building lab '$LAB' ($mode mode, vlan_filtering=$vlan_filtering)"
 	setup_ns "$HV_NS"
 	# The hypervisor needs no IPv6 at all: keep its ports silent.
-	sysctl_ns "$HV_NS" net.ipv6.conf.all.disable_ipv6 1
-	sysctl_ns "$HV_NS" net.ipv6.conf.default.disable_ipv6 1
+	sysctl_ns "$HV_NS" net.ipv6.conf.all.disable_ipv6 1 net.ipv6.conf.default.disable_ipv6 1
 	if [[ $mode == ovs ]]; then
 		"$OVS_SH" start "$OVS_DIR" "$HV_NS"
 		eval "$("$OVS_SH" env "$OVS_DIR" | sed 's/^/export /')"
@@ -299,7 +316,10 @@ bring_up() {
 		setup_ns "$gns"
 		ip -n "$HV_NS" link add "$port" txqueuelen 10000 type veth peer name eth0 netns "$gns"
 		ip -n "$gns" link set eth0 address "$(mac_of "$g")" txqueuelen 10000
-		sysctl_ns "$gns" net.ipv6.conf.eth0.accept_dad 0
+		# The unsolicited MLD reports that follow link-up (each sent twice,
+		# at random within mldv2_unsolicited_report_interval, 1 s by
+		# default) go out at once: settle then waits out its quiet time only.
+		sysctl_ns "$gns" net.ipv6.conf.eth0.accept_dad 0 net.ipv6.conf.eth0.mldv2_unsolicited_report_interval 10
 		ip -n "$gns" addr add "$(ip4_of "$g")/24" dev eth0
 		ip -n "$gns" addr add "$(ip6_of "$g")/64" dev eth0 nodad
 		if [[ $mode == ovs ]]; then

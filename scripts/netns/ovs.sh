@@ -95,16 +95,24 @@ start() {
 	die "ovs-vswitchd in $dir did not come up; see $dir/ovs-vswitchd.log"
 }
 
+# running PID: PID is a process that has not exited and names DIR. A
+# daemon that exited stays a zombie until init reaps it (--detach made init
+# its parent), which takes up to seconds on some machines: a zombie has
+# closed every descriptor and socket, and has an empty command line.
+running() {
+	[[ -r /proc/$1/cmdline ]] && tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$dir"
+}
+
 stop() {
 	local name pid i
 	for name in ovs-vswitchd ovsdb-server; do
 		pid=$(ours "$dir/$name.pid") || continue
 		kill -TERM "$pid" 2>/dev/null || true
 		for i in $(seq 50); do
-			kill -0 "$pid" 2>/dev/null || break
+			running "$pid" || break
 			sleep 0.1
 		done
-		if kill -0 "$pid" 2>/dev/null; then
+		if running "$pid"; then
 			log "$name ($pid) ignored SIGTERM; killing it"
 			kill -KILL "$pid" 2>/dev/null || true
 		fi

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # selftest.sh: smoke test of the lab and its tools (flood, sink, probe).
-# Builds the tools, brings a lab up, checks what each tool promises, tears
-# the lab down and checks that nothing is left. Exits non-zero on the first
-# failed check; cleans up in a trap either way. Needs root and Go.
+# Builds the tools (or takes them from SHAPERD_BIN), brings a lab up, checks
+# what each tool promises, tears the lab down and checks that nothing is
+# left. Exits non-zero on the first failed check; cleans up in a trap either
+# way. Needs root, and Go unless SHAPERD_BIN holds the tools.
 #
 #   scripts/netns/selftest.sh            # LAB defaults to st<pid>
 #   LAB=st1 scripts/netns/selftest.sh
+#   SHAPERD_BIN=$PWD/bin scripts/netns/selftest.sh   # the tools make tools built
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -67,11 +69,22 @@ bg() {
 
 [[ $(id -u) -eq 0 ]] || fail "needs root"
 
-say "building tools into $TMP"
-for t in flood sink probe; do
-	(cd "$ROOT" && go build -o "$TMP/$t" "./scripts/netns/$t") || fail "go build $t"
-done
-FLOOD=$TMP/flood SINK=$TMP/sink PROBE=$TMP/probe
+# The tools: those in SHAPERD_BIN if it is set (make integration built
+# them from this tree), else built here.
+tools=$TMP
+if [[ -n ${SHAPERD_BIN:-} ]]; then
+	tools=$SHAPERD_BIN
+	for t in flood sink probe; do
+		[[ -x $tools/$t ]] || fail "SHAPERD_BIN=$tools has no $t (make tools builds it)"
+	done
+	say "using the tools in $tools"
+else
+	say "building tools into $TMP"
+	for t in flood sink probe; do
+		(cd "$ROOT" && go build -o "$TMP/$t" "./scripts/netns/$t") || fail "go build $t"
+	done
+fi
+FLOOD=$tools/flood SINK=$tools/sink PROBE=$tools/probe
 
 # --- refusals that need no lab (and cannot send anywhere if they failed) ---
 if "$LABSH" up nosuchmode 2>"$TMP/mode.err"; then fail "lab.sh up nosuchmode was accepted"; fi
