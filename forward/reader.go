@@ -97,7 +97,9 @@ const (
 // after a batch the aggregate refused a frame of: MaxOverloadNap, or half
 // the time the aggregate's emptiest bucket takes to fill if that is less,
 // or 0 (no nap) in shape mode (the queue, not the aggregate, refuses
-// there), without an aggregate, or when that is under minOverloadNap.
+// there) or when that is under minOverloadNap. An aggregate without rates
+// (none, or only Block) gets MaxOverloadNap: none never refuses, and a
+// blocked one refuses everything.
 func overloadNap(pol *Policy) time.Duration {
 	if pol.Mode != Police {
 		return 0
