@@ -103,7 +103,8 @@ func TestBackstopSynFlood(t *testing.T) {
 			d := l.startDaemon()
 			l.bg(ext, "probe", "server", "--listen", l.get("EXT_IP")+":8080")
 			time.Sleep(300 * time.Millisecond)
-			run := func(proto, class string, extra ...string) probeSummary {
+			// class is both the flood's --proto and the budget's flag prefix.
+			run := func(class string, extra ...string) probeSummary {
 				t.Helper()
 				d.must(append([]string{"quarantine", port, "--pps", "5000", "--" + class + "-pps", "200", "--fail", "closed"}, extra...)...)
 				defer d.must("release", port)
@@ -112,21 +113,21 @@ func TestBackstopSynFlood(t *testing.T) {
 				legit := l.bg(vm1, "probe", "client", "--connect", l.get("EXT_IP")+":8080", "--count", "12000",
 					"--interval", "1ms", "--size", "200", "--timeout", "1s", "--json")
 				time.Sleep(time.Second)
-				flood := l.bg(vm1, "flood", "--dst", l.get("EXT_IP"), "--proto", proto, "--dport", "80", "--pps", "0", "--duration", "11s")
+				flood := l.bg(vm1, "flood", "--dst", l.get("EXT_IP"), "--proto", class, "--dport", "80", "--pps", "0", "--duration", "11s")
 				legit.wait(t, 30*time.Second)
 				flood.wait(t, 20*time.Second)
 				q := d.status(port)
 				s := legit.summary(t)
 				name := map[string]string{"syn": "tcp-syn", "udp": "udp"}[class]
 				t.Logf("quarantine --%s-pps 200 %v: legitimate TCP, 1000 msg/s from the VM beside a max-rate %s flood: %d of %d round trips within 1 s (p99 %.1f ms); kernel drops %v; %s passed by the forwarder %d",
-					class, extra, proto, s.Completed, s.Sent, s.P99MS, q.Directions.FromVM.KernelDrops, name, q.Directions.FromVM.Classes[name].PassedPackets)
+					class, extra, class, s.Completed, s.Sent, s.P99MS, q.Directions.FromVM.KernelDrops, name, q.Directions.FromVM.Classes[name].PassedPackets)
 				return s
 			}
-			if s := run("syn", "syn"); float64(s.Completed) < 0.95*12000 {
+			if s := run("syn"); float64(s.Completed) < 0.95*12000 {
 				t.Errorf("SYN flood, with the backstop: %d of 12000 legitimate round trips completed, want at least 95%%", s.Completed)
 			}
-			run("syn", "syn", "--backstop", "none")
-			if s := run("udp", "udp"); float64(s.Completed) < 0.95*12000 {
+			run("syn", "--backstop", "none")
+			if s := run("udp"); float64(s.Completed) < 0.95*12000 {
 				t.Errorf("UDP flood, with the backstop: %d of 12000 legitimate round trips completed, want at least 95%%", s.Completed)
 			}
 		})
