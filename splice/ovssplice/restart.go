@@ -23,8 +23,9 @@ import (
 
 // VswitchdPID returns the pid of the running ovs-vswitchd from its pidfile
 // in OVS_RUNDIR (default /var/run/openvswitch), "" if there is none or
-// that process is gone. A new pid means a restart, which loses every
-// flow (the port policies watch it too).
+// that process is gone: exited, or a zombie its parent has not reaped yet
+// (it answers kill 0 but serves nothing). A new pid means a restart,
+// which loses every flow (the port policies watch it too).
 func VswitchdPID() string {
 	dir := os.Getenv("OVS_RUNDIR")
 	if dir == "" {
@@ -36,10 +37,22 @@ func VswitchdPID() string {
 	}
 	s := strings.TrimSpace(string(b))
 	pid, err := strconv.Atoi(s)
-	if err != nil || pid <= 0 || syscall.Kill(pid, 0) == syscall.ESRCH {
+	if err != nil || pid <= 0 || syscall.Kill(pid, 0) == syscall.ESRCH || zombie(pid) {
 		return ""
 	}
 	return s
+}
+
+// zombie reports whether process pid has exited and waits to be reaped
+// (state Z in /proc/PID/stat). An unreadable stat is not a zombie.
+func zombie(pid int) bool {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		return false
+	}
+	// pid (comm) state ...: comm may hold spaces and parentheses.
+	i := strings.LastIndexByte(string(b), ')')
+	return i >= 0 && i+2 < len(b) && b[i+2] == 'Z'
 }
 
 // trackLocked counts s among the live splices and makes sure the
