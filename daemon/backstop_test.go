@@ -28,22 +28,32 @@ func TestBackstopFor(t *testing.T) {
 		classes map[steer.Class]float64
 	}{
 		{"no limits", api.LimitFlags{}, 0, 0, nil},
-		{"pps", api.LimitFlags{"pps": "5000"}, 10000, 500, nil},
-		{"pps with a big burst", api.LimitFlags{"pps": "5000", "burst": "400"}, 10000, 800, nil},
-		{"bytes only", api.LimitFlags{"bps": "16mbit"}, 2 * 2e6 / 60, math.Ceil(2 * 2e6 / 60 * 0.05), nil},
-		{"pps and bytes: the lower", api.LimitFlags{"pps": "50000", "bps": "16mbit"}, 2 * 2e6 / 60, math.Ceil(2 * 2e6 / 60 * 0.05), nil},
+		// Police mode (the default): the aggregate a quarter above its
+		// budget, plus what the class ceilings pass above theirs, at most
+		// twice the budget.
+		{"pps", api.LimitFlags{"pps": "5000"}, 6250, 313, nil},
+		{"pps with a big burst", api.LimitFlags{"pps": "5000", "burst": "400"}, 6250, 800, nil},
+		{"bytes only", api.LimitFlags{"bps": "16mbit"}, 1.25 * 2e6 / 60, math.Ceil(1.25 * 2e6 / 60 * 0.05), nil},
+		{"pps and bytes: the lower", api.LimitFlags{"pps": "50000", "bps": "16mbit"}, 1.25 * 2e6 / 60, math.Ceil(1.25 * 2e6 / 60 * 0.05), nil},
 		{"small pps: the floor", api.LimitFlags{"pps": "10"}, intent.BackstopMinPPS, intent.BackstopMinBurst, nil},
 		{"blocked", api.LimitFlags{"pps": "0"}, intent.BackstopMinPPS, intent.BackstopMinBurst, nil},
 		{"override", api.LimitFlags{"pps": "5000", "backstop": "7000"}, 7000, 350, nil},
 		{"override without budgets", api.LimitFlags{"backstop": "7000"}, 7000, 350, nil},
-		{"classes", api.LimitFlags{"pps": "5000", "syn-pps": "200", "udp-pps": "1000", "icmp-bps": "64kbit"}, 10000, 500,
+		{"classes", api.LimitFlags{"pps": "5000", "syn-pps": "200", "udp-pps": "1000", "icmp-bps": "64kbit"},
+			6250 + 200 + 1000 + math.Max(2*8000.0/60, intent.BackstopMinPPS) - 8000.0/60, math.Ceil((6250 + 1200 + math.Max(2*8000.0/60, intent.BackstopMinPPS) - 8000.0/60) * 0.05),
 			map[steer.Class]float64{steer.ClassSyn: 400, steer.ClassUDP: 2000, steer.ClassICMP: math.Max(2*8000.0/60, intent.BackstopMinPPS)}},
+		{"classes: at most twice the budget", api.LimitFlags{"pps": "5000", "udp-pps": "4000"}, 10000, 500,
+			map[steer.Class]float64{steer.ClassUDP: 8000}},
+		// Shape mode: twice the budget.
+		{"shape", api.LimitFlags{"pps": "5000", "mode": "shape"}, 10000, 500, nil},
+		{"shape, classes", api.LimitFlags{"pps": "5000", "syn-pps": "200", "mode": "shape"}, 10000, 500,
+			map[steer.Class]float64{steer.ClassSyn: 400}},
 		{"off", api.LimitFlags{"pps": "5000", "syn-pps": "200", "backstop": "none"}, 0, 0, nil},
 	}
 	for _, tt := range tests {
 		d := spec(tt.req)
 		b := intent.BackstopFor(d, intent.DirPolicy(d))
-		if b.Aggregate.PPS != tt.agg || b.Aggregate.Burst != tt.burst {
+		if math.Abs(b.Aggregate.PPS-tt.agg) > 1e-6 || b.Aggregate.Burst != tt.burst {
 			t.Errorf("%s: aggregate %+v, want %v pps burst %v", tt.name, b.Aggregate, tt.agg, tt.burst)
 		}
 		for c := steer.Class(1); c < steer.NumClasses; c++ {
@@ -103,15 +113,18 @@ func TestBackstopFollowsSet(t *testing.T) {
 			t.Errorf("status shows backstop %+v, want %v", b, from)
 		}
 	}
-	check(10000, 2000, 400)
+	// Police mode: a quarter above the budget plus the SYN ceiling's 200
+	// above its budget.
+	check(6450, 1250, 400)
 	for _, x := range []struct {
 		req           api.LimitFlags
 		from, to, syn float64
 	}{
-		{api.LimitFlags{"pps": "2000"}, 4000, 2000, 400},
-		{api.LimitFlags{"backstop": "3000"}, 3000, 2000, 400},
+		{api.LimitFlags{"pps": "2000"}, 2700, 1250, 400},
+		{api.LimitFlags{"backstop": "3000"}, 3000, 1250, 400},
 		{api.LimitFlags{"backstop": "none", "to-vm-pps": "none"}, 0, 0, 0},
-		{api.LimitFlags{"backstop": "auto"}, 4000, 0, 400},
+		{api.LimitFlags{"backstop": "auto"}, 2700, 0, 400},
+		{api.LimitFlags{"mode": "shape"}, 4000, 0, 400},
 	} {
 		if _, err := setFlags(m, "vm-1", x.req); err != nil {
 			t.Fatal(err)

@@ -75,9 +75,9 @@ func TestUnitCapabilities(t *testing.T) {
 				q1, t1 := d.statusAt(port)
 				fwd := float64(q1.Directions.FromVM.Classes["udp"].PassedPackets-q0.Directions.FromVM.Classes["udp"].PassedPackets) / t1.Sub(t0).Seconds()
 				kernel := kernelRate(q0, q1, t0, t1, fromMain)
-				t.Logf("%s: the kernel half passes %.0f pps of a 20000 pps flood (backstop 10000), the forwarder %.0f pps", what, kernel, fwd)
-				if !within(kernel, 10000, 0.05) || !within(fwd, 5000, 0.05) {
-					t.Errorf("%s: kernel %.0f pps, forwarder %.0f pps; want 10000 and 5000 within 5%%", what, kernel, fwd)
+				t.Logf("%s: the kernel half passes %.0f pps of a 20000 pps flood (backstop 6250), the forwarder %.0f pps", what, kernel, fwd)
+				if !within(kernel, 6250, 0.05) || !within(fwd, 5000, 0.05) {
+					t.Errorf("%s: kernel %.0f pps, forwarder %.0f pps; want 6250 and 5000 within 5%%", what, kernel, fwd)
 				}
 				flood.wait(t, 10*time.Second) // the flood ends
 			}

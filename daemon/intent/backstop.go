@@ -18,8 +18,20 @@ import (
 )
 
 const (
-	// BackstopFactor is how far above a budget its default ceiling is.
+	// BackstopFactor is how far above a budget its default ceiling is:
+	// every class budget's, and the aggregate's in shape mode.
 	BackstopFactor = 2
+	// PoliceBackstopFactor is how far above the aggregate budget its
+	// default ceiling is in police mode, plus what the class ceilings let
+	// through above their budgets (see BackstopFor). In police mode every
+	// frame above the budget is dropped by the forwarder, so what the
+	// ceiling passes above it is read, classified and dropped for nothing:
+	// the forwarder's reads are most of what a flood costs it. A quarter
+	// above the budget, with a burst of twice the budget's, still hands
+	// the forwarder more than its budget admits whenever the offered load
+	// is above it. Shape mode keeps BackstopFactor: its queue turns
+	// bursts into delay, not drops.
+	PoliceBackstopFactor = 1.25
 	// BackstopMinPPS is the least default ceiling, in packets per second:
 	// a budget of 0 (a class blocked) still lets this through to the
 	// forwarder, which counts and drops it.
@@ -36,10 +48,14 @@ const (
 
 // backstopFor returns direction d's backstop for the budgets p in force:
 //
-//   - the aggregate ceiling: d.Backstop if set, else BackstopFactor times
-//     the aggregate pps budget, else, with only a byte budget,
-//     BackstopFactor times what it admits in minimum-size frames; none
-//     without an aggregate budget;
+//   - the aggregate ceiling: d.Backstop if set; else, in shape mode,
+//     BackstopFactor times the aggregate pps budget (with only a byte
+//     budget, what it admits in minimum-size frames); in police mode,
+//     PoliceBackstopFactor times that budget plus, for each class with a
+//     ceiling of its own, what that ceiling lets through above the class's
+//     budget (frames the forwarder drops by class, which the kernel has
+//     already charged to the aggregate), never more than the shape mode's
+//     ceiling; none without an aggregate budget;
 //   - each class with a budget of its own (tcp-syn, udp from --syn-pps and
 //     --udp-pps; icmp from --icmp-bps, in minimum-size frames) gets a
 //     ceiling of its own, BackstopFactor times that budget, so a flood of
@@ -56,23 +72,36 @@ func BackstopFor(d DirSpec, p forward.Policy) steer.Backstop {
 	if d.BackstopOff {
 		return b
 	}
-	if d.Backstop != nil {
-		b.Aggregate = ceiling(*d.Backstop, 0)
-	} else {
-		b.Aggregate = defaultCeiling(p.Aggregate)
-	}
+	excess := 0.0 // what the class ceilings pass above their budgets
 	for _, c := range []struct {
 		steer    steer.Class
 		classify classify.Class
 	}{{steer.ClassSyn, classify.TCPSyn}, {steer.ClassUDP, classify.UDP}, {steer.ClassICMP, classify.ICMP}} {
-		b.Classes[c.steer] = defaultCeiling(p.Classes[c.classify])
+		l := p.Classes[c.classify]
+		b.Classes[c.steer] = defaultCeiling(l, BackstopFactor)
+		if b.Classes[c.steer].PPS > 0 {
+			excess += b.Classes[c.steer].PPS - budgetPPS(l)
+		}
+	}
+	switch {
+	case d.Backstop != nil:
+		b.Aggregate = ceiling(*d.Backstop, 0)
+	case p.Mode == forward.Police:
+		loose := defaultCeiling(p.Aggregate, BackstopFactor)
+		b.Aggregate = defaultCeiling(p.Aggregate, PoliceBackstopFactor)
+		if b.Aggregate.PPS > 0 {
+			pps := math.Min(b.Aggregate.PPS+excess, loose.PPS)
+			b.Aggregate = ceiling(pps, 2*p.Aggregate.Effective().BurstPackets)
+		}
+	default:
+		b.Aggregate = defaultCeiling(p.Aggregate, BackstopFactor)
 	}
 	return b
 }
 
-// defaultCeiling is the default ceiling of one budget; none for no budget.
-func defaultCeiling(l bucket.Limits) steer.Ceiling {
-	e := l.Effective()
+// budgetPPS is the most frames per second budget l admits: its pps, or
+// its byte rate in minimum-size frames; +Inf for no budget.
+func budgetPPS(l bucket.Limits) float64 {
 	pps := math.Inf(1)
 	if l.PPS > 0 {
 		pps = l.PPS
@@ -83,10 +112,17 @@ func defaultCeiling(l bucket.Limits) steer.Ceiling {
 	if l.Block {
 		pps = 0
 	}
+	return pps
+}
+
+// defaultCeiling is the default ceiling of one budget, factor times what
+// it admits; none for no budget.
+func defaultCeiling(l bucket.Limits, factor float64) steer.Ceiling {
+	pps := budgetPPS(l)
 	if math.IsInf(pps, 1) {
 		return steer.Ceiling{}
 	}
-	return ceiling(math.Max(BackstopFactor*pps, BackstopMinPPS), 2*e.BurstPackets)
+	return ceiling(math.Max(factor*pps, BackstopMinPPS), 2*l.Effective().BurstPackets)
 }
 
 func ceiling(pps float64, budgetBurst int) steer.Ceiling {
