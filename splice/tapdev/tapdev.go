@@ -20,7 +20,7 @@
 // a quiet machine, but tens to hundreds of milliseconds while a flood
 // keeps the cores in softirq and other work competes for them: a
 // creation that closed its file before bringing the tap up took at worst
-// 40 to 250 ms of 100 under a lab flood and two busy loops, and 490 ms
+// 30 to 250 ms of 100 under a lab flood and two busy loops, and 490 ms
 // once in CI. A tap handed over costs neither: at worst 4 to 13 ms of 100
 // under the same load. So that nothing reaches a tap before its
 // forwarder runs, Create turns the carrier off (TUNSETCARRIER) while the
