@@ -103,6 +103,86 @@ func OpenTapQueues(name string, n int, offload bool) ([]Device, error) {
 	return out, nil
 }
 
+// TapQueues returns n queues of the tap named name as Devices, like
+// OpenTapQueues, the first of them first: a file already attached to the
+// tap, the one that created it (splice/tapdev), which it takes ownership of
+// (it is closed, on error too). Taking that file rather than attaching a
+// new one spares the tap a detach, which waits for an RCU grace period:
+// tens to hundreds of milliseconds under a flood (see package tapdev).
+//
+// first must have been attached with the flags this forwarder would use:
+// IFF_TAP|IFF_NO_PI, IFF_VNET_HDR if and only if offload (the kernel takes
+// it from a tap's first queue only), and IFF_MULTI_QUEUE for more than one
+// queue (without it, one Device is returned, whatever n). The other n-1
+// queues are attached as OpenTapQueues does. The tap's carrier, which the
+// creator left off, is turned on once every queue is attached.
+func TapQueues(first *os.File, name string, n int, offload bool) ([]Device, error) {
+	fail := func(ds []Device, err error) ([]Device, error) {
+		for _, d := range ds {
+			d.Close()
+		}
+		return nil, fmt.Errorf("forward: take tap %s: %w", name, err)
+	}
+	got, flags, err := tunGetIff(first)
+	if err != nil {
+		first.Close()
+		return fail(nil, fmt.Errorf("TUNGETIFF: %w", err))
+	}
+	want := uint16(unix.IFF_TAP | unix.IFF_NO_PI)
+	if offload {
+		want |= unix.IFF_VNET_HDR
+	}
+	if got != name || flags&(unix.IFF_TUN|unix.IFF_TAP|unix.IFF_NO_PI|unix.IFF_VNET_HDR) != want {
+		first.Close()
+		return fail(nil, fmt.Errorf("the file is attached to %s with flags %#x, want %s with %#x", got, flags, name, want))
+	}
+	fd, err := dupFile(first)
+	if err != nil {
+		return fail(nil, err)
+	}
+	d, err := newTap(name, fd)
+	if err != nil {
+		return fail(nil, err)
+	}
+	if offload {
+		if err := setOffloads(fd); err != nil {
+			return fail([]Device{d}, err)
+		}
+		d.vnet = true
+	}
+	out := []Device{d}
+	if flags&unix.IFF_MULTI_QUEUE != 0 {
+		for range max(n, 1) - 1 {
+			q, err := attach(name, true, offload)
+			if err != nil {
+				return fail(out, err)
+			}
+			out = append(out, q)
+		}
+	}
+	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETCARRIER, 1); err != nil {
+		return fail(out, fmt.Errorf("TUNSETCARRIER: %w", err))
+	}
+	return out, nil
+}
+
+// tunGetIff returns the name and flags of the tap f is attached to.
+func tunGetIff(f *os.File) (string, uint16, error) {
+	ifr, err := unix.NewIfreq("")
+	if err != nil {
+		return "", 0, err
+	}
+	rc, err := f.SyscallConn()
+	if err != nil {
+		return "", 0, err
+	}
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { ierr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr) }); err != nil {
+		return "", 0, err
+	}
+	return ifr.Name(), ifr.Uint16(), ierr
+}
+
 // attach attaches one queue, with IFF_MULTI_QUEUE or without. Without
 // offload water attaches it; with offload, TUNSETIFF goes through
 // x/sys/unix, because the pinned water has no IFF_VNET_HDR option.
@@ -137,6 +217,13 @@ func detach(ifce *water.Interface) (int, error) {
 		ifce.Close()
 		return -1, fmt.Errorf("water returned a %T, not an *os.File", ifce.ReadWriteCloser)
 	}
+	return dupFile(f)
+}
+
+// dupFile returns a nonblocking, close-on-exec duplicate of f's fd and
+// closes f (which removes it from the netpoller; the duplicate keeps the
+// tap attached).
+func dupFile(f *os.File) (int, error) {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		f.Close()
@@ -189,13 +276,9 @@ func attachVnet(name string, multi bool) (Device, error) {
 		unix.Close(fd)
 		return nil, err
 	}
-	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, VnetHdrLen); err != nil {
+	if err := setOffloads(fd); err != nil {
 		unix.Close(fd)
-		return nil, fmt.Errorf("TUNSETVNETHDRSZ: %w", err)
-	}
-	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tunFCsum); err != nil {
-		unix.Close(fd)
-		return nil, fmt.Errorf("TUNSETOFFLOAD: %w", err)
+		return nil, err
 	}
 	t, err := newTap(name, fd)
 	if err != nil {
@@ -203,6 +286,18 @@ func attachVnet(name string, multi bool) (Device, error) {
 	}
 	t.vnet = true
 	return t, nil
+}
+
+// setOffloads sets a queue attached with IFF_VNET_HDR to this forwarder's
+// header length and checksum offload (GSO off until SetGSO).
+func setOffloads(fd int) error {
+	if err := unix.IoctlSetPointerInt(fd, unix.TUNSETVNETHDRSZ, VnetHdrLen); err != nil {
+		return fmt.Errorf("TUNSETVNETHDRSZ: %w", err)
+	}
+	if err := unix.IoctlSetInt(fd, unix.TUNSETOFFLOAD, tunFCsum); err != nil {
+		return fmt.Errorf("TUNSETOFFLOAD: %w", err)
+	}
+	return nil
 }
 
 // SetGSO lets the kernel hand this tap's reader GSO segments of TCP (up to

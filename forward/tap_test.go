@@ -311,3 +311,146 @@ func TestReaderLetsGoWhenQuiet(t *testing.T) {
 		}
 	})
 }
+
+// TapQueues takes the file that created a tap as the tap's first queue,
+// attaching nothing anew for it (a single-queue tap held by that file
+// would refuse another), turns the carrier on, reads and writes through
+// it, and owns it: closing the Devices, or a refusal, closes it. The taps
+// here are not persistent, so a tap that is gone proves that no file of
+// it was left open.
+func TestTapQueuesTakesTheCreatingFile(t *testing.T) {
+	netnstest.Require(t, "ip")
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		runtime.LockOSThread() // never unlocked: see inTapLabWith
+		ns, err := netns.New()
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer ns.Close()
+		if err := takeTheCreatingFile(t); err != nil {
+			t.Error(err)
+		}
+	}()
+	<-done
+}
+
+// takeTheCreatingFile is TestTapQueuesTakesTheCreatingFile's body, on a
+// thread in a namespace of its own; it returns what stops it.
+func takeTheCreatingFile(t *testing.T) error {
+	// create makes a non-persistent tap as splice/tapdev does, carrier
+	// off, up, and returns the file that holds it.
+	create := func(name string, flags netlink.TuntapFlag) (netlink.Link, *os.File, error) {
+		tt := &netlink.Tuntap{LinkAttrs: netlink.LinkAttrs{Name: name}, Mode: netlink.TUNTAP_MODE_TAP,
+			Flags: netlink.TUNTAP_NO_PI | netlink.TUNTAP_TUN_EXCL | flags, Queues: 1, NonPersist: true}
+		if err := netlink.LinkAdd(tt); err != nil {
+			return nil, nil, err
+		}
+		f := tt.Fds[0]
+		rc, _ := f.SyscallConn()
+		var ierr error
+		rc.Control(func(fd uintptr) { ierr = unix.IoctlSetPointerInt(int(fd), unix.TUNSETCARRIER, 0) })
+		os.WriteFile("/proc/sys/net/ipv6/conf/"+name+"/disable_ipv6", []byte("1"), 0)
+		l, err := netlink.LinkByName(name)
+		if err == nil {
+			err = netlink.LinkSetUp(l)
+		}
+		if err == nil {
+			err = ierr
+		}
+		return l, f, err
+	}
+	lowerUp := func(name string) bool {
+		l, err := netlink.LinkByName(name)
+		return err == nil && l.Attrs().RawFlags&unix.IFF_LOWER_UP != 0
+	}
+	gone := func(name string) bool {
+		_, err := netlink.LinkByName(name)
+		var nf netlink.LinkNotFoundError
+		return errors.As(err, &nf)
+	}
+
+	// One queue, with offload.
+	l, f, err := create("shqtake0", netlink.TUNTAP_VNET_HDR)
+	if err != nil {
+		return err
+	}
+	if lowerUp("shqtake0") {
+		t.Error("carrier before TapQueues")
+	}
+	ds, err := TapQueues(f, "shqtake0", 4, true)
+	if err != nil {
+		return err
+	}
+	if len(ds) != 1 || !ds[0].(*tap).vnet || !lowerUp("shqtake0") {
+		t.Errorf("TapQueues of a single-queue tap: %d devices, carrier %v; want 1 with offload, carrier on", len(ds), lowerUp("shqtake0"))
+	}
+	sock, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, int(htons(unix.ETH_P_ALL)))
+	if err != nil {
+		return err
+	}
+	defer unix.Close(sock)
+	if err := unix.Bind(sock, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: l.Attrs().Index}); err != nil {
+		return err
+	}
+	tv := unix.Timeval{Sec: 2}
+	unix.SetsockoptTimeval(sock, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &tv)
+	in := testFrame(7, 90)
+	if _, err := unix.Write(sock, in); err != nil {
+		return err
+	}
+	bufs, sizes := [][]byte{make([]byte, VnetHdrLen+MaxFrameBuffer)}, make([]int, 1)
+	if n, err := ds[0].Read(bufs, sizes, VnetHdrLen); n != 1 || err != nil || !bytes.Equal(bufs[0][VnetHdrLen:VnetHdrLen+sizes[0]], in) {
+		t.Errorf("Read through the taken file: %d, %v", n, err)
+	}
+	if n, err := ds[0].Write([][]byte{headroom(testFrame(8, 80))}, VnetHdrLen); n != 1 || err != nil {
+		t.Errorf("Write through the taken file: %d, %v", n, err)
+	}
+	buf := make([]byte, 2048)
+	if n, err := unix.Read(sock, buf); err != nil || !bytes.Equal(buf[:n], testFrame(8, 80)) {
+		t.Errorf("written frame seen as % x (%v)", buf[:max(n, 0)], err)
+	}
+	ds[0].Close()
+	if !gone("shqtake0") {
+		t.Error("after Close the tap is still held by a file")
+	}
+
+	// Several queues of a multi-queue tap: the rest are attached.
+	if _, f, err = create("shqtake1", netlink.TUNTAP_VNET_HDR|netlink.TUNTAP_MULTI_QUEUE); err != nil {
+		return err
+	}
+	ds, err = TapQueues(f, "shqtake1", 3, true)
+	if err != nil || len(ds) != 3 || !lowerUp("shqtake1") {
+		t.Errorf("TapQueues of a multi-queue tap: %d devices, %v, carrier %v; want 3, carrier on", len(ds), err, lowerUp("shqtake1"))
+	}
+	for _, d := range ds {
+		d.Close()
+	}
+	if !gone("shqtake1") {
+		t.Error("after closing every queue the tap is still held by a file")
+	}
+
+	// Refused: offload asked of a file without IFF_VNET_HDR, or a
+	// file of another tap. The file is closed either way.
+	if _, f, err = create("shqtake2", 0); err != nil {
+		return err
+	}
+	if _, err := TapQueues(f, "shqtake2", 1, true); err == nil {
+		t.Error("TapQueues with offload took a file without IFF_VNET_HDR")
+	}
+	if !gone("shqtake2") {
+		t.Error("a refused file was not closed")
+	}
+	if _, f, err = create("shqtake3", 0); err != nil {
+		return err
+	}
+	if _, err := TapQueues(f, "shqtake4", 1, false); err == nil {
+		t.Error("TapQueues took a file of another tap")
+	}
+	if !gone("shqtake3") {
+		t.Error("a refused file was not closed")
+	}
+	return nil
+}

@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
@@ -67,6 +68,11 @@ type Env struct {
 	// offloads.
 	OpenTap    func(name string) (forward.Device, error)
 	OpenQueues func(name string, n int, offload bool) ([]forward.Device, error)
+	// TakeQueues opens the queues of a tap whose creating file the splice
+	// hands over (splice.TapHolder), that file first; nil:
+	// forward.TapQueues. A tap whose file is taken is attached to no
+	// second time for its first queue (see splice.TapHolder for why).
+	TakeQueues func(first *os.File, name string, n int, offload bool) ([]forward.Device, error)
 	TapQueues  int
 	// Coalesce is the forwarders' latency budget for sharing a wake-up
 	// (forward.Config.Coalesce).
@@ -325,7 +331,22 @@ func (p *Port) start(sp splice.Splice, w Want) (*forward.Forwarder, error) {
 	// splice's taps, where the backend takes them.
 	o, ok := sp.(splice.Offloader)
 	offload := ok && o.Offloads()
+	holder, _ := sp.(splice.TapHolder)
 	queues := func(name string, n int) ([]forward.Device, error) {
+		if holder != nil {
+			if f := holder.TakeTap(name); f != nil {
+				take := p.env.TakeQueues
+				if take == nil {
+					take = forward.TapQueues
+				}
+				if p.env.OpenQueues == nil {
+					n = 1 // as OpenTap: one queue
+				}
+				ds, err := take(f, name, n, offload)
+				opened = append(opened, ds...)
+				return ds, err
+			}
+		}
 		if p.env.OpenQueues == nil {
 			d, err := open(name)
 			return []forward.Device{d}, err

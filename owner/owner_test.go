@@ -3,6 +3,7 @@ package owner
 import (
 	"errors"
 	"log/slog"
+	"os"
 	"testing"
 
 	"github.com/shaperd/shaperd/bucket"
@@ -169,5 +170,81 @@ func TestAdoptRemnant(t *testing.T) {
 	}
 	if out, _, err := p.Apply(want(Quarantine, 1000)); err != nil || out != Spliced || fb.Released() != 1 || fb.Splices() != 2 {
 		t.Fatalf("Apply after the remnant: %v %v; %d released, %d splices", out, err, fb.Released(), fb.Splices())
+	}
+}
+
+// holding is a splice that holds the files of its taps (splice.TapHolder)
+// and takes GSO segments (splice.Offloader), as the tc backend's does.
+type holding struct {
+	splice.Splice
+	files map[string]*os.File
+}
+
+func (h holding) TakeTap(name string) *os.File {
+	f := h.files[name]
+	delete(h.files, name)
+	return f
+}
+
+func (holding) Offloads() bool { return true }
+
+// holdingBackend splices through fb and wraps each splice in holding.
+type holdingBackend struct {
+	*fakesplice.Backend
+	files map[string]*os.File
+}
+
+func (b holdingBackend) Splice(port string, opt splice.Options) (splice.Splice, error) {
+	sp, err := b.Backend.Splice(port, opt)
+	if err != nil {
+		return nil, err
+	}
+	return holding{sp, b.files}, nil
+}
+
+// The owner takes the files a splice holds (splice.TapHolder) for its
+// taps' first queues, with the splice's offloads, and attaches anew
+// (OpenQueues) only to a tap whose file it was not handed.
+func TestStartTakesTheSplicesFiles(t *testing.T) {
+	fb := fakesplice.New("vm-1")
+	vm, nt := splice.TapNames("vm-1")
+	prio := splice.PriorityTapName("vm-1")
+	files := map[string]*os.File{}
+	for _, name := range []string{vm, nt} { // the priority tap's file is not held
+		r, w, err := os.Pipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Close()
+		files[name] = r
+	}
+	held := map[string]*os.File{vm: files[vm], nt: files[nt]}
+	env := testEnv(fb)
+	env.Backends = []splice.Backend{holdingBackend{fb, files}}
+	env.TapQueues = 2
+	took, opened := map[string]int{}, map[string]int{}
+	env.TakeQueues = func(f *os.File, name string, n int, offload bool) ([]forward.Device, error) {
+		if f != held[name] || !offload {
+			t.Errorf("TakeQueues(%v, %s, %d, %v): not the splice's file of %s, or no offload", f, name, n, offload, name)
+		}
+		f.Close()
+		took[name] = n
+		return []forward.Device{fakedev.New(4), fakedev.New(4)}[:n], nil
+	}
+	env.OpenQueues = func(name string, n int, offload bool) ([]forward.Device, error) {
+		opened[name] = n
+		return []forward.Device{fakedev.New(4), fakedev.New(4)}[:n], nil
+	}
+	p := New("vm-1", env)
+	p.Lock()
+	defer p.Unlock()
+	if _, _, err := p.Apply(want(Quarantine, 1000)); err != nil {
+		t.Fatal(err)
+	}
+	if len(took) != 2 || took[vm] != 2 || took[nt] != 2 || len(opened) != 1 || opened[prio] != 1 || len(files) != 0 {
+		t.Errorf("taken %v, attached anew %v, left with the splice %v; want %s and %s taken (2 queues), only %s attached", took, opened, files, vm, nt, prio)
+	}
+	if _, _, err := p.Apply(Want{}); err != nil {
+		t.Fatal(err)
 	}
 }

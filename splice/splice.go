@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"os"
 	"time"
 
 	"github.com/shaperd/shaperd/splice/steer"
@@ -57,6 +58,23 @@ type Options struct {
 // Offloader, or says false, gets plain frames.
 type Offloader interface {
 	Offloads() bool
+}
+
+// TapHolder is a Splice that keeps the files that created its taps, each
+// still attached as the tap's first queue, for the forwarder to take
+// instead of attaching anew: a tap whose last file closes detaches it,
+// which waits for an RCU grace period, and a flood can stretch that to
+// hundreds of milliseconds (see package splice/tapdev). The taps have no
+// carrier until the forwarder turns it on (forward.TapQueues).
+//
+// TakeTap returns the file of the tap named name, attached with the
+// flags the forwarder opens the splice's taps with (IFF_VNET_HDR when the
+// Splice is an Offloader that says true), and gives up its ownership; nil
+// if it holds none (taken already, or a tap an earlier daemon made). A
+// tap's file not taken is closed when Release deletes the tap. A caller
+// that attaches to a single-queue tap without taking its file gets EBUSY.
+type TapHolder interface {
+	TakeTap(name string) *os.File
 }
 
 // ErrFailOpen means the backend cannot fail open; the caller should ask for

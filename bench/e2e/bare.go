@@ -151,8 +151,21 @@ func barePairMain(port string, nice, queues int) (err error) {
 	// Offloads as shaperd opens a tc splice's taps.
 	o, ok := sp.(splice.Offloader)
 	offload := ok && o.Offloads()
+	// The taps' creating files first, as shaperd's owner takes them
+	// (splice.TapHolder).
+	h, _ := sp.(splice.TapHolder)
 	open := func(name string, n int) ([]forward.Device, error) {
-		ds, err := forward.OpenTapQueues(name, n, offload)
+		var f *os.File
+		if h != nil {
+			f = h.TakeTap(name)
+		}
+		var ds []forward.Device
+		var err error
+		if f != nil {
+			ds, err = forward.TapQueues(f, name, n, offload)
+		} else {
+			ds, err = forward.OpenTapQueues(name, n, offload)
+		}
 		devs = append(devs, ds...)
 		return ds, err
 	}

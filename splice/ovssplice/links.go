@@ -91,9 +91,16 @@ func (netlinkLinks) lookup(name string) (linkInfo, bool, error) {
 // recognise. Its MAC stays the kernel's random, locally administered one:
 // OVS never picks such an address for the bridge, so the bridge's MAC and
 // datapath id do not change.
+//
+// The file that created the tap is closed here, which waits for one RCU
+// grace period (tapdev), rather than handed to the forwarder as the tc
+// backend does: this backend holds no files (splice.TapHolder).
 func (netlinkLinks) createTap(name string, mtu int, alias string) error {
-	_, err := tapdev.Create(tapdev.Spec{Name: name, Alias: alias, MTU: mtu, TxQLen: tapTxQLen})
-	return err
+	_, f, err := tapdev.Create(tapdev.Spec{Name: name, Alias: alias, MTU: mtu, TxQLen: tapTxQLen})
+	if err != nil {
+		return err
+	}
+	return f.Close()
 }
 
 func (netlinkLinks) deleteTap(name string) error {

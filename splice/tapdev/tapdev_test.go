@@ -15,6 +15,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
 
 	"github.com/shaperd/shaperd/internal/netnstest"
 )
@@ -47,10 +48,11 @@ func nsName(t *testing.T) string { return fmt.Sprintf("shqtd-%d-%s", os.Getpid()
 func TestCreate(t *testing.T) {
 	inNewNetns(t, nsName(t), func() {
 		mac := net.HardwareAddr{0x02, 0, 0x5e, 0x10, 0, 1}
-		l, err := Create(Spec{Name: "shqtd0", Alias: "shaperd:vm-x", MAC: mac, MTU: 1400, TxQLen: 777})
+		l, f, err := Create(Spec{Name: "shqtd0", Alias: "shaperd:vm-x", MAC: mac, MTU: 1400, TxQLen: 777})
 		if err != nil {
 			t.Fatal(err)
 		}
+		f.Close()
 		got, err := netlink.LinkByName("shqtd0")
 		if err != nil {
 			t.Fatalf("the tap did not outlive Create: %v", err)
@@ -68,7 +70,7 @@ func TestCreate(t *testing.T) {
 		}
 
 		// The name is taken: refused (IFF_TUN_EXCL), the first tap untouched.
-		if _, err := Create(Spec{Name: "shqtd0", Alias: "shaperd:vm-y"}); err == nil {
+		if _, _, err := Create(Spec{Name: "shqtd0", Alias: "shaperd:vm-y"}); err == nil {
 			t.Error("a second tap of the same name was made")
 		}
 		if got, err := netlink.LinkByName("shqtd0"); err != nil || got.Attrs().Alias != "shaperd:vm-x" {
@@ -76,14 +78,14 @@ func TestCreate(t *testing.T) {
 		}
 
 		// A failure after the tap exists (an MTU no tap takes): no tap left.
-		if _, err := Create(Spec{Name: "shqtd1", Alias: "shaperd:vm-z", MTU: 1 << 20}); err == nil {
+		if _, _, err := Create(Spec{Name: "shqtd1", Alias: "shaperd:vm-z", MTU: 1 << 20}); err == nil {
 			t.Error("a tap with MTU 1 MiB was made")
 		}
 		var nf netlink.LinkNotFoundError
 		if _, err := netlink.LinkByName("shqtd1"); !errors.As(err, &nf) {
 			t.Errorf("a failed Create left its tap: %v", err)
 		}
-		if _, err := Create(Spec{Name: "shqtd2"}); err == nil {
+		if _, _, err := Create(Spec{Name: "shqtd2"}); err == nil {
 			t.Error("a tap with no alias was made")
 		}
 	})
@@ -98,7 +100,7 @@ func TestKilledBeforePersist(t *testing.T) {
 			fmt.Println("configured")
 			time.Sleep(time.Minute)
 		}
-		if _, err := Create(Spec{Name: "shqtd3", Alias: "shaperd:vm-k", MTU: 1500}); err != nil {
+		if _, _, err := Create(Spec{Name: "shqtd3", Alias: "shaperd:vm-k", MTU: 1500}); err != nil {
 			fmt.Println("error:", err)
 		}
 		return
@@ -135,8 +137,107 @@ func TestKilledBeforePersist(t *testing.T) {
 		if _, err := netlink.LinkByName("shqtd3"); !errors.As(err, &nf) {
 			t.Errorf("after the kill the tap is still there: %v", err)
 		}
-		if _, err := Create(Spec{Name: "shqtd3", Alias: "shaperd:vm-k"}); err != nil {
+		if _, f, err := Create(Spec{Name: "shqtd3", Alias: "shaperd:vm-k"}); err != nil {
 			t.Errorf("Create after the kill: %v", err)
+		} else {
+			f.Close()
 		}
 	})
+}
+
+// TestCreateHandsOverItsQueue: Create returns the file that made the tap,
+// still attached as its queue, so that the forwarder takes it rather than
+// detach and attach again (each detach waits for an RCU grace period). The
+// tap has no carrier until that file's holder turns it on; closing the
+// file detaches and leaves the persistent tap.
+func TestCreateHandsOverItsQueue(t *testing.T) {
+	inNewNetns(t, nsName(t), func() {
+		for _, tc := range []struct {
+			name       string
+			multi, hdr bool
+		}{
+			{"shqtd4", false, false},
+			{"shqtd5", false, true},
+			{"shqtd6", true, true},
+		} {
+			l, f, err := Create(Spec{Name: tc.name, Alias: "shaperd:vm-h", MultiQueue: tc.multi, VnetHdr: tc.hdr})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The file is the tap's queue, with the flags asked for.
+			name, flags, err := tunGetIff(f)
+			want := uint16(unix.IFF_TAP | unix.IFF_NO_PI)
+			if tc.multi {
+				want |= unix.IFF_MULTI_QUEUE
+			}
+			if tc.hdr {
+				want |= unix.IFF_VNET_HDR
+			}
+			if err != nil || name != tc.name || flags&(want|unix.IFF_VNET_HDR|unix.IFF_MULTI_QUEUE) != want {
+				t.Errorf("%s: the returned file: TUNGETIFF %q %#x, %v; want %q %#x", tc.name, name, flags, err, tc.name, want)
+			}
+			// It holds the tap: a single-queue tap takes no other file.
+			if err := attachFresh(tc.name, want); !tc.multi && !errors.Is(err, unix.EBUSY) {
+				t.Errorf("%s: a second file attached while Create's is held: %v; want EBUSY", tc.name, err)
+			}
+			// Up, with no carrier until the holder says so.
+			if lowerUp(t, tc.name) || l.Attrs().Flags&net.FlagUp == 0 {
+				t.Errorf("%s: after Create: up %v, carrier %v; want up, no carrier", tc.name, l.Attrs().Flags&net.FlagUp != 0, lowerUp(t, tc.name))
+			}
+			c, _ := f.SyscallConn()
+			var ierr error
+			c.Control(func(fd uintptr) { ierr = unix.IoctlSetPointerInt(int(fd), unix.TUNSETCARRIER, 1) })
+			if ierr != nil || !lowerUp(t, tc.name) {
+				t.Errorf("%s: carrier on through the returned file: %v, carrier %v", tc.name, ierr, lowerUp(t, tc.name))
+			}
+			// Closing it detaches; the tap stays, and takes a new file.
+			f.Close()
+			if lowerUp(t, tc.name) {
+				t.Errorf("%s: carrier after the file closed", tc.name)
+			}
+			if err := attachFresh(tc.name, want); err != nil {
+				t.Errorf("%s: attach after the file closed: %v", tc.name, err)
+			}
+		}
+	})
+}
+
+// tunGetIff returns the name and flags of the tap f is attached to.
+func tunGetIff(f *os.File) (string, uint16, error) {
+	ifr, err := unix.NewIfreq("")
+	if err != nil {
+		return "", 0, err
+	}
+	c, err := f.SyscallConn()
+	if err != nil {
+		return "", 0, err
+	}
+	var ierr error
+	c.Control(func(fd uintptr) { ierr = unix.IoctlIfreq(int(fd), unix.TUNGETIFF, ifr) })
+	return ifr.Name(), ifr.Uint16(), ierr
+}
+
+// attachFresh attaches a new file to the tap name with flags, and closes it.
+func attachFresh(name string, flags uint16) error {
+	fd, err := unix.Open("/dev/net/tun", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	ifr, err := unix.NewIfreq(name)
+	if err != nil {
+		return err
+	}
+	ifr.SetUint16(flags)
+	return unix.IoctlIfreq(fd, unix.TUNSETIFF, ifr)
+}
+
+// lowerUp reports whether the link name has a carrier (IFF_LOWER_UP).
+func lowerUp(t *testing.T, name string) bool {
+	t.Helper()
+	l, err := netlink.LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Attrs().RawFlags&unix.IFF_LOWER_UP != 0
 }

@@ -274,6 +274,9 @@ func (b *Backend) Adopt(port string) (splice.Splice, error) {
 		if h, ok := s.Take(); ok {
 			h.Close()
 		}
+		for name := range s.files { // a priority tap repair made stays, for the next Adopt
+			s.dropFile(name)
+		}
 		return nil, fmt.Errorf("tcsplice: adopt %s: %w", port, err)
 	}
 	return s, nil

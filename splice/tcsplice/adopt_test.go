@@ -147,10 +147,17 @@ func TestAdoptFallbackCutShort(t *testing.T) {
 
 // daemonDies does to sp's kernel half what the death of its daemon does:
 // its handles close, and the kernel empties the liveness slot (from a work
-// queue, within milliseconds), so another daemon may adopt it.
+// queue, within milliseconds), so another daemon may adopt it. The files
+// that created its taps close too.
 func daemonDies(t *testing.T, sp splice.Splice) {
 	t.Helper()
-	half, _ := sp.(*spliced).Half()
+	s := sp.(*spliced)
+	for _, name := range []string{s.vmTap, s.netTap, s.prioTap} {
+		if f := s.TakeTap(name); f != nil {
+			f.Close()
+		}
+	}
+	half, _ := s.Half()
 	entry, err := half.Entry(steer.PortTC)
 	if err != nil {
 		t.Fatal(err)

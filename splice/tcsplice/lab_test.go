@@ -28,11 +28,12 @@ import (
 	"testing"
 	"time"
 
-	"github.com/songgao/water"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 
+	"github.com/shaperd/shaperd/forward"
 	"github.com/shaperd/shaperd/internal/netnstest"
+	"github.com/shaperd/shaperd/splice"
 )
 
 // requireLab skips unless the integration tests were asked for, and fails
@@ -500,41 +501,49 @@ func (s *rawSock) recvTagged(marker string, wait time.Duration) (vid uint16, ok 
 const sizeofAuxdata = 20 // sizeof(struct tpacket_auxdata)
 
 // forwarder is the tiny in-test forwarder: two goroutines copying frames
-// between the taps, opened the way the real one opens them (water, TAP,
-// Persist: true, so closing does not delete the taps).
+// between the taps, opened the way shaperd's owner opens them: it takes
+// the files that created them from the splice (forward.TapQueues, which
+// turns the carrier on), with offloads, one queue each.
 type forwarder struct {
-	vm, net *water.Interface
+	vm, net forward.Device
 	wg      sync.WaitGroup
 	toNet   atomic.Int64 // frames from the VM written into netTap
 	toVM    atomic.Int64 // frames to the VM written into vmTap
 }
 
 // startForwarder must run on the goroutine that is in the lab's namespace.
-func startForwarder(t *testing.T, vmTap, netTap string) *forwarder {
+func startForwarder(t *testing.T, sp splice.Splice) *forwarder {
 	t.Helper()
-	open := func(name string) *water.Interface {
-		ifce, err := water.New(water.Config{
-			DeviceType:             water.TAP,
-			PlatformSpecificParams: water.PlatformSpecificParams{Name: name, Persist: true},
-		})
-		if err != nil {
-			t.Fatalf("water: attach to %s: %v", name, err)
-		}
-		if ifce.Name() != name {
-			t.Fatalf("water attached to %s, want %s", ifce.Name(), name)
-		}
-		return ifce
+	h, ok := sp.(splice.TapHolder)
+	if !ok {
+		t.Fatalf("a %T holds no tap files", sp)
 	}
-	f := &forwarder{vm: open(vmTap), net: open(netTap)}
-	pump := func(dst, src *water.Interface, n *atomic.Int64) {
+	open := func(name string) forward.Device {
+		f := h.TakeTap(name)
+		if f == nil {
+			t.Fatalf("the splice holds no file of %s", name)
+		}
+		ds, err := forward.TapQueues(f, name, 1, true)
+		if err != nil {
+			t.Fatalf("take %s: %v", name, err)
+		}
+		return ds[0]
+	}
+	f := &forwarder{vm: open(sp.VMTap()), net: open(sp.NetTap())}
+	pump := func(dst, src forward.Device, n *atomic.Int64) {
 		defer f.wg.Done()
-		buf := make([]byte, 65536)
+		bufs, sizes := [][]byte{make([]byte, forward.VnetHdrLen+forward.MaxFrameBuffer)}, make([]int, 1)
+		out := make([][]byte, 1)
 		for {
-			k, err := src.Read(buf)
+			k, err := src.Read(bufs, sizes, forward.VnetHdrLen)
 			if err != nil {
 				return
 			}
-			if _, err := dst.Write(buf[:k]); err != nil && errors.Is(err, os.ErrClosed) {
+			if k == 0 {
+				continue
+			}
+			out[0] = bufs[0][:forward.VnetHdrLen+sizes[0]]
+			if _, err := dst.Write(out, forward.VnetHdrLen); err != nil && errors.Is(err, os.ErrClosed) {
 				return
 			}
 			n.Add(1)

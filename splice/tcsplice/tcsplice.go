@@ -14,9 +14,13 @@
 //
 // The port leaves the bridge, and netTap takes its place with the port's
 // MAC address, VLAN entries, bridge port attributes and static FDB entries.
-// Until a forwarder attaches to the taps they have no carrier, so the VM is
-// cut off: frames redirected into vmTap are dropped, and the bridge treats
-// netTap as a disabled port.
+// Until a forwarder takes the taps they have no carrier, so the VM is cut
+// off: frames redirected into vmTap are dropped, and the bridge treats
+// netTap as a disabled port. The splice holds the files that created its
+// taps, each still attached, for the forwarder to take (splice.TapHolder):
+// closing them and attaching anew would cost the tap two RCU grace
+// periods, which a flood can stretch to hundreds of milliseconds (see
+// package tapdev).
 //
 // The backend works in the network namespace of the calling thread (a caller
 // that switches namespaces must lock its goroutine to the thread).
@@ -320,9 +324,36 @@ type spliced struct {
 	fdbMoved     bool // the port's static FDB entries were (maybe) moved to netTap
 	portDetached bool // the port was (maybe) taken out of its bridge
 	released     bool
+	// files are the files that created the taps, by tap name, until
+	// TakeTap hands them over or the tap is deleted.
+	files map[string]*os.File
 }
 
-var _ splice.Splice = (*spliced)(nil)
+var (
+	_ splice.Splice    = (*spliced)(nil)
+	_ splice.TapHolder = (*spliced)(nil)
+)
+
+// TakeTap hands over the file that created the tap name, attached as its
+// first queue with IFF_VNET_HDR (see splice.TapHolder); nil if the splice
+// holds none for it (taken already, or a tap an earlier daemon made).
+func (s *spliced) TakeTap(name string) *os.File {
+	s.b.mu.Lock()
+	defer s.b.mu.Unlock()
+	f := s.files[name]
+	delete(s.files, name)
+	return f
+}
+
+// dropFile closes the file that created the tap name, if the splice still
+// holds it. Called once the tap is deleted: closing the file of a tap
+// that is gone waits for nothing.
+func (s *spliced) dropFile(name string) {
+	if f := s.files[name]; f != nil {
+		f.Close()
+		delete(s.files, name)
+	}
+}
 
 func (s *spliced) Port() string    { return s.port }
 func (s *spliced) Backend() string { return BackendName }
@@ -371,7 +402,7 @@ const (
 
 // build creates the splice. The order keeps the VM's outage short and makes
 // every step before the last two invisible to traffic: the taps have no
-// carrier until a forwarder attaches, so netTap joins the bridge as a
+// carrier until a forwarder takes them, so netTap joins the bridge as a
 // disabled port and is configured before anything is sent to it. Only then
 // are the VM's frames redirected (from here the VM is cut off until the
 // forwarder runs) and the port taken out of the bridge, last, so that the
@@ -469,20 +500,26 @@ func (s *spliced) build() error {
 	return nil
 }
 
-// createTap creates a persistent tap of exactly IFF_TAP|IFF_NO_PI (no
-// vnet header), plus IFF_MULTI_QUEUE when multi, which a forwarder
-// re-attaches to with the same flags (songgao/water with Persist: true,
-// forward.OpenTapQueues). IFF_TUN_EXCL makes creation fail rather than
+// createTap creates a persistent tap of exactly IFF_TAP|IFF_NO_PI|
+// IFF_VNET_HDR (the forwarder opens a tc splice's taps with offloads),
+// plus IFF_MULTI_QUEUE when multi, and keeps the file that created it for
+// TakeTap. A forwarder that takes no file attaches with the same flags
+// (forward.OpenTapQueues). IFF_TUN_EXCL makes creation fail rather than
 // attach if the name was taken since validation. The tap carries the
 // port's alias from the instant it persists (tapdev), so a daemon killed
 // here leaves nothing a restart cannot recognise. *made is set once the
 // tap exists; on error none is left.
 func (s *spliced) createTap(name string, mac net.HardwareAddr, multi bool, made *bool) (netlink.Link, error) {
-	link, err := tapdev.Create(tapdev.Spec{Name: name, Alias: aliasPrefix + s.port, MAC: mac, MTU: s.mtu, TxQLen: tapTxQLen, MultiQueue: multi})
+	link, f, err := tapdev.Create(tapdev.Spec{Name: name, Alias: aliasPrefix + s.port, MAC: mac, MTU: s.mtu, TxQLen: tapTxQLen, MultiQueue: multi, VnetHdr: true})
 	if err != nil {
 		return nil, err
 	}
 	*made = true
+	if s.files == nil {
+		s.files = make(map[string]*os.File)
+	}
+	s.dropFile(name) // none: a tap of that name did not exist
+	s.files[name] = f
 	return link, nil
 }
 
@@ -651,6 +688,7 @@ func (s *spliced) teardown() error {
 				return
 			}
 		}
+		s.dropFile(name)
 		*made = false
 	}
 	delTap(s.netTap, &s.netMade)

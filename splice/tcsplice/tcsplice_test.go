@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"os"
 	"reflect"
 	"slices"
 	"strings"
@@ -44,6 +45,7 @@ func TestSpliceForwardRelease(t *testing.T) {
 			before := l.snapshot()
 			portBefore := l.brLink(portName)
 			vlansBefore := l.vlans(portName)
+			filesBefore := tunFiles(t)
 
 			b := New(testLogger(t))
 			sp, err := b.Splice(portName, splice.Options{BypassPorts: []uint16{22, 3389}})
@@ -80,10 +82,11 @@ func TestSpliceForwardRelease(t *testing.T) {
 					t.Errorf("static fdb entry not copied to %s:\n%s", netTap, fdb)
 				}
 			}
-			// The taps: persistent IFF_TAP|IFF_NO_PI, txqueuelen 10000, the port's MTU.
+			// The taps: persistent IFF_TAP|IFF_NO_PI|IFF_VNET_HDR, txqueuelen
+			// 10000, the port's MTU, no carrier until the forwarder takes them.
 			for _, tap := range []string{vmTap, netTap} {
 				d := l.cmd("ip", "-n", l.ns, "-d", "link", "show", "dev", tap)
-				for _, want := range []string{"mtu 1500 ", "qlen 10000", "tun type tap pi off vnet_hdr off persist on", "alias shaperd splice of " + portName} {
+				for _, want := range []string{"NO-CARRIER", "mtu 1500 ", "qlen 10000", "tun type tap pi off vnet_hdr on persist on", "alias shaperd splice of " + portName} {
 					if !strings.Contains(d, want) {
 						t.Errorf("%s lacks %q:\n%s", tap, want, d)
 					}
@@ -91,10 +94,11 @@ func TestSpliceForwardRelease(t *testing.T) {
 				if strings.Contains(d, "multi_queue") {
 					t.Errorf("%s is multi-queue:\n%s", tap, d)
 				}
-				// 0x1802 = IFF_TAP|IFF_NO_PI (what water asks for when it
-				// attaches) + IFF_PERSIST; no IFF_TUN_EXCL, MULTI_QUEUE, VNET_HDR.
-				if fl := strings.TrimSpace(l.cmd("ip", "netns", "exec", l.ns, "cat", "/sys/class/net/"+tap+"/tun_flags")); fl != "0x1802" {
-					t.Errorf("%s tun_flags = %s, want 0x1802", tap, fl)
+				// 0x5802 = IFF_TAP|IFF_NO_PI|IFF_VNET_HDR (what the forwarder
+				// attaches with: it opens a tc splice's taps with offloads) +
+				// IFF_PERSIST; no IFF_TUN_EXCL, MULTI_QUEUE.
+				if fl := strings.TrimSpace(l.cmd("ip", "netns", "exec", l.ns, "cat", "/sys/class/net/"+tap+"/tun_flags")); fl != "0x5802" {
+					t.Errorf("%s tun_flags = %s, want 0x5802", tap, fl)
 				}
 				if v := strings.TrimSpace(l.cmd("ip", "netns", "exec", l.ns, "cat", "/proc/sys/net/ipv6/conf/"+tap+"/disable_ipv6")); v != "1" {
 					t.Errorf("%s disable_ipv6 = %s, want 1", tap, v)
@@ -125,7 +129,10 @@ func TestSpliceForwardRelease(t *testing.T) {
 				t.Errorf("ping answered with no forwarder attached: the port is not spliced")
 			}
 
-			fwd := startForwarder(t, vmTap, netTap)
+			fwd := startForwarder(t, sp)
+			if f := sp.(splice.TapHolder).TakeTap(vmTap); f != nil {
+				t.Errorf("the VM tap's file was handed over twice")
+			}
 			if n := l.ping(5, 2*time.Second); n < 4 {
 				t.Errorf("ping through the splice: %d of 5 answered", n)
 			}
@@ -166,11 +173,31 @@ func TestSpliceForwardRelease(t *testing.T) {
 			if l.exists(vmTap) || l.exists(netTap) {
 				t.Error("taps left after Release")
 			}
+			// The priority tap's file, never taken, went with its tap.
+			if n := tunFiles(t); n != filesBefore {
+				t.Errorf("%d tap files open after Release, %d before Splice", n, filesBefore)
+			}
 			if n := l.ping(3, time.Second); n == 0 {
 				t.Error("no ping reply after Release")
 			}
 		})
 	}
+}
+
+// tunFiles counts this process's open files of /dev/net/tun.
+func tunFiles(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, e := range ents {
+		if p, err := os.Readlink("/proc/self/fd/" + e.Name()); err == nil && p == "/dev/net/tun" {
+			n++
+		}
+	}
+	return n
 }
 
 // TestRollback fails Splice after each of its steps and checks that nothing
@@ -193,6 +220,7 @@ func testRollback(t *testing.T, failOpen bool) {
 		t.Run(step, func(t *testing.T) {
 			l := newLab(t, labOpts{portFlags: []string{"learning", "off", "isolated", "on"}, staticFDB: true})
 			before := l.snapshot()
+			filesBefore := tunFiles(t)
 			b := New(testLogger(t))
 			var seen []string
 			b.hook = func(s string) error {
@@ -210,6 +238,9 @@ func testRollback(t *testing.T, failOpen bool) {
 				t.Fatalf("steps run: %v", seen)
 			}
 			requireSame(t, "after rollback", before, l.snapshot())
+			if n := tunFiles(t); n != filesBefore {
+				t.Errorf("%d tap files open after the rollback, %d before", n, filesBefore)
+			}
 			if n := l.ping(3, time.Second); n == 0 {
 				t.Error("no ping reply after rollback")
 			}
