@@ -88,6 +88,9 @@ bench: deps build tools
 	flock $(NETNS_LOCK) $(BIN)/bench-e2e -go $(GO) -out $(BENCH_OUT) $(BENCH_FLAGS)
 # The kernel baseline's cost (docs/baseline.md), a netns measurement.
 	flock $(NETNS_LOCK) env SHAPERD_NETNS=1 SHAPERD_BIN=$(CURDIR)/$(BIN) $(GO) test -tags bench -count=1 -v -run '^TestBaselineCost$$' ./integration/ | tee $(BENCH_OUT)/baseline-cost.txt; exit $${PIPESTATUS[0]}
+# The bypass probe's p99 through shaperd against an nft limit's, paired
+# rounds in one lab (docs/architecture.md), a netns measurement.
+	flock $(NETNS_LOCK) env SHAPERD_NETNS=1 SHAPERD_BIN=$(CURDIR)/$(BIN) $(GO) test -tags bench -count=1 -v -run '^TestProbeAgainstNftLimit$$' ./integration/ | tee $(BENCH_OUT)/probe-vs-nft.txt; exit $${PIPESTATUS[0]}
 
 bench-smoke: deps build tools
 	$(GO) build -o $(BIN)/bench-e2e ./bench/e2e
