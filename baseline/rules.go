@@ -19,6 +19,8 @@ const (
 	chainTo   = "to_vm"   // base chain, bridge postrouting: frames to a port
 	mapFrom   = "from_ports"
 	mapTo     = "to_ports"
+	mapFromIx = "from_index" // the same ports by ifindex, as Apply last found them
+	mapToIx   = "to_index"
 	setFlows4 = "flows4" // UDP flows seen: port . vm addr . remote addr . vm port . remote port
 	setFlows6 = "flows6"
 	setDrops  = "drops" // port name . reason, with a counter per element
@@ -59,6 +61,22 @@ func (d direction) portIndex(reg uint32) *expr.Meta {
 	return &expr.Meta{Key: expr.MetaKeyOIF, Register: reg}
 }
 
+// portIndexMap and portNameMap are the verdict maps of direction d's base
+// chain.
+func (s *skeleton) portIndexMap(d direction) *nftables.Set {
+	if d == fromVM {
+		return s.mapFromIx
+	}
+	return s.mapToIx
+}
+
+func (s *skeleton) portNameMap(d direction) *nftables.Set {
+	if d == fromVM {
+		return s.mapFrom
+	}
+	return s.mapTo
+}
+
 func (d direction) portName(reg uint32) *expr.Meta {
 	if d == fromVM {
 		return &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg}
@@ -74,7 +92,8 @@ func mustConcat(t ...nftables.SetDatatype) nftables.SetDatatype {
 type skeleton struct {
 	table                 *nftables.Table
 	from, to              *nftables.Chain
-	mapFrom, mapTo        *nftables.Set
+	mapFrom, mapTo        *nftables.Set // port name -> jump to its profile
+	mapFromIx, mapToIx    *nftables.Set // ifindex -> goto its profile
 	flows4, flows6, drops *nftables.Set
 }
 
@@ -89,6 +108,10 @@ func newSkeleton(t *nftables.Table, flowTimeout time.Duration) *skeleton {
 			KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian},
 		mapTo: &nftables.Set{Table: t, Name: mapTo, IsMap: true,
 			KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian},
+		mapFromIx: &nftables.Set{Table: t, Name: mapFromIx, IsMap: true,
+			KeyType: nftables.TypeIFIndex, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian},
+		mapToIx: &nftables.Set{Table: t, Name: mapToIx, IsMap: true,
+			KeyType: nftables.TypeIFIndex, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian},
 		flows4: &nftables.Set{Table: t, Name: setFlows4, Dynamic: true, HasTimeout: true, Timeout: flowTimeout, Size: flowSize, Concatenation: true,
 			KeyType: mustConcat(nftables.TypeIFIndex, nftables.TypeIPAddr, nftables.TypeIPAddr, nftables.TypeInetService, nftables.TypeInetService)},
 		flows6: &nftables.Set{Table: t, Name: setFlows6, Dynamic: true, HasTimeout: true, Timeout: flowTimeout, Size: flowSize, Concatenation: true,
@@ -99,7 +122,7 @@ func newSkeleton(t *nftables.Table, flowTimeout time.Duration) *skeleton {
 }
 
 func (s *skeleton) sets() []*nftables.Set {
-	return []*nftables.Set{s.mapFrom, s.mapTo, s.flows4, s.flows6, s.drops}
+	return []*nftables.Set{s.mapFrom, s.mapTo, s.mapFromIx, s.mapToIx, s.flows4, s.flows6, s.drops}
 }
 
 // add queues the whole skeleton on c.
@@ -112,15 +135,21 @@ func (s *skeleton) add(c *nftables.Conn) error {
 	}
 	c.AddChain(s.from)
 	c.AddChain(s.to)
-	// iifname vmap @from_ports; oifname vmap @to_ports
+	// iif vmap @from_index; iifname vmap @from_ports (and oif, oifname
+	// for to_vm). The index map's elements are gotos: a frame it sends to
+	// a profile does not come back to the name map.
 	for _, x := range []struct {
 		ch  *nftables.Chain
-		m   *nftables.Set
 		dir direction
-	}{{s.from, s.mapFrom, fromVM}, {s.to, s.mapTo, toVM}} {
+	}{{s.from, fromVM}, {s.to, toVM}} {
+		ix, name := s.portIndexMap(x.dir), s.portNameMap(x.dir)
+		c.AddRule(&nftables.Rule{Table: s.table, Chain: x.ch, Exprs: []expr.Any{
+			x.dir.portIndex(1),
+			&expr.Lookup{SourceRegister: 1, SetName: ix.Name, SetID: ix.ID, IsDestRegSet: true, DestRegister: 0},
+		}})
 		c.AddRule(&nftables.Rule{Table: s.table, Chain: x.ch, Exprs: []expr.Any{
 			x.dir.portName(1),
-			&expr.Lookup{SourceRegister: 1, SetName: x.m.Name, SetID: x.m.ID, IsDestRegSet: true, DestRegister: 0},
+			&expr.Lookup{SourceRegister: 1, SetName: name.Name, SetID: name.ID, IsDestRegSet: true, DestRegister: 0},
 		}})
 	}
 	return nil
