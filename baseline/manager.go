@@ -73,6 +73,9 @@ var ErrInvalid = errors.New("invalid baseline")
 
 // Validate checks a desired set without touching the kernel.
 func Validate(desired map[string]Limits) error {
+	if len(desired) > MaxPorts {
+		return fmt.Errorf("%w: %d ports: at most %d", ErrInvalid, len(desired), MaxPorts)
+	}
 	names := nftutil.SortedKeys(desired)
 	for _, port := range names {
 		if err := validPort(port); err != nil {

@@ -29,6 +29,12 @@ const (
 // Sizes of the dynamic sets. A full set fails open for that one check (the
 // kernel refuses the add and the rule does not match); see docs/baseline.md.
 const (
+	// MaxPorts bounds the port maps (by name and by ifindex). They are
+	// fixed-size hash tables (the kernel's nft_hash, and its 4-byte-key
+	// variant for the index maps: cheaper per frame than the resizable
+	// rhash it picks for a set without a size), which refuse elements
+	// beyond their size; Validate refuses a larger desired set first.
+	MaxPorts   = 16384
 	meterSize  = 4096   // per-port meters: one element per port of the profile
 	sourceSize = 65536  // per-source meters: one element per (port, source)
 	flowSize   = 131072 // UDP flows, per address family
@@ -104,13 +110,13 @@ func newSkeleton(t *nftables.Table, flowTimeout time.Duration) *skeleton {
 		table: t,
 		from:  &nftables.Chain{Table: t, Name: chainFrom, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPrerouting, Priority: prio, Policy: &accept},
 		to:    &nftables.Chain{Table: t, Name: chainTo, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPostrouting, Priority: prio, Policy: &accept},
-		mapFrom: &nftables.Set{Table: t, Name: mapFrom, IsMap: true,
+		mapFrom: &nftables.Set{Table: t, Name: mapFrom, IsMap: true, Size: MaxPorts,
 			KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian},
-		mapTo: &nftables.Set{Table: t, Name: mapTo, IsMap: true,
+		mapTo: &nftables.Set{Table: t, Name: mapTo, IsMap: true, Size: MaxPorts,
 			KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian},
-		mapFromIx: &nftables.Set{Table: t, Name: mapFromIx, IsMap: true,
+		mapFromIx: &nftables.Set{Table: t, Name: mapFromIx, IsMap: true, Size: MaxPorts,
 			KeyType: nftables.TypeIFIndex, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian},
-		mapToIx: &nftables.Set{Table: t, Name: mapToIx, IsMap: true,
+		mapToIx: &nftables.Set{Table: t, Name: mapToIx, IsMap: true, Size: MaxPorts,
 			KeyType: nftables.TypeIFIndex, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian},
 		flows4: &nftables.Set{Table: t, Name: setFlows4, Dynamic: true, HasTimeout: true, Timeout: flowTimeout, Size: flowSize, Concatenation: true,
 			KeyType: mustConcat(nftables.TypeIFIndex, nftables.TypeIPAddr, nftables.TypeIPAddr, nftables.TypeInetService, nftables.TypeInetService)},
@@ -335,7 +341,38 @@ func (p *profile) add(c *nftables.Conn, sk *skeleton) error {
 			}
 			b.rule([]expr.Any{dir.portIndex(1)}, b.overDrop(m, 1, pps, ppsR))
 		}
-		// 2. New TCP connections: per source first, then per VM.
+		// 2. New UDP flows: a known flow refreshes its entry and leaves;
+		// a new one is checked per source, then per VM, then remembered.
+		// Before the TCP rules, so that a frame of a known flow (the
+		// common case) leaves after the fewest rules.
+		if l.tracksUDP() {
+			var udpMeter *nftables.Set
+			if !udp.IsZero() {
+				var err error
+				if udpMeter, err = b.meter("udp"+dir.suffix(), nftables.TypeIFIndex, meterSize, udp); err != nil {
+					return err
+				}
+			}
+			for _, f := range []family{v4, v6} {
+				isUDP := append(l4proto(unix.IPPROTO_UDP), etherType(f.ether)...) // TCP fails at the first test
+				flows := flowsOf[f.ether]
+				b.rule(isUDP, b.flowKey(f), []expr.Any{
+					&expr.Lookup{SourceRegister: reg32, SetName: flows.Name, SetID: flows.ID},
+					&expr.Dynset{SrcRegKey: reg32, SetName: flows.Name, SetID: flows.ID, Operation: unix.NFT_DYNSET_OP_UPDATE},
+					&expr.Verdict{Kind: expr.VerdictReturn},
+				})
+				if perSource {
+					b.rule(isUDP, b.sourceKey(f), b.overDrop(srcOf[f.ether], reg32, l.NewPerSourceToVM, ReasonPerSourceToVM))
+				}
+				if udpMeter != nil {
+					b.rule(isUDP, []expr.Any{dir.portIndex(1)}, b.overDrop(udpMeter, 1, udp, udpR))
+				}
+				b.rule(isUDP, b.flowKey(f), []expr.Any{
+					&expr.Dynset{SrcRegKey: reg32, SetName: flows.Name, SetID: flows.ID, Operation: unix.NFT_DYNSET_OP_ADD},
+				})
+			}
+		}
+		// 3. New TCP connections: per source first, then per VM.
 		if perSource {
 			for _, f := range []family{v4, v6} {
 				b.rule(tcpSYN(), etherType(f.ether), b.sourceKey(f), b.overDrop(srcOf[f.ether], reg32, l.NewPerSourceToVM, ReasonPerSourceToVM))
@@ -347,36 +384,6 @@ func (p *profile) add(c *nftables.Conn, sk *skeleton) error {
 				return err
 			}
 			b.rule(tcpSYN(), []expr.Any{dir.portIndex(1)}, b.overDrop(m, 1, tcp, tcpR))
-		}
-		// 3. New UDP flows: a known flow refreshes its entry and leaves;
-		// a new one is checked per source, then per VM, then remembered.
-		if !l.tracksUDP() {
-			continue
-		}
-		var udpMeter *nftables.Set
-		if !udp.IsZero() {
-			var err error
-			if udpMeter, err = b.meter("udp"+dir.suffix(), nftables.TypeIFIndex, meterSize, udp); err != nil {
-				return err
-			}
-		}
-		for _, f := range []family{v4, v6} {
-			isUDP := append(etherType(f.ether), l4proto(unix.IPPROTO_UDP)...)
-			flows := flowsOf[f.ether]
-			b.rule(isUDP, b.flowKey(f), []expr.Any{
-				&expr.Lookup{SourceRegister: reg32, SetName: flows.Name, SetID: flows.ID},
-				&expr.Dynset{SrcRegKey: reg32, SetName: flows.Name, SetID: flows.ID, Operation: unix.NFT_DYNSET_OP_UPDATE},
-				&expr.Verdict{Kind: expr.VerdictReturn},
-			})
-			if perSource {
-				b.rule(isUDP, b.sourceKey(f), b.overDrop(srcOf[f.ether], reg32, l.NewPerSourceToVM, ReasonPerSourceToVM))
-			}
-			if udpMeter != nil {
-				b.rule(isUDP, []expr.Any{dir.portIndex(1)}, b.overDrop(udpMeter, 1, udp, udpR))
-			}
-			b.rule(isUDP, b.flowKey(f), []expr.Any{
-				&expr.Dynset{SrcRegKey: reg32, SetName: flows.Name, SetID: flows.ID, Operation: unix.NFT_DYNSET_OP_ADD},
-			})
 		}
 	}
 	return nil
