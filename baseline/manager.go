@@ -164,7 +164,10 @@ func (m *Manager) read(c *nftables.Conn) (*state, error) {
 // Apply makes the kernel's baseline equal to desired (port name -> limits)
 // in one netlink transaction: every change lands or none does. Ports are
 // matched by name at packet time, so a port named here that does not exist
-// yet is covered from the moment it appears, with no further call. An empty
+// yet is covered from the moment it appears, with no further call; the
+// ports that exist when Apply runs are also indexed by ifindex (a cheaper
+// lookup per frame), so call Apply again when a named port appears,
+// changes or goes to keep that index current (see index.go). An empty
 // desired set removes the table. Invalid input returns an error wrapping
 // ErrInvalid and changes nothing.
 func (m *Manager) Apply(desired map[string]Limits) error {
