@@ -137,3 +137,79 @@ func TestKernelApplyChangeRemove(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestKernelIndexFollowsPorts checks the index maps: a port that exists at
+// Apply is indexed by its ifindex (going to its profile), one that does not
+// is covered by name only, and a port recreated with a new ifindex is
+// re-indexed by the next Apply, its old ifindex gone.
+func TestKernelIndexFollowsPorts(t *testing.T) {
+	ns := newTestNS(t)
+	before := ns.ruleset(t)
+	m := newTestManager(t, ns)
+	link := func(cmd string) {
+		t.Helper()
+		if out, err := exec.Command("sh", "-c", "ip -n "+ns.name+" "+cmd).CombinedOutput(); err != nil {
+			t.Fatalf("ip %s: %v\n%s", cmd, err, out)
+		}
+	}
+	indexed := func() (from, to map[uint32]string, idx map[string]uint32) {
+		t.Helper()
+		c, err := m.conn()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.CloseLasting()
+		st, err := m.read(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if idx, err = m.linkIndexes(); err != nil {
+			t.Fatal(err)
+		}
+		return st.fromIx, st.toIx, idx
+	}
+	pa, pb := newProfile(limA), newProfile(limB)
+	link("link add vm-a type veth peer name vm-a-p")
+	desired := map[string]Limits{"vm-a": limA, "vm-b": limB}
+	if err := m.Apply(desired); err != nil {
+		t.Fatal(err)
+	}
+	from, to, idx := indexed()
+	a1 := idx["vm-a"]
+	if len(from) != 1 || from[a1] != pa.chainName(fromVM) || len(to) != 1 || to[a1] != pa.chainName(toVM) {
+		t.Fatalf("index maps %v %v, want only vm-a (%d) going to profile A", from, to, a1)
+	}
+
+	// vm-a deleted and made again (a new ifindex), vm-b appears.
+	link("link del vm-a")
+	link("link add vm-a type veth peer name vm-a-p")
+	link("link add vm-b type veth peer name vm-b-p")
+	if err := m.Apply(desired); err != nil {
+		t.Fatal(err)
+	}
+	from, to, idx = indexed()
+	a2, b := idx["vm-a"], idx["vm-b"]
+	if a2 == a1 {
+		t.Fatalf("vm-a kept its ifindex %d; the test needs a new one", a1)
+	}
+	if len(from) != 1 || from[a2] != pa.chainName(fromVM) {
+		t.Errorf("from_index %v, want only vm-a's new ifindex %d (profile B has no from-VM rules)", from, a2)
+	}
+	if len(to) != 2 || to[a2] != pa.chainName(toVM) || to[b] != pb.chainName(toVM) {
+		t.Errorf("to_index %v, want vm-a (%d) and vm-b (%d)", to, a2, b)
+	}
+	// A repeated Apply changes nothing.
+	rs := ns.ruleset(t)
+	if err := m.Apply(desired); err != nil {
+		t.Fatal(err)
+	}
+	if rs2 := ns.ruleset(t); rs2 != rs {
+		t.Fatalf("a repeated Apply changed the ruleset:\n%s", rs2)
+	}
+	if err := m.Apply(nil); err != nil {
+		t.Fatal(err)
+	}
+	if after := ns.ruleset(t); after != before {
+		t.Fatalf("ruleset after removal differs:\n%s", after)
+	}
+}

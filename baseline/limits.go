@@ -4,9 +4,10 @@
 // ceiling per direction, enforced by nftables in the bridge family at kernel
 // speed, with every drop counted per port and reason.
 //
-// The design (one table, verdict maps keyed by port name into one pair of
-// chains per distinct Limits value, per-element meters in dynamic sets) and
-// what it changes on the host are described in docs/baseline.md.
+// The design (one table, verdict maps keyed by ifindex and by port name
+// into one pair of chains per distinct Limits value, per-element meters in
+// dynamic sets) and what it changes on the host are described in
+// docs/baseline.md.
 package baseline
 
 import (

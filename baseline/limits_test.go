@@ -2,6 +2,7 @@ package baseline
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ func TestValidateRejects(t *testing.T) {
 		{"burst without count", map[string]Limits{"vm-1": {PPSToVM: Rate{Burst: 10}, PPSFromVM: PerSecond(1, 0)}}, "pps-to-vm: burst or period set without a count"},
 		{"burst too big", map[string]Limits{"vm-1": {NewPerSourceToVM: PerMinute(10, MaxBurst+1)}}, "new-per-source-to-vm: burst 1048577 is above the maximum"},
 		{"faster than 1/ns", map[string]Limits{"vm-1": {PPSFromVM: PerSecond(2e9, 0)}}, "pps-from-vm: 2000000000 per 1s is more than one per nanosecond"},
+		{"too many ports", tooMany(), "16385 ports: at most 16384"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := Validate(tc.desired)
@@ -94,4 +96,13 @@ func TestNeeds(t *testing.T) {
 			t.Errorf("%v: needs from=%v to=%v, want %v %v", tc.l, p.needs(fromVM), p.needs(toVM), tc.from, tc.to)
 		}
 	}
+}
+
+// tooMany is a desired set one port over MaxPorts.
+func tooMany() map[string]Limits {
+	d := map[string]Limits{}
+	for i := 0; i <= MaxPorts; i++ {
+		d[fmt.Sprintf("vm-%d", i)] = Limits{PPSFromVM: PerSecond(1000, 0)}
+	}
+	return d
 }

@@ -73,6 +73,9 @@ var ErrInvalid = errors.New("invalid baseline")
 
 // Validate checks a desired set without touching the kernel.
 func Validate(desired map[string]Limits) error {
+	if len(desired) > MaxPorts {
+		return fmt.Errorf("%w: %d ports: at most %d", ErrInvalid, len(desired), MaxPorts)
+	}
 	names := nftutil.SortedKeys(desired)
 	for _, port := range names {
 		if err := validPort(port); err != nil {
@@ -98,16 +101,22 @@ func validPort(n string) error {
 // state is what Apply found in the kernel.
 type state struct {
 	exists   bool
-	complete bool                // the skeleton is all there
-	chains   map[string]bool     // chain names
-	sets     map[string]bool     // set names
-	from, to map[string]string   // port -> chain its vmap element jumps to
+	complete bool              // the skeleton is all there
+	chains   map[string]bool   // chain names
+	sets     map[string]bool   // set names
+	from, to map[string]string // port -> chain its vmap element jumps to
+	fromIx   map[uint32]string // ifindex -> chain its index element goes to
+	toIx     map[uint32]string
 	drops    map[string][][]byte // port -> keys of its counter elements
 }
 
+func newState() *state {
+	return &state{chains: map[string]bool{}, sets: map[string]bool{}, from: map[string]string{},
+		to: map[string]string{}, fromIx: map[uint32]string{}, toIx: map[uint32]string{}, drops: map[string][][]byte{}}
+}
+
 func (m *Manager) read(c *nftables.Conn) (*state, error) {
-	st := &state{chains: map[string]bool{}, sets: map[string]bool{}, from: map[string]string{},
-		to: map[string]string{}, drops: map[string][][]byte{}}
+	st := newState()
 	t, err := nftutil.ReadTable(c, m.table)
 	if err != nil {
 		return nil, fmt.Errorf("baseline: %w", err)
@@ -121,7 +130,7 @@ func (m *Manager) read(c *nftables.Conn) (*state, error) {
 		st.sets[n] = true
 	}
 	st.complete = st.chains[chainFrom] && st.chains[chainTo]
-	for _, n := range []string{mapFrom, mapTo, setFlows4, setFlows6, setDrops} {
+	for _, n := range []string{mapFrom, mapTo, mapFromIx, mapToIx, setFlows4, setFlows6, setDrops} {
 		st.complete = st.complete && st.sets[n]
 	}
 	if !st.complete {
@@ -131,6 +140,12 @@ func (m *Manager) read(c *nftables.Conn) (*state, error) {
 		return nil, fmt.Errorf("baseline: %w", err)
 	}
 	if st.to, err = nftutil.VMap(c, byName[mapTo]); err != nil {
+		return nil, fmt.Errorf("baseline: %w", err)
+	}
+	if st.fromIx, err = indexMap(c, byName[mapFromIx]); err != nil {
+		return nil, fmt.Errorf("baseline: %w", err)
+	}
+	if st.toIx, err = indexMap(c, byName[mapToIx]); err != nil {
 		return nil, fmt.Errorf("baseline: %w", err)
 	}
 	els, err := c.GetSetElements(byName[setDrops])
@@ -149,7 +164,10 @@ func (m *Manager) read(c *nftables.Conn) (*state, error) {
 // Apply makes the kernel's baseline equal to desired (port name -> limits)
 // in one netlink transaction: every change lands or none does. Ports are
 // matched by name at packet time, so a port named here that does not exist
-// yet is covered from the moment it appears, with no further call. An empty
+// yet is covered from the moment it appears, with no further call; the
+// ports that exist when Apply runs are also indexed by ifindex (a cheaper
+// lookup per frame), so call Apply again when a named port appears,
+// changes or goes to keep that index current (see index.go). An empty
 // desired set removes the table. Invalid input returns an error wrapping
 // ErrInvalid and changes nothing.
 func (m *Manager) Apply(desired map[string]Limits) error {
@@ -177,7 +195,7 @@ func (m *Manager) Apply(desired map[string]Limits) error {
 		// replace it, in the same transaction.
 		m.log.Warn("baseline: existing table is incomplete; replacing it", "table", TableName)
 		c.DelTable(m.table)
-		st = &state{chains: map[string]bool{}, sets: map[string]bool{}, from: map[string]string{}, to: map[string]string{}, drops: map[string][][]byte{}}
+		st = newState()
 	}
 	if !st.exists || !st.complete {
 		if err := sk.add(c); err != nil {
@@ -185,9 +203,16 @@ func (m *Manager) Apply(desired map[string]Limits) error {
 		}
 	}
 
+	// The ports' ifindexes as they are now, for the index maps.
+	index, err := m.linkIndexes()
+	if err != nil {
+		return err
+	}
+
 	// Profiles: one per distinct Limits value.
 	profiles := map[string]*profile{}
-	want := map[direction]map[string]string{fromVM: {}, toVM: {}} // port -> chain
+	want := map[direction]map[string]string{fromVM: {}, toVM: {}}   // port -> chain
+	wantIx := map[direction]map[uint32]string{fromVM: {}, toVM: {}} // ifindex -> chain
 	for _, port := range nftutil.SortedKeys(desired) {
 		p := newProfile(desired[port])
 		if q, ok := profiles[p.id]; ok {
@@ -203,6 +228,9 @@ func (m *Manager) Apply(desired map[string]Limits) error {
 		for _, d := range []direction{fromVM, toVM} {
 			if p.needs(d) {
 				want[d][port] = p.chainName(d)
+				if ix, ok := index[port]; ok {
+					wantIx[d][ix] = p.chainName(d)
+				}
 			}
 		}
 	}
@@ -219,6 +247,15 @@ func (m *Manager) Apply(desired map[string]Limits) error {
 			return fmt.Errorf("baseline: %w", err)
 		}
 		changed = append(changed, ch...)
+	}
+	for _, x := range []struct {
+		d   direction
+		set *nftables.Set
+		has map[uint32]string
+	}{{fromVM, sk.mapFromIx, st.fromIx}, {toVM, sk.mapToIx, st.toIx}} {
+		if err := syncIndexMap(c, x.set, x.has, wantIx[x.d]); err != nil {
+			return fmt.Errorf("baseline: %w", err)
+		}
 	}
 	// Counters of ports no longer named go with them.
 	var gone []string

@@ -19,6 +19,8 @@ const (
 	chainTo   = "to_vm"   // base chain, bridge postrouting: frames to a port
 	mapFrom   = "from_ports"
 	mapTo     = "to_ports"
+	mapFromIx = "from_index" // the same ports by ifindex, as Apply last found them
+	mapToIx   = "to_index"
 	setFlows4 = "flows4" // UDP flows seen: port . vm addr . remote addr . vm port . remote port
 	setFlows6 = "flows6"
 	setDrops  = "drops" // port name . reason, with a counter per element
@@ -27,6 +29,12 @@ const (
 // Sizes of the dynamic sets. A full set fails open for that one check (the
 // kernel refuses the add and the rule does not match); see docs/baseline.md.
 const (
+	// MaxPorts bounds the port maps (by name and by ifindex). They are
+	// fixed-size hash tables (the kernel's nft_hash, and its 4-byte-key
+	// variant for the index maps: cheaper per frame than the resizable
+	// rhash it picks for a set without a size), which refuse elements
+	// beyond their size; Validate refuses a larger desired set first.
+	MaxPorts   = 16384
 	meterSize  = 4096   // per-port meters: one element per port of the profile
 	sourceSize = 65536  // per-source meters: one element per (port, source)
 	flowSize   = 131072 // UDP flows, per address family
@@ -59,6 +67,22 @@ func (d direction) portIndex(reg uint32) *expr.Meta {
 	return &expr.Meta{Key: expr.MetaKeyOIF, Register: reg}
 }
 
+// portIndexMap and portNameMap are the verdict maps of direction d's base
+// chain.
+func (s *skeleton) portIndexMap(d direction) *nftables.Set {
+	if d == fromVM {
+		return s.mapFromIx
+	}
+	return s.mapToIx
+}
+
+func (s *skeleton) portNameMap(d direction) *nftables.Set {
+	if d == fromVM {
+		return s.mapFrom
+	}
+	return s.mapTo
+}
+
 func (d direction) portName(reg uint32) *expr.Meta {
 	if d == fromVM {
 		return &expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg}
@@ -74,7 +98,8 @@ func mustConcat(t ...nftables.SetDatatype) nftables.SetDatatype {
 type skeleton struct {
 	table                 *nftables.Table
 	from, to              *nftables.Chain
-	mapFrom, mapTo        *nftables.Set
+	mapFrom, mapTo        *nftables.Set // port name -> jump to its profile
+	mapFromIx, mapToIx    *nftables.Set // ifindex -> goto its profile
 	flows4, flows6, drops *nftables.Set
 }
 
@@ -85,10 +110,14 @@ func newSkeleton(t *nftables.Table, flowTimeout time.Duration) *skeleton {
 		table: t,
 		from:  &nftables.Chain{Table: t, Name: chainFrom, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPrerouting, Priority: prio, Policy: &accept},
 		to:    &nftables.Chain{Table: t, Name: chainTo, Type: nftables.ChainTypeFilter, Hooknum: nftables.ChainHookPostrouting, Priority: prio, Policy: &accept},
-		mapFrom: &nftables.Set{Table: t, Name: mapFrom, IsMap: true,
+		mapFrom: &nftables.Set{Table: t, Name: mapFrom, IsMap: true, Size: MaxPorts,
 			KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian},
-		mapTo: &nftables.Set{Table: t, Name: mapTo, IsMap: true,
+		mapTo: &nftables.Set{Table: t, Name: mapTo, IsMap: true, Size: MaxPorts,
 			KeyType: nftables.TypeIFName, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian},
+		mapFromIx: &nftables.Set{Table: t, Name: mapFromIx, IsMap: true, Size: MaxPorts,
+			KeyType: nftables.TypeIFIndex, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian},
+		mapToIx: &nftables.Set{Table: t, Name: mapToIx, IsMap: true, Size: MaxPorts,
+			KeyType: nftables.TypeIFIndex, DataType: nftables.TypeVerdict, KeyByteOrder: binaryutil.NativeEndian},
 		flows4: &nftables.Set{Table: t, Name: setFlows4, Dynamic: true, HasTimeout: true, Timeout: flowTimeout, Size: flowSize, Concatenation: true,
 			KeyType: mustConcat(nftables.TypeIFIndex, nftables.TypeIPAddr, nftables.TypeIPAddr, nftables.TypeInetService, nftables.TypeInetService)},
 		flows6: &nftables.Set{Table: t, Name: setFlows6, Dynamic: true, HasTimeout: true, Timeout: flowTimeout, Size: flowSize, Concatenation: true,
@@ -99,7 +128,7 @@ func newSkeleton(t *nftables.Table, flowTimeout time.Duration) *skeleton {
 }
 
 func (s *skeleton) sets() []*nftables.Set {
-	return []*nftables.Set{s.mapFrom, s.mapTo, s.flows4, s.flows6, s.drops}
+	return []*nftables.Set{s.mapFrom, s.mapTo, s.mapFromIx, s.mapToIx, s.flows4, s.flows6, s.drops}
 }
 
 // add queues the whole skeleton on c.
@@ -112,15 +141,21 @@ func (s *skeleton) add(c *nftables.Conn) error {
 	}
 	c.AddChain(s.from)
 	c.AddChain(s.to)
-	// iifname vmap @from_ports; oifname vmap @to_ports
+	// iif vmap @from_index; iifname vmap @from_ports (and oif, oifname
+	// for to_vm). The index map's elements are gotos: a frame it sends to
+	// a profile does not come back to the name map.
 	for _, x := range []struct {
 		ch  *nftables.Chain
-		m   *nftables.Set
 		dir direction
-	}{{s.from, s.mapFrom, fromVM}, {s.to, s.mapTo, toVM}} {
+	}{{s.from, fromVM}, {s.to, toVM}} {
+		ix, name := s.portIndexMap(x.dir), s.portNameMap(x.dir)
+		c.AddRule(&nftables.Rule{Table: s.table, Chain: x.ch, Exprs: []expr.Any{
+			x.dir.portIndex(1),
+			&expr.Lookup{SourceRegister: 1, SetName: ix.Name, SetID: ix.ID, IsDestRegSet: true, DestRegister: 0},
+		}})
 		c.AddRule(&nftables.Rule{Table: s.table, Chain: x.ch, Exprs: []expr.Any{
 			x.dir.portName(1),
-			&expr.Lookup{SourceRegister: 1, SetName: x.m.Name, SetID: x.m.ID, IsDestRegSet: true, DestRegister: 0},
+			&expr.Lookup{SourceRegister: 1, SetName: name.Name, SetID: name.ID, IsDestRegSet: true, DestRegister: 0},
 		}})
 	}
 	return nil
@@ -306,7 +341,38 @@ func (p *profile) add(c *nftables.Conn, sk *skeleton) error {
 			}
 			b.rule([]expr.Any{dir.portIndex(1)}, b.overDrop(m, 1, pps, ppsR))
 		}
-		// 2. New TCP connections: per source first, then per VM.
+		// 2. New UDP flows: a known flow refreshes its entry and leaves;
+		// a new one is checked per source, then per VM, then remembered.
+		// Before the TCP rules, so that a frame of a known flow (the
+		// common case) leaves after the fewest rules.
+		if l.tracksUDP() {
+			var udpMeter *nftables.Set
+			if !udp.IsZero() {
+				var err error
+				if udpMeter, err = b.meter("udp"+dir.suffix(), nftables.TypeIFIndex, meterSize, udp); err != nil {
+					return err
+				}
+			}
+			for _, f := range []family{v4, v6} {
+				isUDP := append(l4proto(unix.IPPROTO_UDP), etherType(f.ether)...) // TCP fails at the first test
+				flows := flowsOf[f.ether]
+				b.rule(isUDP, b.flowKey(f), []expr.Any{
+					&expr.Lookup{SourceRegister: reg32, SetName: flows.Name, SetID: flows.ID},
+					&expr.Dynset{SrcRegKey: reg32, SetName: flows.Name, SetID: flows.ID, Operation: unix.NFT_DYNSET_OP_UPDATE},
+					&expr.Verdict{Kind: expr.VerdictReturn},
+				})
+				if perSource {
+					b.rule(isUDP, b.sourceKey(f), b.overDrop(srcOf[f.ether], reg32, l.NewPerSourceToVM, ReasonPerSourceToVM))
+				}
+				if udpMeter != nil {
+					b.rule(isUDP, []expr.Any{dir.portIndex(1)}, b.overDrop(udpMeter, 1, udp, udpR))
+				}
+				b.rule(isUDP, b.flowKey(f), []expr.Any{
+					&expr.Dynset{SrcRegKey: reg32, SetName: flows.Name, SetID: flows.ID, Operation: unix.NFT_DYNSET_OP_ADD},
+				})
+			}
+		}
+		// 3. New TCP connections: per source first, then per VM.
 		if perSource {
 			for _, f := range []family{v4, v6} {
 				b.rule(tcpSYN(), etherType(f.ether), b.sourceKey(f), b.overDrop(srcOf[f.ether], reg32, l.NewPerSourceToVM, ReasonPerSourceToVM))
@@ -318,36 +384,6 @@ func (p *profile) add(c *nftables.Conn, sk *skeleton) error {
 				return err
 			}
 			b.rule(tcpSYN(), []expr.Any{dir.portIndex(1)}, b.overDrop(m, 1, tcp, tcpR))
-		}
-		// 3. New UDP flows: a known flow refreshes its entry and leaves;
-		// a new one is checked per source, then per VM, then remembered.
-		if !l.tracksUDP() {
-			continue
-		}
-		var udpMeter *nftables.Set
-		if !udp.IsZero() {
-			var err error
-			if udpMeter, err = b.meter("udp"+dir.suffix(), nftables.TypeIFIndex, meterSize, udp); err != nil {
-				return err
-			}
-		}
-		for _, f := range []family{v4, v6} {
-			isUDP := append(etherType(f.ether), l4proto(unix.IPPROTO_UDP)...)
-			flows := flowsOf[f.ether]
-			b.rule(isUDP, b.flowKey(f), []expr.Any{
-				&expr.Lookup{SourceRegister: reg32, SetName: flows.Name, SetID: flows.ID},
-				&expr.Dynset{SrcRegKey: reg32, SetName: flows.Name, SetID: flows.ID, Operation: unix.NFT_DYNSET_OP_UPDATE},
-				&expr.Verdict{Kind: expr.VerdictReturn},
-			})
-			if perSource {
-				b.rule(isUDP, b.sourceKey(f), b.overDrop(srcOf[f.ether], reg32, l.NewPerSourceToVM, ReasonPerSourceToVM))
-			}
-			if udpMeter != nil {
-				b.rule(isUDP, []expr.Any{dir.portIndex(1)}, b.overDrop(udpMeter, 1, udp, udpR))
-			}
-			b.rule(isUDP, b.flowKey(f), []expr.Any{
-				&expr.Dynset{SrcRegKey: reg32, SetName: flows.Name, SetID: flows.ID, Operation: unix.NFT_DYNSET_OP_ADD},
-			})
 		}
 	}
 	return nil

@@ -294,20 +294,28 @@ func (m *Manager) RestoreBaselines(rules []BaselineRule) error {
 }
 
 // baselinePortEvent updates the set of present ports matching a rule when
-// port appears (exists true) or goes, and applies if it changed.
+// port appears (exists true), changes or goes, and applies if that changed
+// the set or if port is named in it: the kernel's index maps follow a named
+// port's ifindex (docs/baseline.md, "Design").
 func (m *Manager) baselinePortEvent(port string, exists bool) {
 	m.mu.Lock()
-	if m.closed || len(m.bl.rules) == 0 || m.bl.ruleFor(port) < 0 || m.bl.present[port] == exists {
+	if m.closed {
 		m.mu.Unlock()
 		return
 	}
-	if exists {
-		m.bl.present[port] = true
-	} else {
-		delete(m.bl.present, port)
+	changed := len(m.bl.rules) > 0 && m.bl.ruleFor(port) >= 0 && m.bl.present[port] != exists
+	if changed {
+		if exists {
+			m.bl.present[port] = true
+		} else {
+			delete(m.bl.present, port)
+		}
 	}
+	_, named := m.baselineDesiredLocked()[port]
 	m.mu.Unlock()
-	m.applyBaselines()
+	if changed || named {
+		m.applyBaselines()
+	}
 }
 
 // resyncBaselines recomputes the present ports from the links that exist.

@@ -121,11 +121,21 @@ func TestBaselineConfigFollowsPorts(t *testing.T) {
 	if got, want := fb.ports(), withSplice("eth0", "vm-1", "vm-2", "vm-3"); !slices.Equal(got, want) {
 		t.Fatalf("after vm-3 appeared: %v, want %v", got, want)
 	}
+	// A change of a named port applies the same set again (the kernel's
+	// index maps follow its ifindex); a link nothing names applies nothing.
 	n := fb.applies
-	m.PortAppeared("vm-3") // a link change: nothing to apply
+	m.PortAppeared("vm-3")
 	m.PortAppeared("eth0")
-	if fb.applies != n {
-		t.Fatalf("%d applies for events that change nothing", fb.applies-n)
+	if fb.applies != n+2 {
+		t.Fatalf("%d applies for two events of named ports, want 2", fb.applies-n)
+	}
+	if got, want := fb.ports(), withSplice("eth0", "vm-1", "vm-2", "vm-3"); !slices.Equal(got, want) {
+		t.Fatalf("after link changes: %v, want %v", got, want)
+	}
+	_, other := splice.TapNames("vm-9")
+	m.PortAppeared(other)
+	if fb.applies != n+2 {
+		t.Fatalf("an event of a link nothing names applied")
 	}
 	links = links[:len(links)-1]
 	m.PortGone("vm-3")
